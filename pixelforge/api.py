@@ -1,0 +1,162 @@
+"""The Python API: load a run or a bundled model, generate images, train. The CLI and server call this."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .condition import Cond
+from .device import pick_device
+from .images import make_grid, read_settings, save_png, to_pil
+from .sampling import SAMPLERS
+from .train.config import RunConfig
+from .train.loop import build_model
+from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, load_weights, resolve_run, weights_hash
+
+
+class Generator:
+    """A trained model ready to sample: `g.generate(n=8, label=3, seed=0)` -> list of PIL images."""
+
+    def __init__(self, run_dir: Path, *, device: str = "auto", name: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.config = RunConfig.load(self.run_dir / "config.json")
+        self.device = pick_device(device)
+        self.model = build_model(self.config, self.device)
+        self.model.load_state_dict(load_weights(self.run_dir))
+        self.model.eval().requires_grad_(False)
+        self.checkpoint_hash = weights_hash(self.run_dir)
+        bundled = self.run_dir.resolve().parent == BUNDLED_MODELS_DIR
+        self.name = name or (self.run_dir.name if bundled else str(self.run_dir))
+        meta_path = self.run_dir / "classes.json"
+        self.class_names: list[str] = []
+        if meta_path.exists():
+            self.class_names = json.loads(meta_path.read_text())
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.model.config, "num_classes", 0)
+
+    def __repr__(self) -> str:
+        return f"Generator({self.name!r}, family={self.config.family}, classes={self.num_classes}, device={self.device})"
+
+    def _label_index(self, label) -> int | None:
+        if label is None:
+            return None
+        if self.num_classes == 0:
+            raise ValueError(f"{self.name} is unconditional: it takes no label")
+        if isinstance(label, str) and not label.lstrip("-").isdigit():
+            if label not in self.class_names:
+                raise ValueError(f"unknown label {label!r}; valid labels: {', '.join(self.class_names) or '0..' + str(self.num_classes - 1)}")
+            return self.class_names.index(label)
+        idx = int(label)
+        if not 0 <= idx < self.num_classes:
+            raise ValueError(f"label {idx} out of range; valid labels are 0..{self.num_classes - 1}")
+        return idx
+
+    def generate_tensor(
+        self,
+        n: int = 8,
+        *,
+        label=None,
+        labels: list | None = None,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        sampler: str = "heun",
+        steps: int = 18,
+        guidance: float = 1.0,
+        batch_size: int = 64,
+        callback=None,
+    ) -> tuple[torch.Tensor, list[dict]]:
+        """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
+
+        label: one label for all images (class index or name); labels: one per image.
+        Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if labels is None:
+            labels = [label] * n
+        if len(labels) != n or len(seeds) != n:
+            raise ValueError(f"need {n} labels and seeds, got {len(labels)} and {len(seeds)}")
+        idx = [self._label_index(lb) for lb in labels]
+        out, settings = [], []
+        done = 0
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            chunk_idx = idx[sl]
+            cond = Cond(labels=torch.tensor([-1 if i is None else i for i in chunk_idx])) if self.num_classes else None
+
+            def cb(i, total, x, den, _start=start):
+                if callback is not None:
+                    callback(_start + len(chunk_idx) * (i + 1) / total, n)
+
+            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], sampler=sampler, steps=steps, guidance=guidance, callback=cb).cpu())
+            done += len(chunk_idx)
+        for i in range(n):
+            s = {
+                "model": self.name,
+                "family": self.config.family,
+                "checkpoint": self.checkpoint_hash,
+                "seed": seeds[i],
+                "sampler": sampler,
+                "steps": steps,
+                "guidance": guidance,
+                "label": idx[i],
+                "version": __version__,
+            }
+            if idx[i] is not None and self.class_names:
+                s["class_name"] = self.class_names[idx[i]]
+            settings.append(s)
+        return torch.cat(out), settings
+
+    def generate(self, n: int = 8, **kwargs) -> list[Image.Image]:
+        """n PIL images; keyword arguments as generate_tensor. Each image's settings are in `.info`."""
+        images, settings = self.generate_tensor(n, **kwargs)
+        pils = to_pil(images)
+        for im, s in zip(pils, settings):
+            im.info["pixelforge"] = s
+        return pils
+
+
+def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None) -> Generator:
+    """A run folder, a run name under the runs directory, or a bundled model name -> Generator."""
+    return Generator(resolve_run(name_or_path, runs_dir), device=device)
+
+
+def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True) -> dict:
+    """Write each image as a PNG with its settings in the metadata, plus grid.png; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for im in images:
+        s = im.info.get("pixelforge", {})
+        label = s.get("label")
+        stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
+        paths.append(save_png(im, out_dir / f"{stem}.png", s or None))
+    grid_path = None
+    if grid and images:
+        scale = max(1, 64 // images[0].size[0])
+        grid_path = save_png(make_grid(images, scale=scale), out_dir / "grid.png")
+    return {"images": paths, "grid": grid_path}
+
+
+def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=None) -> tuple[Image.Image, dict]:
+    """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed."""
+    s = read_settings(png_path)
+    g = load(s["model"], device=device, runs_dir=runs_dir)
+    if s.get("checkpoint") and s["checkpoint"] != g.checkpoint_hash:
+        raise ValueError(
+            f"{png_path} was made by checkpoint {s['checkpoint']} of {s['model']}, "
+            f"but that model's weights are now {g.checkpoint_hash}: the image cannot be reproduced exactly"
+        )
+    (image,) = g.generate(1, label=s.get("label"), seeds=[s["seed"]], sampler=s["sampler"], steps=s["steps"], guidance=s["guidance"])
+    return image, s

@@ -1,0 +1,321 @@
+"""The `pixelforge` command: a thin shell over the Python API (one sub-command per verb)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EPILOG = """examples:
+  pixelforge demo                                  # samples from the bundled model, no download
+  pixelforge datasets                              # bundled data sets
+  pixelforge data check ./my_images                # what a folder holds, which files are unusable
+  pixelforge train mnist --model diffusion --name digits --steps 2000
+  pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0 -o out/
+  pixelforge sample --from out/seed000005-label3.png -o again/
+  pixelforge info digits
+"""
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a model on a folder of images or a bundled data set (resumes a run of the same name)",
+        description="Train a generator. DATA is a folder of images (recursive; class sub-folders become labels; "
+        "an optional captions.jsonl is kept) or a bundled data set name (see `pixelforge datasets`). Running it "
+        "again with the same --name resumes from the last checkpoint; Ctrl-C saves a checkpoint and exits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
+    p.add_argument("--model", default="diffusion", help="model family (diffusion)")
+    p.add_argument("--name", required=True, help="run name: the run lives in RUNS_DIR/NAME")
+    p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 10000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (Adam)")
+    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off)")
+    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: native for bundled sets, 32 for folders)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grayscale or 3 RGB (default: from the data)")
+    p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
+    p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
+    p.add_argument("--base-channels", type=int, default=64, help="UNet width")
+    p.add_argument("--channel-mult", default="1,2,2", help="UNet width multipliers per resolution")
+    p.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per resolution")
+    p.add_argument("--attn-resolutions", default="", help="feature sides with self-attention, e.g. 16,8 (middle always has it)")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--label-dropout", type=float, default=0.1, help="share of labels dropped for classifier-free guidance")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--val-every", type=int, default=500, help="validation loss every K steps")
+    p.add_argument("--patience", type=int, default=0, help="stop after this many validations without improvement (0: never)")
+    p.add_argument("--sample-every", type=int, default=1000, help="sample grid every K steps (runs/NAME/samples/)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every K steps")
+    p.add_argument("--log-every", type=int, default=25, help="metrics.csv row every K steps")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled model's weights (fine-tuning)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def cmd_train(a) -> int:
+    from .data import DataConfig
+    from .data.source import describe_source
+    from .models import OptimConfig, get_family
+    from .train import RunConfig, TrainConfig, train
+    from .train.runs import default_runs_dir
+
+    runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
+    run_dir = runs_dir / a.name
+    saved = run_dir / "config.json"
+    if saved.exists() and (run_dir / "checkpoints").is_dir():
+        cfg = RunConfig.load(saved)
+        if a.steps is not None and a.steps != cfg.train.steps:
+            from dataclasses import replace
+
+            cfg = replace(cfg, train=replace(cfg.train, steps=a.steps))
+        print(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
+    else:
+        get_family(a.model)
+        native = describe_source(a.data)  # {"image_size", "channels", "num_classes"}
+        image_size = a.image_size or native["image_size"]
+        channels = a.channels or native["channels"]
+        data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
+                          val_fraction=a.val_fraction, split_seed=a.seed)
+        model = {
+            "image_size": image_size,
+            "channels": channels,
+            "num_classes": 0 if a.no_labels else native["num_classes"],
+            "base_channels": a.base_channels,
+            "channel_mult": _ints(a.channel_mult, "--channel-mult"),
+            "num_res_blocks": a.num_res_blocks,
+            "attn_resolutions": _ints(a.attn_resolutions, "--attn-resolutions"),
+            "dropout": a.dropout,
+            "label_dropout": a.label_dropout,
+        }
+        cfg = RunConfig(
+            family=a.model,
+            model=model,
+            data=data,
+            optim=OptimConfig(lr=a.lr, warmup_steps=a.warmup, grad_clip=a.grad_clip),
+            train=TrainConfig(steps=a.steps or 10_000, batch_size=a.batch_size, ema_decay=a.ema_decay, log_every=a.log_every,
+                              val_every=a.val_every, patience=a.patience, sample_every=a.sample_every,
+                              ckpt_every=a.ckpt_every, seed=a.seed),
+        )
+        cfg = RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
+    result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet)
+    print(f"{result.stopped} at step {result.step}: {run_dir}")
+    if result.last_checkpoint:
+        print(f"checkpoint: {result.last_checkpoint}")
+    print(f"samples: {run_dir / 'samples'}   metrics: {run_dir / 'metrics.csv'}")
+    return 0 if result.stopped != "interrupted" else 130
+
+
+def _add_sample(sub):
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a run or a bundled model",
+        description="Generate PNGs (each carrying its settings in its metadata) and a grid. Image i uses seed+i, "
+        "so any single image can be regenerated alone; --from FILE.png regenerates one exactly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
+    p.add_argument("-n", type=int, default=16, help="number of images")
+    p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
+    p.add_argument("--sampler", default="heun", help="euler, heun, dpmpp_2m, ddim or ancestral")
+    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun uses 2 evaluations a step)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("-o", "--out", default="out", help="output folder")
+    p.add_argument("--from", dest="from_png", metavar="IMAGE.png", help="regenerate the image whose settings this PNG carries")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+    def callback(done: float, n: int):
+        bar.n = round(done, 2)
+        bar.refresh()
+
+    return bar, callback
+
+
+def cmd_sample(a) -> int:
+    from . import api
+
+    out = Path(a.out)
+    if a.from_png:
+        image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir)
+        paths = api.save_images([image], out, grid=False)
+        print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
+        return 0
+    from .train.runs import DEFAULT_MODEL
+
+    g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
+    bar, cb = _progress_bar(a.n, f"sampling {g.name}")
+    images = g.generate(a.n, label=a.label, seed=a.seed, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
+                        batch_size=a.batch_size, callback=cb)
+    bar.close()
+    paths = api.save_images(images, out)
+    print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from . import api
+    from .html import gallery_page
+    from .train.runs import DEFAULT_MODEL
+
+    g = api.load(a.model or DEFAULT_MODEL, device=a.device)
+    per = a.per_class
+    labels = [c for c in range(g.num_classes) for _ in range(per)] if g.num_classes else None
+    n = len(labels) if labels else per * 10
+    bar, cb = _progress_bar(n, f"sampling {g.name}")
+    images = g.generate(n, labels=labels, seed=a.seed, sampler="heun", steps=a.steps, guidance=a.guidance, callback=cb)
+    bar.close()
+    out = Path(a.out)
+    paths = api.save_images(images, out)
+    from .images import make_grid, save_png
+
+    grid = save_png(make_grid(images, cols=per if labels else None, scale=max(1, 64 // images[0].size[0])), out / "grid.png")
+    page = gallery_page(f"pixelforge demo: {g.name}", grid, paths["images"], [im.info["pixelforge"] for im in images], out / "index.html")
+    print(f"grid: {grid.resolve()}")
+    print(f"page: {page.resolve()}")
+    return 0
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="generate a grid and an HTML page with the bundled model (offline)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="run or bundled model (default: the bundled model)")
+    p.add_argument("--per-class", type=int, default=8, help="images per class (rows of the grid)")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="out/demo")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_info(a) -> int:
+    from .train.checkpoint import list_checkpoints
+    from .train.config import RunConfig
+    from .train.runs import resolve_run, weights_file, weights_hash
+
+    run_dir = resolve_run(a.run, a.runs_dir)
+    cfg = RunConfig.load(run_dir / "config.json")
+    print(f"run:      {run_dir}")
+    print(f"family:   {cfg.family}   (package {cfg.package_version})")
+    print(f"data:     {cfg.data.source}  ({cfg.data.image_size}x{cfg.data.image_size}, {cfg.data.channels} channel(s), crop {cfg.data.crop})")
+    model = cfg.model_config()
+    from .train.loop import build_model
+
+    n_params = sum(p.numel() for p in build_model(cfg, __import__("torch").device("cpu")).parameters())
+    print(f"model:    {n_params / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in cfg.model.items()))
+    print(f"train:    {cfg.train.steps} steps x batch {cfg.train.batch_size}, lr {cfg.optim.lr}, EMA {cfg.train.ema_decay}")
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if ckpts:
+        meta = json.loads(ckpts[-1].with_suffix(".json").read_text())
+        print(f"progress: step {meta['step']} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
+    try:
+        print(f"weights:  {weights_file(run_dir).name} (hash {weights_hash(run_dir)})")
+    except FileNotFoundError as e:
+        print(f"weights:  none yet ({e})")
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        rows = list(csv.DictReader(open(metrics)))
+        if rows:
+            last = rows[-1]
+            vals = [r["val_loss"] for r in rows if r.get("val_loss")]
+            print(f"last:     step {last['step']}, loss {last.get('loss') or '-'}, img/s {last.get('img_per_s') or '-'}"
+                  + (f", val_loss {vals[-1]}" if vals else ""))
+    if getattr(model, "num_classes", 0):
+        names_path = run_dir / "classes.json"
+        names = json.loads(names_path.read_text()) if names_path.exists() else []
+        print(f"classes:  {model.num_classes}" + (f" ({', '.join(names)})" if names else ""))
+    return 0
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="print a run's config, progress, data set and last metrics")
+    p.add_argument("run", metavar="RUN", help="run folder, run name, or bundled model")
+    p.add_argument("--runs-dir", default=None)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_data_check(a) -> int:
+    from .data import check_folder, format_report
+
+    report = check_folder(a.dir, progress=not a.quiet)
+    print(format_report(report))
+    return 0 if report.usable > 0 else 1
+
+
+def cmd_datasets(a) -> int:
+    from .data.bundled import describe_bundled
+
+    print(describe_bundled())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelforge",
+        description="Build your own image generator: check data, train, sample, inspect.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pixelforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(sub)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_info(sub)
+    d = sub.add_parser("data", help="data tools (check)")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why")
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_data_check)
+    ds = sub.add_parser("datasets", help="list the bundled data sets")
+    ds.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not hasattr(a, "func"):
+        parser.print_help()
+        return 0 if a.command is None else 2
+    try:
+        return a.func(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"pixelforge {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The data layer: find, check, prepare, cache, split and augment images for training."""
+
+from .folder import (
+    CheckReport,
+    DataError,
+    FolderScan,
+    check_file,
+    check_folder,
+    format_report,
+    scan_folder,
+)
+from .prepare import (
+    augment,
+    load_dataset,
+    prepare_image,
+    prepared_side,
+    split_indices,
+    to_model,
+    validate_config,
+)
+from .types import DataConfig, ImageSet
+
+__all__ = [
+    "CheckReport",
+    "DataConfig",
+    "DataError",
+    "FolderScan",
+    "ImageSet",
+    "augment",
+    "check_file",
+    "check_folder",
+    "format_report",
+    "load_dataset",
+    "prepare_image",
+    "prepared_side",
+    "scan_folder",
+    "split_indices",
+    "to_model",
+    "validate_config",
+]

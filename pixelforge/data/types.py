@@ -1,0 +1,49 @@
+"""The data layer's two shared types: what to load (DataConfig) and what was loaded (ImageSet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a data set is found and prepared; saved in a run so sampling and evaluation see the same pipeline.
+
+    source: a folder of images (recursive; class sub-folders become labels; optional captions.jsonl)
+            or the name of a bundled data set (`pixelforge datasets` lists them).
+    image_size: side of the square images the model sees.
+    channels: 1 (grayscale) or 3 (RGB).
+    crop: "center" (resize short side then centre crop), "random" (resize short side to
+          image_size * 1.125, random crop in training, centre crop otherwise) or "none" (squash).
+    hflip: random horizontal flips in training (off by default: digits and text must not be mirrored).
+    val_fraction: share of images held out for validation; the split is fixed by split_seed.
+    """
+
+    source: str
+    image_size: int = 32
+    channels: int = 3
+    crop: str = "center"
+    hflip: bool = False
+    val_fraction: float = 0.05
+    split_seed: int = 0
+
+
+@dataclass
+class ImageSet:
+    """Prepared images, ready for a network: decoding happens once, here."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8; H == W == prepared side (>= image_size for random crop)
+    labels: torch.Tensor | None  # (N,) int64 class index, or None for an unlabelled set
+    class_names: list[str]
+    captions: list[str | None] | None  # one per image where the set has captions
+    source: str  # folder path or bundled name
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for unusable files
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

@@ -1,0 +1,71 @@
+"""Tensor <-> PIL conversion, sample grids and PNGs that carry their generation settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+PNG_KEY = "pixelforge"  # tEXt key holding the JSON generation settings
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, C, H, W) in [-1, 1] -> N PIL images (L for 1 channel, RGB for 3), rounded to 8 bit."""
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    out = []
+    for a in arr:
+        out.append(Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(np.transpose(a, (1, 2, 0)), "RGB"))
+    return out
+
+
+def make_grid(images: list[Image.Image], *, cols: int | None = None, pad: int = 2, scale: int = 1, bg: int = 255) -> Image.Image:
+    """Tile images into one RGB grid (square-ish by default), each scaled by `scale` with nearest neighbour."""
+    if not images:
+        raise ValueError("no images to put in a grid")
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    grid = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), (bg, bg, bg))
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        tile = im.convert("RGB")
+        if scale != 1:
+            tile = tile.resize((w, h), Image.NEAREST)
+        grid.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
+    """Write a PNG atomically; `settings` go into a tEXt chunk as JSON so the image can be regenerated."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    if settings is not None:
+        info.add_text(PNG_KEY, json.dumps(settings, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    """The generation settings stored in a PNG by save_png; a clear error when there are none."""
+    try:
+        with Image.open(path) as im:
+            text = im.text.get(PNG_KEY) if hasattr(im, "text") else None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read as an image ({e})") from None
+    if text is None:
+        raise ValueError(f"{path}: no pixelforge generation settings in this image's metadata")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: generation settings are not valid JSON ({e})") from None

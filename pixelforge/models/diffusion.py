@@ -1,0 +1,181 @@
+"""Diffusion family: EDM preconditioning, loss and sampling (Karras et al. 2022, "Elucidating the
+Design Space of Diffusion-Based Generative Models") around a plain UNet backbone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..condition import Cond
+from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
+from .nets.unet import UNet
+from .optim import OptimConfig, make_adam, update
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything that fixes the network's shape and the diffusion parameterisation.
+
+    num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1.
+    attn_resolutions: feature-map sides (e.g. 16, 8) whose levels get self-attention.
+    label_dropout: share of training labels replaced by "no label", so one network also learns the
+        unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
+    P_mean, P_std: log-normal distribution of training noise levels (EDM Table 1).
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 0
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = ()  # the middle block always has attention
+    dropout: float = 0.0
+    label_dropout: float = 0.1
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+    def __post_init__(self):
+        # JSON round trips give lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by {factor} for channel_mult {self.channel_mult}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+class DiffusionModel(nn.Module):
+    """Denoiser D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM sec. 5), trained with the EDM loss."""
+
+    Config = DiffusionConfig
+    family = "diffusion"
+    capabilities = ("guidance",)
+
+    def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.optim_config = optim or OptimConfig()
+        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
+        self.net = UNet(
+            image_size=config.image_size,
+            in_channels=config.channels,
+            base_channels=config.base_channels,
+            channel_mult=config.channel_mult,
+            num_res_blocks=config.num_res_blocks,
+            attn_resolutions=config.attn_resolutions,
+            dropout=config.dropout,
+            num_classes=config.num_classes,
+        )
+        self._seed = seed
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._generator: torch.Generator | None = None
+
+    # --- parts every family offers -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The random stream of training (noise levels, noise, label dropout), saved in checkpoints."""
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        return self._generator
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizer is None:
+            self._optimizer = make_adam(self.net.parameters(), self.optim_config)
+        return {"net": self._optimizer}
+
+    # --- EDM ---------------------------------------------------------------------------------------
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """D(x; sigma): x (B, C, H, W) noisy, sigma (B,) -> denoised estimate, preconditioned in fp32."""
+        sd = self.config.sigma_data
+        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sd**2 + sigma**2).sqrt()
+        c_noise = sigma.log().flatten() / 4
+        labels = cond.labels if cond is not None else None
+        F_x = self.net(c_in * x, c_noise, labels)
+        return c_skip * x + c_out * F_x
+
+    def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        """EDM loss (eq. 2 with lambda = 1 / c_out^2), one value per image: (B,)."""
+        cfg = self.config
+        b = x.shape[0]
+        rnd = torch.randn(b, device=x.device, generator=generator)
+        sigma = (rnd * cfg.P_std + cfg.P_mean).exp()
+        noise = torch.randn(x.shape, device=x.device, generator=generator) * sigma.reshape(-1, 1, 1, 1)
+        if cond.labels is not None and cfg.label_dropout > 0:
+            drop = torch.rand(b, device=x.device, generator=generator) < cfg.label_dropout
+            cond = Cond(labels=torch.where(drop, torch.full_like(cond.labels, -1), cond.labels))
+        weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
+        denoised = self.denoise(x + noise, sigma, cond)
+        return weight * (denoised - x).square().mean(dim=(1, 2, 3))
+
+    def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
+        """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; returns figures to log."""
+        self.train()
+        loss = self.per_sample_loss(x, cond, self.train_generator).mean()
+        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        self.eval()
+        return self.per_sample_loss(x, cond, generator)
+
+    def guided_denoiser(self, guidance: float) -> Callable:
+        """Classifier-free guidance: D_uncond + w (D_cond - D_uncond), both halves in one batch."""
+
+        def denoiser(x, sigma, cond):
+            if guidance == 1.0 or cond is None or cond.labels is None or self.config.num_classes == 0:
+                return self.denoise(x, sigma, cond)
+            both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([cond, cond.empty()]))
+            d_cond, d_uncond = both.chunk(2)
+            return d_uncond + guidance * (d_cond - d_uncond)
+
+        return denoiser
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: Cond | None = None,
+        *,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        sampler: str = "heun",
+        steps: int = 18,
+        guidance: float = 1.0,
+        schedule: str = "karras",
+        callback=None,
+    ) -> torch.Tensor:
+        """n images (n, C, H, W) in [-1, 1]; image i uses seed + i (or seeds[i]) and nothing else."""
+        self.eval()
+        cfg = self.config
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        solver = get_sampler(sampler)
+        gen = PerSampleGenerator(seeds, self.device)
+        x = gen.randn((cfg.channels, cfg.image_size, cfg.image_size)) * cfg.sigma_max
+        sigmas = SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max).to(self.device)
+        cond = cond.to(self.device) if cond is not None else None
+        out = solver(self.guided_denoiser(guidance), x, sigmas, cond=cond, generator=gen, callback=callback)
+        return out.clamp(-1, 1)

@@ -1,0 +1,168 @@
+"""A plain UNet denoiser backbone: residual blocks, self-attention at low resolutions,
+noise-level and label embeddings (after the DDPM++/EDM architectures, scaled down)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...condition import LabelEmbedding
+
+
+def _groups(ch: int) -> int:
+    # GroupNorm with up to 32 groups, each of at least 4 channels: tiny test configs still work.
+    for g in (32, 16, 8, 4, 2, 1):
+        if ch % g == 0 and ch // g >= 4:
+            return g
+    return 1
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal embedding of the scalar noise condition c_noise (Vaswani et al. 2017 / EDM)."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, dim)
+        args = c_noise.float()[:, None] * 1000.0 * self.freqs[None]
+        return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, with the embedding as a per-channel scale and shift (adaptive GN)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, cout, H, W)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        h = self.conv2(self.dropout(h))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions of a feature map."""
+
+    def __init__(self, ch: int, head_dim: int = 32):
+        super().__init__()
+        self.heads = max(1, ch // head_dim)
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).unbind(0)  # each (B, nh, HW, hs)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs)
+        out = out.permute(0, 1, 3, 2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class UNet(nn.Module):
+    """Maps (x_in, c_noise, labels) to a network output F of x_in's shape.
+
+    channel_mult gives the width at each resolution (base_channels * m); the image side is halved
+    between levels, so image_size must be divisible by 2 ** (len(channel_mult) - 1).
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        in_channels: int,
+        base_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (8,),
+        dropout: float = 0.0,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        emb_dim = base_channels * 4
+        self.noise_embed = FourierEmbedding(base_channels)
+        self.emb_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_ch = [base_channels]
+        ch, res = base_channels, image_size
+        for level, mult in enumerate(channel_mult):
+            cout = base_channels * mult
+            for _ in range(num_res_blocks):
+                self.down.append(_Level(ResBlock(ch, cout, emb_dim, dropout), AttnBlock(cout) if res in attn_resolutions else None))
+                ch = cout
+                skip_ch.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(_Level(None, None, nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                skip_ch.append(ch)
+                res //= 2
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout)
+        self.mid_attn = AttnBlock(ch)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout)
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            cout = base_channels * mult
+            for _ in range(num_res_blocks + 1):
+                self.up.append(_Level(ResBlock(ch + skip_ch.pop(), cout, emb_dim, dropout), AttnBlock(cout) if res in attn_resolutions else None))
+                ch = cout
+            if level > 0:
+                self.up.append(_Level(None, None, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))))
+                res *= 2
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.emb_mlp(self.noise_embed(c_noise))  # (B, emb_dim)
+        if self.label_embed is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+            emb = emb + self.label_embed(labels)
+        emb = F.silu(emb)
+        h = self.conv_in(x)
+        skips = [h]
+        for lvl in self.down:
+            h = lvl(h, emb)
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for lvl in self.up:
+            if lvl.block is not None:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = lvl(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class _Level(nn.Module):
+    """One step of the ladder: a residual block (+ attention), or a resampling layer."""
+
+    def __init__(self, block: ResBlock | None, attn: AttnBlock | None, resample: nn.Module | None = None):
+        super().__init__()
+        self.block, self.attn, self.resample = block, attn, resample
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.resample is not None:
+            return self.resample(h)
+        h = self.block(h, emb)
+        return self.attn(h) if self.attn is not None else h

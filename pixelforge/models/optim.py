@@ -1,0 +1,55 @@
+"""Optimiser settings and the one update step every family uses inside its own training_step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam settings shared by the families; each family builds its own optimiser(s) from them.
+
+    warmup_steps: the learning rate rises linearly from 0 to lr over this many steps.
+    grad_clip: clip the global gradient norm to this value (0 turns clipping off).
+    """
+
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps and grad_clip must not be negative")
+
+
+def make_adam(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to cfg.lr over cfg.warmup_steps, then constant."""
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg: OptimConfig) -> float:
+    """zero_grad, backward, clip, set the warm-up learning rate, step; returns the gradient norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if cfg.grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    else:
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    optimizer.step()
+    return grad_norm

@@ -1,0 +1,26 @@
+"""Noise-level schedules: pure functions from a step count to a decreasing sigma sequence ending in 0."""
+
+from __future__ import annotations
+
+import torch
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    inv_min, inv_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (inv_max + ramp * (inv_min - inv_max)) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+def loglinear_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+    """Noise levels evenly spaced in log sigma, then 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    sigmas = torch.logspace(torch.log10(torch.tensor(sigma_max)), torch.log10(torch.tensor(sigma_min)), steps, dtype=torch.float64)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+SCHEDULES = {"karras": karras_sigmas, "loglinear": loglinear_sigmas}

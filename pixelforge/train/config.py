@@ -1,0 +1,101 @@
+"""The run config: everything needed to rebuild a model and its data pipeline, saved as config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..data.types import DataConfig
+from ..models import OptimConfig, get_family
+
+RUN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop itself (the family's own settings live in its model config).
+
+    Counts are in optimiser steps. ema_decay applies per step after a warm-up (decay grows as
+    (1 + step) / (10 + step) until it reaches ema_decay). patience counts validations without a
+    better validation loss before stopping early (0 never stops early).
+    """
+
+    steps: int = 10_000
+    batch_size: int = 64
+    ema_decay: float = 0.999
+    log_every: int = 25
+    val_every: int = 500
+    val_images: int = 256
+    patience: int = 0
+    sample_every: int = 1000
+    sample_count: int = 16
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    family: str
+    model: dict  # the family's Config fields
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    format_version: int = RUN_FORMAT_VERSION
+    package_version: str = __version__
+
+    def model_config(self):
+        return get_family(self.family).Config(**self.model)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @staticmethod
+    def from_dict(d: dict, *, where: str = "config") -> "RunConfig":
+        version = d.get("format_version")
+        if version != RUN_FORMAT_VERSION:
+            raise ValueError(f"{where}: run format version {version} is not supported (this version reads {RUN_FORMAT_VERSION})")
+        try:
+            cfg = RunConfig(
+                family=d["family"],
+                model=dict(d["model"]),
+                data=_build(DataConfig, d["data"], f"{where}: data"),
+                optim=_build(OptimConfig, d.get("optim", {}), f"{where}: optim"),
+                train=_build(TrainConfig, d.get("train", {}), f"{where}: train"),
+                format_version=version,
+                package_version=d.get("package_version", "unknown"),
+            )
+        except KeyError as e:
+            raise ValueError(f"{where}: missing field {e}") from None
+        _build(get_family(cfg.family).Config, cfg.model, f"{where}: model")  # validate now, not mid-run
+        return cfg
+
+    @staticmethod
+    def load(path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return RunConfig.from_dict(d, where=str(path))
+
+
+def _build(cls, d: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(names))}")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None

@@ -1,0 +1,305 @@
+"""The training loop: one readable function, generic over model families (it never asks which)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..condition import Cond
+from ..data import ImageSet, augment, load_dataset, split_indices, to_model
+from ..device import pick_device
+from ..images import make_grid, save_png, to_pil
+from ..models import get_family
+from .checkpoint import (
+    atomic_write_text,
+    flatten_state,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_state,
+)
+from .config import RunConfig
+from .runs import load_weights, resolve_run
+
+METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "elapsed_s"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped: str  # "finished", "early-stopped", "interrupted"
+    losses: dict[int, float]  # step -> training loss of that step (this process only)
+    last_checkpoint: Path | None
+
+
+def build_model(cfg: RunConfig, device: torch.device):
+    family = get_family(cfg.family)
+    return family(cfg.model_config(), cfg.optim, seed=cfg.train.seed).to(device)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
+def _conds(data: ImageSet, idx: torch.Tensor, device) -> Cond:
+    return Cond(labels=data.labels[idx].to(device)) if data.labels is not None and data.num_classes > 0 else Cond()
+
+
+def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
+    # Stateless: the order of epoch e depends only on (seed, e), so a resumed run replays it exactly.
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _batch_indices(train_idx: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
+    n = len(train_idx)
+    out = []
+    for pos in range(step * batch, (step + 1) * batch):
+        epoch, i = divmod(pos, n)
+        out.append(_epoch_perm(n, seed, epoch)[i] if n > 1 else torch.tensor(0))
+    return train_idx[torch.stack(out)]
+
+
+class _MetricsLog:
+    """metrics.csv (appended; rows past the resumed step are dropped) and TensorBoard when installed."""
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.path = run_dir / "metrics.csv"
+        rows = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        try:  # optional: TensorBoard events beside the CSV when the package is installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRIC_COLUMNS).writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step",) and v != "" and v is not None:
+                    self.tb.add_scalar(k, float(v), int(row["step"]))
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _validation_loss(model, data: ImageSet, val_idx: torch.Tensor, cfg: RunConfig, device) -> float:
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 12345)  # same noise every time
+    idx = val_idx[: cfg.train.val_images]
+    total, count = 0.0, 0
+    for chunk in idx.split(cfg.train.batch_size):
+        x = to_model(data.images[chunk].to(device), cfg.data)
+        total += float(model.validation_loss(x, _conds(data, chunk, device), gen).sum())
+        count += len(chunk)
+    return total / max(count, 1)
+
+
+def _save_samples(ema, data: ImageSet, cfg: RunConfig, run_dir: Path, step: int) -> Path:
+    n = cfg.train.sample_count
+    cond = None
+    if data.labels is not None and data.num_classes > 0:
+        cond = Cond(labels=torch.arange(n) % data.num_classes)
+    images = ema.sample(n, cond, seed=0)
+    cols = data.num_classes if cond is not None and data.num_classes <= 16 else None
+    grid = make_grid(to_pil(images), cols=cols, scale=2 if cfg.data.image_size <= 32 else 1)
+    return save_png(grid, run_dir / "samples" / f"step_{step:07d}.png", {"step": step})
+
+
+def _init_from(model, ema, source: str) -> list[str]:
+    """Copy matching weights from another run or a bundled model (transfer learning); returns skipped names."""
+    run_dir = resolve_run(source)
+    state = load_weights(run_dir)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    ema.load_state_dict(model.state_dict())
+    return sorted(set(own) - set(usable))
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    init_from: str | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train (or resume) the run in run_dir; stop_at ends early at that step as an interruption would."""
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    ckpt_dir = run_dir / "checkpoints"
+    existing = list_checkpoints(ckpt_dir)
+    if (run_dir / "config.json").exists():
+        saved = RunConfig.load(run_dir / "config.json")
+        if existing and (saved.family, saved.model, saved.data) != (cfg.family, cfg.model, cfg.data):
+            raise ValueError(
+                f"{run_dir} already holds a {saved.family} run with another model or data config; "
+                "choose another --name to start afresh (or delete the folder)"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", cfg.to_json())
+
+    data = load_dataset(cfg.data, cache_dir=cache_dir, progress=progress)
+    if data.skipped:
+        tqdm.write(f"skipped {len(data.skipped)} unusable file(s); `pixelforge data check {cfg.data.source}` lists them")
+    split_path = run_dir / "split.json"
+    if split_path.exists():
+        split = json.loads(split_path.read_text())
+        train_idx, val_idx = torch.tensor(split["train"], dtype=torch.long), torch.tensor(split["val"], dtype=torch.long)
+    else:
+        train_idx, val_idx = split_indices(len(data), cfg.data.val_fraction, cfg.data.split_seed)
+        atomic_write_text(split_path, json.dumps({"seed": cfg.data.split_seed, "train": train_idx.tolist(), "val": val_idx.tolist()}))
+    atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names))
+    model_classes = getattr(cfg.model_config(), "num_classes", 0)
+    if model_classes and data.num_classes > model_classes:
+        raise ValueError(f"the data has {data.num_classes} classes but the model config allows {model_classes}")
+
+    model = build_model(cfg, dev)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizers = model.optimizers()
+    start, best_val, bad_vals = 0, math.inf, 0
+    if existing:
+        parts, state = load_checkpoint(existing[-1])
+        model.load_state_dict(parts["model"])
+        ema.load_state_dict(parts["ema"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(unflatten_state(state["optim"][name], parts[f"optim.{name}"]))
+        model.train_generator.set_state(parts["rng"]["train_generator"])
+        torch.set_rng_state(parts["rng"]["torch_cpu"])
+        if dev.type == "cuda" and "torch_cuda" in parts["rng"]:
+            torch.cuda.set_rng_state(parts["rng"]["torch_cuda"])
+        start, best_val, bad_vals = state["step"], state.get("best_val", math.inf), state.get("bad_vals", 0)
+        tqdm.write(f"resuming {run_dir} from step {start}")
+    elif init_from:
+        skipped = _init_from(model, ema, init_from)
+        tqdm.write(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
+
+    log = _MetricsLog(run_dir, start)
+    last_ckpt = existing[-1].with_suffix(".safetensors") if existing else None
+
+    def checkpoint(step: int) -> Path:
+        optim_parts, optim_skel = {}, {}
+        for name, opt in optimizers.items():
+            tensors: dict[str, torch.Tensor] = {}
+            optim_skel[name] = flatten_state(opt.state_dict(), "s", tensors)
+            optim_parts[f"optim.{name}"] = tensors
+        rng = {"torch_cpu": torch.get_rng_state(), "train_generator": model.train_generator.get_state()}
+        if dev.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state()
+        return save_checkpoint(
+            ckpt_dir,
+            step,
+            {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng, **optim_parts},
+            {"images_seen": step * cfg.train.batch_size, "best_val": best_val, "bad_vals": bad_vals, "optim": optim_skel, "device": str(dev)},
+            keep=cfg.train.keep_checkpoints,
+        )
+
+    # Ctrl-C: finish the current step, write a checkpoint, exit cleanly.
+    interrupted = {"flag": False}
+    old_handler = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            signal.signal(signal.SIGINT, old_handler)
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        tqdm.write("interrupt: saving a checkpoint after this step (press Ctrl-C again to abort at once)")
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (e.g. inside a server worker): no handler
+        old_handler = None
+
+    losses: dict[int, float] = {}
+    stopped = "finished"
+    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name)
+    t0 = time.perf_counter()
+    window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
+    step = start
+    try:
+        while step < end:
+            idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
+            aug_gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 7919 + step)
+            x = augment(data.images[idx].to(dev), cfg.data, aug_gen)
+            figures = model.training_step(x, _conds(data, idx, dev), step)
+            decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
+            _ema_update(ema, model, decay)
+            losses[step] = figures["loss"]
+            if not math.isfinite(figures["loss"]):
+                raise FloatingPointError(f"loss became {figures['loss']} at step {step}; lower --lr or check the data")
+            step += 1
+            window_imgs += len(idx)
+            window_loss += figures["loss"]
+            window_gn += figures.get("grad_norm", 0.0)
+            window_n += 1
+            bar.update(1)
+            row = None
+            if step % cfg.train.log_every == 0 or step == end:
+                dt = time.perf_counter() - window_t
+                row = {
+                    "step": step,
+                    "images": step * cfg.train.batch_size,
+                    "loss": f"{window_loss / window_n:.6f}",
+                    "grad_norm": f"{window_gn / window_n:.4f}",
+                    "lr": f"{model.optimizers()[next(iter(optimizers))].param_groups[0]['lr']:.3g}",
+                    "img_per_s": f"{window_imgs / max(dt, 1e-9):.1f}",
+                    "elapsed_s": f"{time.perf_counter() - t0:.1f}",
+                }
+                bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{window_imgs / max(dt, 1e-9):.0f}")
+                window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
+            if len(val_idx) and (step % cfg.train.val_every == 0 or step == end):
+                val = _validation_loss(ema, data, val_idx, cfg, dev)
+                row = row or {"step": step, "images": step * cfg.train.batch_size}
+                row["val_loss"] = f"{val:.6f}"
+                if val < best_val - 1e-6:
+                    best_val, bad_vals = val, 0
+                else:
+                    bad_vals += 1
+            if row is not None:
+                log.write(row)
+            if step % cfg.train.sample_every == 0 or step == end:
+                _save_samples(ema, data, cfg, run_dir, step)
+            if cfg.train.patience and bad_vals >= cfg.train.patience:
+                stopped = "early-stopped"
+                tqdm.write(f"early stop at step {step}: no better validation loss in {bad_vals} validations")
+                last_ckpt = checkpoint(step)
+                break
+            if step % cfg.train.ckpt_every == 0 or step == end or interrupted["flag"]:
+                last_ckpt = checkpoint(step)
+            if interrupted["flag"]:
+                stopped = "interrupted"
+                break
+        if stop_at is not None and step < cfg.train.steps and stopped == "finished":
+            stopped = "interrupted"
+    finally:
+        bar.close()
+        log.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    return TrainResult(run_dir, step, stopped, losses, last_ckpt)

@@ -1,0 +1,64 @@
+"""Finding runs on disk: a run folder, a run name under the runs directory, or a bundled model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .checkpoint import file_hash, list_checkpoints, load_checkpoint
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEFAULT_MODEL = "mnist-diffusion"
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("PIXELFORGE_RUNS", "runs"))
+
+
+def bundled_models() -> list[str]:
+    if not BUNDLED_MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_MODELS_DIR.iterdir() if (p / "config.json").exists())
+
+
+def resolve_run(name_or_path: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
+    """A folder holding config.json, else runs_dir/NAME, else a bundled model NAME; a clear error otherwise."""
+    p = Path(name_or_path)
+    if (p / "config.json").is_file():
+        return p
+    runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    if (runs / str(name_or_path) / "config.json").is_file():
+        return runs / str(name_or_path)
+    if (BUNDLED_MODELS_DIR / str(name_or_path) / "config.json").is_file():
+        return BUNDLED_MODELS_DIR / str(name_or_path)
+    raise FileNotFoundError(
+        f"no run or model named {str(name_or_path)!r}: not a folder with config.json, not in {runs}/, "
+        f"and not a bundled model (bundled: {', '.join(bundled_models()) or 'none'})"
+    )
+
+
+def weights_file(run_dir: Path) -> Path:
+    """The file sampling reads: an exported model.safetensors, else the newest checkpoint."""
+    exported = run_dir / "model.safetensors"
+    if exported.is_file():
+        return exported
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet: train it first (pixelforge train ... --name {run_dir.name})")
+    return ckpts[-1].with_suffix(".safetensors")
+
+
+def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of a run (what sampling uses)."""
+    path = weights_file(run_dir)
+    if path.name == "model.safetensors":
+        return load_file(str(path))
+    parts, _ = load_checkpoint(path.with_suffix(""))
+    return parts["ema"]
+
+
+def weights_hash(run_dir: Path) -> str:
+    return file_hash(weights_file(run_dir))
