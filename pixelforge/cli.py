@@ -72,8 +72,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def cmd_train(a) -> int:
-    from .data import DataConfig
-    from .data.source import describe_source
+    from .data import DataConfig, describe_source
     from .models import OptimConfig, get_family
     from .train import RunConfig, TrainConfig, train
     from .train.runs import default_runs_dir
@@ -277,6 +276,14 @@ def cmd_datasets(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .train.runs import export_run, resolve_run
+
+    out = export_run(resolve_run(a.run, a.runs_dir), Path(a.out))
+    print(f"exported {a.run} to {out} (EMA weights, config, classes, metrics, last sample grid)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelforge",
@@ -296,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_data_check)
+    e = sub.add_parser("export", help="write a run's sampling files (EMA weights, config) to a folder, e.g. to ship a model")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("out", metavar="OUT_DIR")
+    e.add_argument("--runs-dir", default=None)
+    e.set_defaults(func=cmd_export)
     ds = sub.add_parser("datasets", help="list the bundled data sets")
     ds.set_defaults(func=cmd_datasets)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -100,6 +101,13 @@ def test_textures_are_300_crops_per_photo():
     assert s.class_names == ["brick", "grass", "gravel"]
     assert torch.bincount(s.labels).tolist() == [300, 300, 300]
     assert s.images.float().std() > 10  # real texture, not a constant fill
+
+
+def test_textures_without_scikit_image_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # makes `import skimage.data` fail
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    with pytest.raises(ModuleNotFoundError, match="pip install scikit-image"):
+        bundled._load_textures()
 
 
 def test_shapes_are_deterministic_per_seed_and_image():

@@ -18,6 +18,7 @@ from .prepare import (
     to_model,
     validate_config,
 )
+from .source import describe_source
 from .types import DataConfig, ImageSet
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "augment",
     "check_file",
     "check_folder",
+    "describe_source",
     "format_report",
     "load_dataset",
     "prepare_image",

@@ -78,6 +78,13 @@ def load_bundled(name: str) -> ImageSet:
     )
 
 
+def bundled_info(name: str) -> BundledInfo:
+    """Count, side, channels, classes and licence of a bundled set, without loading it."""
+    if name not in _INFO:
+        raise ValueError(f"unknown bundled data set {name!r}; valid names: {', '.join(_INFO)}")
+    return _INFO[name]
+
+
 def describe_bundled() -> str:
     """A text table of the bundled sets, for `pixelforge datasets`."""
     header = ("name", "images", "size", "channels", "classes", "licence / source")

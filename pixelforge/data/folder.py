@@ -134,7 +134,7 @@ def to_rgb_or_l(im: Image.Image) -> Image.Image:
         grey = mode in ("LA", "La", "L")
         rgba = im.convert("LA" if grey else "RGBA")
         base = rgba.convert("L" if grey else "RGB")
-        out = Image.new(base.mode, im.size, 255)
+        out = Image.new(base.mode, im.size, "white")
         out.paste(base, mask=rgba.getchannel("A"))
         return out
     try:
@@ -188,8 +188,21 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
         empty.error = "not a folder"
         return empty
 
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as e:
+        empty.error = f"cannot list the folder ({e.strerror or e})"
+        return empty
+
     found: list[tuple[str, int, int]] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+
+    def unlistable(e: OSError) -> None:
+        # A sub-folder that cannot be listed is kept as an entry, so check_file reports it as unreadable.
+        if e.filename and Path(e.filename) != root:
+            found.append((Path(e.filename).relative_to(root).as_posix(), -1, 0))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden folders in place
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:
@@ -261,11 +274,11 @@ def iter_checked(
     from tqdm import tqdm
 
     for entry in tqdm(scan.files, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
-        if scan.labelled and entry.class_index is None:
-            # A labelled set needs a label for every image; a loose file in the root has none.
-            yield entry, None, f"{NO_CLASS}: in the root of a folder with class sub-folders"
-            continue
         image, reason = check_file(scan.root / entry.path)
+        if image is not None and scan.labelled and entry.class_index is None:
+            # A labelled set needs a label for every image; a loose image in the root has none.
+            image.close()
+            image, reason = None, f"{NO_CLASS}: in the root of a folder with class sub-folders"
         yield entry, image, reason
 
 
@@ -358,7 +371,7 @@ def format_report(report: CheckReport, *, max_listed: int = 100) -> str:
     lines.append(f"  usable images : {report.usable}")
     if report.class_names:
         counts = ", ".join(f"{c} {report.class_counts.get(c, 0)}" for c in report.class_names)
-        lines.append(f"  classes ({len(report.class_names)})  : {counts}")
+        lines.append(f"  {f'classes ({len(report.class_names)})':<14}: {counts}")
     else:
         lines.append("  classes       : none (unlabelled: no class sub-folders)")
     if report.captions or report.caption_errors:

@@ -180,7 +180,9 @@ def _load_bundled_set(cfg: DataConfig, cache: Path, progress: bool) -> ImageSet:
     side = prepared_side(cfg)
     if c == cfg.channels and h == w == side:
         return raw  # already what the model sees
-    key = _hash({"format": CACHE_VERSION, "bundled": cfg.source, "shape": [n, c, h, w], **_prep_fields(cfg)})
+    # Keyed by content, so a changed bundled set (a new pixelforge version) never reuses stale pixels.
+    digest = hashlib.sha256(raw.images.contiguous().numpy().tobytes()).hexdigest()
+    key = _hash({"format": CACHE_VERSION, "bundled": cfg.source, "content": digest, **_prep_fields(cfg)})
     cached = _read_cache(cache, key, cfg)
     if cached is not None:
         return cached

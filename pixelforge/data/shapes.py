@@ -67,18 +67,22 @@ def shape_attributes(index: int, *, size: int = 32, seed: int = 0) -> dict:
     [i, i+1) x [j, j+1), so the centre lies in pixel (int(x), int(y))). radius: circumradius.
     """
     rng = np.random.default_rng((seed, index))
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    size_name = list(SIZES)[rng.integers(len(SIZES))]
-    position = list(POSITIONS)[rng.integers(len(POSITIONS))]
+    def pick(options):
+        options = list(options)
+        return options[int(rng.integers(len(options)))]
+
+    shape = pick(SHAPES)
+    colour = pick(COLOURS)
+    background = pick(BACKGROUNDS)
+    size_name = pick(SIZES)
+    position = pick(POSITIONS)
     jitter = rng.uniform(-_JITTER, _JITTER, size=2)
 
     r = SIZES[size_name]
     (col, row), phrase = POSITIONS[position]
     lo, hi = r + _MARGIN, 1.0 - r - _MARGIN  # keep the shape inside the image
-    fx = min(max(_GRID[col] + jitter[0], lo), hi)
-    fy = min(max(_GRID[row] + jitter[1], lo), hi)
+    fx = min(max(_GRID[col] + float(jitter[0]), lo), hi)
+    fy = min(max(_GRID[row] + float(jitter[1]), lo), hi)
     return {
         "shape": shape,
         "colour": colour,

@@ -12,10 +12,10 @@ def describe_source(source: str) -> dict:
 
     Folders default to 32x32 RGB (what the default UNet is sized for); bundled sets to their native form.
     """
-    from .bundled import BUNDLED, _INFO
+    from .bundled import BUNDLED, bundled_info
 
     if source in BUNDLED and not Path(source).exists():
-        info = _INFO[source]
+        info = bundled_info(source)
         return {"image_size": info.side, "channels": info.channels, "num_classes": info.classes, "bundled": True}
     scan = scan_folder(source)
     if scan.error:

@@ -62,3 +62,21 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def weights_hash(run_dir: Path) -> str:
     return file_hash(weights_file(run_dir))
+
+
+def export_run(run_dir: Path, out_dir: Path) -> Path:
+    """Copy what sampling needs into out_dir: config.json, classes.json, metrics.csv, the newest sample
+    grid, and the EMA weights alone as model.safetensors (no optimiser state: a fraction of the size)."""
+    import shutil
+
+    from .checkpoint import atomic_save_tensors
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "classes.json", "metrics.csv"):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if grids:
+        shutil.copyfile(grids[-1], out_dir / "samples.png")
+    atomic_save_tensors(load_weights(run_dir), out_dir / "model.safetensors")
+    return out_dir

