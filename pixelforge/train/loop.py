@@ -156,7 +156,8 @@ def train(
     existing = list_checkpoints(ckpt_dir)
     if (run_dir / "config.json").exists():
         saved = RunConfig.load(run_dir / "config.json")
-        if existing and (saved.family, saved.model, saved.data) != (cfg.family, cfg.model, cfg.data):
+        # Compare the built model configs, not the raw dicts: JSON turns tuples such as channel_mult into lists.
+        if existing and (saved.family, saved.model_config(), saved.data) != (cfg.family, cfg.model_config(), cfg.data):
             raise ValueError(
                 f"{run_dir} already holds a {saved.family} run with another model or data config; "
                 "choose another --name to start afresh (or delete the folder)"
