@@ -62,3 +62,13 @@ def _randomize_zero_init(model: torch.nn.Module, seed: int = 0, std: float = 0.0
 def randomize_zero_init():
     """randomize_zero_init(model, seed=0, std=0.05) -> the model, its all-zero parameters made random."""
     return _randomize_zero_init
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the threads contend
+    (a tiny training run took ten times longer with two threads on two busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,7 +29,7 @@ class DiffusionConfig:
     image_size: int = 32
     channels: int = 3
     num_classes: int = 0
-    base_channels: int = 64
+    base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     attn_resolutions: tuple[int, ...] = ()  # the middle block always has attention

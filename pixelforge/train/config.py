@@ -20,7 +20,9 @@ class TrainConfig:
 
     Counts are in optimiser steps. ema_decay applies per step after a warm-up (decay grows as
     (1 + step) / (10 + step) until it reaches ema_decay). patience counts validations without a
-    better validation loss before stopping early (0 never stops early).
+    better validation loss before stopping early (0 never stops early). eval_every: sample-quality
+    figures (FID, KID) every K steps when an evaluator is given (0: never). early_stop_on: the figure
+    that patience watches, "val_loss" or "fid" (lower is better for both).
     """
 
     steps: int = 10_000
@@ -30,6 +32,10 @@ class TrainConfig:
     val_every: int = 500
     val_images: int = 256
     patience: int = 0
+    eval_every: int = 0
+    eval_samples: int = 256
+    eval_extractor: str = "auto"
+    early_stop_on: str = "val_loss"
     sample_every: int = 1000
     sample_count: int = 16
     ckpt_every: int = 500
@@ -40,6 +46,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.patience < 0:
+            raise ValueError("train.eval_every and train.patience must not be negative")
+        if self.early_stop_on not in ("val_loss", "fid", "kid"):
+            raise ValueError(f"train.early_stop_on must be val_loss, fid or kid, got {self.early_stop_on!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
 

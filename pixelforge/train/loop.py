@@ -10,6 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from .checkpoint import (
 from .config import RunConfig
 from .runs import load_weights, resolve_run
 
-METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "elapsed_s"]
+METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "fid", "kid", "kid_std", "elapsed_s"]
 
 
 @dataclass
@@ -148,8 +149,13 @@ def train(
     progress: bool = True,
     stop_at: int | None = None,
     cache_dir: str | Path | None = None,
+    evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in run_dir; stop_at ends early at that step as an interruption would."""
+    """Train (or resume) the run in run_dir; stop_at ends early at that step as an interruption would.
+
+    evaluator(ema_model, step) -> figures (e.g. {"fid": ..., "kid": ...}) is called every
+    cfg.train.eval_every steps; the loop knows nothing of how they are computed.
+    """
     run_dir = Path(run_dir)
     dev = pick_device(device)
     ckpt_dir = run_dir / "checkpoints"
@@ -278,17 +284,29 @@ def train(
                 val = _validation_loss(ema, data, val_idx, cfg, dev)
                 row = row or {"step": step, "images": step * cfg.train.batch_size}
                 row["val_loss"] = f"{val:.6f}"
-                if val < best_val - 1e-6:
-                    best_val, bad_vals = val, 0
-                else:
-                    bad_vals += 1
+                if cfg.train.early_stop_on == "val_loss":
+                    if val < best_val - 1e-6:
+                        best_val, bad_vals = val, 0
+                    else:
+                        bad_vals += 1
+            if evaluator is not None and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == end):
+                figures = evaluator(ema, step)
+                row = row or {"step": step, "images": step * cfg.train.batch_size}
+                row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
+                bar.set_postfix(loss=row.get("loss") or "-", **{k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")})
+                watched = figures.get(cfg.train.early_stop_on)
+                if watched is not None:
+                    if watched < best_val - 1e-6:
+                        best_val, bad_vals = watched, 0
+                    else:
+                        bad_vals += 1
             if row is not None:
                 log.write(row)
             if step % cfg.train.sample_every == 0 or step == end:
                 _save_samples(ema, data, cfg, run_dir, step)
             if cfg.train.patience and bad_vals >= cfg.train.patience:
                 stopped = "early-stopped"
-                tqdm.write(f"early stop at step {step}: no better validation loss in {bad_vals} validations")
+                tqdm.write(f"early stop at step {step}: no better {cfg.train.early_stop_on} in {bad_vals} evaluations")
                 last_ckpt = checkpoint(step)
                 break
             if step % cfg.train.ckpt_every == 0 or step == end or interrupted["flag"]:

@@ -1,0 +1,203 @@
+"""Evaluation verbs of the API: a run (or bundled model) against real data, one folder against
+another, and the classification accuracy score; each writes what it used beside its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DataConfig, check_folder, describe_source, load_dataset, split_indices, to_model
+from .images import make_grid, to_pil
+from .metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, nearest_real, real_features, to_uint8
+from .metrics.features import load_extractor
+from .report import write_report
+
+
+def _native_side(folder: str, default: int) -> int:
+    """The side of a folder's images when they are all the same square size, else `default`."""
+    sizes = check_folder(folder).sizes
+    if len(sizes) == 1:
+        (w, h), = sizes.keys()
+        if w == h:
+            return int(w)
+    return default
+
+
+def load_real(source: str, *, extractor, image_size: int | None = None, cache_dir=None, progress: bool = True) -> torch.Tensor:
+    """Real images as uint8 (N, C, H, W): a bundled set at its native size, or a folder at its own
+    size when all its images share one (else the extractor's input size, centre-cropped)."""
+    info = describe_source(source)
+    channels = 1 if info["bundled"] and info["channels"] == 1 else 3  # each extractor converts to what it takes
+    side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size))
+    data = load_dataset(DataConfig(source=source, image_size=side, channels=channels, val_fraction=0.0),
+                        cache_dir=cache_dir, progress=progress)
+    return data.images
+
+
+def _generate(g, n: int, *, seed: int, sampler: str, steps: int, guidance: float, progress: bool) -> tuple[torch.Tensor, list]:
+    from tqdm.auto import tqdm
+
+    labels = balanced_labels(n, g.num_classes)
+    bar = tqdm(total=n, desc=f"sampling {g.name}", unit="img", disable=not progress, dynamic_ncols=True)
+
+    def cb(done, total):
+        bar.n = round(done, 2)
+        bar.refresh()
+
+    images, _ = g.generate_tensor(n, labels=labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, callback=cb)
+    bar.close()
+    return to_uint8(images), labels
+
+
+def _pairs(fake: torch.Tensor, real: torch.Tensor, f_feats, r_feats, k: int = 12):
+    idx, dist = nearest_real(f_feats, r_feats)
+    order = np.argsort(dist)[:k]
+    fp = to_pil(fake[order].float() / 127.5 - 1)
+    rp = to_pil(real[idx[order]].float() / 127.5 - 1)
+    return [(a, b, float(d)) for a, b, d in zip(fp, rp, dist[order])]
+
+
+def evaluate_run(
+    run: str,
+    *,
+    real: str | None = None,
+    n: int = 10_000,
+    extractor: str = "auto",
+    sampler: str = "heun",
+    steps: int = 18,
+    guidance: float = 1.0,
+    seed: int = 0,
+    runs_dir=None,
+    device: str = "auto",
+    report: str | os.PathLike | None | bool = True,
+    cache_dir=None,
+    progress: bool = True,
+    options: EvalOptions | None = None,
+) -> dict:
+    """Sample n images from a run (labels balanced over classes), compare with real data (the run's
+    own data set by default), append the figures to the run's evaluations.jsonl and write report.html."""
+    from .api import load
+
+    g = load(run, device=device, runs_dir=runs_dir)
+    real = real or g.config.data.source
+    ext = load_extractor(extractor, data_source=real, device=device)
+    t0 = time.perf_counter()
+    fake, _ = _generate(g, n, seed=seed, sampler=sampler, steps=steps, guidance=guidance, progress=progress)
+    real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress)
+    opts = options or EvalOptions(seed=seed)
+    figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    step = _run_step(g.run_dir)
+    settings = {
+        "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
+        "extractor": figures["extractor"], "n_fake": figures["n_fake"], "n_real": figures["n_real"],
+        "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
+        "resize": figures["settings"]["resize"], "KID subsets": f"{opts.kid_subsets} x {opts.kid_subset_size}",
+        "precision/recall k": opts.pr_k, "IS": figures["settings"]["is_note"], "seconds": figures["seconds"],
+    }
+    figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "sampler": sampler,
+                           "steps": steps, "guidance": guidance, "seed": seed, "real": real}
+    if report:
+        writable = _writable_run(g.run_dir)
+        if writable:
+            with open(g.run_dir / "evaluations.jsonl", "a") as f:
+                f.write(json.dumps(figures) + "\n")
+        if report is True:  # the run's own report, or out/NAME/ for a bundled model inside the package
+            report = g.run_dir / "report.html" if writable else Path("out") / g.name / "report.html"
+        r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
+        f_feats = ext.features(fake[: min(len(fake), 512)])
+        grid = make_grid(to_pil(fake[:64].float() / 127.5 - 1), scale=max(1, 64 // fake.shape[-1]))
+        figures["report"] = str(write_report(
+            Path(report), title=f"Evaluation of {g.name}", figures=figures, settings=settings, grid=grid,
+            pairs=_pairs(fake[: len(f_feats)], real_images, f_feats, r_feats), metrics_csv=g.run_dir / "metrics.csv"))
+    return figures
+
+
+def _run_step(run_dir: Path) -> int | None:
+    from .train.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if ckpts:
+        return int(json.loads(ckpts[-1].with_suffix(".json").read_text())["step"])
+    return None
+
+
+def _writable_run(run_dir: Path) -> bool:
+    # Bundled models live inside the installed package: reports go elsewhere (see evaluate_run's caller).
+    from .train.runs import BUNDLED_MODELS_DIR
+
+    return run_dir.resolve().parent != BUNDLED_MODELS_DIR and os.access(run_dir, os.W_OK)
+
+
+def evaluate_folders(
+    fake: str,
+    real: str,
+    *,
+    extractor: str = "auto",
+    device: str = "auto",
+    cache_dir=None,
+    report: str | os.PathLike | None = None,
+    progress: bool = True,
+    options: EvalOptions | None = None,
+) -> dict:
+    """Any folder of images against any other folder (or a bundled data set): for other generators too."""
+    ext = load_extractor(extractor, data_source=real, device=device)
+    fake_images = load_real(fake, extractor=ext, progress=progress)
+    real_images = load_real(real, extractor=ext, progress=progress)
+    opts = options or EvalOptions()
+    figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    if report:
+        r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
+        f_feats = ext.features(fake_images[:512])
+        settings = {"fake": fake, "real": real, "extractor": figures["extractor"], "n_fake": figures["n_fake"],
+                    "n_real": figures["n_real"], "resize": figures["settings"]["resize"], "seed": opts.seed,
+                    "IS": figures["settings"]["is_note"]}
+        grid = make_grid(to_pil(fake_images[:64].float() / 127.5 - 1), scale=max(1, 64 // fake_images.shape[-1]))
+        figures["report"] = str(write_report(Path(report), title=f"Evaluation of {fake}", figures=figures, settings=settings,
+                                             grid=grid, pairs=_pairs(fake_images[: len(f_feats)], real_images, f_feats, r_feats)))
+    return figures
+
+
+def classification_accuracy(
+    run: str,
+    *,
+    n_per_class: int = 200,
+    epochs: int = 8,
+    sampler: str = "heun",
+    steps: int = 18,
+    guidance: float = 1.0,
+    seed: int = 0,
+    runs_dir=None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """CAS: a classifier trained on n_per_class generated images per class, tested on the run's real
+    validation images, beside the same classifier trained on as many real training images."""
+    from .api import load
+    from .metrics.cas import classification_accuracy_score
+
+    g = load(run, device=device, runs_dir=runs_dir)
+    if g.num_classes < 2:
+        raise ValueError(f"{g.name} is not class-conditional: the classification accuracy score needs labels")
+    data = load_dataset(g.config.data, progress=progress)
+    split_path = g.run_dir / "split.json"
+    if split_path.exists():
+        split = json.loads(split_path.read_text())
+        train_idx, val_idx = torch.tensor(split["train"]), torch.tensor(split["val"])
+    else:
+        train_idx, val_idx = split_indices(len(data), max(g.config.data.val_fraction, 0.1), g.config.data.split_seed)
+    fake, labels = _generate(g, n_per_class * g.num_classes, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
+                             progress=progress)
+    real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
+    result = classification_accuracy_score(
+        fake.float() / 127.5 - 1, torch.tensor(labels), real_x[train_idx], data.labels[train_idx],
+        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed)
+    result.update({"model": g.name, "checkpoint": g.checkpoint_hash, "sampler": sampler, "steps": steps,
+                   "guidance": guidance, "per_class": dict(Counter(labels))})
+    return result
