@@ -58,6 +58,11 @@ class Generator:
             raise ValueError(f"label {idx} out of range; valid labels are 0..{self.num_classes - 1}")
         return idx
 
+    @property
+    def sample_options(self) -> dict:
+        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults."""
+        return dict(getattr(self.model, "sample_options", {}))
+
     def generate_tensor(
         self,
         n: int = 8,
@@ -66,51 +71,54 @@ class Generator:
         labels: list | None = None,
         seed: int = 0,
         seeds: list[int] | None = None,
-        sampler: str = "heun",
-        steps: int = 18,
-        guidance: float = 1.0,
         batch_size: int = 64,
         callback=None,
+        **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
 
         label: one label for all images (class index or name); labels: one per image.
+        options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
+        guidance, schedule); unset ones take their defaults.
         Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        defaults = self.sample_options
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
+                             f"valid options: {', '.join(defaults) or 'none'}")
+        opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        if "steps" in opts and int(opts["steps"]) < 1:
+            raise ValueError(f"steps must be at least 1, got {opts['steps']}")
+        if "sampler" in opts and opts["sampler"] not in SAMPLERS:
+            raise ValueError(f"unknown sampler {opts['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
         if labels is None:
             labels = [label] * n
         if len(labels) != n or len(seeds) != n:
             raise ValueError(f"need {n} labels and seeds, got {len(labels)} and {len(seeds)}")
         idx = [self._label_index(lb) for lb in labels]
-        out, settings = [], []
-        done = 0
+        out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
             cond = Cond(labels=torch.tensor([-1 if i is None else i for i in chunk_idx])) if self.num_classes else None
 
-            def cb(i, total, x, den, _start=start):
+            def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
-                    callback(_start + len(chunk_idx) * (i + 1) / total, n)
+                    callback(_start + _m * (i + 1) / total, n)
 
-            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], sampler=sampler, steps=steps, guidance=guidance, callback=cb).cpu())
-            done += len(chunk_idx)
+            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts).cpu())
+        settings = []
         for i in range(n):
             s = {
                 "model": self.name,
                 "family": self.config.family,
                 "checkpoint": self.checkpoint_hash,
                 "seed": seeds[i],
-                "sampler": sampler,
-                "steps": steps,
-                "guidance": guidance,
+                **opts,
                 "label": idx[i],
                 "version": __version__,
             }
@@ -158,5 +166,6 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
             f"{png_path} was made by checkpoint {s['checkpoint']} of {s['model']}, "
             f"but that model's weights are now {g.checkpoint_hash}: the image cannot be reproduced exactly"
         )
-    (image,) = g.generate(1, label=s.get("label"), seeds=[s["seed"]], sampler=s["sampler"], steps=s["steps"], guidance=s["guidance"])
+    options = {k: s[k] for k in g.sample_options if k in s}
+    (image,) = g.generate(1, label=s.get("label"), seeds=[s["seed"]], **options)
     return image, s

@@ -44,12 +44,15 @@ def _add_train(sub):
     p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
     p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
-    p.add_argument("--base-channels", type=int, default=32, help="UNet width (channels at full resolution)")
-    p.add_argument("--channel-mult", default="1,2,2", help="UNet width multipliers per resolution")
-    p.add_argument("--num-res-blocks", type=int, default=2, help="residual blocks per resolution")
-    p.add_argument("--attn-resolutions", default="", help="feature sides with self-attention, e.g. 16,8 (middle always has it)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--label-dropout", type=float, default=0.1, help="share of labels dropped for classifier-free guidance")
+    m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
+    m.add_argument("--base-channels", type=int, default=None, help="network width at full resolution (diffusion default 32)")
+    m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2")
+    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution")
+    m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it)")
+    m.add_argument("--dropout", type=float, default=None)
+    m.add_argument("--label-dropout", type=float, default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
+    m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--val-every", type=int, default=500, help="validation loss every K steps")
     p.add_argument("--patience", type=int, default=0, help="stop after this many evaluations of --early-stop-on without improvement (0: never)")
@@ -75,6 +78,37 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _model_fields(a, family, image_size: int, channels: int, num_classes: int) -> dict:
+    """The family's model config from the data's shape, the shape flags given and --set FIELD=VALUE."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(family.Config)}
+    model = {k: v for k, v in {"image_size": image_size, "channels": channels, "num_classes": num_classes}.items() if k in fields}
+    flags = {
+        "base_channels": a.base_channels,
+        "channel_mult": _ints(a.channel_mult, "--channel-mult") if a.channel_mult is not None else None,
+        "num_res_blocks": a.num_res_blocks,
+        "attn_resolutions": _ints(a.attn_resolutions, "--attn-resolutions") if a.attn_resolutions is not None else None,
+        "dropout": a.dropout,
+        "label_dropout": a.label_dropout,
+    }
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to {a.model} models")
+        model[key] = value
+    for item in a.set:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(fields))}")
+        try:
+            model[key] = json.loads(text)
+        except json.JSONDecodeError:
+            model[key] = text  # a bare string such as --set backbone=dit
+    return model
+
+
 def cmd_train(a) -> int:
     from .data import DataConfig, describe_source
     from .models import OptimConfig, get_family
@@ -92,23 +126,13 @@ def cmd_train(a) -> int:
             cfg = replace(cfg, train=replace(cfg.train, steps=a.steps))
         print(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
     else:
-        get_family(a.model)
+        family = get_family(a.model)
         native = describe_source(a.data)  # {"image_size", "channels", "num_classes"}
         image_size = a.image_size or native["image_size"]
         channels = a.channels or native["channels"]
         data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
                           val_fraction=a.val_fraction, split_seed=a.seed)
-        model = {
-            "image_size": image_size,
-            "channels": channels,
-            "num_classes": 0 if a.no_labels else native["num_classes"],
-            "base_channels": a.base_channels,
-            "channel_mult": _ints(a.channel_mult, "--channel-mult"),
-            "num_res_blocks": a.num_res_blocks,
-            "attn_resolutions": _ints(a.attn_resolutions, "--attn-resolutions"),
-            "dropout": a.dropout,
-            "label_dropout": a.label_dropout,
-        }
+        model = _model_fields(a, family, image_size, channels, 0 if a.no_labels else native["num_classes"])
         cfg = RunConfig(
             family=a.model,
             model=model,
@@ -157,9 +181,7 @@ def _add_sample(sub):
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
     p.add_argument("-n", type=int, default=16, help="number of images")
     p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
-    p.add_argument("--sampler", default="heun", help="euler, heun, dpmpp_2m, ddim or ancestral")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun uses 2 evaluations a step)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    _add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("-o", "--out", default="out", help="output folder")
@@ -167,6 +189,18 @@ def _add_sample(sub):
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
+
+
+def _add_sampling_options(p) -> None:
+    g = p.add_argument_group("sampling options (diffusion models; unset ones take the model's defaults)")
+    g.add_argument("--sampler", default=None, help="euler, heun, dpmpp_2m, ddim or ancestral (default heun)")
+    g.add_argument("--steps", type=int, default=None, help="sampler steps (default 18; Heun uses 2 evaluations a step)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 1: none)")
+
+
+def _sampling_options(a) -> dict:
+    """Only the options given on the command line: each family has its own set and defaults."""
+    return {k: v for k, v in {"sampler": a.sampler, "steps": a.steps, "guidance": a.guidance}.items() if v is not None}
 
 
 def _progress_bar(total: int, desc: str):
@@ -194,8 +228,7 @@ def cmd_sample(a) -> int:
 
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
     bar, cb = _progress_bar(a.n, f"sampling {g.name}")
-    images = g.generate(a.n, label=a.label, seed=a.seed, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
-                        batch_size=a.batch_size, callback=cb)
+    images = g.generate(a.n, label=a.label, seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
     bar.close()
     paths = api.save_images(images, out)
     print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
@@ -212,7 +245,8 @@ def cmd_demo(a) -> int:
     labels = [c for c in range(g.num_classes) for _ in range(per)] if g.num_classes else None
     n = len(labels) if labels else per * 10
     bar, cb = _progress_bar(n, f"sampling {g.name}")
-    images = g.generate(n, labels=labels, seed=a.seed, sampler="heun", steps=a.steps, guidance=a.guidance, callback=cb)
+    options = {k: v for k, v in {"steps": a.steps, "guidance": a.guidance}.items() if k in g.sample_options}
+    images = g.generate(n, labels=labels, seed=a.seed, callback=cb, **options)
     bar.close()
     out = Path(a.out)
     paths = api.save_images(images, out)
@@ -305,9 +339,9 @@ def cmd_evaluate(a) -> int:
     if a.cas:
         if not a.run:
             raise ValueError("--cas needs a RUN (a class-conditional run or bundled model)")
-        result = ev.classification_accuracy(a.run, n_per_class=a.per_class, epochs=a.epochs, sampler=a.sampler,
-                                            steps=a.steps, guidance=a.guidance, seed=a.seed, runs_dir=a.runs_dir,
-                                            device=a.device, progress=not a.json)
+        result = ev.classification_accuracy(a.run, n_per_class=a.per_class, epochs=a.epochs, seed=a.seed,
+                                            runs_dir=a.runs_dir, device=a.device, progress=not a.json,
+                                            **_sampling_options(a))
         if a.json:
             print(json.dumps(result))
         else:
@@ -324,9 +358,9 @@ def cmd_evaluate(a) -> int:
     else:
         if not a.run:
             raise ValueError("name a RUN (run folder, run name or bundled model), or use --fake DIR --real DIR")
-        figures = ev.evaluate_run(a.run, real=a.real, n=a.n, extractor=a.extractor, sampler=a.sampler, steps=a.steps,
-                                  guidance=a.guidance, seed=a.seed, runs_dir=a.runs_dir, device=a.device,
-                                  report=False if a.no_report else (a.report or True), progress=not a.json)
+        figures = ev.evaluate_run(a.run, real=a.real, n=a.n, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
+                                  device=a.device, report=False if a.no_report else (a.report or True),
+                                  progress=not a.json, **_sampling_options(a))
     if a.json:
         keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real")
         print(json.dumps({**{k: figures[k] for k in keys}, "settings": figures["settings"]}))
@@ -359,9 +393,7 @@ def _add_evaluate(sub):
     p.add_argument("--fake", metavar="DIR", help="evaluate this folder of images instead of sampling a run")
     p.add_argument("-n", type=int, default=10_000, help="number of samples to generate")
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
-    p.add_argument("--sampler", default="heun")
-    p.add_argument("--steps", type=int, default=18)
-    p.add_argument("--guidance", type=float, default=1.0)
+    _add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object (no progress output)")
     p.add_argument("--report", metavar="PATH", help="where report.html goes (default: in the run, or out/NAME/ for a bundled model)")

@@ -40,7 +40,7 @@ def load_real(source: str, *, extractor, image_size: int | None = None, cache_di
     return data.images
 
 
-def _generate(g, n: int, *, seed: int, sampler: str, steps: int, guidance: float, progress: bool) -> tuple[torch.Tensor, list]:
+def _generate(g, n: int, *, seed: int, progress: bool, **options) -> tuple[torch.Tensor, list]:
     from tqdm.auto import tqdm
 
     labels = balanced_labels(n, g.num_classes)
@@ -50,7 +50,7 @@ def _generate(g, n: int, *, seed: int, sampler: str, steps: int, guidance: float
         bar.n = round(done, 2)
         bar.refresh()
 
-    images, _ = g.generate_tensor(n, labels=labels, seed=seed, sampler=sampler, steps=steps, guidance=guidance, callback=cb)
+    images, _ = g.generate_tensor(n, labels=labels, seed=seed, callback=cb, **options)
     bar.close()
     return to_uint8(images), labels
 
@@ -69,9 +69,6 @@ def evaluate_run(
     real: str | None = None,
     n: int = 10_000,
     extractor: str = "auto",
-    sampler: str = "heun",
-    steps: int = 18,
-    guidance: float = 1.0,
     seed: int = 0,
     runs_dir=None,
     device: str = "auto",
@@ -79,6 +76,7 @@ def evaluate_run(
     cache_dir=None,
     progress: bool = True,
     options: EvalOptions | None = None,
+    **sample_options,
 ) -> dict:
     """Sample n images from a run (labels balanced over classes), compare with real data (the run's
     own data set by default), append the figures to the run's evaluations.jsonl and write report.html."""
@@ -88,7 +86,8 @@ def evaluate_run(
     real = real or g.config.data.source
     ext = load_extractor(extractor, data_source=real, device=device)
     t0 = time.perf_counter()
-    fake, _ = _generate(g, n, seed=seed, sampler=sampler, steps=steps, guidance=guidance, progress=progress)
+    used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
+    fake, _ = _generate(g, n, seed=seed, progress=progress, **used)
     real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress)
     opts = options or EvalOptions(seed=seed)
     figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
@@ -97,12 +96,12 @@ def evaluate_run(
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
         "extractor": figures["extractor"], "n_fake": figures["n_fake"], "n_real": figures["n_real"],
-        "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
+        **used, "seed": seed,
         "resize": figures["settings"]["resize"], "KID subsets": f"{opts.kid_subsets} x {opts.kid_subset_size}",
         "precision/recall k": opts.pr_k, "IS": figures["settings"]["is_note"], "seconds": figures["seconds"],
     }
-    figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "sampler": sampler,
-                           "steps": steps, "guidance": guidance, "seed": seed, "real": real}
+    figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, **used, "seed": seed,
+                           "real": real}
     if report:
         writable = _writable_run(g.run_dir)
         if writable:
@@ -169,13 +168,11 @@ def classification_accuracy(
     *,
     n_per_class: int = 200,
     epochs: int = 8,
-    sampler: str = "heun",
-    steps: int = 18,
-    guidance: float = 1.0,
     seed: int = 0,
     runs_dir=None,
     device: str = "auto",
     progress: bool = True,
+    **sample_options,
 ) -> dict:
     """CAS: a classifier trained on n_per_class generated images per class, tested on the run's real
     validation images, beside the same classifier trained on as many real training images."""
@@ -192,12 +189,11 @@ def classification_accuracy(
         train_idx, val_idx = torch.tensor(split["train"]), torch.tensor(split["val"])
     else:
         train_idx, val_idx = split_indices(len(data), max(g.config.data.val_fraction, 0.1), g.config.data.split_seed)
-    fake, labels = _generate(g, n_per_class * g.num_classes, seed=seed, sampler=sampler, steps=steps, guidance=guidance,
-                             progress=progress)
+    used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
+    fake, labels = _generate(g, n_per_class * g.num_classes, seed=seed, progress=progress, **used)
     real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
     result = classification_accuracy_score(
         fake.float() / 127.5 - 1, torch.tensor(labels), real_x[train_idx], data.labels[train_idx],
         real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed)
-    result.update({"model": g.name, "checkpoint": g.checkpoint_hash, "sampler": sampler, "steps": steps,
-                   "guidance": guidance, "per_class": dict(Counter(labels))})
+    result.update({"model": g.name, "checkpoint": g.checkpoint_hash, **used, "per_class": dict(Counter(labels))})
     return result

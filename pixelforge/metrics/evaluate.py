@@ -172,11 +172,13 @@ def make_training_evaluator(
     labels = balanced_labels(n, num_classes)
 
     def evaluator(model: torch.nn.Module, step: int) -> dict[str, float]:
+        # Only the options this family takes (e.g. a GAN has no sampler or steps).
+        opts = {k: v for k, v in sample_options.items() if k in getattr(model, "sample_options", {})}
         chunks = []
         for start in range(0, n, options.batch_size):
             stop = min(n, start + options.batch_size)
             cond = Cond(labels=torch.tensor(labels[start:stop])) if labels else None
-            chunks.append(to_uint8(model.sample(stop - start, cond, seeds=list(range(start, stop)), **sample_options)))
+            chunks.append(to_uint8(model.sample(stop - start, cond, seeds=list(range(start, stop)), **opts)))
         f_feats = extractor.features(torch.cat(chunks), batch_size=options.batch_size)
         mu_f, sigma_f = feature_stats(f_feats)
         kid, kid_std = kernel_inception_distance(f_feats, r_feats, subsets=options.kid_subsets,

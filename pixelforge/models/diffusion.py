@@ -62,6 +62,9 @@ class DiffusionModel(nn.Module):
     Config = DiffusionConfig
     family = "diffusion"
     capabilities = ("guidance",)
+    # The keyword options sample() takes beyond n, cond and seeds, with their defaults: the API, CLI
+    # and server offer exactly these for this family, and record them in every image's settings.
+    sample_options = {"sampler": "heun", "steps": 18, "guidance": 1.0, "schedule": "karras"}
 
     def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__()
