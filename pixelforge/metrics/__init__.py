@@ -1,6 +1,7 @@
 """The evaluation layer: pure metric functions on features (FID, KID, IS, precision/recall) and
 clean resizing for feature extractors."""
 
+from .features import DomainExtractor, ExtractorNotAvailable, InceptionExtractor, load_extractor
 from .frechet import feature_stats, fid_from_features, frechet_distance
 from .inception_score import inception_score, inception_score_from_logits
 from .kid import kernel_inception_distance
@@ -8,6 +9,10 @@ from .precision_recall import precision_recall
 from .resize import resize_for_features
 
 __all__ = [
+    "DomainExtractor",
+    "ExtractorNotAvailable",
+    "InceptionExtractor",
+    "load_extractor",
     "feature_stats",
     "fid_from_features",
     "frechet_distance",
