@@ -42,7 +42,7 @@ INCEPTION_FILES = ("default_1.pt", "inception-2015-12-05.pt")  # fid-helper-pyto
 DOMAIN_CARD_FORMAT = 1
 
 
-class ExtractorNotAvailable(RuntimeError):
+class ExtractorNotAvailable(FileNotFoundError):
     """An extractor's weights are not on this machine; the message says how to get them."""
 
 
