@@ -60,8 +60,32 @@ class Generator:
 
     @property
     def sample_options(self) -> dict:
-        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults."""
-        return dict(getattr(self.model, "sample_options", {}))
+        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults:
+        the family's, overridden by the run's sample_defaults.json where it has one (a model whose
+        samples are best with guidance 2, say)."""
+        options = dict(getattr(self.model, "sample_options", {}))
+        path = self.run_dir / "sample_defaults.json"
+        if path.exists():
+            own = json.loads(path.read_text())
+            unknown = sorted(set(own) - set(options))
+            if unknown:
+                raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(options)}")
+            options.update(own)
+        return options
+
+    def resolve_options(self, **options) -> dict:
+        """The sampling options a call will use: its own over the defaults; unknown names are an error."""
+        defaults = self.sample_options
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
+                             f"valid options: {', '.join(defaults) or 'none'}")
+        opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        if "steps" in opts and int(opts["steps"]) < 1:
+            raise ValueError(f"steps must be at least 1, got {opts['steps']}")
+        if "sampler" in opts and opts["sampler"] not in SAMPLERS:
+            raise ValueError(f"unknown sampler {opts['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
+        return opts
 
     def generate_tensor(
         self,
@@ -84,16 +108,7 @@ class Generator:
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        defaults = self.sample_options
-        unknown = sorted(set(options) - set(defaults))
-        if unknown:
-            raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
-                             f"valid options: {', '.join(defaults) or 'none'}")
-        opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-        if "steps" in opts and int(opts["steps"]) < 1:
-            raise ValueError(f"steps must be at least 1, got {opts['steps']}")
-        if "sampler" in opts and opts["sampler"] not in SAMPLERS:
-            raise ValueError(f"unknown sampler {opts['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
+        opts = self.resolve_options(**options)
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
         if labels is None:
             labels = [label] * n

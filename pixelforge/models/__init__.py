@@ -3,17 +3,28 @@
 Every family class is an nn.Module with: a frozen `Config` dataclass; `__init__(config, optim, *, seed)`;
 `training_step(x, cond, step) -> dict[str, float]` (it owns its optimisers' updates);
 `validation_loss(x, cond, generator) -> (B,) tensor`; `sample(n, cond=None, *, seed, **options)`
-returning (n, C, H, W) in [-1, 1]; `optimizers() -> dict[str, Optimizer]`; `train_generator`
-(its random stream, saved in checkpoints); and `capabilities`, a tuple naming optional abilities.
+returning (n, C, H, W) in [-1, 1], with `sample_options` declaring those options and their defaults;
+`optimizers() -> dict[str, Optimizer]`; `train_generator` (its random stream, saved in checkpoints);
+and `capabilities`, a tuple naming optional abilities. docs/design.md has the details.
 """
 
 from __future__ import annotations
 
 from .diffusion import DiffusionConfig, DiffusionModel
+from .gan import GANConfig, GANModel
 from .optim import OptimConfig
+from .pixelcnn import PixelCNNConfig, PixelCNNModel
+from .transformer import TokenTransformerModel, TransformerConfig
+from .vae import VAEConfig, VAEModel
+from .vqvae import VQVAEConfig, VQVAEModel
 
 FAMILIES: dict[str, type] = {
     "diffusion": DiffusionModel,
+    "gan": GANModel,
+    "pixelcnn": PixelCNNModel,
+    "transformer": TokenTransformerModel,
+    "vae": VAEModel,
+    "vqvae": VQVAEModel,
 }
 
 
@@ -24,4 +35,4 @@ def get_family(name: str) -> type:
         raise ValueError(f"unknown model family {name!r}; choose one of: {', '.join(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "get_family", "DiffusionConfig", "DiffusionModel", "OptimConfig"]
+__all__ = ["FAMILIES", "get_family", "DiffusionConfig", "DiffusionModel", "GANConfig", "GANModel", "OptimConfig", "PixelCNNConfig", "PixelCNNModel", "TokenTransformerModel", "TransformerConfig", "VAEConfig", "VAEModel", "VQVAEConfig", "VQVAEModel"]

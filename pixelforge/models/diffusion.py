@@ -1,5 +1,5 @@
 """Diffusion family: EDM preconditioning, loss and sampling (Karras et al. 2022, "Elucidating the
-Design Space of Diffusion-Based Generative Models") around a plain UNet backbone."""
+Design Space of Diffusion-Based Generative Models") around a plain backbone: a UNet or a DiT."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from torch import nn
 
 from ..condition import Cond
 from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
+from .nets.dit import DiT
 from .nets.unet import UNet
 from .optim import OptimConfig, make_adam, update
+
+
+BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,10 @@ class DiffusionConfig:
     label_dropout: share of training labels replaced by "no label", so one network also learns the
         unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
     P_mean, P_std: log-normal distribution of training noise levels (EDM Table 1).
+    backbone: the network F, one of BACKBONES: "unet" (nets/unet.py; shaped by base_channels,
+        channel_mult, num_res_blocks, attn_resolutions) or "dit" (nets/dit.py, a DiT transformer of
+        Peebles & Xie 2023; shaped by patch_size, depth, num_heads and hidden_size, where 0 means
+        4 * base_channels). dropout applies to both.
     """
 
     image_size: int = 32
@@ -40,20 +48,60 @@ class DiffusionConfig:
     sigma_max: float = 80.0
     P_mean: float = -1.2
     P_std: float = 1.2
+    backbone: str = "unet"
+    patch_size: int = 2
+    depth: int = 6
+    num_heads: int = 4
+    hidden_size: int = 0
 
     def __post_init__(self):
         # JSON round trips give lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES)}")
         factor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % factor:
+        if self.backbone == "unet" and self.image_size % factor:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by {factor} for channel_mult {self.channel_mult}"
             )
+        if self.backbone == "dit":
+            width = self.hidden_size or 4 * self.base_channels
+            if min(self.patch_size, self.depth, self.num_heads) < 1 or self.image_size % self.patch_size:
+                raise ValueError(f"the DiT needs patch_size, depth, num_heads >= 1 and image_size divisible by "
+                                 f"patch_size; got {self.patch_size}, {self.depth}, {self.num_heads}, {self.image_size}")
+            if width % 4 or width % self.num_heads:  # 4: the 2D sin-cos position embedding uses quarters
+                raise ValueError(f"the DiT width {width} (hidden_size, or 4 * base_channels when 0) must be divisible "
+                                 f"by 4 and by num_heads {self.num_heads}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+def make_backbone(config: DiffusionConfig) -> nn.Module:
+    """The network F(x_in, c_noise, labels) that config.backbone names."""
+    if config.backbone == "dit":
+        return DiT(
+            image_size=config.image_size,
+            in_channels=config.channels,
+            patch_size=config.patch_size,
+            hidden_size=config.hidden_size or 4 * config.base_channels,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            dropout=config.dropout,
+            num_classes=config.num_classes,
+        )
+    return UNet(
+        image_size=config.image_size,
+        in_channels=config.channels,
+        base_channels=config.base_channels,
+        channel_mult=config.channel_mult,
+        num_res_blocks=config.num_res_blocks,
+        attn_resolutions=config.attn_resolutions,
+        dropout=config.dropout,
+        num_classes=config.num_classes,
+    )
 
 
 class DiffusionModel(nn.Module):
@@ -71,16 +119,7 @@ class DiffusionModel(nn.Module):
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
-        self.net = UNet(
-            image_size=config.image_size,
-            in_channels=config.channels,
-            base_channels=config.base_channels,
-            channel_mult=config.channel_mult,
-            num_res_blocks=config.num_res_blocks,
-            attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout,
-            num_classes=config.num_classes,
-        )
+        self.net = make_backbone(config)
         self._seed = seed
         self._optimizer: torch.optim.Optimizer | None = None
         self._generator: torch.Generator | None = None

@@ -38,7 +38,7 @@ METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val
 class TrainResult:
     run_dir: Path
     step: int
-    stopped: str  # "finished", "early-stopped", "interrupted"
+    stopped: str  # "finished", "early-stopped", "interrupted", "time-budget"
     losses: dict[int, float]  # step -> training loss of that step (this process only)
     last_checkpoint: Path | None
 
@@ -150,11 +150,13 @@ def train(
     stop_at: int | None = None,
     cache_dir: str | Path | None = None,
     evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in run_dir; stop_at ends early at that step as an interruption would.
 
     evaluator(ema_model, step) -> figures (e.g. {"fid": ..., "kid": ...}) is called every
-    cfg.train.eval_every steps; the loop knows nothing of how they are computed.
+    cfg.train.eval_every steps; the loop knows nothing of how they are computed. max_seconds: a
+    wall-clock budget for this call; when it runs out the loop checkpoints and stops ("time-budget").
     """
     run_dir = Path(run_dir)
     dev = pick_device(device)
@@ -313,6 +315,11 @@ def train(
                 last_ckpt = checkpoint(step)
             if interrupted["flag"]:
                 stopped = "interrupted"
+                break
+            if max_seconds is not None and step < end and time.perf_counter() - t0 > max_seconds:
+                stopped = "time-budget"
+                _save_samples(ema, data, cfg, run_dir, step)
+                last_ckpt = checkpoint(step)
                 break
         if stop_at is not None and step < cfg.train.steps and stopped == "finished":
             stopped = "interrupted"

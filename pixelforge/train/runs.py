@@ -72,7 +72,7 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
     from .checkpoint import atomic_save_tensors
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "classes.json", "metrics.csv"):
+    for name in ("config.json", "classes.json", "metrics.csv", "sample_defaults.json"):
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out_dir / name)
     grids = sorted((run_dir / "samples").glob("step_*.png"))

@@ -1,0 +1,179 @@
+"""Train every model family on the same bundled data set for the same wall-clock budget on this
+machine, then measure each the same way (FID/KID/precision/recall with one extractor, bits/dim where
+defined, parameters, training and sampling speed) and write a comparison table with a grid each.
+
+    .venv/bin/python bench/families.py                       # about 30 minutes on 2 CPU cores
+    .venv/bin/python bench/families.py --budget-minutes 20   # longer budgets, better models
+    .venv/bin/python bench/families.py --quick               # a smoke run of a few seconds per family
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pixelforge.api import Generator  # noqa: E402
+from pixelforge.data import DataConfig, describe_source, load_dataset, to_model  # noqa: E402
+from pixelforge.images import make_grid, save_png, to_pil  # noqa: E402
+from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
+from pixelforge.metrics.features import load_extractor  # noqa: E402
+from pixelforge.models import FAMILIES, OptimConfig  # noqa: E402
+from pixelforge.train import RunConfig, TrainConfig, train  # noqa: E402
+
+# CPU-sized settings per entry: (family, model fields beyond image size, channels and classes, lr).
+ENTRIES = {
+    "diffusion": ("diffusion", {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1}, 5e-4),
+    "diffusion-dit": ("diffusion", {"backbone": "dit", "patch_size": 2, "depth": 6, "num_heads": 4, "hidden_size": 128,
+                                    "channel_mult": [1, 2, 2]}, 3e-4),
+    "gan": ("gan", {"base_channels": 32, "z_dim": 64}, 2e-4),
+    "vae": ("vae", {"base_channels": 32, "channel_mult": [1, 2, 2], "latent_dim": 32, "kl_warmup_steps": 500}, 1e-3),
+    "pixelcnn": ("pixelcnn", {"hidden_channels": 48, "num_layers": 8}, 1e-3),
+    "transformer": ("transformer", {"vq": {"base_channels": 32, "downsample": 4, "codebook_size": 128, "code_dim": 32},
+                                    "d_model": 128, "depth": 4, "heads": 4}, 5e-4),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="mnist", help="bundled data set (or folder) all families train on")
+    p.add_argument("--budget-minutes", type=float, default=4.0, help="training wall-clock budget per family")
+    p.add_argument("--families", default=",".join(ENTRIES), help="comma-separated entries to run")
+    p.add_argument("--eval-n", type=int, default=1000, help="samples per family for the figures")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default="out/families", help="where the table, grids and report go")
+    p.add_argument("--runs-dir", default="out/families/runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: 0.1 minute per family, 40 samples")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
+    a = p.parse_args()
+    if a.quick:
+        a.budget_minutes, a.eval_n = 0.1, 40
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    native = describe_source(a.data)
+    data_cfg = DataConfig(source=a.data, image_size=native["image_size"], channels=native["channels"], val_fraction=0.1)
+    data = load_dataset(data_cfg, progress=False)
+    ext = load_extractor("auto", data_source=a.data)
+    print(f"families benchmark: {a.data} ({len(data)} images, {data_cfg.image_size}px), {a.budget_minutes} min per family, "
+          f"{a.eval_n} samples each, extractor {ext.name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for entry in a.families.split(","):
+        family, fields, lr = ENTRIES[entry]
+        if family not in FAMILIES:
+            print(f"skip {entry}: family {family!r} is not available")
+            continue
+        model = {"image_size": data_cfg.image_size, "channels": data_cfg.channels, "num_classes": native["num_classes"], **fields}
+        if family == "transformer":
+            model["vq"] = {**fields["vq"], "image_size": data_cfg.image_size, "channels": data_cfg.channels}
+        # The transformer family trains its VQ-VAE for the first stage1_steps: give it about 40% of the budget.
+        cfg = RunConfig(family=family, model=model, data=data_cfg, optim=OptimConfig(lr=lr, warmup_steps=100),
+                        train=TrainConfig(steps=10**7, batch_size=a.batch_size, ckpt_every=10**7, sample_every=10**7,
+                                          val_every=10**7, log_every=50))
+        cfg = RunConfig.from_dict(json.loads(cfg.to_json()))
+        run_dir = Path(a.runs_dir) / entry
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        if family == "transformer":
+            cfg = _with_stage1(cfg, run_dir, a)
+        print(f"\n== {entry}: training for {a.budget_minutes} min")
+        t0 = time.perf_counter()
+        result = train(cfg, run_dir, progress=False, max_seconds=a.budget_minutes * 60)
+        train_s = time.perf_counter() - t0
+        rows.append(measure(entry, cfg, run_dir, result.step, train_s, data, ext, a, out))
+        print(json.dumps(rows[-1]))
+    write_outputs(rows, a, ext, out)
+    if a.json:
+        print(json.dumps(rows))
+    return 0
+
+
+def _with_stage1(cfg: RunConfig, run_dir: Path, a) -> RunConfig:
+    """Estimate the steps that fit the budget with a short timed run, and give 40% to the VQ-VAE stage."""
+    probe = replace(cfg, model={**cfg.model, "stage1_steps": 10**6})
+    t0 = time.perf_counter()
+    train(probe, run_dir / "probe", progress=False, stop_at=10)
+    per_step = (time.perf_counter() - t0) / 10
+    stage1 = max(1, int(0.4 * a.budget_minutes * 60 / per_step))
+    return replace(cfg, model={**cfg.model, "stage1_steps": stage1})
+
+
+@torch.no_grad()
+def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out) -> dict:
+    g = Generator(run_dir)
+    n = a.eval_n
+    labels = balanced_labels(n, g.num_classes)
+    t0 = time.perf_counter()
+    images, _ = g.generate_tensor(n, labels=labels, seed=0)
+    sample_s = time.perf_counter() - t0
+    fake = to_uint8(images)
+    figures = evaluate_images(fake, data.images, ext, options=EvalOptions(kid_subsets=50))
+    bpd = None
+    if "log_likelihood" in getattr(g.model, "capabilities", ()):
+        split = json.loads((run_dir / "split.json").read_text())
+        val = torch.tensor(split["val"][:500])
+        x = to_model(data.images[val], cfg.data)
+        from pixelforge.condition import Cond
+
+        cond = Cond(labels=data.labels[val]) if g.num_classes else None
+        bpd = float(torch.cat([g.model.log_likelihood(xb, cb) for xb, cb in _batches(x, cond)]).mean())
+    grid_labels = [c for c in range(max(g.num_classes, 1)) for _ in range(8)][:80]
+    grid_imgs = g.generate(len(grid_labels), labels=grid_labels if g.num_classes else None, seed=1000)
+    grid_path = save_png(make_grid(grid_imgs, cols=8, scale=2), out / f"grid_{entry}.png")
+    return {
+        "family": entry, "params_M": round(sum(p.numel() for p in g.model.parameters()) / 1e6, 3),
+        "train_steps": steps, "train_img_per_s": round(steps * cfg.train.batch_size / train_s, 1),
+        "sample_img_per_s": round(n / sample_s, 2), "fid": round(figures["fid"], 3), "kid": round(figures["kid"], 5),
+        "kid_std": round(figures["kid_std"], 5), "precision": round(figures["precision"], 3),
+        "recall": round(figures["recall"], 3), "bits_per_dim": None if bpd is None else round(bpd, 3),
+        "sample_options": g.sample_options, "grid": grid_path.name,
+    }
+
+
+def _batches(x, cond, size: int = 100):
+    from pixelforge.condition import Cond
+
+    for i in range(0, len(x), size):
+        yield x[i:i + size], (Cond(labels=cond.labels[i:i + size]) if cond is not None else None)
+
+
+def write_outputs(rows, a, ext, out: Path) -> None:
+    head = ["family", "params (M)", "train steps", "train img/s", "sample img/s", "FID", "KID", "precision", "recall", "bits/dim"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(v) for v in (
+            r["family"], r["params_M"], r["train_steps"], r["train_img_per_s"], r["sample_img_per_s"], r["fid"],
+            f"{r['kid']} ± {r['kid_std']}", r["precision"], r["recall"], "—" if r["bits_per_dim"] is None else r["bits_per_dim"])) + " |")
+    note = (f"Data: {a.data}; budget {a.budget_minutes} min of training per family on this machine "
+            f"({torch.get_num_threads()} threads); {a.eval_n} samples per family (labels balanced); extractor: {ext.name}; "
+            "FID/KID/precision/recall against the whole data set; bits/dim on up to 500 validation images "
+            "(VAE: an upper bound from the ELBO; PixelCNN: exact). Command: "
+            f"`.venv/bin/python bench/families.py --budget-minutes {a.budget_minutes} --eval-n {a.eval_n}`")
+    table = "\n".join(lines)
+    (out / "families.md").write_text(f"# Model families side by side\n\n{note}\n\n{table}\n\n" + "\n".join(
+        f"**{r['family']}**\n\n![{r['family']} samples]({r['grid']})\n" for r in rows))
+    cells = "".join(f"<figure><img src='{html.escape(r['grid'])}' alt='{html.escape(r['family'])} samples'>"
+                    f"<figcaption>{html.escape(r['family'])}</figcaption></figure>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in line.strip("|").split("|")) + "</tr>"
+                   for line in lines[2:])
+    (out / "index.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>Model families</title><style>body{font-family:system-ui;margin:2rem}"
+        "td,th{border:1px solid #ddd;padding:.2rem .5rem}table{border-collapse:collapse}figure{display:inline-block;margin:.5rem}"
+        "img{image-rendering:pixelated;width:300px}</style><h1>Model families side by side</h1>"
+        f"<p>{html.escape(note)}</p><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{cells}")
+    print("\n" + table)
+    print(f"\ntable: {out / 'families.md'}   report: {out / 'index.html'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""GAN family: hinge loss, spectrally normalised projection discriminator, lazy R1 penalty and
+differentiable augmentation, around the plain networks in nets/gan_nets.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..condition import Cond
+from ..sampling import PerSampleGenerator
+from .nets.gan_nets import Discriminator, Generator, gan_levels
+from .optim import OptimConfig, update
+
+# --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
+# Each transform is differentiable, is applied to real and generated images alike, in D's updates
+# and in G's, and draws its parameters (one set per image) from the generator it is given.
+
+
+def _brightness(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return x + (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) - 0.5)
+
+
+def _saturation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    mean = x.mean(dim=1, keepdim=True)  # a no-op on grayscale images, but the draw keeps the stream the same
+    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) * 2) + mean
+
+
+def _contrast(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) + 0.5) + mean
+
+
+def _translation(x: torch.Tensor, g: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
+    """Shift each image by up to ratio of its side in each direction, filling with zeros."""
+    b, _, h, w = x.shape
+    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    ty = torch.randint(-sy, sy + 1, (b,), generator=g, device=x.device)
+    tx = torch.randint(-sx, sx + 1, (b,), generator=g, device=x.device)
+    padded = F.pad(x, [sx, sx, sy, sy])
+    rows = (torch.arange(h, device=x.device)[None] + sy - ty[:, None])[:, :, None]  # (B, H, 1)
+    cols = (torch.arange(w, device=x.device)[None] + sx - tx[:, None])[:, None, :]  # (B, 1, W)
+    # Advanced indices separated by a slice put their broadcast dims first: (B, H, W, C).
+    return padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _cutout(x: torch.Tensor, g: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
+    """Zero a square of ratio of the side at a random centre (clipped at the borders)."""
+    b, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    cy = torch.randint(0, h + (1 - ch % 2), (b, 1), generator=g, device=x.device) - ch // 2  # top row
+    cx = torch.randint(0, w + (1 - cw % 2), (b, 1), generator=g, device=x.device) - cw // 2
+    ys, xs = torch.arange(h, device=x.device)[None], torch.arange(w, device=x.device)[None]
+    in_y = (ys >= cy) & (ys < cy + ch)  # (B, H)
+    in_x = (xs >= cx) & (xs < cx + cw)  # (B, W)
+    keep = ~(in_y[:, :, None] & in_x[:, None, :])  # (B, H, W)
+    return x * keep[:, None].to(x.dtype)
+
+
+DIFFAUGMENT = {
+    "color": (_brightness, _saturation, _contrast),
+    "translation": (_translation,),
+    "cutout": (_cutout,),
+}
+
+
+def parse_policy(policy: str) -> list[str]:
+    """"color,translation,cutout" -> ["color", "translation", "cutout"]; "" -> [] (off)."""
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    unknown = [p for p in names if p not in DIFFAUGMENT]
+    if unknown:
+        raise ValueError(f"unknown diffaugment transform(s) {', '.join(unknown)}; choose from: "
+                         f'{", ".join(DIFFAUGMENT)} (comma-separated, or "" for none)')
+    return names
+
+
+def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
+    """Apply the policy's transforms in order to x (B, C, H, W); gradients flow through them."""
+    for name in parse_policy(policy):
+        for transform in DIFFAUGMENT[name]:
+            x = transform(x, generator)
+    return x
+
+
+# --- the family ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Everything that fixes the networks' shape and the GAN's training objective.
+
+    image_size: even and at least 8; the generator starts at image_size halved while it stays even and
+        at least 4 (4x4 for 8, 16, 32, 64; 7x7 for 28) and doubles the side per block.
+    num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1 condition G (per-class
+        normalisation gains) and D (projection).
+    z_dim: size of the latent z ~ N(0, I).
+    base_channels: width at full resolution; it doubles (up to 8x) each time the side halves.
+    r1_gamma: weight of the R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al.
+        2018); 0 turns it off.
+    r1_every: lazy regularisation (StyleGAN2, Karras et al. 2020): the penalty is computed on one D
+        update in r1_every and multiplied by r1_every, so its average strength is unchanged.
+    diffaugment: comma-separated DiffAugment transforms ("color", "translation", "cutout") applied
+        to everything D sees in training; "" turns augmentation off. Worth it for small data sets.
+    d_steps: discriminator updates per training step (each on the same real batch).
+    adam_betas: both optimisers' Adam betas; GANs want little or no momentum (StyleGAN2: 0, 0.99).
+        Learning rate, warm-up, clipping and weight decay come from the run's OptimConfig.
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 0
+    z_dim: int = 128
+    base_channels: int = 32
+    r1_gamma: float = 0.1
+    r1_every: int = 4
+    diffaugment: str = "color,translation,cutout"
+    d_steps: int = 1
+    adam_betas: tuple[float, float] = (0.0, 0.99)
+
+    def __post_init__(self):
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))  # JSON round trips give lists
+        if gan_levels(self.image_size)[1] < 1:
+            raise ValueError(f"image_size must be even and at least 8 (e.g. 8, 16, 28, 32, 64), got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("z_dim", "base_channels", "r1_every", "d_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_classes < 0 or self.r1_gamma < 0:
+            raise ValueError("num_classes and r1_gamma must not be negative")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        parse_policy(self.diffaugment)
+
+
+class GANModel(nn.Module):
+    """A hinge-loss GAN (Lim & Ye 2017; Miyato et al. 2018): G and D trained alternately, each with its own Adam.
+
+    The trainer keeps an EMA copy of this whole module and samples from it: that copy's G is the
+    "EMA generator" (its D is carried along unused).
+    """
+
+    Config = GANConfig
+    family = "gan"
+    capabilities = ()
+    # The keyword options sample() takes beyond n, cond and seeds, with their defaults.
+    sample_options = {"truncation": 1.0}
+
+    def __init__(self, config: GANConfig, optim: OptimConfig | None = None, *, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.optim_config = optim or OptimConfig()
+        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
+        shape = dict(image_size=config.image_size, channels=config.channels, base_channels=config.base_channels,
+                     num_classes=config.num_classes)
+        self.G = Generator(z_dim=config.z_dim, **shape)
+        self.D = Discriminator(**shape)
+        self._seed = seed
+        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self._generator: torch.Generator | None = None
+
+    # --- parts every family offers -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The random stream of training (z, augmentation, labels for unlabelled images), saved in checkpoints."""
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        return self._generator
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            cfg = self.optim_config
+
+            def adam(module: nn.Module) -> torch.optim.Optimizer:
+                return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=self.config.adam_betas,
+                                        weight_decay=cfg.weight_decay)
+
+            self._optimizers = {"g": adam(self.G), "d": adam(self.D)}  # "g" first: the trainer logs its lr
+        return self._optimizers
+
+    # --- labels and latents ----------------------------------------------------------------------
+    def _labels(self, cond: Cond | None, b: int, generator: torch.Generator) -> tuple[torch.Tensor | None, ...]:
+        """(labels D sees, labels G gets), each (B,) or None for an unconditional model.
+
+        D sees the given labels, -1 ("no label") where there are none; G needs a class for every
+        image, so unlabelled ones get a uniformly random class from `generator`.
+        """
+        k = self.config.num_classes
+        if k == 0:
+            return None, None
+        given = cond.labels if cond is not None and cond.labels is not None else None
+        y_d = torch.full((b,), -1, dtype=torch.long, device=self.device) if given is None else given.to(self.device)
+        if len(y_d) != b:
+            raise ValueError(f"{len(y_d)} labels for {b} images")
+        if int(y_d.max()) >= k:
+            raise ValueError(f"label {int(y_d.max())} out of range; this model has classes 0..{k - 1}")
+        drawn = torch.randint(k, (b,), generator=generator, device=self.device)
+        return y_d, torch.where(y_d >= 0, y_d, drawn)
+
+    def _z(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(b, self.config.z_dim, generator=generator, device=self.device)  # (B, z_dim)
+
+    @staticmethod
+    def _twice(y: torch.Tensor | None) -> torch.Tensor | None:
+        return None if y is None else torch.cat([y, y])
+
+    # --- training --------------------------------------------------------------------------------
+    def discriminator_step(self, x: torch.Tensor, y_d, y_g, step: int, r1_now: bool) -> dict[str, float]:
+        """One D update: hinge loss relu(1 - D(T(x))) + relu(1 + D(T(G(z)))), plus R1 when r1_now."""
+        cfg, gen = self.config, self.train_generator
+        b = x.shape[0]
+        with torch.no_grad():
+            fake = self.G(self._z(b, gen), y_g)
+        real_in = diff_augment(x, cfg.diffaugment, gen).detach().requires_grad_(r1_now)
+        fake_in = diff_augment(fake, cfg.diffaugment, gen)
+        logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d))  # one pass: one power iteration
+        d_real, d_fake = logits[:b], logits[b:]
+        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        total, r1 = d_loss, torch.zeros(())
+        if r1_now:
+            # R1 = E||grad_x D(x)||^2 on the (augmented) real images D was shown; lazy: scaled by r1_every.
+            (grad,) = torch.autograd.grad(d_real.sum(), real_in, create_graph=True)
+            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            total = d_loss + cfg.r1_gamma / 2 * cfg.r1_every * r1
+        grad_norm = update(self.optimizers()["d"], total, step, self.optim_config)
+        return {"d_loss": float(d_loss.detach()), "r1": float(r1.detach()), "d_grad_norm": grad_norm,
+                "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
+
+    def generator_step(self, b: int, y_d, y_g, step: int) -> dict[str, float]:
+        """One G update: minimise -D(T(G(z))) (the hinge GAN's generator loss)."""
+        cfg, gen = self.config, self.train_generator
+        self.D.requires_grad_(False)  # D's weights are not updated here: spare their gradients
+        try:
+            fake = self.G(self._z(b, gen), y_g)
+            g_loss = -self.D(diff_augment(fake, cfg.diffaugment, gen), y_d).mean()
+            grad_norm = update(self.optimizers()["g"], g_loss, step, self.optim_config)
+        finally:
+            self.D.requires_grad_(True)
+        return {"g_loss": float(g_loss.detach()), "grad_norm": grad_norm}
+
+    def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
+        """d_steps D updates then one G update on a batch x (B, C, H, W) in [-1, 1]; returns figures to log.
+
+        loss is G's loss (what the trainer logs); d_loss, d_real and d_fake (D's mean logits) are
+        from the last D update; r1 is the penalty of this step's D updates that computed it, 0.0 on
+        steps without one; grad_norm is G's, d_grad_norm D's (before clipping).
+        """
+        self.train()
+        cfg = self.config
+        y_d, y_g = self._labels(cond, x.shape[0], self.train_generator)
+        r1s = []
+        for k in range(cfg.d_steps):
+            r1_now = cfg.r1_gamma > 0 and (step * cfg.d_steps + k) % cfg.r1_every == 0  # counts D updates
+            d = self.discriminator_step(x, y_d, y_g, step, r1_now=r1_now)
+            if r1_now:
+                r1s.append(d["r1"])
+        g = self.generator_step(x.shape[0], y_d, y_g, step)
+        return {"loss": g["g_loss"], **d, "r1": sum(r1s) / len(r1s) if r1s else 0.0, **g}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        """D's hinge loss per image (B,): relu(1 - D(x_i)) + relu(1 + D(G(z_i))), z_i from `generator`.
+
+        No augmentation. It measures how well D separates held-out real images from generated ones:
+        it is not a sample-quality figure (lower is not better for G); a gap to the training d_loss
+        shows D memorising the training set, the failure that DiffAugment counters. Use FID to judge
+        or early-stop a GAN.
+        """
+        self.eval()
+        b = x.shape[0]
+        y_d, y_g = self._labels(cond, b, generator)
+        fake = self.G(self._z(b, generator), y_g)
+        return F.relu(1 - self.D(x, y_d)) + F.relu(1 + self.D(fake, y_d))
+
+    # --- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: Cond | None = None,
+        *,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        callback=None,
+        truncation: float = 1.0,
+    ) -> torch.Tensor:
+        """n images (n, C, H, W) in [-1, 1]; image i's z (and class, where its label is -1) use seeds[i] only.
+
+        truncation psi scales z toward the mean of its prior: z' = psi z (the truncation trick in
+        StyleGAN's form, applied to z since this G has no mapping network). 1 leaves z as trained;
+        smaller values trade variety for typical-looking images; 0 gives each class's "mean" image.
+        A class-conditional model samples a random class for labels -1 or cond=None.
+        """
+        self.eval()
+        cfg = self.config
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        truncation = float(truncation)
+        if not 0 <= truncation < float("inf"):
+            raise ValueError(f"truncation must be a number >= 0 (1: none), got {truncation}")
+        gen = PerSampleGenerator(seeds, self.device)
+        z = gen.randn((cfg.z_dim,)) * truncation  # (n, z_dim); drawn first, so a seed's z does not depend on its label
+        y = None
+        k = cfg.num_classes
+        if k > 0:
+            given = cond.labels if cond is not None and cond.labels is not None else torch.full((n,), -1)
+            given = given.to(self.device)
+            if len(given) != n:
+                raise ValueError(f"{len(given)} labels for {n} images")
+            if int(given.max()) >= k:
+                raise ValueError(f"label {int(given.max())} out of range; this model has classes 0..{k - 1}")
+            drawn = torch.stack([torch.randint(k, (), generator=g, device=self.device) for g in gen.generators])
+            y = torch.where(given >= 0, given, drawn)  # (n,)
+        x = self.G(z, y).clamp(-1, 1)
+        if callback is not None:
+            callback(0, 1)
+        return x

@@ -1,0 +1,143 @@
+"""Plain GAN networks: a residual generator with class-conditional normalisation and a residual
+discriminator with spectral normalisation and a projection head (after SNGAN, Miyato et al. 2018,
+and the projection discriminator, Miyato & Koyama 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def gan_levels(image_size: int) -> tuple[int, int]:
+    """(start side, number of 2x levels): the generator starts at image_size halved while it stays even
+    and at least 4 (32 -> 4 with 3 levels, 28 -> 7 with 2, 8 -> 4 with 1)."""
+    side, levels = image_size, 0
+    while side % 2 == 0 and side >= 8:
+        side, levels = side // 2, levels + 1
+    return side, levels
+
+
+def gan_widths(image_size: int, base_channels: int) -> list[int]:
+    """Channels at each level: base_channels at full size, doubling (up to 8x) each time the side halves.
+    widths[k] belongs to side start * 2**k."""
+    _, levels = gan_levels(image_size)
+    return [base_channels * 2 ** min(levels - k, 3) for k in range(levels + 1)]
+
+
+def _groups(ch: int) -> int:
+    # GroupNorm with up to 32 groups of at least 8 channels (one group for tiny widths).
+    for g in (32, 16, 8, 4, 2):
+        if ch % g == 0 and ch // g >= 8:
+            return g
+    return 1
+
+
+class ConditionalNorm(nn.Module):
+    """GroupNorm without its own affine, then a per-class scale and shift: (1 + gamma_y) h + beta_y.
+
+    GroupNorm rather than BigGAN's conditional BatchNorm: it normalises each image alone, so a
+    sample never depends on the rest of its batch and training and sampling behave the same (no
+    running statistics to drift from the EMA weights). An unconditional network has one "class".
+    """
+
+    def __init__(self, ch: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch, affine=False)
+        self.embed = nn.Embedding(max(num_classes, 1), 2 * ch)
+        nn.init.zeros_(self.embed.weight)  # starts as plain GroupNorm
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), (B,) in 0..K-1
+        gamma, beta = self.embed(y)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(h) * (1 + gamma) + beta
+
+
+class GBlock(nn.Module):
+    """Norm-ReLU-up-conv, norm-ReLU-conv, plus an upsampled 1x1 shortcut (SNGAN's generator block)."""
+
+    def __init__(self, cin: int, cout: int, num_classes: int):
+        super().__init__()
+        self.norm1 = ConditionalNorm(cin, num_classes)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = ConditionalNorm(cout, num_classes)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, cin, S, S) -> (B, cout, 2S, 2S)
+        h = F.interpolate(F.relu(self.norm1(x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.norm2(self.conv1(h), y)))
+        return self.skip(F.interpolate(x, scale_factor=2, mode="nearest")) + h
+
+
+class Generator(nn.Module):
+    """G(z, y): z (B, z_dim), y (B,) class indices or None -> images (B, C, S, S) in [-1, 1]."""
+
+    def __init__(self, *, image_size: int, channels: int, z_dim: int, base_channels: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        widths = gan_widths(image_size, base_channels)
+        self.start = gan_levels(image_size)[0]
+        self.fc = nn.Linear(z_dim, widths[0] * self.start**2)
+        self.blocks = nn.ModuleList(GBlock(widths[k - 1], widths[k], num_classes) for k in range(1, len(widths)))
+        self.norm_out = nn.GroupNorm(_groups(widths[-1]), widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None or self.num_classes == 0:
+            y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # the one "class" of an unconditional G
+        h = self.fc(z).reshape(z.shape[0], -1, self.start, self.start)  # (B, widths[0], start, start)
+        for block in self.blocks:
+            h = block(h, y)
+        return torch.tanh(self.conv_out(F.relu(self.norm_out(h))))
+
+
+class DBlock(nn.Module):
+    """ReLU-conv twice then 2x2 average pooling, plus a 1x1 shortcut; every weight spectrally normalised.
+
+    The first block of the network takes raw pixels, so it skips the leading ReLU (SNGAN's
+    "optimized block"). The shortcut pools before its 1x1 convolution: the two commute, and pooling
+    first is cheaper.
+    """
+
+    def __init__(self, cin: int, cout: int, *, down: bool, first: bool = False):
+        super().__init__()
+        self.down, self.first = down, first
+        self.conv1 = spectral_norm(nn.Conv2d(cin, cout, 3, padding=1))
+        self.conv2 = spectral_norm(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = spectral_norm(nn.Conv2d(cin, cout, 1)) if cin != cout or down else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, cin, S, S) -> (B, cout, S/2, S/2) when down
+        h = self.conv2(F.relu(self.conv1(x if self.first else F.relu(x))))
+        if self.down:
+            h, x = F.avg_pool2d(h, 2), F.avg_pool2d(x, 2)
+        return self.skip(x) + h
+
+
+class Discriminator(nn.Module):
+    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)>: the projection discriminator (Miyato & Koyama 2018).
+
+    phi(x) (B, C) is the ReLU feature map summed over space; labels -1 ("no label") and an
+    unconditional D use the first term alone. Returns one logit per image (B,).
+    """
+
+    def __init__(self, *, image_size: int, channels: int, base_channels: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        widths = gan_widths(image_size, base_channels)
+        blocks, cin = [], channels
+        for k in range(len(widths) - 1, 0, -1):  # side start * 2**k -> start * 2**(k-1)
+            blocks.append(DBlock(cin, widths[k - 1], down=True, first=not blocks))
+            cin = widths[k - 1]
+        blocks.append(DBlock(cin, widths[0], down=False, first=not blocks))  # one more block at the start side
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = spectral_norm(nn.Linear(widths[0], 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, widths[0])) if num_classes > 0 else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        phi = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, C)
+        out = self.linear(phi).squeeze(1)  # (B,)
+        if self.embed is not None and y is not None:
+            has_label = (y >= 0).to(phi.dtype)
+            out = out + has_label * (self.embed(y.clamp(min=0)) * phi).sum(dim=1)
+        return out

@@ -1,0 +1,324 @@
+"""Transformer family: a token transformer prior over the code grids of a VQ-VAE, trained in two stages
+by one run (van den Oord et al. 2017 sec. 3.2 and Esser et al. 2021, "Taming Transformers", for the
+two-stage recipe).
+
+Stage 1 (steps 0 .. stage1_steps - 1) trains the VQ-VAE of models/vqvae.py with its own loss and
+optimiser. At stage1_steps the VQ-VAE is frozen and stage 2 trains the prior on its codes of each batch:
+
+- prior="autoregressive": a GPT-style causal transformer over the h*w raster of codes, the class label
+  (or "no label") as the start token; sampling draws one code at a time with a key/value cache.
+- prior="maskgit": a bidirectional transformer that predicts masked codes (Chang et al. 2022, "MaskGIT:
+  Masked Generative Image Transformer"): training masks a cosine-scheduled share of the codes; sampling
+  starts from an all-masked grid and fixes the most confident codes over decode_steps parallel steps.
+
+Sampling decodes the sampled codes with the frozen VQ-VAE. Both optimisers are in optimizers(), and
+the buffer `stage` (1 or 2) travels in checkpoints with the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..condition import Cond
+from ..sampling import PerSampleGenerator
+from .nets.token_transformer import TokenTransformer
+from .optim import OptimConfig, make_adam, update
+from .vqvae import VQVAEConfig, VQVAEModel
+
+PRIORS = ("autoregressive", "maskgit")
+MASKGIT_CHOICE_TEMPERATURE = 4.5  # Gumbel noise on the confidences, annealed to 0 (MaskGIT's reference code)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The VQ-VAE, the prior over its codes, and when the one hands over to the other.
+
+    vq: the VQ-VAE's config (models/vqvae.py, VQVAEConfig), as a dict of its fields or a VQVAEConfig;
+        image_size and channels come from this config. The code grid is image_size / vq downsample on a
+        side, so e.g. {"downsample": 2, "codebook_size": 64} gives 8x8 digits a 4x4 grid of 64 codes.
+    stage1_steps: optimiser steps of the VQ-VAE before it is frozen and the prior trains (0: the prior
+        trains from the first step, on whatever VQ-VAE the weights hold, e.g. after --init-from).
+    prior: one of PRIORS, "autoregressive" or "maskgit" (see the module docstring).
+    d_model, depth, heads: the prior transformer's width, number of blocks and attention heads.
+    label_dropout: share of training labels replaced by "no label", so a class-conditional prior also
+        samples without a label.
+    decode_steps: MaskGIT's parallel decoding steps (unused by the autoregressive prior).
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 0
+    vq: VQVAEConfig | dict = field(default_factory=dict)
+    stage1_steps: int = 3000
+    prior: str = "autoregressive"
+    d_model: int = 128
+    depth: int = 4
+    heads: int = 4
+    label_dropout: float = 0.1
+    decode_steps: int = 8
+
+    def __post_init__(self):
+        vq = dataclasses.asdict(self.vq) if isinstance(self.vq, VQVAEConfig) else dict(self.vq)
+        for name in ("image_size", "channels"):
+            if vq.setdefault(name, getattr(self, name)) != getattr(self, name):
+                raise ValueError(f"vq {name} {vq[name]} differs from the model's {getattr(self, name)}; set it once, at the top")
+        valid = {f.name for f in dataclasses.fields(VQVAEConfig)}
+        unknown = sorted(set(vq) - valid)
+        if unknown:
+            raise ValueError(f"vq: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
+        # Kept as a (frozen, hashable) VQVAEConfig: configs compare equal however vq was written.
+        object.__setattr__(self, "vq", VQVAEConfig(**vq))
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of: {', '.join(PRIORS)}")
+        if self.num_classes < 0 or self.stage1_steps < 0:
+            raise ValueError("num_classes and stage1_steps must not be negative")
+        if min(self.d_model, self.depth, self.heads, self.decode_steps) < 1 or self.d_model % self.heads:
+            raise ValueError(f"d_model, depth, heads and decode_steps must be at least 1 and d_model divisible by "
+                             f"heads; got {self.d_model}, {self.depth}, {self.heads}, {self.decode_steps}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+class FrozenCopy(nn.Module):
+    """Buffers holding a module's parameters as they were when it was frozen.
+
+    The trainer's EMA copy averages every parameter but copies buffers exactly. Restoring the VQ-VAE
+    from these buffers before it is used keeps the EMA model's tokeniser identical to the frozen one
+    whose codes the prior learned, instead of a running average of its stage-1 weights.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        for name, p in module.named_parameters():
+            self.register_buffer(name.replace(".", "__"), torch.zeros_like(p))
+
+    @torch.no_grad()
+    def store(self, module: nn.Module) -> None:
+        for name, p in module.named_parameters():
+            self.get_buffer(name.replace(".", "__")).copy_(p)
+
+    @torch.no_grad()
+    def restore(self, module: nn.Module) -> None:
+        for name, p in module.named_parameters():
+            p.copy_(self.get_buffer(name.replace(".", "__")))
+
+
+class TokenTransformerModel(nn.Module):
+    """A VQ-VAE (stage 1) and a transformer prior over its codes (stage 2), sampled as codes -> decoder."""
+
+    Config = TransformerConfig
+    family = "transformer"
+    capabilities = ()
+    # temperature divides the logits; top_k > 0 keeps only the k most likely codes at each draw.
+    sample_options = {"temperature": 1.0, "top_k": 0}
+
+    def __init__(self, config: TransformerConfig, optim: OptimConfig | None = None, *, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.optim_config = optim or OptimConfig()
+        self.vq = VQVAEModel(config.vq, self.optim_config, seed=seed)  # seeds the weight initialisation
+        K, L = self.vq.codebook_size, self.vq.latent_side**2
+        # Token ids: codes 0..K-1, then class labels K..K+C-1 as start tokens, K+C "no label", K+C+1 [MASK].
+        self.codebook_size, self.seq_len = K, L
+        self.no_label = K + config.num_classes
+        self.mask_token = self.no_label + 1
+        maskgit = config.prior == "maskgit"
+        self.prior = TokenTransformer(
+            vocab_size=self.no_label + 1 + maskgit,
+            num_outputs=K,
+            seq_len=L + maskgit,  # MaskGIT keeps the start token in front of all L codes
+            d_model=config.d_model,
+            depth=config.depth,
+            heads=config.heads,
+            causal=not maskgit,
+        )
+        self.frozen_vq = FrozenCopy(self.vq)
+        self.register_buffer("stage", torch.tensor(1))
+        self._prior_optimizer: torch.optim.Optimizer | None = None
+
+    # --- parts every family offers -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The one random stream of both stages (the VQ-VAE's: codebook starts and restarts, then label
+        dropout and MaskGIT masks), saved in checkpoints."""
+        return self.vq.train_generator
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._prior_optimizer is None:
+            self._prior_optimizer = make_adam(self.prior.parameters(), self.optim_config)
+        return {"vq": self.vq.optimizers()["net"], "prior": self._prior_optimizer}
+
+    # --- the frozen tokeniser ---------------------------------------------------------------------
+    def frozen_tokenizer(self) -> VQVAEModel:
+        """The VQ-VAE in eval mode; from stage 2 on with exactly the weights it was frozen with."""
+        if int(self.stage) == 2:
+            self.frozen_vq.restore(self.vq)
+        return self.vq.eval()
+
+    @torch.no_grad()
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> code sequences (B, h*w) in raster order."""
+        return self.frozen_tokenizer().encode_indices(x).flatten(1)
+
+    def _start_tokens(self, labels: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """(n,) start token ids: K + label, or "no label" for label -1, no labels, or an unconditional model."""
+        none = torch.full((n,), self.no_label, dtype=torch.long, device=device)
+        if labels is None or self.config.num_classes == 0:
+            return none
+        labels = labels.to(device).long()
+        return torch.where(labels < 0, none, self.codebook_size + labels)
+
+    # --- losses -----------------------------------------------------------------------------------
+    def prior_bits(self, codes: torch.Tensor, start: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample prior loss in bits per token, (B,). Autoregressive: the exact negative log-likelihood
+        of the code sequence. MaskGIT: cross-entropy on the masked codes, with a cosine-scheduled share
+        masked (the ratio and the positions drawn from generator)."""
+        b, L = codes.shape
+        if self.config.prior == "autoregressive":
+            logits = self.prior(torch.cat([start[:, None], codes[:, :-1]], dim=1))  # (B, L, K): position t predicts code t
+            return F.cross_entropy(logits.transpose(1, 2), codes, reduction="none").mean(1) / math.log(2)
+        r = torch.rand(b, device=codes.device, generator=generator)
+        n_masked = torch.ceil(torch.cos(math.pi / 2 * r) * L).clamp(1, L)  # (B,) MaskGIT's cosine schedule gamma(r) = cos(pi r / 2)
+        ranks = torch.rand(b, L, device=codes.device, generator=generator).argsort(1).argsort(1)
+        masked = ranks < n_masked[:, None]  # (B, L) a random n_masked[i] positions of row i
+        tokens = torch.where(masked, torch.full_like(codes, self.mask_token), codes)
+        logits = self.prior(torch.cat([start[:, None], tokens], dim=1))[:, 1:]  # (B, L, K)
+        ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, L)
+        return (ce * masked).sum(1) / masked.sum(1) / math.log(2)
+
+    def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
+        """Stage 1: one VQ-VAE update (its own loss and figures). Stage 2: one prior update on the frozen
+        VQ-VAE's codes of x, its learning-rate warm-up counted from stage1_steps. figures["stage"] is 1 or 2."""
+        cfg = self.config
+        if step < cfg.stage1_steps:
+            return {**self.vq.training_step(x, Cond(), step), "stage": 1.0}
+        if int(self.stage) == 1:  # the first stage-2 step: freeze the VQ-VAE as it is now
+            self.frozen_vq.store(self.vq)
+            self.stage.fill_(2)
+        codes = self.encode_codes(x)  # (B, L)
+        gen = self.train_generator
+        start = self._start_tokens(cond.labels, x.shape[0], x.device)
+        if cond.labels is not None and cfg.num_classes and cfg.label_dropout > 0:
+            drop = torch.rand(x.shape[0], device=x.device, generator=gen) < cfg.label_dropout
+            start = torch.where(drop, torch.full_like(start, self.no_label), start)
+        self.prior.train()
+        loss = self.prior_bits(codes, start, gen).mean()
+        grad_norm = update(self.optimizers()["prior"], loss, step - cfg.stage1_steps, self.optim_config)
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "stage": 2.0}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample distortion + rate, (B,): the VQ-VAE's validation loss (reconstruction MSE + beta *
+        commitment) plus the prior's bits per token on the VQ-VAE's codes (labels kept).
+
+        One figure for both stages, so early stopping can watch it across the change: in stage 1 the
+        prior is untrained (its zero head predicts uniformly: exactly log2 K bits) and the distortion
+        falls; in stage 2 the distortion is fixed and the rate falls.
+        """
+        self.eval()
+        vq = self.frozen_tokenizer()
+        distortion = vq.validation_loss(x, Cond(), generator)
+        codes = vq.encode_indices(x).flatten(1)
+        rate = self.prior_bits(codes, self._start_tokens(cond.labels, x.shape[0], x.device), generator)
+        return distortion + rate
+
+    # --- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: Cond | None = None,
+        *,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        callback=None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+    ) -> torch.Tensor:
+        """n images (n, C, H, W) in [-1, 1]: codes drawn from the prior, decoded by the frozen VQ-VAE.
+        Image i uses seed + i (or seeds[i]) and nothing else; callback(i, total) after each decoding step."""
+        self.eval()
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be a whole number >= 0 (0: no limit), got {top_k}")
+        gen = PerSampleGenerator(seeds, self.device)
+        start = self._start_tokens(cond.labels if cond is not None else None, n, self.device)
+        draw = dict(temperature=float(temperature), top_k=int(top_k))
+        if self.config.prior == "autoregressive":
+            codes = self._sample_autoregressive(start, gen, callback, **draw)
+        else:
+            codes = self._sample_maskgit(start, gen, callback, **draw)
+        return self.frozen_tokenizer().decode_indices(codes).clamp(-1, 1)
+
+    def _sample_autoregressive(self, start, gen, callback, *, temperature, top_k) -> torch.Tensor:
+        """Ancestral sampling of the L codes in raster order; each step feeds one token through the cache."""
+        n, L = start.shape[0], self.seq_len
+        codes = torch.empty(n, L, dtype=torch.long, device=start.device)
+        cache, token = self.prior.new_cache(), start[:, None]
+        for t in range(L):
+            logits = self.prior(token, cache)[:, -1]  # (n, K): the distribution of code t
+            codes[:, t], _ = _draw(logits, _uniform(gen, ()), temperature, top_k)
+            token = codes[:, t : t + 1]
+            if callback is not None:
+                callback(t, L)
+        return codes
+
+    def _sample_maskgit(self, start, gen, callback, *, temperature, top_k) -> torch.Tensor:
+        """MaskGIT decoding (Chang et al. 2022, sec. 3.2): at each step sample every masked code, keep
+        the most confident ones and re-mask the rest, cos(pi/2 * s/T) of the grid, until none is left."""
+        n, L, T = start.shape[0], self.seq_len, self.config.decode_steps
+        codes = torch.full((n, L), self.mask_token, dtype=torch.long, device=start.device)
+        for s in range(T):
+            unknown = codes == self.mask_token  # (n, L); the same count in every row
+            n_unknown = int(unknown[0].sum())
+            if n_unknown == 0:
+                break
+            logits = self.prior(torch.cat([start[:, None], codes], dim=1))[:, 1:]  # (n, L, K)
+            sampled, probs = _draw(logits, _uniform(gen, (L,)), temperature, top_k)
+            sampled = torch.where(unknown, sampled, codes)
+            # Confidence: log-probability of the drawn code plus annealed Gumbel noise; fixed codes stay fixed.
+            confidence = probs.gather(2, sampled[..., None])[..., 0].clamp_min(1e-30).log()
+            gumbel = -(-_uniform(gen, (L,)).clamp(1e-20, 1 - 1e-7).log()).log()
+            confidence = confidence + MASKGIT_CHOICE_TEMPERATURE * (1 - (s + 1) / T) * gumbel
+            confidence = torch.where(unknown, confidence, torch.full_like(confidence, math.inf))
+            n_next = int(math.floor(L * math.cos(math.pi / 2 * (s + 1) / T)))
+            n_next = max(0, min(n_next, n_unknown - 1))  # at least one new code per step
+            remask = confidence.argsort(1).argsort(1) < n_next  # (n, L) the n_next least confident
+            codes = torch.where(remask, torch.full_like(codes, self.mask_token), sampled)
+            if callback is not None:
+                callback(s, T)
+        return codes
+
+
+def _uniform(gen: PerSampleGenerator, shape: tuple[int, ...]) -> torch.Tensor:
+    """(n, *shape) uniform draws in [0, 1), row i from sample i's own generator."""
+    return torch.stack([torch.rand(shape, generator=g, device=gen.device) for g in gen.generators])
+
+
+def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Categorical draws by inverting the CDF of softmax(logits / temperature) (top-k filtered) at the
+    uniforms u: logits (..., K), u (...) -> (indices (...), probabilities (..., K))."""
+    logits = logits.float() / temperature
+    K = logits.shape[-1]
+    if 0 < top_k < K:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = logits.softmax(-1)
+    cdf = probs.cumsum(-1)
+    # right=True: the first code whose cumulative probability exceeds u, so a zero-probability code is never drawn.
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True)[..., 0]
+    return idx.clamp_max(K - 1), probs

@@ -1,0 +1,294 @@
+"""VAE family: a convolutional variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational
+Bayes") with a beta knob (Higgins et al. 2017), KL warm-up (Sønderby et al. 2016), an optional class
+condition, and a discretised likelihood so that its bound is a true figure in bits per dimension.
+
+Why a discretised likelihood: pixels are 8-bit, so a model of them must give probabilities to the 256
+levels, not a density. Each level k of a channel (x = k / 127.5 - 1 in [-1, 1]) gets the mass of a
+logistic or Gaussian p(. | z) over its bin [x - 1/255, x + 1/255], the two end bins stretched to
+-inf and +inf (Salimans et al. 2017, PixelCNN++ sec. 2.1): the masses sum to 1 and -log P is an honest
+code length. (A continuous density evaluated at the pixel values would give a "likelihood" that grows
+without bound as the variance shrinks.) The decoder predicts a mean and a log-scale per pixel.
+
+The negative ELBO, E_q[-log P(x|z)] + KL(q(z|x) || p(z)), divided by D ln 2 (D = C*H*W), is an upper
+bound on -log2 P(x) / D: "bits/dim" below are this bound (lower is better; the exact value would be
+lower still). `log_likelihood(x, samples=k)` tightens it with k importance samples (Burda et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..condition import Cond, LabelEmbedding
+from ..sampling import PerSampleGenerator
+from .nets.autoencoder import Decoder, Encoder
+from .optim import OptimConfig, make_adam, update
+
+LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
+MIN_LOG_SCALE = -7.0  # scales far below the bin half-width 1/255 ~ e^-5.5 gain nothing and destabilise training
+HALF_BIN = 1.0 / 255.0  # half the distance between neighbouring 8-bit levels in [-1, 1]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Shape of the networks, the latent code and the objective.
+
+    num_classes: 0 for an unconditional model; otherwise a label embedding feeds the encoder and the
+        decoder, q(z|x, y) and p(x|z, y) (a conditional VAE, Sohn et al. 2015).
+    channel_mult: widths per resolution; the encoder halves the side len(channel_mult) - 1 times, then a
+        linear layer maps the features to the latent_dim means and log-variances of q(z|x).
+    latent_dim: length of the latent vector z; the prior is N(0, I).
+    beta: weight of the KL term in training (beta-VAE); validation and log_likelihood always use 1.
+    kl_warmup_steps: the KL weight rises linearly from 0 to beta over this many steps (0: beta at once).
+    likelihood: "discretized_logistic" (PixelCNN++) or "discretized_gaussian" p(x|z) over 256 levels
+        a channel, with a per-pixel mean and scale from the decoder (see the module docstring).
+    label_dropout: share of training labels replaced by "no label", so a conditional model also learns
+        to sample and reconstruct without one.
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 0
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    latent_dim: int = 32
+    beta: float = 1.0
+    kl_warmup_steps: int = 1000
+    likelihood: str = "discretized_logistic"
+    label_dropout: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))  # JSON gives lists
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if not self.channel_mult or self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for channel_mult {self.channel_mult}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of: {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
+        if self.latent_dim < 1 or self.base_channels < 1 or self.num_res_blocks < 0 or self.num_classes < 0:
+            raise ValueError("latent_dim and base_channels must be at least 1, num_res_blocks and num_classes not negative")
+        if self.beta < 0 or self.kl_warmup_steps < 0:
+            raise ValueError(f"beta and kl_warmup_steps must not be negative, got {self.beta} and {self.kl_warmup_steps}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+def discretized_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """log P(x) per element for 8-bit data x in [-1, 1] under a logistic or Gaussian (mean, scale)
+    discretised into the bins [x - 1/255, x + 1/255], the end bins extended to infinity (PixelCNN++ eq. 2)."""
+    log_cdf = F.logsigmoid if likelihood == "discretized_logistic" else torch.special.log_ndtr
+    inv_scale = torch.exp(-log_scale)
+    lo = (x - mean - HALF_BIN) * inv_scale  # bin edges in standard units
+    hi = (x - mean + HALF_BIN) * inv_scale
+    # log(F(b) - F(a)) = log F(b) + log(1 - exp(log F(a) - log F(b))), computed in the lower tail where
+    # log F is accurate: the mass of (a, b) equals that of (-b, -a) for a symmetric distribution.
+    flip = (lo + hi) > 0
+    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_mid = log_cdf(b) + torch.log(-torch.expm1((log_cdf(a) - log_cdf(b)).clamp(max=-1e-12)))
+    log_bottom = log_cdf(hi)  # x = -1: all the mass below its upper edge
+    log_top = log_cdf(-lo)  # x = +1: all the mass above its lower edge
+    return torch.where(x < -1 + HALF_BIN, log_bottom, torch.where(x > 1 - HALF_BIN, log_top, log_mid))
+
+
+def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
+    """The KL weight at a training step: linear warm-up from 0 to beta (Sønderby et al. 2016)."""
+    return beta if warmup_steps <= 0 else beta * min(1.0, (step + 1) / warmup_steps)
+
+
+class VAEModel(nn.Module):
+    """q(z|x) = N(mu, diag sigma^2) from a conv encoder, p(z) = N(0, I), p(x|z) discretised from a conv
+    decoder; trained on the negative ELBO with a warmed-up beta on the KL, reported in bits/dim."""
+
+    Config = VAEConfig
+    family = "vae"
+    capabilities = ("log_likelihood",)
+    # temperature scales the prior's standard deviation when sampling (below 1: typical, blander images).
+    sample_options = {"temperature": 1.0}
+
+    def __init__(self, config: VAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.optim_config = optim or OptimConfig()
+        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
+        c = config
+        emb_dim = 4 * c.base_channels if c.num_classes else 0
+        net = dict(base_channels=c.base_channels, channel_mult=c.channel_mult, num_res_blocks=c.num_res_blocks, emb_dim=emb_dim)
+        top = c.base_channels * c.channel_mult[-1]
+        self.side = c.image_size // 2 ** (len(c.channel_mult) - 1)  # feature side where the latent is read and written
+        self.label_embed = LabelEmbedding(c.num_classes, emb_dim) if c.num_classes else None
+        self.encoder = Encoder(c.channels, top, **net)
+        # The label also joins the linear maps to and from z: a per-channel shift alone cannot say *where*
+        # strokes go, so without this a conditional decoder learns to ignore its label and read z alone.
+        self.to_posterior = nn.Linear(top * self.side**2 + emb_dim, 2 * c.latent_dim)  # -> (mu, log sigma^2)
+        self.from_latent = nn.Linear(c.latent_dim + emb_dim, top * self.side**2)
+        self.decoder = Decoder(top, 2 * c.channels, **net)  # -> (mean, raw log-scale) per pixel
+        self._seed = seed
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._generator: torch.Generator | None = None
+
+    # --- parts every family offers -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The random stream of training (posterior samples, label dropout), saved in checkpoints."""
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        return self._generator
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizer is None:
+            self._optimizer = make_adam(self.parameters(), self.optim_config)
+        return {"net": self._optimizer}
+
+    # --- the model ------------------------------------------------------------------------------
+    def _embed(self, cond: Cond | None, b: int) -> torch.Tensor | None:
+        """(B, emb_dim) label embedding; "no label" (-1) where the condition is missing; None if unconditional."""
+        if self.label_embed is None:
+            return None
+        labels = cond.labels if cond is not None and cond.labels is not None else None
+        if labels is None:
+            labels = torch.full((b,), -1, dtype=torch.long)
+        return self.label_embed(labels.to(self.device))
+
+    def encode(self, x: torch.Tensor, cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) in [-1, 1] -> q(z|x) as (mu, logvar), each (B, latent_dim)."""
+        emb = self._embed(cond, x.shape[0])
+        h = self.encoder(x, emb).flatten(1)  # (B, top * side * side)
+        mu, logvar = self.to_posterior(h if emb is None else torch.cat([h, emb], dim=1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: torch.Tensor, cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, latent_dim) -> p(x|z) as (mean, log_scale), each (B, C, H, W); mean is the image."""
+        emb = self._embed(cond, z.shape[0])
+        h = self.from_latent(z if emb is None else torch.cat([z, emb], dim=1)).reshape(z.shape[0], -1, self.side, self.side)
+        mean, raw = self.decoder(h, emb).chunk(2, dim=1)
+        log_scale = MIN_LOG_SCALE + F.softplus(raw - MIN_LOG_SCALE)  # a soft floor: the gradient never vanishes
+        return mean, log_scale
+
+    def _terms(self, x: torch.Tensor, cond: Cond | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample -log P(x|z) with one z ~ q(z|x) drawn from generator, and the analytic KL; nats, (B,) each."""
+        mu, logvar = self.encode(x, cond)
+        eps = torch.randn(mu.shape, generator=generator, device=generator.device).to(mu.device)
+        z = mu + (0.5 * logvar).exp() * eps  # reparameterisation
+        mean, log_scale = self.decode(z, cond)
+        recon = -discretized_log_prob(x, mean, log_scale, self.config.likelihood).flatten(1).sum(1)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
+        return recon, kl
+
+    @property
+    def dims(self) -> int:
+        """D = C * H * W: the denominator of bits/dim."""
+        return self.config.channels * self.config.image_size**2
+
+    def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
+        """One update on -ELBO with the KL weighted by kl_weight(step); figures in bits/dim."""
+        self.train()
+        gen = self.train_generator
+        cfg = self.config
+        if cond is not None and cond.labels is not None and cfg.num_classes and cfg.label_dropout > 0:
+            drop = torch.rand(x.shape[0], generator=gen, device=gen.device).to(cond.labels.device) < cfg.label_dropout
+            cond = Cond(labels=torch.where(drop, torch.full_like(cond.labels, -1), cond.labels))
+        recon, kl = self._terms(x, cond, gen)
+        w = kl_weight(step, cfg.beta, cfg.kl_warmup_steps)
+        to_bpd = 1.0 / (self.dims * math.log(2))
+        loss = ((recon + w * kl) * to_bpd).mean()
+        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        recon_bpd, kl_bpd = float(recon.mean().detach()) * to_bpd, float(kl.mean().detach()) * to_bpd
+        return {"loss": float(loss.detach()), "recon": recon_bpd, "kl": kl_bpd, "bits_per_dim": recon_bpd + kl_bpd,
+                "kl_weight": w, "grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        """Per-sample negative ELBO (beta = 1) in bits/dim, (B,), with one z ~ q(z|x) from generator."""
+        self.eval()
+        recon, kl = self._terms(x, cond, generator)
+        return (recon + kl) / (self.dims * math.log(2))
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, cond: Cond | None = None, *, samples: int = 1, seed: int = 0) -> torch.Tensor:
+        """Upper bound on -log2 P(x) / D per image, (B,), in bits/dim (x 8-bit data in [-1, 1]).
+
+        samples=1: the negative ELBO (the same figure as validation_loss, with one posterior sample drawn
+        from torch.Generator().manual_seed(seed)); samples=k > 1: the importance-weighted bound
+        -log (1/k) sum_i P(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2016), tighter as k grows.
+        """
+        x = x.to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        if samples == 1:
+            return self.validation_loss(x, cond, gen)
+        self.eval()
+        mu, logvar = self.encode(x, cond)
+        std = (0.5 * logvar).exp()
+        log_w = []
+        for _ in range(samples):
+            eps = torch.randn(mu.shape, generator=gen, device=self.device)
+            z = mu + std * eps
+            mean, log_scale = self.decode(z, cond)
+            log_px = discretized_log_prob(x, mean, log_scale, self.config.likelihood).flatten(1).sum(1)
+            log_pz = -0.5 * (z.square() + math.log(2 * math.pi)).sum(1)
+            log_qz = -0.5 * (eps.square() + math.log(2 * math.pi) + logvar).sum(1)
+            log_w.append(log_px + log_pz - log_qz)
+        log_px_bound = torch.logsumexp(torch.stack(log_w), dim=0) - math.log(samples)
+        return -log_px_bound / (self.dims * math.log(2))
+
+    # --- images ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) -> decoder means at the posterior means, (B, C, H, W) in [-1, 1]."""
+        self.eval()
+        x = x.to(self.device)
+        mu, _ = self.encode(x, cond)
+        return self.decode(mu, cond)[0].clamp(-1, 1)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8, cond: Cond | None = None) -> torch.Tensor:
+        """Decode `steps` evenly spaced points on the line between the posterior means of x1 and x2.
+
+        x1, x2: (B, C, H, W) -> (B, steps, C, H, W); single images (C, H, W) -> (steps, C, H, W). The
+        ends are the reconstructions of x1 and x2. cond (one label per pair) applies along the whole path.
+        """
+        if steps < 2:
+            raise ValueError(f"steps must be at least 2, got {steps}")
+        single = x1.dim() == 3
+        x1, x2 = (x1[None], x2[None]) if single else (x1, x2)
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        self.eval()
+        b = x1.shape[0]
+        mu, _ = self.encode(torch.cat([x1, x2]).to(self.device), None if cond is None else Cond.cat([cond, cond]))
+        mu1, mu2 = mu.chunk(2)  # (B, latent_dim) each
+        t = torch.linspace(0, 1, steps, device=self.device)[None, :, None]  # (1, steps, 1)
+        z = torch.lerp(mu1[:, None], mu2[:, None], t).flatten(0, 1)  # (B * steps, latent_dim)
+        path_cond = None
+        if cond is not None and cond.labels is not None:
+            path_cond = Cond(labels=cond.labels.to(self.device).repeat_interleave(steps))
+        images = self.decode(z, path_cond)[0].clamp(-1, 1).unflatten(0, (b, steps))
+        return images[0] if single else images
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: Cond | None = None, *, seed: int = 0, seeds: list[int] | None = None,
+               callback=None, temperature: float = 1.0) -> torch.Tensor:
+        """n decoder means (n, C, H, W) in [-1, 1] at z ~ N(0, temperature^2 I); image i uses seed + i (or
+        seeds[i]) and nothing else. A conditional model samples "no label" where cond gives none."""
+        self.eval()
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must not be negative, got {temperature}")
+        z = PerSampleGenerator(seeds, self.device).randn((self.config.latent_dim,)) * float(temperature)
+        images = self.decode(z, cond.to(self.device) if cond is not None else None)[0].clamp(-1, 1)
+        if callback is not None:
+            callback(0, 1)
+        return images

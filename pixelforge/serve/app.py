@@ -1,0 +1,346 @@
+"""The HTTP API (/api/v1, OpenAPI at /openapi.json) and the web page (/): a thin shell over pixelforge.api.
+
+Requests only validate and enqueue; worker threads generate (jobs.py). Every endpoint but health takes
+the API key when one is set; CORS stays closed unless origins are given; bodies over a limit get 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..api import Generator, load
+from ..images import png_bytes
+from ..train.runs import DEFAULT_MODEL, default_runs_dir
+from . import schemas as S
+from .jobs import Job, JobQueue, QueueFull
+from .ratings import RatingsDB, find_evaluation, latest_evaluation, scores
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_BODY_BYTES = 1_000_000
+API = "/api/v1"
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over max_bytes (declared or streamed), before any handler."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # read the body here (it is small by definition) and hand it on whole
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _finite(x):
+    """x with every non-finite float (1e400 reads as inf) replaced by its name, as a string."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+class ErrorJSON(JSONResponse):
+    """An error answer that always encodes, even when it echoes the request's input back: ASCII with
+    escapes (a lone surrogate, U+D800 say, has no UTF-8) and non-finite numbers as strings.
+    Starlette's own JSONResponse raises on both, which turned a 422 or 404 into a 500."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def _invalid(loc: list, msg: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation answers."""
+    return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _label_index(g: Generator, label, loc: list) -> int | None:
+    """A class index or name -> index, as pixelforge.api reads labels; a 422 listing the valid ones otherwise."""
+    if label is None:
+        return None
+    if g.num_classes == 0:
+        raise _invalid(loc, f"{g.name} is unconditional: it takes no label")
+    valid = ", ".join(g.class_names) if g.class_names else f"0..{g.num_classes - 1}"
+    if isinstance(label, str) and not re.fullmatch(r"-?[0-9]+", label):  # int() takes only these ("--3", "²" fail)
+        if label not in g.class_names:
+            raise _invalid(loc, f"unknown label {label!r}; valid labels: {valid}")
+        return g.class_names.index(label)
+    idx = int(label)
+    if not 0 <= idx < g.num_classes:
+        raise _invalid(loc, f"label {idx} out of range; valid labels: {valid} (or indices 0..{g.num_classes - 1})")
+    return idx
+
+
+def model_info(g: Generator) -> S.ModelInfo:
+    cfg = g.model.config
+    classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
+    inputs = [S.InputKind(name="label", supported=g.num_classes > 0,
+                          note="" if g.num_classes else "unconditional model")]
+    inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("prompt", "sketch", "image", "mask")]
+    evaluation = latest_evaluation(g.run_dir)
+    return S.ModelInfo(
+        name=g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
+        num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.sample_options),
+        inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
+    )
+
+
+def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
+    images, settings = [], []
+    if job.status == "done":
+        settings = job.result["settings"]
+        images = [f"{API}/jobs/{job.id}/images/{i}.png" for i in range(len(settings))]
+    return S.JobInfo(
+        id=job.id, model=job.model, n=job.n, status=job.status, progress=round(job.progress, 4), error=job.error,
+        queue_position=queue.queue_position(job), created=job.created, started=job.started, finished=job.finished,
+        images=images, settings=settings,
+    )
+
+
+def create_app(
+    models: list[str] | None = None,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 16,
+    workers: int = 1,
+    job_timeout_s: float | None = 300.0,
+    db_path: str | Path | None = None,
+    keep_jobs: int = 100,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    cors_origins: list[str] | None = None,
+    device: str = "auto",
+    runs_dir: str | Path | None = None,
+) -> FastAPI:
+    """The FastAPI app serving `models` (run folders, run names or bundled models; default: the bundled one).
+
+    api_key: required on every /api/v1 endpoint but health (Authorization: Bearer KEY or X-API-Key: KEY).
+    max_queue: waiting jobs before 429; workers: jobs run at once; job_timeout_s: a running job's limit.
+    db_path: the ratings SQLite file (default RUNS_DIR/ratings.sqlite); keep_jobs: finished jobs kept.
+    """
+    generators: dict[str, Generator] = {}
+    for name in models or [DEFAULT_MODEL]:
+        g = load(name, device=device, runs_dir=runs_dir)
+        if g.name in generators:
+            raise ValueError(f"model {g.name!r} named twice")
+        generators[g.name] = g
+    queue = JobQueue(workers=workers, max_queue=max_queue, keep=keep_jobs, timeout_s=job_timeout_s)
+    db = RatingsDB(db_path if db_path is not None else (Path(runs_dir) if runs_dir else default_runs_dir()) / "ratings.sqlite")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        queue.start()
+        yield
+        queue.stop()
+
+    app = FastAPI(
+        title="pixelforge", version=__version__, lifespan=lifespan, redoc_url=None,
+        description="Generate images with trained pixelforge models, follow jobs, and collect human ratings.",
+    )
+    app.state.generators, app.state.queue, app.state.ratings = generators, queue, db
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc):
+        return ErrorJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return ErrorJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")
+    bearer = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
+
+    def require_key(x_api_key: str | None = Security(key_header),
+                    auth: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if api_key is None:
+            return
+        given = x_api_key or (auth.credentials if auth else None)
+        if not given:
+            raise HTTPException(401, "this server needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(403, "wrong API key")
+
+    public = APIRouter(prefix=API)
+    private = APIRouter(prefix=API, dependencies=[Depends(require_key)])
+
+    def generator_of(name: str, loc: list) -> Generator:
+        g = generators.get(name)
+        if g is None:
+            raise _invalid(loc, f"unknown model {name!r}; valid models: {', '.join(generators)}")
+        return g
+
+    def job_of(job_id: str) -> Job:
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or finished long enough ago to be dropped)")
+        return job
+
+    @public.get("/health", response_model=S.Health, summary="liveness and queue load (no key needed)")
+    async def health():
+        counts = queue.counts()
+        return S.Health(status="ok", version=__version__, auth_required=api_key is not None, models=len(generators),
+                        queue=S.QueueInfo(**counts, max_queue=queue.max_queue, workers=queue.workers))
+
+    @private.get("/models", response_model=S.ModelList, summary="the models served, their classes and sampling options")
+    def list_models():
+        return S.ModelList(models=[model_info(g) for g in generators.values()])
+
+    @private.post("/jobs", response_model=S.JobCreated, status_code=202, summary="queue a generation job")
+    async def create_job(req: S.JobRequest, response: Response):
+        g = generator_of(req.model, ["body", "model"])
+        try:
+            options = S.check_options(req.options, S.option_specs(g.sample_options))
+        except S.OptionError as e:
+            raise _invalid(e.loc, str(e)) from None
+        if req.labels is not None:
+            labels = [_label_index(g, lb, ["body", "labels", i]) for i, lb in enumerate(req.labels)]
+        else:
+            labels = [_label_index(g, req.label, ["body", "label"])] * req.n
+        n, seed = req.n, req.seed
+
+        def work(progress):
+            images = g.generate(n, labels=labels, seed=seed, callback=progress, **options)
+            settings = [im.info["pixelforge"] for im in images]
+            return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}
+
+        try:
+            job = queue.submit(g.name, n, work)
+        except QueueFull as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+        url = f"{API}/jobs/{job.id}"
+        response.headers["Location"] = url
+        return S.JobCreated(id=job.id, status=job.status, url=url)
+
+    @private.get("/jobs/{job_id}", response_model=S.JobInfo, summary="a job's status, progress and results")
+    async def get_job(job_id: str):
+        return job_info(queue, job_of(job_id))
+
+    @private.delete("/jobs/{job_id}", response_model=S.JobInfo,
+                    summary="cancel a job (a running one stops at its next sampler step)")
+    async def cancel_job(job_id: str):
+        job_of(job_id)
+        job = queue.cancel(job_id)
+        return job_info(queue, job)
+
+    @private.get("/jobs/{job_id}/events", summary="Server-Sent Events: 'progress' events, then one 'done', 'failed' or 'cancelled'",
+                 response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events(job_id: str, request: Request):
+        job = job_of(job_id)
+
+        async def stream():
+            seen, beat = -1, time.monotonic()
+            while True:
+                if job.version != seen:
+                    seen = job.version
+                    event = job.status if job.is_final else "progress"
+                    yield f"event: {event}\ndata: {job_info(queue, job).model_dump_json()}\n\n"
+                    if job.is_final:
+                        return
+                    beat = time.monotonic()
+                elif time.monotonic() - beat > 15:
+                    yield ": keep-alive\n\n"
+                    beat = time.monotonic()
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @private.get("/jobs/{job_id}/images/{index}.png", summary="image i of a finished job: a PNG carrying its settings",
+                 response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def job_image(job_id: str, index: int):
+        job = job_of(job_id)
+        if job.status != "done":
+            raise HTTPException(409 if not job.is_final else 404, f"job {job_id} is {job.status}: it has no images"
+                                + ("" if job.is_final else " yet"))
+        pngs = job.result["png"]
+        if not 0 <= index < len(pngs):
+            raise HTTPException(404, f"job {job_id} has images 0..{len(pngs) - 1}, not {index}")
+        s = job.result["settings"][index]
+        filename = f"seed{s.get('seed', index):06d}" + (f"-label{s['label']}" if s.get("label") is not None else "") + ".png"
+        return Response(pngs[index], media_type="image/png",
+                        headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "private, max-age=3600"})
+
+    @private.post("/ratings", response_model=S.RatingCreated, status_code=201, summary="record which of two images a person preferred")
+    def add_rating(req: S.RatingRequest):
+        for side in ("a", "b"):
+            generator_of(getattr(req, side).model, ["body", side, "model"])
+        rating_id = db.add(req.a.model, req.a.settings, req.b.model, req.b.settings, req.winner)
+        return S.RatingCreated(id=rating_id, count=db.count())
+
+    @private.get("/ratings/scores", response_model=S.Scores, summary="Elo and Bradley-Terry scores from the ratings, with FID where known")
+    def rating_scores(by: Literal["model", "settings"] = Query("model", description="score each model, or each model and sampling settings")):
+        def evaluation(name):
+            g = generators.get(name)
+            return latest_evaluation(g.run_dir) if g else find_evaluation(name, runs_dir)
+
+        return scores(db.rows(), by=by, evaluation=evaluation)
+
+    app.include_router(public)
+    app.include_router(private)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,251 @@
+"""Request and response models of the HTTP API, each declared once; the sampling-option specs drive
+the web page's form, the validation of job requests and the OpenAPI schema alike."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+
+from ..sampling import SAMPLERS, SCHEDULES
+
+MAX_IMAGES = 64  # images per job
+MAX_SEED = 2**32 - 1
+
+Label = Union[StrictInt, StrictStr]  # class index or class name
+OptionValue = Union[StrictInt, StrictFloat, StrictStr]
+SettingValue = Union[StrictStr, StrictInt, StrictFloat, bool, None]
+
+
+class OptionSpec(BaseModel):
+    """One sampling option a model takes: its kind, default and allowed values."""
+
+    name: str
+    kind: Literal["int", "float", "choice", "str"]
+    default: OptionValue
+    min: int | float | None = None
+    max: int | float | None = None
+    choices: list[str] | None = None
+    help: str = ""
+
+
+# Every option a family's `sample_options` may hold, with its range. An option a family adds without a
+# spec here is still offered, typed by its default and without a range.
+OPTION_SPECS: dict[str, dict] = {
+    "sampler": {"kind": "choice", "choices": list(SAMPLERS), "help": "ODE/SDE solver"},
+    "steps": {"kind": "int", "min": 1, "max": 200, "help": "solver steps (Heun uses two network evaluations a step)"},
+    "guidance": {"kind": "float", "min": 0.0, "max": 20.0, "help": "classifier-free guidance scale (1: none)"},
+    "schedule": {"kind": "choice", "choices": list(SCHEDULES), "help": "noise-level schedule"},
+    "temperature": {"kind": "float", "min": 0.01, "max": 5.0, "help": "sampling temperature (1: the model's own distribution)"},
+    "truncation": {"kind": "float", "min": 0.0, "max": 2.0, "help": "truncation of the latent (1: none; lower: safer, less varied)"},
+    "top_k": {"kind": "int", "min": 0, "max": 65536, "help": "draw from the k most likely codes only (0: no limit)"},
+}
+
+
+def option_specs(defaults: dict) -> list[OptionSpec]:
+    """The specs of a model's sample_options, each with the model's own default."""
+    out = []
+    for name, default in defaults.items():
+        spec = OPTION_SPECS.get(name)
+        if spec is None:
+            kind = "float" if isinstance(default, float) else "int" if isinstance(default, int) else "str"
+            spec = {"kind": kind}
+        out.append(OptionSpec(name=name, default=default, **spec))
+    return out
+
+
+class OptionError(ValueError):
+    """An invalid job field; `loc` says which one, as in FastAPI's own 422 answers."""
+
+    def __init__(self, loc: list, msg: str):
+        super().__init__(msg)
+        self.loc = loc
+
+
+def encodable(s: str) -> bool:
+    """Whether a string has a UTF-8 form: JSON may carry a lone surrogate (\\ud800) that no answer can echo."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_options(options: dict, specs: list[OptionSpec]) -> dict:
+    """Validate job options against a model's option specs; returns them with ints as floats where a float is due."""
+    by_name = {s.name: s for s in specs}
+    out = {}
+    for name, value in options.items():
+        loc = ["body", "options", name]
+        spec = by_name.get(name)
+        if spec is None:
+            raise OptionError(loc, f"unknown option {name!r}; valid options: {', '.join(by_name) or 'none'}")
+        if spec.kind == "choice":
+            if value not in (spec.choices or []):
+                raise OptionError(loc, f"{name} must be one of: {', '.join(spec.choices or [])}; got {value!r}")
+        elif spec.kind == "str":
+            if not isinstance(value, str) or not encodable(value):
+                raise OptionError(loc, f"{name} must be a (UTF-8) string, got {value!r}")
+        else:
+            if spec.kind == "int" and not isinstance(value, int):
+                raise OptionError(loc, f"{name} must be an integer, got {value!r}")
+            if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+                raise OptionError(loc, f"{name} must be a finite number, got {value!r}")  # NaN passes every range test
+            if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+                raise OptionError(loc, f"{name} must be between {spec.min:g} and {spec.max:g}, got {value!r}")
+            value = float(value) if spec.kind == "float" else value
+        out[name] = value
+    return out
+
+
+class ClassInfo(BaseModel):
+    index: int
+    name: str
+
+
+class InputKind(BaseModel):
+    """A kind of input a model may take, and whether this one takes it."""
+
+    name: Literal["label", "prompt", "sketch", "image", "mask"]
+    supported: bool
+    note: str = ""
+
+
+class Evaluation(BaseModel):
+    """A model's newest FID, with what it was measured with (its run's evaluations.jsonl)."""
+
+    fid: float
+    extractor: str | None = None
+    n_fake: int | None = None
+    sampling: dict[str, SettingValue] = {}
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    image_size: int
+    channels: int
+    num_classes: int
+    classes: list[ClassInfo]
+    sample_options: list[OptionSpec]
+    inputs: list[InputKind]
+    checkpoint: str
+    evaluation: Evaluation | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class QueueInfo(BaseModel):
+    queued: int
+    running: int
+    max_queue: int
+    workers: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    auth_required: bool
+    models: int
+    queue: QueueInfo
+
+
+class JobRequest(BaseModel):
+    """Generate n images from a model; image i uses seed + i, so it does not depend on n."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a model name from GET /api/v1/models")
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="number of images")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="image i uses seed + i")
+    label: Label | None = Field(None, description="class index or name, for every image")
+    labels: list[Label] | None = Field(None, description="one class index or name per image (instead of label)")
+    options: dict[str, OptionValue] = Field(default_factory=dict, description="the model's sample_options")
+
+    @model_validator(mode="after")
+    def _one_label_field(self):
+        if self.label is not None and self.labels is not None:
+            raise ValueError("give label or labels, not both")
+        if self.labels is not None and len(self.labels) != self.n:
+            raise ValueError(f"labels must hold n={self.n} entries, got {len(self.labels)}")
+        return self
+
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+    url: str
+
+
+class JobInfo(BaseModel):
+    id: str
+    model: str
+    n: int
+    status: JobStatus
+    progress: float = Field(description="0..1")
+    error: str | None = None
+    queue_position: int | None = Field(None, description="jobs ahead of this one while queued")
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    images: list[str] = Field(default_factory=list, description="URLs of the PNGs (each carries its settings)")
+    settings: list[dict[str, SettingValue]] = Field(default_factory=list, description="each image's settings")
+
+
+class RatingSide(BaseModel):
+    """One of the two images compared: its model and the settings it was made with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    settings: dict[str, SettingValue] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("settings")
+    @classmethod
+    def _storable(cls, settings: dict) -> dict:
+        # stored, then echoed by GET /ratings/scores: one unencodable string there would fail every later answer
+        for key, value in settings.items():
+            if not encodable(key) or (isinstance(value, str) and not encodable(value)):
+                raise ValueError(f"settings must be UTF-8 text: {key!r}: {value!r} holds a lone surrogate")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"settings must hold finite numbers, got {key!r}: {value!r}")
+        return settings
+
+
+class RatingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    a: RatingSide
+    b: RatingSide
+    winner: Literal["a", "b", "tie"]
+
+
+class RatingCreated(BaseModel):
+    id: int
+    count: int = Field(description="ratings stored in all")
+
+
+class Score(BaseModel):
+    name: str = Field(description="the model, or model and settings when scores are by settings")
+    model: str
+    settings: dict[str, SettingValue] = {}
+    elo: float
+    bt_strength: float
+    count: int
+    wins: int
+    losses: int
+    ties: int
+    evaluation: Evaluation | None = None
+
+
+class Scores(BaseModel):
+    by: Literal["model", "settings"]
+    ratings: int
+    method: str
+    scores: list[Score]

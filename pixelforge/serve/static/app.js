@@ -1,0 +1,424 @@
+// The pixelforge web page: plain JavaScript over the /api/v1 HTTP API (no build step).
+// The form is built from each model's declared sample_options, so the page, the API's validation
+// and the OpenAPI schema all follow one declaration.
+"use strict";
+
+const API = "/api/v1";
+const EACH = "__each__";   // label choice: class i % num_classes for image i
+const RANDOM = "__random__";
+const state = { models: [], byName: {}, job: null, pair: null, authRequired: false };
+const $ = (id) => document.getElementById(id);
+
+// --- HTTP ----------------------------------------------------------------------------------------
+function headers(extra = {}) {
+  const key = localStorage.getItem("pixelforge-api-key");
+  return key ? { ...extra, "X-API-Key": key } : extra;
+}
+
+function describeError(status, body) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) {
+    return detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");
+  }
+  return detail ? String(detail) : `HTTP ${status}`;
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const opts = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) opts.body = JSON.stringify(body);
+  const res = await fetch(API + path, opts);
+  const data = res.headers.get("content-type")?.includes("json") ? await res.json() : null;
+  if (!res.ok) {
+    const err = new Error(describeError(res.status, data));
+    err.status = res.status;
+    err.retryAfter = res.headers.get("Retry-After");
+    throw err;
+  }
+  return data;
+}
+
+// Server-Sent Events over fetch (EventSource cannot send the API key header).
+async function followEvents(jobId, onEvent) {
+  const res = await fetch(`${API}/jobs/${jobId}/events`, { headers: headers() });
+  if (!res.ok) throw new Error(describeError(res.status, await res.json().catch(() => null)));
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) onEvent(event, JSON.parse(data));
+    }
+  }
+}
+
+// Queue a job and follow it to the end; onProgress(job) on each update; resolves with the final job.
+async function runJob(body, onProgress) {
+  const created = await api("/jobs", { method: "POST", body });
+  let last = { id: created.id, status: created.status, progress: 0 };
+  onProgress(last);
+  await followEvents(created.id, (event, job) => { last = job; onProgress(job); });
+  if (!["done", "failed", "cancelled"].includes(last.status)) last = await api(`/jobs/${created.id}`);
+  return last;
+}
+
+async function imageURL(url) {
+  const res = await fetch(url, { headers: headers() });
+  if (!res.ok) throw new Error(`image: HTTP ${res.status}`);
+  return URL.createObjectURL(await res.blob());
+}
+
+// --- forms built from the models' declarations -----------------------------------------------------
+function option(value, text) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = text;
+  return o;
+}
+
+function fillModels(select) {
+  select.replaceChildren(...state.models.map((m) => option(m.name, m.name)));
+}
+
+function fillLabels(select, model, { each = true } = {}) {
+  const keep = select.options.length ? select.value : null;  // first fill: the first choice
+  const items = [];
+  if (model.num_classes) {
+    if (each) items.push(option(EACH, "each class in turn"));
+    else items.push(option(RANDOM, "random class"));
+    for (const c of model.classes) items.push(option(String(c.index), c.name === String(c.index) ? c.name : `${c.index}: ${c.name}`));
+  }
+  items.push(option("", model.num_classes ? "none (unconditional)" : "none (unconditional model)"));
+  select.replaceChildren(...items);
+  if (keep !== null && [...select.options].some((o) => o.value === keep)) select.value = keep;
+  select.disabled = !model.num_classes;
+}
+
+function buildOptions(container, model, prefix, values = {}) {
+  container.replaceChildren();
+  container.classList.add("opts");
+  for (const spec of model.sample_options) {
+    const wrap = document.createElement("div");
+    const label = document.createElement("label");
+    label.htmlFor = prefix + spec.name;
+    label.textContent = spec.name;
+    if (spec.help) label.title = spec.help;
+    let input;
+    if (spec.kind === "choice") {
+      input = document.createElement("select");
+      input.append(...spec.choices.map((c) => option(c, c)));
+    } else {
+      input = document.createElement("input");
+      input.type = spec.kind === "str" ? "text" : "number";
+      if (spec.min !== null) input.min = spec.min;
+      if (spec.max !== null) input.max = spec.max;
+      if (spec.kind === "float") input.step = "0.1";
+    }
+    input.id = prefix + spec.name;
+    input.dataset.kind = spec.kind;
+    input.value = spec.name in values ? values[spec.name] : spec.default;
+    wrap.append(label, input);
+    container.append(wrap);
+  }
+}
+
+function readOptions(model, prefix) {
+  const out = {};
+  for (const spec of model.sample_options) {
+    const raw = $(prefix + spec.name).value;
+    if (raw === "") continue;
+    out[spec.name] = spec.kind === "int" ? parseInt(raw, 10) : spec.kind === "float" ? parseFloat(raw) : raw;
+  }
+  return out;
+}
+
+function describeModel(m) {
+  const size = `${m.image_size}×${m.image_size}, ${m.channels === 1 ? "grayscale" : "RGB"}`;
+  const classes = m.num_classes ? `${m.num_classes} classes` : "unconditional";
+  const fid = m.evaluation ? ` · FID ${m.evaluation.fid.toFixed(2)} (${m.evaluation.extractor})` : "";
+  const later = m.inputs.filter((i) => !i.supported).map((i) => i.name).join(", ");
+  return `${m.family} · ${size} · ${classes}${fid}. Not supported yet: ${later}.`;
+}
+
+// --- Generate tab ---------------------------------------------------------------------------------
+function onModelChange() {
+  const m = state.byName[$("model").value];
+  fillLabels($("label"), m);
+  buildOptions($("options"), m, "");
+  $("model-info").textContent = describeModel(m);
+}
+
+function setBusy(busy) {
+  $("generate").disabled = busy;
+  $("cancel").disabled = !busy;
+}
+
+async function generate() {
+  const m = state.byName[$("model").value];
+  const n = parseInt($("n").value, 10);
+  const body = { model: m.name, n, seed: parseInt($("seed").value, 10), options: readOptions(m, "") };
+  const lab = $("label").value;
+  if (lab === EACH) body.labels = Array.from({ length: n }, (_, i) => i % m.num_classes);
+  else if (lab !== "") body.label = parseInt(lab, 10);
+  setBusy(true);
+  $("progress").value = 0;
+  $("status").textContent = "Submitting…";
+  try {
+    const job = await runJob(body, (j) => {
+      state.job = j.id;
+      $("progress").value = j.progress || 0;
+      $("status").textContent = j.status === "queued"
+        ? `Queued${j.queue_position ? ` (${j.queue_position} ahead)` : ""}…`
+        : j.status === "running" ? `Generating… ${Math.round((j.progress || 0) * 100)}%` : j.status;
+    });
+    if (job.status === "done") {
+      $("status").textContent = `Done: ${job.images.length} image${job.images.length > 1 ? "s" : ""} in ${(job.finished - job.started).toFixed(1)} s.`;
+      await showGallery(job);
+    } else {
+      $("status").textContent = job.status === "cancelled" ? "Cancelled." : `Failed: ${job.error}`;
+    }
+  } catch (e) {
+    $("status").textContent = e.status === 429 ? `Busy: ${e.message}` : `Error: ${e.message}`;
+  } finally {
+    state.job = null;
+    setBusy(false);
+  }
+}
+
+async function showGallery(job) {
+  const tiles = await Promise.all(job.images.map(async (url, i) => {
+    const s = job.settings[i];
+    const src = await imageURL(url);
+    const tile = document.createElement("div");
+    tile.className = "tile";
+    const img = document.createElement("img");
+    img.src = src;
+    img.alt = `seed ${s.seed}` + (s.label !== null && s.label !== undefined ? `, label ${s.class_name ?? s.label}` : "");
+    img.title = JSON.stringify(s, null, 1);
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const caption = document.createElement("span");
+    caption.textContent = (s.label !== null && s.label !== undefined ? `${s.class_name ?? s.label} · ` : "") + `seed ${s.seed}`;
+    caption.title = caption.textContent;
+    const link = document.createElement("a");
+    link.href = src;
+    link.download = `seed${String(s.seed).padStart(6, "0")}${s.label !== null && s.label !== undefined ? `-label${s.label}` : ""}.png`;
+    link.textContent = "PNG";
+    link.title = "download (settings inside)";
+    meta.append(caption, link);
+    tile.append(img, meta);
+    return tile;
+  }));
+  $("gallery").replaceChildren(...tiles);
+}
+
+async function cancel() {
+  if (!state.job) return;
+  $("status").textContent = "Cancelling…";
+  try { await api(`/jobs/${state.job}`, { method: "DELETE" }); } catch (e) { $("status").textContent = `Error: ${e.message}`; }
+}
+
+// --- Compare tab ----------------------------------------------------------------------------------
+function setupSide(side, modelName, values) {
+  const select = $(`model-${side}`);
+  select.value = modelName;
+  buildOptions($(`options-${side}`), state.byName[modelName], `${side}-`, values);
+}
+
+function initCompare() {
+  fillModels($("model-a"));
+  fillModels($("model-b"));
+  const [first, second] = state.models;
+  setupSide("a", first.name, {});
+  if (second) {
+    setupSide("b", second.name, {});
+  } else {  // one model: compare two of its settings, a cheaper one against its defaults
+    const names = first.sample_options.map((s) => s.name);
+    const alt = {};
+    if (names.includes("sampler")) alt.sampler = "euler";
+    if (names.includes("steps")) alt.steps = Math.max(2, Math.round(first.sample_options.find((s) => s.name === "steps").default / 3));
+    setupSide("b", first.name, alt);
+  }
+  onCompareModelsChange();
+  $("scores-by").value = state.models.length > 1 ? "model" : "settings";
+}
+
+function onCompareModelsChange() {
+  // labels both set-ups share: those of model A (when B's classes differ, the label must exist in both)
+  const a = state.byName[$("model-a").value], b = state.byName[$("model-b").value];
+  const shared = a.classes.filter((c) => b.classes.some((d) => d.index === c.index && d.name === c.name));
+  fillLabels($("compare-label"), { ...a, num_classes: shared.length, classes: shared }, { each: false });
+}
+
+function setPicking(on) {
+  for (const id of ["pick-a", "pick-b", "pick-tie"]) $(id).disabled = !on;
+}
+
+function describeSetup(settings) {
+  const skip = new Set(["model", "family", "checkpoint", "seed", "label", "class_name", "version"]);
+  const parts = Object.entries(settings).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k} ${v}`);
+  return `${settings.model}: ${parts.join(", ")}`;
+}
+
+async function newPair() {
+  setPicking(false);
+  $("new-pair").disabled = true;
+  $("caption-a").textContent = "Left";
+  $("caption-b").textContent = "Right";
+  $("image-a").removeAttribute("src");
+  $("image-b").removeAttribute("src");
+  $("compare-progress").value = 0;
+  const seed = Math.floor(Math.random() * 1e9);
+  const labelChoice = $("compare-label").value;
+  let label = null;
+  if (labelChoice === RANDOM) {
+    const choices = [...$("compare-label").options].map((o) => o.value).filter((v) => /^\d+$/.test(v));
+    label = choices.length ? parseInt(choices[Math.floor(Math.random() * choices.length)], 10) : null;
+  } else if (labelChoice !== "") label = parseInt(labelChoice, 10);
+  const sides = ["a", "b"].map((s) => ({
+    setup: s.toUpperCase(),
+    body: { model: $(`model-${s}`).value, n: 1, seed, label, options: readOptions(state.byName[$(`model-${s}`).value], `${s}-`) },
+  }));
+  if (Math.random() < 0.5) sides.reverse();  // blind: which set-up is on the left is random
+  $("compare-status").textContent = "Generating the pair…";
+  try {
+    const progress = [0, 0];
+    const jobs = await Promise.all(sides.map((side, i) => runJob(side.body, (j) => {
+      progress[i] = j.progress || 0;
+      $("compare-progress").value = (progress[0] + progress[1]) / 2;
+    })));
+    const bad = jobs.find((j) => j.status !== "done");
+    if (bad) throw new Error(bad.status === "cancelled" ? "cancelled" : bad.error);
+    const urls = await Promise.all(jobs.map((j) => imageURL(j.images[0])));
+    $("image-a").src = urls[0];
+    $("image-b").src = urls[1];
+    state.pair = sides.map((side, i) => ({ setup: side.setup, model: side.body.model, settings: jobs[i].settings[0] }));
+    const what = label === null ? "no label" : `label ${jobs[0].settings[0].class_name ?? label}`;
+    $("compare-status").textContent = `Seed ${seed}, ${what}. Which image is better?`;
+    setPicking(true);
+  } catch (e) {
+    $("compare-status").textContent = `Error: ${e.message}`;
+  } finally {
+    $("new-pair").disabled = false;
+  }
+}
+
+async function pick(winner) {
+  if (!state.pair) return;
+  setPicking(false);
+  const [left, right] = state.pair;
+  state.pair = null;
+  try {
+    const saved = await api("/ratings", {
+      method: "POST",
+      body: { a: { model: left.model, settings: left.settings }, b: { model: right.model, settings: right.settings }, winner },
+    });
+    $("caption-a").textContent = `${left.setup} · ${describeSetup(left.settings)}`;
+    $("caption-b").textContent = `${right.setup} · ${describeSetup(right.settings)}`;
+    const said = winner === "tie" ? "a tie" : `${winner === "a" ? "left" : "right"} (set-up ${(winner === "a" ? left : right).setup})`;
+    $("compare-status").textContent = `Recorded ${said}; ${saved.count} ratings in all. Press “New pair” for another.`;
+    await loadScores();
+  } catch (e) {
+    $("compare-status").textContent = `Error: ${e.message}`;
+  }
+}
+
+async function loadScores() {
+  const result = await api(`/ratings/scores?by=${$("scores-by").value}`);
+  const body = $("scores").tBodies[0];
+  if (!result.scores.length) {
+    const row = body.insertRow();
+    body.replaceChildren(row);
+    const cell = row.insertCell();
+    cell.colSpan = 6;
+    cell.className = "empty";
+    cell.textContent = "No ratings yet.";
+  } else {
+    body.replaceChildren(...result.scores.map((s) => {
+      const row = document.createElement("tr");
+      const ev = s.evaluation;
+      const cells = [
+        s.name, s.elo.toFixed(1), s.bt_strength.toFixed(3), String(s.count), `${s.wins}–${s.losses}–${s.ties}`,
+        ev ? `${ev.fid.toFixed(2)}` : "—",
+      ];
+      cells.forEach((text, i) => {
+        const td = row.insertCell();
+        td.textContent = text;
+        if (i > 0) td.className = "num";
+        if (i === 5 && ev) td.title = `extractor ${ev.extractor}, ${ev.n_fake} samples, ${JSON.stringify(ev.sampling)}`;
+      });
+      return row;
+    }));
+  }
+  $("scores-method").textContent = result.method;
+}
+
+// --- start ----------------------------------------------------------------------------------------
+function showTab(tab) {
+  for (const t of document.querySelectorAll(".tab")) {
+    const on = t === tab;
+    t.classList.toggle("active", on);
+    t.setAttribute("aria-selected", on);
+    $(t.dataset.panel).hidden = !on;
+  }
+  if (tab.id === "compare-tab" && state.models.length) loadScores().catch((e) => { $("compare-status").textContent = `Error: ${e.message}`; });
+}
+
+async function loadModels() {
+  try {
+    const { models } = await api("/models");
+    state.models = models;
+    state.byName = Object.fromEntries(models.map((m) => [m.name, m]));
+    fillModels($("model"));
+    onModelChange();
+    initCompare();
+    $("status").textContent = "Ready.";
+  } catch (e) {
+    $("status").textContent = e.status === 401 || e.status === 403 ? `${e.message}: enter the key above.` : `Error: ${e.message}`;
+  }
+}
+
+async function start() {
+  for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => showTab(t));
+  $("model").addEventListener("change", onModelChange);
+  $("generate").addEventListener("click", generate);
+  $("cancel").addEventListener("click", cancel);
+  $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
+  for (const s of ["a", "b"]) {
+    $(`model-${s}`).addEventListener("change", () => { setupSide(s, $(`model-${s}`).value, {}); onCompareModelsChange(); });
+  }
+  $("new-pair").addEventListener("click", newPair);
+  $("pick-a").addEventListener("click", () => pick("a"));
+  $("pick-b").addEventListener("click", () => pick("b"));
+  $("pick-tie").addEventListener("click", () => pick("tie"));
+  $("scores-by").addEventListener("change", () => loadScores().catch(() => {}));
+  $("api-key").value = localStorage.getItem("pixelforge-api-key") || "";
+  $("api-key").addEventListener("change", () => {
+    localStorage.setItem("pixelforge-api-key", $("api-key").value.trim());
+    loadModels();
+  });
+  try {
+    const health = await api("/health");
+    state.authRequired = health.auth_required;
+    $("key-box").hidden = !health.auth_required;
+    $("server-status").textContent = `v${health.version} · ${health.models} model${health.models === 1 ? "" : "s"}`;
+    $("server-status").className = "server-status ok";
+  } catch (e) {
+    $("server-status").textContent = "server unreachable";
+    $("server-status").className = "server-status bad";
+    return;
+  }
+  await loadModels();
+}
+
+start();
