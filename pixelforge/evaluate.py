@@ -194,6 +194,6 @@ def classification_accuracy(
     real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
     result = classification_accuracy_score(
         fake.float() / 127.5 - 1, torch.tensor(labels), real_x[train_idx], data.labels[train_idx],
-        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed)
+        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed, device=g.device)
     result.update({"model": g.name, "checkpoint": g.checkpoint_hash, **used, "per_class": dict(Counter(labels))})
     return result

@@ -34,9 +34,12 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu",
+                     batch_size: int = 64, lr: float = 2e-3, seed: int = 0, device: str | torch.device = "auto",
                      progress=None) -> SmallClassifier:
     """Adam on cross-entropy with a fixed seed (initialisation and order), so a figure can be repeated."""
+    from ..device import pick_device
+
+    device = pick_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
     model = SmallClassifier(images.shape[1], num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -68,10 +71,13 @@ def classification_accuracy_score(
     generated: torch.Tensor, generated_labels: torch.Tensor,
     real_train: torch.Tensor, real_train_labels: torch.Tensor,
     real_test: torch.Tensor, real_test_labels: torch.Tensor,
-    num_classes: int, *, epochs: int = 8, seed: int = 0, device: str | torch.device = "cpu",
+    num_classes: int, *, epochs: int = 8, seed: int = 0, device: str | torch.device = "auto",
 ) -> dict:
     """{"cas": accuracy on real test images of a classifier trained on generated images,
     "real_accuracy": the same classifier trained on as many real images, ...}."""
+    from ..device import pick_device
+
+    device = pick_device(device) if isinstance(device, str) else device
     n = min(len(generated), len(real_train))
     gen_model = train_classifier(generated[:n], generated_labels[:n], num_classes, epochs=epochs, seed=seed, device=device)
     real_model = train_classifier(real_train[:n], real_train_labels[:n], num_classes, epochs=epochs, seed=seed, device=device)
