@@ -322,7 +322,7 @@ def cmd_info(a) -> int:
                   + (f", val_loss {vals[-1]}" if vals else ""))
     from .api import Generator
 
-    print("sampling: " + ", ".join(f"{k}={v}" for k, v in Generator(run_dir, device="cpu").sample_options.items()))
+    print("sampling: " + ", ".join(f"{k}={v}" for k, v in Generator(run_dir, device="auto").sample_options.items()))
     if getattr(model, "num_classes", 0):
         names_path = run_dir / "classes.json"
         names = json.loads(names_path.read_text()) if names_path.exists() else []
