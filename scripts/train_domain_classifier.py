@@ -91,6 +91,7 @@ def digits_transfer(weights_dir: Path) -> dict:
     size = DIGIT_CONTENT_SIZE["digits"]
     out = {"images": int(digits.images.shape[0]), "content_size": size}
     for key, content_size in (("stretched_to_28", None), ("framed", size)):
+        # On the CPU, like the training itself, so the card's figures repeat to the digit.
         _, logits = DomainExtractor(weights_dir, content_size=content_size, device="cpu").features(
             digits.images, with_logits=True)
         out[key] = round(float((logits.argmax(1) == digits.labels.numpy()).mean()), 4)

@@ -13,7 +13,7 @@ from ..condition import Cond
 from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam, training_stream, update
 
 
 BACKBONES = ("unet", "dit")
@@ -132,8 +132,7 @@ class DiffusionModel(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training (noise levels, noise, label dropout), saved in checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -12,7 +12,7 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels
-from .optim import OptimConfig, update
+from .optim import OptimConfig, training_stream, update
 
 # --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
 # Each transform is differentiable, is applied to real and generated images alike, in D's updates
@@ -169,8 +169,7 @@ class GANModel(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training (z, augmentation, labels for unlabelled images), saved in checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -53,3 +53,12 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg:
         group["lr"] = lr_at(step, cfg)
     optimizer.step()
     return grad_norm
+
+
+def training_stream(current: torch.Generator | None, device: torch.device, seed: int) -> torch.Generator:
+    """A family's training random stream on `device`: the current one, or a new one seeded from the
+    family's seed (seed + 1, apart from weight initialisation) when there is none on that device yet.
+    The trainer saves and restores its state, so a resumed run draws the same numbers."""
+    if current is None or current.device != device:
+        return torch.Generator(device=device).manual_seed(seed + 1)
+    return current

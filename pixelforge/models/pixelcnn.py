@@ -35,7 +35,7 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCache, SoftmaxHead
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam, training_stream, update
 
 OUTPUTS = ("softmax256", "logistic_mixture")
 
@@ -191,8 +191,7 @@ class PixelCNNModel(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training (label dropout only), saved in checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -26,7 +26,7 @@ from torch import nn
 from ..condition import Cond, LabelEmbedding
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam, training_stream, update
 
 LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
 MIN_LOG_SCALE = -7.0  # scales far below the bin half-width 1/255 ~ e^-5.5 gain nothing and destabilise training
@@ -140,8 +140,7 @@ class VAEModel(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training (posterior samples, label dropout), saved in checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

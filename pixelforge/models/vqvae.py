@@ -25,7 +25,7 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam, training_stream, update
 
 CODEBOOK_UPDATES = ("ema", "loss")
 
@@ -206,8 +206,7 @@ class VQVAEModel(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training (codebook initialisation, dead-code restarts), saved in checkpoints."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self._seed + 1)
+        self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
