@@ -30,14 +30,18 @@ from pixelforge.metrics.features import load_extractor  # noqa: E402
 from pixelforge.models import FAMILIES, OptimConfig  # noqa: E402
 from pixelforge.train import RunConfig, TrainConfig, train  # noqa: E402
 
-# CPU-sized settings per entry: (family, model fields beyond image size, channels and classes, lr).
+# CPU-sized settings per entry: (family, model fields beyond image size, channels and classes, lr);
+# "batch_size" among the fields replaces --batch-size for that entry.
 ENTRIES = {
     "diffusion": ("diffusion", {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1}, 5e-4),
-    "diffusion-dit": ("diffusion", {"backbone": "dit", "patch_size": 2, "depth": 6, "num_heads": 4, "hidden_size": 128,
-                                    "channel_mult": [1, 2, 2]}, 3e-4),
-    "gan": ("gan", {"base_channels": 32, "z_dim": 64}, 2e-4),
+    # 7x7 tokens of 4x4 pixels: a quarter of the tokens of patch 2, so four times the steps in the budget
+    "diffusion-dit": ("diffusion", {"backbone": "dit", "patch_size": 4, "depth": 6, "num_heads": 4, "hidden_size": 128,
+                                    "batch_size": 32}, 2e-3),
+    # translation only: 5,000 digits do not overfit D within minutes, and colour/cutout slow early learning
+    "gan": ("gan", {"base_channels": 32, "z_dim": 64, "diffaugment": "translation", "batch_size": 32}, 5e-4),
     "vae": ("vae", {"base_channels": 32, "channel_mult": [1, 2, 2], "latent_dim": 32, "kl_warmup_steps": 500}, 1e-3),
-    "pixelcnn": ("pixelcnn", {"hidden_channels": 48, "num_layers": 8}, 1e-3),
+    # narrow and a high rate: more than twice the steps of width 48 in the budget, and better samples
+    "pixelcnn": ("pixelcnn", {"hidden_channels": 32, "num_layers": 8, "batch_size": 32}, 3e-3),
     "transformer": ("transformer", {"vq": {"base_channels": 32, "downsample": 4, "codebook_size": 128, "code_dim": 32},
                                     "d_model": 128, "depth": 4, "heads": 4}, 5e-4),
 }
@@ -49,12 +53,17 @@ def main() -> int:
     p.add_argument("--budget-minutes", type=float, default=4.0, help="training wall-clock budget per family")
     p.add_argument("--families", default=",".join(ENTRIES), help="comma-separated entries to run")
     p.add_argument("--eval-n", type=int, default=1000, help="samples per family for the figures")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of the entries that do not set their own")
     p.add_argument("--out", default="out/families", help="where the table, grids and report go")
     p.add_argument("--runs-dir", default="out/families/runs")
     p.add_argument("--quick", action="store_true", help="smoke run: 0.1 minute per family, 40 samples")
     p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
+    p.add_argument("--set", action="append", default=[], metavar="ENTRY:FIELD=VALUE",
+                   help="change one entry's model field (JSON value), lr or batch_size, e.g. --set gan:lr=5e-4 "
+                        "--set diffusion-dit:patch_size=4 (repeatable)")
     a = p.parse_args()
+    overrides = _parse_overrides(a.set)
+    t_start = time.perf_counter()
     if a.quick:
         a.budget_minutes, a.eval_n = 0.1, 40
     out = Path(a.out)
@@ -68,6 +77,9 @@ def main() -> int:
     rows = []
     for entry in a.families.split(","):
         family, fields, lr = ENTRIES[entry]
+        fields = {**fields, **overrides.get(entry, {})}
+        lr = fields.pop("lr", lr)
+        batch_size = fields.pop("batch_size", a.batch_size)
         if family not in FAMILIES:
             print(f"skip {entry}: family {family!r} is not available")
             continue
@@ -76,7 +88,7 @@ def main() -> int:
             model["vq"] = {**fields["vq"], "image_size": data_cfg.image_size, "channels": data_cfg.channels}
         # The transformer family trains its VQ-VAE for the first stage1_steps: give it about 40% of the budget.
         cfg = RunConfig(family=family, model=model, data=data_cfg, optim=OptimConfig(lr=lr, warmup_steps=100),
-                        train=TrainConfig(steps=10**7, batch_size=a.batch_size, ckpt_every=10**7, sample_every=10**7,
+                        train=TrainConfig(steps=10**7, batch_size=batch_size, ckpt_every=10**7, sample_every=10**7,
                                           val_every=10**7, log_every=50))
         cfg = RunConfig.from_dict(json.loads(cfg.to_json()))
         run_dir = Path(a.runs_dir) / entry
@@ -92,10 +104,25 @@ def main() -> int:
         train_s = time.perf_counter() - t0
         rows.append(measure(entry, cfg, run_dir, result.step, train_s, data, ext, a, out))
         print(json.dumps(rows[-1]))
-    write_outputs(rows, a, ext, out)
+    write_outputs(rows, a, ext, out, total_s=time.perf_counter() - t_start)
     if a.json:
         print(json.dumps(rows))
     return 0
+
+
+def _parse_overrides(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for item in items:
+        entry, _, rest = item.partition(":")
+        key, sep, text = rest.partition("=")
+        if entry not in ENTRIES or not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected ENTRY:FIELD=VALUE with ENTRY one of {', '.join(ENTRIES)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out.setdefault(entry, {})[key] = value
+    return out
 
 
 def _with_stage1(cfg: RunConfig, run_dir: Path, a) -> RunConfig:
@@ -132,7 +159,7 @@ def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out) -> dict:
     grid_path = save_png(make_grid(grid_imgs, cols=8, scale=2), out / f"grid_{entry}.png")
     return {
         "family": entry, "params_M": round(sum(p.numel() for p in g.model.parameters()) / 1e6, 3),
-        "train_steps": steps, "train_img_per_s": round(steps * cfg.train.batch_size / train_s, 1),
+        "batch_size": cfg.train.batch_size, "train_steps": steps, "train_img_per_s": round(steps * cfg.train.batch_size / train_s, 1),
         "sample_img_per_s": round(n / sample_s, 2), "fid": round(figures["fid"], 3), "kid": round(figures["kid"], 5),
         "kid_std": round(figures["kid_std"], 5), "precision": round(figures["precision"], 3),
         "recall": round(figures["recall"], 3), "bits_per_dim": None if bpd is None else round(bpd, 3),
@@ -147,18 +174,19 @@ def _batches(x, cond, size: int = 100):
         yield x[i:i + size], (Cond(labels=cond.labels[i:i + size]) if cond is not None else None)
 
 
-def write_outputs(rows, a, ext, out: Path) -> None:
-    head = ["family", "params (M)", "train steps", "train img/s", "sample img/s", "FID", "KID", "precision", "recall", "bits/dim"]
+def write_outputs(rows, a, ext, out: Path, total_s: float) -> None:
+    head = ["family", "params (M)", "batch", "train steps", "train img/s", "sample img/s", "FID", "KID", "precision", "recall", "bits/dim"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(str(v) for v in (
-            r["family"], r["params_M"], r["train_steps"], r["train_img_per_s"], r["sample_img_per_s"], r["fid"],
+            r["family"], r["params_M"], r["batch_size"], r["train_steps"], r["train_img_per_s"], r["sample_img_per_s"], r["fid"],
             f"{r['kid']} ± {r['kid_std']}", r["precision"], r["recall"], "—" if r["bits_per_dim"] is None else r["bits_per_dim"])) + " |")
     note = (f"Data: {a.data}; budget {a.budget_minutes} min of training per family on this machine "
             f"({torch.get_num_threads()} threads); {a.eval_n} samples per family (labels balanced); extractor: {ext.name}; "
             "FID/KID/precision/recall against the whole data set; bits/dim on up to 500 validation images "
-            "(VAE: an upper bound from the ELBO; PixelCNN: exact). Command: "
-            f"`.venv/bin/python bench/families.py --budget-minutes {a.budget_minutes} --eval-n {a.eval_n}`")
+            f"(VAE: an upper bound from the ELBO; PixelCNN: exact). The whole run took {total_s / 60:.1f} min. Command: "
+            f"`.venv/bin/python bench/families.py --budget-minutes {a.budget_minutes} --eval-n {a.eval_n}"
+            + "".join(f" --set {item}" for item in a.set) + "`")
     table = "\n".join(lines)
     (out / "families.md").write_text(f"# Model families side by side\n\n{note}\n\n{table}\n\n" + "\n".join(
         f"**{r['family']}**\n\n![{r['family']} samples]({r['grid']})\n" for r in rows))

@@ -21,6 +21,15 @@ EPILOG = """examples:
 """
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_train(sub):
     p = sub.add_parser(
         "train",
@@ -28,7 +37,7 @@ def _add_train(sub):
         description="Train a generator. DATA is a folder of images (recursive; class sub-folders become labels; "
         "an optional captions.jsonl is kept) or a bundled data set name (see `pixelforge datasets`). Running it "
         "again with the same --name resumes from the last checkpoint; Ctrl-C saves a checkpoint and exits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
@@ -37,7 +46,8 @@ def _add_train(sub):
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 10000)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (Adam)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (Adam); default: the family's "
+                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off)")
     p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: native for bundled sets, 32 for folders)")
@@ -139,7 +149,7 @@ def cmd_train(a) -> int:
             family=a.model,
             model=model,
             data=data,
-            optim=OptimConfig(lr=a.lr, warmup_steps=a.warmup, grad_clip=a.grad_clip),
+            optim=OptimConfig(lr=a.lr if a.lr is not None else family.default_lr, warmup_steps=a.warmup, grad_clip=a.grad_clip),
             train=TrainConfig(steps=a.steps or 10_000, batch_size=a.batch_size, ema_decay=a.ema_decay, log_every=a.log_every,
                               val_every=a.val_every, patience=a.patience, sample_every=a.sample_every,
                               eval_every=a.eval_every, eval_samples=a.eval_samples, eval_extractor=a.eval_extractor,
@@ -179,7 +189,7 @@ def _add_sample(sub):
         help="generate images from a run or a bundled model",
         description="Generate PNGs (each carrying its settings in its metadata) and a grid. Image i uses seed+i, "
         "so any single image can be regenerated alone; --from FILE.png regenerates one exactly.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
     p.add_argument("-n", type=int, default=16, help="number of images")
@@ -277,7 +287,7 @@ def cmd_demo(a) -> int:
 
 def _add_demo(sub):
     p = sub.add_parser("demo", help="generate a grid and an HTML page with the bundled model (offline)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     p.add_argument("--model", default=None, help="run or bundled model (default: the bundled model)")
     p.add_argument("--per-class", type=int, default=8, help="images per class (rows of the grid)")
     p.add_argument("--steps", type=int, default=18)
@@ -405,7 +415,7 @@ def _add_evaluate(sub):
         "--real DIR). Writes report.html (figures, settings, grids, nearest real neighbours, metrics over training). "
         "Figures depend on the feature extractor: it is always printed beside them. The FID Inception network runs "
         "about 7 images/s on a 2-core CPU; the domain extractor (for digit data sets) thousands.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name or bundled model")
     p.add_argument("--real", metavar="DATA", help="real images: folder or bundled data set (default: the run's data)")
@@ -455,7 +465,7 @@ def _add_serve(sub):
         description="Serve runs or bundled models over HTTP: the web page at /, the API under /api/v1 (schema at "
         "/openapi.json). Requests are queued and run by worker threads; a full queue answers 429. Listens on "
         "loopback only unless --host says otherwise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("run", nargs="*", metavar="RUN", help="run folders, run names or bundled models (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set an API key then)")
@@ -492,7 +502,7 @@ def _add_ratings(sub):
         help="scores from human ratings: Elo, Bradley-Terry strength and FID per model",
         description="Score the pairwise ratings collected by `pixelforge serve`: Elo (K=32, start 1000, in the order "
         "given) and Bradley-Terry strengths (MM algorithm), beside each model's newest FID (its evaluations.jsonl).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
     p.add_argument("--by", choices=("model", "settings"), default="model", help="score each model, or each model and sampling settings")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -282,6 +283,9 @@ def test_training_resumes_exactly_across_the_stage_change(tmp_path):
         return train(cfg, tmp_path / name, device="cpu", progress=False, cache_dir=tmp_path / "cache", **kwargs)
 
     full = run("full")
+    # metrics.csv logs the rate each stage used: the VQ-VAE's warm-up to step 3, then the prior's from 0.
+    logged = [float(r["lr"]) for r in csv.DictReader((tmp_path / "full" / "metrics.csv").open()) if r.get("lr")]
+    assert logged == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4, 1e-3, 1e-3])
     first = run("resumed", stop_at=4)
     parts, _ = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1])
     assert int(parts["model"]["stage"]) == 2 and "optim.prior" in parts

@@ -109,6 +109,7 @@ class DiffusionModel(nn.Module):
 
     Config = DiffusionConfig
     family = "diffusion"
+    default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance",)
     # The keyword options sample() takes beyond n, cond and seeds, with their defaults: the API, CLI
     # and server offer exactly these for this family, and record them in every image's settings.

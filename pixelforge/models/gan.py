@@ -144,6 +144,7 @@ class GANModel(nn.Module):
 
     Config = GANConfig
     family = "gan"
+    default_lr = 5e-4  # the CLI's --lr when not given (both optimisers)
     capabilities = ()
     # The keyword options sample() takes beyond n, cond and seeds, with their defaults.
     sample_options = {"truncation": 1.0}

@@ -158,6 +158,7 @@ class PixelCNNModel(nn.Module):
 
     Config = PixelCNNConfig
     family = "pixelcnn"
+    default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood",)
     # temperature divides the softmax logits (mixture: the mixture logits; the logistic scales are
     # multiplied by it); below 1 gives cleaner, less varied images.

@@ -114,6 +114,7 @@ class TokenTransformerModel(nn.Module):
 
     Config = TransformerConfig
     family = "transformer"
+    default_lr = 5e-4  # the CLI's --lr when not given; both stages
     capabilities = ()
     # temperature divides the logits; top_k > 0 keeps only the k most likely codes at each draw.
     sample_options = {"temperature": 1.0, "top_k": 0}
@@ -198,7 +199,8 @@ class TokenTransformerModel(nn.Module):
 
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
         """Stage 1: one VQ-VAE update (its own loss and figures). Stage 2: one prior update on the frozen
-        VQ-VAE's codes of x, its learning-rate warm-up counted from stage1_steps. figures["stage"] is 1 or 2."""
+        VQ-VAE's codes of x, its learning-rate warm-up counted from stage1_steps. figures["stage"] is 1 or 2;
+        in stage 2 figures["lr"] is the prior's rate, which the trainer logs instead of the VQ-VAE's."""
         cfg = self.config
         if step < cfg.stage1_steps:
             return {**self.vq.training_step(x, Cond(), step), "stage": 1.0}
@@ -214,7 +216,8 @@ class TokenTransformerModel(nn.Module):
         self.prior.train()
         loss = self.prior_bits(codes, start, gen).mean()
         grad_norm = update(self.optimizers()["prior"], loss, step - cfg.stage1_steps, self.optim_config)
-        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "stage": 2.0}
+        lr = self.optimizers()["prior"].param_groups[0]["lr"]
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": lr, "stage": 2.0}
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:

@@ -107,6 +107,7 @@ class VAEModel(nn.Module):
 
     Config = VAEConfig
     family = "vae"
+    default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood",)
     # temperature scales the prior's standard deviation when sampling (below 1: typical, blander images).
     sample_options = {"temperature": 1.0}

@@ -176,6 +176,7 @@ class VQVAEModel(nn.Module):
 
     Config = VQVAEConfig
     family = "vqvae"
+    default_lr = 5e-4  # the CLI's --lr when not given
     capabilities = ()
     # No sampling options: sample() draws from the per-position code frequencies (see the module docstring).
     sample_options: dict = {}

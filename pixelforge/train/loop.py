@@ -118,6 +118,14 @@ def _validation_loss(model, data: ImageSet, val_idx: torch.Tensor, cfg: RunConfi
     return total / max(count, 1)
 
 
+def _logged_lr(model, figures: dict[str, float]) -> float:
+    """The learning rate the step used: the family's own figure when its step reports one (a family
+    whose optimisers take turns, like the transformer's two stages), else the first optimiser's."""
+    if "lr" in figures:
+        return float(figures["lr"])
+    return next(iter(model.optimizers().values())).param_groups[0]["lr"]
+
+
 def _save_samples(ema, data: ImageSet, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
     cond = None
@@ -197,7 +205,8 @@ def train(
         model.load_state_dict(parts["model"])
         ema.load_state_dict(parts["ema"])
         for name, opt in optimizers.items():
-            opt.load_state_dict(unflatten_state(state["optim"][name], parts[f"optim.{name}"]))
+            # an optimiser that has not stepped yet (the transformer's prior during stage 1) holds no tensors
+            opt.load_state_dict(unflatten_state(state["optim"][name], parts.get(f"optim.{name}", {})))
         model.train_generator.set_state(parts["rng"]["train_generator"])
         torch.set_rng_state(parts["rng"]["torch_cpu"])
         if dev.type == "cuda" and "torch_cuda" in parts["rng"]:
@@ -276,7 +285,7 @@ def train(
                     "images": step * cfg.train.batch_size,
                     "loss": f"{window_loss / window_n:.6f}",
                     "grad_norm": f"{window_gn / window_n:.4f}",
-                    "lr": f"{model.optimizers()[next(iter(optimizers))].param_groups[0]['lr']:.3g}",
+                    "lr": f"{_logged_lr(model, figures):.3g}",
                     "img_per_s": f"{window_imgs / max(dt, 1e-9):.1f}",
                     "elapsed_s": f"{time.perf_counter() - t0:.1f}",
                 }
