@@ -6,12 +6,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
+
+from .files import atomic_target
 
 PNG_KEY = "pixelforge"  # tEXt key holding the JSON generation settings
 
@@ -53,11 +54,8 @@ def _png_info(settings: dict | None) -> PngImagePlugin.PngInfo:
 def save_png(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
     """Write a PNG atomically; `settings` go into a tEXt chunk as JSON so the image can be regenerated."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    image.save(tmp, format="PNG", pnginfo=_png_info(settings))
-    os.replace(tmp, path)
+    with atomic_target(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG", pnginfo=_png_info(settings))
     return path
 
 

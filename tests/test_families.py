@@ -17,6 +17,7 @@ from PIL import Image
 
 import pixelforge
 from pixelforge.cli import main
+from pixelforge.evaluate import evaluate_run
 from pixelforge.images import read_settings
 from pixelforge.models import FAMILIES
 from pixelforge.train import RunConfig
@@ -84,6 +85,8 @@ def test_train_resume_info_sample_evaluate_and_the_api(entry, tmp_path, pixelfor
     for key in ("fid", "kid", "precision", "recall"):
         assert math.isfinite(figures[key]), key
     assert figures["n_fake"] == 20
+    same = evaluate_run(str(run), n=20, device="cpu", report=False, progress=False)  # the API: the same figures
+    assert same["fid"] == pytest.approx(figures["fid"]) and same["kid"] == pytest.approx(figures["kid"])
 
     labels = [0, 1, 2] if g.num_classes else None
     first, settings = g.generate_tensor(3, labels=labels, seed=11)
