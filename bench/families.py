@@ -40,8 +40,8 @@ ENTRIES = {
     # translation only: 5,000 digits do not overfit D within minutes, and colour/cutout slow early learning
     "gan": ("gan", {"base_channels": 32, "z_dim": 64, "diffaugment": "translation", "batch_size": 32}, 5e-4),
     "vae": ("vae", {"base_channels": 32, "channel_mult": [1, 2, 2], "latent_dim": 32, "kl_warmup_steps": 500}, 1e-3),
-    # narrow and a high rate: more than twice the steps of width 48 in the budget, and better samples
-    "pixelcnn": ("pixelcnn", {"hidden_channels": 32, "num_layers": 8, "batch_size": 32}, 3e-3),
+    # narrow, a high rate and small batches: many more steps in the budget, and better samples
+    "pixelcnn": ("pixelcnn", {"hidden_channels": 32, "num_layers": 8, "batch_size": 16}, 3e-3),
     "transformer": ("transformer", {"vq": {"base_channels": 32, "downsample": 4, "codebook_size": 128, "code_dim": 32},
                                     "d_model": 128, "depth": 4, "heads": 4}, 5e-4),
 }
