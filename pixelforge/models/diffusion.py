@@ -13,7 +13,8 @@ from ..condition import Cond
 from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
-from .optim import OptimConfig, make_adam, training_stream, update
+from .family import FamilyModule
+from .optim import OptimConfig, update
 
 
 BACKBONES = ("unet", "dit")
@@ -104,7 +105,7 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
     )
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(FamilyModule):
     """Denoiser D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM sec. 5), trained with the EDM loss."""
 
     Config = DiffusionConfig
@@ -116,30 +117,11 @@ class DiffusionModel(nn.Module):
     sample_options = {"sampler": "heun", "steps": 18, "guidance": 1.0, "schedule": "karras"}
 
     def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)  # self.train_generator draws: noise levels, noise, label dropout
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
         self.net = make_backbone(config)
-        self._seed = seed
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._generator: torch.Generator | None = None
-
-    # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def train_generator(self) -> torch.Generator:
-        """The random stream of training (noise levels, noise, label dropout), saved in checkpoints."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
-        return self._generator
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        if self._optimizer is None:
-            self._optimizer = make_adam(self.net.parameters(), self.optim_config)
-        return {"net": self._optimizer}
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:

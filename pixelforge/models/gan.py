@@ -12,7 +12,8 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels
-from .optim import OptimConfig, training_stream, update
+from .family import FamilyModule
+from .optim import OptimConfig, update
 
 # --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
 # Each transform is differentiable, is applied to real and generated images alike, in D's updates
@@ -135,7 +136,7 @@ class GANConfig:
         parse_policy(self.diffaugment)
 
 
-class GANModel(nn.Module):
+class GANModel(FamilyModule):
     """A hinge-loss GAN (Lim & Ye 2017; Miyato et al. 2018): G and D trained alternately, each with its own Adam.
 
     The trainer keeps an EMA copy of this whole module and samples from it: that copy's G is the
@@ -150,7 +151,7 @@ class GANModel(nn.Module):
     sample_options = {"truncation": 1.0}
 
     def __init__(self, config: GANConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)  # self.train_generator draws: z, augmentation, labels for unlabelled images
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
@@ -158,21 +159,9 @@ class GANModel(nn.Module):
                      num_classes=config.num_classes)
         self.G = Generator(z_dim=config.z_dim, **shape)
         self.D = Discriminator(**shape)
-        self._seed = seed
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
-        self._generator: torch.Generator | None = None
 
     # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def train_generator(self) -> torch.Generator:
-        """The random stream of training (z, augmentation, labels for unlabelled images), saved in checkpoints."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
-        return self._generator
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
             cfg = self.optim_config

@@ -35,7 +35,8 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCache, SoftmaxHead
-from .optim import OptimConfig, make_adam, training_stream, update
+from .family import FamilyModule
+from .optim import OptimConfig, update
 
 OUTPUTS = ("softmax256", "logistic_mixture")
 
@@ -153,7 +154,7 @@ def mixture_log_prob(params: torch.Tensor, k: torch.Tensor, n_mixtures: int) -> 
 # --- the family --------------------------------------------------------------------------------------
 
 
-class PixelCNNModel(nn.Module):
+class PixelCNNModel(FamilyModule):
     """Gated PixelCNN p(x) = prod_d p(x_d | x_<d) over 8-bit values, trained by maximum likelihood."""
 
     Config = PixelCNNConfig
@@ -165,7 +166,7 @@ class PixelCNNModel(nn.Module):
     sample_options = {"temperature": 1.0}
 
     def __init__(self, config: PixelCNNConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)  # self.train_generator draws: label dropout only
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
@@ -180,25 +181,6 @@ class PixelCNNModel(nn.Module):
             self.head = SoftmaxHead(config.hidden_channels, config.channels)
         else:
             self.head = MixtureHead(config.hidden_channels, config.channels, config.n_mixtures)
-        self._seed = seed
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._generator: torch.Generator | None = None
-
-    # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def train_generator(self) -> torch.Generator:
-        """The random stream of training (label dropout only), saved in checkpoints."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
-        return self._generator
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        if self._optimizer is None:
-            self._optimizer = make_adam(self.parameters(), self.optim_config)
-        return {"net": self._optimizer}
 
     # --- likelihood --------------------------------------------------------------------------------
     def _labels(self, cond: Cond | None, n: int) -> torch.Tensor | None:

@@ -28,6 +28,7 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.token_transformer import TokenTransformer
+from .family import FamilyModule
 from .optim import OptimConfig, make_adam, update
 from .vqvae import VQVAEConfig, VQVAEModel
 
@@ -109,7 +110,7 @@ class FrozenCopy(nn.Module):
             p.copy_(self.get_buffer(name.replace(".", "__")))
 
 
-class TokenTransformerModel(nn.Module):
+class TokenTransformerModel(FamilyModule):
     """A VQ-VAE (stage 1) and a transformer prior over its codes (stage 2), sampled as codes -> decoder."""
 
     Config = TransformerConfig
@@ -120,7 +121,7 @@ class TokenTransformerModel(nn.Module):
     sample_options = {"temperature": 1.0, "top_k": 0}
 
     def __init__(self, config: TransformerConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)
         self.config = config
         self.optim_config = optim or OptimConfig()
         self.vq = VQVAEModel(config.vq, self.optim_config, seed=seed)  # seeds the weight initialisation
@@ -144,10 +145,6 @@ class TokenTransformerModel(nn.Module):
         self._prior_optimizer: torch.optim.Optimizer | None = None
 
     # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     @property
     def train_generator(self) -> torch.Generator:
         """The one random stream of both stages (the VQ-VAE's: codebook starts and restarts, then label

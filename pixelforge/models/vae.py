@@ -26,7 +26,8 @@ from torch import nn
 from ..condition import Cond, LabelEmbedding
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .optim import OptimConfig, make_adam, training_stream, update
+from .family import FamilyModule
+from .optim import OptimConfig, update
 
 LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
 MIN_LOG_SCALE = -7.0  # scales far below the bin half-width 1/255 ~ e^-5.5 gain nothing and destabilise training
@@ -101,7 +102,7 @@ def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
     return beta if warmup_steps <= 0 else beta * min(1.0, (step + 1) / warmup_steps)
 
 
-class VAEModel(nn.Module):
+class VAEModel(FamilyModule):
     """q(z|x) = N(mu, diag sigma^2) from a conv encoder, p(z) = N(0, I), p(x|z) discretised from a conv
     decoder; trained on the negative ELBO with a warmed-up beta on the KL, reported in bits/dim."""
 
@@ -113,7 +114,7 @@ class VAEModel(nn.Module):
     sample_options = {"temperature": 1.0}
 
     def __init__(self, config: VAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)  # self.train_generator draws: posterior samples, label dropout
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
@@ -129,25 +130,6 @@ class VAEModel(nn.Module):
         self.to_posterior = nn.Linear(top * self.side**2 + emb_dim, 2 * c.latent_dim)  # -> (mu, log sigma^2)
         self.from_latent = nn.Linear(c.latent_dim + emb_dim, top * self.side**2)
         self.decoder = Decoder(top, 2 * c.channels, **net)  # -> (mean, raw log-scale) per pixel
-        self._seed = seed
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._generator: torch.Generator | None = None
-
-    # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def train_generator(self) -> torch.Generator:
-        """The random stream of training (posterior samples, label dropout), saved in checkpoints."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
-        return self._generator
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        if self._optimizer is None:
-            self._optimizer = make_adam(self.parameters(), self.optim_config)
-        return {"net": self._optimizer}
 
     # --- the model ------------------------------------------------------------------------------
     def _embed(self, cond: Cond | None, b: int) -> torch.Tensor | None:

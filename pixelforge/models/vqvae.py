@@ -25,7 +25,8 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .optim import OptimConfig, make_adam, training_stream, update
+from .family import FamilyModule
+from .optim import OptimConfig, update
 
 CODEBOOK_UPDATES = ("ema", "loss")
 
@@ -169,7 +170,7 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
 
 
-class VQVAEModel(nn.Module):
+class VQVAEModel(FamilyModule):
     """x -> encoder -> z_e -> nearest code e -> decoder -> x_hat, trained with
     ||x - x_hat||^2 + beta ||z_e - sg(e)||^2 (+ ||sg(z_e) - e||^2 with codebook_update="loss")
     and the straight-through gradient through the quantiser (paper eq. 3)."""
@@ -182,7 +183,7 @@ class VQVAEModel(nn.Module):
     sample_options: dict = {}
 
     def __init__(self, config: VQVAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)  # self.train_generator draws: codebook initialisation, dead-code restarts
         self.config = config
         self.optim_config = optim or OptimConfig()
         torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
@@ -195,25 +196,6 @@ class VQVAEModel(nn.Module):
         self.decoder = Decoder(config.code_dim, config.channels, **net)
         # (h * w, K) EMA of how often each code appears at each grid position: the prior sample() draws from.
         self.register_buffer("code_frequencies", torch.zeros(self.latent_side**2, config.codebook_size))
-        self._seed = seed
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._generator: torch.Generator | None = None
-
-    # --- parts every family offers -------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def train_generator(self) -> torch.Generator:
-        """The random stream of training (codebook initialisation, dead-code restarts), saved in checkpoints."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
-        return self._generator
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        if self._optimizer is None:
-            self._optimizer = make_adam(self.parameters(), self.optim_config)
-        return {"net": self._optimizer}
 
     # --- the tokeniser: what the transformer family uses ------------------------------------------
     @property

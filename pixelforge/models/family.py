@@ -1,0 +1,36 @@
+"""What every family implements the same way: its device, its training random stream and (unless it
+owns several) one Adam over all its parameters. docs/design.md describes the whole contract."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .optim import make_adam, training_stream
+
+
+class FamilyModule(nn.Module):
+    """Base of the family classes. `seed` seeds the training random stream (see training_stream);
+    a family that owns several optimisers, or shares another model's stream, overrides
+    `optimizers` or `train_generator`."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self._seed = seed
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._generator: torch.Generator | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def train_generator(self) -> torch.Generator:
+        """The random stream of training, saved in checkpoints so a resumed run draws the same numbers."""
+        self._generator = training_stream(self._generator, self.device, self._seed)
+        return self._generator
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizer is None:
+            self._optimizer = make_adam(self.parameters(), self.optim_config)
+        return {"net": self._optimizer}
