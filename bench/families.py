@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -31,12 +32,15 @@ from pixelforge.models import FAMILIES, OptimConfig  # noqa: E402
 from pixelforge.train import RunConfig, TrainConfig, train  # noqa: E402
 
 # CPU-sized settings per entry: (family, model fields beyond image size, channels and classes, lr);
-# "batch_size" among the fields replaces --batch-size for that entry.
+# "batch_size" among the fields replaces --batch-size for that entry, and "sample" (a dict) replaces
+# the family's default sampling options for the figures and the grid.
 ENTRIES = {
-    "diffusion": ("diffusion", {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1}, 5e-4),
+    # both diffusion entries sample with classifier-free guidance 2, as the bundled model does
+    "diffusion": ("diffusion", {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+                                "sample": {"guidance": 2.0}}, 5e-4),
     # 7x7 tokens of 4x4 pixels: a quarter of the tokens of patch 2, so four times the steps in the budget
     "diffusion-dit": ("diffusion", {"backbone": "dit", "patch_size": 4, "depth": 6, "num_heads": 4, "hidden_size": 128,
-                                    "batch_size": 32}, 2e-3),
+                                    "batch_size": 32, "sample": {"guidance": 2.0}}, 2e-3),
     # translation only: 5,000 digits do not overfit D within minutes, and colour/cutout slow early learning
     "gan": ("gan", {"base_channels": 32, "z_dim": 64, "diffaugment": "translation", "batch_size": 32}, 5e-4),
     "vae": ("vae", {"base_channels": 32, "channel_mult": [1, 2, 2], "latent_dim": 32, "kl_warmup_steps": 500}, 1e-3),
@@ -59,9 +63,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 0.1 minute per family, 40 samples")
     p.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     p.add_argument("--set", action="append", default=[], metavar="ENTRY:FIELD=VALUE",
-                   help="change one entry's model field (JSON value), lr or batch_size, e.g. --set gan:lr=5e-4 "
-                        "--set diffusion-dit:patch_size=4 (repeatable)")
+                   help="change one entry's model field (JSON value), lr, batch_size or sample (a JSON dict of sampling "
+                        "options), e.g. --set gan:lr=5e-4 --set diffusion-dit:patch_size=4 "
+                        "--set 'diffusion-dit:sample={\"guidance\": 3}' (repeatable)")
     a = p.parse_args()
+    a.defaults = p.parse_args([])
     overrides = _parse_overrides(a.set)
     t_start = time.perf_counter()
     if a.quick:
@@ -80,9 +86,14 @@ def main() -> int:
         fields = {**fields, **overrides.get(entry, {})}
         lr = fields.pop("lr", lr)
         batch_size = fields.pop("batch_size", a.batch_size)
+        sample_options = fields.pop("sample", {})
         if family not in FAMILIES:
             print(f"skip {entry}: family {family!r} is not available")
             continue
+        unknown = set(sample_options) - set(FAMILIES[family].sample_options)
+        if unknown:
+            raise SystemExit(f"{entry}: unknown sampling option(s) {sorted(unknown)}; "
+                             f"{family} takes {sorted(FAMILIES[family].sample_options)}")
         model = {"image_size": data_cfg.image_size, "channels": data_cfg.channels, "num_classes": native["num_classes"], **fields}
         if family == "transformer":
             model["vq"] = {**fields["vq"], "image_size": data_cfg.image_size, "channels": data_cfg.channels}
@@ -102,7 +113,7 @@ def main() -> int:
         t0 = time.perf_counter()
         result = train(cfg, run_dir, progress=False, max_seconds=a.budget_minutes * 60)
         train_s = time.perf_counter() - t0
-        rows.append(measure(entry, cfg, run_dir, result.step, train_s, data, ext, a, out))
+        rows.append(measure(entry, cfg, run_dir, result.step, train_s, data, ext, a, out, sample_options))
         print(json.dumps(rows[-1]))
     write_outputs(rows, a, ext, out, total_s=time.perf_counter() - t_start)
     if a.json:
@@ -136,12 +147,12 @@ def _with_stage1(cfg: RunConfig, run_dir: Path, a) -> RunConfig:
 
 
 @torch.no_grad()
-def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out) -> dict:
+def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out, sample_options: dict) -> dict:
     g = Generator(run_dir)
     n = a.eval_n
     labels = balanced_labels(n, g.num_classes)
     t0 = time.perf_counter()
-    images, _ = g.generate_tensor(n, labels=labels, seed=0)
+    images, _ = g.generate_tensor(n, labels=labels, seed=0, **sample_options)
     sample_s = time.perf_counter() - t0
     fake = to_uint8(images)
     figures = evaluate_images(fake, data.images, ext, options=EvalOptions(kid_subsets=50))
@@ -155,7 +166,7 @@ def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out) -> dict:
         cond = Cond(labels=data.labels[val]) if g.num_classes else None
         bpd = float(torch.cat([g.model.log_likelihood(xb, cb) for xb, cb in _batches(x, cond)]).mean())
     grid_labels = [c for c in range(max(g.num_classes, 1)) for _ in range(8)][:80]
-    grid_imgs = g.generate(len(grid_labels), labels=grid_labels if g.num_classes else None, seed=1000)
+    grid_imgs = g.generate(len(grid_labels), labels=grid_labels if g.num_classes else None, seed=1000, **sample_options)
     grid_path = save_png(make_grid(grid_imgs, cols=8, scale=2), out / f"grid_{entry}.png")
     return {
         "family": entry, "params_M": round(sum(p.numel() for p in g.model.parameters()) / 1e6, 3),
@@ -163,7 +174,7 @@ def measure(entry, cfg, run_dir, steps, train_s, data, ext, a, out) -> dict:
         "sample_img_per_s": round(n / sample_s, 2), "fid": round(figures["fid"], 3), "kid": round(figures["kid"], 5),
         "kid_std": round(figures["kid_std"], 5), "precision": round(figures["precision"], 3),
         "recall": round(figures["recall"], 3), "bits_per_dim": None if bpd is None else round(bpd, 3),
-        "sample_options": g.sample_options, "grid": grid_path.name,
+        "sample_options": {**g.sample_options, **sample_options}, "grid": grid_path.name,
     }
 
 
@@ -172,6 +183,19 @@ def _batches(x, cond, size: int = 100):
 
     for i in range(0, len(x), size):
         yield x[i:i + size], (Cond(labels=cond.labels[i:i + size]) if cond is not None else None)
+
+
+def _command(a, defaults: argparse.Namespace) -> str:
+    """The command line that repeats this run: every option that shapes the figures."""
+    parts = [".venv/bin/python bench/families.py", f"--budget-minutes {a.budget_minutes}", f"--eval-n {a.eval_n}"]
+    if a.families != defaults.families:
+        parts.append(f"--families {a.families}")
+    if a.data != defaults.data:
+        parts.append(f"--data {shlex.quote(a.data)}")
+    if a.batch_size != defaults.batch_size:
+        parts.append(f"--batch-size {a.batch_size}")
+    parts += [f"--set {shlex.quote(item)}" for item in a.set]
+    return " ".join(parts)
 
 
 def write_outputs(rows, a, ext, out: Path, total_s: float) -> None:
@@ -185,8 +209,7 @@ def write_outputs(rows, a, ext, out: Path, total_s: float) -> None:
             f"({torch.get_num_threads()} threads); {a.eval_n} samples per family (labels balanced); extractor: {ext.name}; "
             "FID/KID/precision/recall against the whole data set; bits/dim on up to 500 validation images "
             f"(VAE: an upper bound from the ELBO; PixelCNN: exact). The whole run took {total_s / 60:.1f} min. Command: "
-            f"`.venv/bin/python bench/families.py --budget-minutes {a.budget_minutes} --eval-n {a.eval_n}"
-            + "".join(f" --set {item}" for item in a.set) + "`")
+            f"`{_command(a, a.defaults)}`")
     table = "\n".join(lines)
     (out / "families.md").write_text(f"# Model families side by side\n\n{note}\n\n{table}\n\n" + "\n".join(
         f"**{r['family']}**\n\n![{r['family']} samples]({r['grid']})\n" for r in rows))

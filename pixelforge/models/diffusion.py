@@ -28,7 +28,11 @@ class DiffusionConfig:
     attn_resolutions: feature-map sides (e.g. 16, 8) whose levels get self-attention.
     label_dropout: share of training labels replaced by "no label", so one network also learns the
         unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
-    P_mean, P_std: log-normal distribution of training noise levels (EDM Table 1).
+    P_mean, P_std: log-normal distribution of training noise levels, ln(sigma) ~ N(P_mean, P_std^2).
+        EDM (Table 1) uses P_mean -1.2 for CIFAR-10 trained on 200 M images; the default 0.2 puts more
+        of the training on the high noise levels where a digit's shape and class are decided, which
+        on the bundled digits with a 4-minute CPU budget lowered FID from 1.01 to 0.44 (UNet) and
+        from 6.7 to 1.7 (DiT; docs/families.md). Set -1.2 for EDM's original weighting.
     backbone: the network F, one of BACKBONES: "unet" (nets/unet.py; shaped by base_channels,
         channel_mult, num_res_blocks, attn_resolutions) or "dit" (nets/dit.py, a DiT transformer of
         Peebles & Xie 2023; shaped by patch_size, depth, num_heads and hidden_size, where 0 means
@@ -47,7 +51,7 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    P_mean: float = -1.2
+    P_mean: float = 0.2
     P_std: float = 1.2
     backbone: str = "unet"
     patch_size: int = 2
