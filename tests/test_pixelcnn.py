@@ -49,7 +49,7 @@ def test_family_is_registered_with_its_capabilities_and_options():
     assert FAMILIES["pixelcnn"] is PixelCNNModel
     assert PixelCNNModel.family == "pixelcnn"
     assert PixelCNNModel.capabilities == ("log_likelihood",)
-    assert PixelCNNModel.sample_options == {"temperature": 1.0}
+    assert PixelCNNModel.sample_options == {"temperature": 1.0, "guidance": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -256,6 +256,36 @@ def test_temperature_changes_the_samples_and_must_be_positive(model):
     with pytest.raises(ValueError, match="temperature"):
         model.sample(1, temperature=0.0)
 
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_guided_sampling_combines_the_labelled_and_unlabelled_logits(randomize_zero_init, channels):
+    m = tiny_model(randomize_zero_init, channels=channels, num_classes=10, num_layers=2)
+    cond = Cond(labels=torch.tensor([2, 9, 4]))
+    plain = m.sample(3, cond, seed=3)
+    guided = m.sample(3, cond, seed=3, guidance=3.0)
+    assert guided.shape == plain.shape and not torch.equal(guided, plain)
+    assert torch.equal(m.sample(3, cond, seed=3, guidance=1.0), plain)
+    # the cache gives the same pixels as rerunning the network, and each image depends only on its seed
+    assert torch.equal(guided, m.sample_full_recompute(3, cond, seed=3, guidance=3.0))
+    assert torch.equal(guided[1:2], m.sample(1, Cond(labels=cond.labels[1:2]), seed=4, guidance=3.0))
+
+
+def test_guidance_zero_samples_the_unlabelled_model(randomize_zero_init):
+    m = tiny_model(randomize_zero_init, num_classes=10, num_layers=2)
+    unlabelled = m.sample(2, Cond(labels=torch.tensor([-1, -1])), seed=8)
+    assert torch.equal(m.sample(2, Cond(labels=torch.tensor([3, 7])), seed=8, guidance=0.0), unlabelled)
+
+
+def test_guidance_is_ignored_without_labels_and_refused_where_it_cannot_apply(randomize_zero_init):
+    m = tiny_model(randomize_zero_init, num_classes=10, num_layers=2)
+    assert torch.equal(m.sample(2, seed=1, guidance=2.0), m.sample(2, seed=1))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance"):
+            m.sample(1, Cond(labels=torch.tensor([1])), guidance=bad)
+    mixture = tiny_model(randomize_zero_init, num_classes=10, num_layers=2, output="logistic_mixture")
+    with pytest.raises(ValueError, match="softmax256"):
+        mixture.sample(1, Cond(labels=torch.tensor([1])), guidance=2.0)
 
 # --- save / load, resume, CLI ----------------------------------------------------------------------
 

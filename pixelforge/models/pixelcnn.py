@@ -162,8 +162,9 @@ class PixelCNNModel(FamilyModule):
     default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood",)
     # temperature divides the softmax logits (mixture: the mixture logits; the logistic scales are
-    # multiplied by it); below 1 gives cleaner, less varied images.
-    sample_options = {"temperature": 1.0}
+    # multiplied by it); below 1 gives cleaner, less varied images. guidance: classifier-free guidance
+    # on each pixel's logits, uncond + w (cond - uncond) (softmax256 output, labelled samples only).
+    sample_options = {"temperature": 1.0, "guidance": 1.0}
 
     def __init__(self, config: PixelCNNConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: label dropout only
@@ -230,17 +231,24 @@ class PixelCNNModel(FamilyModule):
         return self.bits_per_dim(x, self._labels(cond, x.shape[0]))
 
     # --- sampling ------------------------------------------------------------------------------------
-    def _draw_pixel(self, h: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Features h (n, F, 1, 1) of one pixel and its uniforms u (n, D) -> its values (n, C) in [-1, 1]."""
+    def _draw_pixel(self, h: torch.Tensor, u: torch.Tensor, temperature: float, guidance: float = 1.0) -> torch.Tensor:
+        """Features h (n, F, 1, 1) of one pixel and its uniforms u (n, D) -> its values (n, C) in [-1, 1].
+
+        Guided: h is (2n, F, 1, 1), the n labelled rows then the same n with "no label"; the values
+        drawn from the guided logits go to both halves, so both condition on the same pixels."""
         cfg = self.config
-        n, c = h.shape[0], cfg.channels
-        x = torch.zeros(n, c, 1, 1, device=h.device)  # the pixel's channels drawn so far
+        n, c = u.shape[0], cfg.channels
+        guided = h.shape[0] == 2 * n
+        x = torch.zeros(h.shape[0], c, 1, 1, device=h.device)  # the pixel's channels drawn so far
         if cfg.output == "softmax256":
             for ch in range(c):  # R, then G given R, then B given R and G
-                logits = self.head(h, x)[:, ch, :, 0, 0]  # (n, 256)
+                logits = self.head(h, x)[:, ch, :, 0, 0]  # (n or 2n, 256)
+                if guided:
+                    cond_logits, uncond_logits = logits.chunk(2)
+                    logits = uncond_logits + guidance * (cond_logits - uncond_logits)
                 k = inverse_cdf(torch.softmax(logits / temperature, dim=-1), u[:, ch])
-                x[:, ch, 0, 0] = from_levels(k)
-            return x[:, :, 0, 0]
+                x[:, ch, 0, 0] = from_levels(k).repeat(2) if guided else from_levels(k)
+            return x[:n, :, 0, 0]
         logits, means, log_scales, coeffs = split_mixture(self.head(h)[:, :, 0, 0], c, cfg.n_mixtures)
         comp = inverse_cdf(torch.softmax(logits / temperature, dim=-1), u[:, 0])  # (n,)
         rows = torch.arange(n, device=h.device)
@@ -254,7 +262,7 @@ class PixelCNNModel(FamilyModule):
         return x[:, 0]
 
     @torch.no_grad()
-    def _sample(self, n, cond, seed, seeds, callback, temperature, cached: bool) -> torch.Tensor:
+    def _sample(self, n, cond, seed, seeds, callback, temperature, cached: bool, guidance: float = 1.0) -> torch.Tensor:
         self.eval()
         cfg = self.config
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
@@ -262,24 +270,34 @@ class PixelCNNModel(FamilyModule):
             raise ValueError(f"{len(seeds)} seeds given for {n} images")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        guidance = float(guidance)
+        if not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
         dev, c, s = self.device, cfg.channels, cfg.image_size
         per_pixel = c if cfg.output == "softmax256" else 1 + c  # uniforms per pixel
         gen = PerSampleGenerator(seeds, dev)
         u = torch.stack([torch.rand((s, s, per_pixel), generator=g, device=dev) for g in gen.generators])  # (n, H, W, D)
         labels = self._labels(cond, n)
-        x = torch.zeros(n, c, s, s, device=dev)  # pixels not yet drawn stay 0; nothing reads them
-        cache = SamplingCache(self.net, (n, c, s, s), self.net.cond_biases(labels, n, dev), dev) if cached else None
+        guided = guidance != 1.0 and labels is not None
+        if guided:
+            if cfg.output != "softmax256":
+                raise ValueError(f"guidance works on the softmax256 output; this model's output is {cfg.output!r}")
+            labels = torch.cat([labels, torch.full_like(labels, -1)])  # every image with and without its label
+        rows = 2 * n if guided else n
+        x = torch.zeros(rows, c, s, s, device=dev)  # pixels not yet drawn stay 0; nothing reads them
+        cache = SamplingCache(self.net, (rows, c, s, s), self.net.cond_biases(labels, rows, dev), dev) if cached else None
         for i in range(s):
             if cache is not None:
                 cache.start_row(i)
             for j in range(s):
                 h = cache.pixel(j) if cache is not None else self.net(x, labels)[:, :, i : i + 1, j : j + 1]
-                x[:, :, i, j] = self._draw_pixel(h, u[:, i, j], temperature)
+                value = self._draw_pixel(h, u[:, i, j], temperature, guidance)  # (n, C)
+                x[:, :, i, j] = value.repeat(2, 1) if guided else value
                 if cache is not None:
                     cache.write(j, x[:, :, i, j])
             if callback is not None:
                 callback(i, s)
-        return x
+        return x[:n]
 
     def sample(
         self,
@@ -290,10 +308,16 @@ class PixelCNNModel(FamilyModule):
         seeds: list[int] | None = None,
         callback=None,
         temperature: float = 1.0,
+        guidance: float = 1.0,
     ) -> torch.Tensor:
         """n images (n, C, H, W) in [-1, 1], pixel by pixel with the sampling cache; image i uses seed + i
-        (or seeds[i]) and nothing else; callback(row, H) after each row."""
-        return self._sample(n, cond, seed, seeds, callback, temperature, cached=True)
+        (or seeds[i]) and nothing else; callback(row, H) after each row.
+
+        guidance w != 1 with labels runs each image twice, with its label and with "no label" (the
+        model learns both through label_dropout), and draws every value from the softmax of
+        uncond + w (cond - uncond): classifier-free guidance (Ho & Salimans 2022) applied to the
+        per-pixel logits, as autoregressive image models do. Unconditional samples ignore it."""
+        return self._sample(n, cond, seed, seeds, callback, temperature, cached=True, guidance=guidance)
 
     def sample_full_recompute(
         self,
@@ -304,6 +328,7 @@ class PixelCNNModel(FamilyModule):
         seeds: list[int] | None = None,
         callback=None,
         temperature: float = 1.0,
+        guidance: float = 1.0,
     ) -> torch.Tensor:
         """The same images as `sample`, rerunning the whole network for every pixel: the slow reference."""
-        return self._sample(n, cond, seed, seeds, callback, temperature, cached=False)
+        return self._sample(n, cond, seed, seeds, callback, temperature, cached=False, guidance=guidance)
