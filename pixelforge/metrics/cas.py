@@ -67,6 +67,22 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     return correct / max(len(labels), 1)
 
 
+def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of n items with the classes as even as the data allow, drawn in a seeded random order.
+
+    Data sets are often stored class by class (the bundled digits are), so a prefix of n items
+    could hold only the first few classes."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    ranked = labels[order].long()
+    rank = torch.zeros(len(labels), dtype=torch.long)  # each item's rank among its class in `order`
+    for c in ranked.unique():
+        members = (ranked == c).nonzero().flatten()
+        rank[members] = torch.arange(len(members))
+    # first every class's first item, then every class's second, ...: a stable sort on the rank
+    picked = order[torch.sort(rank, stable=True).indices[:n]]
+    return picked.sort().values
+
+
 def classification_accuracy_score(
     generated: torch.Tensor, generated_labels: torch.Tensor,
     real_train: torch.Tensor, real_train_labels: torch.Tensor,
@@ -74,13 +90,16 @@ def classification_accuracy_score(
     num_classes: int, *, epochs: int = 8, seed: int = 0, device: str | torch.device = "auto",
 ) -> dict:
     """{"cas": accuracy on real test images of a classifier trained on generated images,
-    "real_accuracy": the same classifier trained on as many real images, ...}."""
+    "real_accuracy": the same classifier trained on as many real images, ...}. When one side has more
+    images, both train on a class-balanced, seeded subset of n = the smaller count."""
     from ..device import pick_device
 
     device = pick_device(device) if isinstance(device, str) else device
     n = min(len(generated), len(real_train))
-    gen_model = train_classifier(generated[:n], generated_labels[:n], num_classes, epochs=epochs, seed=seed, device=device)
-    real_model = train_classifier(real_train[:n], real_train_labels[:n], num_classes, epochs=epochs, seed=seed, device=device)
+    g_idx = balanced_subset(generated_labels, n, seed)
+    r_idx = balanced_subset(real_train_labels, n, seed)
+    gen_model = train_classifier(generated[g_idx], generated_labels[g_idx], num_classes, epochs=epochs, seed=seed, device=device)
+    real_model = train_classifier(real_train[r_idx], real_train_labels[r_idx], num_classes, epochs=epochs, seed=seed, device=device)
     return {
         "cas": accuracy(gen_model, real_test, real_test_labels),
         "real_accuracy": accuracy(real_model, real_test, real_test_labels),
