@@ -112,7 +112,11 @@ def test_checkpoints_are_safetensors_and_json_and_only_the_newest_are_kept(resum
 
 def test_run_folder_holds_config_split_samples_and_no_temporary_files(resume_pair):
     run_dir = resume_pair["full_dir"]
-    assert RunConfig.load(run_dir / "config.json").to_json() == resume_pair["cfg"].to_json()
+    saved = RunConfig.load(run_dir / "config.json")
+    assert saved.to_json() == resume_pair["cfg"].resolved().to_json()
+    # every model field is written out, defaults included, so a later default change leaves the run as it was
+    assert set(saved.model) == {f.name for f in dataclasses.fields(resume_pair["cfg"].model_config())}
+    assert saved.model_config() == resume_pair["cfg"].model_config()
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"]) and len(split["train"]) + len(split["val"]) == 1797
     assert json.loads((run_dir / "classes.json").read_text()) == [str(d) for d in range(10)]

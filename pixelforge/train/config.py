@@ -67,6 +67,12 @@ class RunConfig:
     def model_config(self):
         return get_family(self.family).Config(**self.model)
 
+    def resolved(self) -> "RunConfig":
+        """The same run with every model field written out, defaults included: a run folder's
+        config.json then keeps meaning the same model when a later version changes a default."""
+        model = json.loads(json.dumps(dataclasses.asdict(self.model_config())))  # tuples -> lists, as JSON has them
+        return dataclasses.replace(self, model=model)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 

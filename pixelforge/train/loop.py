@@ -179,6 +179,7 @@ def train(
                 "choose another --name to start afresh (or delete the folder)"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.resolved()
     atomic_write_text(run_dir / "config.json", cfg.to_json())
 
     data = load_dataset(cfg.data, cache_dir=cache_dir, progress=progress)
