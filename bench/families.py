@@ -68,11 +68,11 @@ def main() -> int:
                         "options), e.g. --set gan:lr=5e-4 --set diffusion-dit:patch_size=4 "
                         "--set 'diffusion-dit:sample={\"guidance\": 3}' (repeatable)")
     a = p.parse_args()
-    a.defaults = p.parse_args([])
     overrides = _parse_overrides(a.set)
     t_start = time.perf_counter()
     if a.quick:
         a.budget_minutes, a.eval_n = 0.1, 40
+    command = _command(a, p.parse_args([]))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     native = describe_source(a.data)
@@ -116,7 +116,7 @@ def main() -> int:
         train_s = time.perf_counter() - t0
         rows.append(measure(entry, cfg, run_dir, result.step, train_s, data, ext, a, out, sample_options))
         print(json.dumps(rows[-1]))
-    write_outputs(rows, a, ext, out, total_s=time.perf_counter() - t_start)
+    write_outputs(rows, a, ext, out, command, total_s=time.perf_counter() - t_start)
     if a.json:
         print(json.dumps(rows))
     return 0
@@ -199,7 +199,7 @@ def _command(a, defaults: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def write_outputs(rows, a, ext, out: Path, total_s: float) -> None:
+def write_outputs(rows, a, ext, out: Path, command: str, total_s: float) -> None:
     head = ["family", "params (M)", "batch", "train steps", "train img/s", "sample img/s", "FID", "KID", "precision", "recall", "bits/dim"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -210,7 +210,7 @@ def write_outputs(rows, a, ext, out: Path, total_s: float) -> None:
             f"({torch.get_num_threads()} threads); {a.eval_n} samples per family (labels balanced); extractor: {ext.name}; "
             "FID/KID/precision/recall against the whole data set; bits/dim on up to 500 validation images "
             f"(VAE: an upper bound from the ELBO; PixelCNN: exact). The whole run took {total_s / 60:.1f} min. Command: "
-            f"`{_command(a, a.defaults)}`")
+            f"`{command}`")
     table = "\n".join(lines)
     (out / "families.md").write_text(f"# Model families side by side\n\n{note}\n\n{table}\n\n" + "\n".join(
         f"**{r['family']}**\n\n![{r['family']} samples]({r['grid']})\n" for r in rows))
