@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -12,17 +13,30 @@ from PIL import Image
 from . import __version__
 from .condition import Cond
 from .device import pick_device
-from .images import make_grid, read_settings, save_png, to_pil
+from .images import make_grid, png_info, read_settings, save_png, to_pil
 from .sampling import SAMPLERS
 from .train.config import RunConfig
 from .train.loop import build_model
-from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, load_weights, resolve_run, weights_hash
+from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_hash
+
+
+def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> str:
+    """The name a model goes by everywhere (CLI, API, server, PNG settings): the plain folder name for a
+    bundled model or a run directly under the runs directory (runs_dir, else $PIXELFORGE_RUNS or ./runs),
+    so that `resolve_run` finds it again from any working directory; the folder path otherwise."""
+    run_dir = Path(run_dir)
+    parent = run_dir.resolve().parent
+    runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    if parent == BUNDLED_MODELS_DIR or parent == runs.resolve():
+        return run_dir.name
+    return str(run_dir)
 
 
 class Generator:
     """A trained model ready to sample: `g.generate(n=8, label=3, seed=0)` -> list of PIL images."""
 
-    def __init__(self, run_dir: Path, *, device: str = "auto", name: str | None = None):
+    def __init__(self, run_dir: Path, *, device: str = "auto", name: str | None = None,
+                 runs_dir: str | os.PathLike | None = None):
         self.run_dir = Path(run_dir)
         self.config = RunConfig.load(self.run_dir / "config.json")
         self.device = pick_device(device)
@@ -30,8 +44,7 @@ class Generator:
         self.model.load_state_dict(load_weights(self.run_dir))
         self.model.eval().requires_grad_(False)
         self.checkpoint_hash = weights_hash(self.run_dir)
-        bundled = self.run_dir.resolve().parent == BUNDLED_MODELS_DIR
-        self.name = name or (self.run_dir.name if bundled else str(self.run_dir))
+        self.name = name or run_name(self.run_dir, runs_dir)
         meta_path = self.run_dir / "classes.json"
         self.class_names: list[str] = []
         if meta_path.exists():
@@ -81,6 +94,9 @@ class Generator:
             raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
                              f"valid options: {', '.join(defaults) or 'none'}")
         opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+        for key, value in opts.items():
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every range test
+                raise ValueError(f"{key} must be a finite number, got {value}")
         if "steps" in opts and int(opts["steps"]) < 1:
             raise ValueError(f"steps must be at least 1, got {opts['steps']}")
         if "sampler" in opts and opts["sampler"] not in SAMPLERS:
@@ -130,6 +146,7 @@ class Generator:
         for i in range(n):
             s = {
                 "model": self.name,
+                "model_path": str(self.run_dir.resolve()),  # a hint where the name does not resolve
                 "family": self.config.family,
                 "checkpoint": self.checkpoint_hash,
                 "seed": seeds[i],
@@ -143,17 +160,21 @@ class Generator:
         return torch.cat(out), settings
 
     def generate(self, n: int = 8, **kwargs) -> list[Image.Image]:
-        """n PIL images; keyword arguments as generate_tensor. Each image's settings are in `.info`."""
+        """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
+        `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them)."""
         images, settings = self.generate_tensor(n, **kwargs)
         pils = to_pil(images)
         for im, s in zip(pils, settings):
             im.info["pixelforge"] = s
+            # Pillow (>= 11.3) applies an image's own `encoderinfo` in every save(): the PNG writer takes
+            # its text chunks from "pnginfo" (other formats ignore the key); a copy() starts without it.
+            im.encoderinfo = {"pnginfo": png_info(s)}
         return pils
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None) -> Generator:
     """A run folder, a run name under the runs directory, or a bundled model name -> Generator."""
-    return Generator(resolve_run(name_or_path, runs_dir), device=device)
+    return Generator(resolve_run(name_or_path, runs_dir), device=device, runs_dir=runs_dir)
 
 
 def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True) -> dict:
@@ -172,15 +193,47 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
     return {"images": paths, "grid": grid_path}
 
 
+def _find_model(s: dict, png_path, runs_dir) -> Path:
+    """The run folder a PNG's settings name: its model name resolved through runs_dir ($PIXELFORGE_RUNS,
+    ./runs) or the bundled models, else the absolute path recorded beside it; the one holding the
+    recorded checkpoint wins, so a same-named run elsewhere is not taken for it."""
+    model = str(s.get("model", ""))
+    if not model:
+        raise ValueError(f"{png_path}: its settings name no model")
+    candidates: list[Path] = []
+    for name in (model, Path(model).name):  # Path(model).name: a name recorded as runs/NAME by older versions
+        try:
+            candidates.append(resolve_run(name, runs_dir))
+        except FileNotFoundError:
+            pass
+    hint = s.get("model_path")
+    if hint and (Path(hint) / "config.json").is_file():
+        candidates.append(Path(hint))
+    if not candidates:
+        runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+        raise FileNotFoundError(f"{png_path} was made by model {model!r}, which is not in {runs}/, not a bundled model"
+                                + (f", and not at {hint}" if hint else "") + ": pass --runs-dir (or set PIXELFORGE_RUNS)")
+    wanted = s.get("checkpoint")
+    for run_dir in candidates:
+        try:
+            if not wanted or weights_hash(run_dir) == wanted:
+                return run_dir
+        except FileNotFoundError:  # a run folder without a checkpoint yet
+            continue
+    found = candidates[0]
+    raise ValueError(
+        f"{png_path} was made by checkpoint {wanted} of {model}, but that model's weights ({found}) are now "
+        f"{weights_hash(found)}: the image cannot be reproduced exactly"
+    )
+
+
 def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=None) -> tuple[Image.Image, dict]:
-    """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed."""
+    """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed.
+
+    The model is looked up by its recorded name through runs_dir ($PIXELFORGE_RUNS, ./runs) and the
+    bundled models, then at the recorded absolute path; the recorded checkpoint hash must match."""
     s = read_settings(png_path)
-    g = load(s["model"], device=device, runs_dir=runs_dir)
-    if s.get("checkpoint") and s["checkpoint"] != g.checkpoint_hash:
-        raise ValueError(
-            f"{png_path} was made by checkpoint {s['checkpoint']} of {s['model']}, "
-            f"but that model's weights are now {g.checkpoint_hash}: the image cannot be reproduced exactly"
-        )
+    g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"])
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), seeds=[s["seed"]], **options)
     return image, s

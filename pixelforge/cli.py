@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,8 +16,8 @@ EPILOG = """examples:
   pixelforge datasets                              # bundled data sets
   pixelforge data check ./my_images                # what a folder holds, which files are unusable
   pixelforge train mnist --model diffusion --name digits --steps 2000
-  pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0 -o out/
-  pixelforge sample --from out/seed000005-label3.png -o again/
+  pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0   # into out/digits/TIMESTAMP/
+  pixelforge sample --from out/digits/20260101-120000/seed000005-label3.png
   pixelforge info digits
 """
 
@@ -28,6 +29,57 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+MAX_SAMPLES = 10_000  # images one `sample` call may write
+MAX_SEED = 2**32 - 1  # as the server: a seed given here can be given there
+
+
+def _int_range(lo: int, hi: int | None = None):
+    """An argparse `type=` taking an integer in [lo, hi] (hi None: no upper bound); argparse names the
+    option in the error, e.g. `argument --steps: must be an integer >= 1, got 0`."""
+    where = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {where}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {where}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_range(lo: float | None = None, hi: float | None = None, *, above_lo: bool = False, below_hi: bool = False):
+    """An argparse `type=` taking a finite number in the range (bounds open where above_lo / below_hi say)."""
+    left = "(" if above_lo else "["
+    right = ")" if below_hi else "]"
+    if lo is not None and hi is not None:
+        text_range = f"in {left}{lo:g}, {hi:g}{right}"
+    elif lo is not None:
+        text_range = f"{'>' if above_lo else '>='} {lo:g}"
+    elif hi is not None:
+        text_range = f"{'<' if below_hi else '<='} {hi:g}"
+    else:
+        text_range = ""
+    where = f" {text_range}" if text_range else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{where}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number{where}, got {text}")
+        too_low = lo is not None and (value <= lo if above_lo else value < lo)
+        too_high = hi is not None and (value >= hi if below_hi else value > hi)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be a number{where}, got {value:g}")
+        return value
+
+    return parse
 
 
 def _add_train(sub):
@@ -44,40 +96,41 @@ def _add_train(sub):
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
     p.add_argument("--name", required=True, help="run name: the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 10000)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (Adam); default: the family's "
+    p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default 10000)")
+    p.add_argument("--batch-size", type=_int_range(1), default=64)
+    p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
                    "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
-    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off)")
-    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: native for bundled sets, 32 for folders)")
+    p.add_argument("--warmup", type=_int_range(0), default=200, help="learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
+    p.add_argument("--image-size", type=_int_range(4, 1024), default=None,
+                   help="image side in pixels, 4..1024 (default: native for bundled sets, 32 for folders)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grayscale or 3 RGB (default: from the data)")
     p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
     p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
-    m.add_argument("--base-channels", type=int, default=None, help="network width at full resolution (diffusion default 32)")
+    m.add_argument("--base-channels", type=_int_range(1), default=None, help="network width at full resolution (diffusion default 32)")
     m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2")
-    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution")
+    m.add_argument("--num-res-blocks", type=_int_range(1), default=None, help="residual blocks per resolution")
     m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it)")
-    m.add_argument("--dropout", type=float, default=None)
-    m.add_argument("--label-dropout", type=float, default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
+    m.add_argument("--dropout", type=_float_range(0, 1, below_hi=True), default=None)
+    m.add_argument("--label-dropout", type=_float_range(0, 1, below_hi=True), default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--val-every", type=int, default=500, help="validation loss every K steps")
-    p.add_argument("--patience", type=int, default=0, help="stop after this many evaluations of --early-stop-on without improvement (0: never)")
-    p.add_argument("--eval-every", type=int, default=0, help="FID and KID of --eval-samples EMA samples every K steps, into metrics.csv (0: off)")
-    p.add_argument("--eval-samples", type=int, default=256, help="samples per in-training evaluation (fixed seeds)")
+    p.add_argument("--ema-decay", type=_float_range(0, 1, below_hi=True), default=0.999)
+    p.add_argument("--val-every", type=_int_range(1), default=500, help="validation loss every K steps")
+    p.add_argument("--patience", type=_int_range(0), default=0, help="stop after this many evaluations of --early-stop-on without improvement (0: never)")
+    p.add_argument("--eval-every", type=_int_range(0), default=0, help="FID and KID of --eval-samples EMA samples every K steps, into metrics.csv (0: off)")
+    p.add_argument("--eval-samples", type=_int_range(2), default=256, help="samples per in-training evaluation (fixed seeds)")
     p.add_argument("--eval-extractor", default="auto", help="feature extractor for in-training evaluation (see pixelforge evaluate)")
     p.add_argument("--early-stop-on", choices=("val_loss", "fid", "kid"), default="val_loss", help="what --patience watches")
-    p.add_argument("--sample-every", type=int, default=1000, help="sample grid every K steps (runs/NAME/samples/)")
-    p.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every K steps")
-    p.add_argument("--log-every", type=int, default=25, help="metrics.csv row every K steps")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-every", type=_int_range(1), default=1000, help="sample grid every K steps (runs/NAME/samples/)")
+    p.add_argument("--ckpt-every", type=_int_range(1), default=500, help="checkpoint every K steps")
+    p.add_argument("--log-every", type=_int_range(1), default=25, help="metrics.csv row every K steps")
+    p.add_argument("--val-fraction", type=_float_range(0, 1, below_hi=True), default=0.05, help="share of images held out for validation")
+    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
+    p.add_argument("--max-minutes", type=_float_range(0, above_lo=True), default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
     p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled model's weights (fine-tuning)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -140,8 +193,8 @@ def cmd_train(a) -> int:
     else:
         family = get_family(a.model)
         native = describe_source(a.data)  # {"image_size", "channels", "num_classes"}
-        image_size = a.image_size or native["image_size"]
-        channels = a.channels or native["channels"]
+        image_size = a.image_size if a.image_size is not None else native["image_size"]
+        channels = a.channels if a.channels is not None else native["channels"]
         data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
                           val_fraction=a.val_fraction, split_seed=a.seed)
         model = _model_fields(a, family, image_size, channels, 0 if a.no_labels else native["num_classes"])
@@ -150,7 +203,7 @@ def cmd_train(a) -> int:
             model=model,
             data=data,
             optim=OptimConfig(lr=a.lr if a.lr is not None else family.default_lr, warmup_steps=a.warmup, grad_clip=a.grad_clip),
-            train=TrainConfig(steps=a.steps or 10_000, batch_size=a.batch_size, ema_decay=a.ema_decay, log_every=a.log_every,
+            train=TrainConfig(steps=a.steps if a.steps is not None else 10_000, batch_size=a.batch_size, ema_decay=a.ema_decay, log_every=a.log_every,
                               val_every=a.val_every, patience=a.patience, sample_every=a.sample_every,
                               eval_every=a.eval_every, eval_samples=a.eval_samples, eval_extractor=a.eval_extractor,
                               early_stop_on=a.early_stop_on,
@@ -161,7 +214,7 @@ def cmd_train(a) -> int:
         raise ValueError(f"--early-stop-on {cfg.train.early_stop_on} needs --eval-every K to compute it")
     evaluator = _training_evaluator(cfg, a.device) if cfg.train.eval_every else None
     result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
-                   max_seconds=a.max_minutes * 60 if a.max_minutes else None)
+                   max_seconds=a.max_minutes * 60 if a.max_minutes is not None else None)
     print(f"{result.stopped} at step {result.step}: {run_dir}")
     if result.last_checkpoint:
         print(f"checkpoint: {result.last_checkpoint}")
@@ -192,12 +245,14 @@ def _add_sample(sub):
         formatter_class=_Help,
     )
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
-    p.add_argument("-n", type=int, default=16, help="number of images")
+    p.add_argument("-n", type=_int_range(1, MAX_SAMPLES), default=16, help=f"number of images (1..{MAX_SAMPLES})")
     p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
     _add_sampling_options(p)
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("-o", "--out", default="out", help="output folder")
+    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=_int_range(1), default=64)
+    p.add_argument("-o", "--out", default=None, help="output folder (default: a new folder out/RUN/TIMESTAMP for each call); "
+                   "a folder that holds files already is refused unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
     p.add_argument("--from", dest="from_png", metavar="IMAGE.png", help="regenerate the image whose settings this PNG carries")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -207,8 +262,9 @@ def _add_sample(sub):
 def _add_sampling_options(p) -> None:
     g = p.add_argument_group("sampling options (diffusion models; unset ones take the model's defaults)")
     g.add_argument("--sampler", default=None, help="euler, heun, dpmpp_2m, ddim or ancestral (default heun)")
-    g.add_argument("--steps", type=int, default=None, help="sampler steps (default 18; Heun uses 2 evaluations a step)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 1: none)")
+    g.add_argument("--steps", type=_int_range(1), default=None, help="sampler steps (default 18; Heun uses 2 evaluations a step)")
+    g.add_argument("--guidance", type=_float_range(0), default=None, help="classifier-free guidance scale, a finite number >= 0 "
+                   "(default 1: none)")
     g.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="any sampling option of the model's family, e.g. temperature=0.8 (PixelCNN, VAE, transformer) "
                    "or truncation=0.7 (GAN); `pixelforge info RUN` lists them (repeatable)")
@@ -240,12 +296,42 @@ def _progress_bar(total: int, desc: str):
     return bar, callback
 
 
+def _check_out(a) -> None:
+    """Refuses an explicit -o folder that already holds files, unless --overwrite."""
+    if a.out is None or a.overwrite:
+        return
+    out = Path(a.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"-o {out}: {'not a folder' if not out.is_dir() else 'folder is not empty'}; "
+                         "choose another folder, or pass --overwrite to write into it")
+
+
+def _out_dir(a, model_name: str) -> Path:
+    """The folder a `sample` call writes to: -o as given, else a new out/RUN/TIMESTAMP made for this call
+    (a suffix -2, -3, ... when two calls start in the same second)."""
+    if a.out is not None:
+        _check_out(a)  # again: another command may have written there while this one sampled
+        return Path(a.out)
+    import time
+
+    base = Path("out") / Path(model_name).name / time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        out = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            continue
+    raise ValueError(f"{base.parent}: no free output folder name for {base.name}; pass -o DIR")
+
+
 def cmd_sample(a) -> int:
     from . import api
 
-    out = Path(a.out)
+    _check_out(a)
     if a.from_png:
         image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir)
+        out = _out_dir(a, s["model"])
         paths = api.save_images([image], out, grid=False)
         print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
         return 0
@@ -256,6 +342,7 @@ def cmd_sample(a) -> int:
     bar, cb = _progress_bar(a.n, f"sampling {g.name}")
     images = g.generate(a.n, label=a.label, seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
     bar.close()
+    out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
     paths = api.save_images(images, out)
     print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
     return 0
@@ -289,10 +376,10 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="generate a grid and an HTML page with the bundled model (offline)",
                        formatter_class=_Help)
     p.add_argument("--model", default=None, help="run or bundled model (default: the bundled model)")
-    p.add_argument("--per-class", type=int, default=8, help="images per class (rows of the grid)")
-    p.add_argument("--steps", type=int, default=18)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=_int_range(1), default=8, help="images per class (rows of the grid)")
+    p.add_argument("--steps", type=_int_range(1), default=18)
+    p.add_argument("--guidance", type=_float_range(0), default=2.0)
+    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("-o", "--out", default="out/demo")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
@@ -420,16 +507,16 @@ def _add_evaluate(sub):
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name or bundled model")
     p.add_argument("--real", metavar="DATA", help="real images: folder or bundled data set (default: the run's data)")
     p.add_argument("--fake", metavar="DIR", help="evaluate this folder of images instead of sampling a run")
-    p.add_argument("-n", type=int, default=10_000, help="number of samples to generate")
+    p.add_argument("-n", type=_int_range(2), default=10_000, help="number of samples to generate")
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
     _add_sampling_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object (no progress output)")
     p.add_argument("--report", metavar="PATH", help="where report.html goes (default: in the run, or out/NAME/ for a bundled model)")
     p.add_argument("--no-report", action="store_true", help="print figures only")
     p.add_argument("--cas", action="store_true", help="classification accuracy score: train a classifier on generated images, test on real ones")
-    p.add_argument("--per-class", type=int, default=200, help="with --cas: generated images per class")
-    p.add_argument("--epochs", type=int, default=8, help="with --cas: classifier training epochs")
+    p.add_argument("--per-class", type=_int_range(1), default=200, help="with --cas: generated images per class")
+    p.add_argument("--epochs", type=_int_range(1), default=8, help="with --cas: classifier training epochs")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -469,12 +556,12 @@ def _add_serve(sub):
     )
     p.add_argument("run", nargs="*", metavar="RUN", help="run folders, run names or bundled models (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; set an API key then)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--port", type=_int_range(0, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", default=None, help="key every endpoint but health requires (default $PIXELFORGE_API_KEY, "
                    "better: other users can read command lines; none: open)")
-    p.add_argument("--workers", type=int, default=1, help="generation jobs run at once")
-    p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait before requests get 429")
-    p.add_argument("--job-timeout", type=float, default=300.0, help="seconds a job may run before it is stopped")
+    p.add_argument("--workers", type=_int_range(1), default=1, help="generation jobs run at once")
+    p.add_argument("--max-queue", type=_int_range(1), default=16, help="jobs that may wait before requests get 429")
+    p.add_argument("--job-timeout", type=_float_range(0, above_lo=True), default=300.0, help="seconds a job may run before it is stopped")
     p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from this origin to call the API (repeatable; default: none)")

@@ -44,25 +44,32 @@ def make_grid(images: list[Image.Image], *, cols: int | None = None, pad: int = 
     return grid
 
 
-def _png_info(settings: dict | None) -> PngImagePlugin.PngInfo:
+def png_info(settings: dict | None) -> PngImagePlugin.PngInfo:
+    """The PNG text chunk holding `settings` as JSON (none when settings is None)."""
     info = PngImagePlugin.PngInfo()
     if settings is not None:
         info.add_text(PNG_KEY, json.dumps(settings, sort_keys=True))
     return info
 
 
+def _as_given(image: Image.Image) -> Image.Image:
+    """The image without its own `encoderinfo` (generated images carry their settings there, and Pillow
+    prefers it over save()'s arguments), so that the settings passed to save_png are the ones written."""
+    return image.copy() if getattr(image, "encoderinfo", None) else image
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, settings: dict | None = None) -> Path:
     """Write a PNG atomically; `settings` go into a tEXt chunk as JSON so the image can be regenerated."""
     path = Path(path)
     with atomic_target(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG", pnginfo=_png_info(settings))
+        _as_given(image).save(tmp, format="PNG", pnginfo=png_info(settings))
     return path
 
 
 def png_bytes(image: Image.Image, settings: dict | None = None) -> bytes:
     """The PNG file save_png would write, as bytes (for serving over HTTP)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=_png_info(settings))
+    _as_given(image).save(buf, format="PNG", pnginfo=png_info(settings))
     return buf.getvalue()
 
 
