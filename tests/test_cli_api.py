@@ -171,7 +171,7 @@ def test_sample_writes_pngs_carrying_their_settings_and_a_grid(sampled, trained)
     for s, png in zip(settings, pngs):
         assert {"model", "checkpoint", "seed", "sampler", "steps", "guidance", "label", "version"} <= set(s)
         assert (s["sampler"], s["steps"], s["guidance"], s["label"], s["version"]) == ("heun", 3, 1.0, 2, __version__)
-        assert s["model"] == str(trained[1])
+        assert s["model"] == "tiny" and s["model_path"] == str(trained[1].resolve())
         assert len(s["checkpoint"]) == 12
         with Image.open(png) as im:
             assert im.size == (8, 8) and im.mode == "L"
