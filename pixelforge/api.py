@@ -200,27 +200,28 @@ def _find_model(s: dict, png_path, runs_dir) -> Path:
     model = str(s.get("model", ""))
     if not model:
         raise ValueError(f"{png_path}: its settings name no model")
-    candidates: list[Path] = []
+    candidates: dict[Path, Path] = {}  # resolved -> as found, each folder once
     for name in (model, Path(model).name):  # Path(model).name: a name recorded as runs/NAME by older versions
         try:
-            candidates.append(resolve_run(name, runs_dir))
+            found = resolve_run(name, runs_dir)
         except FileNotFoundError:
-            pass
+            continue
+        candidates.setdefault(found.resolve(), found)
     hint = s.get("model_path")
-    if hint and (Path(hint) / "config.json").is_file():
-        candidates.append(Path(hint))
+    if isinstance(hint, str) and hint and (Path(hint) / "config.json").is_file():
+        candidates.setdefault(Path(hint).resolve(), Path(hint))
     if not candidates:
         runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
         raise FileNotFoundError(f"{png_path} was made by model {model!r}, which is not in {runs}/, not a bundled model"
                                 + (f", and not at {hint}" if hint else "") + ": pass --runs-dir (or set PIXELFORGE_RUNS)")
     wanted = s.get("checkpoint")
-    for run_dir in candidates:
+    for run_dir in candidates.values():
         try:
             if not wanted or weights_hash(run_dir) == wanted:
                 return run_dir
         except FileNotFoundError:  # a run folder without a checkpoint yet
             continue
-    found = candidates[0]
+    found = next(iter(candidates.values()))
     raise ValueError(
         f"{png_path} was made by checkpoint {wanted} of {model}, but that model's weights ({found}) are now "
         f"{weights_hash(found)}: the image cannot be reproduced exactly"

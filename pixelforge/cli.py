@@ -254,7 +254,8 @@ def _add_sample(sub):
                    "a folder that holds files already is refused unless --overwrite is given")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
     p.add_argument("--from", dest="from_png", metavar="IMAGE.png", help="regenerate the image whose settings this PNG carries")
-    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS); "
+                   "--from looks the PNG's model up here by its run name, then at the path recorded in the PNG")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
 

@@ -233,3 +233,17 @@ def test_sample_from_refuses_a_same_named_run_with_other_weights(moved_png, tmp_
     assert main(["sample", "--from", str(png), "--runs-dir", str(other), "-o", "again", "--device", "cpu"]) == 2
     assert "cannot be reproduced exactly" in capsys.readouterr().err
     assert not Path("again").exists()
+
+
+def test_sample_from_finds_a_run_recorded_as_runs_slash_name_by_older_versions(runs, tmp_path, monkeypatch, capsys):
+    from pixelforge.images import save_png
+
+    (image,) = pixelforge.load("tiny", runs_dir=runs, device="cpu").generate(1, seed=2, steps=2)
+    old = {k: v for k, v in image.info["pixelforge"].items() if k != "model_path"} | {"model": "runs/tiny"}
+    save_png(image, tmp_path / "old.png", old)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--from", "old.png", "-o", "again", "--device", "cpu"]) == 2  # ./runs/tiny is not here
+    assert "pass --runs-dir" in capsys.readouterr().err
+    assert main(["sample", "--from", "old.png", "--runs-dir", str(runs), "-o", "again", "--device", "cpu"]) == 0
+    (again,) = _pngs(tmp_path / "again")
+    assert np.array_equal(_pixels(again), _pixels(tmp_path / "old.png"))
