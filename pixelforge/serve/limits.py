@@ -97,7 +97,7 @@ class HostAllowList:
         self.any = "*" in self.hosts
 
     async def __call__(self, scope, receive, send):
-        if self.any or scope["type"] not in ("http", "websocket"):
+        if self.any or scope["type"] != "http":
             return await self.app(scope, receive, send)
         raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
         if _split_port(raw) in self.hosts:
