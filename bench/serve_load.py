@@ -87,7 +87,10 @@ def start_server(a, port: int, tmp: Path) -> tuple[subprocess.Popen, Path]:
     cmd = [sys.executable, "-m", "pixelforge.cli", "serve", a.model, "--host", "127.0.0.1", "--port", str(port),
            "--max-queue", str(a.max_queue), "--workers", str(a.workers), "--job-timeout", str(a.job_timeout),
            "--db", str(tmp / "ratings.sqlite"), "--runs-dir", str(a.runs_dir or tmp / "runs"), "--device", a.device,
-           "--quiet"]
+           "--quiet",
+           # every client here connects from 127.0.0.1: the per-client bounds must hold them all
+           "--max-connections", str(max(256, 4 * a.clients)), "--max-connections-per-client", str(max(32, 4 * a.clients)),
+           "--max-streams", str(max(64, a.clients)), "--max-streams-per-client", str(max(8, a.clients))]
     log = tmp / "server.log"
     with open(log, "wb") as f:  # the child keeps its own descriptor
         server = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -530,23 +530,32 @@ def cmd_serve(a) -> int:
         import uvicorn
 
         from .serve import create_app
+        from .serve.limits import ServerLimits, host_names, uvicorn_options
     except ImportError as e:
         raise ValueError(f"serving needs the serve extra (pip install 'pixelforge[serve]'): {e}") from None
     api_key = a.api_key or os.environ.get("PIXELFORGE_API_KEY") or None
     if a.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {a.host} without an API key: anyone who can reach it can use it "
               "(set --api-key or $PIXELFORGE_API_KEY)", file=sys.stderr)
+    limits = ServerLimits(max_connections=a.max_connections, max_connections_per_client=a.max_connections_per_client,
+                          max_streams=a.max_streams, max_streams_per_client=a.max_streams_per_client,
+                          stream_max_s=a.stream_max, idle_timeout_s=a.idle_timeout)
     app = create_app(a.run or None, api_key=api_key, max_queue=a.max_queue, workers=a.workers, job_timeout_s=a.job_timeout,
-                     db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir)
+                     db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir,
+                     allowed_hosts=host_names(a.host, a.allowed_host), api_docs=a.api_docs, limits=limits)
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"serving {', '.join(app.state.generators)} at http://{host}:{a.port}/  "
           f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path})")
     # Ctrl-C waits at most 5 s for open event streams before the workers are stopped
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning" if a.quiet else "info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning" if a.quiet else "info", timeout_graceful_shutdown=5,
+                **uvicorn_options(limits))
     return 0
 
 
 def _add_serve(sub):
+    from .serve.limits import ServerLimits
+
+    d = ServerLimits()  # the defaults
     p = sub.add_parser(
         "serve",
         help="an HTTP API and a web page for generation and human ratings",
@@ -566,6 +575,23 @@ def _add_serve(sub):
     p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from this origin to call the API (repeatable; default: none)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the server answers to besides localhost, 127.0.0.1, ::1 and the --host address "
+                   "(repeatable; other Host headers get 400, which stops DNS rebinding; '*': any)")
+    p.add_argument("--api-docs", action="store_true",
+                   help="serve the interactive API docs at /docs (they load their script from a public CDN "
+                   "into this origin, where the page keeps the API key: off unless asked)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections in all; one more gets 503")
+    p.add_argument("--max-connections-per-client", type=int, default=d.max_connections_per_client,
+                   help="open connections of one client IP; one more gets 429")
+    p.add_argument("--max-streams", type=int, default=d.max_streams, help="open job event streams in all; one more gets 429")
+    p.add_argument("--max-streams-per-client", type=int, default=d.max_streams_per_client,
+                   help="open job event streams of one client IP; one more gets 429")
+    p.add_argument("--stream-max", type=float, default=d.stream_max_s, metavar="SECONDS",
+                   help="an event stream's lifetime; the page then reconnects")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
+                   help="a connection silent this long (before a request, between requests, or while sending "
+                   "one) is closed")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")

@@ -50,6 +50,7 @@ def make_client(bundled, runs_dir, tmp_path, monkeypatch):
         kwargs.setdefault("db_path", tmp_path / "ratings.sqlite")
         kwargs.setdefault("runs_dir", runs_dir)
         kwargs.setdefault("device", "cpu")
+        kwargs.setdefault("allowed_hosts", ["testserver"])  # the host name TestClient sends
         client = TestClient(create_app(list(models), **kwargs))
         client.__enter__()
         clients.append(client)
@@ -372,9 +373,10 @@ def test_scores_show_the_newest_fid_of_a_run(make_client, runs_dir, monkeypatch)
              {"fid": 4.25, "extractor": "mnist-classifier", "n_fake": 1000, "sampling": {"steps": 18}}]
     (run / "evaluations.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"fid": 1.0, "trunc')
     client = make_client(models=(MODEL, "rated"))
-    rated = str(run)  # a run outside the package is named by its folder, as in its images' settings
+    rated = "rated"  # a run under the runs folder is listed by its plain name, as the CLI takes it
     side = {"settings": {"steps": 2}}
-    client.post("/api/v1/ratings", json={"a": {"model": rated, **side}, "b": {"model": MODEL, **side}, "winner": "a"})
+    # rated by its path (the older name), scored under its plain name
+    client.post("/api/v1/ratings", json={"a": {"model": str(run), **side}, "b": {"model": MODEL, **side}, "winner": "a"})
     models = {m["name"]: m for m in client.get("/api/v1/models").json()["models"]}
     assert models[rated]["evaluation"]["fid"] == 4.25
     top, other = client.get("/api/v1/ratings/scores").json()["scores"]
@@ -421,5 +423,5 @@ def test_cli_serve_builds_the_app_and_prints_the_url(monkeypatch, bundled, runs_
     assert main(["serve", "--port", "8123", "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(runs_dir)]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
-    with TestClient(seen["app"]) as c:
+    with TestClient(seen["app"], base_url="http://127.0.0.1:8123") as c:
         assert c.get("/api/v1/models").status_code == 401  # the key came from the environment

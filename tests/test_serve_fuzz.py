@@ -71,7 +71,8 @@ def make_app(runs_dir):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(app_module, "load", lambda name, **kw: g)
             return create_app([MODEL], api_key=api_key, db_path=runs_dir / f"ratings-{next(count)}.sqlite",
-                              runs_dir=runs_dir, device="cpu", keep_jobs=100_000, job_timeout_s=30)
+                              runs_dir=runs_dir, device="cpu", keep_jobs=100_000, job_timeout_s=30,
+                              allowed_hosts=["testserver"])  # the host name the test clients send
 
     return make
 

@@ -1,12 +1,14 @@
 """The HTTP API (/api/v1, OpenAPI at /openapi.json) and the web page (/): a thin shell over pixelforge.api.
 
 Requests only validate and enqueue; worker threads generate (jobs.py). Every endpoint but health takes
-the API key when one is set; CORS stays closed unless origins are given; bodies over a limit get 413.
+the API key when one is set; CORS stays closed unless origins are given; bodies over a limit get 413;
+only the allowed host names are answered (400 otherwise); event streams are bounded (limits.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import json
@@ -14,7 +16,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
@@ -27,9 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Generator, load
 from ..images import png_bytes
-from ..train.runs import DEFAULT_MODEL, default_runs_dir
+from ..train.runs import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
 from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
+from .limits import LOOPBACK_NAMES, HostAllowList, SecurityHeaders, ServerLimits, send_json
 from .ratings import RatingsDB, find_evaluation, latest_evaluation, scores
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -38,10 +41,11 @@ API = "/api/v1"
 
 
 class BodyLimit:
-    """ASGI middleware: answer 413 to a request body over max_bytes (declared or streamed), before any handler."""
+    """ASGI middleware: answer 413 to a request body over max_bytes (declared or streamed), and 408 to one
+    that takes over timeout_s to arrive, before any handler."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -53,8 +57,13 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         # read the body here (it is small by definition) and hand it on whole
         chunks, size, more = [], 0, True
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await send_json(send, 408, {"detail": f"request body not received within {self.timeout_s:g} s"},
+                                       [(b"connection", b"close")])
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -74,10 +83,21 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, {"detail": f"request body over the limit of {self.max_bytes} bytes"})
+
+
+class CountedStream(StreamingResponse):
+    """A streaming answer that calls `release` once it ends, however it ends (finished, client gone, cancelled)."""
+
+    def __init__(self, content, release: Callable[[], None], **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def _finite(x):
@@ -122,7 +142,7 @@ def _label_index(g: Generator, label, loc: list) -> int | None:
     return idx
 
 
-def model_info(g: Generator) -> S.ModelInfo:
+def model_info(g: Generator, name: str | None = None) -> S.ModelInfo:
     cfg = g.model.config
     classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
     inputs = [S.InputKind(name="label", supported=g.num_classes > 0,
@@ -130,7 +150,7 @@ def model_info(g: Generator) -> S.ModelInfo:
     inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("prompt", "sketch", "image", "mask")]
     evaluation = latest_evaluation(g.run_dir)
     return S.ModelInfo(
-        name=g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
+        name=name or g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
         num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.sample_options),
         inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
     )
@@ -148,6 +168,26 @@ def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
     )
 
 
+def _generators(models: list[str], *, device: str, runs_dir: str | Path | None) -> tuple[dict[str, Generator], dict[str, str]]:
+    """Each model loaded once, under the name the CLI takes for it (a run under the runs folder or a bundled
+    model: its plain name; any other folder: the path as given), and {every name it answers to: that name}:
+    the plain name, the name or path given, and the Generator's own name."""
+    runs = (Path(runs_dir) if runs_dir is not None else default_runs_dir()).resolve()
+    generators: dict[str, Generator] = {}
+    aliases: dict[str, str] = {}
+    for given in models:
+        g = load(given, device=device, runs_dir=runs_dir)
+        run_dir = Path(g.run_dir)
+        name = run_dir.name if run_dir.resolve().parent in (runs, BUNDLED_MODELS_DIR.resolve()) else str(given)
+        if name in generators:
+            raise ValueError(f"model {name!r} named twice")
+        generators[name] = g
+        for alias in (name, str(given), str(run_dir), g.name):
+            if aliases.setdefault(alias, name) != name:
+                raise ValueError(f"models {aliases[alias]!r} and {name!r} both answer to {alias!r}: serve one of them by its path")
+    return generators, aliases
+
+
 def create_app(
     models: list[str] | None = None,
     *,
@@ -161,19 +201,21 @@ def create_app(
     cors_origins: list[str] | None = None,
     device: str = "auto",
     runs_dir: str | Path | None = None,
+    allowed_hosts: list[str] | None = None,
+    api_docs: bool = False,
+    limits: ServerLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `models` (run folders, run names or bundled models; default: the bundled one).
 
     api_key: required on every /api/v1 endpoint but health (Authorization: Bearer KEY or X-API-Key: KEY).
     max_queue: waiting jobs before 429; workers: jobs run at once; job_timeout_s: a running job's limit.
     db_path: the ratings SQLite file (default RUNS_DIR/ratings.sqlite); keep_jobs: finished jobs kept.
+    allowed_hosts: the Host names answered, others get 400 ("*": any; default: loopback names only).
+    api_docs: serve the interactive API docs at /docs (they load their script from a public CDN).
+    limits: event-stream bounds and the body timeout (the connection bounds are the server's: limits.py).
     """
-    generators: dict[str, Generator] = {}
-    for name in models or [DEFAULT_MODEL]:
-        g = load(name, device=device, runs_dir=runs_dir)
-        if g.name in generators:
-            raise ValueError(f"model {g.name!r} named twice")
-        generators[g.name] = g
+    limits = limits or ServerLimits()
+    generators, aliases = _generators(models or [DEFAULT_MODEL], device=device, runs_dir=runs_dir)
     queue = JobQueue(workers=workers, max_queue=max_queue, keep=keep_jobs, timeout_s=job_timeout_s)
     db = RatingsDB(db_path if db_path is not None else (Path(runs_dir) if runs_dir else default_runs_dir()) / "ratings.sqlite")
 
@@ -184,10 +226,11 @@ def create_app(
         queue.stop()
 
     app = FastAPI(
-        title="pixelforge", version=__version__, lifespan=lifespan, redoc_url=None,
+        title="pixelforge", version=__version__, lifespan=lifespan, redoc_url=None, docs_url="/docs" if api_docs else None,
         description="Generate images with trained pixelforge models, follow jobs, and collect human ratings.",
     )
     app.state.generators, app.state.queue, app.state.ratings = generators, queue, db
+    app.state.model_aliases, app.state.limits = aliases, limits
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
@@ -197,12 +240,15 @@ def create_app(
     async def http_error(request, exc):
         return ErrorJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout_s=limits.idle_timeout_s)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    # added last, so run first: a wrong host is refused before anything else, and every answer gets the headers
+    app.add_middleware(HostAllowList, hosts=list(allowed_hosts) if allowed_hosts is not None else list(LOOPBACK_NAMES))
+    app.add_middleware(SecurityHeaders, docs_paths=("/docs", "/docs/oauth2-redirect") if api_docs else ())
 
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")
     bearer = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
@@ -222,10 +268,14 @@ def create_app(
     private = APIRouter(prefix=API, dependencies=[Depends(require_key)])
 
     def generator_of(name: str, loc: list) -> Generator:
-        g = generators.get(name)
+        g = generators.get(aliases.get(name, ""))
         if g is None:
             raise _invalid(loc, f"unknown model {name!r}; valid models: {', '.join(generators)}")
         return g
+
+    def model_name(name: str) -> str:
+        """The name a model is listed under, for any name it answers to (a name it does not: as given)."""
+        return aliases.get(name, name)
 
     def job_of(job_id: str) -> Job:
         job = queue.get(job_id)
@@ -241,7 +291,7 @@ def create_app(
 
     @private.get("/models", response_model=S.ModelList, summary="the models served, their classes and sampling options")
     def list_models():
-        return S.ModelList(models=[model_info(g) for g in generators.values()])
+        return S.ModelList(models=[model_info(g, name) for name, g in generators.items()])
 
     @private.post("/jobs", response_model=S.JobCreated, status_code=202, summary="queue a generation job")
     async def create_job(req: S.JobRequest, response: Response):
@@ -262,7 +312,7 @@ def create_app(
             return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}
 
         try:
-            job = queue.submit(g.name, n, work)
+            job = queue.submit(model_name(req.model), n, work)
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
         url = f"{API}/jobs/{job.id}"
@@ -280,14 +330,29 @@ def create_app(
         job = queue.cancel(job_id)
         return job_info(queue, job)
 
+    streams: collections.Counter[str] = collections.Counter()  # open event streams per client IP (event loop only)
+
     @private.get("/jobs/{job_id}/events", summary="Server-Sent Events: 'progress' events, then one 'done', 'failed' or 'cancelled'",
                  response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
     async def job_events(job_id: str, request: Request):
         job = job_of(job_id)
+        client = request.client.host if request.client else ""
+        if streams.total() >= limits.max_streams:
+            raise HTTPException(429, f"the server holds its limit of {limits.max_streams} event streams: poll "
+                                f"{API}/jobs/{job_id} instead, or retry later", headers={"Retry-After": "5"})
+        if streams[client] >= limits.max_streams_per_client:
+            raise HTTPException(429, f"this client holds its limit of {limits.max_streams_per_client} event streams: "
+                                "close one, or poll the job instead", headers={"Retry-After": "5"})
+        streams[client] += 1
+
+        def release() -> None:
+            streams[client] -= 1
+            if streams[client] <= 0:
+                del streams[client]
 
         async def stream():
-            seen, beat = -1, time.monotonic()
-            while True:
+            seen, beat, end = -1, time.monotonic(), time.monotonic() + limits.stream_max_s
+            while time.monotonic() < end:  # past its lifetime a stream ends: the client reconnects or polls
                 if job.version != seen:
                     seen = job.version
                     event = job.status if job.is_final else "progress"
@@ -302,8 +367,8 @@ def create_app(
                     return
                 await asyncio.sleep(0.1)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return CountedStream(stream(), release, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @private.get("/jobs/{job_id}/images/{index}.png", summary="image i of a finished job: a PNG carrying its settings",
                  response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -324,13 +389,13 @@ def create_app(
     def add_rating(req: S.RatingRequest):
         for side in ("a", "b"):
             generator_of(getattr(req, side).model, ["body", side, "model"])
-        rating_id = db.add(req.a.model, req.a.settings, req.b.model, req.b.settings, req.winner)
+        rating_id = db.add(model_name(req.a.model), req.a.settings, model_name(req.b.model), req.b.settings, req.winner)
         return S.RatingCreated(id=rating_id, count=db.count())
 
     @private.get("/ratings/scores", response_model=S.Scores, summary="Elo and Bradley-Terry scores from the ratings, with FID where known")
     def rating_scores(by: Literal["model", "settings"] = Query("model", description="score each model, or each model and sampling settings")):
         def evaluation(name):
-            g = generators.get(name)
+            g = generators.get(model_name(name))
             return latest_evaluation(g.run_dir) if g else find_evaluation(name, runs_dir)
 
         return scores(db.rows(), by=by, evaluation=evaluation)
@@ -341,6 +406,10 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -137,9 +137,24 @@ class JobQueue:
 
     # --- internals ---------------------------------------------------------------------------------
     def _retry_after(self, waiting: int) -> int:
-        """Seconds until a queue slot frees: the mean recent job time times the jobs ahead, per worker."""
+        """Seconds until a queue slot frees, which is when a worker takes the next waiting job: the soonest
+        a running job ends. A job's time left comes from its own progress rate (before its first report:
+        the mean time of recent jobs), and never passes its time limit. With no worker busy (not started),
+        the waiting jobs at the mean recent time, per worker. Called under the lock."""
         mean = sum(self._durations) / len(self._durations) if self._durations else 5.0
-        return max(1, math.ceil(mean * max(1, waiting) / self.workers))
+        now = time.time()
+        left = []
+        for job in self._jobs.values():
+            if job.status != "running" or job.started is None:
+                continue
+            elapsed = max(0.0, now - job.started)
+            t = elapsed * (1.0 - job.progress) / job.progress if job.progress > 0 else max(0.0, mean - elapsed)
+            if job.timeout_s is not None:
+                t = min(t, max(0.0, job.timeout_s - elapsed))
+            left.append(t)
+        if not left:
+            return max(1, math.ceil(mean * max(1, waiting) / self.workers))
+        return max(1, math.ceil(min(left) if len(left) >= self.workers else 0.0))
 
     def _evict(self) -> None:
         """Drop the oldest finished jobs (and their images) beyond `keep`; waiting and running jobs stay."""
@@ -182,9 +197,11 @@ class JobQueue:
             except JobStopped as e:
                 with self._lock:
                     self._finish(job, "cancelled" if job.cancel_requested else "failed", str(e))
+                    self._durations.append(time.monotonic() - t0)  # the time it held a worker: Retry-After reads it
             except Exception as e:  # a job's failure is reported on the job, never kills the worker
                 with self._lock:
                     self._finish(job, "failed", f"{type(e).__name__}: {e}")
+                    self._durations.append(time.monotonic() - t0)
             else:
                 with self._lock:
                     self._finish(job, "done", result=result)

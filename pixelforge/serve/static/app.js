@@ -40,7 +40,11 @@ async function api(path, { method = "GET", body } = {}) {
 // Server-Sent Events over fetch (EventSource cannot send the API key header).
 async function followEvents(jobId, onEvent) {
   const res = await fetch(`${API}/jobs/${jobId}/events`, { headers: headers() });
-  if (!res.ok) throw new Error(describeError(res.status, await res.json().catch(() => null)));
+  if (!res.ok) {
+    const err = new Error(describeError(res.status, await res.json().catch(() => null)));
+    err.status = res.status;
+    throw err;
+  }
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -67,8 +71,17 @@ async function runJob(body, onProgress) {
   const created = await api("/jobs", { method: "POST", body });
   let last = { id: created.id, status: created.status, progress: 0 };
   onProgress(last);
-  await followEvents(created.id, (event, job) => { last = job; onProgress(job); });
-  if (!["done", "failed", "cancelled"].includes(last.status)) last = await api(`/jobs/${created.id}`);
+  const final = () => ["done", "failed", "cancelled"].includes(last.status);
+  while (!final()) {
+    // a stream ends by itself after the server's stream lifetime, and is refused (429) while too many are open
+    try {
+      await followEvents(created.id, (event, job) => { last = job; onProgress(job); });
+    } catch (err) {
+      if (err.status !== 429) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    if (!final()) { last = await api(`/jobs/${created.id}`); onProgress(last); }
+  }
   return last;
 }
 
@@ -392,6 +405,7 @@ async function start() {
   for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => showTab(t));
   $("model").addEventListener("change", onModelChange);
   $("generate").addEventListener("click", generate);
+  $("generate-form").addEventListener("submit", (e) => e.preventDefault());  // Enter in a field: no page reload
   $("cancel").addEventListener("click", cancel);
   $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
   for (const s of ["a", "b"]) {
