@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import __version__
 from ..data.types import DataConfig
 from ..models import OptimConfig, get_family
+from ..models.optim import adam_betas
 
 RUN_FORMAT_VERSION = 1
 
@@ -68,19 +69,29 @@ class RunConfig:
         return get_family(self.family).Config(**self.model)
 
     def resolved(self) -> "RunConfig":
-        """The same run with every model field written out, defaults included: a run folder's
-        config.json then keeps meaning the same model when a later version changes a default."""
+        """The same run with every model field written out, defaults included (and Adam's betas, the
+        family's unless set): a run folder's config.json then keeps meaning the same model when a later
+        version changes a default."""
         model = json.loads(json.dumps(dataclasses.asdict(self.model_config())))  # tuples -> lists, as JSON has them
-        return dataclasses.replace(self, model=model)
+        beta1, beta2 = adam_betas(self.optim, get_family(self.family).default_betas)
+        return dataclasses.replace(self, model=model, optim=dataclasses.replace(self.optim, beta1=beta1, beta2=beta2))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @staticmethod
     def from_dict(d: dict, *, where: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: a run config must be a JSON object, got {type(d).__name__}")
         version = d.get("format_version")
         if version != RUN_FORMAT_VERSION:
             raise ValueError(f"{where}: run format version {version} is not supported (this version reads {RUN_FORMAT_VERSION})")
+        if not isinstance(d.get("model"), dict):
+            raise ValueError(f"{where}: model must be an object of the family's config fields")
+        try:
+            d = get_family(str(d.get("family"))).upgrade_config(d)  # folders of earlier versions
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         try:
             cfg = RunConfig(
                 family=d["family"],
@@ -107,6 +118,8 @@ class RunConfig:
 
 
 def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object of fields, got {d!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
