@@ -566,6 +566,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """An error mid-way leaves a progress bar open on stderr: closing it ends its line, so the error
+    line starts on its own."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _error_line(e: BaseException) -> tuple[int, str]:
     """(exit status, one-line message) for an error that ends a command: 2 when the input is at fault
     (arguments, a run or model folder, a file), 1 when the work failed while running (out of memory, a
@@ -616,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         status, message = _error_line(e)
+        _close_progress_bars()
         print(f"pixelforge {a.command}: error: {message}", file=sys.stderr)
         return status
 

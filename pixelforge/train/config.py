@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..data import validate_config
 from ..data.types import DataConfig
 from ..models import OptimConfig, get_family
+from ..models.limits import check_range
 from ..models.optim import adam_betas
 
 RUN_FORMAT_VERSION = 1
@@ -44,6 +46,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # upper bounds where a number decides memory (a batch, a sample grid, validation or evaluation images)
+        for name, high in (("batch_size", 65_536), ("sample_count", 1024), ("val_images", 1_000_000),
+                           ("eval_samples", 1_000_000)):
+            check_range(f"train.{name}", getattr(self, name), 0 if name == "val_images" else 1, high)
         for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -105,6 +111,10 @@ class RunConfig:
         except KeyError as e:
             raise ValueError(f"{where}: missing field {e}") from None
         _build(get_family(cfg.family).Config, cfg.model, f"{where}: model")  # validate now, not mid-run
+        try:
+            validate_config(cfg.data)
+        except ValueError as e:
+            raise ValueError(f"{where}: data: {e}") from None
         return cfg
 
     @staticmethod
