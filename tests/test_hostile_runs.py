@@ -197,7 +197,12 @@ def test_info_counts_parameters_without_building_the_model(monkeypatch, capsys):
 
 
 def test_info_shows_only_the_fields_of_the_runs_backbone(tmp_path, capsys):
-    assert main(["info", str(BUNDLED)]) == 0
+    from pixelforge.train.config import RunConfig
+
+    run = copy_model(tmp_path)
+    # as training writes it: every model field, the DiT's included, for a UNet run
+    (run / "config.json").write_text(RunConfig.load(run / "config.json").resolved().to_json())
+    assert main(["info", str(run)]) == 0
     model_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("model:"))
     assert "num_res_blocks=" in model_line and "channel_mult=" in model_line
     assert not any(f"{dit}=" in model_line for dit in ("patch_size", "depth", "num_heads", "hidden_size"))
