@@ -16,8 +16,8 @@ from .images import make_grid, read_settings, save_png, to_pil
 from .sampling import SAMPLERS
 from .train.config import RunConfig
 from .train.loop import build_model
-from .train.checkpoint import load_state
-from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, load_weights, resolve_run, weights_file, weights_hash
+from .train.checkpoint import check_shapes, load_state, state_shapes
+from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
 
 
 def run_sample_options(run_dir: Path, family_options: dict) -> dict:
@@ -58,7 +58,9 @@ class Generator:
         self.config = RunConfig.load(self.run_dir / "config.json")
         self.device = pick_device(device)
         self.model = build_model(self.config, self.device, where=str(self.run_dir / "config.json"))
-        load_state(self.model, load_weights(self.run_dir), weights_file(self.run_dir))
+        weights = weights_file(self.run_dir)
+        check_shapes(weights_shapes(self.run_dir), state_shapes(self.model), weights)  # the header alone, before reading
+        load_state(self.model, load_weights(self.run_dir), weights)
         self.model.eval().requires_grad_(False)
         self.checkpoint_hash = weights_hash(self.run_dir)
         bundled = self.run_dir.resolve().parent == BUNDLED_MODELS_DIR

@@ -307,7 +307,7 @@ def cmd_info(a) -> int:
     from .api import read_class_names, run_sample_options
     from .models import get_family
     from .models.limits import check_model_size, parameter_count
-    from .train.checkpoint import check_shapes, list_checkpoints
+    from .train.checkpoint import check_shapes, list_checkpoints, state_shapes
     from .train.config import RunConfig
     from .train.runs import resolve_run, weights_file, weights_hash, weights_shapes
 
@@ -318,7 +318,7 @@ def cmd_info(a) -> int:
     # Counted on the meta device: an untrusted config allocates nothing, and a too large one is refused.
     shaped = check_model_size(family, model, f"{run_dir / 'config.json'}: model")
     try:
-        check_shapes(weights_shapes(run_dir), {k: tuple(v.shape) for k, v in shaped.state_dict().items()}, weights_file(run_dir))
+        check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
         weights = f"{weights_file(run_dir).name} (hash {weights_hash(run_dir)})"
     except FileNotFoundError as e:
         weights = f"none yet ({e})"

@@ -133,7 +133,7 @@ def test_the_hostile_fields_cover_every_family():
 def test_a_hostile_size_field_is_refused_in_one_line_naming_the_file_and_field(tmp_path, capsys, family, fields, name):
     run = copy_model(tmp_path)
     edit_config(run, family, fields)
-    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "-o", str(tmp_path / "out")]):
+    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "--device", "cpu", "-o", str(tmp_path / "out")]):
         status, err, seconds = run_cli(capsys, *argv)
         assert status == 2, err
         assert_one_line(err, argv[0])
@@ -173,7 +173,7 @@ def test_a_config_within_every_bound_but_too_many_parameters_is_refused_before_b
     # each field is allowed, together they make ~10^13 parameters (~40 TB): counted on the meta device
     edit_config(run, "diffusion", {"image_size": 32, "channels": 1, "base_channels": 2048,
                                    "channel_mult": [16, 16, 16], "num_res_blocks": 8})
-    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "-o", str(tmp_path / "out")]):
+    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "--device", "cpu", "-o", str(tmp_path / "out")]):
         status, err, seconds = run_cli(capsys, *argv)
         assert status == 2, err
         assert_one_line(err, argv[0])
@@ -266,7 +266,7 @@ DAMAGE = [
 def test_damaged_weights_are_refused_in_one_line_naming_the_file_and_tensor(tmp_path, capsys, damage, words):
     run = copy_model(tmp_path)
     damage(run / "model.safetensors")
-    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "-o", str(tmp_path / "out")]):
+    for argv in (["info", str(run)], ["sample", str(run), "-n", "1", "--device", "cpu", "-o", str(tmp_path / "out")]):
         status, err, seconds = run_cli(capsys, *argv)
         assert status == 2, err
         assert_one_line(err, argv[0])
@@ -343,3 +343,17 @@ def test_sample_into_an_existing_file_is_one_line(tmp_path, capsys):
     assert_one_line(err, "sample")
     assert str(target) in err
     assert target.read_bytes() == b"not a folder"
+
+
+def test_load_checks_the_weights_header_before_reading_any_tensor(tmp_path, monkeypatch):
+    import pixelforge.api
+
+    run = copy_model(tmp_path)
+    wrong_shape(run / "model.safetensors")
+
+    def refuse(run_dir):
+        raise AssertionError("tensors read before their names and shapes were checked")
+
+    monkeypatch.setattr(pixelforge.api, "load_weights", refuse)
+    with pytest.raises(ValueError, match="net.conv_in.weight"):
+        pixelforge.load(run, device="cpu")

@@ -58,9 +58,13 @@ def check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[in
                              f"needs {tuple(expected[name])}")
 
 
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """model.load_state_dict(tensors) after check_shapes, so a mismatch names the file and the tensor."""
-    check_shapes({k: tuple(v.shape) for k, v in tensors.items()}, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path)
+    check_shapes({k: tuple(v.shape) for k, v in tensors.items()}, state_shapes(model), path)
     model.load_state_dict(tensors)
 
 
