@@ -594,7 +594,7 @@ def _error_line(e: BaseException) -> tuple[int, str]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return 1, f"disk full writing{where}: free some space or write elsewhere"
         if isinstance(e, PermissionError):
-            return 1, f"permission denied:{where}"
+            return 1, f"permission denied{':' + where if where else ''}"
         return 1, text
     if isinstance(e, RuntimeError) and "state_dict" in text:
         return 2, f"the weights do not fit the model: {text[:300]}"

@@ -8,7 +8,6 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..condition import Cond
 from ..sampling import PerSampleGenerator

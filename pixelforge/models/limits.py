@@ -12,13 +12,12 @@ allocated), and refuses more than MAX_PARAMETERS.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 # The most parameters a model may have: about 1.2 GB of fp32 weights, times four with EMA weights and
-# Adam's two moments in training. Real models of this package are 0.1 to 50 million.
+# Adam's two moments in training. The families' default configs have 1 to 4 million.
 MAX_PARAMETERS = 300_000_000
 
 # Common bounds, shared by the families' BOUNDS tables: (lowest, highest) allowed, inclusive.
@@ -42,14 +41,6 @@ def check_range(name: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{name} must be a whole number in {low}..{high}, got {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-
-
-def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> None:
-    """A finite real number in [low, high] (bools and strings refused), else a ValueError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
 
 
 def check_bounds(config: Any, bounds: dict[str, tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]]) -> None:
