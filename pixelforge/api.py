@@ -17,7 +17,8 @@ from .images import make_grid, png_info, read_settings, save_png, to_pil
 from .sampling import SAMPLERS
 from .train.config import RunConfig
 from .train.loop import build_model
-from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_hash
+from .train.checkpoint import check_shapes, load_state, state_shapes
+from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
 
 
 def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> str:
@@ -32,6 +33,36 @@ def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = No
     return str(run_dir)
 
 
+def run_sample_options(run_dir: Path, family_options: dict) -> dict:
+    """A family's sampling options and defaults, overridden by the run's sample_defaults.json where it
+    has one; needs no model, so `pixelforge info` shows them without building one."""
+    options = dict(family_options)
+    path = run_dir / "sample_defaults.json"
+    if path.exists():
+        try:
+            own = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(own, dict):
+            raise ValueError(f"{path}: must be an object of sampling options, got {type(own).__name__}")
+        unknown = sorted(set(own) - set(options))
+        if unknown:
+            raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(options)}")
+        options.update(own)
+    return options
+
+
+def read_class_names(path: Path) -> list[str]:
+    """classes.json: a list of class names, or a ValueError naming the file."""
+    try:
+        names = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: must be a list of class names (strings)")
+    return names
+
+
 class Generator:
     """A trained model ready to sample: `g.generate(n=8, label=3, seed=0)` -> list of PIL images."""
 
@@ -40,15 +71,17 @@ class Generator:
         self.run_dir = Path(run_dir)
         self.config = RunConfig.load(self.run_dir / "config.json")
         self.device = pick_device(device)
-        self.model = build_model(self.config, self.device)
-        self.model.load_state_dict(load_weights(self.run_dir))
+        self.model = build_model(self.config, self.device, where=str(self.run_dir / "config.json"))
+        weights = weights_file(self.run_dir)
+        check_shapes(weights_shapes(self.run_dir), state_shapes(self.model), weights)  # the header alone, before reading
+        load_state(self.model, load_weights(self.run_dir), weights)
         self.model.eval().requires_grad_(False)
         self.checkpoint_hash = weights_hash(self.run_dir)
         self.name = name or run_name(self.run_dir, runs_dir)
         meta_path = self.run_dir / "classes.json"
         self.class_names: list[str] = []
         if meta_path.exists():
-            self.class_names = json.loads(meta_path.read_text())
+            self.class_names = read_class_names(meta_path)
 
     @property
     def num_classes(self) -> int:
@@ -76,15 +109,7 @@ class Generator:
         """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults:
         the family's, overridden by the run's sample_defaults.json where it has one (a model whose
         samples are best with guidance 2, say)."""
-        options = dict(getattr(self.model, "sample_options", {}))
-        path = self.run_dir / "sample_defaults.json"
-        if path.exists():
-            own = json.loads(path.read_text())
-            unknown = sorted(set(own) - set(options))
-            if unknown:
-                raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(options)}")
-            options.update(own)
-        return options
+        return run_sample_options(self.run_dir, getattr(self.model, "sample_options", {}))
 
     def resolve_options(self, **options) -> dict:
         """The sampling options a call will use: its own over the defaults; unknown names are an error."""

@@ -19,6 +19,9 @@ EPILOG = """examples:
   pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0   # into out/digits/TIMESTAMP/
   pixelforge sample --from out/digits/20260101-120000/seed000005-label3.png
   pixelforge info digits
+
+exit status: 0 done; 2 bad input (arguments, a run or model folder, a file); 1 the work failed (out of
+memory, disk full, permission denied); 130 interrupted. Errors print one line; --debug adds the traceback.
 """
 
 
@@ -387,29 +390,41 @@ def _add_demo(sub):
 
 
 def cmd_info(a) -> int:
-    from .train.checkpoint import list_checkpoints
+    import dataclasses
+
+    from .api import read_class_names, run_sample_options
+    from .models import get_family
+    from .models.limits import check_model_size, parameter_count
+    from .train.checkpoint import check_shapes, list_checkpoints, state_shapes
     from .train.config import RunConfig
-    from .train.runs import resolve_run, weights_file, weights_hash
+    from .train.runs import resolve_run, weights_file, weights_hash, weights_shapes
 
     run_dir = resolve_run(a.run, a.runs_dir)
     cfg = RunConfig.load(run_dir / "config.json")
+    model = cfg.model_config()
+    family = get_family(cfg.family)
+    # Counted on the meta device: an untrusted config allocates nothing, and a too large one is refused.
+    shaped = check_model_size(family, model, f"{run_dir / 'config.json'}: model")
+    try:
+        check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
+        weights = f"{weights_file(run_dir).name} (hash {weights_hash(run_dir)})"
+    except FileNotFoundError as e:
+        weights = f"none yet ({e})"
     print(f"run:      {run_dir}")
     print(f"family:   {cfg.family}   (package {cfg.package_version})")
     print(f"data:     {cfg.data.source}  ({cfg.data.image_size}x{cfg.data.image_size}, {cfg.data.channels} channel(s), crop {cfg.data.crop})")
-    model = cfg.model_config()
-    from .train.loop import build_model
-
-    n_params = sum(p.numel() for p in build_model(cfg, __import__("torch").device("cpu")).parameters())
-    print(f"model:    {n_params / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in cfg.model.items()))
+    unused = set(model.unused_fields()) if hasattr(model, "unused_fields") else set()
+    fields = {k: v for k, v in dataclasses.asdict(model).items() if k not in unused}
+    print(f"model:    {parameter_count(shaped) / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in fields.items()))
     print(f"train:    {cfg.train.steps} steps x batch {cfg.train.batch_size}, lr {cfg.optim.lr}, EMA {cfg.train.ema_decay}")
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if ckpts:
-        meta = json.loads(ckpts[-1].with_suffix(".json").read_text())
-        print(f"progress: step {meta['step']} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
-    try:
-        print(f"weights:  {weights_file(run_dir).name} (hash {weights_hash(run_dir)})")
-    except FileNotFoundError as e:
-        print(f"weights:  none yet ({e})")
+        try:
+            meta = json.loads(ckpts[-1].with_suffix(".json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ckpts[-1].with_suffix('.json')}: not valid JSON ({e})") from None
+        print(f"progress: step {meta.get('step', '?')} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
+    print(f"weights:  {weights}")
     metrics = run_dir / "metrics.csv"
     if metrics.exists():
         rows = list(csv.DictReader(open(metrics)))
@@ -418,12 +433,10 @@ def cmd_info(a) -> int:
             vals = [r["val_loss"] for r in rows if r.get("val_loss")]
             print(f"last:     step {last['step']}, loss {last.get('loss') or '-'}, img/s {last.get('img_per_s') or '-'}"
                   + (f", val_loss {vals[-1]}" if vals else ""))
-    from .api import Generator
-
-    print("sampling: " + ", ".join(f"{k}={v}" for k, v in Generator(run_dir, device="auto").sample_options.items()))
+    print("sampling: " + ", ".join(f"{k}={v}" for k, v in run_sample_options(run_dir, family.sample_options).items()))
     if getattr(model, "num_classes", 0):
         names_path = run_dir / "classes.json"
-        names = json.loads(names_path.read_text()) if names_path.exists() else []
+        names = read_class_names(names_path) if names_path.exists() else []
         print(f"classes:  {model.num_classes}" + (f" ({', '.join(names)})" if names else ""))
     return 0
 
@@ -641,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pixelforge {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback too (or set PIXELFORGE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     _add_train(sub)
@@ -665,20 +680,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """An error mid-way leaves a progress bar open on stderr: closing it ends its line, so the error
+    line starts on its own."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _error_line(e: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message) for an error that ends a command: 2 when the input is at fault
+    (arguments, a run or model folder, a file), 1 when the work failed while running (out of memory, a
+    full disk, no permission, or anything unexpected)."""
+    import errno
+
+    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    torch = sys.modules.get("torch")
+    if (isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError))
+            or (isinstance(e, RuntimeError) and "out of memory" in text.lower())):  # MPS reports a RuntimeError
+        return 1, f"out of memory ({text[:200]}): try fewer images or a smaller --batch-size, or another --device"
+    if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+        return 2, text  # ValueError covers json's errors and the library's checks of files and fields
+    if type(e).__name__ == "SafetensorError":  # raised by safetensors' own reader, outside our wrappers
+        return 2, f"not a valid safetensors file ({text})"
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 1, f"disk full writing{where}: free some space or write elsewhere"
+        if isinstance(e, PermissionError):
+            return 1, f"permission denied{':' + where if where else ''}"
+        return 1, text
+    if isinstance(e, RuntimeError) and "state_dict" in text:
+        return 2, f"the weights do not fit the model: {text[:300]}"
+    return 1, f"{type(e).__name__}: {text[:300]} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors end in one line `pixelforge CMD: error: ...` on stderr and exit status 2
+    (bad input: arguments, run folders, files) or 1 (the work failed: out of memory, disk full, ...);
+    --debug or PIXELFORGE_DEBUG=1 also prints the traceback."""
+    import os
+
     parser = build_parser()
     a = parser.parse_args(argv)
     if not hasattr(a, "func"):
         parser.print_help()
         return 0 if a.command is None else 2
+    debug = a.debug or os.environ.get("PIXELFORGE_DEBUG", "") not in ("", "0")
     try:
         return a.func(a)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"pixelforge {a.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        status, message = _error_line(e)
+        _close_progress_bars()
+        print(f"pixelforge {a.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

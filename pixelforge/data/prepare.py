@@ -31,6 +31,7 @@ VALID_CHANNELS = (1, 3)
 VALID_CROPS = ("center", "random", "none")
 RANDOM_CROP_MARGIN = 1.125  # "random" keeps a border of 12.5 % to crop from at training time
 MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 1024  # as the model configs' image_size (models/limits.py): a whole set is held in memory
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -45,8 +46,9 @@ def validate_config(cfg: DataConfig) -> None:
         raise DataError(f"channels: {cfg.channels!r} is not valid; choose 1 (grayscale) or 3 (RGB)")
     if cfg.crop not in VALID_CROPS:
         raise DataError(f"crop: {cfg.crop!r} is not valid; choose one of {', '.join(VALID_CROPS)}")
-    if not isinstance(cfg.image_size, int) or isinstance(cfg.image_size, bool) or cfg.image_size < MIN_IMAGE_SIZE:
-        raise DataError(f"image_size: {cfg.image_size!r} is not valid; use an integer >= {MIN_IMAGE_SIZE}")
+    if (not isinstance(cfg.image_size, int) or isinstance(cfg.image_size, bool)
+            or not MIN_IMAGE_SIZE <= cfg.image_size <= MAX_IMAGE_SIZE):
+        raise DataError(f"image_size: {cfg.image_size!r} is not valid; use an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
     if not 0 <= cfg.val_fraction < 1:
         raise DataError(f"val_fraction: {cfg.val_fraction!r} is not valid; use 0 <= val_fraction < 1")
 

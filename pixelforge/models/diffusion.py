@@ -4,7 +4,7 @@ Design Space of Diffusion-Based Generative Models") around a plain backbone: a U
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
 from .family import FamilyModule
+from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
 
 
@@ -59,10 +60,16 @@ class DiffusionConfig:
     num_heads: int = 4
     hidden_size: int = 0
 
+    # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "base_channels": WIDTH,
+        "channel_mult": (LEVELS, CHANNEL_MULT), "num_res_blocks": (1, BLOCKS[1]),
+        "attn_resolutions": ((0, 16), IMAGE_SIZE), "patch_size": (1, 64), "depth": DEPTH,
+        "num_heads": HEADS, "hidden_size": (0, 2 * WIDTH[1]),
+    }
+
     def __post_init__(self):
-        # JSON round trips give lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        check_bounds(self, self.BOUNDS)  # also turns JSON's lists into tuples
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES)}")
         factor = 2 ** (len(self.channel_mult) - 1)
@@ -82,6 +89,13 @@ class DiffusionConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
+        unused = () if self.num_classes else ("label_dropout",)
+        if self.backbone == "dit":
+            return unused + ("channel_mult", "num_res_blocks", "attn_resolutions") + (("base_channels",) if self.hidden_size else ())
+        return unused + ("patch_size", "depth", "num_heads", "hidden_size")
 
 
 def make_backbone(config: DiffusionConfig) -> nn.Module:

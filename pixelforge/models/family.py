@@ -6,13 +6,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .optim import make_adam, training_stream
+from .optim import DEFAULT_BETAS, make_adam, training_stream
 
 
 class FamilyModule(nn.Module):
     """Base of the family classes. `seed` seeds the training random stream (see training_stream);
     a family that owns several optimisers, or shares another model's stream, overrides
-    `optimizers` or `train_generator`."""
+    `optimizers` or `train_generator`. `default_betas`: Adam's betas where the run's OptimConfig
+    leaves them unset."""
+
+    default_betas: tuple[float, float] = DEFAULT_BETAS
+
+    @staticmethod
+    def upgrade_config(run: dict) -> dict:
+        """A run config dict (config.json) as this version reads it: a family whose config fields
+        moved overrides this to migrate folders written by earlier versions."""
+        return run
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -32,5 +41,5 @@ class FamilyModule(nn.Module):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizer is None:
-            self._optimizer = make_adam(self.parameters(), self.optim_config)
+            self._optimizer = make_adam(self.parameters(), self.optim_config, self.default_betas)
         return {"net": self._optimizer}

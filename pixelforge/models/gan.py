@@ -4,16 +4,17 @@ differentiable augmentation, around the plain networks in nets/gan_nets.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels
 from .family import FamilyModule
-from .optim import OptimConfig, update
+from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
+from .optim import OptimConfig, make_adam, update
 
 # --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
 # Each transform is differentiable, is applied to real and generated images alike, in D's updates
@@ -105,8 +106,8 @@ class GANConfig:
     diffaugment: comma-separated DiffAugment transforms ("color", "translation", "cutout") applied
         to everything D sees in training; "" turns augmentation off. Worth it for small data sets.
     d_steps: discriminator updates per training step (each on the same real batch).
-    adam_betas: both optimisers' Adam betas; GANs want little or no momentum (StyleGAN2: 0, 0.99).
-        Learning rate, warm-up, clipping and weight decay come from the run's OptimConfig.
+    Both optimisers take all their settings from the run's OptimConfig; its betas default to the
+    family's `default_betas` (0, 0.99): GANs want little or no momentum (StyleGAN2).
     """
 
     image_size: int = 32
@@ -118,10 +119,15 @@ class GANConfig:
     r1_every: int = 4
     diffaugment: str = "color,translation,cutout"
     d_steps: int = 1
-    adam_betas: tuple[float, float] = (0.0, 0.99)
+
+    # Size fields and their valid ranges (limits.py).
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "z_dim": (1, 4096), "base_channels": WIDTH,
+        "r1_every": (1, 10_000), "d_steps": (1, 64),
+    }
 
     def __post_init__(self):
-        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))  # JSON round trips give lists
+        check_bounds(self, self.BOUNDS)
         if gan_levels(self.image_size)[1] < 1:
             raise ValueError(f"image_size must be even and at least 8 (e.g. 8, 16, 28, 32, 64), got {self.image_size}")
         if self.channels not in (1, 3):
@@ -131,8 +137,6 @@ class GANConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_classes < 0 or self.r1_gamma < 0:
             raise ValueError("num_classes and r1_gamma must not be negative")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         parse_policy(self.diffaugment)
 
 
@@ -146,6 +150,19 @@ class GANModel(FamilyModule):
     Config = GANConfig
     family = "gan"
     default_lr = 5e-4  # the CLI's --lr when not given (both optimisers)
+    default_betas = (0.0, 0.99)  # Adam's betas when the run's OptimConfig leaves them unset
+
+    @staticmethod
+    def upgrade_config(run: dict) -> dict:
+        """Folders written before the betas moved to the run's optim settings kept them as the model
+        field adam_betas, beside optim's beta1 and beta2 that the GAN ignored: adam_betas wins."""
+        model = dict(run.get("model", {}))
+        if "adam_betas" not in model:
+            return run
+        betas = model.pop("adam_betas")
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ValueError(f"model: adam_betas must be two numbers, got {betas!r}")
+        return {**run, "model": model, "optim": {**run.get("optim", {}), "beta1": betas[0], "beta2": betas[1]}}
     capabilities = ()
     # The keyword options sample() takes beyond n, cond and seeds, with their defaults.
     sample_options = {"truncation": 1.0}
@@ -164,13 +181,9 @@ class GANModel(FamilyModule):
     # --- parts every family offers -------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
-            cfg = self.optim_config
-
-            def adam(module: nn.Module) -> torch.optim.Optimizer:
-                return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=self.config.adam_betas,
-                                        weight_decay=cfg.weight_decay)
-
-            self._optimizers = {"g": adam(self.G), "d": adam(self.D)}  # "g" first: the trainer logs its lr
+            cfg, betas = self.optim_config, self.default_betas
+            # "g" first: the trainer logs its lr
+            self._optimizers = {"g": make_adam(self.G.parameters(), cfg, betas), "d": make_adam(self.D.parameters(), cfg, betas)}
         return self._optimizers
 
     # --- labels and latents ----------------------------------------------------------------------

@@ -11,13 +11,15 @@ import torch
 class OptimConfig:
     """Adam settings shared by the families; each family builds its own optimiser(s) from them.
 
+    beta1, beta2: Adam's betas; None takes the family's `default_betas` (0.9, 0.999; a GAN 0, 0.99).
+        A run's config.json writes the values used (RunConfig.resolved).
     warmup_steps: the learning rate rises linearly from 0 to lr over this many steps.
     grad_clip: clip the global gradient norm to this value (0 turns clipping off).
     """
 
     lr: float = 2e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1: float | None = None
+    beta2: float | None = None
     weight_decay: float = 0.0
     warmup_steps: int = 200
     grad_clip: float = 1.0
@@ -25,12 +27,24 @@ class OptimConfig:
     def __post_init__(self):
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            beta = getattr(self, name)
+            if beta is not None and not 0 <= beta < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {beta}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps and grad_clip must not be negative")
 
 
-def make_adam(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+DEFAULT_BETAS = (0.9, 0.999)
+
+
+def adam_betas(cfg: OptimConfig, default: tuple[float, float] = DEFAULT_BETAS) -> tuple[float, float]:
+    """cfg's betas, each unset one taken from `default` (the family's)."""
+    return (default[0] if cfg.beta1 is None else cfg.beta1, default[1] if cfg.beta2 is None else cfg.beta2)
+
+
+def make_adam(params, cfg: OptimConfig, default_betas: tuple[float, float] = DEFAULT_BETAS) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=adam_betas(cfg, default_betas), weight_decay=cfg.weight_decay)
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:

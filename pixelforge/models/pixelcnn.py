@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCache, SoftmaxHead
 from .family import FamilyModule
+from .limits import DEPTH, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
 
 OUTPUTS = ("softmax256", "logistic_mixture")
@@ -66,20 +68,20 @@ class PixelCNNConfig:
     n_mixtures: int = 5
     label_dropout: float = 0.1
 
+    # Size fields and their valid ranges (limits.py).
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "hidden_channels": WIDTH, "num_layers": DEPTH,
+        "kernel_size": (3, 63), "n_mixtures": (1, 64),
+    }
+
     def __post_init__(self):
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
+        check_bounds(self, self.BOUNDS)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; choose one of: {', '.join(OUTPUTS)}")
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and at least 3, got {self.kernel_size}")
-        for name in ("hidden_channels", "num_layers", "n_mixtures"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must not be negative, got {self.num_classes}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 

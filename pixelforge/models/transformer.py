@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.token_transformer import TokenTransformer
 from .family import FamilyModule
+from .limits import DEPTH, HEADS, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, make_adam, update
 from .vqvae import VQVAEConfig, VQVAEModel
 
@@ -64,7 +66,16 @@ class TransformerConfig:
     label_dropout: float = 0.1
     decode_steps: int = 8
 
+    # Size fields and their valid ranges (limits.py); vq's are the VQ-VAE's own.
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "d_model": WIDTH, "depth": DEPTH, "heads": HEADS,
+        "decode_steps": (1, 1024), "stage1_steps": (0, 10**9),
+    }
+
     def __post_init__(self):
+        check_bounds(self, self.BOUNDS)
+        if not isinstance(self.vq, (VQVAEConfig, dict)):
+            raise ValueError(f"vq must be an object of VQ-VAE config fields, got {self.vq!r}")
         vq = dataclasses.asdict(self.vq) if isinstance(self.vq, VQVAEConfig) else dict(self.vq)
         for name in ("image_size", "channels"):
             if vq.setdefault(name, getattr(self, name)) != getattr(self, name):
@@ -74,14 +85,14 @@ class TransformerConfig:
         if unknown:
             raise ValueError(f"vq: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
         # Kept as a (frozen, hashable) VQVAEConfig: configs compare equal however vq was written.
-        object.__setattr__(self, "vq", VQVAEConfig(**vq))
+        try:
+            object.__setattr__(self, "vq", VQVAEConfig(**vq))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"vq: {e}") from None
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of: {', '.join(PRIORS)}")
-        if self.num_classes < 0 or self.stage1_steps < 0:
-            raise ValueError("num_classes and stage1_steps must not be negative")
-        if min(self.d_model, self.depth, self.heads, self.decode_steps) < 1 or self.d_model % self.heads:
-            raise ValueError(f"d_model, depth, heads and decode_steps must be at least 1 and d_model divisible by "
-                             f"heads; got {self.d_model}, {self.depth}, {self.heads}, {self.decode_steps}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by heads {self.heads}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
@@ -153,7 +164,7 @@ class TokenTransformerModel(FamilyModule):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._prior_optimizer is None:
-            self._prior_optimizer = make_adam(self.prior.parameters(), self.optim_config)
+            self._prior_optimizer = make_adam(self.prior.parameters(), self.optim_config, self.default_betas)
         return {"vq": self.vq.optimizers()["net"], "prior": self._prior_optimizer}
 
     # --- the frozen tokeniser ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from ..condition import Cond, LabelEmbedding
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
 from .family import FamilyModule
+from .limits import BLOCKS, CHANNEL_MULT, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
 
 LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
@@ -63,8 +65,15 @@ class VAEConfig:
     likelihood: str = "discretized_logistic"
     label_dropout: float = 0.1
 
+    # Size fields and their valid ranges (limits.py).
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "base_channels": WIDTH,
+        "channel_mult": (LEVELS, CHANNEL_MULT), "num_res_blocks": BLOCKS, "latent_dim": (1, 4096),
+        "kl_warmup_steps": (0, 10**9),
+    }
+
     def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))  # JSON gives lists
+        check_bounds(self, self.BOUNDS)  # also turns JSON's lists into tuples
         factor = 2 ** (len(self.channel_mult) - 1)
         if not self.channel_mult or self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for channel_mult {self.channel_mult}")
@@ -72,8 +81,6 @@ class VAEConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of: {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
-        if self.latent_dim < 1 or self.base_channels < 1 or self.num_res_blocks < 0 or self.num_classes < 0:
-            raise ValueError("latent_dim and base_channels must be at least 1, num_res_blocks and num_classes not negative")
         if self.beta < 0 or self.kl_warmup_steps < 0:
             raise ValueError(f"beta and kl_warmup_steps must not be negative, got {self.beta} and {self.kl_warmup_steps}")
         if not 0 <= self.label_dropout < 1:

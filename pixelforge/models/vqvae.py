@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
 from .family import FamilyModule
+from .limits import BLOCKS, IMAGE_SIZE, WIDTH, check_bounds
 from .optim import OptimConfig, update
 
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -61,16 +63,20 @@ class VQVAEConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.03
 
+    # Size fields and their valid ranges (limits.py).
+    BOUNDS: ClassVar[dict] = {
+        "image_size": IMAGE_SIZE, "base_channels": WIDTH, "num_res_blocks": BLOCKS, "downsample": (1, 64),
+        "codebook_size": (2, 65_536), "code_dim": (1, 4096),
+    }
+
     def __post_init__(self):
+        check_bounds(self, self.BOUNDS)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of 2 (1, 2, 4, 8, ...), got {self.downsample}")
         if self.image_size % self.downsample:
             raise ValueError(f"image_size {self.image_size} must be divisible by downsample {self.downsample}")
-        if self.codebook_size < 2 or self.code_dim < 1 or self.base_channels < 1 or self.num_res_blocks < 0:
-            raise ValueError("codebook_size must be at least 2, code_dim and base_channels at least 1, "
-                             "num_res_blocks not negative")
         if self.codebook_update not in CODEBOOK_UPDATES:
             raise ValueError(f"codebook_update must be one of: {', '.join(CODEBOOK_UPDATES)}; got {self.codebook_update!r}")
         if not 0 < self.ema_decay < 1:

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..files import atomic_target
 
@@ -22,6 +24,48 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     with atomic_target(path, suffix=".safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged or hostile one (a header too large, cut short, or
+    declaring shapes that overflow) is a ValueError naming the file, not a crash."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's name and shape from a safetensors file's header, reading no tensor data; a damaged
+    header is a ValueError naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], path: Path) -> None:
+    """The tensors a file holds must be exactly the model's, shape for shape: else a ValueError naming
+    the file and the first tensor concerned."""
+    for kind, names in (("lacks", sorted(set(expected) - set(found))), ("has an unexpected", sorted(set(found) - set(expected)))):
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise ValueError(f"{path} {kind} tensor {names[0]}{more}: the weights are not those of the model config.json describes")
+    for name, shape in found.items():
+        if tuple(shape) != tuple(expected[name]):
+            raise ValueError(f"{path}: tensor {name} has shape {tuple(shape)}, but the model config.json describes "
+                             f"needs {tuple(expected[name])}")
+
+
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """model.load_state_dict(tensors) after check_shapes, so a mismatch names the file and the tensor."""
+    check_shapes({k: tuple(v.shape) for k, v in tensors.items()}, state_shapes(model), path)
+    model.load_state_dict(tensors)
 
 
 def file_hash(path: Path) -> str:
@@ -86,12 +130,15 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 def load_checkpoint(base: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Inverse of save_checkpoint: (parts, state). Refuses an unknown format version clearly."""
-    meta = json.loads(base.with_suffix(".json").read_text())
-    version = meta.get("format_version")
+    try:
+        meta = json.loads(base.with_suffix(".json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{base.with_suffix('.json')}: not valid JSON ({e})") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(f"{base}: checkpoint format version {version} is not supported (this version reads {FORMAT_VERSION})")
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(base.with_suffix(".safetensors"))).items():
+    for key, value in read_tensors(base.with_suffix(".safetensors")).items():
         part, _, name = key.partition("/")
         parts.setdefault(part, {})[name] = value
     return parts, meta

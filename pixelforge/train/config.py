@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..data import validate_config
 from ..data.types import DataConfig
 from ..models import OptimConfig, get_family
+from ..models.limits import check_range
+from ..models.optim import adam_betas
 
 RUN_FORMAT_VERSION = 1
 
@@ -43,6 +46,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # upper bounds where a number decides memory (a batch, a sample grid, validation or evaluation images)
+        for name, high in (("batch_size", 65_536), ("sample_count", 1024), ("val_images", 1_000_000),
+                           ("eval_samples", 1_000_000)):
+            check_range(f"train.{name}", getattr(self, name), 0 if name == "val_images" else 1, high)
         for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
@@ -68,19 +75,29 @@ class RunConfig:
         return get_family(self.family).Config(**self.model)
 
     def resolved(self) -> "RunConfig":
-        """The same run with every model field written out, defaults included: a run folder's
-        config.json then keeps meaning the same model when a later version changes a default."""
+        """The same run with every model field written out, defaults included (and Adam's betas, the
+        family's unless set): a run folder's config.json then keeps meaning the same model when a later
+        version changes a default."""
         model = json.loads(json.dumps(dataclasses.asdict(self.model_config())))  # tuples -> lists, as JSON has them
-        return dataclasses.replace(self, model=model)
+        beta1, beta2 = adam_betas(self.optim, get_family(self.family).default_betas)
+        return dataclasses.replace(self, model=model, optim=dataclasses.replace(self.optim, beta1=beta1, beta2=beta2))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @staticmethod
     def from_dict(d: dict, *, where: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: a run config must be a JSON object, got {type(d).__name__}")
         version = d.get("format_version")
         if version != RUN_FORMAT_VERSION:
             raise ValueError(f"{where}: run format version {version} is not supported (this version reads {RUN_FORMAT_VERSION})")
+        if not isinstance(d.get("model"), dict):
+            raise ValueError(f"{where}: model must be an object of the family's config fields")
+        try:
+            d = get_family(str(d.get("family"))).upgrade_config(d)  # folders of earlier versions
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         try:
             cfg = RunConfig(
                 family=d["family"],
@@ -94,6 +111,10 @@ class RunConfig:
         except KeyError as e:
             raise ValueError(f"{where}: missing field {e}") from None
         _build(get_family(cfg.family).Config, cfg.model, f"{where}: model")  # validate now, not mid-run
+        try:
+            validate_config(cfg.data)
+        except ValueError as e:
+            raise ValueError(f"{where}: data: {e}") from None
         return cfg
 
     @staticmethod
@@ -107,6 +128,8 @@ class RunConfig:
 
 
 def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object of fields, got {d!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:

@@ -20,11 +20,13 @@ from ..data import ImageSet, augment, load_dataset, split_indices, to_model
 from ..device import pick_device
 from ..images import make_grid, save_png, to_pil
 from ..models import get_family
+from ..models.limits import check_model_size
 from .checkpoint import (
     atomic_write_text,
     flatten_state,
     list_checkpoints,
     load_checkpoint,
+    load_state,
     save_checkpoint,
     unflatten_state,
 )
@@ -43,8 +45,11 @@ class TrainResult:
     last_checkpoint: Path | None
 
 
-def build_model(cfg: RunConfig, device: torch.device):
+def build_model(cfg: RunConfig, device: torch.device, *, where: str = "config.json"):
+    """The run's model on `device`, after counting its parameters without allocating any (a config
+    from an untrusted folder may describe more than memory holds); `where` names the config in errors."""
     family = get_family(cfg.family)
+    check_model_size(family, cfg.model_config(), f"{where}: model")
     return family(cfg.model_config(), cfg.optim, seed=cfg.train.seed).to(device)
 
 
@@ -203,8 +208,8 @@ def train(
     start, best_val, bad_vals = 0, math.inf, 0
     if existing:
         parts, state = load_checkpoint(existing[-1])
-        model.load_state_dict(parts["model"])
-        ema.load_state_dict(parts["ema"])
+        load_state(model, parts.get("model", {}), existing[-1].with_suffix(".safetensors"))
+        load_state(ema, parts.get("ema", {}), existing[-1].with_suffix(".safetensors"))
         for name, opt in optimizers.items():
             # an optimiser that has not stepped yet (the transformer's prior during stage 1) holds no tensors
             opt.load_state_dict(unflatten_state(state["optim"][name], parts.get(f"optim.{name}", {})))

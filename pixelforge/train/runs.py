@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .checkpoint import file_hash, list_checkpoints, load_checkpoint
+from .checkpoint import file_hash, list_checkpoints, load_checkpoint, read_tensors, tensor_shapes
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = "mnist-diffusion"
@@ -55,9 +54,20 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The EMA weights of a run (what sampling uses)."""
     path = weights_file(run_dir)
     if path.name == "model.safetensors":
-        return load_file(str(path))
+        return read_tensors(path)
     parts, _ = load_checkpoint(path.with_suffix(""))
+    if "ema" not in parts:
+        raise ValueError(f"{path}: no EMA weights (tensors named ema/...) in this checkpoint")
     return parts["ema"]
+
+
+def weights_shapes(run_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the weights load_weights returns, read from the file's header alone."""
+    path = weights_file(run_dir)
+    shapes = tensor_shapes(path)
+    if path.name == "model.safetensors":
+        return shapes
+    return {k.partition("/")[2]: v for k, v in shapes.items() if k.startswith("ema/")}
 
 
 def weights_hash(run_dir: Path) -> str:
