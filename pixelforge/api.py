@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from . import __version__
 from .condition import Cond
 from .device import pick_device
 from .images import make_grid, read_settings, save_png, to_pil
-from .sampling import SAMPLERS
+from .models.options import OptionSpec
 from .train.config import RunConfig
 from .train.loop import build_model
 from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, load_weights, resolve_run, weights_hash
@@ -44,11 +45,24 @@ class Generator:
     def __repr__(self) -> str:
         return f"Generator({self.name!r}, family={self.config.family}, classes={self.num_classes}, device={self.device})"
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The Cond fields this model takes: its family's `inputs`, labels only with num_classes > 0."""
+        declared = getattr(self.model, "inputs", ())
+        return tuple(f for f in declared if f != "labels" or self.num_classes > 0)
+
+    def check_inputs(self, given) -> None:
+        """A clear error if a condition is given (names of Cond fields) that this model does not take."""
+        unknown = ", ".join(f for f in given if f not in self.inputs)
+        if unknown and not self.inputs:
+            raise ValueError(f"{self.name} is unconditional: it takes no {unknown}")
+        if unknown:
+            raise ValueError(f"{self.name} takes no {unknown}; the conditions it takes: {', '.join(self.inputs)}")
+
     def _label_index(self, label) -> int | None:
         if label is None:
             return None
-        if self.num_classes == 0:
-            raise ValueError(f"{self.name} is unconditional: it takes no label")
+        self.check_inputs(["labels"])
         if isinstance(label, str) and not label.lstrip("-").isdigit():
             if label not in self.class_names:
                 raise ValueError(f"unknown label {label!r}; valid labels: {', '.join(self.class_names) or '0..' + str(self.num_classes - 1)}")
@@ -59,33 +73,39 @@ class Generator:
         return idx
 
     @property
-    def sample_options(self) -> dict:
-        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults:
-        the family's, overridden by the run's sample_defaults.json where it has one (a model whose
-        samples are best with guidance 2, say)."""
-        options = dict(getattr(self.model, "sample_options", {}))
+    def option_specs(self) -> dict[str, OptionSpec]:
+        """name -> declaration (kind, range, help) of each option this model's sample() takes: the
+        family's `option_specs`, with defaults from the run's sample_defaults.json where it has one (a
+        model whose samples are best with guidance 2, say), checked against the same ranges."""
+        specs = {s.name: s for s in getattr(self.model, "option_specs", ())}
         path = self.run_dir / "sample_defaults.json"
         if path.exists():
             own = json.loads(path.read_text())
-            unknown = sorted(set(own) - set(options))
+            unknown = sorted(set(own) - set(specs))
             if unknown:
-                raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(options)}")
-            options.update(own)
-        return options
+                raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(specs)}")
+            try:
+                specs.update({k: dataclasses.replace(specs[k], default=v) for k, v in own.items()})
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+        return specs
+
+    @property
+    def sample_options(self) -> dict:
+        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults
+        (see option_specs)."""
+        return {name: spec.default for name, spec in self.option_specs.items()}
 
     def resolve_options(self, **options) -> dict:
-        """The sampling options a call will use: its own over the defaults; unknown names are an error."""
-        defaults = self.sample_options
-        unknown = sorted(set(options) - set(defaults))
+        """The sampling options a call will use: its own over the defaults, each checked against the
+        family's declaration (type, finite, range or choices); unknown names are an error."""
+        specs = self.option_specs
+        unknown = sorted(set(options) - set(specs))
         if unknown:
             raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
-                             f"valid options: {', '.join(defaults) or 'none'}")
-        opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-        if "steps" in opts and int(opts["steps"]) < 1:
-            raise ValueError(f"steps must be at least 1, got {opts['steps']}")
-        if "sampler" in opts and opts["sampler"] not in SAMPLERS:
-            raise ValueError(f"unknown sampler {opts['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
-        return opts
+                             f"valid options: {', '.join(specs) or 'none'}")
+        given = {k: specs[k].check(v) for k, v in options.items() if v is not None}
+        return {**self.sample_options, **given}
 
     def generate_tensor(
         self,
