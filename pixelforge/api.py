@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .condition import Cond
+from .condition import NO_LABEL, Cond
 from .device import pick_device
 from .images import make_grid, read_settings, save_png, to_pil
+from .models.common import check_seeds
 from .models.options import OptionSpec
 from .train.config import RunConfig
 from .train.loop import build_model
@@ -129,17 +130,17 @@ class Generator:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         opts = self.resolve_options(**options)
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        seeds = check_seeds(n, seed, seeds)
         if labels is None:
             labels = [label] * n
-        if len(labels) != n or len(seeds) != n:
-            raise ValueError(f"need {n} labels and seeds, got {len(labels)} and {len(seeds)}")
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels given for {n} images")
         idx = [self._label_index(lb) for lb in labels]
         out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            cond = Cond(labels=torch.tensor([-1 if i is None else i for i in chunk_idx])) if self.num_classes else None
+            cond = Cond(labels=torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])) if self.num_classes else None
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
