@@ -272,7 +272,8 @@ class PixelCNNModel(FamilyModule):
         if guided:
             if cfg.output != "softmax256":
                 raise ValueError(f"guidance works on the softmax256 output; this model's output is {cfg.output!r}")
-            labels = Cond.cat([Cond(labels=labels), Cond(labels=labels).empty()]).labels  # with and without its label
+            given = Cond(labels=labels)
+            labels = Cond.cat([given, given.empty()]).labels  # every image with and without its label
         rows = 2 * n if guided else n
         x = torch.zeros(rows, c, s, s, device=dev)  # pixels not yet drawn stay 0; nothing reads them
         cache = SamplingCache(self.net, (rows, c, s, s), self.net.cond_biases(labels, rows, dev), dev) if cached else None
