@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .condition import Cond
+from .condition import NO_LABEL, Cond
 from .device import pick_device
 from .images import make_grid, png_info, read_settings, save_png, to_pil
-from .sampling import SAMPLERS
+from .models.common import check_seeds
+from .models.options import OptionSpec
 from .train.config import RunConfig
 from .train.loop import build_model
 from .train.checkpoint import check_shapes, load_state, state_shapes
@@ -33,10 +34,11 @@ def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = No
     return str(run_dir)
 
 
-def run_sample_options(run_dir: Path, family_options: dict) -> dict:
-    """A family's sampling options and defaults, overridden by the run's sample_defaults.json where it
-    has one; needs no model, so `pixelforge info` shows them without building one."""
-    options = dict(family_options)
+def run_option_specs(run_dir: Path, family_specs) -> dict[str, OptionSpec]:
+    """name -> declaration of each sampling option of a family, with the defaults of the run's
+    sample_defaults.json where it has one, checked against the declared ranges; needs no model, so
+    `pixelforge info` shows them without building one."""
+    specs = {s.name: s for s in family_specs}
     path = run_dir / "sample_defaults.json"
     if path.exists():
         try:
@@ -45,11 +47,19 @@ def run_sample_options(run_dir: Path, family_options: dict) -> dict:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(own, dict):
             raise ValueError(f"{path}: must be an object of sampling options, got {type(own).__name__}")
-        unknown = sorted(set(own) - set(options))
+        unknown = sorted(set(own) - set(specs))
         if unknown:
-            raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(options)}")
-        options.update(own)
-    return options
+            raise ValueError(f"{path}: unknown sampling option(s) {', '.join(unknown)}; valid: {', '.join(specs)}")
+        try:
+            specs.update({k: dataclasses.replace(specs[k], default=v) for k, v in own.items()})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return specs
+
+
+def run_sample_options(run_dir: Path, family_specs) -> dict:
+    """The run's sampling options and their defaults (see run_option_specs)."""
+    return {name: spec.default for name, spec in run_option_specs(run_dir, family_specs).items()}
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -90,11 +100,24 @@ class Generator:
     def __repr__(self) -> str:
         return f"Generator({self.name!r}, family={self.config.family}, classes={self.num_classes}, device={self.device})"
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The Cond fields this model takes: its family's `inputs`, labels only with num_classes > 0."""
+        declared = getattr(self.model, "inputs", ())
+        return tuple(f for f in declared if f != "labels" or self.num_classes > 0)
+
+    def check_inputs(self, given) -> None:
+        """A clear error if a condition is given (names of Cond fields) that this model does not take."""
+        unknown = ", ".join(f for f in given if f not in self.inputs)
+        if unknown and not self.inputs:
+            raise ValueError(f"{self.name} is unconditional: it takes no {unknown}")
+        if unknown:
+            raise ValueError(f"{self.name} takes no {unknown}; the conditions it takes: {', '.join(self.inputs)}")
+
     def _label_index(self, label) -> int | None:
         if label is None:
             return None
-        if self.num_classes == 0:
-            raise ValueError(f"{self.name} is unconditional: it takes no label")
+        self.check_inputs(["labels"])
         if isinstance(label, str) and not label.lstrip("-").isdigit():
             if label not in self.class_names:
                 raise ValueError(f"unknown label {label!r}; valid labels: {', '.join(self.class_names) or '0..' + str(self.num_classes - 1)}")
@@ -105,28 +128,28 @@ class Generator:
         return idx
 
     @property
+    def option_specs(self) -> dict[str, OptionSpec]:
+        """name -> declaration (kind, range, help) of each option this model's sample() takes: the
+        family's `option_specs`, with defaults from the run's sample_defaults.json where it has one (a
+        model whose samples are best with guidance 2, say), checked against the same ranges."""
+        return run_option_specs(self.run_dir, getattr(self.model, "option_specs", ()))
+
+    @property
     def sample_options(self) -> dict:
-        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults:
-        the family's, overridden by the run's sample_defaults.json where it has one (a model whose
-        samples are best with guidance 2, say)."""
-        return run_sample_options(self.run_dir, getattr(self.model, "sample_options", {}))
+        """The options this model's sample() takes (e.g. sampler, steps, guidance) and their defaults
+        (see option_specs)."""
+        return {name: spec.default for name, spec in self.option_specs.items()}
 
     def resolve_options(self, **options) -> dict:
-        """The sampling options a call will use: its own over the defaults; unknown names are an error."""
-        defaults = self.sample_options
-        unknown = sorted(set(options) - set(defaults))
+        """The sampling options a call will use: its own over the defaults, each checked against the
+        family's declaration (type, finite, range or choices); unknown names are an error."""
+        specs = self.option_specs
+        unknown = sorted(set(options) - set(specs))
         if unknown:
             raise ValueError(f"{self.config.family} models take no option {', '.join(unknown)}; "
-                             f"valid options: {', '.join(defaults) or 'none'}")
-        opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-        for key, value in opts.items():
-            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every range test
-                raise ValueError(f"{key} must be a finite number, got {value}")
-        if "steps" in opts and int(opts["steps"]) < 1:
-            raise ValueError(f"steps must be at least 1, got {opts['steps']}")
-        if "sampler" in opts and opts["sampler"] not in SAMPLERS:
-            raise ValueError(f"unknown sampler {opts['sampler']!r}; choose one of: {', '.join(SAMPLERS)}")
-        return opts
+                             f"valid options: {', '.join(specs) or 'none'}")
+        given = {k: specs[k].check(v) for k, v in options.items() if v is not None}
+        return {**self.sample_options, **given}
 
     def generate_tensor(
         self,
@@ -150,17 +173,17 @@ class Generator:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         opts = self.resolve_options(**options)
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        seeds = check_seeds(n, seed, seeds)
         if labels is None:
             labels = [label] * n
-        if len(labels) != n or len(seeds) != n:
-            raise ValueError(f"need {n} labels and seeds, got {len(labels)} and {len(seeds)}")
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels given for {n} images")
         idx = [self._label_index(lb) for lb in labels]
         out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            cond = Cond(labels=torch.tensor([-1 if i is None else i for i in chunk_idx])) if self.num_classes else None
+            cond = Cond(labels=torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])) if self.num_classes else None
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:

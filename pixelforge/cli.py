@@ -433,7 +433,7 @@ def cmd_info(a) -> int:
             vals = [r["val_loss"] for r in rows if r.get("val_loss")]
             print(f"last:     step {last['step']}, loss {last.get('loss') or '-'}, img/s {last.get('img_per_s') or '-'}"
                   + (f", val_loss {vals[-1]}" if vals else ""))
-    print("sampling: " + ", ".join(f"{k}={v}" for k, v in run_sample_options(run_dir, family.sample_options).items()))
+    print("sampling: " + ", ".join(f"{k}={v}" for k, v in run_sample_options(run_dir, family.option_specs).items()))
     if getattr(model, "num_classes", 0):
         names_path = run_dir / "classes.json"
         names = read_class_names(names_path) if names_path.exists() else []

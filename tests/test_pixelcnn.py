@@ -48,7 +48,7 @@ def outputs(model: PixelCNNModel, x: torch.Tensor) -> torch.Tensor:
 def test_family_is_registered_with_its_capabilities_and_options():
     assert FAMILIES["pixelcnn"] is PixelCNNModel
     assert PixelCNNModel.family == "pixelcnn"
-    assert PixelCNNModel.capabilities == ("log_likelihood",)
+    assert PixelCNNModel.capabilities == ("log_likelihood", "guidance")  # guidance is an option it takes: declared
     assert PixelCNNModel.sample_options == {"temperature": 1.0, "guidance": 1.0}
 
 

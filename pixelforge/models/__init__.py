@@ -3,7 +3,8 @@
 Every family class is an nn.Module with: a frozen `Config` dataclass; `__init__(config, optim, *, seed)`;
 `training_step(x, cond, step) -> dict[str, float]` (it owns its optimisers' updates);
 `validation_loss(x, cond, generator) -> (B,) tensor`; `sample(n, cond=None, *, seed, **options)`
-returning (n, C, H, W) in [-1, 1], with `sample_options` declaring those options and their defaults;
+returning (n, C, H, W) in [-1, 1], with `option_specs` declaring those options (kind, default, range;
+models/options.py) and `sample_options` their defaults; `inputs`, the Cond fields it takes;
 `optimizers() -> dict[str, Optimizer]`; `train_generator` (its random stream, saved in checkpoints);
 and `capabilities`, a tuple naming optional abilities. docs/design.md has the details.
 """

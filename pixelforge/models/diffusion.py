@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from ..condition import Cond
-from ..sampling import SCHEDULES, PerSampleGenerator, get_sampler
+from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
+from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
+from .options import OptionSpec, option_defaults
 
 
 BACKBONES = ("unet", "dit")
@@ -130,16 +132,23 @@ class DiffusionModel(FamilyModule):
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance",)
-    # The keyword options sample() takes beyond n, cond and seeds, with their defaults: the API, CLI
-    # and server offer exactly these for this family, and record them in every image's settings.
-    sample_options = {"sampler": "heun", "steps": 18, "guidance": 1.0, "schedule": "karras"}
+    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
+    # API, CLI and server offer and check exactly these, and record them in every image's settings.
+    option_specs = (
+        OptionSpec("sampler", "choice", "heun", choices=tuple(SAMPLERS), help="ODE/SDE solver"),
+        OptionSpec("steps", "int", 18, min=1, max=200, help="solver steps (Heun uses two network evaluations a step)"),
+        OptionSpec("guidance", "float", 1.0, min=0.0, max=20.0, help="classifier-free guidance scale (1: none)"),
+        OptionSpec("schedule", "choice", "karras", choices=tuple(SCHEDULES), help="noise-level schedule"),
+    )
+    sample_options = option_defaults(option_specs)
 
     def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: noise levels, noise, label dropout
         self.config = config
         self.optim_config = optim or OptimConfig()
-        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
-        self.net = make_backbone(config)
+        with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
+            self.net = make_backbone(config)
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -161,9 +170,7 @@ class DiffusionModel(FamilyModule):
         rnd = torch.randn(b, device=x.device, generator=generator)
         sigma = (rnd * cfg.P_std + cfg.P_mean).exp()
         noise = torch.randn(x.shape, device=x.device, generator=generator) * sigma.reshape(-1, 1, 1, 1)
-        if cond.labels is not None and cfg.label_dropout > 0:
-            drop = torch.rand(b, device=x.device, generator=generator) < cfg.label_dropout
-            cond = Cond(labels=torch.where(drop, torch.full_like(cond.labels, -1), cond.labels))
+        cond = cond.drop(cfg.label_dropout, generator)  # draws only when a condition is given
         weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
         denoised = self.denoise(x + noise, sigma, cond)
         return weight * (denoised - x).square().mean(dim=(1, 2, 3))
@@ -184,7 +191,7 @@ class DiffusionModel(FamilyModule):
         """Classifier-free guidance: D_uncond + w (D_cond - D_uncond), both halves in one batch."""
 
         def denoiser(x, sigma, cond):
-            if guidance == 1.0 or cond is None or cond.labels is None or self.config.num_classes == 0:
+            if guidance == 1.0 or cond is None or not cond.given_fields() or self.config.num_classes == 0:
                 return self.denoise(x, sigma, cond)
             both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([cond, cond.empty()]))
             d_cond, d_uncond = both.chunk(2)
@@ -209,9 +216,7 @@ class DiffusionModel(FamilyModule):
         """n images (n, C, H, W) in [-1, 1]; image i uses seed + i (or seeds[i]) and nothing else."""
         self.eval()
         cfg = self.config
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         solver = get_sampler(sampler)

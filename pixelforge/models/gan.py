@@ -9,12 +9,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..condition import Cond
+from ..condition import Cond, no_labels
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels
+from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, make_adam, update
+from .options import OptionSpec, option_defaults
 
 # --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
 # Each transform is differentiable, is applied to real and generated images alike, in D's updates
@@ -164,18 +166,23 @@ class GANModel(FamilyModule):
             raise ValueError(f"model: adam_betas must be two numbers, got {betas!r}")
         return {**run, "model": model, "optim": {**run.get("optim", {}), "beta1": betas[0], "beta2": betas[1]}}
     capabilities = ()
-    # The keyword options sample() takes beyond n, cond and seeds, with their defaults.
-    sample_options = {"truncation": 1.0}
+    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults.
+    option_specs = (
+        OptionSpec("truncation", "float", 1.0, min=0.0, max=2.0,
+                   help="truncation of the latent (1: none; lower: safer, less varied)"),
+    )
+    sample_options = option_defaults(option_specs)
 
     def __init__(self, config: GANConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: z, augmentation, labels for unlabelled images
         self.config = config
         self.optim_config = optim or OptimConfig()
-        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
         shape = dict(image_size=config.image_size, channels=config.channels, base_channels=config.base_channels,
                      num_classes=config.num_classes)
-        self.G = Generator(z_dim=config.z_dim, **shape)
-        self.D = Discriminator(**shape)
+        with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
+            self.G = Generator(z_dim=config.z_dim, **shape)
+            self.D = Discriminator(**shape)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     # --- parts every family offers -------------------------------------------------------------
@@ -197,7 +204,7 @@ class GANModel(FamilyModule):
         if k == 0:
             return None, None
         given = cond.labels if cond is not None and cond.labels is not None else None
-        y_d = torch.full((b,), -1, dtype=torch.long, device=self.device) if given is None else given.to(self.device)
+        y_d = no_labels(b, self.device) if given is None else given.to(self.device)
         if len(y_d) != b:
             raise ValueError(f"{len(y_d)} labels for {b} images")
         if int(y_d.max()) >= k:
@@ -301,9 +308,7 @@ class GANModel(FamilyModule):
         """
         self.eval()
         cfg = self.config
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         truncation = float(truncation)
         if not 0 <= truncation < float("inf"):
             raise ValueError(f"truncation must be a number >= 0 (1: none), got {truncation}")
@@ -312,7 +317,7 @@ class GANModel(FamilyModule):
         y = None
         k = cfg.num_classes
         if k > 0:
-            given = cond.labels if cond is not None and cond.labels is not None else torch.full((n,), -1)
+            given = cond.labels if cond is not None and cond.labels is not None else no_labels(n)
             given = given.to(self.device)
             if len(given) != n:
                 raise ValueError(f"{len(given)} labels for {n} images")

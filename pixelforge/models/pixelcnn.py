@@ -30,15 +30,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCache, SoftmaxHead
+from .common import check_seeds, discretized_logistic_logprob, inverse_cdf_sample, seeded_init
 from .family import FamilyModule
 from .limits import DEPTH, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
+from .options import OptionSpec, option_defaults
 
 OUTPUTS = ("softmax256", "logistic_mixture")
 
@@ -98,12 +99,6 @@ def from_levels(k: torch.Tensor) -> torch.Tensor:
     return k.float() / 127.5 - 1
 
 
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """probs (n, K) rows summing to 1, u (n,) uniform in [0, 1) -> (n,) indices drawn from each row."""
-    cdf = probs.cumsum(dim=-1)
-    return (cdf <= u[:, None]).sum(dim=-1).clamp(max=probs.shape[-1] - 1)
-
-
 def split_mixture(params: torch.Tensor, channels: int, k: int):
     """(B, P, *rest) -> mixture logits (B, K, *rest), means and log scales (B, K, C, *rest), coefficients
     (B, K, C (C - 1) / 2, *rest) in (-1, 1)."""
@@ -132,17 +127,9 @@ def coupled_means(means: torch.Tensor, coeffs: torch.Tensor, x: torch.Tensor) ->
 
 
 def discretized_logistic_log_prob(k: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(value k) for a logistic(mean, scale) on [-1, 1] cut into 256 bins, the end bins open.
-
-    Middle bins use sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)) in log space,
-    exact and stable wherever the bin sits in the tails; the 256 probabilities sum to 1.
-    """
-    centred = (k.to(mean.dtype) / 127.5 - 1) - mean  # the grid in the mean's precision
-    inv_s = torch.exp(-log_scale)
-    plus = inv_s * (centred + 1 / 255)  # upper bin edge
-    minus = inv_s * (centred - 1 / 255)  # lower bin edge
-    middle = F.logsigmoid(plus) + F.logsigmoid(-minus) + torch.log(-torch.expm1(minus - plus))
-    return torch.where(k == 0, F.logsigmoid(plus), torch.where(k == LEVELS - 1, F.logsigmoid(-minus), middle))
+    """log P(value k) for a logistic(mean, scale) on [-1, 1] cut into 256 bins, the end bins open
+    (common.discretized_logistic_logprob on the level's value, in the mean's precision)."""
+    return discretized_logistic_logprob(k.to(mean.dtype) / 127.5 - 1, mean, log_scale)
 
 
 def mixture_log_prob(params: torch.Tensor, k: torch.Tensor, n_mixtures: int) -> torch.Tensor:
@@ -162,28 +149,34 @@ class PixelCNNModel(FamilyModule):
     Config = PixelCNNConfig
     family = "pixelcnn"
     default_lr = 1e-3  # the CLI's --lr when not given
-    capabilities = ("log_likelihood",)
-    # temperature divides the softmax logits (mixture: the mixture logits; the logistic scales are
-    # multiplied by it); below 1 gives cleaner, less varied images. guidance: classifier-free guidance
-    # on each pixel's logits, uncond + w (cond - uncond) (softmax256 output, labelled samples only).
-    sample_options = {"temperature": 1.0, "guidance": 1.0}
+    capabilities = ("log_likelihood", "guidance")
+    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    option_specs = (
+        OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
+                   help="divides the logits (mixture: its logits; the logistic scales are multiplied by it); "
+                   "below 1: cleaner, less varied images"),
+        OptionSpec("guidance", "float", 1.0, min=0.0, max=20.0,
+                   help="classifier-free guidance on each pixel's logits, uncond + w (cond - uncond) "
+                   "(softmax256 output, labelled samples; 1: none)"),
+    )
+    sample_options = option_defaults(option_specs)
 
     def __init__(self, config: PixelCNNConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: label dropout only
         self.config = config
         self.optim_config = optim or OptimConfig()
-        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
-        self.net = GatedPixelCNN(
-            channels=config.channels,
-            hidden=config.hidden_channels,
-            num_layers=config.num_layers,
-            kernel_size=config.kernel_size,
-            num_classes=config.num_classes,
-        )
-        if config.output == "softmax256":
-            self.head = SoftmaxHead(config.hidden_channels, config.channels)
-        else:
-            self.head = MixtureHead(config.hidden_channels, config.channels, config.n_mixtures)
+        with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
+            self.net = GatedPixelCNN(
+                channels=config.channels,
+                hidden=config.hidden_channels,
+                num_layers=config.num_layers,
+                kernel_size=config.kernel_size,
+                num_classes=config.num_classes,
+            )
+            if config.output == "softmax256":
+                self.head = SoftmaxHead(config.hidden_channels, config.channels)
+            else:
+                self.head = MixtureHead(config.hidden_channels, config.channels, config.n_mixtures)
 
     # --- likelihood --------------------------------------------------------------------------------
     def _labels(self, cond: Cond | None, n: int) -> torch.Tensor | None:
@@ -212,9 +205,8 @@ class PixelCNNModel(FamilyModule):
         """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; the loss is the mean bits/dim."""
         self.train()
         labels = self._labels(cond, x.shape[0])
-        if labels is not None and self.config.label_dropout > 0:
-            drop = torch.rand(x.shape[0], device=x.device, generator=self.train_generator) < self.config.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, -1), labels)
+        if labels is not None:
+            labels = Cond(labels=labels).drop(self.config.label_dropout, self.train_generator).labels
         loss = self.bits_per_dim(x, labels).mean()
         grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
@@ -248,11 +240,11 @@ class PixelCNNModel(FamilyModule):
                 if guided:
                     cond_logits, uncond_logits = logits.chunk(2)
                     logits = uncond_logits + guidance * (cond_logits - uncond_logits)
-                k = inverse_cdf(torch.softmax(logits / temperature, dim=-1), u[:, ch])
+                k = inverse_cdf_sample(torch.softmax(logits / temperature, dim=-1), u[:, ch])
                 x[:, ch, 0, 0] = from_levels(k).repeat(2) if guided else from_levels(k)
             return x[:n, :, 0, 0]
         logits, means, log_scales, coeffs = split_mixture(self.head(h)[:, :, 0, 0], c, cfg.n_mixtures)
-        comp = inverse_cdf(torch.softmax(logits / temperature, dim=-1), u[:, 0])  # (n,)
+        comp = inverse_cdf_sample(torch.softmax(logits / temperature, dim=-1), u[:, 0])  # (n,)
         rows = torch.arange(n, device=h.device)
         means, log_scales, coeffs = means[rows, comp][:, None], log_scales[rows, comp], coeffs[rows, comp][:, None]
         x = x[:, None, :, 0, 0]  # (n, 1, C)
@@ -267,9 +259,7 @@ class PixelCNNModel(FamilyModule):
     def _sample(self, n, cond, seed, seeds, callback, temperature, cached: bool, guidance: float = 1.0) -> torch.Tensor:
         self.eval()
         cfg = self.config
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         guidance = float(guidance)
@@ -284,7 +274,8 @@ class PixelCNNModel(FamilyModule):
         if guided:
             if cfg.output != "softmax256":
                 raise ValueError(f"guidance works on the softmax256 output; this model's output is {cfg.output!r}")
-            labels = torch.cat([labels, torch.full_like(labels, -1)])  # every image with and without its label
+            given = Cond(labels=labels)
+            labels = Cond.cat([given, given.empty()]).labels  # every image with and without its label
         rows = 2 * n if guided else n
         x = torch.zeros(rows, c, s, s, device=dev)  # pixels not yet drawn stay 0; nothing reads them
         cache = SamplingCache(self.net, (rows, c, s, s), self.net.cond_biases(labels, rows, dev), dev) if cached else None

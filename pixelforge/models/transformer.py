@@ -29,9 +29,11 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.token_transformer import TokenTransformer
+from .common import check_seeds, inverse_cdf_sample, seeded_init
 from .family import FamilyModule
 from .limits import DEPTH, HEADS, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, make_adam, update
+from .options import OptionSpec, option_defaults
 from .vqvae import VQVAEConfig, VQVAEModel
 
 PRIORS = ("autoregressive", "maskgit")
@@ -128,14 +130,27 @@ class TokenTransformerModel(FamilyModule):
     family = "transformer"
     default_lr = 5e-4  # the CLI's --lr when not given; both stages
     capabilities = ()
-    # temperature divides the logits; top_k > 0 keeps only the k most likely codes at each draw.
-    sample_options = {"temperature": 1.0, "top_k": 0}
+    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    option_specs = (
+        OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
+                   help="divides the logits (1: the model's own distribution; lower: more typical codes)"),
+        OptionSpec("top_k", "int", 0, min=0, max=65536, help="draw from the k most likely codes only (0: no limit)"),
+    )
+    sample_options = option_defaults(option_specs)
 
     def __init__(self, config: TransformerConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)
         self.config = config
         self.optim_config = optim or OptimConfig()
-        self.vq = VQVAEModel(config.vq, self.optim_config, seed=seed)  # seeds the weight initialisation
+        with seeded_init(seed):  # weight initialisation only: the VQ-VAE's, then the prior's
+            self._build(config, seed)
+        self.frozen_vq = FrozenCopy(self.vq)
+        self.register_buffer("stage", torch.tensor(1))
+        self._prior_optimizer: torch.optim.Optimizer | None = None
+
+    def _build(self, config: TransformerConfig, seed: int) -> None:
+        """The VQ-VAE and the prior, their weights drawn in that order from the current random stream."""
+        self.vq = VQVAEModel(config.vq, self.optim_config, seed=seed, seed_weights=False)
         K, L = self.vq.codebook_size, self.vq.latent_side**2
         # Token ids: codes 0..K-1, then class labels K..K+C-1 as start tokens, K+C "no label", K+C+1 [MASK].
         self.codebook_size, self.seq_len = K, L
@@ -151,9 +166,6 @@ class TokenTransformerModel(FamilyModule):
             heads=config.heads,
             causal=not maskgit,
         )
-        self.frozen_vq = FrozenCopy(self.vq)
-        self.register_buffer("stage", torch.tensor(1))
-        self._prior_optimizer: torch.optim.Optimizer | None = None
 
     # --- parts every family offers -------------------------------------------------------------
     @property
@@ -217,10 +229,9 @@ class TokenTransformerModel(FamilyModule):
             self.stage.fill_(2)
         codes = self.encode_codes(x)  # (B, L)
         gen = self.train_generator
+        if cfg.num_classes:
+            cond = cond.drop(cfg.label_dropout, gen)  # a dropped label becomes the "no label" start token
         start = self._start_tokens(cond.labels, x.shape[0], x.device)
-        if cond.labels is not None and cfg.num_classes and cfg.label_dropout > 0:
-            drop = torch.rand(x.shape[0], device=x.device, generator=gen) < cfg.label_dropout
-            start = torch.where(drop, torch.full_like(start, self.no_label), start)
         self.prior.train()
         loss = self.prior_bits(codes, start, gen).mean()
         grad_norm = update(self.optimizers()["prior"], loss, step - cfg.stage1_steps, self.optim_config)
@@ -259,9 +270,7 @@ class TokenTransformerModel(FamilyModule):
         """n images (n, C, H, W) in [-1, 1]: codes drawn from the prior, decoded by the frozen VQ-VAE.
         Image i uses seed + i (or seeds[i]) and nothing else; callback(i, total) after each decoding step."""
         self.eval()
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if int(top_k) != top_k or top_k < 0:
@@ -329,7 +338,4 @@ def _draw(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int)
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
     probs = logits.softmax(-1)
-    cdf = probs.cumsum(-1)
-    # right=True: the first code whose cumulative probability exceeds u, so a zero-probability code is never drawn.
-    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True)[..., 0]
-    return idx.clamp_max(K - 1), probs
+    return inverse_cdf_sample(probs, u, scale_u=True), probs

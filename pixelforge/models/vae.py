@@ -24,16 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..condition import Cond, LabelEmbedding
+from ..condition import Cond, LabelEmbedding, no_labels
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
+from .common import HALF_BIN, check_seeds, discretized_logistic_logprob, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, CHANNEL_MULT, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, update
+from .options import OptionSpec, option_defaults
 
 LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
 MIN_LOG_SCALE = -7.0  # scales far below the bin half-width 1/255 ~ e^-5.5 gain nothing and destabilise training
-HALF_BIN = 1.0 / 255.0  # half the distance between neighbouring 8-bit levels in [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class VAEConfig:
 def discretized_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, likelihood: str) -> torch.Tensor:
     """log P(x) per element for 8-bit data x in [-1, 1] under a logistic or Gaussian (mean, scale)
     discretised into the bins [x - 1/255, x + 1/255], the end bins extended to infinity (PixelCNN++ eq. 2)."""
-    log_cdf = F.logsigmoid if likelihood == "discretized_logistic" else torch.special.log_ndtr
+    if likelihood == "discretized_logistic":
+        return discretized_logistic_logprob(x, mean, log_scale)  # shared with PixelCNN++'s mixture
+    log_cdf = torch.special.log_ndtr
     inv_scale = torch.exp(-log_scale)
     lo = (x - mean - HALF_BIN) * inv_scale  # bin edges in standard units
     hi = (x - mean + HALF_BIN) * inv_scale
@@ -117,15 +120,22 @@ class VAEModel(FamilyModule):
     family = "vae"
     default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood",)
-    # temperature scales the prior's standard deviation when sampling (below 1: typical, blander images).
-    sample_options = {"temperature": 1.0}
+    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    option_specs = (
+        OptionSpec("temperature", "float", 1.0, min=0.0, max=5.0,
+                   help="scale of the prior's standard deviation (below 1: typical, blander images; 0: z = 0)"),
+    )
+    sample_options = option_defaults(option_specs)
 
     def __init__(self, config: VAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: posterior samples, label dropout
         self.config = config
         self.optim_config = optim or OptimConfig()
-        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
-        c = config
+        with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
+            self._build(config)
+
+    def _build(self, c: VAEConfig) -> None:
+        """The networks, their weights drawn from the current random stream."""
         emb_dim = 4 * c.base_channels if c.num_classes else 0
         net = dict(base_channels=c.base_channels, channel_mult=c.channel_mult, num_res_blocks=c.num_res_blocks, emb_dim=emb_dim)
         top = c.base_channels * c.channel_mult[-1]
@@ -145,7 +155,7 @@ class VAEModel(FamilyModule):
             return None
         labels = cond.labels if cond is not None and cond.labels is not None else None
         if labels is None:
-            labels = torch.full((b,), -1, dtype=torch.long)
+            labels = no_labels(b)
         return self.label_embed(labels.to(self.device))
 
     def encode(self, x: torch.Tensor, cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,9 +193,8 @@ class VAEModel(FamilyModule):
         self.train()
         gen = self.train_generator
         cfg = self.config
-        if cond is not None and cond.labels is not None and cfg.num_classes and cfg.label_dropout > 0:
-            drop = torch.rand(x.shape[0], generator=gen, device=gen.device).to(cond.labels.device) < cfg.label_dropout
-            cond = Cond(labels=torch.where(drop, torch.full_like(cond.labels, -1), cond.labels))
+        if cond is not None and cfg.num_classes:
+            cond = cond.drop(cfg.label_dropout, gen)
         recon, kl = self._terms(x, cond, gen)
         w = kl_weight(step, cfg.beta, cfg.kl_warmup_steps)
         to_bpd = 1.0 / (self.dims * math.log(2))
@@ -260,8 +269,8 @@ class VAEModel(FamilyModule):
         t = torch.linspace(0, 1, steps, device=self.device)[None, :, None]  # (1, steps, 1)
         z = torch.lerp(mu1[:, None], mu2[:, None], t).flatten(0, 1)  # (B * steps, latent_dim)
         path_cond = None
-        if cond is not None and cond.labels is not None:
-            path_cond = Cond(labels=cond.labels.to(self.device).repeat_interleave(steps))
+        if cond is not None and cond.given_fields():
+            path_cond = cond.to(self.device).index(torch.arange(b, device=self.device).repeat_interleave(steps))
         images = self.decode(z, path_cond)[0].clamp(-1, 1).unflatten(0, (b, steps))
         return images[0] if single else images
 
@@ -271,9 +280,7 @@ class VAEModel(FamilyModule):
         """n decoder means (n, C, H, W) in [-1, 1] at z ~ N(0, temperature^2 I); image i uses seed + i (or
         seeds[i]) and nothing else. A conditional model samples "no label" where cond gives none."""
         self.eval()
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         if not temperature >= 0:
             raise ValueError(f"temperature must not be negative, got {temperature}")
         z = PerSampleGenerator(seeds, self.device).randn((self.config.latent_dim,)) * float(temperature)

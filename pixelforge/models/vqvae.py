@@ -15,6 +15,7 @@ samples. The transformer family, trained on `encode_indices` of the data, is the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,9 +27,11 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
+from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, IMAGE_SIZE, WIDTH, check_bounds
 from .optim import OptimConfig, update
+from .options import OptionSpec
 
 CODEBOOK_UPDATES = ("ema", "loss")
 
@@ -185,14 +188,23 @@ class VQVAEModel(FamilyModule):
     family = "vqvae"
     default_lr = 5e-4  # the CLI's --lr when not given
     capabilities = ()
+    inputs: tuple[str, ...] = ()  # unconditional: it takes no Cond field
     # No sampling options: sample() draws from the per-position code frequencies (see the module docstring).
+    option_specs: tuple[OptionSpec, ...] = ()
     sample_options: dict = {}
 
-    def __init__(self, config: VQVAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
+    def __init__(self, config: VQVAEConfig, optim: OptimConfig | None = None, *, seed: int = 0,
+                 seed_weights: bool = True):
+        """seed_weights=False draws the initial weights from the random stream as it is: for a family
+        that builds this model as a part, inside its own seeded_init (the transformer)."""
         super().__init__(seed)  # self.train_generator draws: codebook initialisation, dead-code restarts
         self.config = config
         self.optim_config = optim or OptimConfig()
-        torch.manual_seed(seed)  # weight initialisation only; training randomness uses self.train_generator
+        with seeded_init(seed) if seed_weights else contextlib.nullcontext():  # weight initialisation only
+            self._build(config)
+
+    def _build(self, config: VQVAEConfig) -> None:
+        """The networks and the codebook, their initial values drawn from the current random stream."""
         levels = int(math.log2(config.downsample))
         net = dict(base_channels=config.base_channels, channel_mult=tuple(2**i for i in range(levels + 1)),
                    num_res_blocks=config.num_res_blocks)
@@ -307,9 +319,7 @@ class VQVAEModel(FamilyModule):
         independently from the training code frequencies at that position (uniform before training).
         Image i uses seed + i (or seeds[i]) and nothing else. cond is ignored: the model is unconditional."""
         self.eval()
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
         probs = self.code_frequencies.clone()  # (h*w, K)
         probs[probs.sum(1) <= 0] = 1.0
         gen = PerSampleGenerator(seeds, self.device)

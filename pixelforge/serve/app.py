@@ -145,13 +145,13 @@ def _label_index(g: Generator, label, loc: list) -> int | None:
 def model_info(g: Generator, name: str | None = None) -> S.ModelInfo:
     cfg = g.model.config
     classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
-    inputs = [S.InputKind(name="label", supported=g.num_classes > 0,
-                          note="" if g.num_classes else "unconditional model")]
+    inputs = [S.InputKind(name="label", supported="labels" in g.inputs,
+                          note="" if "labels" in g.inputs else "unconditional model")]
     inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("prompt", "sketch", "image", "mask")]
     evaluation = latest_evaluation(g.run_dir)
     return S.ModelInfo(
         name=name or g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
-        num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.sample_options),
+        num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.option_specs.values()),
         inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
     )
 
@@ -297,7 +297,7 @@ def create_app(
     async def create_job(req: S.JobRequest, response: Response):
         g = generator_of(req.model, ["body", "model"])
         try:
-            options = S.check_options(req.options, S.option_specs(g.sample_options))
+            options = S.check_options(req.options, S.option_specs(g.option_specs.values()))
         except S.OptionError as e:
             raise _invalid(e.loc, str(e)) from None
         if req.labels is not None:

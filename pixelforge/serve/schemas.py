@@ -1,14 +1,15 @@
-"""Request and response models of the HTTP API, each declared once; the sampling-option specs drive
-the web page's form, the validation of job requests and the OpenAPI schema alike."""
+"""Request and response models of the HTTP API, each declared once; the sampling-option specs, read
+from each model's family declaration (models/options.py), drive the web page's form, the validation of
+job requests and the OpenAPI schema alike."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Iterable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
-from ..sampling import SAMPLERS, SCHEDULES
+from ..models import options as family_options
 
 MAX_IMAGES = 64  # images per job
 MAX_SEED = 2**32 - 1
@@ -30,29 +31,11 @@ class OptionSpec(BaseModel):
     help: str = ""
 
 
-# Every option a family's `sample_options` may hold, with its range. An option a family adds without a
-# spec here is still offered, typed by its default and without a range.
-OPTION_SPECS: dict[str, dict] = {
-    "sampler": {"kind": "choice", "choices": list(SAMPLERS), "help": "ODE/SDE solver"},
-    "steps": {"kind": "int", "min": 1, "max": 200, "help": "solver steps (Heun uses two network evaluations a step)"},
-    "guidance": {"kind": "float", "min": 0.0, "max": 20.0, "help": "classifier-free guidance scale (1: none)"},
-    "schedule": {"kind": "choice", "choices": list(SCHEDULES), "help": "noise-level schedule"},
-    "temperature": {"kind": "float", "min": 0.01, "max": 5.0, "help": "sampling temperature (1: the model's own distribution)"},
-    "truncation": {"kind": "float", "min": 0.0, "max": 2.0, "help": "truncation of the latent (1: none; lower: safer, less varied)"},
-    "top_k": {"kind": "int", "min": 0, "max": 65536, "help": "draw from the k most likely codes only (0: no limit)"},
-}
-
-
-def option_specs(defaults: dict) -> list[OptionSpec]:
-    """The specs of a model's sample_options, each with the model's own default."""
-    out = []
-    for name, default in defaults.items():
-        spec = OPTION_SPECS.get(name)
-        if spec is None:
-            kind = "float" if isinstance(default, float) else "int" if isinstance(default, int) else "str"
-            spec = {"kind": kind}
-        out.append(OptionSpec(name=name, default=default, **spec))
-    return out
+def option_specs(specs: Iterable[family_options.OptionSpec]) -> list[OptionSpec]:
+    """The answer's form of a model's option declarations (`Generator.option_specs`, the family's with the
+    run's own defaults): the ranges are the family's, written nowhere else."""
+    return [OptionSpec(name=s.name, kind=s.kind, default=s.default, min=s.min, max=s.max,
+                       choices=None if s.choices is None else list(s.choices), help=s.help) for s in specs]
 
 
 class OptionError(ValueError):
@@ -93,7 +76,8 @@ def check_options(options: dict, specs: list[OptionSpec]) -> dict:
             if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
                 raise OptionError(loc, f"{name} must be a finite number, got {value!r}")  # NaN passes every range test
             if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
-                raise OptionError(loc, f"{name} must be between {spec.min:g} and {spec.max:g}, got {value!r}")
+                lo, hi = ("-inf" if spec.min is None else f"{spec.min:g}"), ("inf" if spec.max is None else f"{spec.max:g}")
+                raise OptionError(loc, f"{name} must be between {lo} and {hi}, got {value!r}")
             value = float(value) if spec.kind == "float" else value
         out[name] = value
     return out

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...condition import LabelEmbedding
+from ...condition import LabelEmbedding, no_labels
 from .unet import FourierEmbedding
 
 
@@ -156,7 +156,7 @@ class DiT(nn.Module):
         c = self.noise_mlp(self.noise_embed(c_noise))  # (B, D)
         if self.label_embed is not None:
             if labels is None:
-                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+                labels = no_labels(x.shape[0], x.device)
             c = c + self.label_embed(labels)
         for block in self.blocks:
             h = block(h, c)

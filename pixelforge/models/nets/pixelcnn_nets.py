@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...condition import LabelEmbedding
+from ...condition import LabelEmbedding, no_labels
 
 LEVELS = 256  # 8-bit pixel values
 
@@ -90,7 +90,7 @@ class GatedPixelCNN(nn.Module):
         if self.label_embed is None:
             return [None] * len(self.layers)
         if labels is None:
-            labels = torch.full((batch,), -1, dtype=torch.long, device=device)  # the "no label" embedding
+            labels = no_labels(batch, device)  # the "no label" embedding
         emb = self.label_embed(labels)  # (B, F)
         return [layer.cond_bias(emb) for layer in self.layers]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...condition import LabelEmbedding
+from ...condition import LabelEmbedding, no_labels
 
 
 def _groups(ch: int) -> int:
@@ -138,7 +138,7 @@ class UNet(nn.Module):
         emb = self.emb_mlp(self.noise_embed(c_noise))  # (B, emb_dim)
         if self.label_embed is not None:
             if labels is None:
-                labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+                labels = no_labels(x.shape[0], x.device)
             emb = emb + self.label_embed(labels)
         emb = F.silu(emb)
         h = self.conv_in(x)
