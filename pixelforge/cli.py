@@ -125,10 +125,11 @@ def cmd_train(a) -> int:
     from .data import DataConfig, describe_source
     from .models import OptimConfig, get_family
     from .train import RunConfig, TrainConfig, train
-    from .train.runs import default_runs_dir
+    from .train.lock import RunLockedError
+    from .train.runs import check_run_name, default_runs_dir
 
     runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
-    run_dir = runs_dir / a.name
+    run_dir = runs_dir / check_run_name(a.name)
     saved = run_dir / "config.json"
     if saved.exists() and (run_dir / "checkpoints").is_dir():
         cfg = RunConfig.load(saved)
@@ -160,8 +161,12 @@ def cmd_train(a) -> int:
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"--early-stop-on {cfg.train.early_stop_on} needs --eval-every K to compute it")
     evaluator = _training_evaluator(cfg, a.device) if cfg.train.eval_every else None
-    result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
-                   max_seconds=a.max_minutes * 60 if a.max_minutes else None)
+    try:
+        result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
+                       max_seconds=a.max_minutes * 60 if a.max_minutes else None)
+    except RunLockedError as e:
+        print(f"pixelforge train: error: {e}", file=sys.stderr)
+        return 1
     print(f"{result.stopped} at step {result.step}: {run_dir}")
     if result.last_checkpoint:
         print(f"checkpoint: {result.last_checkpoint}")
