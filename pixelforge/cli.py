@@ -42,7 +42,7 @@ def _add_train(sub):
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
-    p.add_argument("--name", required=True, help="run name: the run lives in RUNS_DIR/NAME")
+    p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps in total (default 10000)")
     p.add_argument("--batch-size", type=int, default=64)
