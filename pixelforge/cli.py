@@ -97,7 +97,7 @@ def _add_train(sub):
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
-    p.add_argument("--name", required=True, help="run name: the run lives in RUNS_DIR/NAME")
+    p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default 10000)")
     p.add_argument("--batch-size", type=_int_range(1), default=64)
@@ -181,10 +181,11 @@ def cmd_train(a) -> int:
     from .data import DataConfig, describe_source
     from .models import OptimConfig, get_family
     from .train import RunConfig, TrainConfig, train
-    from .train.runs import default_runs_dir
+    from .train.lock import RunLockedError
+    from .train.runs import check_run_name, default_runs_dir
 
     runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
-    run_dir = runs_dir / a.name
+    run_dir = runs_dir / check_run_name(a.name)
     saved = run_dir / "config.json"
     if saved.exists() and (run_dir / "checkpoints").is_dir():
         cfg = RunConfig.load(saved)
@@ -216,8 +217,12 @@ def cmd_train(a) -> int:
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"--early-stop-on {cfg.train.early_stop_on} needs --eval-every K to compute it")
     evaluator = _training_evaluator(cfg, a.device) if cfg.train.eval_every else None
-    result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
-                   max_seconds=a.max_minutes * 60 if a.max_minutes is not None else None)
+    try:
+        result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
+                       max_seconds=a.max_minutes * 60 if a.max_minutes is not None else None)
+    except RunLockedError as e:
+        print(f"pixelforge train: error: {e}", file=sys.stderr)
+        return 1
     print(f"{result.stopped} at step {result.step}: {run_dir}")
     if result.last_checkpoint:
         print(f"checkpoint: {result.last_checkpoint}")

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from ..condition import Cond
 from ..data import ImageSet, augment, load_dataset, split_indices, to_model
 from ..device import pick_device
+from ..files import remove_stale_temporaries
 from ..images import make_grid, save_png, to_pil
 from ..models import get_family
 from ..models.limits import check_model_size
@@ -31,6 +33,7 @@ from .checkpoint import (
     unflatten_state,
 )
 from .config import RunConfig
+from .lock import run_lock
 from .runs import load_weights, resolve_run
 
 METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "fid", "kid", "kid_std", "elapsed_s"]
@@ -88,6 +91,8 @@ class _MetricsLog:
         if self.path.exists() and resume_step > 0:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+        # the last kept row's elapsed_s (or 0): where a resume from a checkpoint that did not store it counts on
+        self.last_elapsed_s = next((float(r["elapsed_s"]) for r in reversed(rows) if r.get("elapsed_s")), 0.0)
         with open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_COLUMNS)
             w.writeheader()
@@ -170,10 +175,47 @@ def train(
     evaluator(ema_model, step) -> figures (e.g. {"fid": ..., "kid": ...}) is called every
     cfg.train.eval_every steps; the loop knows nothing of how they are computed. max_seconds: a
     wall-clock budget for this call; when it runs out the loop checkpoints and stops ("time-budget").
+
+    The run folder is locked for the whole call: a second training of the same run fails at once with
+    a RunLockedError naming the owner. A folder this call creates is removed again when the call fails
+    before its first checkpoint (no data, a model too big to allocate), so no half-made run is left.
     """
     run_dir = Path(run_dir)
     dev = pick_device(device)
+    cfg.model_config()  # a bad model field fails here, before any folder exists
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) as stale_owner:
+        if stale_owner:
+            tqdm.write(f"taking over the stale lock of {run_dir}: {stale_owner} ended without releasing it")
+        try:
+            return _train_locked(cfg, run_dir, dev, init_from=init_from, progress=progress, stop_at=stop_at,
+                                 cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+        except BaseException:
+            if created and not list_checkpoints(run_dir / "checkpoints"):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train_locked(
+    cfg: RunConfig,
+    run_dir: Path,
+    dev: torch.device,
+    *,
+    init_from: str | None,
+    progress: bool,
+    stop_at: int | None,
+    cache_dir: str | Path | None,
+    evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None,
+    max_seconds: float | None,
+) -> TrainResult:
+    """train() itself, run while this process holds the run folder's lock."""
     ckpt_dir = run_dir / "checkpoints"
+    # Only a training writes in these folders, and none but this one can run now: any temporary file
+    # there is what a killed write left behind.
+    removed = [*remove_stale_temporaries(ckpt_dir), *remove_stale_temporaries(run_dir / "samples")]
+    if removed:
+        tqdm.write(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}")
     existing = list_checkpoints(ckpt_dir)
     if (run_dir / "config.json").exists():
         saved = RunConfig.load(run_dir / "config.json")
@@ -183,7 +225,6 @@ def train(
                 f"{run_dir} already holds a {saved.family} run with another model or data config; "
                 "choose another --name to start afresh (or delete the folder)"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.resolved()
     atomic_write_text(run_dir / "config.json", cfg.to_json())
 
@@ -206,6 +247,7 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
     start, best_val, bad_vals = 0, math.inf, 0
+    saved_elapsed = None
     if existing:
         parts, state = load_checkpoint(existing[-1])
         load_state(model, parts.get("model", {}), existing[-1].with_suffix(".safetensors"))
@@ -218,12 +260,15 @@ def train(
         if dev.type == "cuda" and "torch_cuda" in parts["rng"]:
             torch.cuda.set_rng_state(parts["rng"]["torch_cuda"])
         start, best_val, bad_vals = state["step"], state.get("best_val", math.inf), state.get("bad_vals", 0)
+        saved_elapsed = state.get("elapsed_s")  # absent from checkpoints written before it was stored
         tqdm.write(f"resuming {run_dir} from step {start}")
     elif init_from:
         skipped = _init_from(model, ema, init_from)
         tqdm.write(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
 
     log = _MetricsLog(run_dir, start)
+    # training seconds of the earlier calls: elapsed_s counts on from them
+    elapsed_before = float(saved_elapsed) if saved_elapsed is not None else log.last_elapsed_s
     last_ckpt = existing[-1].with_suffix(".safetensors") if existing else None
 
     def checkpoint(step: int) -> Path:
@@ -239,7 +284,8 @@ def train(
             ckpt_dir,
             step,
             {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng, **optim_parts},
-            {"images_seen": step * cfg.train.batch_size, "best_val": best_val, "bad_vals": bad_vals, "optim": optim_skel, "device": str(dev)},
+            {"images_seen": step * cfg.train.batch_size, "best_val": best_val, "bad_vals": bad_vals, "optim": optim_skel,
+             "device": str(dev), "elapsed_s": elapsed_before + time.perf_counter() - t0},
             keep=cfg.train.keep_checkpoints,
         )
 
@@ -293,7 +339,7 @@ def train(
                     "grad_norm": f"{window_gn / window_n:.4f}",
                     "lr": f"{_logged_lr(model, figures):.3g}",
                     "img_per_s": f"{window_imgs / max(dt, 1e-9):.1f}",
-                    "elapsed_s": f"{time.perf_counter() - t0:.1f}",
+                    "elapsed_s": f"{elapsed_before + time.perf_counter() - t0:.1f}",
                 }
                 bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{window_imgs / max(dt, 1e-9):.0f}")
                 window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0

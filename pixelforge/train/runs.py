@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +16,20 @@ DEFAULT_MODEL = "mnist-diffusion"
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get("PIXELFORGE_RUNS", "runs"))
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")  # 255: the longest file name most file systems take
+
+
+def check_run_name(name: str) -> str:
+    """A run name is a plain folder name under the runs directory (1 to 255 letters, digits, '-', '_'
+    or '.'), so no name can put a run elsewhere; returns it, or raises a ValueError saying what is allowed."""
+    if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"run name {name!r} is not a plain name: use 1 to 255 letters, digits, '-', '_' and '.' only "
+            "(no '/' or '\\', not '.' or '..'); to keep runs in another folder, set the runs folder (--runs-dir)"
+        )
+    return name
 
 
 def bundled_models() -> list[str]:
