@@ -229,15 +229,9 @@ def _sampling_options(a) -> dict:
 
 
 def _progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
+    from .progress import image_bar
 
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-    def callback(done: float, n: int):
-        bar.n = round(done, 2)
-        bar.refresh()
-
-    return bar, callback
+    return image_bar(total, desc)  # counts whole images
 
 
 def cmd_sample(a) -> int:

@@ -14,8 +14,17 @@ import torch
 
 from .data import DataConfig, check_folder, describe_source, load_dataset, split_indices, to_model
 from .images import make_grid, to_pil
-from .metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, nearest_real, real_features, to_uint8
+from .metrics.evaluate import (
+    EvalOptions,
+    balanced_labels,
+    evaluate_images,
+    extract_features,
+    nearest_real,
+    real_features,
+    to_uint8,
+)
 from .metrics.features import load_extractor
+from .progress import image_bar
 from .report import write_report
 
 
@@ -41,16 +50,10 @@ def load_real(source: str, *, extractor, image_size: int | None = None, cache_di
 
 
 def _generate(g, n: int, *, seed: int, progress: bool, **options) -> tuple[torch.Tensor, list]:
-    from tqdm.auto import tqdm
-
     labels = balanced_labels(n, g.num_classes)
-    bar = tqdm(total=n, desc=f"sampling {g.name}", unit="img", disable=not progress, dynamic_ncols=True)
-
-    def cb(done, total):
-        bar.n = round(done, 2)
-        bar.refresh()
-
+    bar, cb = image_bar(n, f"sampling {g.name}", enabled=progress)
     images, _ = g.generate_tensor(n, labels=labels, seed=seed, callback=cb, **options)
+    cb(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
     return to_uint8(images), labels
 
@@ -90,14 +93,15 @@ def evaluate_run(
     fake, _ = _generate(g, n, seed=seed, progress=progress, **used)
     real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress)
     opts = options or EvalOptions(seed=seed)
-    figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
+                              progress=progress)
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     step = _run_step(g.run_dir)
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
         "extractor": figures["extractor"], "n_fake": figures["n_fake"], "n_real": figures["n_real"],
         **used, "seed": seed,
-        "resize": figures["settings"]["resize"], "KID subsets": f"{opts.kid_subsets} x {opts.kid_subset_size}",
+        "resize": figures["settings"]["resize"], "KID subsets": _kid_subsets(figures),
         "precision/recall k": opts.pr_k, "IS": figures["settings"]["is_note"], "seconds": figures["seconds"],
     }
     figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, **used, "seed": seed,
@@ -110,12 +114,17 @@ def evaluate_run(
         if report is True:  # the run's own report, or out/NAME/ for a bundled model inside the package
             report = g.run_dir / "report.html" if writable else Path("out") / g.name / "report.html"
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
-        f_feats = ext.features(fake[: min(len(fake), 512)])
+        f_feats = extract_features(ext, fake[: min(len(fake), 512)], progress=progress, desc="nearest real neighbours")
         grid = make_grid(to_pil(fake[:64].float() / 127.5 - 1), scale=max(1, 64 // fake.shape[-1]))
         figures["report"] = str(write_report(
             Path(report), title=f"Evaluation of {g.name}", figures=figures, settings=settings, grid=grid,
             pairs=_pairs(fake[: len(f_feats)], real_images, f_feats, r_feats), metrics_csv=g.run_dir / "metrics.csv"))
     return figures
+
+
+def _kid_subsets(figures: dict) -> str:
+    """ "100 x 200": KID's subsets and the subset size the computation used (capped at the smaller set)."""
+    return f"{figures['settings']['kid_subsets']} x {figures['settings']['kid_subset_size']}"
 
 
 def _run_step(run_dir: Path) -> int | None:
@@ -150,13 +159,14 @@ def evaluate_folders(
     fake_images = load_real(fake, extractor=ext, progress=progress)
     real_images = load_real(real, extractor=ext, progress=progress)
     opts = options or EvalOptions()
-    figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
+                              progress=progress)
     if report:
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
-        f_feats = ext.features(fake_images[:512])
+        f_feats = extract_features(ext, fake_images[:512], progress=progress, desc="nearest real neighbours")
         settings = {"fake": fake, "real": real, "extractor": figures["extractor"], "n_fake": figures["n_fake"],
                     "n_real": figures["n_real"], "resize": figures["settings"]["resize"], "seed": opts.seed,
-                    "IS": figures["settings"]["is_note"]}
+                    "KID subsets": _kid_subsets(figures), "IS": figures["settings"]["is_note"]}
         grid = make_grid(to_pil(fake_images[:64].float() / 127.5 - 1), scale=max(1, 64 // fake_images.shape[-1]))
         figures["report"] = str(write_report(Path(report), title=f"Evaluation of {fake}", figures=figures, settings=settings,
                                              grid=grid, pairs=_pairs(fake_images[: len(f_feats)], real_images, f_feats, r_feats)))

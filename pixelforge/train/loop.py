@@ -20,6 +20,7 @@ from ..data import ImageSet, augment, load_dataset, split_indices, to_model
 from ..device import pick_device
 from ..images import make_grid, save_png, to_pil
 from ..models import get_family
+from ..progress import eta_seconds, train_postfix
 from .checkpoint import (
     atomic_write_text,
     flatten_state,
@@ -257,7 +258,10 @@ def train(
     losses: dict[int, float] = {}
     stopped = "finished"
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name)
+    # tqdm's own ETA knows nothing of --max-minutes: the postfix's left= says which limit ends the run first
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
+    figures_shown: dict[str, str] = {}  # the last in-training FID/KID, kept on the bar
     t0 = time.perf_counter()
     window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     step = start
@@ -277,6 +281,10 @@ def train(
             window_loss += figures["loss"]
             window_gn += figures.get("grad_norm", 0.0)
             window_n += 1
+            elapsed = time.perf_counter() - t0
+            eta = eta_seconds(end - step, elapsed / (step - start), None if max_seconds is None else max_seconds - elapsed)
+            bar.set_postfix({**train_postfix(window_loss / window_n, window_imgs, time.perf_counter() - window_t, eta),
+                             **figures_shown}, refresh=False)
             bar.update(1)
             row = None
             if step % cfg.train.log_every == 0 or step == end:
@@ -290,7 +298,6 @@ def train(
                     "img_per_s": f"{window_imgs / max(dt, 1e-9):.1f}",
                     "elapsed_s": f"{time.perf_counter() - t0:.1f}",
                 }
-                bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{window_imgs / max(dt, 1e-9):.0f}")
                 window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
             if len(val_idx) and (step % cfg.train.val_every == 0 or step == end):
                 val = _validation_loss(ema, data, val_idx, cfg, dev)
@@ -305,7 +312,7 @@ def train(
                 figures = evaluator(ema, step)
                 row = row or {"step": step, "images": step * cfg.train.batch_size}
                 row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
-                bar.set_postfix(loss=row.get("loss") or "-", **{k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")})
+                figures_shown = {k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")}
                 watched = figures.get(cfg.train.early_stop_on)
                 if watched is not None:
                     if watched < best_val - 1e-6:
