@@ -55,6 +55,8 @@ def _add_train(sub):
     p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
     p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
+    p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
+                   "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
     m.add_argument("--base-channels", type=int, default=None, help="network width at full resolution (diffusion default 32)")
     m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2")
@@ -143,7 +145,7 @@ def cmd_train(a) -> int:
         image_size = a.image_size or native["image_size"]
         channels = a.channels or native["channels"]
         data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
-                          val_fraction=a.val_fraction, split_seed=a.seed)
+                          val_fraction=a.val_fraction, split_seed=a.seed, allow_upscale=a.allow_upscale)
         model = _model_fields(a, family, image_size, channels, 0 if a.no_labels else native["num_classes"])
         cfg = RunConfig(
             family=a.model,
@@ -171,12 +173,14 @@ def cmd_train(a) -> int:
 
 def _training_evaluator(cfg, device: str):
     """FID/KID during training against the run's own data, with fast sampler settings (recorded here)."""
+    from .data import min_side
     from .evaluate import load_real
     from .metrics.evaluate import make_training_evaluator
     from .metrics.features import load_extractor
 
     ext = load_extractor(cfg.train.eval_extractor, data_source=cfg.data.source, device=device)
-    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False)
+    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
+                     shortest=min_side(cfg.data))
     print(f"in-training evaluation: {cfg.train.eval_samples} samples (dpmpp_2m, 12 steps) vs {len(real)} real images, "
           f"extractor {ext.name}")
     return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
@@ -344,7 +348,7 @@ def _add_info(sub):
 def cmd_data_check(a) -> int:
     from .data import check_folder, format_report
 
-    report = check_folder(a.dir, progress=not a.quiet)
+    report = check_folder(a.dir, progress=not a.quiet, image_size=a.image_size)
     print(format_report(report))
     return 0 if report.usable > 0 else 1
 
@@ -531,9 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ratings(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why")
+    c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",
+                        formatter_class=_Help)
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--image-size", type=int, default=32, help="the training size: images with a side below half "
+                   "of it are listed as too small (training skips them unless --allow-upscale)")
     c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a run's sampling files (EMA weights, config) to a folder, e.g. to ship a model")
     e.add_argument("run", metavar="RUN")

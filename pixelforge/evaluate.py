@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataConfig, check_folder, describe_source, load_dataset, split_indices, to_model
+from .data import DataConfig, check_folder, describe_source, load_dataset, min_side, split_indices, to_model
 from .images import make_grid, to_pil
 from .metrics.evaluate import (
     EvalOptions,
@@ -38,14 +38,16 @@ def _native_side(folder: str, default: int) -> int:
     return default
 
 
-def load_real(source: str, *, extractor, image_size: int | None = None, cache_dir=None, progress: bool = True) -> torch.Tensor:
+def load_real(source: str, *, extractor, image_size: int | None = None, cache_dir=None, progress: bool = True,
+              shortest: int = 0) -> torch.Tensor:
     """Real images as uint8 (N, C, H, W): a bundled set at its native size, or a folder at its own
-    size when all its images share one (else the extractor's input size, centre-cropped)."""
+    size when all its images share one (else the extractor's input size, centre-cropped). Folder
+    images with a side below `shortest` px are left out, as training leaves them out (data.min_side)."""
     info = describe_source(source)
     channels = 1 if info["bundled"] and info["channels"] == 1 else 3  # each extractor converts to what it takes
     side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size))
     data = load_dataset(DataConfig(source=source, image_size=side, channels=channels, val_fraction=0.0),
-                        cache_dir=cache_dir, progress=progress)
+                        cache_dir=cache_dir, progress=progress, shortest=shortest)
     return data.images
 
 
@@ -91,7 +93,8 @@ def evaluate_run(
     t0 = time.perf_counter()
     used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
     fake, _ = _generate(g, n, seed=seed, progress=progress, **used)
-    real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress)
+    # a folder's tiny images are no reference for samples of the run's size, unless it trained on them
+    real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress, shortest=min_side(g.config.data))
     opts = options or EvalOptions(seed=seed)
     figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
                               progress=progress)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..condition import Cond
-from ..data import ImageSet, augment, load_dataset, split_indices, to_model
+from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
 from ..images import make_grid, save_png, to_pil
 from ..models import get_family
@@ -185,7 +185,7 @@ def train(
 
     data = load_dataset(cfg.data, cache_dir=cache_dir, progress=progress)
     if data.skipped:
-        tqdm.write(f"skipped {len(data.skipped)} unusable file(s); `pixelforge data check {cfg.data.source}` lists them")
+        tqdm.write(skipped_note(data.skipped, cfg.data))
     split_path = run_dir / "split.json"
     if split_path.exists():
         split = json.loads(split_path.read_text())
