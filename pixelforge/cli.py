@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import sys
@@ -22,10 +23,22 @@ EPILOG = """examples:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch)."""
+    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch);
+    an option without a help text still gets a line with its default (argparse would print nothing)."""
+
+    @staticmethod
+    def _has_default(action) -> bool:
+        return not (action.default is None or action.default is False or action.default == []
+                    or action.default is argparse.SUPPRESS)
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and self._has_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == []:
+        if not self._has_default(action):
             return action.help
         return super()._get_help_string(action)
 
@@ -59,10 +72,10 @@ def _add_train(sub):
                    "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
     m.add_argument("--base-channels", type=int, default=None, help="network width at full resolution (diffusion default 32)")
-    m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2")
-    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution")
-    m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it)")
-    m.add_argument("--dropout", type=float, default=None)
+    m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2 (default: the family's)")
+    m.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per resolution (default: the family's)")
+    m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it; default: the family's)")
+    m.add_argument("--dropout", type=float, default=None, help="dropout rate in the network (default: the family's)")
     m.add_argument("--label-dropout", type=float, default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
@@ -489,8 +502,17 @@ def cmd_ratings(a) -> int:
     path = Path(a.db) if a.db else (Path(a.runs_dir) if a.runs_dir else default_runs_dir()) / "ratings.sqlite"
     if not path.is_file():
         raise FileNotFoundError(f"no ratings database at {path}: ratings are collected by `pixelforge serve` (Compare tab)")
-    result = scores(RatingsDB(path).rows(), by=a.by, evaluation=lambda model: find_evaluation(model, a.runs_dir))
-    print(json.dumps(result) if a.json else format_scores(result))
+    rows = RatingsDB(path).rows()
+    result = scores(rows, by=a.by or "model", evaluation=lambda model: find_evaluation(model, a.runs_dir))
+    if a.json:
+        print(json.dumps(result))
+    elif a.by is None and result["left_out"]:
+        # The page's default comparison pits two settings of one model: by model those ratings score
+        # nothing, so without --by both tables are shown.
+        by_settings = scores(rows, by="settings", evaluation=lambda model: find_evaluation(model, a.runs_dir))
+        print((format_scores(result) + "\n\n" if result["scores"] else "") + format_scores(by_settings))
+    else:
+        print(format_scores(result))
     return 0
 
 
@@ -503,7 +525,8 @@ def _add_ratings(sub):
         formatter_class=_Help,
     )
     p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
-    p.add_argument("--by", choices=("model", "settings"), default="model", help="score each model, or each model and sampling settings")
+    p.add_argument("--by", choices=("model", "settings"), default=None, help="score each model, or each model and "
+                   "sampling settings (default: by model, and by settings too when ratings compare one model's settings)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.add_argument("--runs-dir", default=None)
     p.set_defaults(func=cmd_ratings)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..condition import Cond
 from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
-from ..images import make_grid, save_png, to_pil
+from ..images import labelled_rows, make_grid, save_png, to_pil
 from ..models import get_family
 from ..progress import eta_seconds, train_postfix
 from .checkpoint import (
@@ -127,14 +127,21 @@ def _logged_lr(model, figures: dict[str, float]) -> float:
     return next(iter(model.optimizers().values())).param_groups[0]["lr"]
 
 
+GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
+
+
 def _save_samples(ema, data: ImageSet, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
-    cond = None
+    scale = 2 if cfg.data.image_size <= 32 else 1
     if data.labels is not None and data.num_classes > 0:
-        cond = Cond(labels=torch.arange(n) % data.num_classes)
-    images = ema.sample(n, cond, seed=0)
-    cols = data.num_classes if cond is not None and data.num_classes <= 16 else None
-    grid = make_grid(to_pil(images), cols=cols, scale=2 if cfg.data.image_size <= 32 else 1)
+        # one full row per class, labelled with its name: about sample_count images in all
+        rows = min(data.num_classes, GRID_CLASSES)
+        per = math.ceil(n / rows)
+        labels = torch.arange(rows).repeat_interleave(per)  # (rows * per,) 0, 0, ..., 1, 1, ...
+        images = ema.sample(len(labels), Cond(labels=labels), seed=0)
+        grid = labelled_rows(to_pil(images), data.class_names[:rows], cols=per, scale=scale)
+    else:
+        grid = make_grid(to_pil(ema.sample(n, None, seed=0)), scale=scale)
     return save_png(grid, run_dir / "samples" / f"step_{step:07d}.png", {"step": step})
 
 
