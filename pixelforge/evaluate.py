@@ -28,11 +28,12 @@ from .progress import image_bar
 from .report import write_report
 
 
-def _native_side(folder: str, default: int) -> int:
-    """The side of a folder's images when they are all the same square size, else `default`."""
-    sizes = check_folder(folder).sizes
+def _native_side(folder: str, default: int, shortest: int = 0) -> int:
+    """The side of a folder's images when they are all the same square size, else `default`; images
+    with a side below `shortest` (left out of the set) do not count."""
+    sizes = [s for s in check_folder(folder).sizes if min(s) >= shortest]
     if len(sizes) == 1:
-        (w, h), = sizes.keys()
+        (w, h), = sizes
         if w == h:
             return int(w)
     return default
@@ -45,7 +46,7 @@ def load_real(source: str, *, extractor, image_size: int | None = None, cache_di
     images with a side below `shortest` px are left out, as training leaves them out (data.min_side)."""
     info = describe_source(source)
     channels = 1 if info["bundled"] and info["channels"] == 1 else 3  # each extractor converts to what it takes
-    side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size))
+    side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size, shortest))
     data = load_dataset(DataConfig(source=source, image_size=side, channels=channels, val_fraction=0.0),
                         cache_dir=cache_dir, progress=progress, shortest=shortest)
     return data.images
@@ -207,6 +208,7 @@ def classification_accuracy(
     real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
     result = classification_accuracy_score(
         fake.float() / 127.5 - 1, torch.tensor(labels), real_x[train_idx], data.labels[train_idx],
-        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed, device=g.device)
+        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed, device=g.device,
+        progress=progress)
     result.update({"model": g.name, "checkpoint": g.checkpoint_hash, **used, "per_class": dict(Counter(labels))})
     return result

@@ -3,14 +3,13 @@ bar whose postfix and ETA are there from the first step and follow the binding l
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
 import torch
 
 from pixelforge.metrics.evaluate import EvalOptions
-from pixelforge.progress import eta_seconds, image_bar, train_postfix
+from pixelforge.progress import eta_seconds, train_postfix
 from pixelforge.train import train
 
 
@@ -44,12 +43,13 @@ def test_evaluate_without_progress_prints_nothing_on_stderr(tiny_run, tmp_path, 
     assert capsys.readouterr().err == ""
 
 
-def test_sampling_bar_counts_whole_images_up_to_n(tiny_run):
+def test_sampling_bar_counts_whole_images_up_to_n(tiny_run, capsys):
     from pixelforge import api
+    from pixelforge.cli import _progress_bar
 
     g = api.load(str(tiny_run), device="cpu")
     n = 11
-    bar, callback = image_bar(n, "sampling", file=io.StringIO())
+    bar, callback = _progress_bar(n, "sampling")  # the bar of `pixelforge sample` and `demo`
     seen: list = []
 
     def spy(done, total):
@@ -63,7 +63,8 @@ def test_sampling_bar_counts_whole_images_up_to_n(tiny_run):
     assert all(isinstance(v, int) for v in seen)
     assert seen == sorted(seen)
     assert seen[-1] == n
-    assert "/11" in bar.fp.getvalue() and not re.search(r"\d\.\d+/11", bar.fp.getvalue())
+    err = capsys.readouterr().err
+    assert "11/11" in err and not re.search(r"\d\.\d+/11", err), err
 
 
 def test_training_eta_is_the_time_budget_when_it_ends_first():
@@ -81,12 +82,27 @@ def test_training_postfix_shows_loss_speed_and_the_binding_limit():
     assert train_postfix(0.5, 16, 1.0, eta_seconds(10, 0.5, None))["left"] == "00:05"
 
 
-def test_training_bar_shows_loss_and_speed_from_the_first_step(tmp_path, make_run_config, capsys, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw the bar at every step
+def test_training_bar_shows_loss_and_speed_from_the_first_step(tmp_path, make_run_config, monkeypatch):
+    import pixelforge.train.loop as loop
+
+    shown: dict[int, str] = {}  # step -> the bar's postfix when it moved to that step
+
+    class Recording(loop.tqdm):
+        def update(self, n=1):
+            shown[self.n + n] = self.postfix or ""
+            return super().update(n)
+
+    monkeypatch.setattr(loop, "tqdm", Recording)
     # log_every far beyond the run: the postfix must not wait for a metrics.csv row
     cfg = make_run_config(steps=3, log_every=1000, val_every=1000, ckpt_every=1000)
     train(cfg, tmp_path / "run", progress=True, cache_dir=tmp_path / "cache", max_seconds=3600)
+    assert re.search(r"loss=\d", shown[1]) and "img_s=" in shown[1] and "left=" in shown[1], shown
+
+
+def test_cas_shows_a_bar_for_sampling_and_each_classifier(tiny_run, capsys):
+    from pixelforge.evaluate import classification_accuracy
+
+    classification_accuracy(str(tiny_run), n_per_class=2, epochs=2, device="cpu", progress=True, steps=2)
     err = capsys.readouterr().err
-    first = [line for line in re.split(r"[\r\n]", err) if "1/3" in line]
-    assert first, err
-    assert re.search(r"loss=\d", first[-1]) and "img_s=" in first[-1] and "left=" in first[-1], first[-1]
+    for stage in ("sampling ", "classifier on generated images", "classifier on real images"):
+        assert re.search(re.escape(stage) + r".*\d+/\d+", err), f"no progress bar for stage {stage!r}:\n{err}"

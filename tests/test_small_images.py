@@ -71,3 +71,11 @@ def test_evaluation_real_set_leaves_out_images_too_small_for_the_run(folder_with
     ext = load_extractor("mnist-classifier", device="cpu")
     assert len(load_real(str(folder_with_a_dot), extractor=ext, image_size=8, progress=False, shortest=4)) == 12
     assert len(load_real(str(folder_with_a_dot), extractor=ext, image_size=8, progress=False, shortest=0)) == 13
+
+
+def test_a_too_small_image_does_not_change_the_side_of_the_real_set(folder_with_a_dot):
+    from pixelforge.evaluate import load_real
+    from pixelforge.metrics.features import load_extractor
+
+    ext = load_extractor("mnist-classifier", device="cpu")  # input 28x28: the side used for mixed sizes
+    assert tuple(load_real(str(folder_with_a_dot), extractor=ext, progress=False, shortest=4).shape[-2:]) == (8, 8)
