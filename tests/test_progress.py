@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 from pixelforge.metrics.evaluate import EvalOptions
 from pixelforge.progress import eta_seconds, train_postfix
