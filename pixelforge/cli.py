@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -26,10 +27,22 @@ memory, disk full, permission denied); 130 interrupted. Errors print one line; -
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch)."""
+    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch);
+    an option without a help text still gets a line with its default (argparse would print nothing)."""
+
+    @staticmethod
+    def _has_default(action) -> bool:
+        return not (action.default is None or action.default is False or action.default == []
+                    or action.default is argparse.SUPPRESS)
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and self._has_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == []:
+        if not self._has_default(action):
             return action.help
         return super()._get_help_string(action)
 
@@ -111,12 +124,14 @@ def _add_train(sub):
     p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
     p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
+    p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
+                   "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
     m.add_argument("--base-channels", type=_int_range(1), default=None, help="network width at full resolution (diffusion default 32)")
-    m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2")
-    m.add_argument("--num-res-blocks", type=_int_range(1), default=None, help="residual blocks per resolution")
-    m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it)")
-    m.add_argument("--dropout", type=_float_range(0, 1, below_hi=True), default=None)
+    m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2 (default: the family's)")
+    m.add_argument("--num-res-blocks", type=_int_range(1), default=None, help="residual blocks per resolution (default: the family's)")
+    m.add_argument("--attn-resolutions", default=None, help="feature sides with self-attention, e.g. 16,8 (the middle always has it; default: the family's)")
+    m.add_argument("--dropout", type=_float_range(0, 1, below_hi=True), default=None, help="dropout rate in the network (default: the family's)")
     m.add_argument("--label-dropout", type=_float_range(0, 1, below_hi=True), default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
@@ -200,7 +215,7 @@ def cmd_train(a) -> int:
         image_size = a.image_size if a.image_size is not None else native["image_size"]
         channels = a.channels if a.channels is not None else native["channels"]
         data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
-                          val_fraction=a.val_fraction, split_seed=a.seed)
+                          val_fraction=a.val_fraction, split_seed=a.seed, allow_upscale=a.allow_upscale)
         model = _model_fields(a, family, image_size, channels, 0 if a.no_labels else native["num_classes"])
         cfg = RunConfig(
             family=a.model,
@@ -232,12 +247,14 @@ def cmd_train(a) -> int:
 
 def _training_evaluator(cfg, device: str):
     """FID/KID during training against the run's own data, with fast sampler settings (recorded here)."""
+    from .data import min_side
     from .evaluate import load_real
     from .metrics.evaluate import make_training_evaluator
     from .metrics.features import load_extractor
 
     ext = load_extractor(cfg.train.eval_extractor, data_source=cfg.data.source, device=device)
-    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False)
+    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
+                     shortest=min_side(cfg.data))
     print(f"in-training evaluation: {cfg.train.eval_samples} samples (dpmpp_2m, 12 steps) vs {len(real)} real images, "
           f"extractor {ext.name}")
     return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
@@ -294,15 +311,9 @@ def _sampling_options(a) -> dict:
 
 
 def _progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
+    from .progress import image_bar
 
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-    def callback(done: float, n: int):
-        bar.n = round(done, 2)
-        bar.refresh()
-
-    return bar, callback
+    return image_bar(total, desc)  # counts whole images
 
 
 def _check_out(a) -> None:
@@ -456,7 +467,7 @@ def _add_info(sub):
 def cmd_data_check(a) -> int:
     from .data import check_folder, format_report
 
-    report = check_folder(a.dir, progress=not a.quiet)
+    report = check_folder(a.dir, progress=not a.quiet, image_size=a.image_size)
     print(format_report(report))
     return 0 if report.usable > 0 else 1
 
@@ -623,8 +634,17 @@ def cmd_ratings(a) -> int:
     path = Path(a.db) if a.db else (Path(a.runs_dir) if a.runs_dir else default_runs_dir()) / "ratings.sqlite"
     if not path.is_file():
         raise FileNotFoundError(f"no ratings database at {path}: ratings are collected by `pixelforge serve` (Compare tab)")
-    result = scores(RatingsDB(path).rows(), by=a.by, evaluation=lambda model: find_evaluation(model, a.runs_dir))
-    print(json.dumps(result) if a.json else format_scores(result))
+    rows = RatingsDB(path).rows()
+    result = scores(rows, by=a.by or "model", evaluation=lambda model: find_evaluation(model, a.runs_dir))
+    if a.json:
+        print(json.dumps(result))
+    elif a.by is None and result["left_out"]:
+        # The page's default comparison pits two settings of one model: by model those ratings score
+        # nothing, so without --by both tables are shown.
+        by_settings = scores(rows, by="settings", evaluation=lambda model: find_evaluation(model, a.runs_dir))
+        print((format_scores(result) + "\n\n" if result["scores"] else "") + format_scores(by_settings))
+    else:
+        print(format_scores(result))
     return 0
 
 
@@ -637,7 +657,8 @@ def _add_ratings(sub):
         formatter_class=_Help,
     )
     p.add_argument("--db", default=None, help="ratings SQLite file (default RUNS_DIR/ratings.sqlite)")
-    p.add_argument("--by", choices=("model", "settings"), default="model", help="score each model, or each model and sampling settings")
+    p.add_argument("--by", choices=("model", "settings"), default=None, help="score each model, or each model and "
+                   "sampling settings (default: by model, and by settings too when ratings compare one model's settings)")
     p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     p.add_argument("--runs-dir", default=None)
     p.set_defaults(func=cmd_ratings)
@@ -671,9 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ratings(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why")
+    c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",
+                        formatter_class=_Help)
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--image-size", type=int, default=32, help="the training size: images with a side below half "
+                   "of it are listed as too small (training skips them unless --allow-upscale)")
     c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a run's sampling files (EMA weights, config) to a folder, e.g. to ship a model")
     e.add_argument("run", metavar="RUN")

@@ -12,45 +12,51 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataConfig, check_folder, describe_source, load_dataset, split_indices, to_model
+from .data import DataConfig, check_folder, describe_source, load_dataset, min_side, split_indices, to_model
 from .images import make_grid, to_pil
-from .metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, nearest_real, real_features, to_uint8
+from .metrics.evaluate import (
+    EvalOptions,
+    balanced_labels,
+    evaluate_images,
+    extract_features,
+    nearest_real,
+    real_features,
+    to_uint8,
+)
 from .metrics.features import load_extractor
+from .progress import image_bar
 from .report import write_report
 
 
-def _native_side(folder: str, default: int) -> int:
-    """The side of a folder's images when they are all the same square size, else `default`."""
-    sizes = check_folder(folder).sizes
+def _native_side(folder: str, default: int, shortest: int = 0) -> int:
+    """The side of a folder's images when they are all the same square size, else `default`; images
+    with a side below `shortest` (left out of the set) do not count."""
+    sizes = [s for s in check_folder(folder).sizes if min(s) >= shortest]
     if len(sizes) == 1:
-        (w, h), = sizes.keys()
+        (w, h), = sizes
         if w == h:
             return int(w)
     return default
 
 
-def load_real(source: str, *, extractor, image_size: int | None = None, cache_dir=None, progress: bool = True) -> torch.Tensor:
+def load_real(source: str, *, extractor, image_size: int | None = None, cache_dir=None, progress: bool = True,
+              shortest: int = 0) -> torch.Tensor:
     """Real images as uint8 (N, C, H, W): a bundled set at its native size, or a folder at its own
-    size when all its images share one (else the extractor's input size, centre-cropped)."""
+    size when all its images share one (else the extractor's input size, centre-cropped). Folder
+    images with a side below `shortest` px are left out, as training leaves them out (data.min_side)."""
     info = describe_source(source)
     channels = 1 if info["bundled"] and info["channels"] == 1 else 3  # each extractor converts to what it takes
-    side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size))
+    side = image_size or (info["image_size"] if info["bundled"] else _native_side(source, extractor.input_size, shortest))
     data = load_dataset(DataConfig(source=source, image_size=side, channels=channels, val_fraction=0.0),
-                        cache_dir=cache_dir, progress=progress)
+                        cache_dir=cache_dir, progress=progress, shortest=shortest)
     return data.images
 
 
 def _generate(g, n: int, *, seed: int, progress: bool, **options) -> tuple[torch.Tensor, list]:
-    from tqdm.auto import tqdm
-
     labels = balanced_labels(n, g.num_classes)
-    bar = tqdm(total=n, desc=f"sampling {g.name}", unit="img", disable=not progress, dynamic_ncols=True)
-
-    def cb(done, total):
-        bar.n = round(done, 2)
-        bar.refresh()
-
+    bar, cb = image_bar(n, f"sampling {g.name}", enabled=progress)
     images, _ = g.generate_tensor(n, labels=labels, seed=seed, callback=cb, **options)
+    cb(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
     return to_uint8(images), labels
 
@@ -88,16 +94,18 @@ def evaluate_run(
     t0 = time.perf_counter()
     used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
     fake, _ = _generate(g, n, seed=seed, progress=progress, **used)
-    real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress)
+    # a folder's tiny images are no reference for samples of the run's size, unless it trained on them
+    real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress, shortest=min_side(g.config.data))
     opts = options or EvalOptions(seed=seed)
-    figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
+                              progress=progress)
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     step = _run_step(g.run_dir)
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
         "extractor": figures["extractor"], "n_fake": figures["n_fake"], "n_real": figures["n_real"],
         **used, "seed": seed,
-        "resize": figures["settings"]["resize"], "KID subsets": f"{opts.kid_subsets} x {opts.kid_subset_size}",
+        "resize": figures["settings"]["resize"], "KID subsets": _kid_subsets(figures),
         "precision/recall k": opts.pr_k, "IS": figures["settings"]["is_note"], "seconds": figures["seconds"],
     }
     figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, **used, "seed": seed,
@@ -110,12 +118,17 @@ def evaluate_run(
         if report is True:  # the run's own report, or out/NAME/ for a bundled model inside the package
             report = g.run_dir / "report.html" if writable else Path("out") / g.name / "report.html"
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
-        f_feats = ext.features(fake[: min(len(fake), 512)])
+        f_feats = extract_features(ext, fake[: min(len(fake), 512)], progress=progress, desc="nearest real neighbours")
         grid = make_grid(to_pil(fake[:64].float() / 127.5 - 1), scale=max(1, 64 // fake.shape[-1]))
         figures["report"] = str(write_report(
             Path(report), title=f"Evaluation of {g.name}", figures=figures, settings=settings, grid=grid,
             pairs=_pairs(fake[: len(f_feats)], real_images, f_feats, r_feats), metrics_csv=g.run_dir / "metrics.csv"))
     return figures
+
+
+def _kid_subsets(figures: dict) -> str:
+    """ "100 x 200": KID's subsets and the subset size the computation used (capped at the smaller set)."""
+    return f"{figures['settings']['kid_subsets']} x {figures['settings']['kid_subset_size']}"
 
 
 def _run_step(run_dir: Path) -> int | None:
@@ -150,13 +163,14 @@ def evaluate_folders(
     fake_images = load_real(fake, extractor=ext, progress=progress)
     real_images = load_real(real, extractor=ext, progress=progress)
     opts = options or EvalOptions()
-    figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real)
+    figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
+                              progress=progress)
     if report:
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
-        f_feats = ext.features(fake_images[:512])
+        f_feats = extract_features(ext, fake_images[:512], progress=progress, desc="nearest real neighbours")
         settings = {"fake": fake, "real": real, "extractor": figures["extractor"], "n_fake": figures["n_fake"],
                     "n_real": figures["n_real"], "resize": figures["settings"]["resize"], "seed": opts.seed,
-                    "IS": figures["settings"]["is_note"]}
+                    "KID subsets": _kid_subsets(figures), "IS": figures["settings"]["is_note"]}
         grid = make_grid(to_pil(fake_images[:64].float() / 127.5 - 1), scale=max(1, 64 // fake_images.shape[-1]))
         figures["report"] = str(write_report(Path(report), title=f"Evaluation of {fake}", figures=figures, settings=settings,
                                              grid=grid, pairs=_pairs(fake_images[: len(f_feats)], real_images, f_feats, r_feats)))
@@ -194,6 +208,7 @@ def classification_accuracy(
     real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
     result = classification_accuracy_score(
         fake.float() / 127.5 - 1, torch.tensor(labels), real_x[train_idx], data.labels[train_idx],
-        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed, device=g.device)
+        real_x[val_idx], data.labels[val_idx], g.num_classes, epochs=epochs, seed=seed, device=g.device,
+        progress=progress)
     result.update({"model": g.name, "checkpoint": g.checkpoint_hash, **used, "per_class": dict(Counter(labels))})
     return result

@@ -8,6 +8,17 @@ import os
 from pathlib import Path
 
 
+def _plain(value) -> str:
+    """A setting as a person reads it: heun, 18, 2.0; only lists and mappings as JSON."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
 def gallery_page(title: str, grid: Path, images: list[Path], settings: list[dict], out: Path) -> Path:
     """Write out/index.html showing the grid and every image with its settings; paths are relative."""
     rel = lambda p: html.escape(os.path.relpath(p, out.parent))  # noqa: E731
@@ -18,7 +29,7 @@ def gallery_page(title: str, grid: Path, images: list[Path], settings: list[dict
     )
     first = settings[0] if settings else {}
     table = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(first.get(k)))}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_plain(first.get(k)))}</td></tr>"
         for k in ("model", "family", "checkpoint", "sampler", "steps", "guidance", "version")
         if k in first
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from .files import atomic_target
 
@@ -42,6 +42,27 @@ def make_grid(images: list[Image.Image], *, cols: int | None = None, pad: int = 
             tile = tile.resize((w, h), Image.NEAREST)
         grid.paste(tile, (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
+
+
+def labelled_rows(images: list[Image.Image], names: list[str], *, cols: int, pad: int = 2, scale: int = 1,
+                  bg: int = 255) -> Image.Image:
+    """A grid with one row per name (row r holds images[r * cols:(r + 1) * cols]) and each name
+    written at the left of its row, e.g. one row of samples per class."""
+    if len(images) != len(names) * cols:
+        raise ValueError(f"{len(names)} rows of {cols} need {len(names) * cols} images, got {len(images)}")
+    grid = make_grid(images, cols=cols, pad=pad, scale=scale, bg=bg)
+    font = ImageFont.load_default()
+    shown = [n if len(n) <= 20 else n[:19] + "…" for n in names]
+    boxes = [ImageDraw.Draw(grid).textbbox((0, 0), n, font=font) for n in shown]  # (left, top, right, bottom)
+    strip = max(b[2] for b in boxes) + 2 * pad + 2
+    out = Image.new("RGB", (grid.width + strip, grid.height), (bg, bg, bg))
+    out.paste(grid, (strip, 0))
+    draw = ImageDraw.Draw(out)
+    row_h = images[0].size[1] * scale
+    for r, (name, box) in enumerate(zip(shown, boxes)):
+        top = pad + r * (row_h + pad) + (row_h - (box[3] - box[1])) // 2 - box[1]
+        draw.text((pad + 1, top), name, fill=(0, 0, 0), font=font)
+    return out
 
 
 def png_info(settings: dict | None) -> PngImagePlugin.PngInfo:

@@ -34,6 +34,21 @@ BOMB = "decompression bomb"
 UNREADABLE = "unreadable"
 BAD_MODE = "unsupported colour mode"
 NO_CLASS = "no class"
+TOO_SMALL = "too small"
+
+
+def smallest_side(image_size: int) -> int:
+    """The shortest side a folder image may have to be trained at image_size without --allow-upscale:
+    half of it, rounded up. Smaller images would be blown up more than twice, to flat squares."""
+    return (image_size + 1) // 2
+
+
+def too_small_reason(size: tuple[int, int], min_side: int) -> str | None:
+    """Why an image of size (w, h) is skipped as too small for min_side, or None when it is not."""
+    w, h = size
+    if min(w, h) >= min_side:
+        return None
+    return f"{TOO_SMALL}: {w}x{h}, a side below {min_side} px (half the training size); --allow-upscale keeps it"
 
 
 def reason_kind(reason: str) -> str:
@@ -300,10 +315,14 @@ class CheckReport:
     captions: int  # usable images with a caption
     caption_errors: list[tuple[int, str]] = field(default_factory=list)
     error: str | None = None  # why the folder could not be read at all
+    image_size: int | None = None  # the training size the images were measured against
+    too_small: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason): usable, but
+    # training at image_size skips them unless --allow-upscale
 
 
-def check_folder(root: str | os.PathLike, *, progress: bool = False) -> CheckReport:
-    """Decode every file of a folder and summarise what can be used; never raises for bad files."""
+def check_folder(root: str | os.PathLike, *, progress: bool = False, image_size: int | None = None) -> CheckReport:
+    """Decode every file of a folder and summarise what can be used; never raises for bad files.
+    With image_size, images with a side below half of it are listed in report.too_small."""
     scan = scan_folder(root)
     report = CheckReport(
         root=str(scan.root),
@@ -318,6 +337,7 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> CheckRep
         captions=0,
         caption_errors=list(scan.caption_errors),
         error=scan.error,
+        image_size=image_size,
     )
     for entry, image, reason in iter_checked(scan, progress=progress):
         if image is None:
@@ -327,6 +347,9 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> CheckRep
         if entry.class_index is not None:
             report.class_counts[scan.class_names[entry.class_index]] += 1
         report.sizes[image.size] += 1
+        small = too_small_reason(image.size, smallest_side(image_size)) if image_size else None
+        if small is not None:
+            report.too_small.append((entry.path, small))
         report.modes[image.info.get("original_mode", image.mode)] += 1
         report.formats[image.info.get("original_format") or "?"] += 1
         report.captions += entry.path in scan.captions
@@ -386,6 +409,15 @@ def format_report(report: CheckReport, *, max_listed: int = 100) -> str:
             lines.append(f"    {path:<{width}}  {reason}")
         if len(report.skipped) > max_listed:
             lines.append(f"    ... and {len(report.skipped) - max_listed} more")
+    if report.too_small:
+        lines.append(f"  too small     : {len(report.too_small)} image(s) with a side below "
+                     f"{smallest_side(report.image_size or 0)} px, half of --image-size {report.image_size}: "
+                     "training skips them unless --allow-upscale")
+        width = min(max(len(p) for p, _ in report.too_small[:max_listed]), 60)
+        for path, reason in report.too_small[:max_listed]:
+            lines.append(f"    {path:<{width}}  {reason}")
+        if len(report.too_small) > max_listed:
+            lines.append(f"    ... and {len(report.too_small) - max_listed} more")
     if report.caption_errors:
         lines.append(f"  {CAPTIONS_FILE} problems ({len(report.caption_errors)}):")
         for number, what in report.caption_errors[:max_listed]:

@@ -16,10 +16,15 @@ from .folder import (
     CAPTIONS_FILE,
     DataError,
     FolderScan,
+    TOO_SMALL,
     iter_checked,
     no_usable_message,
+    reason_kind,
     scan_folder,
+    skip_summary,
+    smallest_side,
     to_rgb_or_l,
+    too_small_reason,
 )
 from . import folder as _folder
 from .types import DataConfig, ImageSet
@@ -51,6 +56,21 @@ def validate_config(cfg: DataConfig) -> None:
         raise DataError(f"image_size: {cfg.image_size!r} is not valid; use an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
     if not 0 <= cfg.val_fraction < 1:
         raise DataError(f"val_fraction: {cfg.val_fraction!r} is not valid; use 0 <= val_fraction < 1")
+    if not isinstance(cfg.allow_upscale, bool):
+        raise DataError(f"allow_upscale: {cfg.allow_upscale!r} is not valid; use true or false")
+
+
+def min_side(cfg: DataConfig) -> int:
+    """The shortest side a folder image needs to be kept: half of image_size, or 0 with allow_upscale."""
+    return 0 if cfg.allow_upscale else smallest_side(cfg.image_size)
+
+
+def skipped_note(skipped: list[tuple[str, str]], cfg: DataConfig) -> str:
+    """One line for the training log: how many files were left out and why, and how to see them."""
+    line = f"{skip_summary(skipped)}; `pixelforge data check {cfg.source} --image-size {cfg.image_size}` lists them"
+    if any(reason_kind(r) == TOO_SMALL for _, r in skipped):
+        line += " (--allow-upscale trains on the too-small ones)"
+    return line
 
 
 def prepared_side(cfg: DataConfig) -> int:
@@ -94,12 +114,15 @@ def prepare_image(img: Image.Image, cfg: DataConfig) -> np.ndarray:
 # A data set
 
 
-def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ImageSet:
+def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                 shortest: int | None = None) -> ImageSet:
     """Load a folder or a bundled data set, prepared per cfg; cached so a second call decodes nothing.
 
     cache_dir: where prepared sets are stored; by default "prepared" under $PIXELFORGE_CACHE or
     ~/.cache/pixelforge. Unusable files (and bad captions.jsonl lines, as "captions.jsonl:LINE") are
     listed in ImageSet.skipped; a source with no usable image raises DataError saying why.
+    Folder images with a side below `shortest` px are skipped as too small (default min_side(cfg):
+    half of image_size unless cfg.allow_upscale); bundled sets are kept whole, at the size asked for.
     """
     validate_config(cfg)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -116,7 +139,8 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     scan = scan_folder(path)
     if scan.error is not None:
         raise DataError(no_usable_message(str(scan.root), scan.error, []))
-    key = _folder_cache_key(scan, cfg)
+    shortest = min_side(cfg) if shortest is None else shortest
+    key = _folder_cache_key(scan, cfg, shortest)
     cached = _read_cache(cache, key, cfg)
     if cached is not None:
         return cached
@@ -128,6 +152,11 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     captions: list[str | None] = []
     skipped: list[tuple[str, str]] = []
     for entry, image, reason in iter_checked(scan, progress=progress, desc=f"preparing {scan.root.name}"):
+        if image is not None:
+            reason = too_small_reason(image.size, shortest)
+            if reason is not None:
+                image.close()
+                image = None
         if image is None:
             skipped.append((entry.path, reason))
             continue
@@ -224,7 +253,7 @@ def _hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _folder_cache_key(scan: FolderScan, cfg: DataConfig) -> str:
+def _folder_cache_key(scan: FolderScan, cfg: DataConfig, shortest: int) -> str:
     return _hash(
         {
             "format": CACHE_VERSION,
@@ -232,6 +261,7 @@ def _folder_cache_key(scan: FolderScan, cfg: DataConfig) -> str:
             "files": [[f.path, f.size, f.mtime_ns] for f in scan.files],
             "captions": scan.captions_stat,
             "max_pixels": _folder.MAX_PIXELS,
+            "min_side": shortest,
             **_prep_fields(cfg),
         }
     )

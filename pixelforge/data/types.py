@@ -19,6 +19,8 @@ class DataConfig:
           image_size * 1.125, random crop in training, centre crop otherwise) or "none" (squash).
     hflip: random horizontal flips in training (off by default: digits and text must not be mirrored).
     val_fraction: share of images held out for validation; the split is fixed by split_seed.
+    allow_upscale: keep folder images whose short side is below half of image_size (skipped by
+          default: a 1x1 image blown up to 32x32 is a flat square, not a sample of the data).
     """
 
     source: str
@@ -28,6 +30,7 @@ class DataConfig:
     hflip: bool = False
     val_fraction: float = 0.05
     split_seed: int = 0
+    allow_upscale: bool = False
 
 
 @dataclass

@@ -87,7 +87,7 @@ def classification_accuracy_score(
     generated: torch.Tensor, generated_labels: torch.Tensor,
     real_train: torch.Tensor, real_train_labels: torch.Tensor,
     real_test: torch.Tensor, real_test_labels: torch.Tensor,
-    num_classes: int, *, epochs: int = 8, seed: int = 0, device: str | torch.device = "auto",
+    num_classes: int, *, epochs: int = 8, seed: int = 0, device: str | torch.device = "auto", progress: bool = False,
 ) -> dict:
     """{"cas": accuracy on real test images of a classifier trained on generated images,
     "real_accuracy": the same classifier trained on as many real images, ...}. When one side has more
@@ -98,8 +98,14 @@ def classification_accuracy_score(
     n = min(len(generated), len(real_train))
     g_idx = balanced_subset(generated_labels, n, seed)
     r_idx = balanced_subset(real_train_labels, n, seed)
-    gen_model = train_classifier(generated[g_idx], generated_labels[g_idx], num_classes, epochs=epochs, seed=seed, device=device)
-    real_model = train_classifier(real_train[r_idx], real_train_labels[r_idx], num_classes, epochs=epochs, seed=seed, device=device)
+    from ..progress import stage_bar
+
+    models = []
+    for what, x, y in (("generated", generated[g_idx], generated_labels[g_idx]), ("real", real_train[r_idx], real_train_labels[r_idx])):
+        with stage_bar(epochs, f"classifier on {what} images", unit="epoch", enabled=progress) as bar:
+            models.append(train_classifier(x, y, num_classes, epochs=epochs, seed=seed, device=device,
+                                           progress=lambda done, total: bar.update(done - bar.n)))
+    gen_model, real_model = models
     return {
         "cas": accuracy(gen_model, real_test, real_test_labels),
         "real_accuracy": accuracy(real_model, real_test, real_test_labels),

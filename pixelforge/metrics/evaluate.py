@@ -16,7 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 from .frechet import feature_stats, frechet_distance
 from .inception_score import inception_score_from_logits
-from .kid import kernel_inception_distance
+from ..progress import stage_bar
+from .kid import kernel_inception_distance, subset_size_used
 from .precision_recall import precision_recall
 
 RESIZE_METHOD = "clean-fid style: Pillow bicubic on the float pixel values (mode F), per channel"
@@ -46,6 +47,29 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(os.environ.get("PIXELFORGE_CACHE", Path.home() / ".cache" / "pixelforge")) / "real-features"
 
 
+def extract_features(extractor, images: torch.Tensor, *, batch_size: int = 64, with_logits: bool = False,
+                     progress: bool = False, desc: str = "features"):
+    """extractor.features(images, ...) under a progress bar with ETA: fed batch by batch when progress
+    is on, which changes no feature (each image is resized and passed on its own terms)."""
+    if not progress or len(images) == 0:
+        return extractor.features(images, batch_size=batch_size, with_logits=with_logits)
+    feats, logits = [], []
+    with stage_bar(len(images), desc) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            out = extractor.features(chunk, batch_size=batch_size, with_logits=with_logits)
+            feats.append(out[0] if with_logits else out)
+            if with_logits:
+                logits.append(out[1])
+            bar.update(len(chunk))
+    return (np.concatenate(feats), np.concatenate(logits)) if with_logits else np.concatenate(feats)
+
+
+def _bar_callback(bar) -> Callable[[int, int], None]:
+    """callback(done, total) -> the bar at done."""
+    return lambda done, total: bar.update(done - bar.n)
+
+
 def real_features(
     images: torch.Tensor,
     extractor,
@@ -53,6 +77,7 @@ def real_features(
     cache_dir: str | os.PathLike | None = None,
     label: str = "",
     batch_size: int = 64,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, mu, sigma) of real uint8 images, computed once and cached on disk.
 
@@ -68,7 +93,7 @@ def real_features(
     if path.exists():
         d = load_file(str(path))
         return d["features"], d["mu"], d["sigma"]
-    feats = extractor.features(images, batch_size=batch_size)
+    feats = extract_features(extractor, images, batch_size=batch_size, progress=progress, desc="features: real images")
     mu, sigma = feature_stats(feats)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -85,13 +110,19 @@ def compute_figures(
     fake_logits: np.ndarray | None = None,
     real_stats: tuple[np.ndarray, np.ndarray] | None = None,
     options: EvalOptions = EvalOptions(),
+    progress: bool = False,
 ) -> dict:
-    """Every figure from features; IS only where the extractor has a classification head."""
+    """Every figure from features; IS only where the extractor has a classification head.
+    "kid_subset_size" is the subset size KID used: options.kid_subset_size capped at the smaller set."""
     mu_r, sigma_r = real_stats if real_stats is not None else feature_stats(real_features_)
     mu_f, sigma_f = feature_stats(fake_features)
-    kid, kid_std = kernel_inception_distance(fake_features, real_features_, subsets=options.kid_subsets,
-                                             subset_size=options.kid_subset_size, seed=options.seed)
-    precision, recall = precision_recall(real_features_, fake_features, k=options.pr_k)
+    kid_size = subset_size_used(options.kid_subset_size, len(fake_features), len(real_features_))
+    with stage_bar(options.kid_subsets, f"KID subsets of {kid_size}", unit="subset", enabled=progress) as bar:
+        kid, kid_std = kernel_inception_distance(fake_features, real_features_, subsets=options.kid_subsets,
+                                                 subset_size=kid_size, seed=options.seed, callback=_bar_callback(bar))
+    with stage_bar(2 * (len(real_features_) + len(fake_features)), "precision/recall", unit="row",
+                   enabled=progress) as bar:
+        precision, recall = precision_recall(real_features_, fake_features, k=options.pr_k, callback=_bar_callback(bar))
     out = {
         "fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r),
         "kid": float(kid),
@@ -100,6 +131,7 @@ def compute_figures(
         "is_std": None,
         "precision": float(precision),
         "recall": float(recall),
+        "kid_subset_size": kid_size,
     }
     if fake_logits is not None and len(fake_logits) >= options.is_splits:
         is_mean, is_std = inception_score_from_logits(fake_logits, splits=options.is_splits)
@@ -115,17 +147,24 @@ def evaluate_images(
     options: EvalOptions = EvalOptions(),
     cache_dir: str | os.PathLike | None = None,
     real_label: str = "",
+    progress: bool = False,
 ) -> dict:
-    """fake, real: uint8 (N, C, H, W). Returns the figures plus what produced them (JSON-ready)."""
+    """fake, real: uint8 (N, C, H, W). Returns the figures plus what produced them (JSON-ready);
+    progress: a bar with ETA for each stage (features of each set, KID, precision/recall) on stderr."""
     if len(fake) < 2 or len(real) < 2:
         raise ValueError(f"need at least 2 fake and 2 real images, got {len(fake)} and {len(real)}")
     r_feats, mu_r, sigma_r = real_features(real, extractor, cache_dir=cache_dir, label=real_label,
-                                           batch_size=options.batch_size)
+                                           batch_size=options.batch_size, progress=progress)
     if extractor.has_logits:
-        f_feats, f_logits = extractor.features(fake, batch_size=options.batch_size, with_logits=True)
+        f_feats, f_logits = extract_features(extractor, fake, batch_size=options.batch_size, with_logits=True,
+                                             progress=progress, desc="features: fake images")
     else:
-        f_feats, f_logits = extractor.features(fake, batch_size=options.batch_size), None
-    figures = compute_figures(f_feats, r_feats, fake_logits=f_logits, real_stats=(mu_r, sigma_r), options=options)
+        f_feats = extract_features(extractor, fake, batch_size=options.batch_size, progress=progress,
+                                   desc="features: fake images")
+        f_logits = None
+    figures = compute_figures(f_feats, r_feats, fake_logits=f_logits, real_stats=(mu_r, sigma_r), options=options,
+                              progress=progress)
+    kid_size = figures.pop("kid_subset_size")
     figures.update({
         "extractor": extractor.name,
         "n_fake": int(len(fake)),
@@ -135,6 +174,7 @@ def evaluate_images(
             "is_note": "Inception Score from the domain classifier's logits: not comparable to published IS"
             if f_logits is not None else "no classification head: IS not computed",
             **asdict(options),
+            "kid_subset_size": kid_size,  # the size used, not the one asked for (capped at the smaller set)
         },
     })
     return figures

@@ -135,12 +135,16 @@ def bradley_terry(matches: list[tuple], *, iters: int = 10_000, tol: float = 1e-
 
 
 def scores(rows: list[dict], *, by: str = "model", evaluation: Callable[[str], dict | None] = lambda _: None) -> dict:
-    """Elo, Bradley-Terry strength, win/loss/tie counts and the newest evaluation of each contestant."""
+    """Elo, Bradley-Terry strength, win/loss/tie counts and the newest evaluation of each contestant.
+    "left_out" counts the ratings whose two sides are one contestant (by model: two settings of one
+    model, what the page's default comparison makes); they score only by settings."""
     matches = []
     tally: dict = {}
+    left_out = 0
     for row in rows:
         a, b = contestant(row["a"], by), contestant(row["b"], by)
         if a == b:
+            left_out += 1
             continue
         s_a = {"a": 1.0, "b": 0.0, "tie": 0.5}[row["winner"]]
         matches.append((a, b, s_a))
@@ -159,7 +163,7 @@ def scores(rows: list[dict], *, by: str = "model", evaluation: Callable[[str], d
         out.append({"name": name, "model": model, "settings": dict(settings), "elo": round(r_elo[key], 2),
                     "bt_strength": round(r_bt[key], 4), **t, "evaluation": evals[model]})
     out.sort(key=lambda s: (-s["elo"], s["name"]))
-    return {"by": by, "ratings": len(rows), "method": METHOD, "scores": out}
+    return {"by": by, "ratings": len(rows), "left_out": left_out, "method": METHOD, "scores": out}
 
 
 def latest_evaluation(run_dir: str | Path) -> dict | None:
@@ -184,8 +188,11 @@ def latest_evaluation(run_dir: str | Path) -> dict | None:
 def format_scores(result: dict) -> str:
     """The scores as a plain-text table."""
     rows = result["scores"]
+    left_out = result.get("left_out", 0)
+    why = (f"; {left_out} compare one model's sampling settings: see --by settings"
+           if left_out and result["by"] == "model" else "")
     if not rows:
-        return f"no ratings to score ({result['ratings']} stored)"
+        return f"no ratings to score by {result['by']} ({result['ratings']} stored{why})"
     width = max(len("contestant"), *(len(s["name"]) for s in rows))
     lines = [f"{'contestant':<{width}}  {'Elo':>7}  {'BT':>7}  {'n':>4}  {'W-L-T':>9}  FID"]
     for s in rows:
@@ -193,7 +200,7 @@ def format_scores(result: dict) -> str:
         fid = f"{ev['fid']:.3f} ({ev['extractor']})" if ev else "-"
         wlt = f"{s['wins']}-{s['losses']}-{s['ties']}"
         lines.append(f"{s['name']:<{width}}  {s['elo']:>7.1f}  {s['bt_strength']:>7.3f}  {s['count']:>4}  {wlt:>9}  {fid}")
-    lines.append(f"{result['ratings']} ratings, scored by {result['by']}")
+    lines.append(f"{result['ratings']} ratings, scored by {result['by']}" + (f" ({left_out} left out{why})" if left_out else ""))
     return "\n".join(lines)
 
 

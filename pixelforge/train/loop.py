@@ -17,12 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..condition import Cond
-from ..data import ImageSet, augment, load_dataset, split_indices, to_model
+from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
 from ..files import remove_stale_temporaries
-from ..images import make_grid, save_png, to_pil
+from ..images import labelled_rows, make_grid, save_png, to_pil
 from ..models import get_family
 from ..models.limits import check_model_size
+from ..progress import eta_seconds, train_postfix
 from .checkpoint import (
     atomic_write_text,
     flatten_state,
@@ -136,14 +137,21 @@ def _logged_lr(model, figures: dict[str, float]) -> float:
     return next(iter(model.optimizers().values())).param_groups[0]["lr"]
 
 
+GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
+
+
 def _save_samples(ema, data: ImageSet, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
-    cond = None
+    scale = 2 if cfg.data.image_size <= 32 else 1
     if data.labels is not None and data.num_classes > 0:
-        cond = Cond(labels=torch.arange(n) % data.num_classes)
-    images = ema.sample(n, cond, seed=0)
-    cols = data.num_classes if cond is not None and data.num_classes <= 16 else None
-    grid = make_grid(to_pil(images), cols=cols, scale=2 if cfg.data.image_size <= 32 else 1)
+        # one full row per class, labelled with its name: about sample_count images in all
+        rows = min(data.num_classes, GRID_CLASSES)
+        per = math.ceil(n / rows)
+        labels = torch.arange(rows).repeat_interleave(per)  # (rows * per,) 0, 0, ..., 1, 1, ...
+        images = ema.sample(len(labels), Cond(labels=labels), seed=0)
+        grid = labelled_rows(to_pil(images), data.class_names[:rows], cols=per, scale=scale)
+    else:
+        grid = make_grid(to_pil(ema.sample(n, None, seed=0)), scale=scale)
     return save_png(grid, run_dir / "samples" / f"step_{step:07d}.png", {"step": step})
 
 
@@ -230,7 +238,7 @@ def _train_locked(
 
     data = load_dataset(cfg.data, cache_dir=cache_dir, progress=progress)
     if data.skipped:
-        tqdm.write(f"skipped {len(data.skipped)} unusable file(s); `pixelforge data check {cfg.data.source}` lists them")
+        tqdm.write(skipped_note(data.skipped, cfg.data))
     split_path = run_dir / "split.json"
     if split_path.exists():
         split = json.loads(split_path.read_text())
@@ -308,7 +316,10 @@ def _train_locked(
     losses: dict[int, float] = {}
     stopped = "finished"
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name)
+    # tqdm's own ETA knows nothing of --max-minutes: the postfix's left= says which limit ends the run first
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
+    figures_shown: dict[str, str] = {}  # the last in-training FID/KID, kept on the bar
     t0 = time.perf_counter()
     window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     step = start
@@ -328,6 +339,10 @@ def _train_locked(
             window_loss += figures["loss"]
             window_gn += figures.get("grad_norm", 0.0)
             window_n += 1
+            elapsed = time.perf_counter() - t0
+            eta = eta_seconds(end - step, elapsed / (step - start), None if max_seconds is None else max_seconds - elapsed)
+            bar.set_postfix({**train_postfix(window_loss / window_n, window_imgs, time.perf_counter() - window_t, eta),
+                             **figures_shown}, refresh=False)
             bar.update(1)
             row = None
             if step % cfg.train.log_every == 0 or step == end:
@@ -341,7 +356,6 @@ def _train_locked(
                     "img_per_s": f"{window_imgs / max(dt, 1e-9):.1f}",
                     "elapsed_s": f"{elapsed_before + time.perf_counter() - t0:.1f}",
                 }
-                bar.set_postfix(loss=f"{window_loss / window_n:.4f}", img_s=f"{window_imgs / max(dt, 1e-9):.0f}")
                 window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
             if len(val_idx) and (step % cfg.train.val_every == 0 or step == end):
                 val = _validation_loss(ema, data, val_idx, cfg, dev)
@@ -356,7 +370,7 @@ def _train_locked(
                 figures = evaluator(ema, step)
                 row = row or {"step": step, "images": step * cfg.train.batch_size}
                 row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
-                bar.set_postfix(loss=row.get("loss") or "-", **{k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")})
+                figures_shown = {k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")}
                 watched = figures.get(cfg.train.early_stop_on)
                 if watched is not None:
                     if watched < best_val - 1e-6:
