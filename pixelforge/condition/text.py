@@ -179,7 +179,8 @@ class TextEncoder:
     def _content_hash(self, weights: Path) -> str:
         files = {f: _sha256_of(self.path / f) for f in _TOKENIZER_FILES if (self.path / f).is_file()}
         payload = {
-            "name": Path(self.name).name if Path(self.name).expanduser().is_dir() else self.name,
+            # The package a known name resolves to, or the folder's own name.
+            "name": _PACKAGED[self.name][0] if self.name in _PACKAGED and not Path(self.name).is_dir() else self.path.name,
             "weights": _sha256_of(weights),
             "tokenizer": files,
             "max_tokens": self.max_tokens,
