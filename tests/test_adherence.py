@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pixelforge.data.shapes import make_shapes, shape_attributes
 from pixelforge.metrics.adherence import (
@@ -34,6 +34,28 @@ def test_reader_reads_every_attribute_of_freshly_drawn_shapes(drawn):
     for name in ATTRIBUTES:
         accuracy = np.mean([r[name] == a[name] for r, a in zip(read, attributes)])
         assert accuracy >= 0.98, f"{name}: {accuracy:.3f}"
+
+
+def _accuracy(images, attributes) -> dict[str, float]:
+    read = [read_shape(image) for image in images]
+    return {name: float(np.mean([r[name] == a[name] for r, a in zip(read, attributes)])) for name in ATTRIBUTES}
+
+
+def test_stray_noisy_pixels_do_not_move_the_shape(drawn):
+    # Generated images are not clean: Gaussian noise (sigma 8 of 255) leaves specks far from the
+    # background colour, which must not pull the shape's centroid off its template.
+    images, attributes = drawn
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(x.permute(1, 2, 0).numpy() + rng.normal(0, 8, (32, 32, 3)), 0, 255).round().astype(np.uint8)
+             for x in images]
+    assert min(_accuracy(noisy, attributes).values()) >= 0.98
+
+
+def test_colour_is_read_from_blurred_edges_too(drawn):
+    # A blurred shape has few pure pixels; its colour is the one whose mixes with the background fit.
+    images, attributes = drawn
+    blurred = [Image.fromarray(x.permute(1, 2, 0).numpy()).filter(ImageFilter.GaussianBlur(0.8)) for x in images]
+    assert _accuracy(blurred, attributes)["colour"] >= 0.995
 
 
 def test_reader_works_at_other_sides():

@@ -64,6 +64,17 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
     return names[int(np.argmin(distances))]
 
 
+def _mixing_colour(pixels: np.ndarray, bg: np.ndarray) -> str:
+    """The palette colour whose mixes with the background explain the pixels (P, 3) best."""
+    names = list(COLOURS)
+    errors = []
+    for name in names:
+        axis = np.array(COLOURS[name], dtype=np.float64) - bg  # (3,)
+        t = np.clip(((pixels - bg) @ axis) / max(float(axis @ axis), 1e-9), 0.0, 1.0)  # (P,)
+        errors.append(float(np.median(np.linalg.norm(pixels - bg - t[:, None] * axis, axis=1))))
+    return names[int(np.argmin(errors))]
+
+
 def _template(shape: str, size_name: str, cx: float, cy: float, side: int) -> np.ndarray:
     """Coverage (side, side) in 0..1 of a shape drawn by the data set's own renderer."""
     attributes = {"shape": shape, "x": cx, "y": cy, "radius": SIZES[size_name] * side,
@@ -89,10 +100,12 @@ def read_shape(image) -> dict[str, str | None]:
     far = distance >= _FOREGROUND_DISTANCE
     if not far.any():
         return result
-    # The shape's colour: the median of its most saturated half, away from antialiased edges.
+    # The shape's most distinct pixels, away from antialiased edges; their median is the colour the
+    # coverage is measured against, and the palette colour whose mixes with the background explain
+    # them best is the one read (a blurred shape has few pure pixels).
     core = distance >= max(_FOREGROUND_DISTANCE, 0.5 * float(np.percentile(distance[far], 90)))
     fg = np.median(rgb[core], axis=0)  # (3,)
-    result["colour"] = _nearest(fg, COLOURS)
+    result["colour"] = _mixing_colour(rgb[core], bg)
 
     # Coverage: each pixel as a mix of background and shape colour, projected on the line between them.
     axis = fg - bg
