@@ -141,3 +141,12 @@ def test_adherence_counts_only_the_attributes_a_prompt_states(drawn):
     assert adherence(images[:10], prompts) == {"colour": 1.0, "all": 1.0}
     with pytest.raises(ValueError, match="adherence: 10 images but 9 prompts"):
         adherence(images[:10], prompts[:9])
+
+
+def test_an_image_whose_shape_colour_matches_its_background_reads_no_place():
+    # Two equal patches of opposite colours on gray: their median colour is the background itself.
+    image = np.full((32, 32, 3), 128, dtype=np.uint8)
+    image[8:16, 8:16] = (255, 0, 0)
+    image[16:24, 16:24] = (0, 255, 255)
+    read = read_shape(image)
+    assert read["background"] == "gray" and read["position"] is None and read["shape"] is None

@@ -119,7 +119,9 @@ def read_shape(image) -> dict[str, str | None]:
         far = regions == 1 + int(np.argmax(weight))
     alpha = np.where(ndimage.binary_dilation(far, iterations=1), alpha, 0.0)
     total = float(alpha.sum())
-    if total <= 1e-6:  # nothing along the shape colour's direction: no place, kind or size to read
+    if float(axis @ axis) < (0.5 * _FOREGROUND_DISTANCE) ** 2 or total <= 1e-6:
+        # The shape's pixels have no common colour apart from the background's: no place, kind or
+        # size to read.
         return result
     centres = np.arange(side) + 0.5  # pixel i covers [i, i + 1)
     cx = float((alpha.sum(0) * centres).sum()) / total
