@@ -130,6 +130,15 @@ def test_prompts_must_be_a_list_of_strings(encoder):
         encoder.encode("a red circle")
     with pytest.raises(ValueError, match=r"prompts\[1\]: expected a string, got int"):
         encoder.encode(["a", 3])
+    with pytest.raises(ValueError, match="batch_size: 0 is not valid"):
+        encoder.encode(["a"], batch_size=0)
+
+
+def test_moving_to_a_device_checks_its_name(encoder):
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        encoder.to("gpu0")
+    assert encoder.to("auto").encode(["a red circle"]).pooled.device == encoder.device
+    encoder.to("cpu")
 
 
 def test_caption_embeddings_are_cached_by_encoder_and_captions(encoder, tmp_path, monkeypatch):

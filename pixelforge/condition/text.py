@@ -142,8 +142,8 @@ class TextEncoder:
 
     name: "all-MiniLM-L6-v2" (the installed weights package) or the folder of any sentence-transformers
     or Hugging Face encoder with safetensors weights. max_tokens: the fixed token length T (2..the
-    model's position limit). device: where it runs (a torch device or its name; default: the CPU until
-    `.to()` moves it).
+    model's position limit). device: where it runs ("auto", a device name or a torch.device; by
+    default where transformers loads it, the CPU, until `.to()` moves it).
     """
 
     def __init__(self, name: str = DEFAULT_TEXT_ENCODER, *, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -194,7 +194,10 @@ class TextEncoder:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> "TextEncoder":
-        self.model.to(device)
+        """Move to a device: "auto" (CUDA, else MPS, else CPU) or a named one, checked."""
+        from pixelforge.device import pick_device
+
+        self.model.to(pick_device(str(device)))
         return self
 
     @torch.no_grad()
@@ -206,6 +209,8 @@ class TextEncoder:
         """
         if isinstance(prompts, str):
             raise ValueError("prompts: expected a list of strings, got one string; wrap it in a list")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size!r} is not valid; use an integer >= 1")
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise ValueError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
