@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...condition import LabelEmbedding, no_labels
+from .cross_attention import CrossAttention
 from .unet import FourierEmbedding
 
 
@@ -59,18 +60,22 @@ class DiTBlock(nn.Module):
     The modulation layer starts at zero, so every gate is 0 and each block starts as the identity.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, context_dim: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
+        # cross-attention to condition tokens between self-attention and MLP, as in PixArt-alpha (Chen et al. 2023)
+        self.cross = CrossAttention(dim, context_dim, num_heads) if context_dim > 0 else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x (B, T, D), c (B, D)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: tuple | None = None) -> torch.Tensor:  # x (B, T, D), c (B, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if self.cross is not None and ctx is not None:
+            x = self.cross(x, *ctx)  # ctx: tokens (B, S, context_dim), token_mask (B, S)
         return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -92,7 +97,9 @@ class DiT(nn.Module):
     """Maps (x_in, c_noise, labels) to a network output F of x_in's shape.
 
     The image is cut into (image_size / patch_size)^2 patches, each a token of hidden_size; c is the
-    noise-level embedding plus the label embedding (label -1: "no label", for classifier-free guidance).
+    noise-level embedding plus the label embedding (label -1: "no label", for classifier-free guidance)
+    plus `vector` (B, hidden_size), a pooled condition, where given. context_dim > 0 adds
+    cross-attention to condition tokens (B, S, context_dim) in every block.
     adaLN-Zero initialisation makes the initial output exactly zero.
     """
 
@@ -108,6 +115,7 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         num_classes: int = 0,
+        context_dim: int = 0,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -121,7 +129,8 @@ class DiT(nn.Module):
         self.noise_embed = FourierEmbedding(256)
         self.noise_mlp = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.label_embed = LabelEmbedding(num_classes, hidden_size) if num_classes > 0 else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.emb_dim = hidden_size
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, dropout, context_dim) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self._init_weights()
 
@@ -142,6 +151,10 @@ class DiT(nn.Module):
         for block in [*self.blocks, self.final]:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for block in self.blocks:
+            if block.cross is not None:  # zero output projection: each cross-attention starts as the identity
+                nn.init.zeros_(block.cross.proj.weight)
+                nn.init.zeros_(block.cross.proj.bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
 
@@ -151,14 +164,30 @@ class DiT(nn.Module):
         x = x.reshape(b, s, s, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, s, p, s, p)
         return x.reshape(b, c, s * p, s * p)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        vector: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D), T = side^2
         c = self.noise_mlp(self.noise_embed(c_noise))  # (B, D)
         if self.label_embed is not None:
             if labels is None:
                 labels = no_labels(x.shape[0], x.device)
             c = c + self.label_embed(labels)
+        if vector is not None:
+            c = c + vector
+        ctx = None
+        if self.blocks and self.blocks[0].cross is not None:
+            if tokens is None:
+                raise ValueError("this network cross-attends to condition tokens: tokens and token_mask are required")
+            ctx = (tokens, token_mask)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, ctx)
         return self.unpatchify(self.final(h, c))
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...condition import LabelEmbedding, no_labels
+from .cross_attention import SpatialCrossAttention
 
 
 def _groups(ch: int) -> int:
@@ -83,6 +84,9 @@ class UNet(nn.Module):
 
     channel_mult gives the width at each resolution (base_channels * m); the image side is halved
     between levels, so image_size must be divisible by 2 ** (len(channel_mult) - 1).
+    context_dim > 0 adds cross-attention to condition tokens (B, T, context_dim) wherever there is
+    self-attention (attn_resolutions and the middle); `vector` (B, 4 * base_channels), a pooled
+    condition, is added to the noise-level embedding as the label embedding is.
     """
 
     def __init__(
@@ -96,9 +100,15 @@ class UNet(nn.Module):
         attn_resolutions: tuple[int, ...] = (8,),
         dropout: float = 0.0,
         num_classes: int = 0,
+        context_dim: int = 0,
     ):
         super().__init__()
         emb_dim = base_channels * 4
+        self.emb_dim = emb_dim
+
+        def cross(ch: int) -> SpatialCrossAttention | None:
+            return SpatialCrossAttention(ch, context_dim) if context_dim > 0 else None
+
         self.noise_embed = FourierEmbedding(base_channels)
         self.emb_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
@@ -110,7 +120,9 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             cout = base_channels * mult
             for _ in range(num_res_blocks):
-                self.down.append(_Level(ResBlock(ch, cout, emb_dim, dropout), AttnBlock(cout) if res in attn_resolutions else None))
+                attn = res in attn_resolutions
+                self.down.append(_Level(ResBlock(ch, cout, emb_dim, dropout), AttnBlock(cout) if attn else None,
+                                        cross=cross(cout) if attn else None))
                 ch = cout
                 skip_ch.append(ch)
             if level < len(channel_mult) - 1:
@@ -119,12 +131,15 @@ class UNet(nn.Module):
                 res //= 2
         self.mid1 = ResBlock(ch, ch, emb_dim, dropout)
         self.mid_attn = AttnBlock(ch)
+        self.mid_cross = cross(ch)
         self.mid2 = ResBlock(ch, ch, emb_dim, dropout)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             cout = base_channels * mult
             for _ in range(num_res_blocks + 1):
-                self.up.append(_Level(ResBlock(ch + skip_ch.pop(), cout, emb_dim, dropout), AttnBlock(cout) if res in attn_resolutions else None))
+                attn = res in attn_resolutions
+                self.up.append(_Level(ResBlock(ch + skip_ch.pop(), cout, emb_dim, dropout), AttnBlock(cout) if attn else None,
+                                      cross=cross(cout) if attn else None))
                 ch = cout
             if level > 0:
                 self.up.append(_Level(None, None, nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))))
@@ -134,35 +149,58 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        vector: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         emb = self.emb_mlp(self.noise_embed(c_noise))  # (B, emb_dim)
         if self.label_embed is not None:
             if labels is None:
                 labels = no_labels(x.shape[0], x.device)
             emb = emb + self.label_embed(labels)
+        if vector is not None:
+            emb = emb + vector
         emb = F.silu(emb)
+        ctx = (tokens, token_mask) if self.mid_cross is not None else None
+        if ctx is not None and tokens is None:
+            raise ValueError("this network cross-attends to condition tokens: tokens and token_mask are required")
         h = self.conv_in(x)
         skips = [h]
         for lvl in self.down:
-            h = lvl(h, emb)
+            h = lvl(h, emb, ctx)
             skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.mid_attn(self.mid1(h, emb))
+        if ctx is not None:
+            h = self.mid_cross(h, *ctx)
+        h = self.mid2(h, emb)
         for lvl in self.up:
             if lvl.block is not None:
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = lvl(h, emb)
+            h = lvl(h, emb, ctx)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class _Level(nn.Module):
-    """One step of the ladder: a residual block (+ attention), or a resampling layer."""
+    """One step of the ladder: a residual block (+ attention, + cross-attention), or a resampling layer."""
 
-    def __init__(self, block: ResBlock | None, attn: AttnBlock | None, resample: nn.Module | None = None):
+    def __init__(self, block: ResBlock | None, attn: AttnBlock | None, resample: nn.Module | None = None, *,
+                 cross: SpatialCrossAttention | None = None):
         super().__init__()
-        self.block, self.attn, self.resample = block, attn, resample
+        # cross is None in models without conditioning tokens, which so keep their weight names
+        self.block, self.attn, self.resample, self.cross = block, attn, resample, cross
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, ctx: tuple | None = None) -> torch.Tensor:
         if self.resample is not None:
             return self.resample(h)
         h = self.block(h, emb)
-        return self.attn(h) if self.attn is not None else h
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.cross is not None and ctx is not None:
+            h = self.cross(h, *ctx)
+        return h

@@ -1,0 +1,53 @@
+"""Cross-attention from image features to condition tokens (Rombach et al. 2022, "High-Resolution
+Image Synthesis with Latent Diffusion Models", sec. 3.3): queries from the image, keys and values
+from the tokens of a prompt (or any other tokenised condition). Shared by the UNet and the DiT."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossAttention(nn.Module):
+    """x (B, N, D) attends to tokens (B, T, Dc) where token_mask (B, T) is True; returns x + attention.
+
+    The output projection starts at zero, so a fresh block is the identity and adding cross-attention
+    to a network leaves its initial output unchanged. Every row of token_mask must hold at least one
+    True (the conditioner always supplies a learned "no condition" token), since attention over no
+    token is undefined.
+    """
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention width {dim} must be divisible by its {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        hs = d // self.num_heads
+        q = self.q(self.norm(x)).reshape(b, n, self.num_heads, hs).transpose(1, 2)  # (B, nh, N, hs)
+        k, v = self.kv(tokens).reshape(b, -1, 2, self.num_heads, hs).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask[:, None, None, :])  # (B, nh, N, hs)
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class SpatialCrossAttention(nn.Module):
+    """CrossAttention over the H*W positions of a feature map (B, C, H, W)."""
+
+    def __init__(self, ch: int, context_dim: int, head_dim: int = 32):
+        super().__init__()
+        heads = max(1, ch // head_dim)
+        self.attn = CrossAttention(ch, context_dim, heads if ch % heads == 0 else 1)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = h.shape
+        seq = h.flatten(2).transpose(1, 2)  # (B, HW, C)
+        return self.attn(seq, tokens, token_mask).transpose(1, 2).reshape(b, c, hh, ww)

@@ -1,0 +1,75 @@
+"""Cross-attention to condition tokens in the UNet and DiT backbones, and the text conditioner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixelforge.condition.text_embed import TextConditioner
+from pixelforge.models.nets.dit import DiT
+from pixelforge.models.nets.unet import UNet
+
+
+def _unet(context_dim: int = 0) -> UNet:
+    torch.manual_seed(0)
+    return UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                attn_resolutions=(4,), num_classes=0, context_dim=context_dim)
+
+
+def _dit(context_dim: int = 0) -> DiT:
+    torch.manual_seed(0)
+    return DiT(image_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_heads=4, context_dim=context_dim)
+
+
+@pytest.mark.parametrize("make", [_unet, _dit], ids=["unet", "dit"])
+def test_without_tokens_the_weight_names_are_unchanged(make):
+    plain, with_ctx = set(make(0).state_dict()), set(make(16).state_dict())
+    assert plain < with_ctx
+    assert all("cross" in k for k in with_ctx - plain)
+
+
+@pytest.mark.parametrize("make", [_unet, _dit], ids=["unet", "dit"])
+def test_tokens_steer_the_output_and_masked_tokens_do_not(make, randomize_zero_init):
+    net = randomize_zero_init(make(16)).eval()
+    x, c_noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, -0.3])
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randn(2, 4, 16, generator=g)
+    mask = torch.tensor([[True, True, False, False]] * 2)
+    out = net(x, c_noise, tokens=tokens, token_mask=mask)
+    other = tokens.clone()
+    other[:, 2:] = torch.randn(2, 2, 16, generator=g)  # only masked positions change
+    assert torch.equal(out, net(x, c_noise, tokens=other, token_mask=mask))
+    other[:, :2] = torch.randn(2, 2, 16, generator=g)  # now attended positions change too
+    assert (out - net(x, c_noise, tokens=other, token_mask=mask)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("make", [_unet, _dit], ids=["unet", "dit"])
+def test_a_network_with_cross_attention_needs_tokens(make):
+    with pytest.raises(ValueError, match="tokens"):
+        make(16)(torch.zeros(1, 3, 8, 8), torch.zeros(1))
+
+
+def test_fresh_cross_attention_is_the_identity():
+    # zero-initialised output projections: adding cross-attention leaves a fresh network's output as it was
+    plain, with_ctx = _unet(0).eval(), _unet(16).eval()
+    with_ctx.load_state_dict(plain.state_dict(), strict=False)
+    x, c_noise = torch.randn(2, 3, 8, 8), torch.tensor([0.1, -0.3])
+    tokens, mask = torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)
+    assert torch.allclose(plain(x, c_noise), with_ctx(x, c_noise, tokens=tokens, token_mask=mask), atol=1e-6)
+
+
+def test_text_conditioner_maps_the_empty_prompt_to_learned_null_values():
+    torch.manual_seed(0)
+    cond = TextConditioner(text_dim=6, vector_dim=10, context_dim=8)
+    with torch.no_grad():
+        cond.null_vector.normal_()
+    pooled = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
+    pooled[1] = 0  # sample 1 has the empty prompt
+    tokens, mask = torch.randn(3, 5, 6), torch.tensor([[True] * 3 + [False] * 2] * 3)
+    mask[1] = False
+    vector, out_tokens, out_mask = cond(pooled, tokens, mask)
+    assert torch.equal(vector[1], cond.null_vector)
+    assert not torch.equal(vector[0], cond.null_vector)
+    assert out_tokens.shape == (3, 6, 8) and out_mask.shape == (3, 6)
+    assert out_mask[:, 0].all()  # the null token leads every sequence
+    assert out_mask[1].sum() == 1 and out_mask[0].sum() == 4
