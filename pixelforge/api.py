@@ -102,9 +102,9 @@ class Generator:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The Cond fields this model takes: its family's `inputs`, labels only with num_classes > 0."""
-        declared = getattr(self.model, "inputs", ())
-        return tuple(f for f in declared if f != "labels" or self.num_classes > 0)
+        """The conditions this model takes: its family's `inputs`, labels only with num_classes > 0, text
+        only with a text encoder (see FamilyModule.takes)."""
+        return self.model.takes()
 
     def check_inputs(self, given) -> None:
         """A clear error if a condition is given (names of Cond fields) that this model does not take."""
@@ -157,6 +157,9 @@ class Generator:
         *,
         label=None,
         labels: list | None = None,
+        prompt: str | None = None,
+        prompts: list | None = None,
+        negative_prompt: str | None = None,
         seed: int = 0,
         seeds: list[int] | None = None,
         batch_size: int = 64,
@@ -166,6 +169,8 @@ class Generator:
         """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
 
         label: one label for all images (class index or name); labels: one per image.
+        prompt: one text prompt for all images (text-conditioned models); prompts: one per image (None:
+        no prompt). negative_prompt: what guidance (guidance > 1) steers away from, instead of nothing.
         options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
         guidance, schedule); unset ones take their defaults.
         Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
@@ -179,17 +184,34 @@ class Generator:
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels given for {n} images")
         idx = [self._label_index(lb) for lb in labels]
+        if prompts is None:
+            prompts = [prompt] * n
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts given for {n} images")
+        text, negative = self._encode_prompts(prompts, negative_prompt)
         out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            cond = Cond(labels=torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])) if self.num_classes else None
+            fields = {}
+            if self.num_classes:
+                fields["labels"] = torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])
+            if text is not None:
+                fields.update(text=text.pooled[sl], text_tokens=text.tokens[sl], text_mask=text.mask[sl],
+                              present=torch.tensor([p is not None for p in prompts[sl]]))
+            cond = Cond(**fields) if fields else None
+            extra = {}
+            if negative is not None:  # the empty condition with the negative prompt in place of no prompt
+                m = len(chunk_idx)
+                extra["negative"] = dataclasses.replace(
+                    cond.empty(), text=negative.pooled.expand(m, -1), text_tokens=negative.tokens.expand(m, -1, -1),
+                    text_mask=negative.mask.expand(m, -1), present=torch.ones(m, dtype=torch.bool))
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, n)
 
-            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts).cpu())
+            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts, **extra).cpu())
         settings = []
         for i in range(n):
             s = {
@@ -202,10 +224,33 @@ class Generator:
                 "label": idx[i],
                 "version": __version__,
             }
+            if text is not None:
+                s["prompt"] = prompts[i]
+                s["negative_prompt"] = negative_prompt
             if idx[i] is not None and self.class_names:
                 s["class_name"] = self.class_names[idx[i]]
             settings.append(s)
         return torch.cat(out), settings
+
+    def _encode_prompts(self, prompts: list, negative_prompt: str | None):
+        """The prompts' TextEmbeddings (None entries encoded as "" and marked absent by the caller) and the
+        negative prompt's (1 row), or None for each where not given; a clear error for a model without text."""
+        given = [p for p in prompts if p is not None]
+        if not given and negative_prompt is None:
+            return None, None
+        self.check_inputs(["text"])
+        for p in [*given, negative_prompt]:
+            if p is not None and not isinstance(p, str):
+                raise ValueError(f"a prompt must be text, got {type(p).__name__}")
+        if negative_prompt is not None and "guidance" not in getattr(self.model, "capabilities", ()):
+            raise ValueError(f"{self.name} has no classifier-free guidance, which a negative prompt needs")
+        from .condition.text import load_text_encoder
+
+        cfg = self.model.config
+        encoder = load_text_encoder(cfg.text_encoder, max_tokens=cfg.text_tokens)
+        text = encoder.encode([p or "" for p in prompts]).to(self.device)
+        negative = encoder.encode([negative_prompt]).to(self.device) if negative_prompt is not None else None
+        return text, negative
 
     def generate(self, n: int = 8, **kwargs) -> list[Image.Image]:
         """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
@@ -284,5 +329,6 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     s = read_settings(png_path)
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"])
     options = {k: s[k] for k in g.sample_options if k in s}
-    (image,) = g.generate(1, label=s.get("label"), seeds=[s["seed"]], **options)
+    (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
+                          seeds=[s["seed"]], **options)
     return image, s

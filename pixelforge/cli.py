@@ -124,6 +124,11 @@ def _add_train(sub):
     p.add_argument("--crop", choices=("center", "random", "none"), default="center", help="how images are fitted to a square")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits or text)")
     p.add_argument("--no-labels", action="store_true", help="train unconditionally even if the data has classes")
+    p.add_argument("--text", action="store_true", help="condition on the data's captions (captions.jsonl, or a captioned "
+                   "bundled set such as shapes) with a pretrained text encoder, so `sample --prompt` works")
+    p.add_argument("--text-encoder", default=None, metavar="NAME_OR_DIR", help="the text encoder for --text: "
+                   "all-MiniLM-L6-v2 (installed by scripts/setup.sh) or the folder of any sentence-transformers or "
+                   "Hugging Face encoder (default: all-MiniLM-L6-v2; implies --text)")
     p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
                    "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
@@ -174,6 +179,7 @@ def _model_fields(a, family, image_size: int, channels: int, num_classes: int) -
         "attn_resolutions": _ints(a.attn_resolutions, "--attn-resolutions") if a.attn_resolutions is not None else None,
         "dropout": a.dropout,
         "label_dropout": a.label_dropout,
+        **_text_fields(a),
     }
     for key, value in flags.items():
         if value is None:
@@ -190,6 +196,16 @@ def _model_fields(a, family, image_size: int, channels: int, num_classes: int) -
         except json.JSONDecodeError:
             model[key] = text  # a bare string such as --set backbone=dit
     return model
+
+
+def _text_fields(a) -> dict:
+    """text_encoder and text_dim for --text / --text-encoder (the encoder is loaded to read its width)."""
+    if not (a.text or a.text_encoder):
+        return {}
+    from .condition.text import DEFAULT_TEXT_ENCODER, load_text_encoder
+
+    name = a.text_encoder or DEFAULT_TEXT_ENCODER
+    return {"text_encoder": name, "text_dim": load_text_encoder(name).dim}
 
 
 def cmd_train(a) -> int:
@@ -272,6 +288,9 @@ def _add_sample(sub):
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
     p.add_argument("-n", type=_int_range(1, MAX_SAMPLES), default=16, help=f"number of images (1..{MAX_SAMPLES})")
     p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
+    p.add_argument("--prompt", default=None, help="text prompt (text-conditioned models), e.g. \"a large blue star at "
+                   "the top right on a black background\"")
+    p.add_argument("--negative-prompt", default=None, help="what guidance (--guidance above 1) steers away from")
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int_range(1), default=64)
@@ -360,7 +379,8 @@ def cmd_sample(a) -> int:
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
     bar, cb = _progress_bar(a.n, f"sampling {g.name}")
-    images = g.generate(a.n, label=a.label, seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
+    images = g.generate(a.n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, seed=a.seed,
+                        batch_size=a.batch_size, callback=cb, **_sampling_options(a))
     bar.close()
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
     paths = api.save_images(images, out)

@@ -273,9 +273,9 @@ def test_the_cli_refuses_bad_sampling_options_through_the_api(flags, message, tm
 
 def test_a_condition_the_model_does_not_take_is_refused_naming_what_it_takes(bundled, monkeypatch):
     assert bundled.inputs == ("labels",)
-    monkeypatch.setattr(bundled.model, "inputs", ())
+    monkeypatch.setattr(bundled.model, "takes", lambda: ())
     with pytest.raises(ValueError, match="is unconditional: it takes no labels"):
         bundled.generate(1, label=3)
-    monkeypatch.setattr(bundled.model, "inputs", ("text",))
+    monkeypatch.setattr(bundled.model, "takes", lambda: ("text",))
     with pytest.raises(ValueError, match="takes no labels; the conditions it takes: text"):
         bundled.generate(1, label=3)

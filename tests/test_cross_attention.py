@@ -64,10 +64,9 @@ def test_text_conditioner_maps_the_empty_prompt_to_learned_null_values():
     with torch.no_grad():
         cond.null_vector.normal_()
     pooled = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
-    pooled[1] = 0  # sample 1 has the empty prompt
     tokens, mask = torch.randn(3, 5, 6), torch.tensor([[True] * 3 + [False] * 2] * 3)
-    mask[1] = False
-    vector, out_tokens, out_mask = cond(pooled, tokens, mask)
+    present = torch.tensor([True, False, True])  # sample 1 has the empty prompt
+    vector, out_tokens, out_mask = cond(pooled, tokens, mask, present)
     assert torch.equal(vector[1], cond.null_vector)
     assert not torch.equal(vector[0], cond.null_vector)
     assert out_tokens.shape == (3, 6, 8) and out_mask.shape == (3, 6)

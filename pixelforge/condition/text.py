@@ -150,6 +150,9 @@ class TextEncoder:
                  device: torch.device | str | None = None):
         try:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a bar per load of a 22 M-parameter model is noise
         except ImportError as e:
             raise ModuleNotFoundError(
                 f"the text encoder needs transformers and tokenizers, which are not installed; "
@@ -312,3 +315,10 @@ def caption_embeddings(captions: Sequence[str | None], encoder: TextEncoder,
         warnings.warn(f"could not cache the caption embeddings in {cache}: {e}", stacklevel=2)
     return result
 
+
+
+@functools.lru_cache(maxsize=4)
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> TextEncoder:
+    """One TextEncoder per (name, max_tokens) in a process: training, the API and the server share it
+    (loading takes seconds). It stays on the CPU, where prompts of a few words take milliseconds."""
+    return TextEncoder(name, max_tokens=max_tokens)

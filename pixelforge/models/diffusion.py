@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..condition import Cond
+from ..condition.text_embed import TEXT_BOUNDS, TextConditioner, check_text_fields, text_inputs
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
@@ -61,13 +62,16 @@ class DiffusionConfig:
     depth: int = 6
     num_heads: int = 4
     hidden_size: int = 0
+    text_encoder: str = ""
+    text_dim: int = 0
+    text_tokens: int = 32
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "base_channels": WIDTH,
         "channel_mult": (LEVELS, CHANNEL_MULT), "num_res_blocks": (1, BLOCKS[1]),
         "attn_resolutions": ((0, 16), IMAGE_SIZE), "patch_size": (1, 64), "depth": DEPTH,
-        "num_heads": HEADS, "hidden_size": (0, 2 * WIDTH[1]),
+        "num_heads": HEADS, "hidden_size": (0, 2 * WIDTH[1]), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -91,27 +95,33 @@ class DiffusionConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        check_text_fields(self)
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        unused = () if self.num_classes else ("label_dropout",)
+        unused = () if self.num_classes or self.text_dim else ("label_dropout",)
+        if not self.text_dim:
+            unused += ("text_encoder", "text_dim", "text_tokens")
         if self.backbone == "dit":
             return unused + ("channel_mult", "num_res_blocks", "attn_resolutions") + (("base_channels",) if self.hidden_size else ())
         return unused + ("patch_size", "depth", "num_heads", "hidden_size")
 
 
 def make_backbone(config: DiffusionConfig) -> nn.Module:
-    """The network F(x_in, c_noise, labels) that config.backbone names."""
+    """The network F(x_in, c_noise, labels) that config.backbone names; a text-conditioned one also
+    cross-attends to prompt tokens of its own embedding width."""
     if config.backbone == "dit":
+        width = config.hidden_size or 4 * config.base_channels
         return DiT(
             image_size=config.image_size,
             in_channels=config.channels,
             patch_size=config.patch_size,
-            hidden_size=config.hidden_size or 4 * config.base_channels,
+            hidden_size=width,
             depth=config.depth,
             num_heads=config.num_heads,
             dropout=config.dropout,
             num_classes=config.num_classes,
+            context_dim=width if config.text_dim else 0,
         )
     return UNet(
         image_size=config.image_size,
@@ -122,6 +132,7 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
         attn_resolutions=config.attn_resolutions,
         dropout=config.dropout,
         num_classes=config.num_classes,
+        context_dim=4 * config.base_channels if config.text_dim else 0,
     )
 
 
@@ -132,7 +143,7 @@ class DiffusionModel(FamilyModule):
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance",)
-    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    inputs = ("labels", "text")  # the conditions it can take (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
     # API, CLI and server offer and check exactly these, and record them in every image's settings.
     option_specs = (
@@ -149,6 +160,9 @@ class DiffusionModel(FamilyModule):
         self.optim_config = optim or OptimConfig()
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.net = make_backbone(config)
+            # prompt -> a vector added to the noise-level embedding and tokens for cross-attention
+            self.text_cond = (TextConditioner(config.text_dim, self.net.emb_dim, self.net.emb_dim)
+                              if config.text_dim else None)
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -160,7 +174,11 @@ class DiffusionModel(FamilyModule):
         c_in = 1 / (sd**2 + sigma**2).sqrt()
         c_noise = sigma.log().flatten() / 4
         labels = cond.labels if cond is not None else None
-        F_x = self.net(c_in * x, c_noise, labels)
+        text = {}
+        if self.text_cond is not None:
+            vector, tokens, mask = self.text_cond(*text_inputs(cond, x.shape[0], self.config.text_dim, x.device))
+            text = {"vector": vector, "tokens": tokens, "token_mask": mask}
+        F_x = self.net(c_in * x, c_noise, labels, **text)
         return c_skip * x + c_out * F_x
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
@@ -187,13 +205,18 @@ class DiffusionModel(FamilyModule):
         self.eval()
         return self.per_sample_loss(x, cond, generator)
 
-    def guided_denoiser(self, guidance: float) -> Callable:
-        """Classifier-free guidance: D_uncond + w (D_cond - D_uncond), both halves in one batch."""
+    def guided_denoiser(self, guidance: float, negative: Cond | None = None) -> Callable:
+        """Classifier-free guidance: D_uncond + w (D_cond - D_uncond), both halves in one batch.
+
+        negative: what the unconditional half is conditioned on instead of the empty condition (a
+        negative prompt, say); the same fields and batch as the condition.
+        """
 
         def denoiser(x, sigma, cond):
-            if guidance == 1.0 or cond is None or not cond.given_fields() or self.config.num_classes == 0:
+            if guidance == 1.0 or cond is None or not cond.given_fields() or not self.takes():
                 return self.denoise(x, sigma, cond)
-            both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([cond, cond.empty()]))
+            other = cond.empty() if negative is None else negative
+            both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([cond, other]))
             d_cond, d_uncond = both.chunk(2)
             return d_uncond + guidance * (d_cond - d_uncond)
 
@@ -212,8 +235,11 @@ class DiffusionModel(FamilyModule):
         guidance: float = 1.0,
         schedule: str = "karras",
         callback=None,
+        negative: Cond | None = None,
     ) -> torch.Tensor:
-        """n images (n, C, H, W) in [-1, 1]; image i uses seed + i (or seeds[i]) and nothing else."""
+        """n images (n, C, H, W) in [-1, 1]; image i uses seed + i (or seeds[i]) and nothing else.
+
+        negative: the condition guidance steers away from (e.g. a negative prompt), instead of none."""
         self.eval()
         cfg = self.config
         seeds = check_seeds(n, seed, seeds)
@@ -224,5 +250,6 @@ class DiffusionModel(FamilyModule):
         x = gen.randn((cfg.channels, cfg.image_size, cfg.image_size)) * cfg.sigma_max
         sigmas = SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max).to(self.device)
         cond = cond.to(self.device) if cond is not None else None
-        out = solver(self.guided_denoiser(guidance), x, sigmas, cond=cond, generator=gen, callback=callback)
+        negative = negative.to(self.device) if negative is not None else None
+        out = solver(self.guided_denoiser(guidance, negative), x, sigmas, cond=cond, generator=gen, callback=callback)
         return out.clamp(-1, 1)

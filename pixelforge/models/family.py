@@ -39,6 +39,13 @@ class FamilyModule(nn.Module):
         self._generator = training_stream(self._generator, self.device, self._seed)
         return self._generator
 
+    def takes(self) -> tuple[str, ...]:
+        """The conditions this model takes, of those its family declares in `inputs`: labels only with
+        num_classes > 0, text only with text_dim > 0 (the config's text encoder width)."""
+        cfg = self.config
+        needs = {"labels": getattr(cfg, "num_classes", 0), "text": getattr(cfg, "text_dim", 0)}
+        return tuple(f for f in getattr(self, "inputs", ()) if needs.get(f, 1) > 0)
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizer is None:
             self._optimizer = make_adam(self.parameters(), self.optim_config, self.default_betas)

@@ -65,8 +65,34 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             be.copy_(b)
 
 
-def _conds(data: ImageSet, idx: torch.Tensor, device) -> Cond:
-    return Cond(labels=data.labels[idx].to(device)) if data.labels is not None and data.num_classes > 0 else Cond()
+class _Conditions:
+    """What each image of the data set is conditioned on: its label where the set has classes, and its
+    caption's embedding (pooled vector and tokens) where the model takes text."""
+
+    def __init__(self, data: ImageSet, model, cache_dir=None):
+        self.labels = data.labels if data.labels is not None and data.num_classes > 0 else None
+        self.text = None
+        self.captions: list[str] = []
+        if "text" in model.takes():
+            from ..condition.text import caption_embeddings, load_text_encoder
+
+            if not data.captions or not any(data.captions):
+                raise ValueError(f"{data.source} has no captions, but the model is conditioned on text: give the folder a "
+                                 "captions.jsonl ({\"file\": ..., \"caption\": ...} a line) or train without text")
+            cfg = model.config
+            encoder = load_text_encoder(cfg.text_encoder, max_tokens=cfg.text_tokens)
+            tqdm.write(f"text encoder {cfg.text_encoder}: embedding {len(data.captions)} captions (cached after the first run)")
+            self.text = caption_embeddings(data.captions, encoder, None if cache_dir is None else Path(cache_dir))
+            self.captions = [c or "" for c in data.captions]
+
+    def __call__(self, idx: torch.Tensor, device) -> Cond:
+        fields = {}
+        if self.labels is not None:
+            fields["labels"] = self.labels[idx].to(device)
+        if self.text is not None:
+            fields.update(text=self.text.pooled[idx].to(device), text_tokens=self.text.tokens[idx].to(device),
+                          text_mask=self.text.mask[idx].to(device))
+        return Cond(**fields)
 
 
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -118,13 +144,13 @@ class _MetricsLog:
             self.tb.close()
 
 
-def _validation_loss(model, data: ImageSet, val_idx: torch.Tensor, cfg: RunConfig, device) -> float:
+def _validation_loss(model, data: ImageSet, conds: _Conditions, val_idx: torch.Tensor, cfg: RunConfig, device) -> float:
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 12345)  # same noise every time
     idx = val_idx[: cfg.train.val_images]
     total, count = 0.0, 0
     for chunk in idx.split(cfg.train.batch_size):
         x = to_model(data.images[chunk].to(device), cfg.data)
-        total += float(model.validation_loss(x, _conds(data, chunk, device), gen).sum())
+        total += float(model.validation_loss(x, conds(chunk, device), gen).sum())
         count += len(chunk)
     return total / max(count, 1)
 
@@ -140,10 +166,17 @@ def _logged_lr(model, figures: dict[str, float]) -> float:
 GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
 
 
-def _save_samples(ema, data: ImageSet, cfg: RunConfig, run_dir: Path, step: int) -> Path:
+def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
     scale = 2 if cfg.data.image_size <= 32 else 1
-    if data.labels is not None and data.num_classes > 0:
+    if conds.text is not None:
+        # one labelled row per prompt: the captions of the first images, a few samples each
+        rows = min(len(conds.captions), GRID_CLASSES, max(1, n // 2))
+        per = math.ceil(n / rows)
+        idx = torch.arange(rows).repeat_interleave(per)  # (rows * per,) 0, 0, ..., 1, 1, ...
+        images = ema.sample(len(idx), conds(idx, ema.device), seed=0)
+        grid = labelled_rows(to_pil(images), conds.captions[:rows], cols=per, scale=scale)
+    elif data.labels is not None and data.num_classes > 0:
         # one full row per class, labelled with its name: about sample_count images in all
         rows = min(data.num_classes, GRID_CLASSES)
         per = math.ceil(n / rows)
@@ -252,6 +285,7 @@ def _train_locked(
         raise ValueError(f"the data has {data.num_classes} classes but the model config allows {model_classes}")
 
     model = build_model(cfg, dev)
+    conds = _Conditions(data, model, cache_dir)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
     start, best_val, bad_vals = 0, math.inf, 0
@@ -328,7 +362,7 @@ def _train_locked(
             idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
             aug_gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 7919 + step)
             x = augment(data.images[idx].to(dev), cfg.data, aug_gen)
-            figures = model.training_step(x, _conds(data, idx, dev), step)
+            figures = model.training_step(x, conds(idx, dev), step)
             decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
             _ema_update(ema, model, decay)
             losses[step] = figures["loss"]
@@ -358,7 +392,7 @@ def _train_locked(
                 }
                 window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
             if len(val_idx) and (step % cfg.train.val_every == 0 or step == end):
-                val = _validation_loss(ema, data, val_idx, cfg, dev)
+                val = _validation_loss(ema, data, conds, val_idx, cfg, dev)
                 row = row or {"step": step, "images": step * cfg.train.batch_size}
                 row["val_loss"] = f"{val:.6f}"
                 if cfg.train.early_stop_on == "val_loss":
@@ -380,7 +414,7 @@ def _train_locked(
             if row is not None:
                 log.write(row)
             if step % cfg.train.sample_every == 0 or step == end:
-                _save_samples(ema, data, cfg, run_dir, step)
+                _save_samples(ema, data, conds, cfg, run_dir, step)
             if cfg.train.patience and bad_vals >= cfg.train.patience:
                 stopped = "early-stopped"
                 tqdm.write(f"early stop at step {step}: no better {cfg.train.early_stop_on} in {bad_vals} evaluations")
@@ -393,7 +427,7 @@ def _train_locked(
                 break
             if max_seconds is not None and step < end and time.perf_counter() - t0 > max_seconds:
                 stopped = "time-budget"
-                _save_samples(ema, data, cfg, run_dir, step)
+                _save_samples(ema, data, conds, cfg, run_dir, step)
                 last_ckpt = checkpoint(step)
                 break
         if stop_at is not None and step < cfg.train.steps and stopped == "finished":
