@@ -160,7 +160,7 @@ class PixelCNNModel(FamilyModule):
     Config = PixelCNNConfig
     family = "pixelcnn"
     default_lr = 1e-3  # the CLI's --lr when not given
-    capabilities = ("log_likelihood",)
+    capabilities = ("log_likelihood", "guidance")
     # temperature divides the softmax logits (mixture: the mixture logits; the logistic scales are
     # multiplied by it); below 1 gives cleaner, less varied images. guidance: classifier-free guidance
     # on each pixel's logits, uncond + w (cond - uncond) (softmax256 output, labelled samples only).
