@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from pixelforge.api import Generator  # noqa: E402
 from pixelforge.data import DataConfig, describe_source, load_dataset, split_indices, to_model  # noqa: E402
 from pixelforge.images import make_grid, save_png, to_pil  # noqa: E402
-from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
+from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, real_features, to_uint8  # noqa: E402
 from pixelforge.metrics.features import load_extractor  # noqa: E402
 from pixelforge.metrics.frechet import fid_from_features  # noqa: E402
 from pixelforge.models import FAMILIES, OptimConfig  # noqa: E402
@@ -78,6 +78,8 @@ def main() -> int:
                         "options), e.g. --set gan:lr=5e-4 --set diffusion-dit:patch_size=4 "
                         "--set 'diffusion-dit:sample={\"guidance\": 3}' (repeatable)")
     a = p.parse_args()
+    if a.spread_draws < 1:
+        p.error(f"--spread-draws must be at least 1, got {a.spread_draws}")
     overrides = _parse_overrides(a.set)
     t_start = time.perf_counter()
     if a.quick:
@@ -175,14 +177,15 @@ def real_spread(pool: torch.Tensor, reference: torch.Tensor, ext, *, n: int, dra
     (real images disjoint from `reference`: the training split) at random (seed = draw number).
     Returns the FIDs and their min and max: differences between families below the max are noise."""
     if draws < 1:
-        raise SystemExit(f"--spread-draws must be at least 1, got {draws}")
+        raise ValueError(f"draws must be at least 1, got {draws}")
     m = min(n, len(pool))
-    pool_feats = ext.features(pool)  # (len(pool), dim); per image, so indexing equals extracting the subset
-    ref_feats = ext.features(reference)  # (n_ref, dim)
-    fids = []
-    for k in range(draws):
-        pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(k))[:m]
-        fids.append(round(fid_from_features(pool_feats[pick.numpy()], ref_feats), 4))
+    picks = [torch.randperm(len(pool), generator=torch.Generator().manual_seed(k))[:m] for k in range(draws)]
+    used = torch.unique(torch.cat(picks))  # extract only the images some draw uses (Inception is slow)
+    row = torch.full((len(pool),), -1, dtype=torch.long)
+    row[used] = torch.arange(len(used))
+    feats = ext.features(pool[used])  # (len(used), dim); features are per image, so a subset's are its rows
+    ref_feats, _, _ = real_features(reference, ext)  # (n_ref, dim), the same cached features evaluate_images uses
+    fids = [round(fid_from_features(feats[row[pick].numpy()], ref_feats), 4) for pick in picks]
     return {"n": m, "n_reference": len(reference), "draws": draws, "fids": fids, "min": min(fids), "max": max(fids)}
 
 
