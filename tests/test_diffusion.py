@@ -22,17 +22,22 @@ def model(randomize_zero_init):
     return tiny_model(randomize_zero_init, num_classes=10)
 
 
-def test_sample_has_the_configured_shape_and_range(model):
+def test_sample_has_the_configured_shape_unsaturated_values_and_follows_the_label(model, assert_unsaturated):
     x = model.sample(3, Cond(labels=torch.tensor([0, 1, 2])), seed=0, steps=3)
     assert x.shape == (3, 1, 8, 8)
     assert x.dtype == torch.float32
-    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    assert_unsaturated(x)
+    other_labels = model.sample(3, Cond(labels=torch.tensor([3, 4, 5])), seed=0, steps=3)
+    assert not torch.allclose(x, other_labels, atol=1e-3)  # same seeds, other labels: other images
 
 
-def test_rgb_16px_model_samples_unconditionally(randomize_zero_init):
+def test_rgb_16px_model_samples_unconditionally_with_distinct_channels_per_seed(randomize_zero_init, assert_unsaturated):
     m = tiny_model(randomize_zero_init, image_size=16, channels=3)
     x = m.sample(2, seed=0, steps=2, sampler="euler")
     assert x.shape == (2, 3, 16, 16)
+    assert_unsaturated(x)
+    assert not torch.allclose(x[:, 0], x[:, 1], atol=1e-3) and not torch.allclose(x[:, 1], x[:, 2], atol=1e-3)
+    torch.testing.assert_close(x[1:], m.sample(1, seed=1, steps=2, sampler="euler"), rtol=0, atol=1e-5)  # seed 1's
 
 
 @pytest.mark.parametrize("sampler", ["heun", "ancestral"])

@@ -49,7 +49,7 @@ def cli(*args: str) -> str:
 
 
 @pytest.mark.parametrize("entry", list(TINY))
-def test_train_resume_info_sample_evaluate_and_the_api(entry, tmp_path, pixelforge_cache):
+def test_train_resume_info_sample_evaluate_and_the_api(entry, tmp_path, pixelforge_cache, assert_unsaturated):
     family = entry.split("-")[0]
     runs, run = tmp_path / "runs", tmp_path / "runs" / "r"
     common = ["--runs-dir", runs, "--batch-size", "16", "--ckpt-every", "2", "--val-every", "2", "--log-every", "1",
@@ -92,7 +92,8 @@ def test_train_resume_info_sample_evaluate_and_the_api(entry, tmp_path, pixelfor
     first, settings = g.generate_tensor(3, labels=labels, seed=11)
     again, _ = g.generate_tensor(3, labels=labels, seed=11)
     assert first.shape == (3, 1, 8, 8) and torch.equal(first, again)
-    assert float(first.min()) >= -1 and float(first.max()) <= 1
+    assert_unsaturated(first)
+    assert not torch.equal(first, g.generate_tensor(3, labels=labels, seed=12)[0])  # another seed, other images
     assert set(g.sample_options) == set(FAMILIES[family].sample_options)
     if "log_likelihood" in FAMILIES[family].capabilities:
         x = (first.clamp(-1, 1) * 127.5 + 127.5).round() / 127.5 - 1

