@@ -9,3 +9,12 @@ def load(name_or_path=None, **kwargs):
     from .runs import DEFAULT_MODEL
 
     return _load(name_or_path or DEFAULT_MODEL, **kwargs)
+
+
+def train(data, **kwargs):
+    """Train a model on a folder of images or a bundled data set in RUNS_DIR/NAME, or resume the run of that
+    name: `pixelforge.train("digits", name="tiny", steps=200)`; keyword arguments as pixelforge.api.train.
+    (Once the package pixelforge.train is imported, Python binds this name to it; calling it trains the same.)"""
+    from .api import train as _train
+
+    return _train(data, **kwargs)
