@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -21,6 +22,9 @@ from .models.options import OptionSpec
 from .runs.config import RunConfig, build_model
 from .runs.checkpoint import check_shapes, load_state, state_shapes
 from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
+
+if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
+    from .train.loop import TrainResult
 
 
 def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> str:
@@ -286,15 +290,15 @@ def train(
     max_minutes: float | None = None,
     progress: bool = True,
     **settings,
-):
+) -> TrainResult:
     """Train a model on `data` (a folder of images or a bundled data set name) in RUNS_DIR/NAME, or resume
     the run of that name; returns the loop's TrainResult (run_dir, step, stopped, losses, last_checkpoint).
 
     settings: the new run's, as `pixelforge.runs.new_run_config` takes them: model (the family, default
     "diffusion"), steps, batch_size, lr (default: the family's), image_size, text, ..., and model_fields, a
     dict of the family's model config fields ({"base_channels": 16, "channel_mult": (1, 2)}); unset ones
-    take the library's defaults. A run of that name that has checkpoints resumes with its saved config: of the settings only
-    `steps` then applies (a new total). runs_dir: default $PIXELFORGE_RUNS or ./runs. init_from: a run or
+    take the library's defaults. A run of that name that has checkpoints resumes with its saved config:
+    of the settings only `steps` then applies (a new total). runs_dir: default $PIXELFORGE_RUNS or ./runs. init_from: a run or
     bundled model whose matching weights a new run starts from. max_minutes: a wall-clock budget for this
     call (it checkpoints and stops; call again to continue). The run's in-training FID/KID (eval_every > 0)
     sample with TRAINING_EVAL_SAMPLE_OPTIONS.
