@@ -32,8 +32,9 @@ from pixelforge.images import make_grid, save_png, to_pil  # noqa: E402
 from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, real_features, to_uint8  # noqa: E402
 from pixelforge.metrics.features import load_extractor  # noqa: E402
 from pixelforge.metrics.frechet import fid_from_features  # noqa: E402
-from pixelforge.models import FAMILIES, OptimConfig  # noqa: E402
-from pixelforge.train import RunConfig, TrainConfig, train  # noqa: E402
+from pixelforge.models import FAMILIES  # noqa: E402
+from pixelforge.runs import RunConfig, new_run_config  # noqa: E402
+from pixelforge.train import train  # noqa: E402
 
 # CPU-sized settings per entry: (family, model fields beyond image size, channels and classes, lr);
 # "batch_size" among the fields replaces --batch-size for that entry, and "sample" (a dict) replaces
@@ -118,14 +119,11 @@ def main() -> int:
         if unknown:
             raise SystemExit(f"{entry}: unknown sampling option(s) {sorted(unknown)}; "
                              f"{family} takes {sorted(FAMILIES[family].sample_options)}")
-        model = {"image_size": data_cfg.image_size, "channels": data_cfg.channels, "num_classes": native["num_classes"], **fields}
-        if family == "transformer":
-            model["vq"] = {**fields["vq"], "image_size": data_cfg.image_size, "channels": data_cfg.channels}
+        # the library's new-run config (image size, channels and classes from the data, as `pixelforge train`)
+        cfg = new_run_config(a.data, model=family, val_fraction=data_cfg.val_fraction, lr=lr, warmup_steps=100,
+                             steps=10**7, batch_size=batch_size, ckpt_every=10**7, sample_every=10**7, val_every=10**7,
+                             log_every=50, model_fields=fields)
         # The transformer family trains its VQ-VAE for the first stage1_steps: give it about 40% of the budget.
-        cfg = RunConfig(family=family, model=model, data=data_cfg, optim=OptimConfig(lr=lr, warmup_steps=100),
-                        train=TrainConfig(steps=10**7, batch_size=batch_size, ckpt_every=10**7, sample_every=10**7,
-                                          val_every=10**7, log_every=50))
-        cfg = RunConfig.from_dict(json.loads(cfg.to_json()))
         run_dir = Path(a.runs_dir) / entry
         if run_dir.exists():
             import shutil

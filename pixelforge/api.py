@@ -1,4 +1,6 @@
-"""The Python API: load a run or a bundled model, generate images, train. The CLI and server call this."""
+"""The Python API: load a run or a bundled model, generate images, train. The CLI and server call this.
+
+Loading imports no training code: `train` imports the loop when it is called."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -16,10 +19,12 @@ from .device import pick_device
 from .images import make_grid, png_info, read_settings, save_png, to_pil
 from .models.common import check_seeds
 from .models.options import OptionSpec
-from .train.config import RunConfig
-from .train.loop import build_model
-from .train.checkpoint import check_shapes, load_state, state_shapes
-from .train.runs import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
+from .runs.config import RunConfig, build_model
+from .runs.checkpoint import check_shapes, load_state, state_shapes
+from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
+
+if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
+    from .train.loop import TrainResult
 
 
 def run_name(run_dir: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> str:
@@ -268,6 +273,77 @@ class Generator:
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None) -> Generator:
     """A run folder, a run name under the runs directory, or a bundled model name -> Generator."""
     return Generator(resolve_run(name_or_path, runs_dir), device=device, runs_dir=runs_dir)
+
+
+# The sampler settings of in-training evaluation (FID/KID every eval_every steps): fast rather than best,
+# the same at every evaluation so figures over training compare. Families without these options ignore them.
+TRAINING_EVAL_SAMPLE_OPTIONS = {"sampler": "dpmpp_2m", "steps": 12}
+
+
+def train(
+    data: str | os.PathLike,
+    *,
+    name: str,
+    runs_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    init_from: str | None = None,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    **settings,
+) -> TrainResult:
+    """Train a model on `data` (a folder of images or a bundled data set name) in RUNS_DIR/NAME, or resume
+    the run of that name; returns the loop's TrainResult (run_dir, step, stopped, losses, last_checkpoint).
+
+    settings: the new run's, as `pixelforge.runs.new_run_config` takes them: model (the family, default
+    "diffusion"), steps, batch_size, lr (default: the family's), image_size, text, ..., and model_fields, a
+    dict of the family's model config fields ({"base_channels": 16, "channel_mult": (1, 2)}); unset ones
+    take the library's defaults. A run of that name that has checkpoints resumes with its saved config:
+    of the settings only `steps` then applies (a new total). runs_dir: default $PIXELFORGE_RUNS or ./runs. init_from: a run or
+    bundled model whose matching weights a new run starts from. max_minutes: a wall-clock budget for this
+    call (it checkpoints and stops; call again to continue). The run's in-training FID/KID (eval_every > 0)
+    sample with TRAINING_EVAL_SAMPLE_OPTIONS.
+    """
+    from tqdm.auto import tqdm
+
+    from .runs import check_run_name, new_run_config
+    from .train.loop import train as train_loop
+
+    runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    run_dir = runs / check_run_name(name)
+    saved = run_dir / "config.json"
+    if saved.exists() and (run_dir / "checkpoints").is_dir():
+        cfg = RunConfig.load(saved)
+        steps = settings.get("steps")
+        if steps is not None and steps != cfg.train.steps:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
+    else:
+        cfg = new_run_config(data, **settings)
+    if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
+        raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
+                         "(--eval-every) to compute it")
+    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every else None
+    return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
+                      max_seconds=max_minutes * 60 if max_minutes is not None else None)
+
+
+def _training_evaluator(cfg: RunConfig, device: str):
+    """FID/KID during training against the run's own data (TRAINING_EVAL_SAMPLE_OPTIONS, fixed seeds)."""
+    from tqdm.auto import tqdm
+
+    from .data import min_side
+    from .evaluate import load_real
+    from .metrics.evaluate import make_training_evaluator
+    from .metrics.features import load_extractor
+
+    ext = load_extractor(cfg.train.eval_extractor, data_source=cfg.data.source, device=device)
+    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
+                     shortest=min_side(cfg.data))
+    options = ", ".join(f"{k} {v}" for k, v in TRAINING_EVAL_SAMPLE_OPTIONS.items())
+    tqdm.write(f"in-training evaluation: {cfg.train.eval_samples} samples ({options}) vs {len(real)} real images, "
+               f"extractor {ext.name}")
+    return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
+                                   sample_options=TRAINING_EVAL_SAMPLE_OPTIONS)
 
 
 def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True) -> dict:

@@ -166,115 +166,55 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
-def _model_fields(a, family, image_size: int, channels: int, num_classes: int) -> dict:
-    """The family's model config from the data's shape, the shape flags given and --set FIELD=VALUE."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(family.Config)}
-    model = {k: v for k, v in {"image_size": image_size, "channels": channels, "num_classes": num_classes}.items() if k in fields}
-    flags = {
+def _model_fields(a) -> dict:
+    """The model config fields given on the command line: the shape flags and --set FIELD=VALUE (the
+    library checks that they belong to the family)."""
+    fields = {
         "base_channels": a.base_channels,
         "channel_mult": _ints(a.channel_mult, "--channel-mult") if a.channel_mult is not None else None,
         "num_res_blocks": a.num_res_blocks,
         "attn_resolutions": _ints(a.attn_resolutions, "--attn-resolutions") if a.attn_resolutions is not None else None,
         "dropout": a.dropout,
         "label_dropout": a.label_dropout,
-        **_text_fields(a),
     }
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key not in fields:
-            raise ValueError(f"--{key.replace('_', '-')} does not apply to {a.model} models")
-        model[key] = value
+    fields = {k: v for k, v in fields.items() if v is not None}
     for item in a.set:
         key, sep, text = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(fields))}")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set sigma_data=0.5")
         try:
-            model[key] = json.loads(text)
+            fields[key] = json.loads(text)
         except json.JSONDecodeError:
-            model[key] = text  # a bare string such as --set backbone=dit
-    return model
-
-
-def _text_fields(a) -> dict:
-    """text_encoder and text_dim for --text / --text-encoder (the encoder is loaded to read its width)."""
-    if not (a.text or a.text_encoder):
-        return {}
-    from .condition.text import DEFAULT_TEXT_ENCODER, load_text_encoder
-
-    name = a.text_encoder or DEFAULT_TEXT_ENCODER
-    return {"text_encoder": name, "text_dim": load_text_encoder(name).dim}
+            fields[key] = text  # a bare string such as --set backbone=dit
+    return fields
 
 
 def cmd_train(a) -> int:
-    from .data import DataConfig, describe_source
-    from .models import OptimConfig, get_family
-    from .train import RunConfig, TrainConfig, train
+    from .api import train
     from .train.lock import RunLockedError
-    from .train.runs import check_run_name, default_runs_dir
 
-    runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
-    run_dir = runs_dir / check_run_name(a.name)
-    saved = run_dir / "config.json"
-    if saved.exists() and (run_dir / "checkpoints").is_dir():
-        cfg = RunConfig.load(saved)
-        if a.steps is not None and a.steps != cfg.train.steps:
-            from dataclasses import replace
-
-            cfg = replace(cfg, train=replace(cfg.train, steps=a.steps))
-        print(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
-    else:
-        family = get_family(a.model)
-        native = describe_source(a.data)  # {"image_size", "channels", "num_classes"}
-        image_size = a.image_size if a.image_size is not None else native["image_size"]
-        channels = a.channels if a.channels is not None else native["channels"]
-        data = DataConfig(source=a.data, image_size=image_size, channels=channels, crop=a.crop, hflip=a.hflip,
-                          val_fraction=a.val_fraction, split_seed=a.seed, allow_upscale=a.allow_upscale)
-        model = _model_fields(a, family, image_size, channels, 0 if a.no_labels else native["num_classes"])
-        cfg = RunConfig(
-            family=a.model,
-            model=model,
-            data=data,
-            optim=OptimConfig(lr=a.lr if a.lr is not None else family.default_lr, warmup_steps=a.warmup, grad_clip=a.grad_clip),
-            train=TrainConfig(steps=a.steps if a.steps is not None else 10_000, batch_size=a.batch_size, ema_decay=a.ema_decay, log_every=a.log_every,
-                              val_every=a.val_every, patience=a.patience, sample_every=a.sample_every,
-                              eval_every=a.eval_every, eval_samples=a.eval_samples, eval_extractor=a.eval_extractor,
-                              early_stop_on=a.early_stop_on,
-                              ckpt_every=a.ckpt_every, seed=a.seed),
-        )
-        cfg = RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
-    if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
-        raise ValueError(f"--early-stop-on {cfg.train.early_stop_on} needs --eval-every K to compute it")
-    evaluator = _training_evaluator(cfg, a.device) if cfg.train.eval_every else None
+    settings = {
+        "model": a.model, "image_size": a.image_size, "channels": a.channels, "labels": not a.no_labels,
+        "text": a.text, "text_encoder": a.text_encoder, "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
+        "allow_upscale": a.allow_upscale, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
+        "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,
+        "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
+        "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on, "sample_every": a.sample_every,
+        "ckpt_every": a.ckpt_every, "seed": a.seed,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
     try:
-        result = train(cfg, run_dir, device=a.device, init_from=a.init_from, progress=not a.quiet, evaluator=evaluator,
-                       max_seconds=a.max_minutes * 60 if a.max_minutes is not None else None)
+        result = train(a.data, name=a.name, runs_dir=a.runs_dir, device=a.device, init_from=a.init_from,
+                       max_minutes=a.max_minutes, progress=not a.quiet, model_fields=_model_fields(a), **settings)
     except RunLockedError as e:
         print(f"pixelforge train: error: {e}", file=sys.stderr)
         return 1
+    run_dir = result.run_dir
     print(f"{result.stopped} at step {result.step}: {run_dir}")
     if result.last_checkpoint:
         print(f"checkpoint: {result.last_checkpoint}")
     print(f"samples: {run_dir / 'samples'}   metrics: {run_dir / 'metrics.csv'}")
     return 130 if result.stopped == "interrupted" else 0
-
-
-def _training_evaluator(cfg, device: str):
-    """FID/KID during training against the run's own data, with fast sampler settings (recorded here)."""
-    from .data import min_side
-    from .evaluate import load_real
-    from .metrics.evaluate import make_training_evaluator
-    from .metrics.features import load_extractor
-
-    ext = load_extractor(cfg.train.eval_extractor, data_source=cfg.data.source, device=device)
-    real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
-                     shortest=min_side(cfg.data))
-    print(f"in-training evaluation: {cfg.train.eval_samples} samples (dpmpp_2m, 12 steps) vs {len(real)} real images, "
-          f"extractor {ext.name}")
-    return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
-                                   sample_options={"sampler": "dpmpp_2m", "steps": 12})
 
 
 def _add_sample(sub):
@@ -374,7 +314,7 @@ def cmd_sample(a) -> int:
         paths = api.save_images([image], out, grid=False)
         print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
         return 0
-    from .train.runs import DEFAULT_MODEL
+    from .runs import DEFAULT_MODEL
 
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
@@ -391,7 +331,7 @@ def cmd_sample(a) -> int:
 def cmd_demo(a) -> int:
     from . import api
     from .html import gallery_page
-    from .train.runs import DEFAULT_MODEL
+    from .runs import DEFAULT_MODEL
 
     g = api.load(a.model or DEFAULT_MODEL, device=a.device)
     per = a.per_class
@@ -431,9 +371,9 @@ def cmd_info(a) -> int:
     from .api import read_class_names, run_sample_options
     from .models import get_family
     from .models.limits import check_model_size, parameter_count
-    from .train.checkpoint import check_shapes, list_checkpoints, state_shapes
-    from .train.config import RunConfig
-    from .train.runs import resolve_run, weights_file, weights_hash, weights_shapes
+    from .runs.checkpoint import check_shapes, list_checkpoints, state_shapes
+    from .runs.config import RunConfig
+    from .runs.store import resolve_run, weights_file, weights_hash, weights_shapes
 
     run_dir = resolve_run(a.run, a.runs_dir)
     cfg = RunConfig.load(run_dir / "config.json")
@@ -650,7 +590,7 @@ def _add_serve(sub):
 
 def cmd_ratings(a) -> int:
     from .serve.ratings import RatingsDB, find_evaluation, format_scores, scores
-    from .train.runs import default_runs_dir
+    from .runs import default_runs_dir
 
     path = Path(a.db) if a.db else (Path(a.runs_dir) if a.runs_dir else default_runs_dir()) / "ratings.sqlite"
     if not path.is_file():
@@ -686,7 +626,7 @@ def _add_ratings(sub):
 
 
 def cmd_export(a) -> int:
-    from .train.runs import export_run, resolve_run
+    from .runs import export_run, resolve_run
 
     out = export_run(resolve_run(a.run, a.runs_dir), Path(a.out))
     print(f"exported {a.run} to {out} (EMA weights, config, classes, metrics, last sample grid)")

@@ -132,7 +132,7 @@ def _kid_subsets(figures: dict) -> str:
 
 
 def _run_step(run_dir: Path) -> int | None:
-    from .train.checkpoint import list_checkpoints
+    from .runs.checkpoint import list_checkpoints
 
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if ckpts:
@@ -142,7 +142,7 @@ def _run_step(run_dir: Path) -> int | None:
 
 def _writable_run(run_dir: Path) -> bool:
     # Bundled models live inside the installed package: reports go elsewhere (see evaluate_run's caller).
-    from .train.runs import BUNDLED_MODELS_DIR
+    from .runs.store import BUNDLED_MODELS_DIR
 
     return run_dir.resolve().parent != BUNDLED_MODELS_DIR and os.access(run_dir, os.W_OK)
 

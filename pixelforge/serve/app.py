@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Generator, load
 from ..images import png_bytes
-from ..train.runs import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
+from ..runs.store import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
 from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
 from .limits import LOOPBACK_NAMES, HostAllowList, SecurityHeaders, ServerLimits, send_json

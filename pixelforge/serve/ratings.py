@@ -206,7 +206,7 @@ def format_scores(result: dict) -> str:
 
 def find_evaluation(model: str, runs_dir: str | Path | None = None) -> dict | None:
     """The newest evaluation of a model named as `pixelforge` names it (run folder, run name or bundled model)."""
-    from ..train.runs import resolve_run
+    from ..runs.store import resolve_run
 
     try:
         return latest_evaluation(resolve_run(model, runs_dir))

@@ -21,10 +21,8 @@ from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices,
 from ..device import pick_device
 from ..files import remove_stale_temporaries
 from ..images import labelled_rows, make_grid, save_png, to_pil
-from ..models import get_family
-from ..models.limits import check_model_size
 from ..progress import eta_seconds, train_postfix
-from .checkpoint import (
+from ..runs.checkpoint import (
     atomic_write_text,
     flatten_state,
     list_checkpoints,
@@ -33,9 +31,9 @@ from .checkpoint import (
     save_checkpoint,
     unflatten_state,
 )
-from .config import RunConfig
+from ..runs.config import RunConfig, build_model
+from ..runs.store import load_weights, resolve_run
 from .lock import run_lock
-from .runs import load_weights, resolve_run
 
 METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "fid", "kid", "kid_std", "elapsed_s"]
 
@@ -47,14 +45,6 @@ class TrainResult:
     stopped: str  # "finished", "early-stopped", "interrupted", "time-budget"
     losses: dict[int, float]  # step -> training loss of that step (this process only)
     last_checkpoint: Path | None
-
-
-def build_model(cfg: RunConfig, device: torch.device, *, where: str = "config.json"):
-    """The run's model on `device`, after counting its parameters without allocating any (a config
-    from an untrusted folder may describe more than memory holds); `where` names the config in errors."""
-    family = get_family(cfg.family)
-    check_model_size(family, cfg.model_config(), f"{where}: model")
-    return family(cfg.model_config(), cfg.optim, seed=cfg.train.seed).to(device)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:

@@ -1,0 +1,227 @@
+"""The run config: everything needed to rebuild a model and its data pipeline, saved as config.json; a new
+run's config from a data set and settings, with the library's defaults; the model a config describes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data import describe_source, validate_config
+from ..data.types import DataConfig
+from ..models import OptimConfig, get_family
+from ..models.limits import check_model_size, check_range
+from ..models.optim import adam_betas
+
+RUN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop itself (the family's own settings live in its model config).
+
+    Counts are in optimiser steps. ema_decay applies per step after a warm-up (decay grows as
+    (1 + step) / (10 + step) until it reaches ema_decay). patience counts validations without a
+    better validation loss before stopping early (0 never stops early). eval_every: sample-quality
+    figures (FID, KID) every K steps when an evaluator is given (0: never). early_stop_on: the figure
+    that patience watches, "val_loss" or "fid" (lower is better for both).
+    """
+
+    steps: int = 10_000
+    batch_size: int = 64
+    ema_decay: float = 0.999
+    log_every: int = 25
+    val_every: int = 500
+    val_images: int = 256
+    patience: int = 0
+    eval_every: int = 0
+    eval_samples: int = 256
+    eval_extractor: str = "auto"
+    early_stop_on: str = "val_loss"
+    sample_every: int = 1000
+    sample_count: int = 16
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        # upper bounds where a number decides memory (a batch, a sample grid, validation or evaluation images)
+        for name, high in (("batch_size", 65_536), ("sample_count", 1024), ("val_images", 1_000_000),
+                           ("eval_samples", 1_000_000)):
+            check_range(f"train.{name}", getattr(self, name), 0 if name == "val_images" else 1, high)
+        for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.patience < 0:
+            raise ValueError("train.eval_every and train.patience must not be negative")
+        if self.early_stop_on not in ("val_loss", "fid", "kid"):
+            raise ValueError(f"train.early_stop_on must be val_loss, fid or kid, got {self.early_stop_on!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    family: str
+    model: dict  # the family's Config fields
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    format_version: int = RUN_FORMAT_VERSION
+    package_version: str = __version__
+
+    def model_config(self):
+        return get_family(self.family).Config(**self.model)
+
+    def resolved(self) -> "RunConfig":
+        """The same run with every model field written out, defaults included (and Adam's betas, the
+        family's unless set): a run folder's config.json then keeps meaning the same model when a later
+        version changes a default."""
+        model = json.loads(json.dumps(dataclasses.asdict(self.model_config())))  # tuples -> lists, as JSON has them
+        beta1, beta2 = adam_betas(self.optim, get_family(self.family).default_betas)
+        return dataclasses.replace(self, model=model, optim=dataclasses.replace(self.optim, beta1=beta1, beta2=beta2))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @staticmethod
+    def from_dict(d: dict, *, where: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: a run config must be a JSON object, got {type(d).__name__}")
+        version = d.get("format_version")
+        if version != RUN_FORMAT_VERSION:
+            raise ValueError(f"{where}: run format version {version} is not supported (this version reads {RUN_FORMAT_VERSION})")
+        if not isinstance(d.get("model"), dict):
+            raise ValueError(f"{where}: model must be an object of the family's config fields")
+        try:
+            d = get_family(str(d.get("family"))).upgrade_config(d)  # folders of earlier versions
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        try:
+            cfg = RunConfig(
+                family=d["family"],
+                model=dict(d["model"]),
+                data=_build(DataConfig, d["data"], f"{where}: data"),
+                optim=_build(OptimConfig, d.get("optim", {}), f"{where}: optim"),
+                train=_build(TrainConfig, d.get("train", {}), f"{where}: train"),
+                format_version=version,
+                package_version=d.get("package_version", "unknown"),
+            )
+        except KeyError as e:
+            raise ValueError(f"{where}: missing field {e}") from None
+        _build(get_family(cfg.family).Config, cfg.model, f"{where}: model")  # validate now, not mid-run
+        try:
+            validate_config(cfg.data)
+        except ValueError as e:
+            raise ValueError(f"{where}: data: {e}") from None
+        return cfg
+
+    @staticmethod
+    def load(path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return RunConfig.from_dict(d, where=str(path))
+
+
+def new_run_config(
+    data: str | os.PathLike,
+    *,
+    model: str = "diffusion",
+    image_size: int | None = None,
+    channels: int | None = None,
+    labels: bool = True,
+    text: bool = False,
+    text_encoder: str | None = None,
+    crop: str = DataConfig.crop,
+    hflip: bool = DataConfig.hflip,
+    val_fraction: float = DataConfig.val_fraction,
+    allow_upscale: bool = DataConfig.allow_upscale,
+    lr: float | None = None,
+    warmup_steps: int = OptimConfig.warmup_steps,
+    grad_clip: float = OptimConfig.grad_clip,
+    steps: int = TrainConfig.steps,
+    batch_size: int = TrainConfig.batch_size,
+    ema_decay: float = TrainConfig.ema_decay,
+    log_every: int = TrainConfig.log_every,
+    val_every: int = TrainConfig.val_every,
+    patience: int = TrainConfig.patience,
+    eval_every: int = TrainConfig.eval_every,
+    eval_samples: int = TrainConfig.eval_samples,
+    eval_extractor: str = TrainConfig.eval_extractor,
+    early_stop_on: str = TrainConfig.early_stop_on,
+    sample_every: int = TrainConfig.sample_every,
+    ckpt_every: int = TrainConfig.ckpt_every,
+    seed: int = TrainConfig.seed,
+    model_fields: Mapping[str, object] | None = None,
+) -> RunConfig:
+    """The config of a new run of family `model` on `data` (a folder of images or a bundled set name),
+    every field checked; what `pixelforge train` and `pixelforge.train` start a run with.
+
+    image_size, channels: default to the data's own (native for bundled sets; 32 and RGB for folders).
+    labels: condition on the data's classes where it has some (False: unconditional).
+    text, text_encoder: condition on the data's captions with a pretrained text encoder (a name or a
+        folder; default all-MiniLM-L6-v2; giving one implies text), loaded here to read its width.
+    lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
+    model_fields: fields of the family's model config ({"base_channels": 16, "channel_mult": (1, 2)}), over
+        those the data and text settings give (a dict of their own: the VQ-VAE's ema_decay is not train's).
+    The other settings are DataConfig's, OptimConfig's and TrainConfig's fields, with their defaults.
+    """
+    family = get_family(model)
+    native = describe_source(str(data))  # {"image_size", "channels", "num_classes", ...}
+    image_size = native["image_size"] if image_size is None else image_size
+    channels = native["channels"] if channels is None else channels
+    fields = {f.name for f in dataclasses.fields(family.Config)}
+    shape = {"image_size": image_size, "channels": channels, "num_classes": native["num_classes"] if labels else 0}
+    model_config = {k: v for k, v in shape.items() if k in fields}
+    if text or text_encoder:
+        from ..condition.text import DEFAULT_TEXT_ENCODER, load_text_encoder
+
+        if "text_encoder" not in fields:
+            raise ValueError(f"{model} models take no text: train them without text (--text) or a text encoder")
+        name = text_encoder or DEFAULT_TEXT_ENCODER
+        model_config.update(text_encoder=name, text_dim=load_text_encoder(name).dim)
+    for key, value in (model_fields or {}).items():
+        if key not in fields:
+            raise ValueError(f"model field {key!r} does not apply to {model} models; their fields: {', '.join(sorted(fields))}")
+        model_config[key] = value
+    cfg = RunConfig(
+        family=model,
+        model=model_config,
+        data=DataConfig(source=str(data), image_size=image_size, channels=channels, crop=crop, hflip=hflip,
+                        val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale),
+        optim=OptimConfig(lr=family.default_lr if lr is None else lr, warmup_steps=warmup_steps, grad_clip=grad_clip),
+        train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
+                          patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
+                          early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed),
+    )
+    return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
+
+
+def build_model(cfg: RunConfig, device: torch.device, *, where: str = "config.json"):
+    """The run's model on `device`, after counting its parameters without allocating any (a config
+    from an untrusted folder may describe more than memory holds); `where` names the config in errors."""
+    family = get_family(cfg.family)
+    check_model_size(family, cfg.model_config(), f"{where}: model")
+    return family(cfg.model_config(), cfg.optim, seed=cfg.train.seed).to(device)
+
+
+def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object of fields, got {d!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(names))}")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
