@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,17 +25,19 @@ from test_text_conditioning import TINY_TEXT  # noqa: E402
 TEXT_MODEL, LABEL_MODEL = "st", "mnist-diffusion"
 
 
+def train_text_run(tmp_path_factory) -> Path:
+    """A runs folder holding a tiny text-conditioned run "st", trained through the CLI with its own data
+    cache (the browser test serves it too)."""
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        assert main(["train", "shapes", "--name", TEXT_MODEL, "--runs-dir", str(runs), *TINY_TEXT]) == 0
+    return runs
+
+
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
-    """A runs folder holding a tiny text-conditioned run "st", trained through the CLI."""
-    runs = tmp_path_factory.mktemp("runs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
-        assert main(["train", "shapes", "--name", TEXT_MODEL, "--runs-dir", str(runs), *TINY_TEXT]) == 0
-        yield runs
-    finally:
-        mp.undo()
+    return train_text_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +107,7 @@ def test_models_say_which_take_a_prompt(client):
     models = {m["name"]: {i["name"]: i for i in m["inputs"]} for m in client.get("/api/v1/models").json()["models"]}
     text, labels = models[TEXT_MODEL], models[LABEL_MODEL]
     assert (text["prompt"]["supported"], text["label"]["supported"]) == (True, False)
+    assert text["prompt"]["max_length"] == MAX_PROMPT_CHARS  # the page's prompt box takes its limit from here
     assert text["label"]["note"] == "this model takes text"
     assert (labels["prompt"]["supported"], labels["label"]["supported"]) == (False, True)
     assert labels["prompt"]["note"] == "this model takes labels"

@@ -150,7 +150,8 @@ def model_info(g: Generator, name: str | None = None) -> S.ModelInfo:
     classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
     takes = g.inputs
     inputs = [S.InputKind(name=kind, supported=field in takes,
-                          note="" if field in takes else f"this model takes {', '.join(takes) or 'no condition'}")
+                          note="" if field in takes else f"this model takes {', '.join(takes) or 'no condition'}",
+                          max_length=S.MAX_PROMPT_CHARS if kind == "prompt" and field in takes else None)
               for kind, field in (("label", "labels"), ("prompt", "text"))]
     inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("sketch", "image", "mask")]
     evaluation = latest_evaluation(g.run_dir)

@@ -100,6 +100,7 @@ class InputKind(BaseModel):
     name: Literal["label", "prompt", "sketch", "image", "mask"]
     supported: bool
     note: str = ""
+    max_length: int | None = Field(None, description="the longest text accepted (prompts), in characters")
 
 
 class Evaluation(BaseModel):
