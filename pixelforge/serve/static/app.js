@@ -112,7 +112,7 @@ function fillLabels(select, model, { each = true } = {}) {
     for (const c of model.classes) items.push(option(String(c.index), c.name === String(c.index) ? c.name : `${c.index}: ${c.name}`));
   }
   items.push(option("", model.num_classes ? "none (unconditional)"
-    : takes(model, "prompt") ? "none (the model takes a prompt)" : "none (unconditional model)"));
+    : takes(model, "prompt") ? "none (takes a prompt)" : "none (unconditional model)"));
   select.replaceChildren(...items);
   if (keep !== null && [...select.options].some((o) => o.value === keep)) select.value = keep;
   select.disabled = !model.num_classes;
@@ -179,10 +179,9 @@ function readOptions(model, prefix) {
 
 function describeModel(m) {
   const size = `${m.image_size}×${m.image_size}, ${m.channels === 1 ? "grayscale" : "RGB"}`;
-  const classes = m.num_classes ? `${m.num_classes} classes` : "unconditional";
+  const conditions = [m.num_classes ? `${m.num_classes} classes` : "", takes(m, "prompt") ? "text prompts" : ""];
   const fid = m.evaluation ? ` · FID ${m.evaluation.fid.toFixed(2)} (${m.evaluation.extractor})` : "";
-  const taken = m.inputs.filter((i) => i.supported).map((i) => i.name).join(", ");
-  return `${m.family} · ${size} · ${classes}${fid}. Takes: ${taken || "no input (unconditional)"}.`;
+  return `${m.family} · ${size} · ${conditions.filter(Boolean).join(" and ") || "unconditional"}${fid}.`;
 }
 
 // --- Generate tab ---------------------------------------------------------------------------------
