@@ -237,18 +237,25 @@ class Generator:
             settings.append(s)
         return torch.cat(out), settings
 
-    def _encode_prompts(self, prompts: list, negative_prompt: str | None):
-        """The prompts' TextEmbeddings (None entries encoded as "" and marked absent by the caller) and the
-        negative prompt's (1 row), or None for each where not given; a clear error for a model without text."""
+    def check_prompts(self, prompts: list, negative_prompt: str | None = None) -> bool:
+        """Whether any prompt is given (prompts: one entry per image, None for none); a clear error where
+        this model takes no text, a prompt is not a string, or a negative prompt comes without guidance."""
         given = [p for p in prompts if p is not None]
         if not given and negative_prompt is None:
-            return None, None
+            return False
         self.check_inputs(["text"])
         for p in [*given, negative_prompt]:
             if p is not None and not isinstance(p, str):
                 raise ValueError(f"a prompt must be text, got {type(p).__name__}")
         if negative_prompt is not None and "guidance" not in getattr(self.model, "capabilities", ()):
             raise ValueError(f"{self.name} has no classifier-free guidance, which a negative prompt needs")
+        return True
+
+    def _encode_prompts(self, prompts: list, negative_prompt: str | None):
+        """The prompts' TextEmbeddings (None entries encoded as "" and marked absent by the caller) and the
+        negative prompt's (1 row), or None for each where not given; a clear error for a model without text."""
+        if not self.check_prompts(prompts, negative_prompt):
+            return None, None
         from .condition.text import load_text_encoder
 
         cfg = self.model.config

@@ -260,7 +260,8 @@ def test_queue_rejects_a_bad_size_and_reports_full():
     ({"model": MODEL, "n": 2, "labels": [1, "dog"]}, ["body", "labels", 1], "unknown label 'dog'"),
     ({"model": MODEL, "n": 2, "labels": [1]}, ["body"], "labels must hold n=2 entries"),
     ({"model": MODEL, "label": 1, "labels": [1]}, ["body"], "label or labels, not both"),
-    ({"model": MODEL, "prompt": "a cat"}, ["body", "prompt"], "Extra inputs are not permitted"),
+    ({"model": MODEL, "prompt": "a cat"}, ["body", "prompt"], "takes no text; the conditions it takes: labels"),
+    ({"model": MODEL, "sketch": "x.png"}, ["body", "sketch"], "Extra inputs are not permitted"),
     ({"n": 1}, ["body", "model"], "Field required"),
 ])
 def test_invalid_job_requests_get_422_naming_the_field_and_the_valid_choices(client, body, where, message):

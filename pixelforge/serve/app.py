@@ -130,7 +130,10 @@ def _label_index(g: Generator, label, loc: list) -> int | None:
     if label is None:
         return None
     if g.num_classes == 0:
-        raise _invalid(loc, f"{g.name} is unconditional: it takes no label")
+        try:
+            g.check_inputs(["labels"])  # an error saying what the model takes instead
+        except ValueError as e:
+            raise _invalid(loc, str(e)) from None
     valid = ", ".join(g.class_names) if g.class_names else f"0..{g.num_classes - 1}"
     if isinstance(label, str) and not re.fullmatch(r"-?[0-9]+", label):  # int() takes only these ("--3", "²" fail)
         if label not in g.class_names:
@@ -145,9 +148,12 @@ def _label_index(g: Generator, label, loc: list) -> int | None:
 def model_info(g: Generator, name: str | None = None) -> S.ModelInfo:
     cfg = g.model.config
     classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
-    inputs = [S.InputKind(name="label", supported="labels" in g.inputs,
-                          note="" if "labels" in g.inputs else "unconditional model")]
-    inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("prompt", "sketch", "image", "mask")]
+    takes = g.inputs
+    inputs = [S.InputKind(name=kind, supported=field in takes,
+                          note="" if field in takes else f"this model takes {', '.join(takes) or 'no condition'}",
+                          max_length=S.MAX_PROMPT_CHARS if kind == "prompt" and field in takes else None)
+              for kind, field in (("label", "labels"), ("prompt", "text"))]
+    inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("sketch", "image", "mask")]
     evaluation = latest_evaluation(g.run_dir)
     return S.ModelInfo(
         name=name or g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
@@ -304,10 +310,17 @@ def create_app(
             labels = [_label_index(g, lb, ["body", "labels", i]) for i, lb in enumerate(req.labels)]
         else:
             labels = [_label_index(g, req.label, ["body", "label"])] * req.n
+        prompts = req.prompts if req.prompts is not None else [req.prompt] * req.n
+        try:
+            given_text = g.check_prompts(prompts, req.negative_prompt)
+        except ValueError as e:  # a model without text, or a negative prompt without guidance
+            given = [f for f in ("prompt", "prompts", "negative_prompt") if getattr(req, f) is not None]
+            raise _invalid(["body", given[0] if "text" not in g.inputs else "negative_prompt"], str(e)) from None
+        text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
         n, seed = req.n, req.seed
 
         def work(progress):
-            images = g.generate(n, labels=labels, seed=seed, callback=progress, **options)
+            images = g.generate(n, labels=labels, seed=seed, callback=progress, **text, **options)
             settings = [im.info["pixelforge"] for im in images]
             return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}
 

@@ -18,7 +18,7 @@ from typing import Callable
 ELO_START = 1000.0
 ELO_K = 32.0
 # settings that vary image to image rather than describing how a model samples: ignored when grouping
-PER_IMAGE_KEYS = frozenset({"model", "family", "checkpoint", "seed", "label", "class_name", "version"})
+PER_IMAGE_KEYS = frozenset({"model", "family", "checkpoint", "seed", "label", "class_name", "prompt", "version"})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ratings (

@@ -5,14 +5,16 @@ job requests and the OpenAPI schema alike."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Union
+from typing import Annotated, Iterable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints,
+                      field_validator, model_validator)
 
 from ..models import options as family_options
 
 MAX_IMAGES = 64  # images per job
 MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 1000  # a prompt's length; the text encoder reads only its first tokens anyway
 
 Label = Union[StrictInt, StrictStr]  # class index or class name
 OptionValue = Union[StrictInt, StrictFloat, StrictStr]
@@ -83,6 +85,10 @@ def check_options(options: dict, specs: list[OptionSpec]) -> dict:
     return out
 
 
+# a str of pydantic's refuses a lone surrogate ("\ud800") itself, so every prompt has a UTF-8 form to echo
+Prompt = Annotated[StrictStr, StringConstraints(max_length=MAX_PROMPT_CHARS)]
+
+
 class ClassInfo(BaseModel):
     index: int
     name: str
@@ -94,6 +100,7 @@ class InputKind(BaseModel):
     name: Literal["label", "prompt", "sketch", "image", "mask"]
     supported: bool
     note: str = ""
+    max_length: int | None = Field(None, description="the longest text accepted (prompts), in characters")
 
 
 class Evaluation(BaseModel):
@@ -147,14 +154,20 @@ class JobRequest(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="image i uses seed + i")
     label: Label | None = Field(None, description="class index or name, for every image")
     labels: list[Label] | None = Field(None, description="one class index or name per image (instead of label)")
+    prompt: Prompt | None = Field(None, description=f"a text prompt for every image (models that take text; "
+                                  f"at most {MAX_PROMPT_CHARS} characters)")
+    prompts: list[Prompt | None] | None = Field(None, description="one prompt per image, null for none (instead of prompt)")
+    negative_prompt: Prompt | None = Field(None, description="what guidance (options.guidance > 1) steers away from")
     options: dict[str, OptionValue] = Field(default_factory=dict, description="the model's sample_options")
 
     @model_validator(mode="after")
-    def _one_label_field(self):
-        if self.label is not None and self.labels is not None:
-            raise ValueError("give label or labels, not both")
-        if self.labels is not None and len(self.labels) != self.n:
-            raise ValueError(f"labels must hold n={self.n} entries, got {len(self.labels)}")
+    def _one_field_of_each_pair(self):
+        for one, each in (("label", "labels"), ("prompt", "prompts")):
+            given = getattr(self, each)
+            if getattr(self, one) is not None and given is not None:
+                raise ValueError(f"give {one} or {each}, not both")
+            if given is not None and len(given) != self.n:
+                raise ValueError(f"{each} must hold n={self.n} entries, got {len(given)}")
         return self
 
 

@@ -111,10 +111,32 @@ function fillLabels(select, model, { each = true } = {}) {
     else items.push(option(RANDOM, "random class"));
     for (const c of model.classes) items.push(option(String(c.index), c.name === String(c.index) ? c.name : `${c.index}: ${c.name}`));
   }
-  items.push(option("", model.num_classes ? "none (unconditional)" : "none (unconditional model)"));
+  items.push(option("", model.num_classes ? "none (unconditional)"
+    : takes(model, "prompt") ? "none (takes a prompt)" : "none (unconditional model)"));
   select.replaceChildren(...items);
   if (keep !== null && [...select.options].some((o) => o.value === keep)) select.value = keep;
   select.disabled = !model.num_classes;
+}
+
+// whether a model takes an input ("label", "prompt"), as GET /models declares it
+function takes(model, kind) {
+  return model.inputs.some((i) => i.name === kind && i.supported);
+}
+
+// a prompt box follows the model: shown only when it takes text, limited to the length the server accepts
+function showPromptBox(box, input, model) {
+  const spec = model.inputs.find((i) => i.name === "prompt" && i.supported);
+  box.hidden = !spec;
+  if (spec && spec.max_length) input.maxLength = spec.max_length;
+}
+
+function promptValue(id) {
+  const text = $(id).value.trim();
+  return text === "" ? null : text;
+}
+
+function shorten(text, max = 48) {
+  return text.length <= max ? text : `${text.slice(0, max - 1).trimEnd()}…`;
 }
 
 function buildOptions(container, model, prefix, values = {}) {
@@ -157,16 +179,19 @@ function readOptions(model, prefix) {
 
 function describeModel(m) {
   const size = `${m.image_size}×${m.image_size}, ${m.channels === 1 ? "grayscale" : "RGB"}`;
-  const classes = m.num_classes ? `${m.num_classes} classes` : "unconditional";
+  const conditions = [m.num_classes ? `${m.num_classes} classes` : "", takes(m, "prompt") ? "text prompts" : ""];
   const fid = m.evaluation ? ` · FID ${m.evaluation.fid.toFixed(2)} (${m.evaluation.extractor})` : "";
-  const later = m.inputs.filter((i) => !i.supported).map((i) => i.name).join(", ");
-  return `${m.family} · ${size} · ${classes}${fid}. Not supported yet: ${later}.`;
+  return `${m.family} · ${size} · ${conditions.filter(Boolean).join(" and ") || "unconditional"}${fid}.`;
 }
 
 // --- Generate tab ---------------------------------------------------------------------------------
 function onModelChange() {
   const m = state.byName[$("model").value];
   fillLabels($("label"), m);
+  showPromptBox($("prompt-box"), $("prompt"), m);
+  showPromptBox($("negative-box"), $("negative-prompt"), m);
+  // a negative prompt works through classifier-free guidance: only for models with a guidance option
+  if (!m.sample_options.some((o) => o.name === "guidance")) $("negative-box").hidden = true;
   buildOptions($("options"), m, "");
   $("model-info").textContent = describeModel(m);
 }
@@ -183,6 +208,11 @@ async function generate() {
   const lab = $("label").value;
   if (lab === EACH) body.labels = Array.from({ length: n }, (_, i) => i % m.num_classes);
   else if (lab !== "") body.label = parseInt(lab, 10);
+  if (takes(m, "prompt")) {
+    const prompt = promptValue("prompt"), negative = promptValue("negative-prompt");
+    if (prompt !== null) body.prompt = prompt;
+    if (negative !== null && !$("negative-box").hidden) body.negative_prompt = negative;
+  }
   setBusy(true);
   $("progress").value = 0;
   $("status").textContent = "Submitting…";
@@ -218,6 +248,7 @@ async function showGallery(job) {
     img.src = src;
     img.alt = `seed ${s.seed}` + (s.label !== null && s.label !== undefined ? `, label ${s.class_name ?? s.label}` : "");
     img.title = JSON.stringify(s, null, 1);
+    if (s.prompt) img.alt += `, prompt: ${s.prompt}`;
     const meta = document.createElement("div");
     meta.className = "meta";
     const caption = document.createElement("span");
@@ -229,7 +260,15 @@ async function showGallery(job) {
     link.textContent = "PNG";
     link.title = "download (settings inside)";
     meta.append(caption, link);
-    tile.append(img, meta);
+    tile.append(img);
+    if (s.prompt) {  // the prompt, shortened, under the image; the whole of it on hover
+      const prompt = document.createElement("p");
+      prompt.className = "prompt";
+      prompt.textContent = shorten(s.prompt);
+      prompt.title = s.prompt + (s.negative_prompt ? `\nnegative: ${s.negative_prompt}` : "");
+      tile.append(prompt);
+    }
+    tile.append(meta);
     return tile;
   }));
   $("gallery").replaceChildren(...tiles);
@@ -271,6 +310,10 @@ function onCompareModelsChange() {
   const a = state.byName[$("model-a").value], b = state.byName[$("model-b").value];
   const shared = a.classes.filter((c) => b.classes.some((d) => d.index === c.index && d.name === c.name));
   fillLabels($("compare-label"), { ...a, num_classes: shared.length, classes: shared }, { each: false });
+  // one prompt box for both: shown when either model takes text, sent to each one that does
+  const withText = [a, b].find((m) => takes(m, "prompt"));
+  if (withText) showPromptBox($("compare-prompt-box"), $("compare-prompt"), withText);
+  else $("compare-prompt-box").hidden = true;
 }
 
 function setPicking(on) {
@@ -278,8 +321,8 @@ function setPicking(on) {
 }
 
 function describeSetup(settings) {
-  const skip = new Set(["model", "family", "checkpoint", "seed", "label", "class_name", "version"]);
-  const parts = Object.entries(settings).filter(([k]) => !skip.has(k)).map(([k, v]) => `${k} ${v}`);
+  const skip = new Set(["model", "model_path", "family", "checkpoint", "seed", "label", "class_name", "prompt", "version"]);
+  const parts = Object.entries(settings).filter(([k, v]) => !skip.has(k) && v !== null).map(([k, v]) => `${k} ${v}`);
   return `${settings.model}: ${parts.join(", ")}`;
 }
 
@@ -298,10 +341,13 @@ async function newPair() {
     const choices = [...$("compare-label").options].map((o) => o.value).filter((v) => /^\d+$/.test(v));
     label = choices.length ? parseInt(choices[Math.floor(Math.random() * choices.length)], 10) : null;
   } else if (labelChoice !== "") label = parseInt(labelChoice, 10);
-  const sides = ["a", "b"].map((s) => ({
-    setup: s.toUpperCase(),
-    body: { model: $(`model-${s}`).value, n: 1, seed, label, options: readOptions(state.byName[$(`model-${s}`).value], `${s}-`) },
-  }));
+  const prompt = $("compare-prompt-box").hidden ? null : promptValue("compare-prompt");
+  const sides = ["a", "b"].map((s) => {
+    const m = state.byName[$(`model-${s}`).value];
+    const body = { model: m.name, n: 1, seed, label, options: readOptions(m, `${s}-`) };
+    if (prompt !== null && takes(m, "prompt")) body.prompt = prompt;
+    return { setup: s.toUpperCase(), body };
+  });
   if (Math.random() < 0.5) sides.reverse();  // blind: which set-up is on the left is random
   $("compare-status").textContent = "Generating the pair…";
   try {
@@ -316,8 +362,10 @@ async function newPair() {
     $("image-a").src = urls[0];
     $("image-b").src = urls[1];
     state.pair = sides.map((side, i) => ({ setup: side.setup, model: side.body.model, settings: jobs[i].settings[0] }));
-    const what = label === null ? "no label" : `label ${jobs[0].settings[0].class_name ?? label}`;
+    const what = (label === null ? "no label" : `label ${jobs[0].settings[0].class_name ?? label}`)
+      + (prompt === null ? "" : `, prompt “${shorten(prompt, 80)}”`);
     $("compare-status").textContent = `Seed ${seed}, ${what}. Which image is better?`;
+    $("compare-status").title = prompt ?? "";
     setPicking(true);
   } catch (e) {
     $("compare-status").textContent = `Error: ${e.message}`;
