@@ -551,6 +551,9 @@ def _print_adherence(a) -> int:
 
     if not a.run:
         raise ValueError("--adherence needs a RUN (a text run on shapes, or a label run on mnist or digits)")
+    if a.cas or a.fake:
+        raise ValueError(f"--adherence measures a RUN's samples on their own: it does not combine with "
+                         f"{'--cas' if a.cas else '--fake'}")
     result = ev.evaluate_adherence(a.run, n=a.n or ev.ADHERENCE_SAMPLES, seed=a.seed, runs_dir=a.runs_dir,
                                    device=a.device, progress=not a.json, **_sampling_options(a))
     if a.json:
@@ -589,7 +592,7 @@ def _add_evaluate(sub):
     p.add_argument("--real", metavar="DATA", help="real images: folder or bundled data set (default: the run's data)")
     p.add_argument("--fake", metavar="DIR", help="evaluate this folder of images instead of sampling a run")
     p.add_argument("-n", type=_int_range(2), default=None, help="number of samples to generate (default 10000; with "
-                   "--adherence 200 per prompt kind)")
+                   "--adherence 200, for each prompt kind on shapes)")
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)

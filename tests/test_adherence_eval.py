@@ -131,3 +131,8 @@ def test_the_bundled_digit_model_draws_the_asked_digit_well_above_chance(capsys,
     assert result["chance"] == 0.1 and set(result["per_class"]) == {str(d) for d in range(10)}
     assert result["accuracy"] >= 0.8
     assert result["real_accuracy"] >= 0.95 and result["n_real"] == 500
+
+
+def test_adherence_with_cas_or_fake_is_a_clear_error(capsys, tmp_path):
+    assert main(["evaluate", "mnist-diffusion", "--adherence", "--fake", str(tmp_path)]) == 2
+    assert "--adherence measures a RUN's samples on their own: it does not combine with --fake" in capsys.readouterr().err
