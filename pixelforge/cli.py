@@ -442,6 +442,8 @@ def cmd_datasets(a) -> int:
 def cmd_evaluate(a) -> int:
     from . import evaluate as ev
 
+    if a.adherence:
+        return _print_adherence(a)
     if a.cas:
         if not a.run:
             raise ValueError("--cas needs a RUN (a class-conditional run or bundled model)")
@@ -464,7 +466,7 @@ def cmd_evaluate(a) -> int:
     else:
         if not a.run:
             raise ValueError("name a RUN (run folder, run name or bundled model), or use --fake DIR --real DIR")
-        figures = ev.evaluate_run(a.run, real=a.real, n=a.n, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
+        figures = ev.evaluate_run(a.run, real=a.real, n=a.n or 10_000, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
                                   device=a.device, report=False if a.no_report else (a.report or True),
                                   progress=not a.json, **_sampling_options(a))
     if a.json:
@@ -483,6 +485,38 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def _print_adherence(a) -> int:
+    """`evaluate RUN --adherence`: the shares obeyed per prompt kind and attribute, or the digit accuracy."""
+    from . import evaluate as ev
+
+    if not a.run:
+        raise ValueError("--adherence needs a RUN (a text run on shapes, or a label run on mnist or digits)")
+    if a.cas or a.fake:
+        raise ValueError(f"--adherence measures a RUN's samples on their own: it does not combine with "
+                         f"{'--cas' if a.cas else '--fake'}")
+    result = ev.evaluate_adherence(a.run, n=a.n or ev.ADHERENCE_SAMPLES, seed=a.seed, runs_dir=a.runs_dir,
+                                   device=a.device, progress=not a.json, **_sampling_options(a))
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items() if k not in ("model", "checkpoint") and v is not None)
+    print(f"adherence of {result['settings']['model']} ({settings}); checker: {result['checker']}")
+    if result["domain"] == "digits":
+        print(f"digit classifier accuracy on {result['n']} samples (labels balanced): {result['accuracy']:.1%}   "
+              f"(chance {result['chance']:.0%}; on {result['n_real']} real validation images {result['real_accuracy']:.1%})")
+        return 0
+    from .metrics.adherence import ATTRIBUTES
+
+    columns = [c for c in (*ATTRIBUTES, "all") if any(c in shares for shares in result["adherence"].values())]
+    print(f"share of {result['n']} samples per prompt kind that obey their prompt ({result['prompts']}):")
+    print(f"{'prompts':<12}" + "".join(f"{c:>12}" for c in columns))
+    for kind, shares in result["adherence"].items():
+        print(f"{kind:<12}" + "".join(f"{shares[c]:>12.1%}" if c in shares else f"{'-':>12}" for c in columns))
+    for kind, prompts in result["example_prompts"].items():
+        print(f"e.g. {kind}: " + "; ".join(f'"{p}"' for p in prompts[:2]))
+    return 0
+
+
 def _add_evaluate(sub):
     p = sub.add_parser(
         "evaluate",
@@ -498,7 +532,8 @@ def _add_evaluate(sub):
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name or bundled model")
     p.add_argument("--real", metavar="DATA", help="real images: folder or bundled data set (default: the run's data)")
     p.add_argument("--fake", metavar="DIR", help="evaluate this folder of images instead of sampling a run")
-    p.add_argument("-n", type=_int_range(2), default=10_000, help="number of samples to generate")
+    p.add_argument("-n", type=_int_range(2), default=None, help="number of samples to generate (default 10000; with "
+                   "--adherence 200, for each prompt kind on shapes)")
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
@@ -508,6 +543,9 @@ def _add_evaluate(sub):
     p.add_argument("--cas", action="store_true", help="classification accuracy score: train a classifier on generated images, test on real ones")
     p.add_argument("--per-class", type=_int_range(1), default=200, help="with --cas: generated images per class")
     p.add_argument("--epochs", type=_int_range(1), default=8, help="with --cas: classifier training epochs")
+    p.add_argument("--adherence", action="store_true", help="do samples obey their condition? A text run on shapes: "
+                   "the share of samples per attribute that obey held-out prompts (caption-style and paraphrased, "
+                   "read by the shapes checker); a label run on mnist or digits: the digit classifier's accuracy")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)

@@ -126,6 +126,16 @@ def evaluate_run(
     return figures
 
 
+def _split(g, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices of the run's data: its saved split.json, else the run's seeded split
+    with at least 10% held out (a bundled model ships without split.json)."""
+    split_path = g.run_dir / "split.json"
+    if split_path.exists():
+        split = json.loads(split_path.read_text())
+        return torch.tensor(split["train"]), torch.tensor(split["val"])
+    return split_indices(n, max(g.config.data.val_fraction, 0.1), g.config.data.split_seed)
+
+
 def _kid_subsets(figures: dict) -> str:
     """ "100 x 200": KID's subsets and the subset size the computation used (capped at the smaller set)."""
     return f"{figures['settings']['kid_subsets']} x {figures['settings']['kid_subset_size']}"
@@ -197,12 +207,7 @@ def classification_accuracy(
     if g.num_classes < 2:
         raise ValueError(f"{g.name} is not class-conditional: the classification accuracy score needs labels")
     data = load_dataset(g.config.data, progress=progress)
-    split_path = g.run_dir / "split.json"
-    if split_path.exists():
-        split = json.loads(split_path.read_text())
-        train_idx, val_idx = torch.tensor(split["train"]), torch.tensor(split["val"])
-    else:
-        train_idx, val_idx = split_indices(len(data), max(g.config.data.val_fraction, 0.1), g.config.data.split_seed)
+    train_idx, val_idx = _split(g, len(data))
     used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
     fake, labels = _generate(g, n_per_class * g.num_classes, seed=seed, progress=progress, **used)
     real_x = to_model(data.images, g.config.data)  # the same pipeline the model was trained on, in [-1, 1]
@@ -212,3 +217,123 @@ def classification_accuracy(
         progress=progress)
     result.update({"model": g.name, "checkpoint": g.checkpoint_hash, **used, "per_class": dict(Counter(labels))})
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Adherence: do samples obey their condition?
+
+ADHERENCE_SAMPLES = 200  # samples per prompt kind (shapes) or in all (digits) unless n is given
+SHAPES_CHECKER = ("pixelforge.metrics.adherence.read_shape: reads each image with the shapes set's own "
+                  "drawing code (docs/text-and-adherence.md)")
+PROMPT_KINDS = {"caption": False, "paraphrased": True}  # kind -> held_out_prompts(paraphrased=...)
+
+
+def evaluate_adherence(
+    run: str,
+    *,
+    n: int = ADHERENCE_SAMPLES,
+    seed: int = 0,
+    runs_dir=None,
+    device: str = "auto",
+    batch_size: int = 64,
+    record: bool = True,
+    progress: bool = True,
+    **sample_options,
+) -> dict:
+    """How well a run's samples obey their condition (see `adherence_of`), appended to the run's
+    evaluations.jsonl when record is set and the run is writable (not for a bundled model)."""
+    from .api import load
+
+    g = load(run, device=device, runs_dir=runs_dir)
+    t0 = time.perf_counter()
+    result = adherence_of(g, n=n, seed=seed, batch_size=batch_size, progress=progress, **sample_options)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["settings"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": _run_step(g.run_dir),
+                          **result["settings"]}
+    if record and _writable_run(g.run_dir):
+        with open(g.run_dir / "evaluations.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
+
+
+def adherence_of(g, *, n: int = ADHERENCE_SAMPLES, seed: int = 0, batch_size: int = 64, progress: bool = True,
+                 **sample_options) -> dict:
+    """The share of a generator's samples that obey their condition.
+
+    A text-conditioned run on the shapes set: n samples for each kind of held-out prompt (attribute
+    combinations the bundled set never draws), phrased as the captions are ("caption") and otherwise
+    ("paraphrased"); both kinds cover the same combinations with the same seeds (image i: seed + i),
+    so they differ in phrasing only. The shapes checker reports per attribute the share obeyed, and
+    "all". A label-conditioned run on a digit set (mnist, digits): n samples with labels balanced over
+    the classes, and the share the evaluation's digit classifier gives their label, beside its
+    accuracy on the run's real validation images. Anything else is a ValueError saying why.
+    g: a loaded `api.Generator` (or anything with its name, config, inputs, resolve_options and
+    generate_tensor). sample_options: the run's sampling options (None: its default).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: {n!r} is not valid; use an integer >= 1")
+    used = g.resolve_options(**{k: v for k, v in sample_options.items() if v is not None})
+    source = g.config.data.source
+    if "text" in g.inputs:
+        if source != "shapes":
+            raise ValueError(f"{g.name} takes text but was trained on {source!r}: the adherence checker reads the "
+                             "shapes domain only (a run trained with `pixelforge train shapes --text`)")
+        figures = _shapes_adherence(g, n=n, seed=seed, batch_size=batch_size, progress=progress, options=used)
+    elif "labels" in g.inputs:
+        from .metrics.features import DIGIT_SOURCES
+
+        if source not in DIGIT_SOURCES:
+            raise ValueError(f"{g.name} takes labels but was trained on {source!r}: label adherence is measured with "
+                             f"the digit classifier, on the digit sets only ({', '.join(DIGIT_SOURCES)})")
+        figures = _digit_accuracy(g, n=n, seed=seed, batch_size=batch_size, progress=progress, options=used)
+    else:
+        raise ValueError(f"{g.name} takes no condition (neither text nor labels): adherence needs a text-conditioned "
+                         "run on shapes or a label-conditioned run on a digit set (mnist, digits)")
+    return {"evaluation": "adherence", **figures, "n": n, "settings": {**used, "seed": seed}}
+
+
+def _shapes_adherence(g, *, n: int, seed: int, batch_size: int, progress: bool, options: dict) -> dict:
+    from .metrics.adherence import adherence, held_out_prompts
+    from .progress import stage_bar
+
+    data = g.config.data
+    if data.channels != 3 or data.image_size < 8:
+        raise ValueError(f"{g.name} makes {data.channels}-channel {data.image_size}x{data.image_size} images: the shapes "
+                         "checker reads colour images of at least 8x8 pixels")
+    shares, examples = {}, {}
+    for kind, paraphrased in PROMPT_KINDS.items():
+        prompts = [p for p, _ in held_out_prompts(n, seed=seed, paraphrased=paraphrased)]
+        bar, cb = image_bar(n, f"sampling {g.name} ({kind} prompts)", enabled=progress)
+        images, _ = g.generate_tensor(n, prompts=prompts, seed=seed, batch_size=batch_size, callback=cb, **options)
+        cb(n, n)
+        bar.close()
+        with stage_bar(n, f"reading shapes ({kind} prompts)", enabled=progress) as bar:
+            shares[kind] = adherence(to_uint8(images), prompts, callback=lambda done, total: bar.update(done - bar.n))
+        examples[kind] = prompts[:3]
+    return {"domain": "shapes", "checker": SHAPES_CHECKER,
+            "prompts": "held out: attribute combinations the bundled shapes set never draws",
+            "adherence": shares, "example_prompts": examples}
+
+
+def _digit_accuracy(g, *, n: int, seed: int, batch_size: int, progress: bool, options: dict) -> dict:
+    digits = [str(d) for d in range(10)]
+    if g.num_classes != 10 or (g.class_names and list(g.class_names) != digits):
+        raise ValueError(f"{g.name} has {g.num_classes} classes ({', '.join(g.class_names) or 'unnamed'}): the digit "
+                         "classifier reads the 10 classes 0..9")
+    ext = load_extractor("auto", data_source=g.config.data.source, device=g.device)
+    labels = balanced_labels(n, g.num_classes)
+    bar, cb = image_bar(n, f"sampling {g.name}", enabled=progress)
+    images, _ = g.generate_tensor(n, labels=labels, seed=seed, batch_size=batch_size, callback=cb, **options)
+    cb(n, n)
+    bar.close()
+    _, logits = extract_features(ext, to_uint8(images), with_logits=True, progress=progress, desc="digit classifier")
+    hits = logits.argmax(1) == np.array(labels)  # (n,)
+    data = load_dataset(g.config.data, progress=progress)
+    _, val_idx = _split(g, len(data))
+    _, real_logits = ext.features(data.images[val_idx], with_logits=True)
+    real_hits = real_logits.argmax(1) == data.labels[val_idx].numpy()
+    return {
+        "domain": "digits", "checker": ext.name, "accuracy": float(hits.mean()),
+        "per_class": {digits[c]: float(hits[np.array(labels) == c].mean()) for c in sorted(set(labels))},
+        "real_accuracy": float(real_hits.mean()), "n_real": int(len(val_idx)), "chance": 1 / g.num_classes,
+    }

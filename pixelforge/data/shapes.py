@@ -76,13 +76,23 @@ def shape_attributes(index: int, *, size: int = 32, seed: int = 0) -> dict:
     background = pick(BACKGROUNDS)
     size_name = pick(SIZES)
     position = pick(POSITIONS)
-    jitter = rng.uniform(-_JITTER, _JITTER, size=2)
+    return place_shape(shape, colour, size_name, position, background, jitter=random_jitter(rng), size=size)
 
+
+def place_shape(shape: str, colour: str, size_name: str, position: str, background: str, *,
+                jitter: tuple[float, float] = (0.0, 0.0), size: int = 32) -> dict:
+    """The attributes (as `shape_attributes` returns them) of one given combination, its centre moved
+    from its place by `jitter` (fractions of the side; the data set draws each in [-0.04, 0.04]).
+    Draw it with `draw_shape`: any combination, including those the bundled set never draws."""
+    for name, value, valid in (("shape", shape, SHAPES), ("colour", colour, COLOURS), ("size", size_name, SIZES),
+                               ("position", position, POSITIONS), ("background", background, BACKGROUNDS)):
+        if value not in valid:
+            raise ValueError(f"{name}: unknown value {value!r}; valid: {', '.join(valid)}")
     r = SIZES[size_name]
     (col, row), phrase = POSITIONS[position]
     lo, hi = r + _MARGIN, 1.0 - r - _MARGIN  # keep the shape inside the image
-    fx = min(max(_GRID[col] + float(jitter[0]), lo), hi)
-    fy = min(max(_GRID[row] + float(jitter[1]), lo), hi)
+    fx = min(max(_GRID[col] + jitter[0], lo), hi)
+    fy = min(max(_GRID[row] + jitter[1], lo), hi)
     return {
         "shape": shape,
         "colour": colour,
@@ -96,6 +106,12 @@ def shape_attributes(index: int, *, size: int = 32, seed: int = 0) -> dict:
         "background_rgb": BACKGROUNDS[background],
         "caption": f"a {size_name} {colour} {shape} {phrase} on a {background} background",
     }
+
+
+def random_jitter(rng: np.random.Generator) -> tuple[float, float]:
+    """A centre's jitter as the data set draws it: uniform in [-0.04, 0.04] of the side on each axis."""
+    jx, jy = rng.uniform(-_JITTER, _JITTER, size=2)
+    return float(jx), float(jy)
 
 
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:

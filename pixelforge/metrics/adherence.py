@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -217,26 +217,28 @@ def parse_prompt(text: str) -> dict[str, str]:
 # Adherence
 
 
-def adherence(images, prompts: Sequence[str]) -> dict[str, float]:
+def adherence(images, prompts: Sequence[str], *, callback: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Share of images that obey their prompt, per attribute, over the images whose prompt states it.
 
     images: (N, 3, H, W) tensor (uint8, or float in [-1, 1]) or a sequence of images `read_shape`
     takes; prompts: N strings. Keys: the attributes some prompt states, and "all": the share of
     images (among those whose prompt states anything) that obey every attribute their prompt states.
+    callback(done, N) is called after each image (a progress bar).
     """
     if len(images) != len(prompts):
         raise ValueError(f"adherence: {len(images)} images but {len(prompts)} prompts; give one prompt per image")
     obeyed: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
     every: list[bool] = []
-    for image, prompt in zip(images, prompts):
+    for done, (image, prompt) in enumerate(zip(images, prompts), 1):
         stated = parse_prompt(prompt)
-        if not stated:
-            continue
-        seen = read_shape(image)
-        ok = {a: seen[a] == v for a, v in stated.items()}
-        for a, v in ok.items():
-            obeyed[a].append(v)
-        every.append(all(ok.values()))
+        if stated:
+            seen = read_shape(image)
+            ok = {a: seen[a] == v for a, v in stated.items()}
+            for a, v in ok.items():
+                obeyed[a].append(v)
+            every.append(all(ok.values()))
+        if callback is not None:
+            callback(done, len(prompts))
     shares = {a: float(np.mean(v)) for a, v in obeyed.items() if v}
     if every:
         shares["all"] = float(np.mean(every))
