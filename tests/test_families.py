@@ -151,3 +151,14 @@ def test_a_text_run_resumes_exactly_samples_from_a_prompt_and_regenerates_it(ent
     assert read_settings(png)["prompt"] == prompt
     cli("sample", "--from", png, "--runs-dir", runs, "-o", tmp_path / "again", "--device", "cpu")
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / png.name)))
+
+    # the API: prompts per image; a negative prompt where the family has guidance, a clear error where not
+    g = pixelforge.load(runs / "r", device="cpu")
+    images, settings = g.generate_tensor(2, prompts=[prompt, None], seed=3)
+    assert images.shape == (2, 3, 8, 8) and [s["prompt"] for s in settings] == [prompt, None]
+    if "guidance" in FAMILIES[family].capabilities:
+        _, settings = g.generate_tensor(1, prompt=prompt, negative_prompt="a blue square", guidance=2.0, seed=3)
+        assert settings[0]["negative_prompt"] == "a blue square"
+    else:
+        with pytest.raises(ValueError, match="has no classifier-free guidance"):
+            g.generate_tensor(1, prompt=prompt, negative_prompt="a blue square", seed=3)
