@@ -75,6 +75,21 @@ def test_a_text_model_trains_and_its_training_sees_the_prompt(family):
 
 
 @pytest.mark.parametrize("family", list(TINY))
+def test_training_drops_prompts_with_the_familys_dropout_setting(family):
+    """With dropout near 1 every prompt of the batch is dropped (seeded: checked for this seed), so two
+    different batches of prompts give the same training figures; with none they differ."""
+    setting = "text_dropout" if family == "gan" else "label_dropout"
+    extra = {"stage1_steps": 0} if family == "transformer" else {}
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+
+    def loss(p: float, seed: int) -> float:
+        return text_model(family, **extra, **{setting: p}).training_step(x, prompts(4, seed), 0)["loss"]
+
+    assert loss(0.999, 1) == loss(0.999, 2)
+    assert loss(0.0, 1) != loss(0.0, 2)
+
+
+@pytest.mark.parametrize("family", list(TINY))
 def test_a_prompt_of_the_wrong_width_is_a_clear_error(family):
     model = text_model(family)
     with pytest.raises(ValueError, match=f"this model takes \\(2, {TEXT_DIM}\\)"):
