@@ -110,3 +110,56 @@ def test_train_help_states_each_familys_default_learning_rate(capsys):
         names, rate = group.strip().rsplit(" ", 1)
         stated.update({name.strip(): float(rate) for name in names.split(",")})
     assert stated == {name: cls.default_lr for name, cls in FAMILIES.items()}
+
+
+# --- text: every family that declares prompts, through the same commands -------------------------
+
+TEXT_ENTRIES = [entry for entry in TINY if "text" in FAMILIES[entry.split("-")[0]].inputs]
+
+
+def _checkpoint_tensors(run_dir) -> dict:
+    from pixelforge.train.checkpoint import load_checkpoint
+
+    parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
+    return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
+
+
+def _losses(run_dir) -> list[str]:
+    return [r["loss"] for r in csv.DictReader((run_dir / "metrics.csv").open())]
+
+
+@pytest.mark.parametrize("entry", TEXT_ENTRIES)
+def test_a_text_run_resumes_exactly_samples_from_a_prompt_and_regenerates_it(entry, tmp_path, pixelforge_cache):
+    pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
+    family = entry.split("-")[0]
+    runs = tmp_path / "runs"
+    common = ["--runs-dir", runs, "--text", "--no-labels", "--image-size", "8", "--batch-size", "8", "--ckpt-every", "2",
+              "--val-every", "2", "--log-every", "1", "--sample-every", "100", "--device", "cpu", "--quiet", *TINY[entry]]
+    # the same 4 steps straight through, and stopped after 2 then resumed by the same command
+    cli("train", "shapes", "--model", family, "--name", "straight", "--steps", "4", *common)
+    cli("train", "shapes", "--model", family, "--name", "r", "--steps", "2", *common)
+    assert "resuming" in cli("train", "shapes", "--model", family, "--name", "r", "--steps", "4", *common)
+    assert _losses(runs / "r") == _losses(runs / "straight") and len(_losses(runs / "r")) == 4
+    straight, resumed = _checkpoint_tensors(runs / "straight"), _checkpoint_tensors(runs / "r")
+    assert set(straight) == set(resumed) and any("text" in name for name in straight)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert "text_dim=384" in cli("info", "r", "--runs-dir", runs)
+
+    prompt = "a red circle at the top left on a black background"
+    cli("sample", "r", "--runs-dir", runs, "-n", "2", "--seed", "3", "--prompt", prompt, "-o", tmp_path / "a", "--device", "cpu")
+    png = tmp_path / "a" / "seed000004.png"
+    assert read_settings(png)["prompt"] == prompt
+    cli("sample", "--from", png, "--runs-dir", runs, "-o", tmp_path / "again", "--device", "cpu")
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / png.name)))
+
+    # the API: prompts per image; a negative prompt where the family has guidance, a clear error where not
+    g = pixelforge.load(runs / "r", device="cpu")
+    images, settings = g.generate_tensor(2, prompts=[prompt, None], seed=3)
+    assert images.shape == (2, 3, 8, 8) and [s["prompt"] for s in settings] == [prompt, None]
+    if "guidance" in FAMILIES[family].capabilities:
+        _, settings = g.generate_tensor(1, prompt=prompt, negative_prompt="a blue square", guidance=2.0, seed=3)
+        assert settings[0]["negative_prompt"] == "a blue square"
+    else:
+        with pytest.raises(ValueError, match="has no classifier-free guidance"):
+            g.generate_tensor(1, prompt=prompt, negative_prompt="a blue square", seed=3)

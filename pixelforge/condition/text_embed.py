@@ -3,6 +3,8 @@ embedding and, for networks with cross-attention, a sequence of condition tokens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -19,7 +21,7 @@ class TextConditioner(nn.Module):
 
     def __init__(self, text_dim: int, vector_dim: int, context_dim: int = 0):
         super().__init__()
-        self.context_dim = context_dim
+        self.text_dim, self.context_dim = text_dim, context_dim
         self.vector = nn.Sequential(nn.Linear(text_dim, vector_dim), nn.SiLU(), nn.Linear(vector_dim, vector_dim))
         self.null_vector = nn.Parameter(torch.zeros(vector_dim))
         if context_dim > 0:
@@ -42,9 +44,26 @@ class TextConditioner(nn.Module):
         return vector, out_tokens, out_mask
 
 
+@dataclass(frozen=True)
+class TextFields:
+    """The text fields every family's config carries (its config derives from this one dataclass).
+
+    text_encoder: the text encoder's name or local folder (condition/text.py); "" for no text.
+    text_dim: its width, 0 for a model without text conditioning (the conditioner is then not built,
+        so label-only and unconditional models keep their weights).
+    text_tokens: the fixed number of tokens every prompt is padded or truncated to.
+    A family's __post_init__ calls check_text_fields, and its BOUNDS include TEXT_BOUNDS.
+    """
+
+    text_encoder: str = ""
+    text_dim: int = 0
+    text_tokens: int = 32
+
+
 # Bounds of the text fields a family's config carries (models/limits.py check_bounds): the encoder's
 # width (0: no text conditioning) and its fixed token length.
 TEXT_BOUNDS = {"text_dim": (0, 4096), "text_tokens": (2, 512)}
+TEXT_FIELD_NAMES = ("text_encoder", "text_dim", "text_tokens")
 
 
 def check_text_fields(config) -> None:
@@ -56,13 +75,44 @@ def check_text_fields(config) -> None:
                          f"got {config.text_encoder!r} and {config.text_dim}")
 
 
+def unused_text_fields(config) -> tuple[str, ...]:
+    """The text fields a config without text conditioning ignores (`pixelforge info` leaves them out)."""
+    return () if config.text_dim else TEXT_FIELD_NAMES
+
+
+def make_text_conditioner(config, vector_dim: int, context_dim: int = 0) -> TextConditioner | None:
+    """The conditioner of a config's text fields, or None for a model without text (text_dim 0).
+
+    Build it after the family's other modules, inside the same seeded_init: a model without text then
+    draws exactly the weights it drew before text conditioning existed."""
+    return TextConditioner(config.text_dim, vector_dim, context_dim) if config.text_dim else None
+
+
 def text_inputs(cond, b: int, text_dim: int, device: torch.device):
     """A Cond's prompt as TextConditioner's arguments (pooled, tokens, mask, present) for B samples;
     a Cond without text (or none at all) is the absent prompt for every sample."""
     if cond is None or cond.text is None:
         return (torch.zeros(b, text_dim, device=device), torch.zeros(b, 0, text_dim, device=device),
                 torch.zeros(b, 0, dtype=torch.bool, device=device), torch.zeros(b, dtype=torch.bool, device=device))
+    if cond.text.shape != (b, text_dim):
+        raise ValueError(f"the prompt embeddings are {tuple(cond.text.shape)}; this model takes ({b}, {text_dim}) "
+                         "(one text_dim-wide vector per image, from the config's text_encoder)")
     tokens, mask = cond.text_tokens, cond.text_mask
     if tokens is None:
         tokens, mask = cond.text.new_zeros(b, 0, text_dim), torch.zeros(b, 0, dtype=torch.bool, device=device)
-    return cond.text, tokens, mask, cond.present
+    return cond.text.to(device), tokens.to(device), mask.to(device), cond.present.to(device)
+
+
+def text_condition(conditioner: TextConditioner | None, cond, b: int, device: torch.device):
+    """What a network takes from a Cond's prompt: (vector (B, vector_dim), tokens, token mask), tokens and
+    mask None unless the conditioner has context_dim > 0; (None, None, None) without a conditioner.
+    cond None or without text: the absent prompt (the learned "no prompt" vector) for every sample."""
+    if conditioner is None:
+        return None, None, None
+    return conditioner(*text_inputs(cond, b, conditioner.text_dim, device))
+
+
+def text_vector(conditioner: TextConditioner | None, cond, b: int, device: torch.device) -> torch.Tensor | None:
+    """The pooled-prompt vector (B, vector_dim) a family adds where it adds a label embedding; None
+    without a conditioner. See text_condition."""
+    return text_condition(conditioner, cond, b, device)[0]

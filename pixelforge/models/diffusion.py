@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..condition import Cond
-from ..condition.text_embed import TEXT_BOUNDS, TextConditioner, check_text_fields, text_inputs
+from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
+                                   unused_text_fields)
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler
 from .nets.dit import DiT
 from .nets.unet import UNet
@@ -25,7 +26,7 @@ BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(TextFields):
     """Everything that fixes the network's shape and the diffusion parameterisation.
 
     num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1.
@@ -41,6 +42,8 @@ class DiffusionConfig:
         channel_mult, num_res_blocks, attn_resolutions) or "dit" (nets/dit.py, a DiT transformer of
         Peebles & Xie 2023; shaped by patch_size, depth, num_heads and hidden_size, where 0 means
         4 * base_channels). dropout applies to both.
+    text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
+        pooled vector joins the noise-level embedding and its tokens feed cross-attention.
     """
 
     image_size: int = 32
@@ -62,9 +65,6 @@ class DiffusionConfig:
     depth: int = 6
     num_heads: int = 4
     hidden_size: int = 0
-    text_encoder: str = ""
-    text_dim: int = 0
-    text_tokens: int = 32
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -99,9 +99,7 @@ class DiffusionConfig:
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        unused = () if self.num_classes or self.text_dim else ("label_dropout",)
-        if not self.text_dim:
-            unused += ("text_encoder", "text_dim", "text_tokens")
+        unused = (() if self.num_classes or self.text_dim else ("label_dropout",)) + unused_text_fields(self)
         if self.backbone == "dit":
             return unused + ("channel_mult", "num_res_blocks", "attn_resolutions") + (("base_channels",) if self.hidden_size else ())
         return unused + ("patch_size", "depth", "num_heads", "hidden_size")
@@ -161,8 +159,7 @@ class DiffusionModel(FamilyModule):
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.net = make_backbone(config)
             # prompt -> a vector added to the noise-level embedding and tokens for cross-attention
-            self.text_cond = (TextConditioner(config.text_dim, self.net.emb_dim, self.net.emb_dim)
-                              if config.text_dim else None)
+            self.text_cond = make_text_conditioner(config, self.net.emb_dim, self.net.emb_dim)
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -174,11 +171,8 @@ class DiffusionModel(FamilyModule):
         c_in = 1 / (sd**2 + sigma**2).sqrt()
         c_noise = sigma.log().flatten() / 4
         labels = cond.labels if cond is not None else None
-        text = {}
-        if self.text_cond is not None:
-            vector, tokens, mask = self.text_cond(*text_inputs(cond, x.shape[0], self.config.text_dim, x.device))
-            text = {"vector": vector, "tokens": tokens, "token_mask": mask}
-        F_x = self.net(c_in * x, c_noise, labels, **text)
+        vector, tokens, mask = text_condition(self.text_cond, cond, x.shape[0], x.device)  # all None without text
+        F_x = self.net(c_in * x, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask)
         return c_skip * x + c_out * F_x
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ..condition import Cond, no_labels
+from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
+                                   unused_text_fields)
 from ..sampling import PerSampleGenerator
-from .nets.gan_nets import Discriminator, Generator, gan_levels
+from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
@@ -92,7 +94,7 @@ def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator) -> to
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(TextFields):
     """Everything that fixes the networks' shape and the GAN's training objective.
 
     image_size: even and at least 8; the generator starts at image_size halved while it stays even and
@@ -108,6 +110,10 @@ class GANConfig:
     diffaugment: comma-separated DiffAugment transforms ("color", "translation", "cutout") applied
         to everything D sees in training; "" turns augmentation off. Worth it for small data sets.
     d_steps: discriminator updates per training step (each on the same real batch).
+    text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
+        pooled vector conditions G (normalisation gains and shifts) and D (projection) like a label.
+    text_dropout: share of training prompts replaced by the absent prompt (G and D alike), so a text
+        model also samples without one (labels of that sample are dropped with it).
     Both optimisers take all their settings from the run's OptimConfig; its betas default to the
     family's `default_betas` (0, 0.99): GANs want little or no momentum (StyleGAN2).
     """
@@ -121,11 +127,12 @@ class GANConfig:
     r1_every: int = 4
     diffaugment: str = "color,translation,cutout"
     d_steps: int = 1
+    text_dropout: float = 0.1
 
     # Size fields and their valid ranges (limits.py).
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "z_dim": (1, 4096), "base_channels": WIDTH,
-        "r1_every": (1, 10_000), "d_steps": (1, 64),
+        "r1_every": (1, 10_000), "d_steps": (1, 64), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -140,6 +147,13 @@ class GANConfig:
         if self.num_classes < 0 or self.r1_gamma < 0:
             raise ValueError("num_classes and r1_gamma must not be negative")
         parse_policy(self.diffaugment)
+        if not 0 <= self.text_dropout < 1:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        check_text_fields(self)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The fields a model without text ignores (`pixelforge info` leaves them out)."""
+        return unused_text_fields(self) + (() if self.text_dim else ("text_dropout",))
 
 
 class GANModel(FamilyModule):
@@ -166,7 +180,7 @@ class GANModel(FamilyModule):
             raise ValueError(f"model: adam_betas must be two numbers, got {betas!r}")
         return {**run, "model": model, "optim": {**run.get("optim", {}), "beta1": betas[0], "beta2": betas[1]}}
     capabilities = ()
-    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults.
     option_specs = (
         OptionSpec("truncation", "float", 1.0, min=0.0, max=2.0,
@@ -180,9 +194,13 @@ class GANModel(FamilyModule):
         self.optim_config = optim or OptimConfig()
         shape = dict(image_size=config.image_size, channels=config.channels, base_channels=config.base_channels,
                      num_classes=config.num_classes)
+        vector_dim = gan_widths(config.image_size, config.base_channels)[0] if config.text_dim else 0
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
-            self.G = Generator(z_dim=config.z_dim, **shape)
-            self.D = Discriminator(**shape)
+            self.G = Generator(z_dim=config.z_dim, vector_dim=vector_dim, **shape)
+            self.D = Discriminator(vector_dim=vector_dim, **shape)
+            # prompt -> a vector for G and one for D, each trained by that network's optimiser
+            self.text_g = make_text_conditioner(config, vector_dim)
+            self.text_d = make_text_conditioner(config, vector_dim)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     # --- parts every family offers -------------------------------------------------------------
@@ -190,7 +208,10 @@ class GANModel(FamilyModule):
         if self._optimizers is None:
             cfg, betas = self.optim_config, self.default_betas
             # "g" first: the trainer logs its lr
-            self._optimizers = {"g": make_adam(self.G.parameters(), cfg, betas), "d": make_adam(self.D.parameters(), cfg, betas)}
+            g, d = list(self.G.parameters()), list(self.D.parameters())
+            if self.text_g is not None:
+                g, d = g + list(self.text_g.parameters()), d + list(self.text_d.parameters())
+            self._optimizers = {"g": make_adam(g, cfg, betas), "d": make_adam(d, cfg, betas)}
         return self._optimizers
 
     # --- labels and latents ----------------------------------------------------------------------
@@ -220,15 +241,18 @@ class GANModel(FamilyModule):
         return None if y is None else torch.cat([y, y])
 
     # --- training --------------------------------------------------------------------------------
-    def discriminator_step(self, x: torch.Tensor, y_d, y_g, step: int, r1_now: bool) -> dict[str, float]:
+    def discriminator_step(self, x: torch.Tensor, y_d, y_g, step: int, r1_now: bool,
+                           cond: Cond | None = None) -> dict[str, float]:
         """One D update: hinge loss relu(1 - D(T(x))) + relu(1 + D(T(G(z)))), plus R1 when r1_now."""
         cfg, gen = self.config, self.train_generator
         b = x.shape[0]
         with torch.no_grad():
-            fake = self.G(self._z(b, gen), y_g)
+            fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
         real_in = diff_augment(x, cfg.diffaugment, gen).detach().requires_grad_(r1_now)
         fake_in = diff_augment(fake, cfg.diffaugment, gen)
-        logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d))  # one pass: one power iteration
+        v_d = text_vector(self.text_d, cond, b, self.device)  # (B, vector_dim) or None
+        # one pass: one power iteration
+        logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d), self._twice(v_d))
         d_real, d_fake = logits[:b], logits[b:]
         d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         total, r1 = d_loss, torch.zeros(())
@@ -241,16 +265,20 @@ class GANModel(FamilyModule):
         return {"d_loss": float(d_loss.detach()), "r1": float(r1.detach()), "d_grad_norm": grad_norm,
                 "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
 
-    def generator_step(self, b: int, y_d, y_g, step: int) -> dict[str, float]:
+    def generator_step(self, b: int, y_d, y_g, step: int, cond: Cond | None = None) -> dict[str, float]:
         """One G update: minimise -D(T(G(z))) (the hinge GAN's generator loss)."""
         cfg, gen = self.config, self.train_generator
-        self.D.requires_grad_(False)  # D's weights are not updated here: spare their gradients
+        d_parts = [m for m in (self.D, self.text_d) if m is not None]
+        for m in d_parts:
+            m.requires_grad_(False)  # D's weights are not updated here: spare their gradients
         try:
-            fake = self.G(self._z(b, gen), y_g)
-            g_loss = -self.D(diff_augment(fake, cfg.diffaugment, gen), y_d).mean()
+            fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
+            logits = self.D(diff_augment(fake, cfg.diffaugment, gen), y_d, text_vector(self.text_d, cond, b, self.device))
+            g_loss = -logits.mean()
             grad_norm = update(self.optimizers()["g"], g_loss, step, self.optim_config)
         finally:
-            self.D.requires_grad_(True)
+            for m in d_parts:
+                m.requires_grad_(True)
         return {"g_loss": float(g_loss.detach()), "grad_norm": grad_norm}
 
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
@@ -262,14 +290,16 @@ class GANModel(FamilyModule):
         """
         self.train()
         cfg = self.config
+        if "text" in self.takes():  # prompt dropout: a dropped sample has no prompt (and no label)
+            cond = cond.drop(cfg.text_dropout, self.train_generator)
         y_d, y_g = self._labels(cond, x.shape[0], self.train_generator)
         r1s = []
         for k in range(cfg.d_steps):
             r1_now = cfg.r1_gamma > 0 and (step * cfg.d_steps + k) % cfg.r1_every == 0  # counts D updates
-            d = self.discriminator_step(x, y_d, y_g, step, r1_now=r1_now)
+            d = self.discriminator_step(x, y_d, y_g, step, r1_now=r1_now, cond=cond)
             if r1_now:
                 r1s.append(d["r1"])
-        g = self.generator_step(x.shape[0], y_d, y_g, step)
+        g = self.generator_step(x.shape[0], y_d, y_g, step, cond=cond)
         return {"loss": g["g_loss"], **d, "r1": sum(r1s) / len(r1s) if r1s else 0.0, **g}
 
     @torch.no_grad()
@@ -284,8 +314,9 @@ class GANModel(FamilyModule):
         self.eval()
         b = x.shape[0]
         y_d, y_g = self._labels(cond, b, generator)
-        fake = self.G(self._z(b, generator), y_g)
-        return F.relu(1 - self.D(x, y_d)) + F.relu(1 + self.D(fake, y_d))
+        v_g, v_d = (text_vector(t, cond, b, self.device) for t in (self.text_g, self.text_d))
+        fake = self.G(self._z(b, generator), y_g, v_g)
+        return F.relu(1 - self.D(x, y_d, v_d)) + F.relu(1 + self.D(fake, y_d, v_d))
 
     # --- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,7 +335,8 @@ class GANModel(FamilyModule):
         truncation psi scales z toward the mean of its prior: z' = psi z (the truncation trick in
         StyleGAN's form, applied to z since this G has no mapping network). 1 leaves z as trained;
         smaller values trade variety for typical-looking images; 0 gives each class's "mean" image.
-        A class-conditional model samples a random class for labels -1 or cond=None.
+        A class-conditional model samples a random class for labels -1 or cond=None; a text model
+        without a prompt (cond=None or no text) samples with the absent prompt.
         """
         self.eval()
         cfg = self.config
@@ -325,7 +357,8 @@ class GANModel(FamilyModule):
                 raise ValueError(f"label {int(given.max())} out of range; this model has classes 0..{k - 1}")
             drawn = torch.stack([torch.randint(k, (), generator=g, device=self.device) for g in gen.generators])
             y = torch.where(given >= 0, given, drawn)  # (n,)
-        x = self.G(z, y).clamp(-1, 1)
+        cond = cond.to(self.device) if cond is not None else None
+        x = self.G(z, y, text_vector(self.text_g, cond, n, self.device)).clamp(-1, 1)
         if callback is not None:
             callback(0, 1)
         return x

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from ..condition import Cond
+from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
+                                   unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCache, SoftmaxHead
 from .common import check_seeds, discretized_logistic_logprob, inverse_cdf_sample, seeded_init
@@ -45,7 +47,7 @@ OUTPUTS = ("softmax256", "logistic_mixture")
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig:
+class PixelCNNConfig(TextFields):
     """The network's shape and output distribution.
 
     num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1, which add a learned
@@ -55,8 +57,11 @@ class PixelCNNConfig:
         pixel), or "logistic_mixture", a discretised mixture of n_mixtures logistics per pixel whose
         G and B means depend linearly on the pixel's R (and G) values (PixelCNN++ sec. 2.2); far fewer
         output maps than 3 x 256 for RGB.
-    label_dropout: share of training labels replaced by "no label", so one network also learns the
-        unconditional model used when no label is given.
+    label_dropout: share of training conditions (labels, prompts) emptied ("no label", the absent
+        prompt), so one network also learns the unconditional model used when none is given (and
+        that classifier-free guidance contrasts with).
+    text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
+        pooled vector joins the label embedding in every gate's bias.
     """
 
     image_size: int = 28
@@ -72,7 +77,7 @@ class PixelCNNConfig:
     # Size fields and their valid ranges (limits.py).
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "hidden_channels": WIDTH, "num_layers": DEPTH,
-        "kernel_size": (3, 63), "n_mixtures": (1, 64),
+        "kernel_size": (3, 63), "n_mixtures": (1, 64), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -85,6 +90,11 @@ class PixelCNNConfig:
             raise ValueError(f"kernel_size must be odd and at least 3, got {self.kernel_size}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        check_text_fields(self)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The text fields a model without text ignores (`pixelforge info` leaves them out)."""
+        return unused_text_fields(self)
 
 
 # --- 8-bit values and the discretised logistic mixture --------------------------------------------
@@ -150,14 +160,14 @@ class PixelCNNModel(FamilyModule):
     family = "pixelcnn"
     default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood", "guidance")
-    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
                    help="divides the logits (mixture: its logits; the logistic scales are multiplied by it); "
                    "below 1: cleaner, less varied images"),
         OptionSpec("guidance", "float", 1.0, min=0.0, max=20.0,
                    help="classifier-free guidance on each pixel's logits, uncond + w (cond - uncond) "
-                   "(softmax256 output, labelled samples; 1: none)"),
+                   "(softmax256 output, samples with a label or prompt; 1: none)"),
     )
     sample_options = option_defaults(option_specs)
 
@@ -172,11 +182,14 @@ class PixelCNNModel(FamilyModule):
                 num_layers=config.num_layers,
                 kernel_size=config.kernel_size,
                 num_classes=config.num_classes,
+                with_vector=config.text_dim > 0,
             )
             if config.output == "softmax256":
                 self.head = SoftmaxHead(config.hidden_channels, config.channels)
             else:
                 self.head = MixtureHead(config.hidden_channels, config.channels, config.n_mixtures)
+            # prompt -> a vector joining the label embedding in every gate's bias
+            self.text_cond = make_text_conditioner(config, config.hidden_channels)
 
     # --- likelihood --------------------------------------------------------------------------------
     def _labels(self, cond: Cond | None, n: int) -> torch.Tensor | None:
@@ -187,27 +200,44 @@ class PixelCNNModel(FamilyModule):
             raise ValueError(f"expected {n} labels, got shape {tuple(labels.shape)}")
         return labels
 
-    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W) in [-1, 1] -> log p of its 8-bit values in nats, (B,)."""
+    def _conditions(self, cond: Cond | None, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What the network takes from a Cond of n samples: (labels (n,) or None, prompt vector (n, F) or
+        None); a text model without a prompt gets the absent prompt's vector."""
+        return self._labels(cond, n), text_vector(self.text_cond, cond, n, self.device)
+
+    def _taken(self, cond: Cond | None) -> Cond | None:
+        """The fields of cond this model conditions on (labels, the prompt), or None where it gives none."""
+        if cond is None:
+            return None
+        fields = {}
+        if self.config.num_classes and cond.labels is not None:
+            fields["labels"] = cond.labels
+        if self.text_cond is not None and cond.text is not None:
+            fields.update(text=cond.text, text_tokens=cond.text_tokens, text_mask=cond.text_mask, present=cond.present)
+        return Cond(**fields).to(self.device) if fields else None
+
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) in [-1, 1] -> log p of its 8-bit values in nats, (B,); vector: the prompt's (B, F)."""
         k = to_levels(x)  # (B, C, H, W) in 0..255
         xq = from_levels(k)
-        h = self.net(xq, labels)  # (B, F, H, W)
+        h = self.net(xq, labels, vector)  # (B, F, H, W)
         if self.config.output == "softmax256":
             logp = self.head(h, xq).log_softmax(dim=2)  # (B, C, 256, H, W)
             return logp.gather(2, k[:, :, None]).squeeze(2).sum(dim=(1, 2, 3))
         return mixture_log_prob(self.head(h), k, self.config.n_mixtures).sum(dim=(1, 2))
 
-    def bits_per_dim(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def bits_per_dim(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                     vector: torch.Tensor | None = None) -> torch.Tensor:
         """-log2 p(x) / (C H W), (B,): the exact negative log-likelihood over 8-bit values."""
-        return -self.log_prob(x, labels) / (x[0].numel() * math.log(2))
+        return -self.log_prob(x, labels, vector) / (x[0].numel() * math.log(2))
 
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
         """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; the loss is the mean bits/dim."""
         self.train()
-        labels = self._labels(cond, x.shape[0])
-        if labels is not None:
-            labels = Cond(labels=labels).drop(self.config.label_dropout, self.train_generator).labels
-        loss = self.bits_per_dim(x, labels).mean()
+        cond = self._taken(cond)
+        if cond is not None:  # condition dropout: labels and prompt emptied together
+            cond = cond.drop(self.config.label_dropout, self.train_generator)
+        loss = self.bits_per_dim(x, *self._conditions(cond, x.shape[0])).mean()
         grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
 
@@ -219,16 +249,17 @@ class PixelCNNModel(FamilyModule):
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         """Exact negative log-likelihood in bits per dimension (B,) of x (B, C, H, W) in [-1, 1], over
-        its 8-bit values (round((x + 1) * 127.5)); without labels a conditional model uses "no label"."""
+        its 8-bit values (round((x + 1) * 127.5)); without labels a conditional model uses "no label",
+        without a prompt a text model the absent prompt."""
         self.eval()
         x = x.to(self.device)
-        return self.bits_per_dim(x, self._labels(cond, x.shape[0]))
+        return self.bits_per_dim(x, *self._conditions(cond, x.shape[0]))
 
     # --- sampling ------------------------------------------------------------------------------------
     def _draw_pixel(self, h: torch.Tensor, u: torch.Tensor, temperature: float, guidance: float = 1.0) -> torch.Tensor:
         """Features h (n, F, 1, 1) of one pixel and its uniforms u (n, D) -> its values (n, C) in [-1, 1].
 
-        Guided: h is (2n, F, 1, 1), the n labelled rows then the same n with "no label"; the values
+        Guided: h is (2n, F, 1, 1), the n conditioned rows then the same n emptied (or negative); the values
         drawn from the guided logits go to both halves, so both condition on the same pixels."""
         cfg = self.config
         n, c = u.shape[0], cfg.channels
@@ -256,7 +287,8 @@ class PixelCNNModel(FamilyModule):
         return x[:, 0]
 
     @torch.no_grad()
-    def _sample(self, n, cond, seed, seeds, callback, temperature, cached: bool, guidance: float = 1.0) -> torch.Tensor:
+    def _sample(self, n, cond, seed, seeds, callback, temperature, cached: bool, guidance: float = 1.0,
+                negative: Cond | None = None) -> torch.Tensor:
         self.eval()
         cfg = self.config
         seeds = check_seeds(n, seed, seeds)
@@ -269,21 +301,25 @@ class PixelCNNModel(FamilyModule):
         per_pixel = c if cfg.output == "softmax256" else 1 + c  # uniforms per pixel
         gen = PerSampleGenerator(seeds, dev)
         u = torch.stack([torch.rand((s, s, per_pixel), generator=g, device=dev) for g in gen.generators])  # (n, H, W, D)
-        labels = self._labels(cond, n)
-        guided = guidance != 1.0 and labels is not None
+        given = self._taken(cond)
+        guided = guidance != 1.0 and given is not None
         if guided:
             if cfg.output != "softmax256":
                 raise ValueError(f"guidance works on the softmax256 output; this model's output is {cfg.output!r}")
-            given = Cond(labels=labels)
-            labels = Cond.cat([given, given.empty()]).labels  # every image with and without its label
+            other = given.empty() if negative is None else self._taken(negative)
+            if other is None or other.given_fields() != given.given_fields():
+                raise ValueError(f"the negative condition must give the same fields as the condition {given.given_fields()}")
+            given = Cond.cat([given, other])  # every image with its condition, then without it (or with the negative)
         rows = 2 * n if guided else n
+        labels, vector = self._conditions(given, rows)
         x = torch.zeros(rows, c, s, s, device=dev)  # pixels not yet drawn stay 0; nothing reads them
-        cache = SamplingCache(self.net, (rows, c, s, s), self.net.cond_biases(labels, rows, dev), dev) if cached else None
+        biases = self.net.cond_biases(labels, rows, dev, vector)
+        cache = SamplingCache(self.net, (rows, c, s, s), biases, dev) if cached else None
         for i in range(s):
             if cache is not None:
                 cache.start_row(i)
             for j in range(s):
-                h = cache.pixel(j) if cache is not None else self.net(x, labels)[:, :, i : i + 1, j : j + 1]
+                h = cache.pixel(j) if cache is not None else self.net(x, labels, vector)[:, :, i : i + 1, j : j + 1]
                 value = self._draw_pixel(h, u[:, i, j], temperature, guidance)  # (n, C)
                 x[:, :, i, j] = value.repeat(2, 1) if guided else value
                 if cache is not None:
@@ -302,15 +338,18 @@ class PixelCNNModel(FamilyModule):
         callback=None,
         temperature: float = 1.0,
         guidance: float = 1.0,
+        negative: Cond | None = None,
     ) -> torch.Tensor:
         """n images (n, C, H, W) in [-1, 1], pixel by pixel with the sampling cache; image i uses seed + i
         (or seeds[i]) and nothing else; callback(row, H) after each row.
 
-        guidance w != 1 with labels runs each image twice, with its label and with "no label" (the
-        model learns both through label_dropout), and draws every value from the softmax of
-        uncond + w (cond - uncond): classifier-free guidance (Ho & Salimans 2022) applied to the
-        per-pixel logits, as autoregressive image models do. Unconditional samples ignore it."""
-        return self._sample(n, cond, seed, seeds, callback, temperature, cached=True, guidance=guidance)
+        guidance w != 1 with a label or a prompt runs each image twice, with its condition and with the
+        empty one ("no label", the absent prompt; the model learns both through label_dropout), and
+        draws every value from the softmax of uncond + w (cond - uncond): classifier-free guidance (Ho &
+        Salimans 2022) applied to the per-pixel logits, as autoregressive image models do.
+        Unconditional samples ignore it. negative: what the second run is conditioned on instead of
+        the empty condition (a negative prompt, say); the same fields and batch as cond."""
+        return self._sample(n, cond, seed, seeds, callback, temperature, cached=True, guidance=guidance, negative=negative)
 
     def sample_full_recompute(
         self,
@@ -322,6 +361,7 @@ class PixelCNNModel(FamilyModule):
         callback=None,
         temperature: float = 1.0,
         guidance: float = 1.0,
+        negative: Cond | None = None,
     ) -> torch.Tensor:
         """The same images as `sample`, rerunning the whole network for every pixel: the slow reference."""
-        return self._sample(n, cond, seed, seeds, callback, temperature, cached=False, guidance=guidance)
+        return self._sample(n, cond, seed, seeds, callback, temperature, cached=False, guidance=guidance, negative=negative)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
+from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
+                                   unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.token_transformer import TokenTransformer
 from .common import check_seeds, inverse_cdf_sample, seeded_init
@@ -41,7 +43,7 @@ MASKGIT_CHOICE_TEMPERATURE = 4.5  # Gumbel noise on the confidences, annealed to
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(TextFields):
     """The VQ-VAE, the prior over its codes, and when the one hands over to the other.
 
     vq: the VQ-VAE's config (models/vqvae.py, VQVAEConfig), as a dict of its fields or a VQVAEConfig;
@@ -51,8 +53,10 @@ class TransformerConfig:
         trains from the first step, on whatever VQ-VAE the weights hold, e.g. after --init-from).
     prior: one of PRIORS, "autoregressive" or "maskgit" (see the module docstring).
     d_model, depth, heads: the prior transformer's width, number of blocks and attention heads.
-    label_dropout: share of training labels replaced by "no label", so a class-conditional prior also
-        samples without a label.
+    label_dropout: share of training conditions (labels, prompts) emptied ("no label", the absent
+        prompt), so a conditional prior also samples without one.
+    text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
+        pooled vector is added to the prior's start token (the VQ-VAE stays unconditional).
     decode_steps: MaskGIT's parallel decoding steps (unused by the autoregressive prior).
     """
 
@@ -71,7 +75,7 @@ class TransformerConfig:
     # Size fields and their valid ranges (limits.py); vq's are the VQ-VAE's own.
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "d_model": WIDTH, "depth": DEPTH, "heads": HEADS,
-        "decode_steps": (1, 1024), "stage1_steps": (0, 10**9),
+        "decode_steps": (1, 1024), "stage1_steps": (0, 10**9), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -97,6 +101,11 @@ class TransformerConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by heads {self.heads}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        check_text_fields(self)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The text fields a model without text ignores (`pixelforge info` leaves them out)."""
+        return unused_text_fields(self)
 
 
 class FrozenCopy(nn.Module):
@@ -130,7 +139,7 @@ class TokenTransformerModel(FamilyModule):
     family = "transformer"
     default_lr = 5e-4  # the CLI's --lr when not given; both stages
     capabilities = ()
-    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
                    help="divides the logits (1: the model's own distribution; lower: more typical codes)"),
@@ -166,6 +175,8 @@ class TokenTransformerModel(FamilyModule):
             heads=config.heads,
             causal=not maskgit,
         )
+        # prompt -> a vector added to the start token's embedding (the prior's prefix)
+        self.text_cond = make_text_conditioner(config, config.d_model)
 
     # --- parts every family offers -------------------------------------------------------------
     @property
@@ -176,7 +187,8 @@ class TokenTransformerModel(FamilyModule):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._prior_optimizer is None:
-            self._prior_optimizer = make_adam(self.prior.parameters(), self.optim_config, self.default_betas)
+            params = list(self.prior.parameters()) + (list(self.text_cond.parameters()) if self.text_cond is not None else [])
+            self._prior_optimizer = make_adam(params, self.optim_config, self.default_betas)
         return {"vq": self.vq.optimizers()["net"], "prior": self._prior_optimizer}
 
     # --- the frozen tokeniser ---------------------------------------------------------------------
@@ -200,20 +212,27 @@ class TokenTransformerModel(FamilyModule):
         return torch.where(labels < 0, none, self.codebook_size + labels)
 
     # --- losses -----------------------------------------------------------------------------------
-    def prior_bits(self, codes: torch.Tensor, start: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _prefix(self, cond: Cond | None, n: int, device) -> torch.Tensor | None:
+        """The prompt's vector (n, d_model) added to the start token; the absent prompt's without one;
+        None for a model without text."""
+        return text_vector(self.text_cond, None if cond is None else cond.to(device), n, device)
+
+    def prior_bits(self, codes: torch.Tensor, start: torch.Tensor, generator: torch.Generator,
+                   prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample prior loss in bits per token, (B,). Autoregressive: the exact negative log-likelihood
         of the code sequence. MaskGIT: cross-entropy on the masked codes, with a cosine-scheduled share
-        masked (the ratio and the positions drawn from generator)."""
+        masked (the ratio and the positions drawn from generator). prefix: the prompt's vector (B, d_model)."""
         b, L = codes.shape
         if self.config.prior == "autoregressive":
-            logits = self.prior(torch.cat([start[:, None], codes[:, :-1]], dim=1))  # (B, L, K): position t predicts code t
+            # (B, L, K): position t predicts code t
+            logits = self.prior(torch.cat([start[:, None], codes[:, :-1]], dim=1), prefix=prefix)
             return F.cross_entropy(logits.transpose(1, 2), codes, reduction="none").mean(1) / math.log(2)
         r = torch.rand(b, device=codes.device, generator=generator)
         n_masked = torch.ceil(torch.cos(math.pi / 2 * r) * L).clamp(1, L)  # (B,) MaskGIT's cosine schedule gamma(r) = cos(pi r / 2)
         ranks = torch.rand(b, L, device=codes.device, generator=generator).argsort(1).argsort(1)
         masked = ranks < n_masked[:, None]  # (B, L) a random n_masked[i] positions of row i
         tokens = torch.where(masked, torch.full_like(codes, self.mask_token), codes)
-        logits = self.prior(torch.cat([start[:, None], tokens], dim=1))[:, 1:]  # (B, L, K)
+        logits = self.prior(torch.cat([start[:, None], tokens], dim=1), prefix=prefix)[:, 1:]  # (B, L, K)
         ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, L)
         return (ce * masked).sum(1) / masked.sum(1) / math.log(2)
 
@@ -229,11 +248,11 @@ class TokenTransformerModel(FamilyModule):
             self.stage.fill_(2)
         codes = self.encode_codes(x)  # (B, L)
         gen = self.train_generator
-        if cfg.num_classes:
-            cond = cond.drop(cfg.label_dropout, gen)  # a dropped label becomes the "no label" start token
+        if self.takes():  # a dropped label becomes the "no label" start token, a dropped prompt the absent one
+            cond = cond.drop(cfg.label_dropout, gen)
         start = self._start_tokens(cond.labels, x.shape[0], x.device)
         self.prior.train()
-        loss = self.prior_bits(codes, start, gen).mean()
+        loss = self.prior_bits(codes, start, gen, self._prefix(cond, x.shape[0], x.device)).mean()
         grad_norm = update(self.optimizers()["prior"], loss, step - cfg.stage1_steps, self.optim_config)
         lr = self.optimizers()["prior"].param_groups[0]["lr"]
         return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": lr, "stage": 2.0}
@@ -251,7 +270,8 @@ class TokenTransformerModel(FamilyModule):
         vq = self.frozen_tokenizer()
         distortion = vq.validation_loss(x, Cond(), generator)
         codes = vq.encode_indices(x).flatten(1)
-        rate = self.prior_bits(codes, self._start_tokens(cond.labels, x.shape[0], x.device), generator)
+        start, prefix = self._start_tokens(cond.labels, x.shape[0], x.device), self._prefix(cond, x.shape[0], x.device)
+        rate = self.prior_bits(codes, start, generator, prefix)
         return distortion + rate
 
     # --- sampling ---------------------------------------------------------------------------------
@@ -277,27 +297,27 @@ class TokenTransformerModel(FamilyModule):
             raise ValueError(f"top_k must be a whole number >= 0 (0: no limit), got {top_k}")
         gen = PerSampleGenerator(seeds, self.device)
         start = self._start_tokens(cond.labels if cond is not None else None, n, self.device)
-        draw = dict(temperature=float(temperature), top_k=int(top_k))
+        draw = dict(temperature=float(temperature), top_k=int(top_k), prefix=self._prefix(cond, n, self.device))
         if self.config.prior == "autoregressive":
             codes = self._sample_autoregressive(start, gen, callback, **draw)
         else:
             codes = self._sample_maskgit(start, gen, callback, **draw)
         return self.frozen_tokenizer().decode_indices(codes).clamp(-1, 1)
 
-    def _sample_autoregressive(self, start, gen, callback, *, temperature, top_k) -> torch.Tensor:
+    def _sample_autoregressive(self, start, gen, callback, *, temperature, top_k, prefix=None) -> torch.Tensor:
         """Ancestral sampling of the L codes in raster order; each step feeds one token through the cache."""
         n, L = start.shape[0], self.seq_len
         codes = torch.empty(n, L, dtype=torch.long, device=start.device)
         cache, token = self.prior.new_cache(), start[:, None]
         for t in range(L):
-            logits = self.prior(token, cache)[:, -1]  # (n, K): the distribution of code t
+            logits = self.prior(token, cache, prefix)[:, -1]  # (n, K): the distribution of code t (prefix: at t = 0)
             codes[:, t], _ = _draw(logits, _uniform(gen, ()), temperature, top_k)
             token = codes[:, t : t + 1]
             if callback is not None:
                 callback(t, L)
         return codes
 
-    def _sample_maskgit(self, start, gen, callback, *, temperature, top_k) -> torch.Tensor:
+    def _sample_maskgit(self, start, gen, callback, *, temperature, top_k, prefix=None) -> torch.Tensor:
         """MaskGIT decoding (Chang et al. 2022, sec. 3.2): at each step sample every masked code, keep
         the most confident ones and re-mask the rest, cos(pi/2 * s/T) of the grid, until none is left."""
         n, L, T = start.shape[0], self.seq_len, self.config.decode_steps
@@ -307,7 +327,7 @@ class TokenTransformerModel(FamilyModule):
             n_unknown = int(unknown[0].sum())
             if n_unknown == 0:
                 break
-            logits = self.prior(torch.cat([start[:, None], codes], dim=1))[:, 1:]  # (n, L, K)
+            logits = self.prior(torch.cat([start[:, None], codes], dim=1), prefix=prefix)[:, 1:]  # (n, L, K)
             sampled, probs = _draw(logits, _uniform(gen, (L,)), temperature, top_k)
             sampled = torch.where(unknown, sampled, codes)
             # Confidence: log-probability of the drawn code plus annealed Gumbel noise; fixed codes stay fixed.

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond, LabelEmbedding, no_labels
+from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
+                                   unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
 from .common import HALF_BIN, check_seeds, discretized_logistic_logprob, seeded_init
@@ -38,7 +40,7 @@ MIN_LOG_SCALE = -7.0  # scales far below the bin half-width 1/255 ~ e^-5.5 gain 
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(TextFields):
     """Shape of the networks, the latent code and the objective.
 
     num_classes: 0 for an unconditional model; otherwise a label embedding feeds the encoder and the
@@ -50,8 +52,10 @@ class VAEConfig:
     kl_warmup_steps: the KL weight rises linearly from 0 to beta over this many steps (0: beta at once).
     likelihood: "discretized_logistic" (PixelCNN++) or "discretized_gaussian" p(x|z) over 256 levels
         a channel, with a per-pixel mean and scale from the decoder (see the module docstring).
-    label_dropout: share of training labels replaced by "no label", so a conditional model also learns
-        to sample and reconstruct without one.
+    label_dropout: share of training conditions (labels, prompts) emptied ("no label", the absent
+        prompt), so a conditional model also learns to sample and reconstruct without one.
+    text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
+        pooled vector joins the label embedding (summed where both are given) in the encoder and decoder.
     """
 
     image_size: int = 32
@@ -70,7 +74,7 @@ class VAEConfig:
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "base_channels": WIDTH,
         "channel_mult": (LEVELS, CHANNEL_MULT), "num_res_blocks": BLOCKS, "latent_dim": (1, 4096),
-        "kl_warmup_steps": (0, 10**9),
+        "kl_warmup_steps": (0, 10**9), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -86,6 +90,11 @@ class VAEConfig:
             raise ValueError(f"beta and kl_warmup_steps must not be negative, got {self.beta} and {self.kl_warmup_steps}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        check_text_fields(self)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The text fields a model without text ignores (`pixelforge info` leaves them out)."""
+        return unused_text_fields(self)
 
 
 def discretized_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, likelihood: str) -> torch.Tensor:
@@ -120,7 +129,7 @@ class VAEModel(FamilyModule):
     family = "vae"
     default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood",)
-    inputs = ("labels",)  # the Cond fields it takes (labels only when num_classes > 0)
+    inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.0, max=5.0,
                    help="scale of the prior's standard deviation (below 1: typical, blander images; 0: z = 0)"),
@@ -136,7 +145,7 @@ class VAEModel(FamilyModule):
 
     def _build(self, c: VAEConfig) -> None:
         """The networks, their weights drawn from the current random stream."""
-        emb_dim = 4 * c.base_channels if c.num_classes else 0
+        emb_dim = 4 * c.base_channels if c.num_classes or c.text_dim else 0
         net = dict(base_channels=c.base_channels, channel_mult=c.channel_mult, num_res_blocks=c.num_res_blocks, emb_dim=emb_dim)
         top = c.base_channels * c.channel_mult[-1]
         self.side = c.image_size // 2 ** (len(c.channel_mult) - 1)  # feature side where the latent is read and written
@@ -147,16 +156,20 @@ class VAEModel(FamilyModule):
         self.to_posterior = nn.Linear(top * self.side**2 + emb_dim, 2 * c.latent_dim)  # -> (mu, log sigma^2)
         self.from_latent = nn.Linear(c.latent_dim + emb_dim, top * self.side**2)
         self.decoder = Decoder(top, 2 * c.channels, **net)  # -> (mean, raw log-scale) per pixel
+        self.text_cond = make_text_conditioner(c, emb_dim)  # prompt -> a vector added to the label embedding
 
     # --- the model ------------------------------------------------------------------------------
     def _embed(self, cond: Cond | None, b: int) -> torch.Tensor | None:
-        """(B, emb_dim) label embedding; "no label" (-1) where the condition is missing; None if unconditional."""
+        """(B, emb_dim) condition embedding: the label's ("no label" (-1) where missing) plus the prompt's
+        vector (the absent prompt where missing); None if unconditional."""
+        emb = text_vector(self.text_cond, cond, b, self.device)
         if self.label_embed is None:
-            return None
+            return emb
         labels = cond.labels if cond is not None and cond.labels is not None else None
         if labels is None:
             labels = no_labels(b)
-        return self.label_embed(labels.to(self.device))
+        label_emb = self.label_embed(labels.to(self.device))
+        return label_emb if emb is None else label_emb + emb
 
     def encode(self, x: torch.Tensor, cond: Cond | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) in [-1, 1] -> q(z|x) as (mu, logvar), each (B, latent_dim)."""
@@ -193,7 +206,7 @@ class VAEModel(FamilyModule):
         self.train()
         gen = self.train_generator
         cfg = self.config
-        if cond is not None and cfg.num_classes:
+        if cond is not None and self.takes():
             cond = cond.drop(cfg.label_dropout, gen)
         recon, kl = self._terms(x, cond, gen)
         w = kl_weight(step, cfg.beta, cfg.kl_warmup_steps)

@@ -1,6 +1,7 @@
 """Plain GAN networks: a residual generator with class-conditional normalisation and a residual
 discriminator with spectral normalisation and a projection head (after SNGAN, Miyato et al. 2018,
-and the projection discriminator, Miyato & Koyama 2018)."""
+and the projection discriminator, Miyato & Koyama 2018). Both also take an optional condition vector
+(a prompt's, B x vector_dim) the way they take a label: gains and shifts in G, a projection in D."""
 
 from __future__ import annotations
 
@@ -40,55 +41,68 @@ class ConditionalNorm(nn.Module):
     GroupNorm rather than BigGAN's conditional BatchNorm: it normalises each image alone, so a
     sample never depends on the rest of its batch and training and sampling behave the same (no
     running statistics to drift from the EMA weights). An unconditional network has one "class".
+    vector_dim > 0: a condition vector adds a linear map of itself to gamma and beta (BigGAN's
+    shared-embedding form), zero at the start like the class table.
     """
 
-    def __init__(self, ch: int, num_classes: int):
+    def __init__(self, ch: int, num_classes: int, vector_dim: int = 0):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(ch), ch, affine=False)
         self.embed = nn.Embedding(max(num_classes, 1), 2 * ch)
         nn.init.zeros_(self.embed.weight)  # starts as plain GroupNorm
+        self.vector = nn.Linear(vector_dim, 2 * ch) if vector_dim else None
+        if self.vector is not None:
+            nn.init.zeros_(self.vector.weight)
+            nn.init.zeros_(self.vector.bias)
 
-    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), (B,) in 0..K-1
-        gamma, beta = self.embed(y)[:, :, None, None].chunk(2, dim=1)
+    def forward(self, h: torch.Tensor, y: torch.Tensor, vector: torch.Tensor | None = None) -> torch.Tensor:
+        # h (B, C, H, W), y (B,) in 0..K-1, vector (B, vector_dim) or None
+        gamma_beta = self.embed(y)  # (B, 2C)
+        if self.vector is not None and vector is not None:
+            gamma_beta = gamma_beta + self.vector(vector)
+        gamma, beta = gamma_beta[:, :, None, None].chunk(2, dim=1)
         return self.norm(h) * (1 + gamma) + beta
 
 
 class GBlock(nn.Module):
     """Norm-ReLU-up-conv, norm-ReLU-conv, plus an upsampled 1x1 shortcut (SNGAN's generator block)."""
 
-    def __init__(self, cin: int, cout: int, num_classes: int):
+    def __init__(self, cin: int, cout: int, num_classes: int, vector_dim: int = 0):
         super().__init__()
-        self.norm1 = ConditionalNorm(cin, num_classes)
+        self.norm1 = ConditionalNorm(cin, num_classes, vector_dim)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = ConditionalNorm(cout, num_classes)
+        self.norm2 = ConditionalNorm(cout, num_classes, vector_dim)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, cin, S, S) -> (B, cout, 2S, 2S)
-        h = F.interpolate(F.relu(self.norm1(x, y)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.norm2(self.conv1(h), y)))
+    def forward(self, x: torch.Tensor, y: torch.Tensor, vector: torch.Tensor | None = None) -> torch.Tensor:
+        # (B, cin, S, S) -> (B, cout, 2S, 2S)
+        h = F.interpolate(F.relu(self.norm1(x, y, vector)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.norm2(self.conv1(h), y, vector)))
         return self.skip(F.interpolate(x, scale_factor=2, mode="nearest")) + h
 
 
 class Generator(nn.Module):
-    """G(z, y): z (B, z_dim), y (B,) class indices or None -> images (B, C, S, S) in [-1, 1]."""
+    """G(z, y, vector): z (B, z_dim), y (B,) class indices or None, vector (B, vector_dim) or None ->
+    images (B, C, S, S) in [-1, 1]."""
 
-    def __init__(self, *, image_size: int, channels: int, z_dim: int, base_channels: int, num_classes: int):
+    def __init__(self, *, image_size: int, channels: int, z_dim: int, base_channels: int, num_classes: int,
+                 vector_dim: int = 0):
         super().__init__()
         self.num_classes = num_classes
         widths = gan_widths(image_size, base_channels)
         self.start = gan_levels(image_size)[0]
         self.fc = nn.Linear(z_dim, widths[0] * self.start**2)
-        self.blocks = nn.ModuleList(GBlock(widths[k - 1], widths[k], num_classes) for k in range(1, len(widths)))
+        self.blocks = nn.ModuleList(GBlock(widths[k - 1], widths[k], num_classes, vector_dim) for k in range(1, len(widths)))
         self.norm_out = nn.GroupNorm(_groups(widths[-1]), widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
         if y is None or self.num_classes == 0:
             y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)  # the one "class" of an unconditional G
         h = self.fc(z).reshape(z.shape[0], -1, self.start, self.start)  # (B, widths[0], start, start)
         for block in self.blocks:
-            h = block(h, y)
+            h = block(h, y, vector)
         return torch.tanh(self.conv_out(F.relu(self.norm_out(h))))
 
 
@@ -118,10 +132,12 @@ class Discriminator(nn.Module):
     """D(x, y) = psi(phi(x)) + <embed(y), phi(x)>: the projection discriminator (Miyato & Koyama 2018).
 
     phi(x) (B, C) is the ReLU feature map summed over space; labels -1 ("no label") and an
-    unconditional D use the first term alone. Returns one logit per image (B,).
+    unconditional D use the first term alone. vector_dim > 0 adds the same projection term for a
+    condition vector v (B, vector_dim): <W v, phi(x)>, W spectrally normalised like the class table.
+    Returns one logit per image (B,).
     """
 
-    def __init__(self, *, image_size: int, channels: int, base_channels: int, num_classes: int):
+    def __init__(self, *, image_size: int, channels: int, base_channels: int, num_classes: int, vector_dim: int = 0):
         super().__init__()
         self.num_classes = num_classes
         widths = gan_widths(image_size, base_channels)
@@ -133,11 +149,14 @@ class Discriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.linear = spectral_norm(nn.Linear(widths[0], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, widths[0])) if num_classes > 0 else None
+        self.vector = spectral_norm(nn.Linear(vector_dim, widths[0], bias=False)) if vector_dim else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
         phi = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, C)
         out = self.linear(phi).squeeze(1)  # (B,)
         if self.embed is not None and y is not None:
             has_label = (y >= 0).to(phi.dtype)
             out = out + has_label * (self.embed(y.clamp(min=0)) * phi).sum(dim=1)
+        if self.vector is not None and vector is not None:
+            out = out + (self.vector(vector) * phi).sum(dim=1)
         return out

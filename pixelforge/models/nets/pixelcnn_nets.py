@@ -72,9 +72,13 @@ class GatedLayer(nn.Module):
 
 
 class GatedPixelCNN(nn.Module):
-    """Image x (B, C, H, W) in [-1, 1] -> features (B, F, H, W); features at (i, j) see only pixels before it."""
+    """Image x (B, C, H, W) in [-1, 1] -> features (B, F, H, W); features at (i, j) see only pixels before it.
 
-    def __init__(self, *, channels: int, hidden: int, num_layers: int, kernel_size: int, num_classes: int):
+    Conditions: a label (num_classes > 0) and a condition vector (B, hidden) (with_vector, e.g. a
+    prompt's), summed into one embedding that adds a per-layer bias inside every gate (paper eq. 4)."""
+
+    def __init__(self, *, channels: int, hidden: int, num_layers: int, kernel_size: int, num_classes: int,
+                 with_vector: bool = False):
         super().__init__()
         self.k2 = kernel_size // 2
         self.hidden = hidden
@@ -83,15 +87,19 @@ class GatedPixelCNN(nn.Module):
         self.v_in = nn.Conv2d(channels, hidden, (k2 + 1, kernel_size))
         self.h_in = nn.Conv2d(channels, hidden, (1, k2 + 1))
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes > 0 else None
-        self.layers = nn.ModuleList(GatedLayer(hidden, kernel_size, hidden if num_classes > 0 else 0) for _ in range(num_layers))
+        cond_dim = hidden if num_classes > 0 or with_vector else 0
+        self.layers = nn.ModuleList(GatedLayer(hidden, kernel_size, cond_dim) for _ in range(num_layers))
 
-    def cond_biases(self, labels: torch.Tensor | None, batch: int, device) -> list:
-        """Per layer the (vertical, horizontal) gate biases of the labels, or None for an unconditional net."""
-        if self.label_embed is None:
+    def cond_biases(self, labels: torch.Tensor | None, batch: int, device, vector: torch.Tensor | None = None) -> list:
+        """Per layer the (vertical, horizontal) gate biases of the labels and the vector (B, F), or None for
+        an unconditional net."""
+        emb = vector  # (B, F) or None
+        if self.label_embed is not None:
+            if labels is None:
+                labels = no_labels(batch, device)  # the "no label" embedding
+            emb = self.label_embed(labels) if emb is None else self.label_embed(labels) + emb  # (B, F)
+        if emb is None:
             return [None] * len(self.layers)
-        if labels is None:
-            labels = no_labels(batch, device)  # the "no label" embedding
-        emb = self.label_embed(labels)  # (B, F)
         return [layer.cond_bias(emb) for layer in self.layers]
 
     # Padding: v maps get k2 rows on top and k2 columns each side; h maps k2 columns on the left; the
@@ -108,8 +116,8 @@ class GatedPixelCNN(nn.Module):
     def pad_h(self, h: torch.Tensor) -> torch.Tensor:
         return F.pad(h, (self.k2, 0, 0, 0))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        biases = self.cond_biases(labels, x.shape[0], x.device)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+        biases = self.cond_biases(labels, x.shape[0], x.device, vector)
         v = self.v_in(self.pad_input_v(x))  # (B, F, H, W): rows < i
         h = self.h_in(self.pad_input_h(x))  # (B, F, H, W): row i, columns < j
         for layer, bias in zip(self.layers, biases):

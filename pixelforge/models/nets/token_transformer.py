@@ -85,13 +85,19 @@ class TokenTransformer(nn.Module):
     def new_cache(self) -> KVCache:
         return [[] for _ in self.blocks]
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """With a cache, tokens continue the sequence the cache holds (positions start after it)."""
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """With a cache, tokens continue the sequence the cache holds (positions start after it).
+
+        prefix: a condition vector (B, d_model) added to the embedding of position 0 (the start token),
+        so every later position sees it through attention; ignored when position 0 is not among tokens."""
         start = cache[0][0].shape[2] if cache and cache[0] else 0
         t = tokens.shape[1]
         if start + t > self.seq_len:
             raise ValueError(f"sequence of {start + t} tokens is longer than seq_len {self.seq_len}")
         h = self.tok_embed(tokens) + self.pos_embed[start : start + t]  # (B, T, D)
+        if prefix is not None and start == 0:
+            h = torch.cat([h[:, :1] + prefix[:, None].to(h.dtype), h[:, 1:]], dim=1)
         for i, block in enumerate(self.blocks):
             h = block(h, cache[i] if cache is not None else None)
         return self.head(self.ln_f(h))  # (B, T, num_outputs)
