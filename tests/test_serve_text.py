@@ -71,6 +71,8 @@ def test_a_job_with_a_prompt_makes_pngs_whose_settings_hold_the_prompt(client):
     assert png.status_code == 200
     settings = read_settings(io.BytesIO(png.content))
     assert (settings["prompt"], settings["negative_prompt"], settings["seed"]) == (prompt, "a red circle", 1)
+    # where the model lies on the server is of no use to a client and not told
+    assert "model_path" not in settings and all("model_path" not in s for s in job["settings"])
 
 
 def test_prompts_give_each_image_its_own_prompt_and_null_gives_none(client):

@@ -321,7 +321,8 @@ def create_app(
 
         def work(progress):
             images = g.generate(n, labels=labels, seed=seed, callback=progress, **text, **options)
-            settings = [im.info["pixelforge"] for im in images]
+            # model_path is where the model lies on this machine: of no use to a client, and not its business
+            settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]
             return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}
 
         try:
