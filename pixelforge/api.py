@@ -198,44 +198,152 @@ class Generator:
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            fields = {}
-            if self.num_classes:
-                fields["labels"] = torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])
-            if text is not None:
-                fields.update(text=text.pooled[sl], text_tokens=text.tokens[sl], text_mask=text.mask[sl],
-                              present=torch.tensor([p is not None for p in prompts[sl]]))
-            cond = Cond(**fields) if fields else None
-            extra = {}
-            if negative is not None:  # the empty condition with the negative prompt in place of no prompt
-                m = len(chunk_idx)
-                extra["negative"] = dataclasses.replace(
-                    cond.empty(), text=negative.pooled.expand(m, -1), text_tokens=negative.tokens.expand(m, -1, -1),
-                    text_mask=negative.mask.expand(m, -1), present=torch.ones(m, dtype=torch.bool))
+            cond, extra = self._batch_cond(sl, idx, prompts, text, negative)
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, n)
 
             out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts, **extra).cpu())
+        return torch.cat(out), self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+
+    def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative) -> tuple[Cond | None, dict]:
+        """The Cond of the images in slice sl (labels idx, None: no label; prompts with their encoded
+        TextEmbeddings text, or None) and the keyword arguments for the negative prompt's Cond, if any."""
+        chunk_idx = idx[sl]
+        fields = {}
+        if self.num_classes:
+            fields["labels"] = torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])
+        if text is not None:
+            fields.update(text=text.pooled[sl], text_tokens=text.tokens[sl], text_mask=text.mask[sl],
+                          present=torch.tensor([p is not None for p in prompts[sl]]))
+        cond = Cond(**fields) if fields else None
+        extra = {}
+        if negative is not None:  # the empty condition with the negative prompt in place of no prompt
+            m = len(chunk_idx)
+            extra["negative"] = dataclasses.replace(
+                cond.empty(), text=negative.pooled.expand(m, -1), text_tokens=negative.tokens.expand(m, -1, -1),
+                text_mask=negative.mask.expand(m, -1), present=torch.ones(m, dtype=torch.bool))
+        return cond, extra
+
+    def _settings(self, seeds: list[int], opts: dict, idx: list, prompts: list | None,
+                  negative_prompt: str | None) -> list[dict]:
+        """Each image's settings: the model, its checkpoint, the seed, the options and the conditions
+        (prompts None: a model without text, which records no prompt)."""
         settings = []
-        for i in range(n):
+        for i, seed in enumerate(seeds):
             s = {
                 "model": self.name,
                 "model_path": str(self.run_dir.resolve()),  # a hint where the name does not resolve
                 "family": self.config.family,
                 "checkpoint": self.checkpoint_hash,
-                "seed": seeds[i],
+                "seed": seed,
                 **opts,
                 "label": idx[i],
                 "version": __version__,
             }
-            if text is not None:
+            if prompts is not None:
                 s["prompt"] = prompts[i]
                 s["negative_prompt"] = negative_prompt
             if idx[i] is not None and self.class_names:
                 s["class_name"] = self.class_names[idx[i]]
             settings.append(s)
+        return settings
+
+    def edit_tensor(
+        self,
+        images,
+        *,
+        mask=None,
+        label=None,
+        labels: list | None = None,
+        prompt: str | None = None,
+        prompts: list | None = None,
+        negative_prompt: str | None = None,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        batch_size: int = 64,
+        callback=None,
+        **options,
+    ) -> tuple[torch.Tensor, list[dict]]:
+        """Edited images (n, C, H, W) in [-1, 1] and each one's settings; arguments as edit()."""
+        if "edit" not in getattr(self.model, "capabilities", ()):
+            raise ValueError(f"{self.config.family} models cannot edit images")
+        from .edit import image_tensor, mask_tensor, read_input
+
+        # the family's edit options (strength, resample) apart from its sampling options, each checked
+        edit_specs = {spec.name: spec for spec in self.model.edit_option_specs}
+        edit_opts = {k: spec.default if options.get(k) is None else spec.check(options[k]) for k, spec in edit_specs.items()}
+        opts = self.resolve_options(**{k: v for k, v in options.items() if k not in edit_specs})
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        n = len(items)
+        if n < 1:
+            raise ValueError("no image to edit")
+        masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * n
+        if len(masks) != n:
+            raise ValueError(f"{len(masks)} masks given for {n} images")
+        seeds = check_seeds(n, seed, seeds)
+        if labels is None:
+            labels = [label] * n
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels given for {n} images")
+        idx = [self._label_index(lb) for lb in labels]
+        if prompts is None:
+            prompts = [prompt] * n
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts given for {n} images")
+        cfg = self.model.config
+        x, m, image_hashes, mask_hashes = [], [], [], []
+        for item, mask_item in zip(items, masks):
+            im, digest, what = read_input(item, "image")
+            x.append(image_tensor(im, cfg.image_size, cfg.channels, what))
+            image_hashes.append(digest)
+            if mask_item is not None:
+                im, digest, what = read_input(mask_item, "mask")
+                m.append(mask_tensor(im, cfg.image_size, what))
+            mask_hashes.append(digest if mask_item is not None else None)
+        if m and len(m) != n:
+            raise ValueError("give a mask for every image or for none")
+        x_all = torch.stack(x)  # (n, C, H, W) in [-1, 1]
+        m_all = torch.stack(m) if m else None  # (n, 1, H, W), 1: repaint
+        text, negative = self._encode_prompts(prompts, negative_prompt)
+        out = []
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            cond, extra = self._batch_cond(sl, idx, prompts, text, negative)
+            k = len(seeds[sl])
+
+            def cb(i, total, *_, _start=start, _m=k):
+                if callback is not None:
+                    callback(_start + _m * (i + 1) / total, n)
+
+            chunk_mask = m_all[sl] if m_all is not None else None
+            out.append(self.model.edit(x_all[sl], chunk_mask, cond=cond, seeds=seeds[sl], callback=cb,
+                                       **edit_opts, **opts, **extra).cpu())
+        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+        for s, image_hash, mask_hash in zip(settings, image_hashes, mask_hashes):
+            s.update(edit_opts, image_sha256=image_hash, mask_sha256=mask_hash)
+            if mask_hash is None:
+                s.pop("resample", None)  # only inpainting resamples
         return torch.cat(out), settings
+
+    def edit(self, images, *, strength: float = 0.6, mask=None, seed: int = 0, **kwargs) -> list[Image.Image]:
+        """Edit images with the model (img2img and inpainting, for families with the "edit" capability;
+        others refuse with "FAMILY models cannot edit images").
+
+        images: a file path or PIL image, or a list of them; each is converted to the model's channels and,
+        when of another size, resized (Lanczos) with a warning. Files are checked as data folders are: a
+        zero-byte, truncated or unreadable file, or a decompression bomb, is a ValueError naming it.
+        strength: 0 returns the input, 1 draws a new image (see the family's edit()).
+        mask: None, one mask for every image, or one per image: white (>= 50 %) marks what is repainted,
+        black what is kept; resized with nearest neighbour. Image i uses seed + i (or seeds[i]).
+        kwargs: label/labels, prompt/prompts, negative_prompt, seeds, batch_size, callback as generate();
+        resample (inpainting: RePaint passes per step) and the family's sampling options.
+        Each image's settings (in `.info["pixelforge"]`) record the options, strength, and the SHA-256 of
+        the input image and of the mask (None without one).
+        """
+        tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, **kwargs)
+        return _with_settings(to_pil(tensors), settings)
 
     def check_prompts(self, prompts: list, negative_prompt: str | None = None) -> bool:
         """Whether any prompt is given (prompts: one entry per image, None for none); a clear error where
@@ -268,13 +376,17 @@ class Generator:
         """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
         `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them)."""
         images, settings = self.generate_tensor(n, **kwargs)
-        pils = to_pil(images)
-        for im, s in zip(pils, settings):
-            im.info["pixelforge"] = s
-            # Pillow (>= 11.3) applies an image's own `encoderinfo` in every save(): the PNG writer takes
-            # its text chunks from "pnginfo" (other formats ignore the key); a copy() starts without it.
-            im.encoderinfo = {"pnginfo": png_info(s)}
-        return pils
+        return _with_settings(to_pil(images), settings)
+
+
+def _with_settings(pils: list[Image.Image], settings: list[dict]) -> list[Image.Image]:
+    """The images, each carrying its settings in `.info["pixelforge"]` and in what save() writes."""
+    for im, s in zip(pils, settings):
+        im.info["pixelforge"] = s
+        # Pillow (>= 11.3) applies an image's own `encoderinfo` in every save(): the PNG writer takes
+        # its text chunks from "pnginfo" (other formats ignore the key); a copy() starts without it.
+        im.encoderinfo = {"pnginfo": png_info(s)}
+    return pils
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None) -> Generator:
@@ -410,6 +522,9 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     The model is looked up by its recorded name through runs_dir ($PIXELFORGE_RUNS, ./runs) and the
     bundled models, then at the recorded absolute path; the recorded checkpoint hash must match."""
     s = read_settings(png_path)
+    if "image_sha256" in s:
+        raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
+                         "images can be regenerated from their settings")
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"])
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),

@@ -12,7 +12,7 @@ from torch import nn
 from ..condition import Cond
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
-from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler
+from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
 from .nets.dit import DiT
 from .nets.unet import UNet
 from .common import check_seeds, seeded_init
@@ -140,7 +140,7 @@ class DiffusionModel(FamilyModule):
     Config = DiffusionConfig
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
-    capabilities = ("guidance",)
+    capabilities = ("guidance", "edit")
     inputs = ("labels", "text")  # the conditions it can take (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
     # API, CLI and server offer and check exactly these, and record them in every image's settings.
@@ -151,6 +151,13 @@ class DiffusionModel(FamilyModule):
         OptionSpec("schedule", "choice", "karras", choices=tuple(SCHEDULES), help="noise-level schedule"),
     )
     sample_options = option_defaults(option_specs)
+    # The options edit() takes beyond those of sample(), declared once like them.
+    edit_option_specs = (
+        OptionSpec("strength", "float", 0.6, min=0.0, max=1.0,
+                   help="how far the input is noised: 1 starts from sigma_max (a new image), 0 returns the input"),
+        OptionSpec("resample", "int", 1, min=1, max=20,
+                   help="inpainting: RePaint passes per step (1: none; U > 1 jumps back U - 1 times)"),
+    )
 
     def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: noise levels, noise, label dropout
@@ -237,13 +244,92 @@ class DiffusionModel(FamilyModule):
         self.eval()
         cfg = self.config
         seeds = check_seeds(n, seed, seeds)
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        sigmas = self._sigmas(schedule, steps)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
         x = gen.randn((cfg.channels, cfg.image_size, cfg.image_size)) * cfg.sigma_max
-        sigmas = SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max).to(self.device)
         cond = cond.to(self.device) if cond is not None else None
         negative = negative.to(self.device) if negative is not None else None
         out = solver(self.guided_denoiser(guidance, negative), x, sigmas, cond=cond, generator=gen, callback=callback)
         return out.clamp(-1, 1)
+
+    def _sigmas(self, schedule: str, steps: int) -> torch.Tensor:
+        """The named schedule of `steps` steps from sigma_max down to 0, on the model's device."""
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        cfg = self.config
+        return SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max).to(self.device)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        strength: float = 0.6,
+        cond: Cond | None = None,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        sampler: str = "heun",
+        steps: int = 18,
+        guidance: float = 1.0,
+        schedule: str = "karras",
+        resample: int = 1,
+        callback=None,
+        negative: Cond | None = None,
+    ) -> torch.Tensor:
+        """Image to image: SDEdit (Meng et al. 2022) and, with a mask, inpainting (RePaint, Lugmayr et al.
+        2022); image (n, C, H, W) in [-1, 1] -> (n, C, H, W) in [-1, 1].
+
+        SDEdit: x = image + sigma_start * noise, then the sampler runs the tail of the schedule from
+        sigma_start down to 0 (sampling.truncate_sigmas: strength s runs the last round(s * steps) of
+        the steps, so s = 1 starts at sigma_max and s = 0 returns the input unchanged). Image i's noise
+        comes from seeds[i] (default seed + i), as in sample().
+        mask: (n, 1, H, W), 1 where the image is repainted and 0 where it is kept. It wraps the denoiser
+        (the samplers stay unchanged): in the kept region the denoised estimate is the input itself, so
+        each solver step moves that region's x to the input noised to the next sigma with the start's
+        noise (RePaint's replacement of the known region at every step; exactly so for the ODE solvers,
+        with fresh noise of the right level for the ancestral one) and it ends equal to the input.
+        resample: RePaint's resampling (Algorithm 1, jump length 1), a small loop around the solver: each
+        step runs U times, the U - 1 repeats after noising x back up from the step's end to its start
+        with fresh noise, which lets the repainted region agree with the kept one. Without a mask it is
+        ignored. cond, guidance and negative work as in sample().
+        """
+        self.eval()
+        cfg = self.config
+        shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        if image.ndim != 4 or tuple(image.shape[1:]) != shape:
+            raise ValueError(f"edit needs images of shape (n, {', '.join(map(str, shape))}), got {tuple(image.shape)}")
+        if mask is not None and (mask.ndim != 4 or mask.shape[0] != image.shape[0] or mask.shape[1] != 1
+                                 or mask.shape[2:] != image.shape[2:]):
+            raise ValueError(f"the mask must have shape ({image.shape[0]}, 1, {cfg.image_size}, {cfg.image_size}), "
+                             f"got {tuple(mask.shape)}")
+        if not isinstance(resample, int) or resample < 1:
+            raise ValueError(f"resample must be an integer of at least 1, got {resample!r}")
+        seeds = check_seeds(image.shape[0], seed, seeds)
+        sigmas = truncate_sigmas(self._sigmas(schedule, steps), strength)
+        solver = get_sampler(sampler)
+        gen = PerSampleGenerator(seeds, self.device)
+        image = image.to(self.device, torch.float32)
+        x = image + gen.randn(shape) * sigmas[0]  # (n, C, H, W) at sigma_start
+        cond = cond.to(self.device) if cond is not None else None
+        negative = negative.to(self.device) if negative is not None else None
+        denoiser = self.guided_denoiser(guidance, negative)
+        if mask is None:
+            return solver(denoiser, x, sigmas, cond=cond, generator=gen, callback=callback).clamp(-1, 1)
+        keep = 1 - mask.to(self.device, torch.float32)  # (n, 1, H, W): 1 on the known region
+
+        def inpainting(x, sigma, cond):
+            return keep * image + (1 - keep) * denoiser(x, sigma, cond)
+
+        if resample == 1:
+            return solver(inpainting, x, sigmas, cond=cond, generator=gen, callback=callback).clamp(-1, 1)
+        total = len(sigmas) - 1
+        for i in range(total):
+            for u in range(resample):
+                if u:  # jump back: from sigma_{i+1} up to sigma_i with fresh noise, then step down again
+                    x = x + (sigmas[i] ** 2 - sigmas[i + 1] ** 2).sqrt().to(x.dtype) * gen.randn_like(x)
+                x = solver(inpainting, x, sigmas[i:i + 2], cond=cond, generator=gen)
+            if callback is not None:
+                callback(i, total, x, x)
+        return x.clamp(-1, 1)

@@ -23,4 +23,17 @@ def loglinear_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
+def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """The tail of a schedule that starts an edit (SDEdit, Meng et al. 2022): of an N-step schedule
+    (N + 1 sigmas ending in 0), the last round(strength * N) steps. Strength 1 keeps the whole schedule
+    (sigma_start = sigma_max); strength 0 keeps only the final 0, so no step runs and the input comes
+    back unchanged; in between, sigma_start is the sigma found at fraction `strength` of the steps from
+    the end, so the edit runs that many of the steps. The result is again decreasing and ends in 0, so
+    any sampler takes it unchanged."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    steps = len(sigmas) - 1
+    return sigmas[steps - round(strength * steps):]
+
+
 SCHEDULES = {"karras": karras_sigmas, "loglinear": loglinear_sigmas}
