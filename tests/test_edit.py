@@ -1,0 +1,234 @@
+"""Image editing (img2img and inpainting) with the bundled diffusion model: the API, the schedule it starts
+from, and the `pixelforge edit` command with good and hostile input files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pixelforge
+from pixelforge.cli import main
+from pixelforge.images import read_settings
+from pixelforge.sampling import karras_sigmas, truncate_sigmas
+
+STEPS = 4  # Heun: 7 network evaluations an image; enough to tell the behaviours apart
+
+
+@pytest.fixture(scope="module")
+def g():
+    return pixelforge.load("mnist-diffusion", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digit(g) -> Image.Image:
+    """A 28x28 grayscale digit (a 3) drawn by the model itself: something the edits can be compared to."""
+    (im,) = g.generate(1, label=3, seed=11, steps=8)
+    return im.copy()
+
+
+def _px(im: Image.Image) -> np.ndarray:
+    return np.asarray(im, dtype=np.float64)
+
+
+def _left_half_mask() -> Image.Image:
+    mask = Image.new("L", (28, 28), 0)
+    mask.paste(255, (0, 0, 14, 28))  # white: repaint the left half
+    return mask
+
+
+# --- the schedule an edit starts from --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strength, kept", [(1.0, 10), (0.5, 5), (0.25, 2), (0.04, 0), (0.0, 0)])
+def test_truncated_schedule_keeps_the_last_strength_share_of_the_steps(strength, kept):
+    full = karras_sigmas(10)
+    tail = truncate_sigmas(full, strength)
+    assert len(tail) == kept + 1 and torch.equal(tail, full[len(full) - kept - 1:])
+    assert tail[-1] == 0 and bool((tail[:-1] > tail[1:]).all())
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan")])
+def test_truncated_schedule_refuses_a_strength_outside_0_1(strength):
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        truncate_sigmas(karras_sigmas(10), strength)
+
+
+# --- the API ---------------------------------------------------------------------------------------
+
+
+def test_strength_0_returns_the_input_within_quantisation(g, digit):
+    (out,) = g.edit(digit, strength=0.0, steps=STEPS, seed=3)
+    assert np.abs(_px(out) - _px(digit)).max() <= 1
+
+
+def test_an_rgb_input_is_converted_to_the_models_grayscale(g):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8), "RGB")
+    (out,) = g.edit(rgb, strength=0.0, steps=STEPS)
+    assert out.mode == "L" and np.abs(_px(out) - _px(rgb.convert("L"))).max() <= 1
+
+
+def test_inpainting_keeps_the_unmasked_pixels_and_repaints_the_masked_ones(g, digit):
+    for extra in ({}, {"resample": 2, "sampler": "ancestral"}):
+        (out,) = g.edit(digit, mask=_left_half_mask(), strength=1.0, steps=STEPS, seed=0, label=7, **extra)
+        change = np.abs(_px(out) - _px(digit))
+        assert change[:, 14:].max() <= 1, extra  # kept: the right half
+        assert change[:, :14].mean() > 10, extra  # repainted: the left half (a mean change of 10 grey levels)
+
+
+def test_a_grey_mask_is_binarised_at_half(g, digit):
+    mask = Image.new("L", (28, 28), 100)  # below half: kept
+    mask.paste(200, (0, 0, 14, 28))  # above half: repainted
+    (out,) = g.edit(digit, mask=mask, strength=1.0, steps=STEPS, seed=0, label=7)
+    change = np.abs(_px(out) - _px(digit))
+    assert change[:, 14:].max() <= 1 and change[:, :14].mean() > 10
+
+
+def test_higher_strength_changes_the_input_more(g, digit):
+    seeds = list(range(4))
+    changes = []
+    for strength in (0.25, 0.5, 0.75, 1.0):
+        outs = g.edit([digit] * len(seeds), strength=strength, steps=8, seeds=seeds)
+        changes.append(np.mean([np.abs(_px(o) - _px(digit)).mean() for o in outs]))
+    assert all(a < b for a, b in zip(changes, changes[1:])), changes
+
+
+def test_an_edit_depends_on_its_seed_alone(g, digit):
+    pair = g.edit([digit, digit], strength=0.7, steps=STEPS, seed=5)
+    (alone,) = g.edit(digit, strength=0.7, steps=STEPS, seeds=[6])
+    (again,) = g.edit(digit, strength=0.7, steps=STEPS, seed=5)
+    assert np.array_equal(_px(pair[1]), _px(alone)) and np.array_equal(_px(pair[0]), _px(again))
+    assert not np.array_equal(_px(pair[0]), _px(pair[1]))
+
+
+def test_the_label_steers_the_edit_and_is_recorded(g, digit):
+    (as3,) = g.edit(digit, strength=0.9, steps=STEPS, seed=0, label=3)
+    (as7,) = g.edit(digit, strength=0.9, steps=STEPS, seed=0, label=7)
+    assert np.abs(_px(as3) - _px(as7)).mean() > 5
+    assert as7.info["pixelforge"]["label"] == 7
+    with pytest.raises(ValueError, match=r"label 12 out of range; valid labels are 0..9"):
+        g.edit(digit, label=12, steps=STEPS)
+
+
+def test_a_condition_the_model_does_not_take_is_a_clear_error(g, digit):
+    with pytest.raises(ValueError, match="mnist-diffusion takes no text; the conditions it takes: labels"):
+        g.edit(digit, prompt="a seven", steps=STEPS)
+
+
+def test_the_settings_record_the_strength_and_the_inputs_hashes(g, digit, tmp_path):
+    digit.save(tmp_path / "in.png")
+    _left_half_mask().save(tmp_path / "mask.png")
+    (plain,) = g.edit(tmp_path / "in.png", strength=0.3, steps=STEPS)
+    (painted,) = g.edit(tmp_path / "in.png", mask=tmp_path / "mask.png", strength=1.0, resample=2, steps=STEPS)
+    sha = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("in.png", "mask.png")}
+    s = plain.info["pixelforge"]
+    assert (s["strength"], s["image_sha256"], s["mask_sha256"], s["steps"]) == (0.3, sha["in.png"], None, STEPS)
+    assert "resample" not in s  # only inpainting resamples
+    s = painted.info["pixelforge"]
+    assert (s["strength"], s["image_sha256"], s["mask_sha256"], s["resample"]) == (1.0, sha["in.png"], sha["mask.png"], 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"strength": 1.5}, r"strength must be a finite number in \[0, 1\]"),
+    ({"resample": 0}, r"resample must be an integer in \[1, 20\]"),
+    ({"temperature": 0.5}, "diffusion models take no option temperature"),
+])
+def test_bad_edit_options_name_the_option_and_its_range(g, digit, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        g.edit(digit, steps=STEPS, **kwargs)
+
+
+def test_a_family_that_cannot_edit_says_so(tmp_path, digit):
+    from safetensors.torch import save_file
+
+    from pixelforge.data import DataConfig
+    from pixelforge.models import FAMILIES
+    from pixelforge.runs.config import RunConfig, build_model
+
+    for name, cls in FAMILIES.items():  # the capability is declared with what it needs
+        assert ("edit" in cls.capabilities) == hasattr(cls, "edit") == hasattr(cls, "edit_option_specs"), name
+    cfg = RunConfig(family="gan", model={"image_size": 8, "channels": 1, "z_dim": 8, "base_channels": 8},
+                    data=DataConfig(source="digits", image_size=8, channels=1)).resolved()
+    run = tmp_path / "gan"
+    run.mkdir()
+    (run / "config.json").write_text(cfg.to_json())
+    save_file(build_model(cfg, torch.device("cpu")).state_dict(), str(run / "model.safetensors"))
+    with pytest.raises(ValueError, match="^gan models cannot edit images$"):
+        pixelforge.load(run, device="cpu").edit(digit)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+def _edit(*flags: str) -> int:
+    return main(["edit", "mnist-diffusion", "--steps", str(STEPS), "--device", "cpu", *flags])
+
+
+def test_edit_command_writes_pngs_with_their_settings_and_warns_about_the_size(digit, tmp_path, capsys, monkeypatch):
+    big = digit.convert("RGB").resize((40, 40), Image.Resampling.LANCZOS)  # another size and another mode
+    big.save(tmp_path / "in.png")
+    _left_half_mask().resize((56, 56), Image.Resampling.NEAREST).save(tmp_path / "mask.png")
+    monkeypatch.chdir(tmp_path)
+    assert _edit("--image", "in.png", "--mask", "mask.png", "--strength", "1", "--label", "7", "-n", "2") == 0
+    err = capsys.readouterr().err
+    assert "warning: image in.png is 40x40: resized to the model's 28x28" in err
+    assert "warning: mask mask.png is 56x56" in err
+    (out,) = (tmp_path / "out" / "mnist-diffusion").iterdir()  # a fresh out/RUN/TIMESTAMP folder
+    assert sorted(p.name for p in out.iterdir()) == ["edit-seed000000-label7.png", "edit-seed000001-label7.png", "grid.png"]
+    s = read_settings(out / "edit-seed000001-label7.png")
+    assert s["seed"] == 1 and s["strength"] == 1.0 and s["label"] == 7
+    assert s["image_sha256"] == hashlib.sha256((tmp_path / "in.png").read_bytes()).hexdigest()
+    assert s["mask_sha256"] == hashlib.sha256((tmp_path / "mask.png").read_bytes()).hexdigest()
+    kept = np.abs(_px(Image.open(out / "edit-seed000000-label7.png")) - _px(big.resize((28, 28), Image.Resampling.LANCZOS).convert("L")))
+    assert kept[:, 14:].max() <= 1
+    # an edit carries the settings of an edit, which `sample --from` cannot replay
+    assert main(["sample", "--from", str(out / "edit-seed000000-label7.png"), "-o", str(tmp_path / "again")]) == 2
+    assert "is an edit of an input image" in capsys.readouterr().err
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    """A small PNG whose header claims 20000 x 20000 pixels (400 million)."""
+    data = _png(Image.new("L", (8, 8), 0))
+    ihdr = struct.pack(">II", 20000, 20000) + data[24:29]  # width, height, then depth, colour type, ...
+    chunk = b"IHDR" + ihdr
+    return data[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+def _noise_png() -> bytes:
+    return _png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8), "L"))
+
+
+HOSTILE = {
+    "zero-byte": (lambda: b"", "zero-byte file"),
+    "truncated": (lambda: _noise_png()[:400], "truncated image"),
+    "not an image": (lambda: b"just some text, not pixels\n" * 10, "not an image or unsupported format"),
+    "bomb": (_bomb, "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("flag", ["--image", "--mask"])
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_a_hostile_file_is_one_error_line_and_exit_2(kind, flag, digit, tmp_path, capsys):
+    make, reason = HOSTILE[kind]
+    (tmp_path / "bad.png").write_bytes(make())
+    digit.save(tmp_path / "in.png")
+    files = {"--image": str(tmp_path / "in.png"), "--mask": None, flag: str(tmp_path / "bad.png")}
+    args = [a for f, path in files.items() if path is not None for a in (f, path)]
+    assert _edit(*args, "-o", str(tmp_path / "out")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    what = flag.lstrip("-")
+    assert len(lines) == 1 and lines[0].startswith(f"pixelforge edit: error: {what} {tmp_path / 'bad.png'}: {reason}"), lines
+    assert not (tmp_path / "out").exists()
