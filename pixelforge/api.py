@@ -184,15 +184,7 @@ class Generator:
             raise ValueError(f"n must be at least 1, got {n}")
         opts = self.resolve_options(**options)
         seeds = check_seeds(n, seed, seeds)
-        if labels is None:
-            labels = [label] * n
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} labels given for {n} images")
-        idx = [self._label_index(lb) for lb in labels]
-        if prompts is None:
-            prompts = [prompt] * n
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts given for {n} images")
+        idx, prompts = self._per_image(n, label, labels, prompt, prompts)
         text, negative = self._encode_prompts(prompts, negative_prompt)
         out = []
         for start in range(0, n, batch_size):
@@ -206,6 +198,19 @@ class Generator:
 
             out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts, **extra).cpu())
         return torch.cat(out), self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+
+    def _per_image(self, n: int, label, labels: list | None, prompt: str | None,
+                   prompts: list | None) -> tuple[list, list]:
+        """Each image's label index (None: no label) and prompt (None: none), from one for all or a list."""
+        if labels is None:
+            labels = [label] * n
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels given for {n} images")
+        if prompts is None:
+            prompts = [prompt] * n
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts given for {n} images")
+        return [self._label_index(lb) for lb in labels], prompts
 
     def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative) -> tuple[Cond | None, dict]:
         """The Cond of the images in slice sl (labels idx, None: no label; prompts with their encoded
@@ -273,7 +278,8 @@ class Generator:
 
         # the family's edit options (strength, resample) apart from its sampling options, each checked
         edit_specs = {spec.name: spec for spec in self.model.edit_option_specs}
-        edit_opts = {k: spec.default if options.get(k) is None else spec.check(options[k]) for k, spec in edit_specs.items()}
+        edit_opts = {k: spec.default if options.get(k) is None else spec.check(options[k])
+                     for k, spec in edit_specs.items()}
         opts = self.resolve_options(**{k: v for k, v in options.items() if k not in edit_specs})
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         n = len(items)
@@ -282,16 +288,10 @@ class Generator:
         masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * n
         if len(masks) != n:
             raise ValueError(f"{len(masks)} masks given for {n} images")
+        if len({mm is None for mm in masks}) > 1:
+            raise ValueError("give a mask for every image or for none")
         seeds = check_seeds(n, seed, seeds)
-        if labels is None:
-            labels = [label] * n
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} labels given for {n} images")
-        idx = [self._label_index(lb) for lb in labels]
-        if prompts is None:
-            prompts = [prompt] * n
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts given for {n} images")
+        idx, prompts = self._per_image(n, label, labels, prompt, prompts)
         cfg = self.model.config
         x, m, image_hashes, mask_hashes = [], [], [], []
         for item, mask_item in zip(items, masks):
@@ -302,8 +302,6 @@ class Generator:
                 im, digest, what = read_input(mask_item, "mask")
                 m.append(mask_tensor(im, cfg.image_size, what))
             mask_hashes.append(digest if mask_item is not None else None)
-        if m and len(m) != n:
-            raise ValueError("give a mask for every image or for none")
         x_all = torch.stack(x)  # (n, C, H, W) in [-1, 1]
         m_all = torch.stack(m) if m else None  # (n, 1, H, W), 1: repaint
         text, negative = self._encode_prompts(prompts, negative_prompt)

@@ -145,23 +145,49 @@ def test_bad_edit_options_name_the_option_and_its_range(g, digit, kwargs, messag
         g.edit(digit, steps=STEPS, **kwargs)
 
 
-def test_a_family_that_cannot_edit_says_so(tmp_path, digit):
+def _untrained_run(folder, family: str, model: dict, source: str, channels: int, randomize=None):
+    """A run folder (config.json, model.safetensors) of a freshly built model, without training it;
+    randomize: gives the zero-initialised layers random weights, so the output depends on the condition."""
     from safetensors.torch import save_file
 
     from pixelforge.data import DataConfig
-    from pixelforge.models import FAMILIES
     from pixelforge.runs.config import RunConfig, build_model
+
+    cfg = RunConfig(family=family, model=model,
+                    data=DataConfig(source=source, image_size=model["image_size"], channels=channels)).resolved()
+    folder.mkdir()
+    (folder / "config.json").write_text(cfg.to_json())
+    net = build_model(cfg, torch.device("cpu"))
+    if randomize is not None:
+        randomize(net)
+    save_file(net.state_dict(), str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_family_that_cannot_edit_says_so(tmp_path, digit):
+    from pixelforge.models import FAMILIES
 
     for name, cls in FAMILIES.items():  # the capability is declared with what it needs
         assert ("edit" in cls.capabilities) == hasattr(cls, "edit") == hasattr(cls, "edit_option_specs"), name
-    cfg = RunConfig(family="gan", model={"image_size": 8, "channels": 1, "z_dim": 8, "base_channels": 8},
-                    data=DataConfig(source="digits", image_size=8, channels=1)).resolved()
-    run = tmp_path / "gan"
-    run.mkdir()
-    (run / "config.json").write_text(cfg.to_json())
-    save_file(build_model(cfg, torch.device("cpu")).state_dict(), str(run / "model.safetensors"))
+    run = _untrained_run(tmp_path / "gan", "gan", {"image_size": 8, "channels": 1, "z_dim": 8, "base_channels": 8},
+                         "digits", 1)
     with pytest.raises(ValueError, match="^gan models cannot edit images$"):
         pixelforge.load(run, device="cpu").edit(digit)
+
+
+def test_a_prompt_and_a_negative_prompt_steer_the_edit_of_a_text_model(tmp_path, randomize_zero_init):
+    pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
+    model = {"image_size": 8, "channels": 3, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+             "text_encoder": "all-MiniLM-L6-v2", "text_dim": 384, "text_tokens": 8}
+    run = _untrained_run(tmp_path / "text", "diffusion", model, "shapes", 3, lambda net: randomize_zero_init(net, std=0.3))
+    g = pixelforge.load(run, device="cpu")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
+    common = {"strength": 0.8, "steps": STEPS, "seed": 0, "guidance": 3.0}
+    # an untrained network: the prompts change the output a little, where ignoring them would change nothing
+    star, square = (g.edit_tensor(image, prompt=p, **common)[0] for p in ("a red star", "a blue square"))
+    steered, (s,) = g.edit_tensor(image, prompt="a red star", negative_prompt="a blue square", **common)
+    assert (star - square).abs().mean() > 1e-3 and (star - steered).abs().mean() > 1e-3
+    assert (s["prompt"], s["negative_prompt"], s["guidance"]) == ("a red star", "a blue square", 3.0)
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -186,7 +212,8 @@ def test_edit_command_writes_pngs_with_their_settings_and_warns_about_the_size(d
     assert s["seed"] == 1 and s["strength"] == 1.0 and s["label"] == 7
     assert s["image_sha256"] == hashlib.sha256((tmp_path / "in.png").read_bytes()).hexdigest()
     assert s["mask_sha256"] == hashlib.sha256((tmp_path / "mask.png").read_bytes()).hexdigest()
-    kept = np.abs(_px(Image.open(out / "edit-seed000000-label7.png")) - _px(big.resize((28, 28), Image.Resampling.LANCZOS).convert("L")))
+    fitted = big.resize((28, 28), Image.Resampling.LANCZOS).convert("L")  # what the model was given
+    kept = np.abs(_px(Image.open(out / "edit-seed000000-label7.png")) - _px(fitted))
     assert kept[:, 14:].max() <= 1
     # an edit carries the settings of an edit, which `sample --from` cannot replay
     assert main(["sample", "--from", str(out / "edit-seed000000-label7.png"), "-o", str(tmp_path / "again")]) == 2
@@ -230,5 +257,6 @@ def test_a_hostile_file_is_one_error_line_and_exit_2(kind, flag, digit, tmp_path
     assert _edit(*args, "-o", str(tmp_path / "out")) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     what = flag.lstrip("-")
-    assert len(lines) == 1 and lines[0].startswith(f"pixelforge edit: error: {what} {tmp_path / 'bad.png'}: {reason}"), lines
+    expected = f"pixelforge edit: error: {what} {tmp_path / 'bad.png'}: {reason}"
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "out").exists()
