@@ -370,7 +370,8 @@ def cmd_edit(a) -> int:
 
     _check_out(a)
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
-    options = {**_sampling_options(a), "strength": a.strength, "resample": a.resample}
+    options = _sampling_options(a)
+    options.update({k: v for k, v in {"strength": a.strength, "resample": a.resample}.items() if v is not None})
     bars: list = []  # the bar starts with the first step, after the files are read: a bad file prints one line
 
     def cb(done: float, n: int) -> None:

@@ -292,8 +292,8 @@ class DiffusionModel(FamilyModule):
         with fresh noise of the right level for the ancestral one) and it ends equal to the input.
         resample: RePaint's resampling (Algorithm 1, jump length 1), a small loop around the solver: each
         step runs U times, the U - 1 repeats after noising x back up from the step's end to its start
-        with fresh noise, which lets the repainted region agree with the kept one. Without a mask it is
-        ignored. cond, guidance and negative work as in sample().
+        with fresh noise, which lets the repainted region agree with the kept one (the solver runs one
+        step at a time there, so dpmpp_2m takes its first-order step). Without a mask it is ignored. cond, guidance and negative work as in sample().
         """
         self.eval()
         cfg = self.config
