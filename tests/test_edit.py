@@ -260,3 +260,10 @@ def test_a_hostile_file_is_one_error_line_and_exit_2(kind, flag, digit, tmp_path
     expected = f"pixelforge edit: error: {what} {tmp_path / 'bad.png'}: {reason}"
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_edit_command_takes_the_edit_options_as_option_too(digit, tmp_path):
+    digit.save(tmp_path / "in.png")
+    assert _edit("--image", str(tmp_path / "in.png"), "--option", "strength=0", "-o", str(tmp_path / "out")) == 0
+    out = tmp_path / "out" / "edit-seed000000.png"
+    assert read_settings(out)["strength"] == 0.0 and np.abs(_px(Image.open(out)) - _px(digit)).max() <= 1
