@@ -591,7 +591,8 @@ def cmd_serve(a) -> int:
                      moderation=a.moderation_policy)
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"serving {', '.join(app.state.generators)} at http://{host}:{a.port}/  "
-          f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path})")
+          f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path}; "
+          f"moderation policy: {app.state.moderation.name if app.state.moderation else 'none'})")
     # Ctrl-C waits at most 5 s for open event streams before the workers are stopped
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning" if a.quiet else "info", timeout_graceful_shutdown=5,
                 **uvicorn_options(limits))

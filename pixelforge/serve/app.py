@@ -246,6 +246,7 @@ def create_app(
     )
     app.state.generators, app.state.queue, app.state.ratings = generators, queue, db
     app.state.model_aliases, app.state.limits = aliases, limits
+    app.state.moderation = policy
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
@@ -326,8 +327,8 @@ def create_app(
             given = [f for f in ("prompt", "prompts", "negative_prompt") if getattr(req, f) is not None]
             raise _invalid(["body", given[0] if "text" not in g.inputs else "negative_prompt"], str(e)) from None
         if given_text:
-            try:
-                g.moderate(prompts, req.negative_prompt, per_image=req.prompts is not None)
+            try:  # in a thread: a policy with concepts runs the text encoder, which would hold up the event loop
+                await asyncio.to_thread(g.moderate, prompts, req.negative_prompt, per_image=req.prompts is not None)
             except ModerationRefused as e:  # refused before a job exists
                 log.warning(e.log_line())
                 raise _invalid(["body", e.field, *([] if e.index is None else [e.index])], str(e)) from None
