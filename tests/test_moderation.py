@@ -156,6 +156,18 @@ def test_an_unrelated_prompt_is_allowed_by_a_concept_policy(concept_policy, prom
     assert concept_policy.check(prompt).allowed
 
 
+def test_a_long_clause_is_also_read_in_overlapping_windows_that_reach_its_end():
+    from pixelforge.provenance.moderation import WINDOW_WORDS, _pieces
+
+    words = [f"w{i}" for i in range(3 * WINDOW_WORDS + 5)]
+    pieces = _pieces("a red circle. " + " ".join(words))
+    assert pieces[:3] == ["a red circle. " + " ".join(words), "a red circle", " ".join(words)]
+    windows = [p.split() for p in pieces[3:]]
+    assert all(len(w) <= WINDOW_WORDS for w in windows)
+    assert windows[0][0] == words[0] and windows[-1][-1] == words[-1]
+    assert _pieces("a short prompt") == ["a short prompt"]
+
+
 def test_concept_embeddings_are_computed_once_per_policy_file_version(concept_policy, tmp_path):
     concept_policy.check("a green square")
     misses = _concept_vectors.cache_info().misses

@@ -27,8 +27,12 @@ import tomllib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import torch
+
+if TYPE_CHECKING:  # the text encoder (and transformers) is imported only for a policy with concepts
+    from pixelforge.condition.text import TextEncoder
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "assets" / "moderation" / "default-policy.toml"
 POLICY_ENV = "PIXELFORGE_MODERATION_POLICY"  # a policy file, or "none"; read where the policy is "default"
@@ -136,6 +140,9 @@ class ConceptRule:
     reason: str = ""
 
 
+Rule = Union[BlockedRule, PatternRule, ConceptRule]
+
+
 def _contains(seq: list[str], part: tuple[str, ...]) -> bool:
     n = len(part)
     return any(tuple(seq[i:i + n]) == part for i in range(len(seq) - n + 1))
@@ -165,7 +172,7 @@ class ModerationPolicy:
             raise ValueError(f"a prompt must be text, got {type(prompt).__name__}")
         return self._blocked(prompt) or self._pattern(prompt) or self._concept(prompt) or ALLOWED
 
-    def _refuse(self, kind: str, rule, why: str, shown: str) -> Decision:
+    def _refuse(self, kind: str, rule: Rule, why: str, shown: str) -> Decision:
         reason = why + (f" {shown}" if self.log_prompts and shown else "")
         return Decision(False, f"{kind}:{rule.id}", reason + (f"; {rule.reason}" if rule.reason else ""))
 
@@ -196,9 +203,7 @@ class ModerationPolicy:
 
         encoder = load_text_encoder(self.encoder, max_tokens=CONCEPT_MAX_TOKENS)
         concepts = _concept_vectors(self.sha256, self.encoder, tuple(c.text for c in self.concepts))  # (K, D)
-        # The whole prompt and each clause: an unrelated clause would otherwise dilute a listed concept.
-        clauses = [c.strip() for c in _CLAUSE.split(prompt) if c.strip()]
-        pieces = list(dict.fromkeys([prompt.strip(), *clauses]))
+        pieces = _pieces(prompt)
         vectors = torch.nn.functional.normalize(encoder.encode([_fit(encoder, p) for p in pieces]).pooled.cpu(), dim=-1)
         cosine = (vectors @ concepts.T).amax(0)  # (K,) the closest piece to each concept
         over = [(float(cosine[k]) - c.threshold, k) for k, c in enumerate(self.concepts) if cosine[k] >= c.threshold]
@@ -220,11 +225,31 @@ class ModerationPolicy:
                 raise ModerationRefused(self, field, index, decision, prompt)
 
 
-def _fit(encoder, text: str) -> str:
-    """text cut to what the encoder reads (its max_tokens, special tokens included), so a long prompt is
-    neither truncated by the encoder with a warning that quotes it nor read past the model's limit."""
-    enc = encoder.tokenizer(text, truncation=True, max_length=encoder.max_tokens, return_offsets_mapping=True,
-                            add_special_tokens=True)
+WINDOW_WORDS = 16  # a clause longer than this is also read in windows of this many words, half overlapping
+
+
+def _pieces(prompt: str) -> list[str]:
+    """What the concept check embeds: the whole prompt, each clause (an unrelated clause would otherwise dilute
+    a listed concept) and, for a long clause, overlapping windows of words (which also reach past the
+    encoder's token limit)."""
+    pieces = [prompt.strip()]
+    for clause in (c.strip() for c in _CLAUSE.split(prompt)):
+        pieces.append(clause)
+        ws = clause.split()
+        if len(ws) > WINDOW_WORDS:
+            step = WINDOW_WORDS // 2
+            pieces += [" ".join(ws[i:i + WINDOW_WORDS]) for i in range(0, len(ws) - step, step)]
+    return list(dict.fromkeys(p for p in pieces if p))
+
+
+def _fit(encoder: TextEncoder, text: str) -> str:
+    """text cut to what the encoder reads (its max_tokens, special tokens included), so a long prompt is not
+    truncated by the encoder with a warning that quotes it. A few tokens are left spare: a cut inside a word
+    may tokenize into one or two more pieces."""
+    if not getattr(encoder.tokenizer, "is_fast", False):  # offsets need a fast tokenizer; the encoder cuts instead
+        return text
+    enc = encoder.tokenizer(text, truncation=True, max_length=max(2, encoder.max_tokens - 4),
+                            return_offsets_mapping=True, add_special_tokens=True)
     ends = [end for _, end in enc["offset_mapping"] if end > 0]
     return text[:max(ends)] if ends else text
 
