@@ -21,9 +21,9 @@ from .models.common import check_seeds
 from .models.options import OptionSpec
 from .runs.config import RunConfig, build_model
 from .runs.checkpoint import check_shapes, load_state, state_shapes
+from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
 from .provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, resolve_policy
 from .provenance.moderation import ModerationRefused  # noqa: F401  (re-exported: what generate raises for a refused prompt)
-from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
 
 if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
     from .train.loop import TrainResult

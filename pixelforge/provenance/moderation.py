@@ -204,7 +204,7 @@ class ModerationPolicy:
         encoder = load_text_encoder(self.encoder, max_tokens=CONCEPT_MAX_TOKENS)
         concepts = _concept_vectors(self.sha256, self.encoder, tuple(c.text for c in self.concepts))  # (K, D)
         pieces = _pieces(prompt)
-        vectors = torch.nn.functional.normalize(encoder.encode([_fit(encoder, p) for p in pieces]).pooled.cpu(), dim=-1)
+        vectors = torch.nn.functional.normalize(encoder.encode([_fit(encoder, p) for p in pieces]).pooled.cpu(), dim=-1)  # (P, D)
         cosine = (vectors @ concepts.T).amax(0)  # (K,) the closest piece to each concept
         over = [(float(cosine[k]) - c.threshold, k) for k, c in enumerate(self.concepts) if cosine[k] >= c.threshold]
         if not over:
