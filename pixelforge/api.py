@@ -22,6 +22,8 @@ from .models.options import OptionSpec
 from .runs.config import RunConfig, build_model
 from .runs.checkpoint import check_shapes, load_state, state_shapes
 from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
+from .provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, resolve_policy
+from .provenance.moderation import ModerationRefused  # noqa: F401  (re-exported: what generate raises for a refused prompt)
 
 if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
     from .train.loop import TrainResult
@@ -82,8 +84,11 @@ class Generator:
     """A trained model ready to sample: `g.generate(n=8, label=3, seed=0)` -> list of PIL images."""
 
     def __init__(self, run_dir: Path, *, device: str = "auto", name: str | None = None,
-                 runs_dir: str | os.PathLike | None = None):
+                 runs_dir: str | os.PathLike | None = None, moderation: str | os.PathLike | ModerationPolicy | None = DEFAULT_POLICY):
         self.run_dir = Path(run_dir)
+        # The prompt moderation policy (provenance/moderation.py): "default" ($PIXELFORGE_MODERATION_POLICY,
+        # else the shipped file), a policy file, a ModerationPolicy, or None for none. Read before the model.
+        self.moderation = resolve_policy(moderation)
         self.config = RunConfig.load(self.run_dir / "config.json")
         self.device = pick_device(device)
         self.model = build_model(self.config, self.device, where=str(self.run_dir / "config.json"))
@@ -176,6 +181,8 @@ class Generator:
         label: one label for all images (class index or name); labels: one per image.
         prompt: one text prompt for all images (text-conditioned models); prompts: one per image (None:
         no prompt). negative_prompt: what guidance (guidance > 1) steers away from, instead of nothing.
+        Every prompt and the negative prompt pass the moderation policy first (a ModerationRefused naming
+        the field and the rule, before any compute).
         options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
         guidance, schedule); unset ones take their defaults.
         Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
@@ -184,7 +191,7 @@ class Generator:
             raise ValueError(f"n must be at least 1, got {n}")
         opts = self.resolve_options(**options)
         seeds = check_seeds(n, seed, seeds)
-        idx, prompts = self._per_image(n, label, labels, prompt, prompts)
+        idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
         text, negative = self._encode_prompts(prompts, negative_prompt)
         out = []
         for start in range(0, n, batch_size):
@@ -200,17 +207,22 @@ class Generator:
         return torch.cat(out), self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
 
     def _per_image(self, n: int, label, labels: list | None, prompt: str | None,
-                   prompts: list | None) -> tuple[list, list]:
-        """Each image's label index (None: no label) and prompt (None: none), from one for all or a list."""
+                   prompts: list | None, negative_prompt: str | None = None) -> tuple[list, list]:
+        """Each image's label index (None: no label) and prompt (None: none), from one for all or a list;
+        the prompts and the negative prompt are checked and pass the moderation policy first."""
         if labels is None:
             labels = [label] * n
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels given for {n} images")
+        idx = [self._label_index(lb) for lb in labels]
+        per_image = prompts is not None
         if prompts is None:
             prompts = [prompt] * n
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts given for {n} images")
-        return [self._label_index(lb) for lb in labels], prompts
+        if self.check_prompts(prompts, negative_prompt):
+            self.moderate(prompts, negative_prompt, per_image=per_image)
+        return idx, prompts
 
     def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative) -> tuple[Cond | None, dict]:
         """The Cond of the images in slice sl (labels idx, None: no label; prompts with their encoded
@@ -291,7 +303,7 @@ class Generator:
         if len({mm is None for mm in masks}) > 1:
             raise ValueError("give a mask for every image or for none")
         seeds = check_seeds(n, seed, seeds)
-        idx, prompts = self._per_image(n, label, labels, prompt, prompts)
+        idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
         cfg = self.model.config
         x, m, image_hashes, mask_hashes = [], [], [], []
         for item, mask_item in zip(items, masks):
@@ -357,6 +369,18 @@ class Generator:
             raise ValueError(f"{self.name} has no classifier-free guidance, which a negative prompt needs")
         return True
 
+    def moderate(self, prompts: list, negative_prompt: str | None = None, *, per_image: bool = True) -> None:
+        """Check every prompt (one entry per image, None for none) and the negative prompt against this
+        Generator's moderation policy; a ModerationRefused (a ValueError) naming the field ("prompts[i]" where
+        per_image, else "prompt"; "negative_prompt") and the rule for the first refused one."""
+        if self.moderation is None:
+            return
+        items = [("prompts" if per_image else "prompt", i if per_image else None, p)
+                 for i, p in enumerate(prompts) if isinstance(p, str)]
+        if isinstance(negative_prompt, str):
+            items.append(("negative_prompt", None, negative_prompt))
+        self.moderation.enforce(items)
+
     def _encode_prompts(self, prompts: list, negative_prompt: str | None):
         """The prompts' TextEmbeddings (None entries encoded as "" and marked absent by the caller) and the
         negative prompt's (1 row), or None for each where not given; a clear error for a model without text."""
@@ -387,9 +411,11 @@ def _with_settings(pils: list[Image.Image], settings: list[dict]) -> list[Image.
     return pils
 
 
-def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None) -> Generator:
-    """A run folder, a run name under the runs directory, or a bundled model name -> Generator."""
-    return Generator(resolve_run(name_or_path, runs_dir), device=device, runs_dir=runs_dir)
+def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None,
+         moderation: str | os.PathLike | ModerationPolicy | None = DEFAULT_POLICY) -> Generator:
+    """A run folder, a run name under the runs directory, or a bundled model name -> Generator.
+    moderation: the prompt moderation policy (see Generator; None: no moderation)."""
+    return Generator(resolve_run(name_or_path, runs_dir), device=device, runs_dir=runs_dir, moderation=moderation)
 
 
 # The sampler settings of in-training evaluation (FID/KID every eval_every steps): fast rather than best,
@@ -514,7 +540,8 @@ def _find_model(s: dict, png_path, runs_dir) -> Path:
     )
 
 
-def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=None) -> tuple[Image.Image, dict]:
+def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=None,
+               moderation: str | os.PathLike | ModerationPolicy | None = DEFAULT_POLICY) -> tuple[Image.Image, dict]:
     """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed.
 
     The model is looked up by its recorded name through runs_dir ($PIXELFORGE_RUNS, ./runs) and the
@@ -523,7 +550,7 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     if "image_sha256" in s:
         raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
                          "images can be regenerated from their settings")
-    g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"])
+    g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
                           seeds=[s["seed"]], **options)

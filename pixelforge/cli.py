@@ -232,6 +232,7 @@ def _add_sample(sub):
     p.add_argument("--prompt", default=None, help="text prompt (text-conditioned models), e.g. \"a large blue star at "
                    "the top right on a black background\"")
     p.add_argument("--negative-prompt", default=None, help="what guidance (--guidance above 1) steers away from")
+    _add_moderation_options(p)
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int_range(1), default=64)
@@ -243,6 +244,20 @@ def _add_sample(sub):
                    "--from looks the PNG's model up here by its run name, then at the path recorded in the PNG")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
+
+
+def _add_moderation_options(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--moderation-policy", default=None, metavar="FILE", help="check prompts against this moderation "
+                   "policy (TOML; docs/moderation.md) instead of $PIXELFORGE_MODERATION_POLICY or the shipped default")
+    g.add_argument("--no-moderation", action="store_true", help="do not check prompts against a moderation policy")
+
+
+def _moderation(a) -> str | None:
+    """The policy --moderation-policy / --no-moderation choose: a file, None (off) or "default"."""
+    if getattr(a, "no_moderation", False):
+        return None
+    return getattr(a, "moderation_policy", None) or "default"
 
 
 def _add_sampling_options(p) -> None:
@@ -310,15 +325,17 @@ def cmd_sample(a) -> int:
 
     _check_out(a)
     if a.from_png:
-        image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir)
+        image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
         out = _out_dir(a, s["model"])
         paths = api.save_images([image], out, grid=False)
         print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
         return 0
     from .runs import DEFAULT_MODEL
 
-    g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
+    g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
+    if g.check_prompts([a.prompt], a.negative_prompt):
+        g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too
     bar, cb = _progress_bar(a.n, f"sampling {g.name}")
     images = g.generate(a.n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, seed=a.seed,
                         batch_size=a.batch_size, callback=cb, **_sampling_options(a))
@@ -638,10 +655,12 @@ def cmd_serve(a) -> int:
                           stream_max_s=a.stream_max, idle_timeout_s=a.idle_timeout)
     app = create_app(a.run or None, api_key=api_key, max_queue=a.max_queue, workers=a.workers, job_timeout_s=a.job_timeout,
                      db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir,
-                     allowed_hosts=host_names(a.host, a.allowed_host), api_docs=a.api_docs, limits=limits)
+                     allowed_hosts=host_names(a.host, a.allowed_host), api_docs=a.api_docs, limits=limits,
+                     moderation=a.moderation_policy)
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"serving {', '.join(app.state.generators)} at http://{host}:{a.port}/  "
-          f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path})")
+          f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path}; "
+          f"moderation policy: {app.state.moderation.name if app.state.moderation else 'none'})")
     # Ctrl-C waits at most 5 s for open event streams before the workers are stopped
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning" if a.quiet else "info", timeout_graceful_shutdown=5,
                 **uvicorn_options(limits))
@@ -688,6 +707,10 @@ def _add_serve(sub):
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
                    help="a connection silent this long (before a request, between requests, or while sending "
                    "one) is closed")
+    p.add_argument("--moderation-policy", default="default", metavar="FILE|none",
+                   help="check every prompt against this moderation policy (TOML; docs/moderation.md) before a job "
+                   "is queued; a refused one gets 422. 'none': no moderation; 'default': $PIXELFORGE_MODERATION_POLICY, "
+                   "else the shipped example policy")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
@@ -731,6 +754,37 @@ def _add_ratings(sub):
     p.set_defaults(func=cmd_ratings)
 
 
+def cmd_moderation_check(a) -> int:
+    from .provenance.moderation import resolve_policy
+
+    policy = resolve_policy(a.policy or "default")
+    if policy is None:
+        raise ValueError("--policy none: there is no policy to check against; name a policy file")
+    decision = policy.check(a.prompt)
+    if a.json:
+        print(json.dumps({"allowed": decision.allowed, "kind": decision.kind, "rule": decision.rule,
+                          "reason": decision.reason, "policy": str(policy.path)}))
+    elif decision.allowed:
+        print(f"allowed by {policy.name}")
+    else:
+        print(f"refused by {policy.name}: rule {decision.rule} ({decision.reason})")
+    return 0 if decision.allowed else 1
+
+
+def _add_moderation(sub):
+    p = sub.add_parser("moderation", help="prompt moderation tools (check)")
+    msub = p.add_subparsers(dest="moderation_command", metavar="SUBCOMMAND")
+    c = msub.add_parser("check", help="try a moderation policy on a prompt: exit status 0 allowed, 1 refused",
+                        description="Check PROMPT against a moderation policy (TOML; docs/moderation.md) and say "
+                        "which rule refuses it, if any. Exit status 0: allowed; 1: refused; 2: a bad policy file.",
+                        formatter_class=_Help)
+    c.add_argument("prompt", metavar="PROMPT")
+    c.add_argument("--policy", default=None, metavar="FILE", help="the policy file (default: "
+                   "$PIXELFORGE_MODERATION_POLICY, else the shipped example policy)")
+    c.add_argument("--json", action="store_true", help="print the decision as one JSON object")
+    c.set_defaults(func=cmd_moderation_check)
+
+
 def cmd_export(a) -> int:
     from .runs import export_run, resolve_run
 
@@ -758,6 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_serve(sub)
     _add_ratings(sub)
+    _add_moderation(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",

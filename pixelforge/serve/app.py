@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hmac
 import json
+import logging
 import math
 import re
 import time
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Generator, load
 from ..images import png_bytes
+from ..provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, ModerationRefused, resolve_policy
 from ..runs.store import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
 from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
@@ -38,6 +40,7 @@ from .ratings import RatingsDB, find_evaluation, latest_evaluation, scores
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1_000_000
 API = "/api/v1"
+log = logging.getLogger("pixelforge.serve")
 
 
 class BodyLimit:
@@ -174,7 +177,8 @@ def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
     )
 
 
-def _generators(models: list[str], *, device: str, runs_dir: str | Path | None) -> tuple[dict[str, Generator], dict[str, str]]:
+def _generators(models: list[str], *, device: str, runs_dir: str | Path | None,
+                moderation: ModerationPolicy | None = None) -> tuple[dict[str, Generator], dict[str, str]]:
     """Each model loaded once, under the name the CLI takes for it (a run under the runs folder or a bundled
     model: its plain name; any other folder: the path as given), and {every name it answers to: that name}:
     the plain name, the name or path given, and the Generator's own name."""
@@ -182,7 +186,7 @@ def _generators(models: list[str], *, device: str, runs_dir: str | Path | None) 
     generators: dict[str, Generator] = {}
     aliases: dict[str, str] = {}
     for given in models:
-        g = load(given, device=device, runs_dir=runs_dir)
+        g = load(given, device=device, runs_dir=runs_dir, moderation=moderation)
         run_dir = Path(g.run_dir)
         name = run_dir.name if run_dir.resolve().parent in (runs, BUNDLED_MODELS_DIR.resolve()) else str(given)
         if name in generators:
@@ -210,6 +214,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     api_docs: bool = False,
     limits: ServerLimits | None = None,
+    moderation: str | Path | ModerationPolicy | None = DEFAULT_POLICY,
 ) -> FastAPI:
     """The FastAPI app serving `models` (run folders, run names or bundled models; default: the bundled one).
 
@@ -219,9 +224,13 @@ def create_app(
     allowed_hosts: the Host names answered, others get 400 ("*": any; default: loopback names only).
     api_docs: serve the interactive API docs at /docs (they load their script from a public CDN).
     limits: event-stream bounds and the body timeout (the connection bounds are the server's: limits.py).
+    moderation: the prompt moderation policy every prompt passes before its job is queued (a refused one gets
+    422 naming the field; the refusal is logged, without the prompt unless the policy's log_prompts):
+    "default" ($PIXELFORGE_MODERATION_POLICY, else the shipped file), a policy file, or None / "none".
     """
     limits = limits or ServerLimits()
-    generators, aliases = _generators(models or [DEFAULT_MODEL], device=device, runs_dir=runs_dir)
+    policy = resolve_policy(moderation)
+    generators, aliases = _generators(models or [DEFAULT_MODEL], device=device, runs_dir=runs_dir, moderation=policy)
     queue = JobQueue(workers=workers, max_queue=max_queue, keep=keep_jobs, timeout_s=job_timeout_s)
     db = RatingsDB(db_path if db_path is not None else (Path(runs_dir) if runs_dir else default_runs_dir()) / "ratings.sqlite")
 
@@ -237,6 +246,7 @@ def create_app(
     )
     app.state.generators, app.state.queue, app.state.ratings = generators, queue, db
     app.state.model_aliases, app.state.limits = aliases, limits
+    app.state.moderation = policy
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
@@ -316,6 +326,12 @@ def create_app(
         except ValueError as e:  # a model without text, or a negative prompt without guidance
             given = [f for f in ("prompt", "prompts", "negative_prompt") if getattr(req, f) is not None]
             raise _invalid(["body", given[0] if "text" not in g.inputs else "negative_prompt"], str(e)) from None
+        if given_text:
+            try:  # in a thread: a policy with concepts runs the text encoder, which would hold up the event loop
+                await asyncio.to_thread(g.moderate, prompts, req.negative_prompt, per_image=req.prompts is not None)
+            except ModerationRefused as e:  # refused before a job exists
+                log.warning(e.log_line())
+                raise _invalid(["body", e.field, *([] if e.index is None else [e.index])], str(e)) from None
         text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
         n, seed = req.n, req.seed
 

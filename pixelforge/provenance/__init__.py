@@ -1,0 +1,1 @@
+"""Responsible generation around the models: prompt moderation (moderation.py)."""
