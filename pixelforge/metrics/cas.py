@@ -40,8 +40,9 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     from ..device import pick_device
 
     device = pick_device(device) if isinstance(device, str) else device
-    torch.manual_seed(seed)
-    model = SmallClassifier(images.shape[1], num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation that leaves the caller's random state alone
+        torch.manual_seed(seed)
+        model = SmallClassifier(images.shape[1], num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     x_all, y_all = _as_float(images), labels.long()
