@@ -80,3 +80,14 @@ def test_training_with_text_on_data_without_captions_is_a_clear_error(tmp_path, 
         Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
     code = main(["train", str(folder), "--name", "nocap", "--runs-dir", str(tmp_path / "runs"), *TINY_TEXT])
     assert code == 2 and "has no captions" in capsys.readouterr().err
+
+
+def test_demo_of_a_text_model_draws_one_row_per_demo_prompt(text_run, tmp_path):
+    from pixelforge.cli import DEMO_PROMPTS
+    from pixelforge.images import read_settings
+
+    assert main(["demo", "--model", str(text_run / "st"), "--per-class", "2", "--steps", "2", "--device", "cpu",
+                 "-o", str(tmp_path / "demo")]) == 0
+    pngs = sorted((tmp_path / "demo").glob("seed*.png"))
+    assert [read_settings(p)["prompt"] for p in pngs] == [p for p in DEMO_PROMPTS for _ in range(2)]
+    assert Image.open(tmp_path / "demo" / "grid.png").size[1] > Image.open(tmp_path / "demo" / "grid.png").size[0]
