@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +37,12 @@ def wait_until(page, expression: str, timeout: float = 30.0) -> None:
 
 def _serve(tmp_path, models=("mnist-diffusion",), runs_dir=None, **kwargs):
     """A uvicorn server on a free loopback port in a thread; yields (base URL, app)."""
-    uvicorn = pytest.importorskip("uvicorn")
     from pixelforge.serve import create_app
 
     app = create_app(list(models), runs_dir=runs_dir or tmp_path, db_path=tmp_path / "ratings.sqlite", device="cpu",
                      **kwargs)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(app) as port:
         yield f"http://127.0.0.1:{port}", app
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import contextlib
 import re
 import shutil
 import socket
-import threading
 import time
 
 import pytest
@@ -26,6 +25,7 @@ from pixelforge.serve import app as app_module  # noqa: E402
 from pixelforge.serve import create_app  # noqa: E402
 from pixelforge.serve.limits import ServerLimits, host_names, uvicorn_options  # noqa: E402
 from pixelforge.train.runs import BUNDLED_MODELS_DIR  # noqa: E402
+from loopback import serve_in_thread  # noqa: E402
 
 MODEL = "mnist-diffusion"
 
@@ -67,22 +67,8 @@ def make_app(bundled, runs_dir, tmp_path, monkeypatch):
 @contextlib.contextmanager
 def serving(app, limits: ServerLimits):
     """A uvicorn server on 127.0.0.1 and a free port with `limits`, in a thread; yields the port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(limits)))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline:
-            pytest.fail("the server did not start")
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(app, **uvicorn_options(limits)) as port:
         yield port
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 def client_from(ip: str, port: int) -> httpx.Client:
