@@ -19,9 +19,10 @@ TEMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_target(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_target(path: str | os.PathLike, suffix: str = "", *, mode: int | None = None) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write to; on success it replaces `path` (with the
-    usual file mode), on an exception it is removed and `path` is left as it was.
+    usual file mode, or `mode`: 0o600 for a private key, which is then never readable by others, not
+    even while it is written), on an exception it is removed and `path` is left as it was.
 
     The new contents reach the disk before the rename, and the rename before this returns: without
     the first fsync a power cut can leave `path` renamed but empty."""
@@ -31,7 +32,7 @@ def atomic_target(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, FILE_MODE if mode is None else mode)
         _fsync_path(tmp, directory=False)
         os.replace(tmp, path)
         _fsync_path(path.parent, directory=True)
