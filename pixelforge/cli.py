@@ -827,6 +827,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_ratings(sub)
     _add_moderation(sub)
+    from .cli_provenance import add_keys, add_provenance
+
+    add_keys(sub)
+    add_provenance(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",

@@ -21,7 +21,7 @@ def run_setup(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, 
     log = tmp_path / "calls.log"
     python.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')  # every call succeeds and is recorded
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    inherited = {k: v for k, v in os.environ.items() if k != "WITH_INCEPTION"}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("WITH_INCEPTION", "WITH_PROVENANCE")}
     r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60,
                        env={**inherited, **env})
     return r, log.read_text() if log.exists() else ""
@@ -44,3 +44,19 @@ def test_other_values_are_refused_before_anything_is_installed(tmp_path, value):
     r, calls = run_setup(tmp_path, WITH_INCEPTION=value)
     assert r.returncode == 2 and "WITH_INCEPTION" in r.stderr and "use 1" in r.stderr
     assert calls == ""
+
+
+def installed_extras(calls: str) -> list[str]:
+    """The extras of the `pip install -e .[...]` call."""
+    line = next(c for c in calls.splitlines() if " -e .[" in c)
+    return line.split(" -e .[")[1].split("]")[0].split(",")
+
+
+def test_setup_installs_the_provenance_extra_by_default_and_with_provenance_0_skips_it(tmp_path):
+    r, calls = run_setup(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "provenance" in installed_extras(calls)
+    (tmp_path / "without").mkdir()
+    r, calls = run_setup(tmp_path / "without", WITH_PROVENANCE="0")
+    assert r.returncode == 0, r.stderr
+    assert installed_extras(calls) == ["dev", "data", "serve", "text"]
