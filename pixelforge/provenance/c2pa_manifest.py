@@ -261,8 +261,9 @@ def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -
         except c2pa.C2paError.ManifestNotFound:
             return VerifyReport(path=str(path), manifest=False, watermark=watermark_check(path))
         except c2pa.C2paError as e:  # a manifest store is there but cannot be parsed: damaged
+            detail = str(e).strip().rstrip(":").strip() or type(e).__name__.lstrip("_")
             return VerifyReport(path=str(path), manifest=True, state="Invalid",
-                                problems=(f"manifest unreadable ({type(e).__name__.lstrip('_')}: {e})",))
+                                problems=(f"manifest unreadable ({detail})",))
         with reader:
             store = json.loads(reader.json())
             manifest = store.get("manifests", {}).get(store.get("active_manifest"), {})
