@@ -23,14 +23,14 @@ from PIL import Image
 
 from pixelforge import __version__
 from pixelforge.cli import main
-from pixelforge.provenance import c2pa_manifest
 from pixelforge.provenance.c2pa_manifest import (ASSERTION, TRAINED_ALGORITHMIC_MEDIA, ModelInfo, ProvenanceSigner,
                                                  sign_file, sign_image, verify)
 from pixelforge.provenance.keys import (CERT_ENV, HOME_ENV, KEY_ENV, KeyFiles, MissingExtraError, SigningKey,
                                         create_keys, default_keys_dir, resolve_signing_key)
 
-pytest.importorskip("c2pa")
+pytest.importorskip("c2pa", reason="the provenance extra is not installed (scripts/setup.sh installs it)")
 x509 = pytest.importorskip("cryptography.x509")
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 MODEL = ModelInfo(name="mnist-diffusion", family="diffusion", weights_sha256=hashlib.sha256(b"weights").hexdigest())
 SETTINGS = {"model": "mnist-diffusion", "model_path": "/home/someone/runs/x", "family": "diffusion",
@@ -169,8 +169,7 @@ def test_a_configured_key_is_used_and_none_is_made(tmp_path, keys, monkeypatch):
 
 def test_bad_keys_are_refused_naming_the_file(tmp_path, keys):
     lone = tmp_path / "lone.pem"
-    lone.write_bytes(x509.load_pem_x509_certificates(keys.cert.read_bytes())[0].public_bytes(
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.PEM))
+    lone.write_bytes(x509.load_pem_x509_certificates(keys.cert.read_bytes())[0].public_bytes(Encoding.PEM))
     with pytest.raises(ValueError, match=rf"{lone}: holds one certificate"):
         SigningKey.load(lone, keys.key)
     with pytest.raises(ValueError, match=rf"{keys.ca_key}: this private key does not belong"):

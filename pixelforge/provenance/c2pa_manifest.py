@@ -88,8 +88,8 @@ class ProvenanceSigner:
     def from_files(cls, cert: str | os.PathLike, key: str | os.PathLike) -> "ProvenanceSigner":
         return cls(SigningKey.load(cert, key))
 
-    def _context(self):
-        """A c2pa Context holding a fresh native signer (a Context consumes the signer it is given)."""
+    def _context(self) -> Any:
+        """A c2pa.Context holding a fresh native signer (a Context consumes the signer it is given)."""
         c2pa = _c2pa()
         info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, self.key.cert_chain, self.key.private_key, None)
         settings = c2pa.Settings.from_dict(SIGN_SETTINGS)
@@ -134,7 +134,8 @@ def _image_format(data: bytes, where: str) -> str:
 def sign_image(image: bytes | str | os.PathLike, *, model: ModelInfo, settings: dict,
                signer: ProvenanceSigner | None = None, title: str | None = None) -> bytes:
     """The image (PNG, JPEG or WebP bytes, or a file's path) with a signed C2PA manifest embedded:
-    manifest_definition(model, settings). `signer` None takes ProvenanceSigner.default()."""
+    manifest_definition(model, settings). `signer` None takes ProvenanceSigner.default(), which reads the
+    key files again: for many images, make the signer once and pass it."""
     c2pa = _c2pa()
     where = "image" if isinstance(image, bytes) else str(image)
     data = image if isinstance(image, bytes) else Path(image).read_bytes()
