@@ -157,6 +157,37 @@ def test_without_a_configured_key_the_first_signing_makes_one_and_says_so_once(t
     assert verify(path, trust=files.ca_cert).state == "Trusted"
 
 
+def test_workers_signing_their_first_images_at_once_make_one_key(tmp_path, monkeypatch, caplog):
+    import threading
+    import time
+
+    from pixelforge.provenance import keys as keys_module
+
+    real = keys_module.create_keys
+
+    def slow_create(*args, **kwargs):  # widen the window in which a second worker could start its own key
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keys_module, "create_keys", slow_create)
+    chains, errors = [], []
+
+    def worker():
+        try:
+            chains.append(resolve_signing_key().cert_chain)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    with caplog.at_level(logging.WARNING, logger="pixelforge.provenance"):
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(chains) == 3 and len(set(chains)) == 1
+    assert sum("made a local signing key" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_configured_key_is_used_and_none_is_made(tmp_path, keys, monkeypatch):
     monkeypatch.setenv(CERT_ENV, str(keys.cert))
     monkeypatch.setenv(KEY_ENV, str(keys.key))

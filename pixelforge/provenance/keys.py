@@ -3,11 +3,18 @@ create`), where they live by default, and loading a configured key with clear er
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two first uses at once there may race
+    fcntl = None  # type: ignore[assignment]
 
 from ..files import atomic_target
 
@@ -207,9 +214,32 @@ def resolve_signing_key(cert: str | os.PathLike | None = None, key: str | os.Pat
     if cert is not None:
         return SigningKey.load(cert, key)
     files = KeyFiles.named(default_keys_dir())
-    if not files.cert.exists() and not files.key.exists() and create:
-        files = create_keys(files.cert.parent)
-        log.warning("pixelforge: made a local signing key in %s to sign the images' C2PA manifests; verifiers "
-                    "trust it with --trust %s (your own key: `pixelforge keys create --force` or $%s and $%s)",
-                    files.cert.parent, files.ca_cert, CERT_ENV, KEY_ENV)
+    if not files.cert.exists() and create:  # the certificate is written last: without it, no usable key
+        with _creation_lock(files.cert.parent):
+            if not files.cert.exists():  # another process may have made it while this one waited
+                _make_default_key(files)
     return SigningKey.load(files.cert, files.key)
+
+
+@contextlib.contextmanager
+def _creation_lock(folder: Path) -> Iterator[None]:
+    """Hold an flock on FOLDER/.lock: server workers signing their first images at once make one key,
+    not several whose files interleave. The OS releases it when the process ends, however it ends."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _make_default_key(files: KeyFiles) -> None:
+    """create_keys for the default key, and the one line saying so."""
+    files = create_keys(files.cert.parent)
+    log.warning("pixelforge: made a local signing key in %s to sign the images' C2PA manifests; verifiers "
+                "trust it with --trust %s (your own key: `pixelforge keys create --force` or $%s and $%s)",
+                files.cert.parent, files.ca_cert, CERT_ENV, KEY_ENV)
