@@ -260,6 +260,23 @@ def test_model_info_hashes_the_weights_sampling_reads():
     assert info.weights_sha256.startswith(weights_hash(run))  # the short hash each image's settings record
 
 
+def test_a_generated_image_signed_with_its_own_settings_keeps_them_readable(tmp_path, signer, keys):
+    """The path every output takes once joined: Generator -> PNG with its settings -> signed."""
+    import pixelforge
+    from pixelforge.images import png_bytes, read_settings
+
+    generator = pixelforge.load(device="cpu", moderation=None)
+    image = generator.generate(1, seed=3, steps=2, label=5)[0]
+    settings = image.info["pixelforge"]
+    path = tmp_path / "five.png"
+    path.write_bytes(sign_image(png_bytes(image, settings), model=ModelInfo.of(generator), settings=settings,
+                                signer=signer))
+    assert read_settings(path) == settings  # `pixelforge sample --from` still reads them
+    r = verify(path, trust=keys.ca_cert)
+    assert r.state == "Trusted" and r.settings["seed"] == 3 and r.settings["label"] == 5
+    assert r.model["weights_sha256"].startswith(settings["checkpoint"])
+
+
 def test_bad_signing_input_is_one_clear_error(tmp_path, signer):
     with pytest.raises(ValueError, match="weights_sha256"):
         ModelInfo("m", "diffusion", "abc")
