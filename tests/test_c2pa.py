@@ -112,7 +112,8 @@ def test_keys_create_makes_a_ca_and_a_signer_it_issued_with_private_keys_0600(tm
     assert (x509.oid.ExtendedKeyUsageOID.EMAIL_PROTECTION
             in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA256
-    SigningKey.load(files.cert, files.key)  # a consistent pair
+    loaded = SigningKey.load(files.cert, files.key)  # a consistent pair
+    assert b"PRIVATE KEY" not in repr(loaded).encode() and "studio" in loaded.subject
 
 
 def test_keys_create_refuses_to_overwrite_without_force(tmp_path, capsys):

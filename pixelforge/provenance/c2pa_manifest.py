@@ -208,7 +208,7 @@ def _trust_anchors(trust: str | os.PathLike) -> str:
         x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise ValueError(f"--trust {path}: not a PEM certificate file ({e})") from None
-    return data.decode("ascii")
+    return data.decode("utf-8", errors="replace")  # PEM is ASCII; only a comment line could be otherwise
 
 
 def _reader_context(trust_pem: str | None):

@@ -155,8 +155,8 @@ def _key_usage(x509, *, cert_sign: bool):
 class SigningKey:
     """A loaded, checked signing key: the certificate chain a manifest embeds and its private key."""
 
-    cert_chain: bytes  # PEM, signer first
-    private_key: bytes  # PEM
+    cert_chain: bytes = dataclasses.field(repr=False)  # PEM, signer first
+    private_key: bytes = dataclasses.field(repr=False)  # PEM; never in a repr, a log line or a traceback
     cert_path: Path
     subject: str  # the signer's common name, for messages
 
