@@ -242,12 +242,17 @@ def test_signed_image_pixels_are_unchanged(signed):
     assert np.array_equal(np.asarray(Image.open(signed)), np.asarray(Image.open(io.BytesIO(png()))))
 
 
-def test_sign_file_signs_in_place_and_jpeg_works_too(tmp_path, signer):
-    path = tmp_path / "x.jpg"
-    Image.open(io.BytesIO(png())).save(path, "JPEG", quality=90)
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_sign_file_signs_in_place_and_jpeg_and_webp_work_too(tmp_path, signer, fmt):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.open(io.BytesIO(png())).save(path, fmt, quality=90)
     sign_file(path, model=MODEL, settings=SETTINGS, signer=signer)
     r = verify(path)
     assert r.state == "Valid" and r.model["weights_sha256"] == MODEL.weights_sha256
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0x01  # inside the compressed image data, which both formats end with
+    path.write_bytes(bytes(data))
+    assert verify(path).state == "Invalid"
 
 
 def test_model_info_hashes_the_weights_sampling_reads():
@@ -289,10 +294,13 @@ def test_bad_signing_input_is_one_clear_error(tmp_path, signer):
         sign_image(gif, model=MODEL, settings={}, signer=signer)
 
 
-def test_missing_package_names_the_extra(monkeypatch, signer):
+def test_missing_packages_name_the_extra(monkeypatch, signer, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "c2pa", None)  # import c2pa now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pixelforge\[provenance\]"):
         sign_image(png(), model=MODEL, settings={}, signer=signer)
+    monkeypatch.setitem(sys.modules, "cryptography", None)
+    assert main(["keys", "create", "--dir", str(tmp_path / "k")]) == 2
+    assert "pip install 'pixelforge[provenance]'" in capsys.readouterr().err
 
 
 # --- verification: valid, trusted, tampered, stripped -------------------------------------------------------

@@ -28,10 +28,10 @@ CA_DAYS = 3650
 # Without a timestamp authority a verifier judges the certificate at the time it verifies: an image stays
 # Valid only while its signing certificate is, hence a long life for a key that stays on this machine.
 LEAF_DAYS = 1825
-# The signer's extended key usage is emailProtection, measured by signing with each candidate through
-# c2pa-python 0.38.1 (c2pa-rs 0.91.3): emailProtection signs; documentSigning (1.3.6.1.5.5.7.3.36) and the
-# C2PA claim-signing EKU (1.3.6.1.4.1.62558.2.1) are refused with "certificate missing required EKU";
-# codeSigning and anyExtendedKeyUsage with "the certificate is invalid".
+
+
+class MissingExtraError(ValueError):
+    """A provenance feature was asked for without the packages of the `provenance` extra."""
 
 
 def _crypto():
@@ -41,12 +41,9 @@ def _crypto():
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
     except ImportError as e:
-        raise MissingExtraError(f"signing keys need the provenance extra (pip install 'pixelforge[provenance]'): {e}") from None
+        raise MissingExtraError("signing keys need the provenance extra (pip install 'pixelforge[provenance]'): "
+                                f"{e}") from None
     return x509, hashes, serialization, ec
-
-
-class MissingExtraError(ValueError):
-    """A provenance feature was asked for without the packages of the `provenance` extra."""
 
 
 def default_keys_dir() -> Path:
@@ -66,7 +63,7 @@ class KeyFiles:
     cert: Path  # PEM: the signing certificate, then the CA certificate (the chain a manifest embeds)
     key: Path  # PEM PKCS#8: the signing certificate's EC P-256 private key (mode 0600)
     ca_cert: Path  # PEM: the local CA's self-signed certificate, the trust anchor
-    ca_key: Path  # PEM PKCS#8: the CA's private key (mode 0600), kept to issue a new signer later
+    ca_key: Path  # PEM PKCS#8: the CA's private key (mode 0600), kept so its owner can issue other signers
 
     @classmethod
     def named(cls, folder: str | os.PathLike, name: str = DEFAULT_NAME) -> "KeyFiles":
@@ -124,6 +121,10 @@ def create_keys(folder: str | os.PathLike | None = None, name: str = DEFAULT_NAM
             .not_valid_before(start).not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(x509, cert_sign=False), critical=True)
+            # emailProtection, measured by signing with each candidate through c2pa-python 0.38.1 (c2pa-rs
+            # 0.91.3): it signs; documentSigning (1.3.6.1.5.5.7.3.36) and the C2PA claim-signing EKU
+            # (1.3.6.1.4.1.62558.2.1) are refused with "certificate missing required EKU"; codeSigning and
+            # anyExtendedKeyUsage with "the certificate is invalid".
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
