@@ -1,7 +1,7 @@
 """C2PA manifest cost per image (docs/provenance.md): bytes added, sign and verify milliseconds.
 
-For each image kind (random RGB noise at --sides, which PNG cannot compress, and the bundled model's sample
-grid, a real generated image), signs it --repeats times with a fresh local key (no thumbnail, as pixelforge
+For each image kind (random RGB noise PNGs at --sides, which PNG cannot compress, the first as a JPEG too,
+and the bundled model's sample grid, a real generated image), signs it --repeats times with a fresh local key (no thumbnail, as pixelforge
 signs) and verifies the signed file as many times; prints the median times, the size before and after, and
 once the size the library's default thumbnail would have added. Prints the load average beside the figures.
 
@@ -46,6 +46,9 @@ def images(sides: list[int]) -> dict[str, bytes]:
         rng = np.random.default_rng(side)
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
         out[f"noise {side}x{side} RGB"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(out[f"noise {sides[0]}x{sides[0]} RGB"])).save(buf, "JPEG", quality=90)
+    out[f"noise {sides[0]}x{sides[0]} RGB JPEG q90"] = buf.getvalue()
     grid = BUNDLED_MODELS_DIR / "mnist-diffusion" / "samples.png"
     out[f"bundled sample grid {'x'.join(map(str, Image.open(grid).size))}"] = grid.read_bytes()
     return out
@@ -53,7 +56,7 @@ def images(sides: list[int]) -> dict[str, bytes]:
 
 def measure(data: bytes, signer: ProvenanceSigner, model: ModelInfo, repeats: int, folder: Path) -> dict:
     sign_ms, verify_ms = [], []
-    path = folder / "signed.png"
+    path = folder / "signed"
     for _ in range(repeats):
         start = time.perf_counter()
         signed = sign_image(data, model=model, settings=SETTINGS, signer=signer)
