@@ -391,6 +391,8 @@ def test_cli_verify_json(signed, keys, tmp_path, capsys):
 def test_cli_verify_bad_input_is_exit_2_with_one_line(tmp_path, capsys):
     assert main(["provenance", "verify", str(tmp_path / "missing.png")]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+    assert main(["provenance", "verify", str(tmp_path)]) == 2
+    assert "a folder, not an image file" in capsys.readouterr().err
     text = tmp_path / "notes.png"
     text.write_text("hello")
     assert main(["provenance", "verify", str(text)]) == 2

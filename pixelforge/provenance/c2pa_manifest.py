@@ -252,7 +252,7 @@ def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -
     c2pa = _c2pa()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
     data = path.read_bytes()
     mime = _image_format(data, str(path))
     context = _reader_context(None if trust is None else _trust_anchors(trust))
