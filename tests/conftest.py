@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -86,3 +88,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pixelforge_home(tmp_path_factory):
+    """Keys made on first signing (and any other per-user state) go to a temporary $PIXELFORGE_HOME,
+    never to the home folder of whoever runs the tests."""
+    before = os.environ.get("PIXELFORGE_HOME")
+    os.environ["PIXELFORGE_HOME"] = str(tmp_path_factory.mktemp("pixelforge-home"))
+    yield
+    if before is None:
+        os.environ.pop("PIXELFORGE_HOME", None)
+    else:
+        os.environ["PIXELFORGE_HOME"] = before

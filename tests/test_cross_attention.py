@@ -72,3 +72,30 @@ def test_text_conditioner_maps_the_empty_prompt_to_learned_null_values():
     assert out_tokens.shape == (3, 6, 8) and out_mask.shape == (3, 6)
     assert out_mask[:, 0].all()  # the null token leads every sequence
     assert out_mask[1].sum() == 1 and out_mask[0].sum() == 4
+
+
+def test_placed_queries_let_one_token_say_different_things_at_different_places(randomize_zero_init):
+    """With cross_attn_position, equal features at two places attend differently to the same tokens
+    (what lets "at the top left" bind to a place); without it, equal features get equal answers."""
+    from pixelforge.models.nets.cross_attention import SpatialCrossAttention
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 16, 1, 1, generator=g).expand(1, 16, 4, 4).contiguous()  # the same feature everywhere
+    tokens, mask = torch.randn(1, 3, 8, generator=g), torch.ones(1, 3, dtype=torch.bool)
+    for position in (False, True):
+        torch.manual_seed(0)
+        attn = randomize_zero_init(SpatialCrossAttention(16, 8, position=position))
+        out = attn(h, tokens, mask)  # (1, 16, 4, 4)
+        spread = (out - out[:, :, :1, :1]).abs().amax().item()
+        assert (spread > 1e-3) == position, (position, spread)
+
+
+def test_a_text_conditioner_can_give_tokens_only():
+    cond = TextConditioner(12, 0, 16)
+    pooled, tokens = torch.randn(2, 12), torch.randn(2, 5, 12)
+    vector, out_tokens, out_mask = cond(pooled, tokens, torch.ones(2, 5, dtype=torch.bool), torch.tensor([True, False]))
+    assert vector is None and out_tokens.shape == (2, 6, 16)
+    assert out_mask.tolist() == [[True] * 6, [True] + [False] * 5]
+    assert not any("vector" in k for k in cond.state_dict())
+    with pytest.raises(ValueError, match="vector .* tokens"):
+        TextConditioner(12, 0, 0)

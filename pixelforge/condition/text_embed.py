@@ -12,6 +12,8 @@ from torch import nn
 class TextConditioner(nn.Module):
     """pooled (B, text_dim), tokens (B, T, text_dim), mask (B, T), present (B,) -> vector (B, vector_dim),
     and where context_dim > 0 tokens (B, 1 + T, context_dim) with their mask (B, 1 + T).
+    vector_dim 0 (only with context_dim > 0): no vector (None); the prompt reaches the network only
+    through its tokens.
 
     A sample whose prompt is absent (`present` False: the empty condition of classifier-free guidance,
     or a dropped one in training) gets a learned "no prompt" vector, and its tokens are nothing but a
@@ -21,9 +23,14 @@ class TextConditioner(nn.Module):
 
     def __init__(self, text_dim: int, vector_dim: int, context_dim: int = 0):
         super().__init__()
+        if vector_dim <= 0 and context_dim <= 0:
+            raise ValueError("a text conditioner needs a vector (vector_dim > 0), tokens (context_dim > 0) or both")
         self.text_dim, self.context_dim = text_dim, context_dim
-        self.vector = nn.Sequential(nn.Linear(text_dim, vector_dim), nn.SiLU(), nn.Linear(vector_dim, vector_dim))
-        self.null_vector = nn.Parameter(torch.zeros(vector_dim))
+        if vector_dim > 0:
+            self.vector = nn.Sequential(nn.Linear(text_dim, vector_dim), nn.SiLU(), nn.Linear(vector_dim, vector_dim))
+            self.null_vector = nn.Parameter(torch.zeros(vector_dim))
+        else:
+            self.vector = self.null_vector = None
         if context_dim > 0:
             self.token_proj = nn.Linear(text_dim, context_dim)
             self.null_token = nn.Parameter(torch.randn(context_dim) * 0.02)
@@ -32,7 +39,9 @@ class TextConditioner(nn.Module):
         self, pooled: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         present = present.bool()  # (B,)
-        vector = torch.where(present[:, None], self.vector(pooled), self.null_vector.to(pooled.dtype))
+        vector = None
+        if self.vector is not None:
+            vector = torch.where(present[:, None], self.vector(pooled), self.null_vector.to(pooled.dtype))
         if self.context_dim == 0:
             return vector, None, None
         if tokens is None or mask is None:

@@ -44,6 +44,11 @@ class DiffusionConfig(TextFields):
         4 * base_channels). dropout applies to both.
     text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
         pooled vector joins the noise-level embedding and its tokens feed cross-attention.
+    text_vector: False leaves the pooled vector out, so the prompt reaches the network only through
+        cross-attention (as in Stable Diffusion 1); a network given both can learn everything global
+        (colour, background) from the vector and leave the tokens unused.
+    cross_attn_position: the UNet's cross-attention queries carry their place (a fixed 2D sine-cosine
+        embedding), so a prompt can say where ("at the top left"); the DiT's tokens always carry theirs.
     """
 
     image_size: int = 32
@@ -65,6 +70,8 @@ class DiffusionConfig(TextFields):
     depth: int = 6
     num_heads: int = 4
     hidden_size: int = 0
+    text_vector: bool = True
+    cross_attn_position: bool = True
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -95,13 +102,19 @@ class DiffusionConfig(TextFields):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        for name in ("text_vector", "cross_attn_position"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
         unused = (() if self.num_classes or self.text_dim else ("label_dropout",)) + unused_text_fields(self)
+        if not self.text_dim:
+            unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
-            return unused + ("channel_mult", "num_res_blocks", "attn_resolutions") + (("base_channels",) if self.hidden_size else ())
+            return (unused + ("channel_mult", "num_res_blocks", "attn_resolutions")
+                    + (("base_channels",) if self.hidden_size else ()) + (("cross_attn_position",) if self.text_dim else ()))
         return unused + ("patch_size", "depth", "num_heads", "hidden_size")
 
 
@@ -131,6 +144,7 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
         dropout=config.dropout,
         num_classes=config.num_classes,
         context_dim=4 * config.base_channels if config.text_dim else 0,
+        cross_attn_position=config.cross_attn_position,
     )
 
 
@@ -166,7 +180,7 @@ class DiffusionModel(FamilyModule):
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.net = make_backbone(config)
             # prompt -> a vector added to the noise-level embedding and tokens for cross-attention
-            self.text_cond = make_text_conditioner(config, self.net.emb_dim, self.net.emb_dim)
+            self.text_cond = make_text_conditioner(config, self.net.emb_dim if config.text_vector else 0, self.net.emb_dim)
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:

@@ -12,24 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...condition import LabelEmbedding, no_labels
-from .cross_attention import CrossAttention
+from .cross_attention import CrossAttention, sincos_2d
 from .unet import FourierEmbedding
 
 
 def sincos_pos_embed_2d(dim: int, side: int) -> torch.Tensor:
     """Fixed 2D sine-cosine position embedding (DiT / MAE): (side * side, dim), half for rows, half for columns."""
-    if dim % 4:
-        raise ValueError(f"hidden size {dim} must be divisible by 4 for the 2D sin-cos position embedding")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
-    coords = torch.arange(side, dtype=torch.float64)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (side, side) each; token t = row * side + col
-
-    def embed(pos: torch.Tensor) -> torch.Tensor:  # (side*side,) -> (side*side, dim/2)
-        args = pos.reshape(-1, 1) * omega[None]
-        return torch.cat([args.sin(), args.cos()], dim=1)
-
-    return torch.cat([embed(rows), embed(cols)], dim=1).float()
+    return sincos_2d(dim, side, side)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,9 @@ class UNet(nn.Module):
     channel_mult gives the width at each resolution (base_channels * m); the image side is halved
     between levels, so image_size must be divisible by 2 ** (len(channel_mult) - 1).
     context_dim > 0 adds cross-attention to condition tokens (B, T, context_dim) wherever there is
-    self-attention (attn_resolutions and the middle); `vector` (B, 4 * base_channels), a pooled
-    condition, is added to the noise-level embedding as the label embedding is.
+    self-attention (attn_resolutions and the middle), whose queries carry their place when
+    cross_attn_position is set; `vector` (B, 4 * base_channels), a pooled condition, is added to the
+    noise-level embedding as the label embedding is.
     """
 
     def __init__(
@@ -101,13 +102,16 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 0,
         context_dim: int = 0,
+        cross_attn_position: bool = True,
     ):
         super().__init__()
         emb_dim = base_channels * 4
         self.emb_dim = emb_dim
 
         def cross(ch: int) -> SpatialCrossAttention | None:
-            return SpatialCrossAttention(ch, context_dim) if context_dim > 0 else None
+            if context_dim <= 0:
+                return None
+            return SpatialCrossAttention(ch, context_dim, position=cross_attn_position)
 
         self.noise_embed = FourierEmbedding(base_channels)
         self.emb_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
