@@ -65,6 +65,7 @@ class _Conditions:
         self.captions: list[str] = []
         if "text" in model.takes():
             from ..condition.text import caption_embeddings, load_text_encoder
+            from ..condition.text_embed import fit_text_statistics
 
             if not data.captions or not any(data.captions):
                 raise ValueError(f"{data.source} has no captions, but the model is conditioned on text: give the folder a "
@@ -74,6 +75,8 @@ class _Conditions:
             tqdm.write(f"text encoder {cfg.text_encoder}: embedding {len(data.captions)} captions (cached after the first run)")
             self.text = caption_embeddings(data.captions, encoder, None if cache_dir is None else Path(cache_dir))
             self.captions = [c or "" for c in data.captions]
+            # the conditioner's whitening from the captions; a resumed run's checkpoint overwrites it
+            fit_text_statistics(model, self.text.pooled, self.text.tokens, self.text.mask)
 
     def __call__(self, idx: torch.Tensor, device) -> Cond:
         fields = {}
