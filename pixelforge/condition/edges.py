@@ -28,11 +28,12 @@ SketchInput = Union[str, os.PathLike, Image.Image]
 INSTALL_HINT = "pip install 'pixelforge[sketch]'"
 
 # Canny (Canny 1986) after a 3x3 Gaussian blur, on the 0..255 grey image, with the L2 gradient norm.
-# Measured on the 5,000 bundled MNIST digits (bench/edge_closure.py): the share of digits whose outline
+# Measured on 2,000 of the bundled MNIST digits (bench/edge_closure.py): the share of digits whose outline
 # is closed (no stroke pixel 4-connected to the border through non-edge pixels) is 83 % at 28 px and 90 %
-# at 32 px with the blur and L2 norm, against 67-71 % and 79-80 % without them. Any (low, high) from
-# (10, 100) to (300, 600) gives the same maps on digits (their 0 -> 255 steps have gradients near 1,000);
-# (100, 200) also keeps soft photo texture out. Above about (400, 800) the blurred digits lose their edges.
+# at 32 px, against 67-79 % and 79-80 % with the blur or the L2 norm alone or neither. A low threshold
+# from 20 to 100 (high 200) gives the same maps on digits, whose 0 -> 255 steps have gradients near
+# 1,000; (300, 600) closes 81 % at 28 px, and from (400, 800) the blurred digits lose their edges.
+# (100, 200) is the pair most Canny examples use for 8-bit images.
 CANNY_LOW, CANNY_HIGH = 100, 200
 CANNY_BLUR = 3  # Gaussian kernel side; at 28 px it closes gaps Canny leaves at stroke tips and joins
 
