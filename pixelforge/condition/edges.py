@@ -279,7 +279,7 @@ def normalise_sketch(item: SketchInput | Image.Image, size: int, *, detector: st
     drawing_lines makes the drawing one-pixel centre lines at the model's size (a warning when it was
     resized), lines_to_edges redraws them at the training subjects' stroke width and runs the detector the
     model was trained with. Why not the detector on the drawing directly: its outline would depend on the
-    pen and the canvas size (a 3-px pen on a 512-px canvas is a tenth of a pixel at 28 px)."""
+    pen and the canvas size (a 3-px pen on a 512-px canvas is a sixth of a pixel at 28 px)."""
     if isinstance(item, Image.Image) or isinstance(item, (str, os.PathLike)):
         im, _, name = read_sketch(item)
     else:
