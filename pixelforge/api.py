@@ -234,14 +234,15 @@ class Generator:
         if len(items) != n:
             raise ValueError(f"{len(items)} sketches given for {n} images")
         cfg = self.model.config
-        done: dict[int, tuple[torch.Tensor, Image.Image, str]] = {}  # id(item) -> (edge map, drawing, SHA-256)
+        done: dict = {}  # a path, or a PIL image's id -> (edge map, drawing, SHA-256)
         maps, drawn = [], []
         for item in items:
-            if id(item) not in done:
+            key = item if isinstance(item, (str, os.PathLike)) else id(item)
+            if key not in done:
                 im, digest, what = read_sketch(item)
                 edges = lines_to_edges(drawing_lines(im, cfg.image_size, what), cfg.edge_detector, cfg.sketch_stroke_width)
-                done[id(item)] = (torch.from_numpy(edges).to(torch.float32)[None], im, digest)  # (1, H, W)
-            edge_map, im, digest = done[id(item)]
+                done[key] = (torch.from_numpy(edges).to(torch.float32)[None], im, digest)  # (1, H, W)
+            edge_map, im, digest = done[key]
             maps.append(edge_map)
             drawn.append((im, digest))
         return torch.stack(maps), drawn

@@ -271,7 +271,7 @@ def lines_to_edges(lines: np.ndarray, detector: str, width: float) -> np.ndarray
     return edge_detector(detector)(torch.from_numpy(subject)[None, None])[0, 0].numpy() > 0
 
 
-def normalise_sketch(item: SketchInput | Image.Image, size: int, *, detector: str = "canny",
+def normalise_sketch(item: SketchInput, size: int, *, detector: str = "canny",
                      stroke_width: float = 0.0) -> torch.Tensor:
     """A user's drawing (a file path or PIL image: dark strokes on white, any size, aspect and stroke width)
     -> (1, size, size) float32 edge map, 1 on an edge, as the model's training images gave theirs.
@@ -280,9 +280,6 @@ def normalise_sketch(item: SketchInput | Image.Image, size: int, *, detector: st
     resized), lines_to_edges redraws them at the training subjects' stroke width and runs the detector the
     model was trained with. Why not the detector on the drawing directly: its outline would depend on the
     pen and the canvas size (a 3-px pen on a 512-px canvas is a sixth of a pixel at 28 px)."""
-    if isinstance(item, Image.Image) or isinstance(item, (str, os.PathLike)):
-        im, _, name = read_sketch(item)
-    else:
-        raise ValueError(f"a sketch must be an image file path or a PIL image, got {type(item).__name__}")
+    im, _, name = read_sketch(item)  # a clear error for anything but an image file or a PIL image
     edges = lines_to_edges(drawing_lines(im, size, name), detector, stroke_width)
     return torch.from_numpy(edges.astype(np.float32))[None]  # (1, H, W)
