@@ -223,8 +223,11 @@ def test_config_fields_are_checked_with_clear_errors():
         tiny(spatial_condition="depth")
     with pytest.raises(ValueError, match="edge_detector 'hed' is not known; choose one of: canny"):
         tiny(spatial_condition="edges", edge_detector="hed")
-    with pytest.raises(ValueError, match=r"sketch_stroke_width must be a number of pixels in \[0, 64\]"):
-        tiny(spatial_condition="edges", sketch_stroke_width=-1)
+    with pytest.raises(ValueError, match="edge_detector \\['canny'\\] is not known"):
+        tiny(spatial_condition="edges", edge_detector=["canny"])  # a hostile config.json's list
+    for bad in (-1, float("nan"), "2"):
+        with pytest.raises(ValueError, match=r"sketch_stroke_width must be a number of pixels in \[0, 64\]"):
+            tiny(spatial_condition="edges", sketch_stroke_width=bad)
     assert "sketch_stroke_width" in tiny().unused_fields()
 
 

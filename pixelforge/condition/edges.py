@@ -197,7 +197,7 @@ def check_sketch_fields(config) -> None:
     """A clear error for an unknown spatial condition or detector, or a stroke width out of 0..64."""
     if config.spatial_condition not in SketchFields.SPATIAL_CONDITIONS:
         raise ValueError(f"spatial_condition must be \"\" (none) or \"edges\", got {config.spatial_condition!r}")
-    if config.edge_detector not in EDGE_DETECTORS:
+    if not isinstance(config.edge_detector, str) or config.edge_detector not in EDGE_DETECTORS:
         raise ValueError(f"edge_detector {config.edge_detector!r} is not known; choose one of: {', '.join(EDGE_DETECTORS)}")
     w = config.sketch_stroke_width
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 64:
