@@ -182,12 +182,14 @@ def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_d
     n = cfg.train.sample_count
     scale = 2 if cfg.data.image_size <= 32 else 1
     if conds.spatial is not None:
-        # one row per edge map of the first images: the map, then samples drawn from it
+        # one row per edge map of images spread over the set (a set sorted by class shows several): the
+        # map, then samples drawn from it
         rows = min(len(conds.spatial), GRID_CLASSES, max(1, n // 2))
         per = math.ceil(n / rows)
-        idx = torch.arange(rows).repeat_interleave(per)  # (rows * per,) 0, 0, ..., 1, 1, ...
+        shown = torch.linspace(0, len(conds.spatial) - 1, rows).round().long()  # (rows,) image indices
+        idx = shown.repeat_interleave(per)  # (rows * per,) each row's image, per times
         images = ema.sample(len(idx), conds(idx, ema.device, data_cfg=cfg.data), seed=0).cpu()  # (rows * per, C, H, W)
-        maps = to_model(conds.spatial[:rows], cfg.data).expand(-1, images.shape[1], -1, -1)  # (rows, C, H, W) white edges
+        maps = to_model(conds.spatial[shown], cfg.data).expand(-1, images.shape[1], -1, -1)  # (rows, C, H, W) white edges
         cells = torch.cat([maps[:, None], images.reshape(rows, per, *images.shape[1:])], dim=1).flatten(0, 1)
         grid = make_grid(to_pil(cells), cols=per + 1, scale=scale)
     elif conds.text is not None:
