@@ -170,10 +170,12 @@ class Generator:
         prompt: str | None = None,
         prompts: list | None = None,
         negative_prompt: str | None = None,
+        sketch=None,
         seed: int = 0,
         seeds: list[int] | None = None,
         batch_size: int = 64,
         callback=None,
+        _drawings: list | None = None,
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
@@ -183,6 +185,10 @@ class Generator:
         no prompt). negative_prompt: what guidance (guidance > 1) steers away from, instead of nothing.
         Every prompt and the negative prompt pass the moderation policy first (a ModerationRefused naming
         the field and the rule, before any compute).
+        sketch: a drawing (file path or PIL image; dark strokes on white, any size) for all images, or a list
+        of n, for models trained with an edge-map condition; each is made the model's edge representation
+        (condition.edges.normalise_sketch; a warning when resized) and its SHA-256 is in the settings
+        (_drawings, a list, receives each image's drawing as read, for generate() to keep with the image).
         options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
         guidance, schedule); unset ones take their defaults.
         Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
@@ -192,19 +198,54 @@ class Generator:
         opts = self.resolve_options(**options)
         seeds = check_seeds(n, seed, seeds)
         idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
+        spatial, sketches = self._sketches(n, sketch)
         text, negative = self._encode_prompts(prompts, negative_prompt)
         out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            cond, extra = self._batch_cond(sl, idx, prompts, text, negative)
+            cond, extra = self._batch_cond(sl, idx, prompts, text, negative, spatial)
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, n)
 
             out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts, **extra).cpu())
-        return torch.cat(out), self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+        for s, (drawing, digest) in zip(settings, sketches or []):
+            s.update(sketch=sketch_file_name(digest), sketch_sha256=digest)
+            if _drawings is not None:
+                _drawings.append(drawing)
+        return torch.cat(out), settings
+
+    def _sketches(self, n: int, sketch) -> tuple[torch.Tensor | None, list[tuple[Image.Image, str]] | None]:
+        """Each image's edge map (n, 1, H, W) in {0, 1} from one sketch for all or a list of n (each distinct
+        drawing normalised once), and each image's (drawing in mode "L", its SHA-256); (None, None) without.
+        A clear error for a model that takes no sketch."""
+        if sketch is None:
+            return None, None
+        if "spatial" not in self.inputs:
+            takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
+            raise ValueError(f"{self.name} takes no sketch (it was not trained with --condition edges); "
+                             f"the conditions it takes: {takes}")
+        from .condition.edges import drawing_lines, lines_to_edges, read_sketch
+
+        items = list(sketch) if isinstance(sketch, (list, tuple)) else [sketch] * n
+        if len(items) != n:
+            raise ValueError(f"{len(items)} sketches given for {n} images")
+        cfg = self.model.config
+        done: dict = {}  # a path, or a PIL image's id -> (edge map, drawing, SHA-256)
+        maps, drawn = [], []
+        for item in items:
+            key = item if isinstance(item, (str, os.PathLike)) else id(item)
+            if key not in done:
+                im, digest, what = read_sketch(item)
+                edges = lines_to_edges(drawing_lines(im, cfg.image_size, what), cfg.edge_detector, cfg.sketch_stroke_width)
+                done[key] = (torch.from_numpy(edges).to(torch.float32)[None], im, digest)  # (1, H, W)
+            edge_map, im, digest = done[key]
+            maps.append(edge_map)
+            drawn.append((im, digest))
+        return torch.stack(maps), drawn
 
     def _per_image(self, n: int, label, labels: list | None, prompt: str | None,
                    prompts: list | None, negative_prompt: str | None = None) -> tuple[list, list]:
@@ -224,11 +265,15 @@ class Generator:
             self.moderate(prompts, negative_prompt, per_image=per_image)
         return idx, prompts
 
-    def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative) -> tuple[Cond | None, dict]:
+    def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative,
+                    spatial: torch.Tensor | None = None) -> tuple[Cond | None, dict]:
         """The Cond of the images in slice sl (labels idx, None: no label; prompts with their encoded
-        TextEmbeddings text, or None) and the keyword arguments for the negative prompt's Cond, if any."""
+        TextEmbeddings text, or None; edge maps spatial (n, 1, H, W), or None) and the keyword arguments for
+        the negative prompt's Cond, if any: it keeps the sketch, so guidance steers by the prompts alone."""
         chunk_idx = idx[sl]
         fields = {}
+        if spatial is not None:
+            fields["spatial"] = spatial[sl]
         if self.num_classes:
             fields["labels"] = torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])
         if text is not None:
@@ -240,7 +285,8 @@ class Generator:
             m = len(chunk_idx)
             extra["negative"] = dataclasses.replace(
                 cond.empty(), text=negative.pooled.expand(m, -1), text_tokens=negative.tokens.expand(m, -1, -1),
-                text_mask=negative.mask.expand(m, -1), present=torch.ones(m, dtype=torch.bool))
+                text_mask=negative.mask.expand(m, -1), present=torch.ones(m, dtype=torch.bool),
+                **({"spatial": cond.spatial} if cond.spatial is not None else {}))
         return cond, extra
 
     def _settings(self, seeds: list[int], opts: dict, idx: list, prompts: list | None,
@@ -396,9 +442,23 @@ class Generator:
 
     def generate(self, n: int = 8, **kwargs) -> list[Image.Image]:
         """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
-        `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them)."""
-        images, settings = self.generate_tensor(n, **kwargs)
-        return _with_settings(to_pil(images), settings)
+        `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them).
+        An image drawn from a sketch also carries the drawing (`.info["pixelforge_sketch"]`), which
+        save_images writes beside it."""
+        drawings: list[Image.Image] = []
+        images, settings = self.generate_tensor(n, _drawings=drawings, **kwargs)
+        pils = _with_settings(to_pil(images), settings)
+        for im, drawing in zip(pils, drawings):
+            im.info[SKETCH_INFO_KEY] = drawing
+        return pils
+
+
+SKETCH_INFO_KEY = "pixelforge_sketch"  # an output image's .info entry holding the drawing it was made from
+
+
+def sketch_file_name(digest: str) -> str:
+    """The name of a sketch's copy beside the images drawn from it: sketch-<first 16 hex of its SHA-256>.png."""
+    return f"sketch-{digest[:16]}.png"
 
 
 def _with_settings(pils: list[Image.Image], settings: list[dict]) -> list[Image.Image]:
@@ -490,11 +550,16 @@ def _training_evaluator(cfg: RunConfig, device: str):
 
 
 def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True) -> dict:
-    """Write each image as a PNG with its settings in the metadata, plus grid.png; returns the paths."""
+    """Write each image as a PNG with its settings in the metadata, plus grid.png; returns the paths.
+    An image drawn from a sketch gets the drawing beside it (its settings' "sketch", a lossless PNG named by
+    its SHA-256, written once however many images share it), so `sample --from` finds it again."""
     out_dir = Path(out_dir)
     paths = []
     for im in images:
         s = im.info.get("pixelforge", {})
+        drawing = im.info.get(SKETCH_INFO_KEY)
+        if drawing is not None and "sketch" in s and not (out_dir / s["sketch"]).exists():
+            save_png(drawing, out_dir / s["sketch"])
         label = s.get("label")
         stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
         paths.append(save_png(im, out_dir / f"{stem}.png", s or None))
@@ -550,8 +615,28 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     if "image_sha256" in s:
         raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
                          "images can be regenerated from their settings")
+    sketch = _recorded_sketch(s, png_path)
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
-                          seeds=[s["seed"]], **options)
+                          sketch=sketch, seeds=[s["seed"]], **options)
     return image, s
+
+
+def _recorded_sketch(s: dict, png_path) -> Path | None:
+    """The sketch file a PNG's settings name, beside the PNG and with the recorded SHA-256; None when the
+    image was not drawn from a sketch. A clear error when it is missing or changed."""
+    if "sketch_sha256" not in s:
+        return None
+    from .condition.edges import read_sketch
+
+    name = s.get("sketch")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"{png_path}: its settings name no valid sketch file ({name!r})")
+    path = Path(png_path).parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{png_path} was drawn from the sketch {name} (SHA-256 {s['sketch_sha256'][:16]}...), "
+                                f"which is not beside it at {path}: put it back there to regenerate the image")
+    if read_sketch(path)[1] != s["sketch_sha256"]:
+        raise ValueError(f"{path} is not the sketch {png_path} was drawn from: its SHA-256 differs from the recorded one")
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -132,6 +133,7 @@ def _add_train(sub):
                    "Hugging Face encoder (default: all-MiniLM-L6-v2; implies --text)")
     p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
                    "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
+    _add_condition_options(p)
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
     m.add_argument("--base-channels", type=_int_range(1), default=None, help="network width at full resolution (diffusion default 32)")
     m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2 (default: the family's)")
@@ -158,6 +160,13 @@ def _add_train(sub):
     p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled model's weights (fine-tuning)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+
+def _add_condition_options(p) -> None:
+    p.add_argument("--condition", choices=("edges",), default=None, help="also condition on a spatial map made from "
+                   "each training image: edges (diffusion; its edge map, so `sample --sketch drawing.png` works)")
+    p.add_argument("--edge-detector", default=None, metavar="NAME", help="the edge detector of --condition edges: "
+                   "canny (the default; the library lists the others in an error); implies --condition edges")
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -196,7 +205,8 @@ def cmd_train(a) -> int:
 
     settings = {
         "model": a.model, "image_size": a.image_size, "channels": a.channels, "labels": not a.no_labels,
-        "text": a.text, "text_encoder": a.text_encoder, "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
+        "text": a.text, "text_encoder": a.text_encoder, "condition": a.condition, "edge_detector": a.edge_detector,
+        "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
         "allow_upscale": a.allow_upscale, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
         "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,
         "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
@@ -232,6 +242,9 @@ def _add_sample(sub):
     p.add_argument("--prompt", default=None, help="text prompt (text-conditioned models), e.g. \"a large blue star at "
                    "the top right on a black background\"")
     p.add_argument("--negative-prompt", default=None, help="what guidance (--guidance above 1) steers away from")
+    p.add_argument("--sketch", default=None, metavar="DRAWING.png|DIR", help="models trained with --condition edges: "
+                   "a drawing (dark strokes on white, any size) for all -n images, or a folder of drawings, -n "
+                   "images each; a copy is written beside the images")
     _add_moderation_options(p)
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
@@ -325,7 +338,8 @@ def cmd_sample(a) -> int:
 
     _check_out(a)
     if a.from_png:
-        image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
+        with _warnings_printed("sample"):
+            image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
         out = _out_dir(a, s["model"])
         paths = api.save_images([image], out, grid=False)
         print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
@@ -336,14 +350,49 @@ def cmd_sample(a) -> int:
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
     if g.check_prompts([a.prompt], a.negative_prompt):
         g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too
-    bar, cb = _progress_bar(a.n, f"sampling {g.name}")
-    images = g.generate(a.n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, seed=a.seed,
-                        batch_size=a.batch_size, callback=cb, **_sampling_options(a))
-    bar.close()
+    sketches = _sketches(a.sketch, a.n) if a.sketch else None
+    n = len(sketches) if sketches else a.n
+    bar, cb = _progress_bar(n, f"sampling {g.name}")
+    with _warnings_printed("sample"):
+        try:
+            images = g.generate(n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, sketch=sketches,
+                                seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
+        finally:
+            bar.close()
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
     paths = api.save_images(images, out)
     print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
     return 0
+
+
+def _sketches(path: str, n: int) -> list[str]:
+    """The sketch of each image: a file for all n, or each file of a folder (sorted, hidden files left out)
+    for n images each."""
+    p = Path(path)
+    if not p.is_dir():
+        if not p.is_file():
+            raise FileNotFoundError(f"--sketch {path}: no such file or folder")
+        return [path] * n
+    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise ValueError(f"--sketch {path}: the folder holds no files")
+    if len(files) * n > MAX_SAMPLES:
+        raise ValueError(f"--sketch {path}: {len(files)} sketches x -n {n} is more than {MAX_SAMPLES} images")
+    return [str(f) for f in files for _ in range(n)]
+
+
+@contextlib.contextmanager
+def _warnings_printed(command: str):
+    """Prints each UserWarning raised inside (a resized sketch, say) once, as `pixelforge CMD: warning: ...`."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):  # each once, not once per copy
+                print(f"pixelforge {command}: warning: {message}", file=sys.stderr)
 
 
 def _add_edit(sub):

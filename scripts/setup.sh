@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up pixelforge in a virtual environment at .venv (repository root): PyTorch, the package, the
-# bundled data sets' packages and the test tools. Safe to run again; it only adds what is missing.
+# bundled data sets' packages, OpenCV for sketch conditioning and the test tools. Safe to run again; it
+# only adds what is missing.
 #   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
 #   PYTHON       the interpreter that makes the venv (default python3)
@@ -34,7 +35,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-EXTRAS=dev,data,serve
+EXTRAS=dev,data,serve,sketch
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
 pip install -c constraints.txt -e ".[$EXTRAS]"

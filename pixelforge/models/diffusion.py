@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..condition import Cond
+from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_fields
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
@@ -26,7 +27,7 @@ BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
-class DiffusionConfig(TextFields):
+class DiffusionConfig(TextFields, SketchFields):
     """Everything that fixes the network's shape and the diffusion parameterisation.
 
     num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1.
@@ -49,6 +50,8 @@ class DiffusionConfig(TextFields):
         (colour, background) from the vector and leave the tokens unused.
     cross_attn_position: the UNet's cross-attention queries carry their place (a fixed 2D sine-cosine
         embedding), so a prompt can say where ("at the top left"); the DiT's tokens always carry theirs.
+    spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
+        (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
     """
 
     image_size: int = 32
@@ -106,10 +109,12 @@ class DiffusionConfig(TextFields):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
+        check_sketch_fields(self)
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        unused = (() if self.num_classes or self.text_dim else ("label_dropout",)) + unused_text_fields(self)
+        conditioned = self.num_classes or self.text_dim or self.spatial_condition
+        unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
@@ -133,6 +138,7 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
             dropout=config.dropout,
             num_classes=config.num_classes,
             context_dim=width if config.text_dim else 0,
+            spatial_channels=spatial_input_channels(config),
         )
     return UNet(
         image_size=config.image_size,
@@ -145,7 +151,30 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
         num_classes=config.num_classes,
         context_dim=4 * config.base_channels if config.text_dim else 0,
         cross_attn_position=config.cross_attn_position,
+        spatial_channels=spatial_input_channels(config),
     )
+
+
+def spatial_input_channels(config: DiffusionConfig) -> int:
+    """Channels the backbone takes beside x: the spatial condition's and one flag channel (1 where the
+    condition is given, 0 where absent: a blank edge map is a valid condition too); 0 without one."""
+    return config.spatial_channels + 1 if config.spatial_channels else 0
+
+
+def spatial_input(cond: Cond | None, channels: int, x: torch.Tensor) -> torch.Tensor | None:
+    """The backbone's extra input channels (B, channels + 1, H, W) for x (B, C, H, W): Cond.spatial where
+    present (zeros where absent or not given) and the flag channel; None for a model without (channels 0)."""
+    if not channels:
+        return None
+    b, _, h, w = x.shape
+    if cond is None or cond.spatial is None:
+        return x.new_zeros(b, channels + 1, h, w)
+    if tuple(cond.spatial.shape) != (b, channels, h, w):
+        raise ValueError(f"Cond.spatial must be ({b}, {channels}, {h}, {w}) for this model (an edge map at the image "
+                         f"size), got {tuple(cond.spatial.shape)}")
+    flag = cond.present.to(x.device, x.dtype).reshape(b, 1, 1, 1)  # (B, 1, 1, 1)
+    spatial = cond.spatial.to(x.device, x.dtype) * flag  # (B, channels, H, W), zeros where absent
+    return torch.cat([spatial, flag.expand(b, 1, h, w)], dim=1)
 
 
 class DiffusionModel(FamilyModule):
@@ -155,7 +184,7 @@ class DiffusionModel(FamilyModule):
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance", "edit")
-    inputs = ("labels", "text")  # the conditions it can take (see FamilyModule.takes)
+    inputs = ("labels", "text", "spatial")  # the conditions it can take (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
     # API, CLI and server offer and check exactly these, and record them in every image's settings.
     option_specs = (
@@ -193,7 +222,8 @@ class DiffusionModel(FamilyModule):
         c_noise = sigma.log().flatten() / 4
         labels = cond.labels if cond is not None else None
         vector, tokens, mask = text_condition(self.text_cond, cond, x.shape[0], x.device)  # all None without text
-        F_x = self.net(c_in * x, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask)
+        spatial = spatial_input(cond, self.config.spatial_channels, x)  # None without a spatial condition
+        F_x = self.net(c_in * x, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
         return c_skip * x + c_out * F_x
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:

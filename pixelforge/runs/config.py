@@ -141,6 +141,8 @@ def new_run_config(
     labels: bool = True,
     text: bool = False,
     text_encoder: str | None = None,
+    condition: str | None = None,
+    edge_detector: str | None = None,
     crop: str = DataConfig.crop,
     hflip: bool = DataConfig.hflip,
     val_fraction: float = DataConfig.val_fraction,
@@ -170,6 +172,9 @@ def new_run_config(
     labels: condition on the data's classes where it has some (False: unconditional).
     text, text_encoder: condition on the data's captions with a pretrained text encoder (a name or a
         folder; default all-MiniLM-L6-v2; giving one implies text), loaded here to read its width.
+    condition, edge_detector: "edges" conditions on edge maps of the training images, made by the named
+        detector (default "canny"; giving one implies edges); the data is loaded here to measure its
+        subjects' stroke width, to which a user's drawing is normalised (condition/edges.py).
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
     model_fields: fields of the family's model config ({"base_channels": 16, "channel_mult": (1, 2)}), over
         those the data and text settings give (a dict of their own: the VQ-VAE's ema_decay is not train's).
@@ -189,6 +194,10 @@ def new_run_config(
             raise ValueError(f"{model} models take no text: train them without text (--text) or a text encoder")
         name = text_encoder or DEFAULT_TEXT_ENCODER
         model_config.update(text_encoder=name, text_dim=load_text_encoder(name).dim)
+    data_config = DataConfig(source=str(data), image_size=image_size, channels=channels, crop=crop, hflip=hflip,
+                             val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale)
+    if condition is not None or edge_detector is not None:
+        model_config.update(_sketch_fields(model, fields, condition or "edges", edge_detector or "canny", data_config))
     for key, value in (model_fields or {}).items():
         if key not in fields:
             raise ValueError(f"model field {key!r} does not apply to {model} models; their fields: {', '.join(sorted(fields))}")
@@ -196,14 +205,31 @@ def new_run_config(
     cfg = RunConfig(
         family=model,
         model=model_config,
-        data=DataConfig(source=str(data), image_size=image_size, channels=channels, crop=crop, hflip=hflip,
-                        val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale),
+        data=data_config,
         optim=OptimConfig(lr=family.default_lr if lr is None else lr, warmup_steps=warmup_steps, grad_clip=grad_clip),
         train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
                           patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
                           early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed),
     )
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
+
+
+def _sketch_fields(model: str, fields: set[str], condition: str, detector: str, data: DataConfig) -> dict:
+    """The model config fields of an edge-map condition: the detector, and the stroke width of the data's
+    subjects at the model's size, measured on the prepared images (loaded and cached here, so the
+    training finds them ready)."""
+    from ..condition.edges import edge_detector, stroke_width
+    from ..data import load_dataset, to_model
+
+    if condition != "edges":
+        raise ValueError(f"condition {condition!r} is not known; the one available: edges")
+    if "spatial_condition" not in fields:
+        raise ValueError(f"{model} models take no edge maps: train a diffusion model with --condition edges")
+    edge_detector(detector)  # a clear error for an unknown name
+    images = load_dataset(data, progress=False).images
+    images = images[:: max(1, len(images) // 1000)][:1000]  # 1,000 spread over the set (class folders come in order)
+    centred = ((to_model(images, data) + 1) * 127.5).round().to(torch.uint8)  # (N, C, size, size): what the model sees
+    return {"spatial_condition": condition, "edge_detector": detector, "sketch_stroke_width": stroke_width(centred)}
 
 
 def build_model(cfg: RunConfig, device: torch.device, *, where: str = "config.json"):

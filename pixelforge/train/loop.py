@@ -56,12 +56,18 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 class _Conditions:
-    """What each image of the data set is conditioned on: its label where the set has classes, and its
-    caption's embedding (pooled vector and tokens) where the model takes text."""
+    """What each image of the data set is conditioned on: its label where the set has classes, its
+    caption's embedding (pooled vector and tokens) where the model takes text, and its edge map where the
+    model takes a spatial condition."""
 
-    def __init__(self, data: ImageSet, model, cache_dir=None):
+    def __init__(self, data: ImageSet, model, cache_dir=None, progress: bool = True):
         self.labels = data.labels if data.labels is not None and data.num_classes > 0 else None
         self.text = None
+        self.spatial = None  # (N, 1, S, S) uint8 edge maps of the prepared images, 255 on an edge
+        if "spatial" in model.takes():
+            from ..condition.edges import edge_maps
+
+            self.spatial = edge_maps(data.images, model.config.edge_detector, cache_dir, progress=progress)
         self.captions: list[str] = []
         if "text" in model.takes():
             from ..condition.text import caption_embeddings, load_text_encoder
@@ -78,13 +84,29 @@ class _Conditions:
             # the conditioner's whitening from the captions; a resumed run's checkpoint overwrites it
             fit_text_statistics(model, self.text.pooled, self.text.tokens, self.text.mask)
 
-    def __call__(self, idx: torch.Tensor, device) -> Cond:
+    def augmented(self, data: ImageSet, idx: torch.Tensor, data_cfg, generator: torch.Generator, device):
+        """The training batch idx: images (B, C, H, W) in [-1, 1] augmented (data.augment) and their Cond.
+        An edge map rides along as one more channel through the same augment call, so it gets its image's
+        crop and flip, and the random draws are those of the images alone."""
+        batch = data.images[idx]
+        if self.spatial is not None:
+            batch = torch.cat([batch, self.spatial[idx]], dim=1)  # (B, C + 1, S, S)
+        x = augment(batch.to(device), data_cfg, generator)
+        c = data.images.shape[1]
+        spatial = (x[:, c:] + 1) / 2 if self.spatial is not None else None  # (B, 1, H, W): 1 on an edge
+        return x[:, :c], self(idx, device, spatial=spatial)
+
+    def __call__(self, idx: torch.Tensor, device, *, data_cfg=None, spatial: torch.Tensor | None = None) -> Cond:
+        """The Cond of images idx; their edge maps centre-cropped as data.to_model crops the images
+        (data_cfg), unless `spatial` gives them already augmented."""
         fields = {}
         if self.labels is not None:
             fields["labels"] = self.labels[idx].to(device)
         if self.text is not None:
             fields.update(text=self.text.pooled[idx].to(device), text_tokens=self.text.tokens[idx].to(device),
                           text_mask=self.text.mask[idx].to(device))
+        if self.spatial is not None:
+            fields["spatial"] = spatial if spatial is not None else (to_model(self.spatial[idx].to(device), data_cfg) + 1) / 2
         return Cond(**fields)
 
 
@@ -143,7 +165,7 @@ def _validation_loss(model, data: ImageSet, conds: _Conditions, val_idx: torch.T
     total, count = 0.0, 0
     for chunk in idx.split(cfg.train.batch_size):
         x = to_model(data.images[chunk].to(device), cfg.data)
-        total += float(model.validation_loss(x, conds(chunk, device), gen).sum())
+        total += float(model.validation_loss(x, conds(chunk, device, data_cfg=cfg.data), gen).sum())
         count += len(chunk)
     return total / max(count, 1)
 
@@ -162,12 +184,23 @@ GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
 def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
     scale = 2 if cfg.data.image_size <= 32 else 1
-    if conds.text is not None:
+    if conds.spatial is not None:
+        # one row per edge map of images spread over the set (a set sorted by class shows several): the
+        # map, then samples drawn from it
+        rows = min(len(conds.spatial), GRID_CLASSES, max(1, n // 2))
+        per = math.ceil(n / rows)
+        shown = torch.linspace(0, len(conds.spatial) - 1, rows).round().long()  # (rows,) image indices
+        idx = shown.repeat_interleave(per)  # (rows * per,) each row's image, per times
+        images = ema.sample(len(idx), conds(idx, ema.device, data_cfg=cfg.data), seed=0).cpu()  # (rows * per, C, H, W)
+        maps = to_model(conds.spatial[shown], cfg.data).expand(-1, images.shape[1], -1, -1)  # (rows, C, H, W) white edges
+        cells = torch.cat([maps[:, None], images.reshape(rows, per, *images.shape[1:])], dim=1).flatten(0, 1)
+        grid = make_grid(to_pil(cells), cols=per + 1, scale=scale)
+    elif conds.text is not None:
         # one labelled row per prompt: the captions of the first images, a few samples each
         rows = min(len(conds.captions), GRID_CLASSES, max(1, n // 2))
         per = math.ceil(n / rows)
         idx = torch.arange(rows).repeat_interleave(per)  # (rows * per,) 0, 0, ..., 1, 1, ...
-        images = ema.sample(len(idx), conds(idx, ema.device), seed=0)
+        images = ema.sample(len(idx), conds(idx, ema.device, data_cfg=cfg.data), seed=0)
         grid = labelled_rows(to_pil(images), conds.captions[:rows], cols=per, scale=scale)
     elif data.labels is not None and data.num_classes > 0:
         # one full row per class, labelled with its name: about sample_count images in all
@@ -278,7 +311,7 @@ def _train_locked(
         raise ValueError(f"the data has {data.num_classes} classes but the model config allows {model_classes}")
 
     model = build_model(cfg, dev)
-    conds = _Conditions(data, model, cache_dir)
+    conds = _Conditions(data, model, cache_dir, progress)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
     start, best_val, bad_vals = 0, math.inf, 0
@@ -354,8 +387,8 @@ def _train_locked(
         while step < end:
             idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
             aug_gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 7919 + step)
-            x = augment(data.images[idx].to(dev), cfg.data, aug_gen)
-            figures = model.training_step(x, conds(idx, dev), step)
+            x, cond = conds.augmented(data, idx, cfg.data, aug_gen, dev)
+            figures = model.training_step(x, cond, step)
             decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
             _ema_update(ema, model, decay)
             losses[step] = figures["loss"]

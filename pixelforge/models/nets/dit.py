@@ -13,7 +13,7 @@ from torch import nn
 
 from ...condition import LabelEmbedding, no_labels
 from .cross_attention import CrossAttention, sincos_2d
-from .unet import FourierEmbedding
+from .unet import FourierEmbedding, _required_spatial, _zero_conv
 
 
 def sincos_pos_embed_2d(dim: int, side: int) -> torch.Tensor:
@@ -88,7 +88,9 @@ class DiT(nn.Module):
     The image is cut into (image_size / patch_size)^2 patches, each a token of hidden_size; c is the
     noise-level embedding plus the label embedding (label -1: "no label", for classifier-free guidance)
     plus `vector` (B, hidden_size), a pooled condition, where given. context_dim > 0 adds
-    cross-attention to condition tokens (B, S, context_dim) in every block.
+    cross-attention to condition tokens (B, S, context_dim) in every block. spatial_channels > 0 takes
+    `spatial` (B, spatial_channels, H, W) (an edge map and its flag), patchified by its own
+    zero-initialised convolution and added to the patch tokens (as extra input channels of patch_embed).
     adaLN-Zero initialisation makes the initial output exactly zero.
     """
 
@@ -105,6 +107,7 @@ class DiT(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 0,
         context_dim: int = 0,
+        spatial_channels: int = 0,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -122,6 +125,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, dropout, context_dim) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, in_channels)
         self._init_weights()
+        # built last, so every other initial weight is that of a network without it
+        self.spatial_embed = _zero_conv(spatial_channels, hidden_size, patch_size, patch_size) if spatial_channels > 0 else None
 
     def _init_weights(self) -> None:
         # As in the DiT reference code: Xavier for linear layers, small normals for the embeddings,
@@ -162,8 +167,12 @@ class DiT(nn.Module):
         vector: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        spatial: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D), T = side^2
+        if self.spatial_embed is not None:
+            s = self.spatial_embed(_required_spatial(spatial, self.spatial_embed.in_channels, x))  # (B, D, side, side)
+            h = h + s.flatten(2).transpose(1, 2)
         c = self.noise_mlp(self.noise_embed(c_noise))  # (B, D)
         if self.label_embed is not None:
             if labels is None:

@@ -88,6 +88,10 @@ class UNet(nn.Module):
     self-attention (attn_resolutions and the middle), whose queries carry their place when
     cross_attn_position is set; `vector` (B, 4 * base_channels), a pooled condition, is added to the
     noise-level embedding as the label embedding is.
+    spatial_channels > 0 takes `spatial` (B, spatial_channels, H, W), channels concatenated to x (an edge
+    map and its flag): as a separate zero-initialised convolution added to conv_in's output, which is the
+    same as extra input channels of conv_in with zero weights, but leaves conv_in's weights, their names
+    and every other initial weight as in a network without them.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         context_dim: int = 0,
         cross_attn_position: bool = True,
+        spatial_channels: int = 0,
     ):
         super().__init__()
         emb_dim = base_channels * 4
@@ -152,6 +157,7 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.spatial_in = _zero_conv(spatial_channels, base_channels, 3) if spatial_channels > 0 else None  # built last
 
     def forward(
         self,
@@ -162,6 +168,7 @@ class UNet(nn.Module):
         vector: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        spatial: torch.Tensor | None = None,
     ) -> torch.Tensor:
         emb = self.emb_mlp(self.noise_embed(c_noise))  # (B, emb_dim)
         if self.label_embed is not None:
@@ -174,7 +181,9 @@ class UNet(nn.Module):
         ctx = (tokens, token_mask) if self.mid_cross is not None else None
         if ctx is not None and tokens is None:
             raise ValueError("this network cross-attends to condition tokens: tokens and token_mask are required")
-        h = self.conv_in(x)
+        h = self.conv_in(x)  # (B, base_channels, H, W)
+        if self.spatial_in is not None:
+            h = h + self.spatial_in(_required_spatial(spatial, self.spatial_in.in_channels, x))
         skips = [h]
         for lvl in self.down:
             h = lvl(h, emb, ctx)
@@ -188,6 +197,23 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = lvl(h, emb, ctx)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _zero_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A convolution of the spatial condition whose weights start at zero (ControlNet's "zero convolution",
+    Zhang et al. 2023): a new network starts as one without the condition, and `--init-from` keeps that."""
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - stride) // 2, bias=False)
+    nn.init.zeros_(conv.weight)
+    return conv
+
+
+def _required_spatial(spatial: torch.Tensor | None, channels: int, x: torch.Tensor) -> torch.Tensor:
+    """spatial (B, channels, H, W) of x's batch and size, or a ValueError saying what is expected."""
+    want = (x.shape[0], channels, *x.shape[2:])
+    if spatial is None or tuple(spatial.shape) != want:
+        got = "none" if spatial is None else tuple(spatial.shape)
+        raise ValueError(f"this network takes a spatial condition of shape {want}, got {got}")
+    return spatial.to(x.dtype)
 
 
 class _Level(nn.Module):
