@@ -309,3 +309,50 @@ def test_torchrun_reports_a_killed_process_and_ends(tmp_path, pixelforge_cache):
             proc.wait()
     assert proc.returncode != 0
     assert "Signal 9 (SIGKILL)" in err or "exitcode  : -9" in err, err[-3000:]
+
+
+def _text_process(rank: int, port: int, family: str, out: Path) -> None:
+    """Process `rank` of 2 trains a text-conditioned model of `family` directly (no data set) for 3 steps."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    report: dict = {}
+    try:
+        from test_family_text import prompts, text_model
+
+        from pixelforge.distributed import setup, teardown
+        from pixelforge.train.loop import data_parallel
+
+        setup(torch.device("cpu"))
+        extra = {"stage1_steps": 1} if family == "transformer" else {}
+        model = text_model(family, **extra) if family != "diffusion" else FAMILIES[family](
+            FAMILIES[family].Config(image_size=8, channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                    attn_resolutions=(4,), text_encoder="e", text_dim=12, text_tokens=4), seed=0)
+        data_parallel(model, rank)
+        gen = torch.Generator().manual_seed(rank)  # each process its own images and prompts
+        for step in range(3):
+            x = torch.rand(4, 1, 8, 8, generator=gen) * 2 - 1
+            model.training_step(x, prompts(4, seed=10 * step + rank), step)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"rank{rank}.safetensors"))
+        teardown()
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        report.update(error=f"{type(e).__name__}: {e}")
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    os._exit(0)
+
+
+@pytest.mark.parametrize("family", ["diffusion", "gan", "vae", "pixelcnn", "transformer"])
+def test_text_conditioned_models_train_under_ddp_with_every_weight_averaged(family, tmp_path):
+    # a prompt's learned "no prompt" vector and token, cross-attention: every weight must reach DDP's
+    # averaging whichever the family uses in a step, or the processes drift apart (or DDP refuses)
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_text_process, args=(r, port, family, tmp_path)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert reports == [{}, {}], reports
+    assert_same(weights(tmp_path, 0), weights(tmp_path, 1))

@@ -278,6 +278,24 @@ def _train_in_group(cfg: RunConfig, run_dir: Path, dev: torch.device, world: Wor
             raise
 
 
+def data_parallel(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """Wrap `model` in PyTorch's DistributedDataParallel (the process group joined) and make its family
+    compute every loss through the wrapper (FamilyModule.parallel), with rank `rank`'s random streams;
+    returns the wrapper. DDP then averages the gradients as backward runs.
+
+    A family with several optimisers (a GAN's D and G, the transformer's two stages) uses only some of
+    its weights in each update, hence find_unused_parameters there. Buffers are not broadcast before
+    each forward: those that change in training (a VQ-VAE's codebook statistics) are kept equal by the
+    family itself, from the whole batch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+        DistributedDataParallel).parameters else {"broadcast_buffers": False}  # the name before torch 2.13
+    ddp = DistributedDataParallel(model, find_unused_parameters=len(model.optimizers()) > 1, **no_buffer_sync)
+    distribute(model, ddp, rank)
+    return ddp
+
+
 def _local_main_first(world: World, fn: Callable[[], object]):
     """fn() on each machine's first process, then on the others: they find what it prepared (the data
     cache, caption embeddings) instead of all preparing it at once. Just fn() in one process."""
@@ -396,19 +414,8 @@ def _train_locked(
     conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Gradients are averaged by PyTorch's DDP as backward runs. Each family computes its losses through
-        # it (FamilyModule.parallel); a family with several optimisers (a GAN's D and G, the transformer's
-        # two stages) uses only some of its weights in each, hence find_unused_parameters there. Buffers
-        # are not broadcast before each forward: those that change in training (a VQ-VAE's codebook
-        # statistics) are kept equal by the family itself, from the whole batch.
-        # Before resuming: each process then restores the random streams of its own rank.
-        no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
-            DistributedDataParallel).parameters else {"broadcast_buffers": False}  # the name before torch 2.13
-        ddp = DistributedDataParallel(model, find_unused_parameters=len(optimizers) > 1, **no_buffer_sync)
-        distribute(model, ddp, world.rank)
+    if world.distributed:  # before resuming: each process then restores the random streams of its own rank
+        data_parallel(model, world.rank)
     if world.distributed or cfg.train.grad_accum > 1 or cfg.optim.lr_scaling != "none":
         backend = f" ({torch.distributed.get_backend()})" if world.distributed else ""
         scaling = "as given" if cfg.optim.lr_scaling == "none" else (
