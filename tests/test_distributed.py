@@ -35,7 +35,7 @@ FAMILY_MODELS = {
     "transformer": {"num_classes": 10, "stage1_steps": 2, "d_model": 16, "depth": 1, "heads": 2,
                     "vq": {"downsample": 2, "codebook_size": 16, "code_dim": 8, "base_channels": 8}},
 }
-TIMEOUT_S = 120  # no test here waits longer for its processes
+TIMEOUT_S = 300  # no test here waits longer for its processes (a loaded machine is slow)
 
 
 def run_config(family: str, model: dict | None = None, **train) -> RunConfig:
@@ -76,13 +76,16 @@ def _process(rank: int, world: int, port: int, cfg: RunConfig, run_dir: Path, ou
     build = loop.build_model
     loop.build_model = lambda *a, **k: models.append(build(*a, **k)) or models[-1]
     kill_at = options.get("kill_at", {}).get(str(rank))
-    if kill_at is not None:  # this process dies (SIGKILL: no clean-up) in the middle of step kill_at
+    stall_at = options.get("stall_at", {}).get(str(rank))
+    if kill_at is not None or stall_at is not None:
         cls = FAMILIES[cfg.family]
         original = cls.training_step
 
         def training_step(self, x, cond, step):
-            if step == kill_at:
+            if step == kill_at:  # this process dies (SIGKILL: no clean-up) in the middle of step kill_at
                 os.kill(os.getpid(), signal.SIGKILL)
+            if stall_at is not None and step == stall_at[0]:  # it hangs for a while, alive
+                time.sleep(stall_at[1])
             return original(self, x, cond, step)
 
         cls.training_step = training_step
@@ -234,6 +237,15 @@ def test_a_killed_process_fails_the_others_with_a_clear_message_not_a_hang(cache
     assert time.monotonic() - started < 60
 
 
+def test_a_stalled_process_fails_the_others_after_the_timeout(cache, tmp_path):
+    out = tmp_path / "s"
+    started = time.monotonic()
+    reports = launch(run_config("diffusion", steps=6), out / "run", out, stall_at={"1": [2, 30]}, timeout=5)
+    assert reports[0]["error"] == "DistributedFailure", reports[0]
+    assert "PIXELFORGE_DIST_TIMEOUT (5 s)" in reports[0]["message"]
+    assert time.monotonic() - started < 90
+
+
 def test_the_effective_batch_must_split_evenly(cache, tmp_path):
     out = tmp_path / "b"
     reports = launch(run_config("diffusion", batch_size=6, grad_accum=2), out / "run", out)
@@ -262,6 +274,24 @@ def test_each_rank_draws_its_own_stream_and_rank_0_the_single_process_one():
 
     assert rank_seed(5, 0) == 5
     assert len({rank_seed(5, r) for r in range(8)}) == 8 and rank_seed(5, 1) != rank_seed(6, 1)
+
+
+def test_python_m_pixelforge_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "pixelforge", "train", "--help"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0 and "torchrun --nproc_per_node=N -m pixelforge train" in " ".join(done.stdout.split())
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from pixelforge.device import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert pick_device("auto") == torch.device("cuda", 2) and pick_device("cuda") == torch.device("cuda", 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)  # an explicit index is kept
+    monkeypatch.delenv("LOCAL_RANK")
+    assert pick_device("auto") == torch.device("cuda")
 
 
 def _torchrun(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -339,6 +369,7 @@ def _text_process(rank: int, port: int, family: str, out: Path) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow  # seconds each on an idle machine, but five of them
 @pytest.mark.parametrize("family", ["diffusion", "gan", "vae", "pixelcnn", "transformer"])
 def test_text_conditioned_models_train_under_ddp_with_every_weight_averaged(family, tmp_path):
     # a prompt's learned "no prompt" vector and token, cross-attention: every weight must reach DDP's

@@ -52,7 +52,7 @@ class TrainResult:
     run_dir: Path
     step: int
     stopped: str  # "finished", "early-stopped", "interrupted", "time-budget"
-    losses: dict[int, float]  # step -> training loss of that step (this process only)
+    losses: dict[int, float]  # step -> training loss of that step (the mean over the processes of a distributed run)
     last_checkpoint: Path | None
 
 
