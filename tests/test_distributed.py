@@ -91,8 +91,10 @@ def _process(rank: int, world: int, port: int, cfg: RunConfig, run_dir: Path, ou
         cls.training_step = training_step
     report: dict = {"rank": rank}
     try:
+        # like pixelforge.api.train: rank 0 alone holds the evaluator; a FID that never improves
+        evaluator = (lambda ema, step: {"fid": 7.0}) if options.get("evaluator") and rank == 0 else None
         result = loop.train(cfg, run_dir, device="cpu", progress=False, cache_dir=out.parent / "cache",
-                            stop_at=options.get("stop_at"))
+                            stop_at=options.get("stop_at"), evaluator=evaluator)
         report.update(stopped=result.stopped, step=result.step, losses={str(k): v for k, v in result.losses.items()})
         save_file({k: v.contiguous() for k, v in models[-1].state_dict().items()}, str(out / f"rank{rank}.safetensors"))
     except BaseException as e:  # noqa: BLE001 - reported to the test, which decides
@@ -213,6 +215,15 @@ def test_only_rank_0_writes_files(cache, tmp_path):
     assert (out / "run" / "metrics.csv").exists() and list((out / "run" / "samples").glob("*.png"))
 
 
+def test_early_stopping_on_rank_0s_figure_stops_every_process_at_the_same_step(cache, tmp_path):
+    out = tmp_path / "e"
+    cfg = run_config("diffusion", steps=8, eval_every=1, early_stop_on="fid", patience=2, val_every=100)
+    reports = ok(launch(cfg, out / "run", out, evaluator=True))
+    assert [(r["stopped"], r["step"]) for r in reports] == [("early-stopped", 3)] * 2
+    rows = (out / "run" / "metrics.csv").read_text().splitlines()
+    assert sum(",7," in r for r in rows) == 3  # rank 0's figure, logged once per evaluation
+
+
 def test_a_killed_job_resumes_exactly(cache, tmp_path):
     cfg = run_config("diffusion", steps=6, ckpt_every=2, val_every=2)
     whole = tmp_path / "whole"
@@ -240,7 +251,7 @@ def test_a_killed_process_fails_the_others_with_a_clear_message_not_a_hang(cache
 def test_a_stalled_process_fails_the_others_after_the_timeout(cache, tmp_path):
     out = tmp_path / "s"
     started = time.monotonic()
-    reports = launch(run_config("diffusion", steps=6), out / "run", out, stall_at={"1": [2, 30]}, timeout=5)
+    reports = launch(run_config("diffusion", steps=6), out / "run", out, stall_at={"1": [2, 12]}, timeout=5)
     assert reports[0]["error"] == "DistributedFailure", reports[0]
     assert "PIXELFORGE_DIST_TIMEOUT (5 s)" in reports[0]["message"]
     assert time.monotonic() - started < 90
@@ -308,10 +319,10 @@ def test_torchrun_starts_the_train_command_on_two_processes(tmp_path, pixelforge
     done = _torchrun(*common, "--steps", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("finished at step 2") == 1  # rank 0 alone reports
-    assert "2 process(es) (gloo): effective batch 8 = 2 x 4 per process" in done.stderr
+    assert "2 process(es) (gloo): effective batch 8 = 2 x 4 per process" in done.stdout + done.stderr
     resumed = _torchrun(*common, "--steps", "4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stderr and "finished at step 4" in resumed.stdout
+    assert "resuming" in resumed.stdout + resumed.stderr and "finished at step 4" in resumed.stdout
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # one writer: no row twice
 

@@ -570,10 +570,13 @@ def _train_locked(
                         best_val, bad_vals = val, 0
                     else:
                         bad_vals += 1
-            if evaluator is not None and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == end):
-                figures = evaluator(ema, step) if world.main else {}  # rank 0 evaluates; the others wait
-                row = row or {"step": step, "images": step * cfg.train.batch_size}
-                row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
+            # distributed, rank 0 alone holds an evaluator (pixelforge.api.train) and the others wait for its figure
+            if ((evaluator is not None or world.distributed) and cfg.train.eval_every
+                    and (step % cfg.train.eval_every == 0 or step == end)):
+                figures = evaluator(ema, step) if world.main and evaluator is not None else {}
+                if figures or not world.distributed:
+                    row = row or {"step": step, "images": step * cfg.train.batch_size}
+                    row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
                 figures_shown = {k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")}
                 watched = figures.get(cfg.train.early_stop_on)
                 if world.distributed:  # rank 0's figure decides for all
