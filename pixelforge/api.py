@@ -508,6 +508,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    from .distributed import launched_world
     from .runs import check_run_name, new_run_config
     from .train.loop import train as train_loop
 
@@ -519,13 +520,15 @@ def train(
         steps = settings.get("steps")
         if steps is not None and steps != cfg.train.steps:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-        tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
+        if launched_world().main:  # under torchrun, rank 0 alone speaks
+            tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
     else:
         cfg = new_run_config(data, **settings)
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
                          "(--eval-every) to compute it")
-    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every else None
+    # under torchrun rank 0 alone evaluates (the loop sends its figure to the others)
+    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every and launched_world().main else None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
                       max_seconds=max_minutes * 60 if max_minutes is not None else None)
 

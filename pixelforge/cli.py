@@ -106,7 +106,9 @@ def _add_train(sub):
         help="train a model on a folder of images or a bundled data set (resumes a run of the same name)",
         description="Train a generator. DATA is a folder of images (recursive; class sub-folders become labels; "
         "an optional captions.jsonl is kept) or a bundled data set name (see `pixelforge datasets`). Running it "
-        "again with the same --name resumes from the last checkpoint; Ctrl-C saves a checkpoint and exits.",
+        "again with the same --name resumes from the last checkpoint; Ctrl-C saves a checkpoint and exits. "
+        "Started as `torchrun --nproc_per_node=N -m pixelforge train ...` it trains on N processes with PyTorch's "
+        "distributed data parallel, --batch-size being the batch over all of them (docs/distributed.md).",
         formatter_class=_Help,
     )
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
@@ -120,6 +122,12 @@ def _add_train(sub):
                    "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
     p.add_argument("--warmup", type=_int_range(0), default=200, help="learning-rate warm-up steps")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
+    p.add_argument("--grad-accum", type=_int_range(1, 1024), default=None, help="split each process's share of a batch into "
+                   "this many micro-batches whose gradients add up (a large --batch-size on a small machine; default 1)")
+    p.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"), default=None, help="scale --lr with the effective "
+                   "batch --batch-size relative to --lr-base-batch (default none; docs/distributed.md)")
+    p.add_argument("--lr-base-batch", type=_int_range(1, 65_536), default=None, help="the batch size --lr is meant for "
+                   "when --lr-scaling scales it (default 64)")
     p.add_argument("--image-size", type=_int_range(4, 1024), default=None,
                    help="image side in pixels, 4..1024 (default: native for bundled sets, 32 for folders)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grayscale or 3 RGB (default: from the data)")
@@ -201,6 +209,7 @@ def _model_fields(a) -> dict:
 
 def cmd_train(a) -> int:
     from .api import train
+    from .distributed import launched_world
     from .train.lock import RunLockedError
 
     settings = {
@@ -211,7 +220,8 @@ def cmd_train(a) -> int:
         "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,
         "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
         "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on, "sample_every": a.sample_every,
-        "ckpt_every": a.ckpt_every, "seed": a.seed,
+        "ckpt_every": a.ckpt_every, "seed": a.seed, "grad_accum": a.grad_accum, "lr_scaling": a.lr_scaling,
+        "lr_base_batch": a.lr_base_batch,
     }
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
     try:
@@ -221,10 +231,11 @@ def cmd_train(a) -> int:
         print(f"pixelforge train: error: {e}", file=sys.stderr)
         return 1
     run_dir = result.run_dir
-    print(f"{result.stopped} at step {result.step}: {run_dir}")
-    if result.last_checkpoint:
-        print(f"checkpoint: {result.last_checkpoint}")
-    print(f"samples: {run_dir / 'samples'}   metrics: {run_dir / 'metrics.csv'}")
+    if launched_world().main:  # under torchrun, rank 0 alone reports
+        print(f"{result.stopped} at step {result.step}: {run_dir}")
+        if result.last_checkpoint:
+            print(f"checkpoint: {result.last_checkpoint}")
+        print(f"samples: {run_dir / 'samples'}   metrics: {run_dir / 'metrics.csv'}")
     return 130 if result.stopped == "interrupted" else 0
 
 
@@ -928,6 +939,8 @@ def _error_line(e: BaseException) -> tuple[int, str]:
             return 1, f"disk full writing{where}: free some space or write elsewhere"
         if isinstance(e, PermissionError):
             return 1, f"permission denied{':' + where if where else ''}"
+        return 1, text
+    if type(e).__name__ == "DistributedFailure":  # a distributed training lost a process: the message says which
         return 1, text
     if isinstance(e, RuntimeError) and "state_dict" in text:
         return 2, f"the weights do not fit the model: {text[:300]}"

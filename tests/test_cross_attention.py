@@ -99,3 +99,22 @@ def test_a_text_conditioner_can_give_tokens_only():
     assert not any("vector" in k for k in cond.state_dict())
     with pytest.raises(ValueError, match="vector .* tokens"):
         TextConditioner(12, 0, 0)
+
+
+def test_whitening_gives_every_direction_the_captions_vary_in_unit_variance():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([3.0, 1.0, 0.5, 0.3, 1e-4, 1e-4, 1e-4, 1e-4])  # directions the captions vary in; ones they do not
+    basis, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    pooled = (torch.randn(4000, 8, generator=g) * scales) @ basis.T + 5.0  # (N, 8), far from the origin
+    cond = TextConditioner(8, 16, whiten=True)
+    before = cond._whitened(pooled, "pooled")
+    assert torch.equal(before, pooled)  # identity until fitted
+    cond.fit_statistics(pooled)
+    w = cond._whitened(pooled, "pooled")
+    assert w.mean(0).abs().max() < 1e-3
+    var = torch.linalg.eigvalsh(torch.cov(w.T.double()))  # ascending
+    assert var[4:].min() > 0.9 and var.max() < 1.01, var  # 0.3 as strong as 3 after whitening
+    assert var[:4].max() < 0.01, var  # directions without variance are damped by the floor, not blown up
+    assert {"pooled_mean", "pooled_whiten", "token_mean", "token_whiten"} <= set(cond.state_dict())
+    plain = TextConditioner(8, 16)
+    assert not any("whiten" in k or "mean" in k for k in plain.state_dict())

@@ -19,7 +19,7 @@ from .nets.unet import UNet
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig, update
+from .optim import OptimConfig
 from .options import OptionSpec, option_defaults
 
 
@@ -241,8 +241,8 @@ class DiffusionModel(FamilyModule):
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
         """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; returns figures to log."""
         self.train()
-        loss = self.per_sample_loss(x, cond, self.train_generator).mean()
-        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        loss = self.parallel(self.per_sample_loss, x, cond, self.train_generator).mean()
+        grad_norm = self.update(self.optimizers()["net"], loss, step)
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
 
     @torch.no_grad()

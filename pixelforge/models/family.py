@@ -3,10 +3,13 @@ owns several) one Adam over all its parameters. docs/design.md describes the who
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
-from .optim import DEFAULT_BETAS, make_adam, training_stream
+from .optim import DEFAULT_BETAS, make_adam, training_stream, update
 
 
 class FamilyModule(nn.Module):
@@ -16,6 +19,9 @@ class FamilyModule(nn.Module):
     leaves them unset."""
 
     default_betas: tuple[float, float] = DEFAULT_BETAS
+    # whether a step may be split into micro-batches whose gradients add up (gradient accumulation): not
+    # where one update's result feeds the next within a step (a GAN's D updates, then G against the new D)
+    accumulates: bool = True
 
     @staticmethod
     def upgrade_config(run: dict) -> dict:
@@ -28,6 +34,11 @@ class FamilyModule(nn.Module):
         self._seed = seed
         self._optimizer: torch.optim.Optimizer | None = None
         self._generator: torch.Generator | None = None
+        # Set by the trainer (train.loop) through `distribute` and `set_micro_batch`; plain attributes
+        # kept out of nn.Module's registry, so a wrapper around this very module is no submodule of it.
+        self.__dict__["_ddp"] = None  # the DistributedDataParallel wrapper around the trained model, or None
+        self.__dict__["_rank"] = 0
+        self.__dict__["_micro"] = (0, 1)  # (this micro-batch, micro-batches per step)
 
     @property
     def device(self) -> torch.device:
@@ -36,7 +47,7 @@ class FamilyModule(nn.Module):
     @property
     def train_generator(self) -> torch.Generator:
         """The random stream of training, saved in checkpoints so a resumed run draws the same numbers."""
-        self._generator = training_stream(self._generator, self.device, self._seed)
+        self._generator = training_stream(self._generator, self.device, self._seed, self.__dict__["_rank"])
         return self._generator
 
     def takes(self) -> tuple[str, ...]:
@@ -52,3 +63,43 @@ class FamilyModule(nn.Module):
         if self._optimizer is None:
             self._optimizer = make_adam(self.parameters(), self.optim_config, self.default_betas)
         return {"net": self._optimizer}
+
+    # --- how a family's training_step computes its losses and updates ------------------------------
+    def forward(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """fn(*args, **kwargs): what DistributedDataParallel calls (see `parallel`)."""
+        return fn(*args, **kwargs)
+
+    def parallel(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """fn(*args, **kwargs), a loss computation of training_step, run through the trainer's
+        DistributedDataParallel wrapper when there is one, so that backward on its result averages the
+        gradients over all processes; on a micro-batch before a step's last the gradients only add up
+        locally (DDP's no_sync) and are averaged with the last one's. Called directly in one process."""
+        ddp = self.__dict__["_ddp"]
+        if ddp is None:
+            return fn(*args, **kwargs)
+        index, count = self.__dict__["_micro"]
+        with ddp.no_sync() if index < count - 1 else contextlib.nullcontext():
+            return ddp(fn, *args, **kwargs)
+
+    def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
+        """optim.update for this model's current micro-batch (gradient accumulation: only the last of a
+        step's micro-batches steps the optimiser); returns the gradient norm (nan before the last)."""
+        return update(optimizer, loss, step, self.optim_config, micro=self.__dict__["_micro"])
+
+
+def distribute(model: nn.Module, wrapper: nn.Module | None, rank: int) -> None:
+    """Train `model` as process `rank` of several: each family module in it (the transformer's VQ-VAE
+    too) computes its losses through `wrapper` (DistributedDataParallel around model) and draws from
+    the training random stream of its rank. Call before the first training step."""
+    for m in model.modules():
+        if isinstance(m, FamilyModule):
+            m.__dict__["_ddp"] = wrapper
+            m.__dict__["_rank"] = rank
+            m._generator = None
+
+
+def set_micro_batch(model: nn.Module, index: int, count: int) -> None:
+    """The next training_step of `model` is micro-batch `index` of `count` in its step."""
+    for m in model.modules():
+        if isinstance(m, FamilyModule):
+            m.__dict__["_micro"] = (index, count)

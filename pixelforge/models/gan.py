@@ -17,7 +17,7 @@ from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
 
 # --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
@@ -180,6 +180,7 @@ class GANModel(FamilyModule):
             raise ValueError(f"model: adam_betas must be two numbers, got {betas!r}")
         return {**run, "model": model, "optim": {**run.get("optim", {}), "beta1": betas[0], "beta2": betas[1]}}
     capabilities = ()
+    accumulates = False  # G's update must see the D its own step just updated (see FamilyModule)
     inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults.
     option_specs = (
@@ -246,22 +247,27 @@ class GANModel(FamilyModule):
         """One D update: hinge loss relu(1 - D(T(x))) + relu(1 + D(T(G(z)))), plus R1 when r1_now."""
         cfg, gen = self.config, self.train_generator
         b = x.shape[0]
-        with torch.no_grad():
-            fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
-        real_in = diff_augment(x, cfg.diffaugment, gen).detach().requires_grad_(r1_now)
-        fake_in = diff_augment(fake, cfg.diffaugment, gen)
-        v_d = text_vector(self.text_d, cond, b, self.device)  # (B, vector_dim) or None
-        # one pass: one power iteration
-        logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d), self._twice(v_d))
-        d_real, d_fake = logits[:b], logits[b:]
-        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        total, r1 = d_loss, torch.zeros(())
-        if r1_now:
-            # R1 = E||grad_x D(x)||^2 on the (augmented) real images D was shown; lazy: scaled by r1_every.
-            (grad,) = torch.autograd.grad(d_real.sum(), real_in, create_graph=True)
-            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-            total = d_loss + cfg.r1_gamma / 2 * cfg.r1_every * r1
-        grad_norm = update(self.optimizers()["d"], total, step, self.optim_config)
+
+        def losses() -> tuple[torch.Tensor, ...]:  # run through self.parallel: every use of D's weights inside
+            with torch.no_grad():
+                fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
+            real_in = diff_augment(x, cfg.diffaugment, gen).detach().requires_grad_(r1_now)
+            fake_in = diff_augment(fake, cfg.diffaugment, gen)
+            v_d = text_vector(self.text_d, cond, b, self.device)  # (B, vector_dim) or None
+            # one pass: one power iteration
+            logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d), self._twice(v_d))
+            d_real, d_fake = logits[:b], logits[b:]
+            d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            total, r1 = d_loss, torch.zeros(())
+            if r1_now:
+                # R1 = E||grad_x D(x)||^2 on the (augmented) real images D was shown; lazy: scaled by r1_every.
+                (grad,) = torch.autograd.grad(d_real.sum(), real_in, create_graph=True)
+                r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+                total = d_loss + cfg.r1_gamma / 2 * cfg.r1_every * r1
+            return total, d_loss, r1, d_real, d_fake
+
+        total, d_loss, r1, d_real, d_fake = self.parallel(losses)
+        grad_norm = self.update(self.optimizers()["d"], total, step)
         return {"d_loss": float(d_loss.detach()), "r1": float(r1.detach()), "d_grad_norm": grad_norm,
                 "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
 
@@ -272,10 +278,13 @@ class GANModel(FamilyModule):
         for m in d_parts:
             m.requires_grad_(False)  # D's weights are not updated here: spare their gradients
         try:
-            fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
-            logits = self.D(diff_augment(fake, cfg.diffaugment, gen), y_d, text_vector(self.text_d, cond, b, self.device))
-            g_loss = -logits.mean()
-            grad_norm = update(self.optimizers()["g"], g_loss, step, self.optim_config)
+            def loss() -> torch.Tensor:  # run through self.parallel: every use of G's weights inside
+                fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
+                logits = self.D(diff_augment(fake, cfg.diffaugment, gen), y_d, text_vector(self.text_d, cond, b, self.device))
+                return -logits.mean()
+
+            g_loss = self.parallel(loss)
+            grad_norm = self.update(self.optimizers()["g"], g_loss, step)
         finally:
             for m in d_parts:
                 m.requires_grad_(True)

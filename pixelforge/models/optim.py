@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from ..distributed import rank_seed
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,10 @@ class OptimConfig:
         A run's config.json writes the values used (RunConfig.resolved).
     warmup_steps: the learning rate rises linearly from 0 to lr over this many steps.
     grad_clip: clip the global gradient norm to this value (0 turns clipping off).
+    lr_scaling: how the rate follows the effective batch (train.batch_size, over all processes and
+        micro-batches): "none" (lr as given), "linear" (lr * batch / lr_base_batch, Goyal et al. 2017)
+        or "sqrt" (lr * sqrt(batch / lr_base_batch), the rule often preferred for Adam).
+    lr_base_batch: the batch size `lr` is meant for when it is scaled.
     """
 
     lr: float = 2e-4
@@ -23,10 +30,16 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 200
     grad_clip: float = 1.0
+    lr_scaling: str = "none"
+    lr_base_batch: int = 64
 
     def __post_init__(self):
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {self.lr_scaling!r}")
+        if not 1 <= self.lr_base_batch <= 65_536:
+            raise ValueError(f"optim.lr_base_batch must be in [1, 65536], got {self.lr_base_batch}")
         for name in ("beta1", "beta2"):
             beta = getattr(self, name)
             if beta is not None and not 0 <= beta < 1:
@@ -36,6 +49,13 @@ class OptimConfig:
 
 
 DEFAULT_BETAS = (0.9, 0.999)
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+def scaled_lr(cfg: OptimConfig, batch: int) -> float:
+    """The peak rate a run with effective batch `batch` trains at under cfg.lr_scaling."""
+    ratio = batch / cfg.lr_base_batch
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
 
 
 def adam_betas(cfg: OptimConfig, default: tuple[float, float] = DEFAULT_BETAS) -> tuple[float, float]:
@@ -54,10 +74,19 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
 
 
-def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg: OptimConfig) -> float:
-    """zero_grad, backward, clip, set the warm-up learning rate, step; returns the gradient norm."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg: OptimConfig,
+           micro: tuple[int, int] = (0, 1)) -> float:
+    """zero_grad, backward, clip, set the warm-up learning rate, step; returns the gradient norm.
+
+    micro (index, count): gradient accumulation over a step's `count` micro-batches, each loss the mean
+    over its own micro-batch: the first zeroes the gradients, each adds that of loss / count, and only
+    the last clips and steps (the others return nan)."""
+    index, count = micro
+    if index == 0:
+        optimizer.zero_grad(set_to_none=True)
+    (loss / count if count > 1 else loss).backward()
+    if index < count - 1:
+        return math.nan
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if cfg.grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -69,10 +98,11 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg:
     return grad_norm
 
 
-def training_stream(current: torch.Generator | None, device: torch.device, seed: int) -> torch.Generator:
+def training_stream(current: torch.Generator | None, device: torch.device, seed: int, rank: int = 0) -> torch.Generator:
     """A family's training random stream on `device`: the current one, or a new one seeded from the
-    family's seed (seed + 1, apart from weight initialisation) when there is none on that device yet.
+    family's seed (seed + 1, apart from weight initialisation) when there is none on that device yet;
+    process `rank` of a distributed training draws its own stream derived from that seed and the rank.
     The trainer saves and restores its state, so a resumed run draws the same numbers."""
     if current is None or current.device != device:
-        return torch.Generator(device=device).manual_seed(seed + 1)
+        return torch.Generator(device=device).manual_seed(rank_seed(seed + 1, rank))
     return current

@@ -40,7 +40,7 @@ from .nets.pixelcnn_nets import LEVELS, GatedPixelCNN, MixtureHead, SamplingCach
 from .common import check_seeds, discretized_logistic_logprob, inverse_cdf_sample, seeded_init
 from .family import FamilyModule
 from .limits import DEPTH, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig, update
+from .optim import OptimConfig
 from .options import OptionSpec, option_defaults
 
 OUTPUTS = ("softmax256", "logistic_mixture")
@@ -237,8 +237,8 @@ class PixelCNNModel(FamilyModule):
         cond = self._taken(cond)
         if cond is not None:  # condition dropout: labels and prompt emptied together
             cond = cond.drop(self.config.label_dropout, self.train_generator)
-        loss = self.bits_per_dim(x, *self._conditions(cond, x.shape[0])).mean()
-        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        loss = self.parallel(lambda: self.bits_per_dim(x, *self._conditions(cond, x.shape[0]))).mean()
+        grad_norm = self.update(self.optimizers()["net"], loss, step)
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
 
     @torch.no_grad()

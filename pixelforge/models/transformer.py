@@ -34,7 +34,7 @@ from .nets.token_transformer import TokenTransformer
 from .common import check_seeds, inverse_cdf_sample, seeded_init
 from .family import FamilyModule
 from .limits import DEPTH, HEADS, IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig, make_adam, update
+from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
 from .vqvae import VQVAEConfig, VQVAEModel
 
@@ -252,8 +252,8 @@ class TokenTransformerModel(FamilyModule):
             cond = cond.drop(cfg.label_dropout, gen)
         start = self._start_tokens(cond.labels, x.shape[0], x.device)
         self.prior.train()
-        loss = self.prior_bits(codes, start, gen, self._prefix(cond, x.shape[0], x.device)).mean()
-        grad_norm = update(self.optimizers()["prior"], loss, step - cfg.stage1_steps, self.optim_config)
+        loss = self.parallel(lambda: self.prior_bits(codes, start, gen, self._prefix(cond, x.shape[0], x.device))).mean()
+        grad_norm = self.update(self.optimizers()["prior"], loss, step - cfg.stage1_steps)
         lr = self.optimizers()["prior"].param_groups[0]["lr"]
         return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": lr, "stage": 2.0}
 

@@ -32,7 +32,7 @@ from .nets.autoencoder import Decoder, Encoder
 from .common import HALF_BIN, check_seeds, discretized_logistic_logprob, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, CHANNEL_MULT, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig, update
+from .optim import OptimConfig
 from .options import OptionSpec, option_defaults
 
 LIKELIHOODS = ("discretized_logistic", "discretized_gaussian")
@@ -208,11 +208,11 @@ class VAEModel(FamilyModule):
         cfg = self.config
         if cond is not None and self.takes():
             cond = cond.drop(cfg.label_dropout, gen)
-        recon, kl = self._terms(x, cond, gen)
+        recon, kl = self.parallel(self._terms, x, cond, gen)
         w = kl_weight(step, cfg.beta, cfg.kl_warmup_steps)
         to_bpd = 1.0 / (self.dims * math.log(2))
         loss = ((recon + w * kl) * to_bpd).mean()
-        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        grad_norm = self.update(self.optimizers()["net"], loss, step)
         recon_bpd, kl_bpd = float(recon.mean().detach()) * to_bpd, float(kl.mean().detach()) * to_bpd
         return {"loss": float(loss.detach()), "recon": recon_bpd, "kl": kl_bpd, "bits_per_dim": recon_bpd + kl_bpd,
                 "kl_weight": w, "grad_norm": grad_norm}

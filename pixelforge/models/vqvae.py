@@ -30,7 +30,8 @@ from .nets.autoencoder import Decoder, Encoder
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, IMAGE_SIZE, WIDTH, check_bounds
-from .optim import OptimConfig, update
+from ..distributed import all_gather_cat, broadcast_module_state_
+from .optim import OptimConfig
 from .options import OptionSpec
 
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -276,20 +277,25 @@ class VQVAEModel(FamilyModule):
         """One optimiser update, then the codebook's EMA update and dead-code restarts on the same batch."""
         self.train()
         q, gen = self.quantizer, self.train_generator
+        # Distributed, the codebook's statistics, start and restarts see the whole batch of every process
+        # (all_gather_cat: in rank order, the identity in one process), and a random choice is rank 0's for all.
         if not bool(q.initialized):
             with torch.no_grad():
-                q.initialize(self.encode(x).permute(0, 2, 3, 1).reshape(-1, self.config.code_dim), gen)
-        out = self._forward(x)
+                q.initialize(all_gather_cat(self.encode(x).permute(0, 2, 3, 1).reshape(-1, self.config.code_dim)), gen)
+            broadcast_module_state_(q)
+        out = self.parallel(self._forward, x)
         loss = out["loss"].mean()
-        grad_norm = update(self.optimizers()["net"], loss, step, self.optim_config)
+        grad_norm = self.update(self.optimizers()["net"], loss, step)
 
-        z = out["z_e"].detach().permute(0, 2, 3, 1).reshape(-1, self.config.code_dim)  # (B*h*w, D)
-        idx = out["idx"]  # (B, h, w)
+        z = all_gather_cat(out["z_e"].detach().permute(0, 2, 3, 1).reshape(-1, self.config.code_dim))  # (B*h*w, D)
+        idx = all_gather_cat(out["idx"])  # (B, h, w)
         counts = q.update_statistics(z, idx.flatten())
         with torch.no_grad():
             position_freq = F.one_hot(idx.flatten(1), self.codebook_size).float().mean(0)  # (h*w, K)
             self.code_frequencies.lerp_(position_freq, 1 - self.config.ema_decay)
             dead = q.restart_dead_codes(z, gen)
+            if len(dead):  # the same codes on every process: their statistics agree
+                broadcast_module_state_(q)
             self.code_frequencies[:, dead] = 0  # a moved code no longer means what was counted
         figures = {"loss": float(loss.detach()), "grad_norm": grad_norm}
         figures.update({k: float(out[k].mean().detach()) for k in ("recon", "commit", "codebook") if k in out})

@@ -31,6 +31,10 @@ class TrainConfig:
     better validation loss before stopping early (0 never stops early). eval_every: sample-quality
     figures (FID, KID) every K steps when an evaluator is given (0: never). early_stop_on: the figure
     that patience watches, "val_loss" or "fid" (lower is better for both).
+
+    batch_size is the effective batch of one optimiser step, whatever runs it: split over the processes
+    of a distributed training (torchrun) and, with grad_accum > 1, into that many micro-batches in each
+    process, whose gradients add up before the step (it must divide evenly: docs/distributed.md).
     """
 
     steps: int = 10_000
@@ -49,11 +53,12 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     seed: int = 0
+    grad_accum: int = 1
 
     def __post_init__(self):
         # upper bounds where a number decides memory (a batch, a sample grid, validation or evaluation images)
         for name, high in (("batch_size", 65_536), ("sample_count", 1024), ("val_images", 1_000_000),
-                           ("eval_samples", 1_000_000)):
+                           ("eval_samples", 1_000_000), ("grad_accum", 1024)):
             check_range(f"train.{name}", getattr(self, name), 0 if name == "val_images" else 1, high)
         for name in ("steps", "batch_size", "log_every", "val_every", "sample_every", "ckpt_every"):
             if getattr(self, name) < 1:
@@ -150,6 +155,8 @@ def new_run_config(
     lr: float | None = None,
     warmup_steps: int = OptimConfig.warmup_steps,
     grad_clip: float = OptimConfig.grad_clip,
+    lr_scaling: str = OptimConfig.lr_scaling,
+    lr_base_batch: int = OptimConfig.lr_base_batch,
     steps: int = TrainConfig.steps,
     batch_size: int = TrainConfig.batch_size,
     ema_decay: float = TrainConfig.ema_decay,
@@ -163,6 +170,7 @@ def new_run_config(
     sample_every: int = TrainConfig.sample_every,
     ckpt_every: int = TrainConfig.ckpt_every,
     seed: int = TrainConfig.seed,
+    grad_accum: int = TrainConfig.grad_accum,
     model_fields: Mapping[str, object] | None = None,
 ) -> RunConfig:
     """The config of a new run of family `model` on `data` (a folder of images or a bundled set name),
@@ -206,10 +214,12 @@ def new_run_config(
         family=model,
         model=model_config,
         data=data_config,
-        optim=OptimConfig(lr=family.default_lr if lr is None else lr, warmup_steps=warmup_steps, grad_clip=grad_clip),
+        optim=OptimConfig(lr=family.default_lr if lr is None else lr, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                          lr_scaling=lr_scaling, lr_base_batch=lr_base_batch),
         train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
                           patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
-                          early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed),
+                          early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed,
+                          grad_accum=grad_accum),
     )
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
+import inspect
 import json
 import math
 import shutil
@@ -19,6 +21,13 @@ from tqdm.auto import tqdm
 from ..condition import Cond
 from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
+from ..distributed import World, all_gather_cat, all_reduce_sum, barrier, broadcast_, broadcast_long, current, rank_seed
+from ..distributed import failure as distributed_failure
+from ..distributed import setup as setup_distributed
+from ..distributed import teardown as teardown_distributed
+from ..models import get_family
+from ..models.family import distribute, set_micro_batch
+from ..models.optim import scaled_lr
 from ..files import remove_stale_temporaries
 from ..images import labelled_rows, make_grid, save_png, to_pil
 from ..progress import eta_seconds, train_postfix
@@ -43,7 +52,7 @@ class TrainResult:
     run_dir: Path
     step: int
     stopped: str  # "finished", "early-stopped", "interrupted", "time-budget"
-    losses: dict[int, float]  # step -> training loss of that step (this process only)
+    losses: dict[int, float]  # step -> training loss of that step (the mean over the processes of a distributed run)
     last_checkpoint: Path | None
 
 
@@ -159,14 +168,27 @@ class _MetricsLog:
             self.tb.close()
 
 
-def _validation_loss(model, data: ImageSet, conds: _Conditions, val_idx: torch.Tensor, cfg: RunConfig, device) -> float:
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 12345)  # same noise every time
+def _validation_loss(model, data: ImageSet, conds: _Conditions, val_idx: torch.Tensor, cfg: RunConfig, device,
+                     world: World = World(), chunk_size: int | None = None) -> float:
+    """The mean validation loss of the first val_images held-out images. Distributed, process r takes
+    chunks r, r + W, ..., chunk i drawing its noise from a stream of its own (chunk 0's is the one stream
+    of a single process), and the sums are added up: the same figure for any number of processes."""
     idx = val_idx[: cfg.train.val_images]
     total, count = 0.0, 0
-    for chunk in idx.split(cfg.train.batch_size):
-        x = to_model(data.images[chunk].to(device), cfg.data)
-        total += float(model.validation_loss(x, conds(chunk, device, data_cfg=cfg.data), gen).sum())
-        count += len(chunk)
+    if not world.distributed:
+        gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 12345)  # same noise every time
+        for chunk in idx.split(cfg.train.batch_size):
+            x = to_model(data.images[chunk].to(device), cfg.data)
+            total += float(model.validation_loss(x, conds(chunk, device, data_cfg=cfg.data), gen).sum())
+            count += len(chunk)
+        return total / max(count, 1)
+    for i, chunk in enumerate(idx.split(chunk_size or cfg.train.batch_size)):
+        if i % world.size == world.rank:
+            gen = torch.Generator(device=device).manual_seed(rank_seed(cfg.train.seed + 12345, i))
+            x = to_model(data.images[chunk].to(device), cfg.data)
+            total += float(model.validation_loss(x, conds(chunk, device, data_cfg=cfg.data), gen).double().sum())
+            count += len(chunk)
+    total, count = all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -246,28 +268,124 @@ def train(
     The run folder is locked for the whole call: a second training of the same run fails at once with
     a RunLockedError naming the owner. A folder this call creates is removed again when the call fails
     before its first checkpoint (no data, a model too big to allocate), so no half-made run is left.
+
+    Started by torchrun (WORLD_SIZE > 1 in the environment) it is one process of a distributed data
+    parallel training (docs/distributed.md): it joins the process group, trains its share of every batch,
+    and only rank 0 locks the folder, writes files, logs and shows progress; every decision to stop is
+    taken together.
     """
     run_dir = Path(run_dir)
     dev = pick_device(device)
     cfg.model_config()  # a bad model field fails here, before any folder exists
+    created_group = setup_distributed(dev)
+    try:
+        world = current()
+        if world.distributed:
+            try:
+                return _train_in_group(cfg, run_dir, dev, world, init_from=init_from, progress=progress, stop_at=stop_at,
+                                       cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+            except RuntimeError as e:
+                lost = distributed_failure(e)
+                if lost is None:
+                    raise
+                raise lost from e
+        return _train_in_group(cfg, run_dir, dev, world, init_from=init_from, progress=progress, stop_at=stop_at,
+                               cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+    finally:
+        if created_group:
+            teardown_distributed()
+
+
+def _train_in_group(cfg: RunConfig, run_dir: Path, dev: torch.device, world: World, **kwargs) -> TrainResult:
+    """train() as one process of `world`: rank 0 locks the run folder and removes one its failure leaves
+    without a checkpoint."""
+    if not world.main:
+        return _train_locked(cfg, run_dir, dev, world, **kwargs)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) as stale_owner:
         if stale_owner:
             tqdm.write(f"taking over the stale lock of {run_dir}: {stale_owner} ended without releasing it")
         try:
-            return _train_locked(cfg, run_dir, dev, init_from=init_from, progress=progress, stop_at=stop_at,
-                                 cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+            return _train_locked(cfg, run_dir, dev, world, **kwargs)
         except BaseException:
             if created and not list_checkpoints(run_dir / "checkpoints"):
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
 
+def data_parallel(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """Wrap `model` in PyTorch's DistributedDataParallel (the process group joined) and make its family
+    compute every loss through the wrapper (FamilyModule.parallel), with rank `rank`'s random streams;
+    returns the wrapper. DDP then averages the gradients as backward runs.
+
+    A family with several optimisers (a GAN's D and G, the transformer's two stages) uses only some of
+    its weights in each update, hence find_unused_parameters there. Buffers are not broadcast before
+    each forward: those that change in training (a VQ-VAE's codebook statistics) are kept equal by the
+    family itself, from the whole batch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+        DistributedDataParallel).parameters else {"broadcast_buffers": False}  # the name before torch 2.13
+    ddp = DistributedDataParallel(model, find_unused_parameters=len(model.optimizers()) > 1, **no_buffer_sync)
+    distribute(model, ddp, rank)
+    return ddp
+
+
+def _local_main_first(world: World, fn: Callable[[], object]):
+    """fn() on each machine's first process, then on the others: they find what it prepared (the data
+    cache, caption embeddings) instead of all preparing it at once. Just fn() in one process."""
+    if not world.distributed:
+        return fn()
+    if world.local_rank == 0:
+        out = fn()
+        barrier()
+        return out
+    barrier()
+    return fn()
+
+
+def _batch_shares(cfg: RunConfig, world: World) -> tuple[int, int]:
+    """(images per process, images per micro-batch) of the effective batch cfg.train.batch_size."""
+    batch, accum = cfg.train.batch_size, cfg.train.grad_accum
+    if batch % (world.size * accum):
+        raise ValueError(f"train.batch_size {batch} (--batch-size, the effective batch) must be a multiple of "
+                         f"processes x grad_accum = {world.size} x {accum} = {world.size * accum}")
+    return batch // world.size, batch // (world.size * accum)
+
+
+def _rng_states(model, dev: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"torch_cpu": torch.get_rng_state(), "train_generator": model.train_generator.get_state()}
+    if dev.type == "cuda":
+        rng["torch_cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _set_rng_states(model, dev: torch.device, rng: dict[str, torch.Tensor]) -> None:
+    model.train_generator.set_state(rng["train_generator"])
+    torch.set_rng_state(rng["torch_cpu"])
+    if dev.type == "cuda" and "torch_cuda" in rng:
+        torch.cuda.set_rng_state(rng["torch_cuda"])
+
+
+def _gathered_rng_states(model, dev: torch.device, world: World) -> dict[str, torch.Tensor]:
+    """Every process's random states, as a checkpoint stores them: rank 0's under their plain names,
+    rank r's as NAME.rank{r}, so each process of a resumed run continues its own streams."""
+    own = _rng_states(model, dev)
+    if not world.distributed:
+        return own
+    rng = {}
+    for name, state in own.items():
+        every = all_gather_cat(state[None].to(dev)).cpu()  # (W, n) uint8: the states are the same size on each
+        rng.update({name if r == 0 else f"{name}.rank{r}": every[r] for r in range(world.size)})
+    return rng
+
+
 def _train_locked(
     cfg: RunConfig,
     run_dir: Path,
     dev: torch.device,
+    world: World,
     *,
     init_from: str | None,
     progress: bool,
@@ -276,14 +394,26 @@ def _train_locked(
     evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None,
     max_seconds: float | None,
 ) -> TrainResult:
-    """train() itself, run while this process holds the run folder's lock."""
+    """train() itself, run while rank 0 holds the run folder's lock (every process runs it)."""
+    say = tqdm.write if world.main else (lambda text: None)  # one process speaks
     ckpt_dir = run_dir / "checkpoints"
-    # Only a training writes in these folders, and none but this one can run now: any temporary file
-    # there is what a killed write left behind.
-    removed = [*remove_stale_temporaries(ckpt_dir), *remove_stale_temporaries(run_dir / "samples")]
-    if removed:
-        tqdm.write(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}")
+    per_process, micro = _batch_shares(cfg, world)
+    if cfg.train.grad_accum > 1 and not get_family(cfg.family).accumulates:
+        raise ValueError(f"train.grad_accum {cfg.train.grad_accum}: {cfg.family} models cannot accumulate gradients "
+                         "(their updates within a step depend on each other); use --grad-accum 1")
+    if world.main:
+        # Only a training writes in these folders, and none but this one can run now: any temporary file
+        # there is what a killed write left behind.
+        removed = [*remove_stale_temporaries(ckpt_dir), *remove_stale_temporaries(run_dir / "samples")]
+        if removed:
+            say(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}")
     existing = list_checkpoints(ckpt_dir)
+    if world.distributed:  # rank 0's list decides: every process resumes from the same step
+        last = broadcast_long(torch.tensor([int(existing[-1].name[5:]) if existing else -1]))
+        existing = [] if int(last) < 0 else [ckpt_dir / f"step_{int(last):07d}"]
+        if existing and not existing[0].with_suffix(".json").exists():
+            raise ValueError(f"process {world.rank} cannot read {existing[0]}.json, which process 0 resumes from: "
+                             "the run folder must be on storage every machine shares")
     if (run_dir / "config.json").exists():
         saved = RunConfig.load(run_dir / "config.json")
         # Compare the built model configs, not the raw dicts: JSON turns tuples such as channel_mult into lists.
@@ -293,27 +423,41 @@ def _train_locked(
                 "choose another --name to start afresh (or delete the folder)"
             )
     cfg = cfg.resolved()
-    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    if world.main:
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
 
-    data = load_dataset(cfg.data, cache_dir=cache_dir, progress=progress)
+    data = _local_main_first(world, lambda: load_dataset(cfg.data, cache_dir=cache_dir, progress=progress and world.main))
     if data.skipped:
-        tqdm.write(skipped_note(data.skipped, cfg.data))
+        say(skipped_note(data.skipped, cfg.data))
     split_path = run_dir / "split.json"
-    if split_path.exists():
-        split = json.loads(split_path.read_text())
-        train_idx, val_idx = torch.tensor(split["train"], dtype=torch.long), torch.tensor(split["val"], dtype=torch.long)
-    else:
-        train_idx, val_idx = split_indices(len(data), cfg.data.val_fraction, cfg.data.split_seed)
-        atomic_write_text(split_path, json.dumps({"seed": cfg.data.split_seed, "train": train_idx.tolist(), "val": val_idx.tolist()}))
-    atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names))
+    train_idx = val_idx = None
+    if world.main:
+        if split_path.exists():
+            split = json.loads(split_path.read_text())
+            train_idx, val_idx = torch.tensor(split["train"], dtype=torch.long), torch.tensor(split["val"], dtype=torch.long)
+        else:
+            train_idx, val_idx = split_indices(len(data), cfg.data.val_fraction, cfg.data.split_seed)
+            atomic_write_text(split_path, json.dumps({"seed": cfg.data.split_seed, "train": train_idx.tolist(), "val": val_idx.tolist()}))
+        atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names))
+    train_idx, val_idx = broadcast_long(train_idx), broadcast_long(val_idx)  # rank 0's split, the saved one
     model_classes = getattr(cfg.model_config(), "num_classes", 0)
     if model_classes and data.num_classes > model_classes:
         raise ValueError(f"the data has {data.num_classes} classes but the model config allows {model_classes}")
 
-    model = build_model(cfg, dev)
-    conds = _Conditions(data, model, cache_dir, progress)
+    lr = scaled_lr(cfg.optim, cfg.train.batch_size)
+    # the model trains at the scaled rate; config.json keeps the rate as given and the rule
+    model = build_model(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), dev)
+    conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
+    if world.distributed:  # before resuming: each process then restores the random streams of its own rank
+        data_parallel(model, world.rank)
+    if world.distributed or cfg.train.grad_accum > 1 or cfg.optim.lr_scaling != "none":
+        backend = f" ({torch.distributed.get_backend()})" if world.distributed else ""
+        scaling = "as given" if cfg.optim.lr_scaling == "none" else (
+            f"{cfg.optim.lr:.3g} scaled {cfg.optim.lr_scaling}ly from batch {cfg.optim.lr_base_batch}")
+        say(f"{world.size} process(es){backend}: effective batch {cfg.train.batch_size} = {world.size} x {per_process} "
+            f"per process ({cfg.train.grad_accum} micro-batch(es) of {micro}); lr {lr:.3g} ({scaling})")
     start, best_val, bad_vals = 0, math.inf, 0
     saved_elapsed = None
     if existing:
@@ -323,37 +467,43 @@ def _train_locked(
         for name, opt in optimizers.items():
             # an optimiser that has not stepped yet (the transformer's prior during stage 1) holds no tensors
             opt.load_state_dict(unflatten_state(state["optim"][name], parts.get(f"optim.{name}", {})))
-        model.train_generator.set_state(parts["rng"]["train_generator"])
-        torch.set_rng_state(parts["rng"]["torch_cpu"])
-        if dev.type == "cuda" and "torch_cuda" in parts["rng"]:
-            torch.cuda.set_rng_state(parts["rng"]["torch_cuda"])
+        rng = parts["rng"]
+        if world.rank > 0:
+            suffix = f".rank{world.rank}"
+            rng = {k[: -len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
+        if rng:
+            _set_rng_states(model, dev, rng)
+        else:  # written by fewer processes: this one's streams start afresh from the seed and its rank
+            tqdm.write(f"process {world.rank}: {existing[-1]} holds no random state for it; its streams start afresh")
         start, best_val, bad_vals = state["step"], state.get("best_val", math.inf), state.get("bad_vals", 0)
         saved_elapsed = state.get("elapsed_s")  # absent from checkpoints written before it was stored
-        tqdm.write(f"resuming {run_dir} from step {start}")
+        say(f"resuming {run_dir} from step {start}")
     elif init_from:
         skipped = _init_from(model, ema, init_from)
-        tqdm.write(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
+        say(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
 
-    log = _MetricsLog(run_dir, start)
+    log = _MetricsLog(run_dir, start) if world.main else None
     # training seconds of the earlier calls: elapsed_s counts on from them
-    elapsed_before = float(saved_elapsed) if saved_elapsed is not None else log.last_elapsed_s
+    elapsed_before = float(saved_elapsed) if saved_elapsed is not None else (log.last_elapsed_s if log else 0.0)
     last_ckpt = existing[-1].with_suffix(".safetensors") if existing else None
 
     def checkpoint(step: int) -> Path:
+        """Every process takes part (their random states are gathered); rank 0 writes."""
+        rng = _gathered_rng_states(model, dev, world)
+        if not world.main:
+            return ckpt_dir / f"step_{step:07d}.safetensors"
         optim_parts, optim_skel = {}, {}
         for name, opt in optimizers.items():
             tensors: dict[str, torch.Tensor] = {}
             optim_skel[name] = flatten_state(opt.state_dict(), "s", tensors)
             optim_parts[f"optim.{name}"] = tensors
-        rng = {"torch_cpu": torch.get_rng_state(), "train_generator": model.train_generator.get_state()}
-        if dev.type == "cuda":
-            rng["torch_cuda"] = torch.cuda.get_rng_state()
+        extra = {"processes": world.size, "grad_accum": cfg.train.grad_accum} if world.distributed or cfg.train.grad_accum > 1 else {}
         return save_checkpoint(
             ckpt_dir,
             step,
             {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng, **optim_parts},
             {"images_seen": step * cfg.train.batch_size, "best_val": best_val, "bad_vals": bad_vals, "optim": optim_skel,
-             "device": str(dev), "elapsed_s": elapsed_before + time.perf_counter() - t0},
+             "device": str(dev), "elapsed_s": elapsed_before + time.perf_counter() - t0, **extra},
             keep=cfg.train.keep_checkpoints,
         )
 
@@ -366,19 +516,38 @@ def _train_locked(
             signal.signal(signal.SIGINT, old_handler)
             raise KeyboardInterrupt
         interrupted["flag"] = True
-        tqdm.write("interrupt: saving a checkpoint after this step (press Ctrl-C again to abort at once)")
+        say("interrupt: saving a checkpoint after this step (press Ctrl-C again to abort at once)")
 
     try:
         signal.signal(signal.SIGINT, on_sigint)
     except ValueError:  # not the main thread (e.g. inside a server worker): no handler
         old_handler = None
 
+    # Decisions every process must take alike. In one process: read when asked, as ever. Distributed:
+    # agreed once a step (agree()), together with the losses, in one all-reduce.
+    agreed = {"interrupted": False, "time_up": False}
+
+    def interrupted_now() -> bool:
+        return agreed["interrupted"] if world.distributed else interrupted["flag"]
+
+    def time_up() -> bool:
+        if world.distributed:
+            return agreed["time_up"]
+        return max_seconds is not None and time.perf_counter() - t0 > max_seconds
+
+    def agree(loss: float, grad_norm: float) -> tuple[float, float]:
+        """The mean loss and grad norm over the processes; sets the agreed flags (any process's)."""
+        late = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+        t = all_reduce_sum(torch.tensor([loss, grad_norm, float(interrupted["flag"]), float(late)], dtype=torch.float64))
+        agreed["interrupted"], agreed["time_up"] = bool(t[2] > 0), bool(t[3] > 0)
+        return float(t[0]) / world.size, float(t[1]) / world.size
+
     losses: dict[int, float] = {}
     stopped = "finished"
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     # tqdm's own ETA knows nothing of --max-minutes: the postfix's left= says which limit ends the run first
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True, desc=run_dir.name,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and world.main), unit="step", dynamic_ncols=True,
+               desc=run_dir.name, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
     figures_shown: dict[str, str] = {}  # the last in-training FID/KID, kept on the bar
     t0 = time.perf_counter()
     window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
@@ -386,18 +555,29 @@ def _train_locked(
     try:
         while step < end:
             idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
-            aug_gen = torch.Generator(device=dev).manual_seed(cfg.train.seed * 7919 + step)
-            x, cond = conds.augmented(data, idx, cfg.data, aug_gen, dev)
-            figures = model.training_step(x, cond, step)
+            mine = idx[world.rank * per_process : (world.rank + 1) * per_process]  # this process's share
+            # each process its own augmentation stream (rank 0's is the one of a single process)
+            aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + step, world.rank))
+            micro_losses = []
+            for i, chunk in enumerate(mine.split(micro)):
+                if cfg.train.grad_accum > 1:
+                    set_micro_batch(model, i, cfg.train.grad_accum)
+                x, cond = conds.augmented(data, chunk, cfg.data, aug_gen, dev)
+                figures = model.training_step(x, cond, step)
+                micro_losses.append(figures["loss"])
+            loss = figures["loss"] if len(micro_losses) == 1 else sum(micro_losses) / len(micro_losses)
+            grad_norm = figures.get("grad_norm", 0.0)
+            if world.distributed:
+                loss, grad_norm = agree(loss, grad_norm)
             decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
             _ema_update(ema, model, decay)
-            losses[step] = figures["loss"]
-            if not math.isfinite(figures["loss"]):
-                raise FloatingPointError(f"loss became {figures['loss']} at step {step}; lower --lr or check the data")
+            losses[step] = loss
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or check the data")
             step += 1
-            window_imgs += len(idx)
-            window_loss += figures["loss"]
-            window_gn += figures.get("grad_norm", 0.0)
+            window_imgs += cfg.train.batch_size
+            window_loss += loss
+            window_gn += grad_norm
             window_n += 1
             elapsed = time.perf_counter() - t0
             eta = eta_seconds(end - step, elapsed / (step - start), None if max_seconds is None else max_seconds - elapsed)
@@ -418,7 +598,7 @@ def _train_locked(
                 }
                 window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
             if len(val_idx) and (step % cfg.train.val_every == 0 or step == end):
-                val = _validation_loss(ema, data, conds, val_idx, cfg, dev)
+                val = _validation_loss(ema, data, conds, val_idx, cfg, dev, world, micro)
                 row = row or {"step": step, "images": step * cfg.train.batch_size}
                 row["val_loss"] = f"{val:.6f}"
                 if cfg.train.early_stop_on == "val_loss":
@@ -426,41 +606,49 @@ def _train_locked(
                         best_val, bad_vals = val, 0
                     else:
                         bad_vals += 1
-            if evaluator is not None and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == end):
-                figures = evaluator(ema, step)
-                row = row or {"step": step, "images": step * cfg.train.batch_size}
-                row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
+            # distributed, rank 0 alone holds an evaluator (pixelforge.api.train) and the others wait for its figure
+            if ((evaluator is not None or world.distributed) and cfg.train.eval_every
+                    and (step % cfg.train.eval_every == 0 or step == end)):
+                figures = evaluator(ema, step) if world.main and evaluator is not None else {}
+                if figures or not world.distributed:
+                    row = row or {"step": step, "images": step * cfg.train.batch_size}
+                    row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
                 figures_shown = {k: f"{v:.3g}" for k, v in figures.items() if k in ("fid", "kid")}
                 watched = figures.get(cfg.train.early_stop_on)
+                if world.distributed:  # rank 0's figure decides for all
+                    sent = broadcast_(torch.tensor([math.nan if watched is None else float(watched)], dtype=torch.float64))
+                    watched = None if math.isnan(float(sent)) else float(sent)
                 if watched is not None:
                     if watched < best_val - 1e-6:
                         best_val, bad_vals = watched, 0
                     else:
                         bad_vals += 1
-            if row is not None:
+            if row is not None and log is not None:
                 log.write(row)
-            if step % cfg.train.sample_every == 0 or step == end:
+            if world.main and (step % cfg.train.sample_every == 0 or step == end):
                 _save_samples(ema, data, conds, cfg, run_dir, step)
             if cfg.train.patience and bad_vals >= cfg.train.patience:
                 stopped = "early-stopped"
-                tqdm.write(f"early stop at step {step}: no better {cfg.train.early_stop_on} in {bad_vals} evaluations")
+                say(f"early stop at step {step}: no better {cfg.train.early_stop_on} in {bad_vals} evaluations")
                 last_ckpt = checkpoint(step)
                 break
-            if step % cfg.train.ckpt_every == 0 or step == end or interrupted["flag"]:
+            if step % cfg.train.ckpt_every == 0 or step == end or interrupted_now():
                 last_ckpt = checkpoint(step)
-            if interrupted["flag"]:
+            if interrupted_now():
                 stopped = "interrupted"
                 break
-            if max_seconds is not None and step < end and time.perf_counter() - t0 > max_seconds:
+            if step < end and time_up():
                 stopped = "time-budget"
-                _save_samples(ema, data, conds, cfg, run_dir, step)
+                if world.main:
+                    _save_samples(ema, data, conds, cfg, run_dir, step)
                 last_ckpt = checkpoint(step)
                 break
         if stop_at is not None and step < cfg.train.steps and stopped == "finished":
             stopped = "interrupted"
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     return TrainResult(run_dir, step, stopped, losses, last_ckpt)
