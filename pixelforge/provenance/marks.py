@@ -25,7 +25,7 @@ from ..images import png_info
 from .watermark import DEFAULT_PSNR, MIN_SIDE, PAYLOAD_BITS, Detection, WatermarkConfig, detect, embed
 
 KEY_ENV = "PIXELFORGE_WATERMARK_KEY"
-SETTINGS_KEY = "watermark"  # the entry of an image's settings that records the mark
+SETTINGS_KEY = "watermark"  # the settings entry saying whether the mark is embedded; the others start "watermark_"
 ID_BITS = PAYLOAD_BITS // 2
 
 
@@ -76,8 +76,12 @@ def model_id(settings: dict) -> int:
 
 def generation_id(settings: dict) -> int:
     """The 16-bit id of one generation: a hash of the image's settings (without any earlier mark's record)."""
-    own = {k: v for k, v in settings.items() if k not in (SETTINGS_KEY, "model_path")}
+    own = {k: v for k, v in _without_record(settings).items() if k != "model_path"}
     return _id(json.dumps(own, sort_keys=True, default=str))
+
+
+def _without_record(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != SETTINGS_KEY and not k.startswith(SETTINGS_KEY + "_")}
 
 
 def make_payload(model: int, generation: int) -> int:
@@ -92,17 +96,18 @@ def split_payload(payload: int) -> tuple[int, int]:
 def mark_image(image: Image.Image, *, settings: dict | None = None, marks: bool | MarkSettings = True,
                payload: int | None = None) -> Image.Image:
     """The image with the marks `marks` asks for, carrying its settings (image.info["pixelforge"], else
-    `settings`) with a "watermark" record added: {"embedded": true, "payload", "model_id", "generation_id",
-    "key" ("project" or "user"), "psnr"} or {"embedded": false, "reason"}. payload: the 32 bits to embed
-    (default: the model and generation ids from the settings). The input image is left as it is."""
+    `settings`) with the mark's record added, as flat entries (settings hold plain values): "watermark" (true
+    where embedded), and "watermark_payload" (8 hex digits), "watermark_model_id", "watermark_generation_id",
+    "watermark_key" ("project" or "user"), "watermark_psnr" where embedded, "watermark_reason" where not.
+    payload: the 32 bits to embed (default: the model and generation ids from the settings). The input image is
+    left as it is."""
     marks = as_mark_settings(marks)
-    s = dict(image.info.get("pixelforge") or settings or {})
-    s.pop(SETTINGS_KEY, None)
+    s = _without_record(dict(image.info.get("pixelforge") or settings or {}))
     if not marks.watermark:
-        record = {"embedded": False, "reason": "turned off"}
+        record = {"": False, "reason": "turned off"}
         out = image.copy()
     elif min(image.size) < MIN_SIDE:
-        record = {"embedded": False, "reason": f"image smaller than {MIN_SIDE} pixels (too few cells for the payload)"}
+        record = {"": False, "reason": f"image smaller than {MIN_SIDE} pixels (too few cells for the payload)"}
         out = image.copy()
     else:
         if payload is None:
@@ -110,9 +115,9 @@ def mark_image(image: Image.Image, *, settings: dict | None = None, marks: bool 
         cfg = marks.config()
         out = embed(image, payload, cfg)
         m, g = split_payload(payload)
-        record = {"embedded": True, "payload": f"{payload:08x}", "model_id": m, "generation_id": g,
+        record = {"": True, "payload": f"{payload:08x}", "model_id": m, "generation_id": g,
                   "key": "user" if cfg.key else "project", "psnr": cfg.psnr}
-    s[SETTINGS_KEY] = record
+    s.update({SETTINGS_KEY + (f"_{k}" if k else ""): v for k, v in record.items()})
     out.info["pixelforge"] = s
     # Pillow (>= 11.3) applies an image's own encoderinfo in every save(): the settings go into the PNG
     out.encoderinfo = {"pnginfo": png_info(s)}
