@@ -23,6 +23,7 @@ Detection:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -39,11 +40,14 @@ SYNC_FRACTION = 0.25  # of a tile's cells, the synchronisation template
 PAYLOAD_BITS = 32
 DEFAULT_PSNR = 41.0  # dB, of the marked image against the original (before 8-bit rounding)
 PSNR_RANGE = (30.0, 60.0)
-DEFAULT_THRESHOLD = 7.0  # the score above which an image counts as marked; see docs/watermark.md
+DEFAULT_THRESHOLD = 6.5  # the score at and above which an image counts as marked; see docs/watermark.md
 MAX_ANGLE = 4.0  # degrees: the detector looks for rotations up to this
 PERIOD_RANGE = (0.45, 4.0)  # the detector looks for tile periods this many times the unattacked one
 INFORMED_ROUNDS = 3  # measure-and-adjust rounds of the embedding (0: plain spread spectrum)
 INFORMED_TARGET = 4.0  # the margin (in noise spreads) the rounds aim every part at
+MESSAGE_NULL = (5.63, 0.44)  # mean and spread of the best code word's agreement with noise (see message_score)
+MESSAGE_WEIGHT = 0.5  # of the message's evidence in the detection score
+REFINED = 2  # of the geometries tried, how many the detector refines
 MIN_SIDE = 32  # pixels: a smaller image is not marked (docs/watermark.md: capacity by size)
 
 
@@ -69,8 +73,9 @@ class WatermarkConfig:
 
 @dataclass(frozen=True)
 class Detection:
-    """What detect() found. score: the synchronisation z-score (clean images: about 3 to 5); detected: score
-    at or above the threshold; payload: the decoded PAYLOAD_BITS as an int where detected, else None;
+    """What detect() found. score: the template's z-score plus MESSAGE_WEIGHT times the message's excess
+    agreement (message_score, where above 0); clean images score about 3 to 6; detected: score at or above
+    the threshold; payload: the decoded PAYLOAD_BITS as an int where detected, else None;
     cell_size and angle: the geometry the mark was found at (pixels per cell, degrees)."""
 
     detected: bool
@@ -79,6 +84,8 @@ class Detection:
     cell_size: float
     angle: float
     soft: np.ndarray = field(repr=False, compare=False)  # (114,) the coded bits' soft values, un-whitened
+    sync_score: float = 0.0  # the template's z-score alone
+    message_score: float = 0.0  # message_score() of the decoded payload
 
 
 class _Layout:
@@ -298,20 +305,39 @@ def detect(image: Image.Image, config: WatermarkConfig = WatermarkConfig()) -> D
     c0 = cell_size(h, w)
     best = (-np.inf, (0, 0), c0, 0.0, None)
     seeds = [(c0, 0.0), *_lattice_candidates(y, c0)] if min(h, w) >= MIN_SIDE else []
-    for c_seed, a_seed in seeds:  # each geometry refined by a small search around it
-        for dc in (-0.004, 0.0, 0.004):
-            for da in (-0.25, 0.0, 0.25):
-                c, a = c_seed * (1 + dc), a_seed + da
-                fold = _fold(y, c, a)
-                z, shift = _sync(fold, layout)
-                if z > best[0]:
-                    best = (z, shift, c, a, fold)
+    tried: list[tuple[float, float, float]] = []  # (z, cell size, angle)
+    for c, a in seeds:
+        fold = _fold(y, c, a)
+        z, shift = _sync(fold, layout)
+        tried.append((z, c, a))
+        if z > best[0]:
+            best = (z, shift, c, a, fold)
+    for _, c_seed, a_seed in sorted(tried, reverse=True)[:REFINED]:  # the best geometries refined around them
+        for dc, da in itertools.product((-0.004, 0.0, 0.004), (-0.25, 0.0, 0.25)):
+            if dc == da == 0:
+                continue
+            c, a = c_seed * (1 + dc), a_seed + da
+            fold = _fold(y, c, a)
+            z, shift = _sync(fold, layout)
+            if z > best[0]:
+                best = (z, shift, c, a, fold)
     z, shift, c, a, fold = best
     if fold is None:
-        return Detection(False, 0.0, None, c0, 0.0, np.zeros(coded_length(PAYLOAD_BITS)))
+        return Detection(False, 0.0, None, c0, 0.0, np.zeros(coded_length(PAYLOAD_BITS)), 0.0, 0.0)
     aligned = np.roll(fold, (-shift[0], -shift[1]), axis=(0, 1))
     soft = (layout.bit_templates @ aligned.ravel()) * (1.0 - 2.0 * layout.white)
     soft = soft / max(float(np.sqrt(np.mean(soft * soft))), 1e-12)
-    detected = z >= config.threshold
-    payload = bits_to_int(viterbi(soft, PAYLOAD_BITS)) if detected else None
-    return Detection(bool(detected), float(z), payload, float(c), float(a), soft)
+    bits = viterbi(soft, PAYLOAD_BITS)
+    m = message_score(soft, bits)
+    score = z + MESSAGE_WEIGHT * max(0.0, m)
+    detected = score >= config.threshold
+    return Detection(bool(detected), float(score), bits_to_int(bits) if detected else None, float(c), float(a), soft,
+                     float(z), float(m))
+
+
+def message_score(soft: np.ndarray, bits: np.ndarray) -> float:
+    """How far the soft values agree with the decoded message's code word, in standard deviations above what
+    the best code word reaches on noise alone (MESSAGE_NULL: the decoder picks the best of 2^32 words, so
+    noise agrees with it by about 5.6 / sqrt(114) on average, not 0). soft: (114,) with unit RMS."""
+    agreement = float(soft @ (2.0 * encode(bits) - 1.0)) / math.sqrt(len(soft))
+    return (agreement - MESSAGE_NULL[0]) / MESSAGE_NULL[1]
