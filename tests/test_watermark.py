@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import pixelforge
+from pixelforge import api
 from pixelforge.cli import main
 from pixelforge.images import read_settings
 from pixelforge.provenance import watermark as W
@@ -241,7 +242,7 @@ def test_cli_sample_and_edit_mark_by_default_and_no_watermark_turns_it_off(run32
 
 
 def test_save_images_marks_images_that_were_not_marked_yet(tmp_path):
-    paths = pixelforge.api.save_images([photo(96, seed=12)], tmp_path)
+    paths = api.save_images([photo(96, seed=12)], tmp_path)
     (path,) = paths["images"]
     assert read_settings(path)["watermark"] is True
     with Image.open(path) as im:
