@@ -279,3 +279,24 @@ def test_server_marks_generated_images_unless_started_without(run32, tmp_path):
     on, off = first_image(True), first_image(MarkSettings(watermark=False))
     assert off.info["pixelforge"]["watermark"] is False
     assert carries_its_mark(on, off)
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_runs_every_method_and_writes_its_figures(tmp_path):
+    pytest.importorskip("imwatermark", reason="invisible-watermark is not installed (scripts/setup.sh installs it "
+                        "with --no-deps)")
+    pytest.importorskip("skimage", reason="scikit-image (the bench's photos) is not installed")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "bench" / "watermark.py"), "--quick", "--methods", "pixelforge",
+                        "dwtDct", "--json", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (result,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert set(result["methods"]) == {"pixelforge", "dwtDct"}
+    assert result["methods"]["pixelforge"]["attacks"]["none"]["bit_accuracy"] == 1.0
+    assert "| jpeg50 |" in r.stdout
