@@ -836,7 +836,8 @@ def _add_watermark(sub):
     e.set_defaults(func=cmd_watermark_embed)
     d = wsub.add_parser("detect", help="look for the mark in images; --json prints one JSON object per image",
                         formatter_class=_Help, description="Look for the invisible watermark in each IMAGE and print "
-                        "whether it is there, its score (a z-score: clean images score about 3 to 5) and the payload.")
+                        "whether it is there, its score (clean images score about 3.5 to 6) and the payload. Exit status 0, or 2 where a "
+                        "file could not be read (the others are still checked).")
     d.add_argument("images", nargs="+", metavar="IMAGE")
     d.add_argument("--json", action="store_true", help="one JSON object per line and image: file, detected, score, "
                    "payload, model_id, generation_id, cell_size, angle (or file and error)")

@@ -65,6 +65,18 @@ def test_the_code_corrects_a_noisy_channel_that_flips_a_sixth_of_the_coded_bits(
     assert decoded_errors / (50 * 32) < 0.01
 
 
+def test_message_score_is_standardised_against_the_best_code_word_on_noise():
+    rng = np.random.default_rng(2)
+    scores = []
+    for _ in range(300):
+        soft = rng.normal(size=coded_length(32))
+        soft /= np.sqrt(np.mean(soft ** 2))
+        scores.append(W.message_score(soft, viterbi(soft, 32)))
+    assert abs(np.mean(scores)) < 0.2 and 0.4 < np.std(scores) < 0.7  # centred on noise, with a cautious scale
+    coded = 2.0 * encode(int_to_bits(PAYLOAD, 32)) - 1
+    assert W.message_score(coded, int_to_bits(PAYLOAD, 32)) > 10  # a clean read stands far above it
+
+
 def test_whitening_makes_the_all_zero_payload_a_mix_of_signs_that_depends_on_the_key():
     signs = W._layout("").signs(0)[1:]  # the coded bits of payload 0: all zeros before whitening
     assert 0.35 < np.mean(signs > 0) < 0.65

@@ -10,19 +10,21 @@ Embedding (docs/watermark.md has the figures):
   - the tile repeats over the image, each cell `cell_size` pixels wide (shorter side / 128, at least one pixel:
     the pattern scales with the image, so its frequencies stay where JPEG and resizing keep them), interpolated
     linearly and added to the luminance (the same value on R, G and B) at the strength that gives the target
-    PSNR.
+    PSNR; three rounds of informed embedding then move energy between the coded bits (see embed()).
 Detection:
   - the residual (a Laplacian, normalised by its local spread, which whitens the host image) is searched for the
     tile's period and angle: the periodic pattern puts peaks in the residual's autocorrelation on a square
-    lattice of side TILE * cell_size; the strongest lattice (and the unattacked geometry) are refined by
+    lattice of side TILE * cell_size; those lattices and the unattacked geometry are tried, the best refined;
   - folding: the residual, resampled to OVERSAMPLE samples per cell and rotated back, is summed tile over tile
-    and correlated circularly with the template; the peak's height over the correlation's spread is the
-    detection score (a z-score: a clean image gives about 3 to 5) and its place undoes any crop's shift;
-  - the coded bits are read from the aligned fold, un-whitened and Viterbi-decoded.
+    and correlated circularly with the template; the peak's height over the correlation's spread (a z-score)
+    says how strongly the template is there, and its place undoes any crop's shift;
+  - the coded bits are read from the aligned fold, un-whitened and Viterbi-decoded; the detection score adds
+    the decoded message's agreement to the template's z-score (Detection, message_score).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -45,7 +47,10 @@ MAX_ANGLE = 4.0  # degrees: the detector looks for rotations up to this
 PERIOD_RANGE = (0.45, 4.0)  # the detector looks for tile periods this many times the unattacked one
 INFORMED_ROUNDS = 3  # measure-and-adjust rounds of the embedding (0: plain spread spectrum)
 INFORMED_TARGET = 4.0  # the margin (in noise spreads) the rounds aim every part at
-MESSAGE_NULL = (5.63, 0.44)  # mean and spread of the best code word's agreement with noise (see message_score)
+# The best code word's agreement with Gaussian noise (see message_score): mean 5.63 and spread 0.44 for raw noise.
+# The detector's soft values have unit RMS, which narrows the spread to 0.24: dividing by 0.44 leaves noise's
+# message scores a spread of about 0.55, a cautious scale on which the threshold was set.
+MESSAGE_NULL = (5.63, 0.44)
 MESSAGE_WEIGHT = 0.5  # of the message's evidence in the detection score
 REFINED = 2  # of the geometries tried, how many the detector refines
 MIN_SIDE = 32  # pixels: a smaller image is not marked (docs/watermark.md: capacity by size)
@@ -74,7 +79,7 @@ class WatermarkConfig:
 @dataclass(frozen=True)
 class Detection:
     """What detect() found. score: the template's z-score plus MESSAGE_WEIGHT times the message's excess
-    agreement (message_score, where above 0); clean images score about 3 to 6; detected: score at or above
+    agreement (message_score, where above 0); clean images score about 3.5 to 6; detected: score at or above
     the threshold; payload: the decoded PAYLOAD_BITS as an int where detected, else None;
     cell_size and angle: the geometry the mark was found at (pixels per cell, degrees)."""
 
@@ -122,13 +127,9 @@ class _Layout:
         return (value[self.owner + 1] * self.chips).reshape(TILE, TILE)
 
 
-_LAYOUTS: dict[str, _Layout] = {}
-
-
+@functools.lru_cache(maxsize=8)  # a few milliseconds to build; a process sees one or two keys
 def _layout(key: str) -> _Layout:
-    if key not in _LAYOUTS:  # a few milliseconds to build; a process sees one or two keys
-        _LAYOUTS[key] = _Layout(key)
-    return _LAYOUTS[key]
+    return _Layout(key)
 
 
 def _upsample_tile(tile: np.ndarray, factor: float) -> np.ndarray:
@@ -336,8 +337,8 @@ def detect(image: Image.Image, config: WatermarkConfig = WatermarkConfig()) -> D
 
 
 def message_score(soft: np.ndarray, bits: np.ndarray) -> float:
-    """How far the soft values agree with the decoded message's code word, in standard deviations above what
-    the best code word reaches on noise alone (MESSAGE_NULL: the decoder picks the best of 2^32 words, so
-    noise agrees with it by about 5.6 / sqrt(114) on average, not 0). soft: (114,) with unit RMS."""
+    """How far the soft values agree with the decoded message's code word, above what the best code word
+    reaches on noise alone (the decoder picks the best of 2^32 words, so noise agrees with it by about
+    5.6 / sqrt(114) on average, not 0), in units of MESSAGE_NULL's spread. soft: (114,) with unit RMS."""
     agreement = float(soft @ (2.0 * encode(bits) - 1.0)) / math.sqrt(len(soft))
     return (agreement - MESSAGE_NULL[0]) / MESSAGE_NULL[1]
