@@ -161,7 +161,8 @@ def ssim(a: Image.Image, b: Image.Image) -> float | None:
     return float(structural_similarity(x, y, channel_axis=2, data_range=255))
 
 
-def bench_size(size: int, methods: list[Method], a) -> dict:
+def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None] = lambda result: None) -> dict:
+    """The figures of every method at one size; done(result) is called after each method (partial results)."""
     if size == 256:
         marked_src, clean, source = photos_256(a.images, seed=1), photos_256(a.clean, seed=2), "scikit-image photos"
     else:
@@ -175,7 +176,7 @@ def bench_size(size: int, methods: list[Method], a) -> dict:
     for m in methods:
         riva = m.name == "rivaGan"
         originals = marked_src[:a.riva_images] if riva else marked_src
-        cleans = clean[:a.riva_clean] if riva else clean
+        cleans = clean[:a.riva_clean] if riva else clean if isinstance(m, Pixelforge) else clean[:a.iw_clean]
         row: dict = {"images": len(originals), "clean": len(cleans), "attacks": {}}
         bar = stage_bar(len(originals) * (1 + len(ATTACKS)) + len(cleans), f"{size}px {m.name}")
         try:
@@ -186,6 +187,7 @@ def bench_size(size: int, methods: list[Method], a) -> dict:
         except Exception as e:  # e.g. a method that cannot take images this small
             bar.close()
             result["methods"][m.name] = {"error": f"{type(e).__name__}: {e}"}
+            done(result)
             continue
         row["psnr"] = float(np.mean([psnr(o, w) for o, w in zip(originals, marked)]))
         s = [ssim(o, w) for o, w in zip(originals, marked)]
@@ -229,6 +231,7 @@ def bench_size(size: int, methods: list[Method], a) -> dict:
             row["clean_score_99.9%"] = float(np.quantile(clean_scores, 0.999))
         row["detect_ms"] = 1000 * read_time / max(1, reads)
         result["methods"][m.name] = row
+        done(result)
     return result
 
 
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 64, 32, 28], choices=[256, 64, 32, 28])
     p.add_argument("--images", type=int, default=24, help="marked images per size")
     p.add_argument("--clean", type=int, default=1000, help="clean images per size for the false-positive rate")
+    p.add_argument("--iw-clean", type=int, default=None, help="clean images dwtDct and dwtDctSvd read (default: --clean)")
     p.add_argument("--riva-images", type=int, default=8, help="of those, how many rivaGan marks (slow)")
     p.add_argument("--riva-clean", type=int, default=100, help="clean images rivaGan reads (slow)")
     p.add_argument("--methods", nargs="+", default=["pixelforge", "dwtDct", "dwtDctSvd", "rivaGan"])
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.sizes, a.images, a.clean, a.riva_images, a.riva_clean = [256], 2, 20, 1, 2
-    for flag in ("images", "clean", "riva_images", "riva_clean"):
+    a.iw_clean = a.clean if a.iw_clean is None or a.quick else a.iw_clean
+    for flag in ("images", "clean", "iw_clean", "riva_images", "riva_clean"):
         if getattr(a, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1")
     methods: list[Method] = []
@@ -304,13 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"threshold {DEFAULT_THRESHOLD}; load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs", flush=True)
-    results = []
+    results: list[dict] = []
+
+    def save(*partial: dict) -> None:  # after each method too, so a long run's figures are never all lost
+        if a.json:
+            Path(a.json).write_text(json.dumps({"load_average": load, "threshold": DEFAULT_THRESHOLD,
+                                                "results": [*results, *partial]}, indent=1))
+
     for size in a.sizes:
-        results.append(bench_size(size, methods, a))
+        results.append(bench_size(size, methods, a, done=save))
+        save()
         print(table(results[-1]) + "\n", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"load_average": load, "threshold": DEFAULT_THRESHOLD, "results": results},
-                                           indent=1))
     return 0
 
 
