@@ -24,6 +24,7 @@ from .runs.checkpoint import check_shapes, load_state, state_shapes
 from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, load_weights, resolve_run, weights_file, weights_hash, weights_shapes
 from .provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, resolve_policy
 from .provenance.moderation import ModerationRefused  # noqa: F401  (re-exported: what generate raises for a refused prompt)
+from .provenance.marks import MarkSettings, is_marked, mark_image
 
 if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
     from .train.loop import TrainResult
@@ -383,7 +384,8 @@ class Generator:
                 s.pop("resample", None)  # only inpainting resamples
         return torch.cat(out), settings
 
-    def edit(self, images, *, strength: float = 0.6, mask=None, seed: int = 0, **kwargs) -> list[Image.Image]:
+    def edit(self, images, *, strength: float = 0.6, mask=None, seed: int = 0, watermark: bool | MarkSettings = True,
+             **kwargs) -> list[Image.Image]:
         """Edit images with the model (img2img and inpainting, for families with the "edit" capability;
         others refuse with "FAMILY models cannot edit images").
 
@@ -397,9 +399,10 @@ class Generator:
         resample (inpainting: RePaint passes per step) and the family's sampling options.
         Each image's settings (in `.info["pixelforge"]`) record the options, strength, and the SHA-256 of
         the input image and of the mask (None without one).
+        watermark: as generate().
         """
         tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, **kwargs)
-        return _with_settings(to_pil(tensors), settings)
+        return _with_settings(to_pil(tensors), settings, watermark)
 
     def check_prompts(self, prompts: list, negative_prompt: str | None = None) -> bool:
         """Whether any prompt is given (prompts: one entry per image, None for none); a clear error where
@@ -440,14 +443,17 @@ class Generator:
         negative = encoder.encode([negative_prompt]).to(self.device) if negative_prompt is not None else None
         return text, negative
 
-    def generate(self, n: int = 8, **kwargs) -> list[Image.Image]:
+    def generate(self, n: int = 8, *, watermark: bool | MarkSettings = True, **kwargs) -> list[Image.Image]:
         """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
         `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them).
         An image drawn from a sketch also carries the drawing (`.info["pixelforge_sketch"]`), which
-        save_images writes beside it."""
+        save_images writes beside it.
+        watermark: the invisible watermark (on by default; False: off; a MarkSettings for a user key or another
+        strength); each image's settings record under "watermark" whether and what was embedded."""
+
         drawings: list[Image.Image] = []
         images, settings = self.generate_tensor(n, _drawings=drawings, **kwargs)
-        pils = _with_settings(to_pil(images), settings)
+        pils = _with_settings(to_pil(images), settings, watermark)
         for im, drawing in zip(pils, drawings):
             im.info[SKETCH_INFO_KEY] = drawing
         return pils
@@ -461,14 +467,10 @@ def sketch_file_name(digest: str) -> str:
     return f"sketch-{digest[:16]}.png"
 
 
-def _with_settings(pils: list[Image.Image], settings: list[dict]) -> list[Image.Image]:
-    """The images, each carrying its settings in `.info["pixelforge"]` and in what save() writes."""
-    for im, s in zip(pils, settings):
-        im.info["pixelforge"] = s
-        # Pillow (>= 11.3) applies an image's own `encoderinfo` in every save(): the PNG writer takes
-        # its text chunks from "pnginfo" (other formats ignore the key); a copy() starts without it.
-        im.encoderinfo = {"pnginfo": png_info(s)}
-    return pils
+def _with_settings(pils: list[Image.Image], settings: list[dict], watermark: bool | MarkSettings) -> list[Image.Image]:
+    """The images, marked (provenance.marks.mark_image), each carrying its settings in `.info["pixelforge"]`
+    and in what save() writes."""
+    return [mark_image(im, settings=s, marks=watermark) for im, s in zip(pils, settings)]
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None,
@@ -552,12 +554,16 @@ def _training_evaluator(cfg: RunConfig, device: str):
                                    sample_options=TRAINING_EVAL_SAMPLE_OPTIONS)
 
 
-def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True) -> dict:
+def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True,
+                watermark: bool | MarkSettings = True) -> dict:
     """Write each image as a PNG with its settings in the metadata, plus grid.png; returns the paths.
     An image drawn from a sketch gets the drawing beside it (its settings' "sketch", a lossless PNG named by
-    its SHA-256, written once however many images share it), so `sample --from` finds it again."""
+    its SHA-256, written once however many images share it), so `sample --from` finds it again.
+    watermark: marks (provenance.marks.mark_image) for images that have not been through it yet (generate and
+    edit mark theirs) and for the grid; False writes them as they are."""
     out_dir = Path(out_dir)
     paths = []
+    images = [im if is_marked(im) else mark_image(im, marks=watermark) for im in images]
     for im in images:
         s = im.info.get("pixelforge", {})
         drawing = im.info.get(SKETCH_INFO_KEY)
@@ -569,7 +575,10 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
     grid_path = None
     if grid and images:
         scale = max(1, 64 // images[0].size[0])
-        grid_path = save_png(make_grid(images, scale=scale), out_dir / "grid.png")
+        sheet = make_grid(images, scale=scale)
+        if watermark is not False:  # the grid gets a mark of its own (the tiles keep theirs)
+            sheet = mark_image(sheet, settings={"grid_of": [im.info.get("pixelforge", {}) for im in images]}, marks=watermark)
+        grid_path = save_png(sheet, out_dir / "grid.png")
     return {"images": paths, "grid": grid_path}
 
 
@@ -609,7 +618,8 @@ def _find_model(s: dict, png_path, runs_dir) -> Path:
 
 
 def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=None,
-               moderation: str | os.PathLike | ModerationPolicy | None = DEFAULT_POLICY) -> tuple[Image.Image, dict]:
+               moderation: str | os.PathLike | ModerationPolicy | None = DEFAULT_POLICY,
+               watermark: bool | MarkSettings = True) -> tuple[Image.Image, dict]:
     """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed.
 
     The model is looked up by its recorded name through runs_dir ($PIXELFORGE_RUNS, ./runs) and the
@@ -622,7 +632,7 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
-                          sketch=sketch, seeds=[s["seed"]], **options)
+                          sketch=sketch, seeds=[s["seed"]], watermark=watermark, **options)
     return image, s
 
 

@@ -267,7 +267,22 @@ def _add_sample(sub):
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS); "
                    "--from looks the PNG's model up here by its run name, then at the path recorded in the PNG")
     p.add_argument("--device", default="auto")
+    _add_watermark_options(p)
     p.set_defaults(func=cmd_sample)
+
+
+def _add_watermark_options(p) -> None:
+    g = p.add_argument_group("invisible watermark (docs/watermark.md)")
+    g.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark (on by default)")
+    g.add_argument("--watermark-key", default=None, metavar="KEY", help="a user key combined with the project's: only "
+                   "holders of it can detect the mark (default: $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
+
+
+def _marks(a):
+    """The MarkSettings --no-watermark and --watermark-key choose."""
+    from .provenance.marks import MarkSettings
+
+    return MarkSettings(watermark=not a.no_watermark, key=a.watermark_key)
 
 
 def _add_moderation_options(p) -> None:
@@ -350,9 +365,10 @@ def cmd_sample(a) -> int:
     _check_out(a)
     if a.from_png:
         with _warnings_printed("sample"):
-            image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
+            image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a),
+                                      watermark=_marks(a))
         out = _out_dir(a, s["model"])
-        paths = api.save_images([image], out, grid=False)
+        paths = api.save_images([image], out, grid=False, watermark=_marks(a))
         print(f"regenerated {a.from_png} (model {s['model']}, seed {s['seed']}): {paths['images'][0]}")
         return 0
     from .runs import DEFAULT_MODEL
@@ -367,11 +383,12 @@ def cmd_sample(a) -> int:
     with _warnings_printed("sample"):
         try:
             images = g.generate(n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, sketch=sketches,
-                                seed=a.seed, batch_size=a.batch_size, callback=cb, **_sampling_options(a))
+                                seed=a.seed, batch_size=a.batch_size, callback=cb, watermark=_marks(a),
+                                **_sampling_options(a))
         finally:
             bar.close()
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
-    paths = api.save_images(images, out)
+    paths = api.save_images(images, out, watermark=_marks(a))
     print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
     return 0
 
@@ -436,6 +453,7 @@ def _add_edit(sub):
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--device", default="auto")
+    _add_watermark_options(p)
     p.set_defaults(func=cmd_edit)
 
 
@@ -461,14 +479,14 @@ def cmd_edit(a) -> int:
         try:
             images = g.edit([a.image] * a.n, mask=a.mask, label=a.label, prompt=a.prompt,
                             negative_prompt=a.negative_prompt, seed=a.seed, batch_size=a.batch_size, callback=cb,
-                            **options)
+                            watermark=_marks(a), **options)
         finally:
             for bar, _ in bars:
                 bar.close()
             for message in dict.fromkeys(str(w.message) for w in caught):  # each once, not once per copy
                 print(f"pixelforge edit: warning: {message}", file=sys.stderr)
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
-    paths = api.save_images(images, out, prefix="edit-")
+    paths = api.save_images(images, out, prefix="edit-", watermark=_marks(a))
     print(f"{len(paths['images'])} edited images in {out}/  grid: {paths['grid']}")
     return 0
 
@@ -730,7 +748,7 @@ def cmd_serve(a) -> int:
     app = create_app(a.run or None, api_key=api_key, max_queue=a.max_queue, workers=a.workers, job_timeout_s=a.job_timeout,
                      db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir,
                      allowed_hosts=host_names(a.host, a.allowed_host), api_docs=a.api_docs, limits=limits,
-                     moderation=a.moderation_policy)
+                     moderation=a.moderation_policy, watermark=_marks(a))
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"serving {', '.join(app.state.generators)} at http://{host}:{a.port}/  "
           f"(API: http://{host}:{a.port}/api/v1, schema: /openapi.json; ratings in {app.state.ratings.path}; "
@@ -788,6 +806,7 @@ def _add_serve(sub):
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
+    _add_watermark_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -859,6 +878,63 @@ def _add_moderation(sub):
     c.set_defaults(func=cmd_moderation_check)
 
 
+def _add_watermark(sub):
+    from .provenance.watermark import DEFAULT_PSNR, DEFAULT_THRESHOLD, PSNR_RANGE
+
+    p = sub.add_parser("watermark", help="embed or detect the invisible watermark in any image (embed, detect)")
+    wsub = p.add_subparsers(dest="watermark_command", metavar="SUBCOMMAND")
+    e = wsub.add_parser("embed", help="mark an image (any image, not only generated ones)", formatter_class=_Help,
+                        description="Embed the invisible watermark (docs/watermark.md) into IMAGE and write OUT (its "
+                        "format from the extension; JPEG at quality 95). The payload is 32 bits: by default the first 32 "
+                        "bits of the input file's SHA-256.")
+    e.add_argument("image", metavar="IMAGE")
+    e.add_argument("-o", "--out", required=True, metavar="OUT", help="the marked image (.png, .jpg, .webp, ...)")
+    e.add_argument("--payload", default=None, help="32 bits to embed: 8 hex digits (0x optional)")
+    e.add_argument("--key", default=None, help="user key (default $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
+    e.add_argument("--psnr", type=float, default=DEFAULT_PSNR,
+                   help=f"strength as the marked image's PSNR in dB, {PSNR_RANGE[0]:g}..{PSNR_RANGE[1]:g} (higher: fainter)")
+    e.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    e.set_defaults(func=cmd_watermark_embed)
+    d = wsub.add_parser("detect", help="look for the mark in images; --json prints one JSON object per image",
+                        formatter_class=_Help, description="Look for the invisible watermark in each IMAGE and print "
+                        "whether it is there, its score (clean images score about 3.5 to 6) and the payload. Exit status 0, or 2 where a "
+                        "file could not be read (the others are still checked).")
+    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("--json", action="store_true", help="one JSON object per line and image: file, detected, score, "
+                   "payload, model_id, generation_id, cell_size, angle (or file and error)")
+    d.add_argument("--key", default=None, help="user key (default $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
+    d.add_argument("--threshold", type=_float_range(0, above_lo=True), default=DEFAULT_THRESHOLD,
+                   help="the score at and above which an image counts as marked")
+    d.set_defaults(func=cmd_watermark_detect)
+
+
+def cmd_watermark_embed(a) -> int:
+    from .provenance.marks import embed_file
+
+    out, payload = embed_file(a.image, a.out, payload=a.payload, key=a.key, psnr=a.psnr, overwrite=a.overwrite)
+    print(f"marked {a.image} with payload {payload:08x}: {out}")
+    return 0
+
+
+def cmd_watermark_detect(a) -> int:
+    from .provenance.marks import detect_file
+
+    status = 0
+    for path in a.images:
+        try:
+            record = {"file": path, **detect_file(path, key=a.key, threshold=a.threshold)}
+        except ValueError as e:  # one unreadable file does not stop the others
+            record, status = {"file": path, "error": str(e)}, 2
+        if a.json:
+            print(json.dumps(record), flush=True)
+        elif "error" in record:
+            print(f"{path}: error: {record['error']}", file=sys.stderr)
+        else:
+            found = f"marked, payload {record['payload']}" if record["detected"] else "no mark found"
+            print(f"{path}: {found} (score {record['score']:.1f})")
+    return status
+
+
 def cmd_export(a) -> int:
     from .runs import export_run, resolve_run
 
@@ -891,6 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_keys(sub)
     add_provenance(sub)
+    _add_watermark(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",

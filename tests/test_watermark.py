@@ -1,0 +1,314 @@
+"""The invisible watermark: its code, embed -> attack -> detect round trips, false positives on clean images,
+keys, the CLI's embed and detect, and marks on by default wherever images are produced (and off when asked)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pixelforge
+from pixelforge import api
+from pixelforge.cli import main
+from pixelforge.images import read_settings
+from pixelforge.provenance import watermark as W
+from pixelforge.provenance.marks import KEY_ENV, MarkSettings, detect_image, embed_file, mark_image
+from pixelforge.provenance.watermark_attacks import ATTACKS
+from pixelforge.provenance.watermark_code import (bits_to_int, coded_length, encode, int_to_bits, viterbi,
+                                                  whitening)
+
+
+def photo(size: int = 256, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A stand-in for a photograph: 1/f noise (the spectrum of natural images) with a few flat shapes."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.fftfreq(size)
+    amp = 1.0 / np.maximum(np.hypot(*np.meshgrid(f, f)), 1.0 / size)
+    channels = []
+    for _ in range(3 if mode == "RGB" else 1):
+        x = np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((size, size)))))
+        channels.append((x - x.mean()) / x.std())
+    a = np.stack(channels, -1) * 40 + 128
+    for _ in range(4):  # flat rectangles: edges and smooth regions, as photos have
+        y0, x0 = rng.integers(0, size - size // 4, 2)
+        a[y0:y0 + size // 4, x0:x0 + size // 5] = rng.uniform(40, 215)
+    a = np.clip(a, 0, 255).astype(np.uint8)
+    return Image.fromarray(a[..., 0] if mode == "L" else a, mode)
+
+
+PAYLOAD = 0x5A17C0DE
+
+
+# --- the channel code ------------------------------------------------------------------------------
+def test_viterbi_finds_the_maximum_likelihood_message():
+    rng = np.random.default_rng(0)
+    n = 5
+    words = {m: 2.0 * encode(int_to_bits(m, n)) - 1 for m in range(1 << n)}
+    for _ in range(20):
+        soft = rng.normal(size=coded_length(n))
+        best = max(words, key=lambda m: float(words[m] @ soft))
+        assert bits_to_int(viterbi(soft, n)) == best
+
+
+def test_the_code_corrects_a_noisy_channel_that_flips_a_sixth_of_the_coded_bits():
+    rng = np.random.default_rng(1)
+    raw_errors, decoded_errors = 0, 0
+    for _ in range(50):
+        bits = rng.integers(0, 2, 32)
+        coded = encode(bits)
+        soft = (2.0 * coded - 1) + rng.normal(0, 1.0, len(coded))
+        raw_errors += int(np.sum((soft > 0) != coded))
+        decoded_errors += int(np.sum(viterbi(soft, 32) != bits))
+    assert raw_errors / (50 * coded_length(32)) > 0.14  # the channel is as noisy as claimed
+    assert decoded_errors / (50 * 32) < 0.01
+
+
+def test_message_score_is_standardised_against_the_best_code_word_on_noise():
+    rng = np.random.default_rng(2)
+    scores = []
+    for _ in range(300):
+        soft = rng.normal(size=coded_length(32))
+        soft /= np.sqrt(np.mean(soft ** 2))
+        scores.append(W.message_score(soft, viterbi(soft, 32)))
+    assert abs(np.mean(scores)) < 0.2 and 0.4 < np.std(scores) < 0.7  # centred on noise, with a cautious scale
+    coded = 2.0 * encode(int_to_bits(PAYLOAD, 32)) - 1
+    assert W.message_score(coded, int_to_bits(PAYLOAD, 32)) > 10  # a clean read stands far above it
+
+
+def test_whitening_makes_the_all_zero_payload_a_mix_of_signs_that_depends_on_the_key():
+    signs = W._layout("").signs(0)[1:]  # the coded bits of payload 0: all zeros before whitening
+    assert 0.35 < np.mean(signs > 0) < 0.65
+    assert not np.array_equal(whitening("", 114), whitening("another key", 114))
+
+
+# --- embedding ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_embed_keeps_size_mode_and_alpha_and_a_psnr_over_40_db(mode):
+    original = photo(128, seed=3, mode="L" if mode == "L" else "RGB")
+    if mode == "RGBA":
+        original = original.convert("RGBA")
+        original.putalpha(Image.linear_gradient("L").resize(original.size))
+    marked = W.embed(original, PAYLOAD)
+    assert marked.size == original.size and marked.mode == mode
+    a, b = np.asarray(original, np.float64), np.asarray(marked, np.float64)
+    if mode == "RGBA":
+        assert np.array_equal(a[..., 3], b[..., 3])
+        a, b = a[..., :3], b[..., :3]
+    assert 40.0 <= 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)) <= 43.0
+
+
+def test_bad_settings_and_small_images_are_refused_naming_what_is_wrong():
+    with pytest.raises(ValueError, match=r"psnr must be a number of dB in 30..60"):
+        W.WatermarkConfig(psnr=10)
+    with pytest.raises(ValueError, match="payload must be an integer"):
+        W.embed(photo(64), 1 << 32)
+    with pytest.raises(ValueError, match="28x28 is too small to watermark: each side must be at least 32"):
+        W.embed(photo(28), 1)
+
+
+# --- round trips ------------------------------------------------------------------------------------------
+ROUND_TRIP_ATTACKS = ["none", "jpeg90", "jpeg50", "resize0.5", "resize0.75", "crop10", "crop25", "rotate2",
+                      "brightness1.2", "contrast1.2", "noise0.02"]
+
+
+@pytest.fixture(scope="module")
+def marked_photos():
+    return [(W.embed(photo(256, seed), PAYLOAD + seed), PAYLOAD + seed) for seed in (10, 11)]
+
+
+@pytest.mark.parametrize("attack", ROUND_TRIP_ATTACKS)
+def test_embed_attack_detect_round_trip_gives_the_payload_back(marked_photos, attack):
+    for marked, payload in marked_photos:
+        d = W.detect(ATTACKS[attack](marked))
+        assert d.detected and d.payload == payload, (attack, d)
+
+
+def test_the_geometry_found_undoes_a_resize_and_a_rotation(marked_photos):
+    marked, _ = marked_photos[0]
+    d = W.detect(ATTACKS["rotate2"](ATTACKS["resize0.75"](marked)))
+    assert d.detected and d.cell_size == pytest.approx(2.0 * 0.75, rel=0.01) and d.angle == pytest.approx(2.0, abs=0.3)
+
+
+def test_a_re_encoded_file_is_still_detected_by_its_mark(tmp_path):
+    photo(200, seed=4).save(tmp_path / "in.png")
+    out, payload = embed_file(tmp_path / "in.png", tmp_path / "marked.png", payload="0x00c0ffee")
+    assert payload == 0x00C0FFEE
+    with Image.open(out) as im:  # re-encoded twice, as a photo sharing site might: JPEG 80, then WebP 85
+        im.convert("RGB").save(tmp_path / "shared.jpg", quality=80)
+    with Image.open(tmp_path / "shared.jpg") as im:
+        im.save(tmp_path / "shared.webp", quality=85)
+    with Image.open(tmp_path / "shared.webp") as im:
+        d = detect_image(im)
+    assert d.detected and d.payload == 0x00C0FFEE
+
+
+# --- false positives and keys ---------------------------------------------------------------------------
+def test_clean_images_are_not_detected():
+    sizes = itertools.cycle([256, 200, 128, 96, 64, 48, 32])
+    scores = [W.detect(photo(next(sizes), seed, mode="RGB" if seed % 3 else "L")).score for seed in range(100, 160)]
+    assert max(scores) < W.DEFAULT_THRESHOLD, max(scores)
+
+
+def test_a_mark_made_with_a_user_key_is_found_with_that_key_only(monkeypatch):
+    marked = W.embed(photo(192, seed=5), PAYLOAD, W.WatermarkConfig(key="alice"))
+    assert not W.detect(marked).detected  # the project key alone
+    assert not W.detect(marked, W.WatermarkConfig(key="bob")).detected
+    d = W.detect(marked, W.WatermarkConfig(key="alice"))
+    assert d.detected and d.payload == PAYLOAD
+    monkeypatch.setenv(KEY_ENV, "alice")  # the environment's key is the default key
+    assert detect_image(marked).payload == PAYLOAD
+
+
+def test_mark_image_records_what_it_embedded_and_leaves_small_images_unmarked():
+    im = mark_image(photo(64, seed=6), settings={"model": "m", "seed": 1})
+    s = im.info["pixelforge"]
+    assert (s["watermark"], s["watermark_key"], s["model"]) == (True, "project", "m")
+    assert detect_image(im).payload == int(s["watermark_payload"], 16)
+    assert int(s["watermark_payload"], 16) == (s["watermark_model_id"] << 16) | s["watermark_generation_id"]
+    small = photo(28, seed=6)
+    kept = mark_image(small, settings={"model": "m"})
+    assert kept.info["pixelforge"]["watermark"] is False and "smaller than 32" in kept.info["pixelforge"]["watermark_reason"]
+    assert np.array_equal(np.asarray(kept), np.asarray(small))
+    off = mark_image(photo(64, seed=6), marks=False)
+    assert off.info["pixelforge"] == {"watermark": False, "watermark_reason": "turned off"}
+
+
+# --- the CLI ------------------------------------------------------------------------------------------
+def test_cli_embed_then_detect_prints_one_json_line_per_image(tmp_path, capsys):
+    photo(160, seed=7).save(tmp_path / "a.png")
+    photo(160, seed=8).save(tmp_path / "b.png")
+    assert main(["watermark", "embed", str(tmp_path / "a.png"), "-o", str(tmp_path / "a-marked.jpg"),
+                 "--payload", "deadbeef"]) == 0
+    assert "deadbeef" in capsys.readouterr().out
+    files = [str(tmp_path / n) for n in ("a-marked.jpg", "b.png")]
+    assert main(["watermark", "detect", *files, "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in lines] == files
+    assert {"file", "detected", "score", "payload"} <= set(lines[0])
+    assert (lines[0]["detected"], lines[0]["payload"]) == (True, "deadbeef")
+    assert (lines[1]["detected"], lines[1]["payload"]) == (False, None) and lines[1]["score"] < W.DEFAULT_THRESHOLD
+
+
+def test_cli_errors_are_one_line_naming_the_file_or_option(tmp_path, capsys):
+    photo(64, seed=9).save(tmp_path / "a.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert main(["watermark", "embed", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--payload", "xyz"]) == 2
+    assert "--payload 'xyz'" in capsys.readouterr().err
+    assert main(["watermark", "embed", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.unknown")]) == 2
+    assert "o.unknown" in capsys.readouterr().err
+    assert main(["watermark", "detect", str(tmp_path / "empty.png"), str(tmp_path / "a.png"), "--json"]) == 2
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "error" in out[0] and "empty.png" in out[0]["error"] and out[1]["detected"] is False
+
+
+# --- marks on by default where images are produced ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def run32(tmp_path_factory):
+    """A 2-step 32x32 run (big enough to carry the mark) and its runs folder."""
+    root = tmp_path_factory.mktemp("wm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELFORGE_CACHE", str(root / "cache"))
+        pixelforge.train("digits", name="wm32", runs_dir=root / "runs", image_size=32, allow_upscale=True, steps=2,
+                         batch_size=8, val_every=2, sample_every=100, ckpt_every=2, progress=False,
+                         model_fields={"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1})
+    return root / "runs"
+
+
+def carries_its_mark(marked: Image.Image, plain: Image.Image) -> bool:
+    """Whether marked - plain is the recorded payload's pattern (up to the clipping at 0 and 255)."""
+    s = marked.info.get("pixelforge") or {}
+    if not s.get("watermark"):
+        return False
+    diff = np.asarray(marked, np.float64) - np.asarray(plain, np.float64)
+    diff = diff.mean(axis=2) if diff.ndim == 3 else diff
+    pat = W.pattern(marked.height, marked.width, int(s["watermark_payload"], 16))
+    return float(np.corrcoef(diff.ravel(), pat.ravel())[0, 1]) > 0.5
+
+
+def test_generate_and_edit_mark_by_default_and_not_when_turned_off(run32):
+    g = pixelforge.load(run32 / "wm32", device="cpu")
+    (marked,) = g.generate(1, seed=3, steps=2, label=1)
+    (plain,) = g.generate(1, seed=3, steps=2, label=1, watermark=False)
+    assert plain.info["pixelforge"]["watermark"] is False
+    assert carries_its_mark(marked, plain)
+    (edited,) = g.edit(photo(32, seed=1, mode="L"), strength=0.5, seed=2, steps=2, label=1)
+    (edited_plain,) = g.edit(photo(32, seed=1, mode="L"), strength=0.5, seed=2, steps=2, label=1, watermark=False)
+    assert carries_its_mark(edited, edited_plain) and edited_plain.info["pixelforge"]["watermark"] is False
+
+
+def test_cli_sample_and_edit_mark_by_default_and_no_watermark_turns_it_off(run32, tmp_path):
+    common = ["wm32", "--runs-dir", str(run32), "--steps", "2", "--label", "1", "--device", "cpu"]
+    photo(32, seed=1, mode="L").save(tmp_path / "in.png")
+    for cmd, extra in (("sample", ["-n", "1"]), ("edit", ["--image", str(tmp_path / "in.png"), "--strength", "0.5"])):
+        assert main([cmd, *common, *extra, "-o", str(tmp_path / cmd / "on")]) == 0
+        assert main([cmd, *common, *extra, "-o", str(tmp_path / cmd / "off"), "--no-watermark"]) == 0
+        (on,) = [p for p in (tmp_path / cmd / "on").glob("*.png") if p.name != "grid.png"]
+        (off,) = [p for p in (tmp_path / cmd / "off").glob("*.png") if p.name != "grid.png"]
+        assert read_settings(on)["watermark"] is True and read_settings(off)["watermark"] is False
+        with Image.open(on) as a, Image.open(off) as b:
+            a.load()
+            a.info["pixelforge"] = read_settings(on)
+            assert carries_its_mark(a, b), cmd
+
+
+def test_save_images_marks_images_that_were_not_marked_yet(tmp_path):
+    paths = api.save_images([photo(96, seed=12)], tmp_path)
+    (path,) = paths["images"]
+    assert read_settings(path)["watermark"] is True
+    with Image.open(path) as im:
+        assert detect_image(im).detected
+    with Image.open(paths["grid"]) as im:
+        assert detect_image(im).detected  # the grid carries a mark of its own
+
+
+def test_server_marks_generated_images_unless_started_without(run32, tmp_path):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from pixelforge.serve import create_app
+
+    def first_image(marks):
+        app = create_app([str(run32 / "wm32")], runs_dir=run32, device="cpu", db_path=tmp_path / "r.sqlite",
+                         allowed_hosts=["testserver"], watermark=marks)
+        with TestClient(app) as client:
+            job = client.post("/api/v1/jobs", json={"model": "wm32", "n": 1, "seed": 4, "label": 1,
+                                                    "options": {"steps": 2}}).json()
+            for _ in range(600):
+                info = client.get(job["url"]).json()
+                if info["status"] in ("done", "failed"):
+                    break
+                time.sleep(0.05)
+            assert info["status"] == "done", info
+            png = client.get(info["images"][0]).content
+        im = Image.open(__import__("io").BytesIO(png))
+        im.load()
+        im.info["pixelforge"] = info["settings"][0]
+        return im
+
+    on, off = first_image(True), first_image(MarkSettings(watermark=False))
+    assert off.info["pixelforge"]["watermark"] is False
+    assert carries_its_mark(on, off)
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bench_runs_every_method_and_writes_its_figures(tmp_path):
+    pytest.importorskip("imwatermark", reason="invisible-watermark is not installed (scripts/setup.sh installs it "
+                        "with --no-deps)")
+    pytest.importorskip("skimage", reason="scikit-image (the bench's photos) is not installed")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "bench" / "watermark.py"), "--quick", "--methods", "pixelforge",
+                        "dwtDct", "--json", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (result,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert set(result["methods"]) == {"pixelforge", "dwtDct"}
+    assert result["methods"]["pixelforge"]["attacks"]["none"]["bit_accuracy"] == 1.0
+    assert "| jpeg50 |" in r.stdout
