@@ -3,10 +3,22 @@ owns several) one Adam over all its parameters. docs/design.md describes the who
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from .optim import DEFAULT_BETAS, make_adam, training_stream
+
+
+class NetworkCall(NamedTuple):
+    """The one network call of a family's sampling that compress/ can export or run in another precision:
+    the method's name, the names of its tensor arguments (each (B, ...)) before a last `cond` argument,
+    and the submodules it runs (their weights are those of the exported graph)."""
+
+    method: str
+    args: tuple[str, ...]
+    modules: tuple[str, ...]
 
 
 class FamilyModule(nn.Module):
@@ -16,6 +28,7 @@ class FamilyModule(nn.Module):
     leaves them unset."""
 
     default_betas: tuple[float, float] = DEFAULT_BETAS
+    network_call: NetworkCall | None = None  # None: nothing of the family can be exported yet
 
     @staticmethod
     def upgrade_config(run: dict) -> dict:
