@@ -843,6 +843,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     ds = sub.add_parser("datasets", help="list the bundled data sets")
     ds.set_defaults(func=cmd_datasets)
+    from .cli_compress import add_bench, add_compress
+
+    add_compress(sub)
+    add_bench(sub)
     return parser
 
 

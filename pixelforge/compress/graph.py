@@ -10,6 +10,7 @@ not inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Callable
 
@@ -98,8 +99,16 @@ class TensorCall(nn.Module):
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         k = len(self.call.args)
         fields = dict(zip(self.cond_names, tensors[k:]))
-        cond = Cond(**fields) if fields else None
-        return original(self.model)(*tensors[:k], cond)
+        return original(self.model)(*tensors[:k], unchecked_cond(fields) if fields else None)
+
+
+def unchecked_cond(fields: dict[str, torch.Tensor]) -> Cond:
+    """A Cond of these fields without Cond's checks: they read the batch size as a Python int, which
+    would fix it in a torch.export graph; the graph's inputs (cond_inputs) have the checked shapes."""
+    cond = object.__new__(Cond)
+    for f in dataclasses.fields(Cond):
+        object.__setattr__(cond, f.name, fields.get(f.name))
+    return cond
 
 
 def original(model: nn.Module) -> Callable:
