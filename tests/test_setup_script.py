@@ -44,3 +44,13 @@ def test_other_values_are_refused_before_anything_is_installed(tmp_path, value):
     r, calls = run_setup(tmp_path, WITH_INCEPTION=value)
     assert r.returncode == 2 and "WITH_INCEPTION" in r.stderr and "use 1" in r.stderr
     assert calls == ""
+
+
+def test_setup_installs_the_onnx_extra_by_default_and_with_onnx_0_skips_it(tmp_path):
+    r, calls = run_setup(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ",onnx]" in calls
+    (tmp_path / "skip").mkdir()
+    r, calls = run_setup(tmp_path / "skip", WITH_ONNX="0")
+    assert r.returncode == 0, r.stderr
+    assert "pixelforge" in calls and "onnx" not in calls
