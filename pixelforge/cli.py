@@ -481,8 +481,11 @@ def cmd_info(a) -> int:
     # Counted on the meta device: an untrusted config allocates nothing, and a too large one is refused.
     shaped = check_model_size(family, model, f"{run_dir / 'config.json'}: model")
     try:
-        check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
+        if cfg.compress is None:  # a compressed run's files are checked when it loads (compress/load.py)
+            check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
         weights = f"{weights_file(run_dir).name} (hash {weights_hash(run_dir)})"
+        if cfg.compress is not None:
+            weights += f"; compressed: {cfg.compress.variant} variant of {cfg.compress.source}"
     except FileNotFoundError as e:
         weights = f"none yet ({e})"
     print(f"run:      {run_dir}")

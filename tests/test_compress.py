@@ -217,6 +217,11 @@ def test_cli_compress_refuses_bad_options_in_one_line(tiny_run, tmp_path, capsys
     assert not (tmp_path / "c").exists()
 
 
+def test_info_names_the_variant(variants, capsys):
+    assert main(["info", str(variants["onnx-int8"]["out"])]) == 0
+    assert "compressed: onnx-int8 variant of" in capsys.readouterr().out
+
+
 def test_a_compressed_run_is_not_compressed_again(variants, tmp_path, capsys):
     src = variants["onnx-fp32"]["out"]
     assert main(["compress", str(src), "--export", "onnx", "-o", str(tmp_path / "c"), "--quiet"]) == 2
