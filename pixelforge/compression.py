@@ -103,7 +103,8 @@ def compress_run(
     model = g.model
     stages = stage_bar(2 + (export == "onnx") + (quantize == "int8"), f"compressing {g.name} to {cc.variant}",
                        unit="stage", enabled=progress)
-    tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=out.parent if out.parent.is_dir() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=out.parent))  # beside out: the files are renamed in
     try:
         max_abs = None
         state = model.state_dict()
