@@ -93,9 +93,14 @@ class Generator:
         self.config = RunConfig.load(self.run_dir / "config.json")
         self.device = pick_device(device)
         self.model = build_model(self.config, self.device, where=str(self.run_dir / "config.json"))
-        weights = weights_file(self.run_dir)
-        check_shapes(weights_shapes(self.run_dir), state_shapes(self.model), weights)  # the header alone, before reading
-        load_state(self.model, load_weights(self.run_dir), weights)
+        if self.config.compress is not None:  # a compressed variant: its network call is replaced (compress/)
+            from .compress.load import load_compressed
+
+            load_compressed(self.model, self.run_dir, self.config.compress)
+        else:
+            weights = weights_file(self.run_dir)
+            check_shapes(weights_shapes(self.run_dir), state_shapes(self.model), weights)  # the header alone, before reading
+            load_state(self.model, load_weights(self.run_dir), weights)
         self.model.eval().requires_grad_(False)
         self.checkpoint_hash = weights_hash(self.run_dir)
         self.name = name or run_name(self.run_dir, runs_dir)
@@ -306,6 +311,8 @@ class Generator:
                 "label": idx[i],
                 "version": __version__,
             }
+            if self.config.compress is not None:
+                s["variant"] = self.config.compress.variant  # fp32 eager unless recorded
             if prompts is not None:
                 s["prompt"] = prompts[i]
                 s["negative_prompt"] = negative_prompt

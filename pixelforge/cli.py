@@ -559,8 +559,11 @@ def cmd_info(a) -> int:
     # Counted on the meta device: an untrusted config allocates nothing, and a too large one is refused.
     shaped = check_model_size(family, model, f"{run_dir / 'config.json'}: model")
     try:
-        check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
+        if cfg.compress is None:  # a compressed run's files are checked when it loads (compress/load.py)
+            check_shapes(weights_shapes(run_dir), state_shapes(shaped), weights_file(run_dir))
         weights = f"{weights_file(run_dir).name} (hash {weights_hash(run_dir)})"
+        if cfg.compress is not None:
+            weights += f"; compressed: {cfg.compress.variant} variant of {cfg.compress.source}"
     except FileNotFoundError as e:
         weights = f"none yet ({e})"
     print(f"run:      {run_dir}")
@@ -984,6 +987,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     ds = sub.add_parser("datasets", help="list the bundled data sets")
     ds.set_defaults(func=cmd_datasets)
+    from .cli_compress import add_bench, add_compress
+
+    add_compress(sub)
+    add_bench(sub)
     return parser
 
 

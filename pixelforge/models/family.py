@@ -4,12 +4,22 @@ owns several) one Adam over all its parameters. docs/design.md describes the who
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .optim import DEFAULT_BETAS, make_adam, training_stream, update
+
+
+class NetworkCall(NamedTuple):
+    """The one network call of a family's sampling that compress/ can export or run in another precision:
+    the method's name, the names of its tensor arguments (each (B, ...)) before a last `cond` argument,
+    and the submodules it runs (their weights are those of the exported graph)."""
+
+    method: str
+    args: tuple[str, ...]
+    modules: tuple[str, ...]
 
 
 class FamilyModule(nn.Module):
@@ -22,6 +32,7 @@ class FamilyModule(nn.Module):
     # whether a step may be split into micro-batches whose gradients add up (gradient accumulation): not
     # where one update's result feeds the next within a step (a GAN's D updates, then G against the new D)
     accumulates: bool = True
+    network_call: NetworkCall | None = None  # None: nothing of the family can be exported yet
 
     @staticmethod
     def upgrade_config(run: dict) -> dict:

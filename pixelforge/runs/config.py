@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..compress.config import CompressConfig
 from ..data import describe_source, validate_config
 from ..data.types import DataConfig
 from ..models import OptimConfig, get_family
@@ -80,6 +81,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     format_version: int = RUN_FORMAT_VERSION
     package_version: str = __version__
+    compress: CompressConfig | None = None  # a compressed variant of another run (compress/), else None
 
     def model_config(self):
         return get_family(self.family).Config(**self.model)
@@ -93,7 +95,10 @@ class RunConfig:
         return dataclasses.replace(self, model=model, optim=dataclasses.replace(self.optim, beta1=beta1, beta2=beta2))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        d = dataclasses.asdict(self)
+        if self.compress is None:  # only compressed runs carry the section
+            del d["compress"]
+        return json.dumps(d, indent=2)
 
     @staticmethod
     def from_dict(d: dict, *, where: str = "config") -> "RunConfig":
@@ -117,6 +122,7 @@ class RunConfig:
                 train=_build(TrainConfig, d.get("train", {}), f"{where}: train"),
                 format_version=version,
                 package_version=d.get("package_version", "unknown"),
+                compress=_build(CompressConfig, d["compress"], f"{where}: compress") if d.get("compress") is not None else None,
             )
         except KeyError as e:
             raise ValueError(f"{where}: missing field {e}") from None

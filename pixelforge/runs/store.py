@@ -86,7 +86,9 @@ def weights_shapes(run_dir: Path) -> dict[str, tuple[int, ...]]:
 
 
 def weights_hash(run_dir: Path) -> str:
-    return file_hash(weights_file(run_dir))
+    """The hash of the file that holds a run's network: a compressed run's ONNX graph where it has one."""
+    graph = run_dir / "model.onnx"
+    return file_hash(graph if graph.is_file() else weights_file(run_dir))
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:

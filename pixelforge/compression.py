@@ -1,0 +1,246 @@
+"""The compression verbs of the API: `compress_run` writes a run's compressed variant (ONNX Runtime fp32
+or int8, PyTorch bf16) as a run folder that loads like any other; `bench_run` measures every variant's
+images/s and peak memory on this machine, interleaved. docs/compress.md describes both."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .compress.config import VARIANTS, CompressConfig
+from .compress.load import ONNX_FILE, WEIGHTS_FILE, graph_free_shapes
+from .progress import image_bar, stage_bar
+from .runs.checkpoint import atomic_save_tensors, atomic_write_text
+
+SIDE_FILES = ("classes.json", "sample_defaults.json")  # copied from the source run as they are
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder: choose a new output folder (-o)")
+
+
+def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress: bool) -> list[dict]:
+    """The network call's inputs at every step of sampling n images with the run's default options (its
+    sampler, steps, guidance: so the sampler's own noise levels and both halves of guidance), one feed per
+    call; labels cycle through the classes, prompts through `prompts`."""
+    from .compress.graph import numpy_feeds, original, replace_call
+
+    model = g.model
+    own = original(model)
+    feeds: list[dict] = []
+
+    def recording(*args):
+        *tensors, cond = args
+        feeds.append(numpy_feeds(model, tensors, cond))
+        return own(*args)
+
+    text = "text" in g.inputs
+    if text and not prompts:
+        raise ValueError("int8 calibration of a text model needs prompts (calibration_prompts, --calibration-prompts)")
+    labels = [i % g.num_classes for i in range(n)] if g.num_classes and not text else None
+    bar, cb = image_bar(n, "calibrating int8", enabled=progress)
+    replace_call(model, recording)
+    try:
+        g.generate_tensor(n, labels=labels, prompts=[prompts[i % len(prompts)] for i in range(n)] if text else None,
+                          seed=seed, callback=cb)
+    finally:
+        del model.__dict__[model.network_call.method]  # back to the family's own method
+        bar.close()
+    return feeds
+
+
+def compress_run(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    export: str = "onnx",
+    quantize: str = "none",
+    prune: float = 0.0,
+    exporter: str = "torchscript",
+    opset: int = 18,
+    calibration_images: int = 32,
+    calibration_prompts: list[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    runs_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write a compressed variant of `run` (a run folder, a run name or a bundled model) to the new folder
+    `out`, a run that `pixelforge.load`, sample, evaluate, edit and the server take like any other, whose
+    config.json records the variant in its "compress" section (CompressConfig).
+
+    export "onnx": the family's network call becomes an ONNX graph (model.onnx; exporter "torchscript" or
+    "dynamo", opset) run by ONNX Runtime; quantize "int8" then quantises it (static QDQ) with activation
+    ranges from sampling calibration_images images (their prompts cycle through calibration_prompts for a
+    text model; seed fixes the images). export "none" with quantize "bf16": the weights in bfloat16, run in
+    bfloat16 where the hardware has it. prune: not available yet (only 0).
+    Returns {"out", "variant", "files" (name -> bytes), "parity_max_abs" (ONNX fp32 graph vs PyTorch, or None)}.
+    """
+    from .api import load
+    from .compress.graph import declared_call
+    from .compress.onnx_export import export_onnx, parity, quantize_int8
+
+    cc = CompressConfig(export=export, quantize=quantize, prune=prune, exporter=exporter, opset=opset,
+                        calibration_images=calibration_images)
+    out = Path(out)
+    _check_out(out)
+    g = load(run, device=device, runs_dir=runs_dir, moderation=None)
+    if g.config.compress is not None:
+        raise ValueError(f"{g.run_dir} is already a compressed run ({g.config.compress.variant}): compress the run it "
+                         f"came from ({g.config.compress.source})")
+    declared_call(g.model)  # a clear error for a family with nothing to export
+    cc = dataclasses.replace(cc, source=g.name, source_checkpoint=g.checkpoint_hash)
+    model = g.model
+    stages = stage_bar(2 + (export == "onnx") + (quantize == "int8"), f"compressing {g.name} to {cc.variant}",
+                       unit="stage", enabled=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=out.parent))  # beside out: the files are renamed in
+    try:
+        max_abs = None
+        state = model.state_dict()
+        if export == "onnx":
+            fp32_files = export_onnx(model, tmp / "fp32.onnx", exporter=exporter, opset=opset)
+            max_abs = parity(model, tmp / "fp32.onnx")
+            stages.update()
+            if quantize == "int8":
+                feeds = _calibration_feeds(g, calibration_images, calibration_prompts, seed, progress)
+                quantize_int8(tmp / "fp32.onnx", tmp / ONNX_FILE, feeds)
+                for f in fp32_files:
+                    f.unlink()
+                stages.update()
+            else:
+                for f in fp32_files:
+                    f.rename(tmp / f.name.replace("fp32.onnx", ONNX_FILE))
+            state = {k: v for k, v in state.items() if k in graph_free_shapes(model)}
+        elif quantize == "bf16":
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        atomic_save_tensors(state, tmp / WEIGHTS_FILE, {"variant": cc.variant})
+        stages.update()
+        atomic_write_text(tmp / "config.json", dataclasses.replace(g.config, compress=cc).to_json())
+        for name in SIDE_FILES:
+            if (g.run_dir / name).is_file():
+                shutil.copyfile(g.run_dir / name, tmp / name)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            f.rename(out / f.name)
+        stages.update()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        stages.close()
+    files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+    return {"out": out, "variant": cc.variant, "files": files, "parity_max_abs": max_abs}
+
+
+def model_bytes(run_dir: Path) -> int:
+    """Bytes on disk of what sampling reads: the weights and, for an ONNX variant, the graph and its data."""
+    names = (WEIGHTS_FILE, ONNX_FILE, ONNX_FILE + ".data")
+    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
+
+
+def _measure(run_dir: Path, *, n: int, steps: int | None, batch_size: int, device: str, seed: int) -> dict:
+    """Images/s and the peak resident memory of a fresh process that loads run_dir and samples n images
+    (after one warm-up batch); a process of its own so one variant's memory never counts for another."""
+    job = {"run": str(run_dir), "n": n, "steps": steps, "batch_size": batch_size, "device": device, "seed": seed}
+    done = subprocess.run([sys.executable, "-m", "pixelforge.compression", json.dumps(job)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {run_dir} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_run(
+    run: str | os.PathLike,
+    *,
+    variants: tuple[str, ...] = tuple(VARIANTS),
+    n: int = 64,
+    steps: int | None = None,
+    batch_size: int = 64,
+    repeats: int = 3,
+    calibration_prompts: list[str] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    runs_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Each variant of `run` (names of VARIANTS) written to work_dir (default a temporary folder), then
+    measured `repeats` times, the variants interleaved in every round so a changing machine load touches
+    them alike: one row per variant with its bytes on disk, median images/s over the rounds, peak
+    resident memory (MiB, the whole process: Python and the libraries included) and images/s as a ratio
+    to fp32 eager. steps: the sampler's steps (default the run's), the same for every variant."""
+    from .api import load
+    from .runs.store import resolve_run
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(VARIANTS)}")
+    if repeats < 1 or n < 1:
+        raise ValueError(f"repeats and n must be at least 1, got {repeats} and {n}")
+    source = resolve_run(run, runs_dir)
+    if "fp32" not in variants:
+        variants = ("fp32", *variants)  # the reference of every ratio
+    prompts = calibration_prompts
+    own_dir = work_dir is None
+    base = Path(tempfile.mkdtemp(prefix="pixelforge-bench-")) if own_dir else Path(work_dir)
+    try:
+        dirs = {}
+        for v in variants:
+            export, quantize = VARIANTS[v]
+            dirs[v] = base / v
+            if not (dirs[v] / "config.json").is_file():
+                compress_run(source, dirs[v], export=export, quantize=quantize, calibration_prompts=prompts,
+                             device=device, progress=progress)
+        if steps is None:
+            steps = load(dirs["fp32"], device=device, moderation=None).sample_options.get("steps")
+        rows: dict[str, list[dict]] = {v: [] for v in variants}
+        bar = stage_bar(repeats * len(variants), "measuring", unit="run", enabled=progress)
+        for r in range(repeats):
+            for v in variants:
+                rows[v].append(_measure(dirs[v], n=n, steps=steps, batch_size=batch_size, device=device, seed=r))
+                bar.update()
+        bar.close()
+        ref = statistics.median(m["images_per_s"] for m in rows["fp32"])
+        table = []
+        for v in variants:
+            ips = statistics.median(m["images_per_s"] for m in rows[v])
+            table.append({"variant": v, "bytes": model_bytes(dirs[v]), "images_per_s": ips, "ratio": ips / ref,
+                          "peak_mib": max(m["peak_mib"] for m in rows[v]), "runs": [m["images_per_s"] for m in rows[v]],
+                          "steps": steps, "n": n, "note": rows[v][-1].get("note", "")})
+        return table
+    finally:
+        if own_dir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure_main(job: dict) -> dict:
+    """The child process of _measure: see its docstring; returns images_per_s, seconds, peak_mib, note."""
+    import resource
+    import time
+    import warnings
+
+    from .api import load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = load(job["run"], device=job["device"], moderation=None)
+    options = {"steps": job["steps"]} if job.get("steps") is not None else {}
+    g.generate_tensor(2, seed=10_000 + job["seed"], steps=2)  # warm-up: first-call allocations and lazy loading
+    start = time.perf_counter()
+    g.generate_tensor(job["n"], seed=job["seed"], batch_size=job["batch_size"], **options)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
+    note = "; ".join(str(w.message) for w in caught if "bf16" in str(w.message))
+    return {"images_per_s": job["n"] / seconds, "seconds": seconds, "peak_mib": peak_kib / 1024, "note": note}
+
+
+if __name__ == "__main__":  # one measurement of bench_run, in a process of its own
+    print(json.dumps(_measure_main(json.loads(sys.argv[1]))))
