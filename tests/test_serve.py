@@ -187,6 +187,7 @@ def test_cancel_of_a_queued_job_is_immediate(client, monkeypatch, bundled):
     gate = threading.Event()
     monkeypatch.setattr(bundled, "generate", fake_generate(steps=1, gate=gate))
     first = client.post("/api/v1/jobs", json={"model": MODEL}).json()["id"]
+    wait_for(client, first, ("running",))  # the worker holds the first (on a busy machine it starts late)
     second = client.post("/api/v1/jobs", json={"model": MODEL}).json()["id"]
     assert client.get(f"/api/v1/jobs/{second}").json()["queue_position"] == 0
     assert client.delete(f"/api/v1/jobs/{second}").json()["status"] == "cancelled"
