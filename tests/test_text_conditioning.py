@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
@@ -91,3 +92,26 @@ def test_demo_of_a_text_model_draws_one_row_per_demo_prompt(text_run, tmp_path):
     pngs = sorted((tmp_path / "demo").glob("seed*.png"))
     assert [read_settings(p)["prompt"] for p in pngs] == [p for p in DEMO_PROMPTS for _ in range(2)]
     assert Image.open(tmp_path / "demo" / "grid.png").size[1] > Image.open(tmp_path / "demo" / "grid.png").size[0]
+
+
+def test_a_whitened_text_run_fits_its_whitening_to_the_captions_and_a_resume_keeps_it(tmp_path, pixelforge_cache):
+    """--set text_whiten=true: the conditioner's whitening comes from the training captions at the start
+    (not the identity it is built with), is saved with the weights, and a resumed run continues with it."""
+    from safetensors.torch import load_file
+
+    from pixelforge.condition.text import caption_embeddings, load_text_encoder
+    from pixelforge.data.bundled import load_bundled
+
+    runs = tmp_path / "runs"
+    args = ["train", "shapes", "--name", "w", "--runs-dir", str(runs), *TINY_TEXT, "--set", "text_whiten=true"]
+    assert main(args) == 0
+    ckpts = sorted((runs / "w" / "checkpoints").glob("*.safetensors"))
+    first = load_file(str(ckpts[-1]))
+    mean = first["model/text_cond.pooled_mean"]
+    expected = caption_embeddings(load_bundled("shapes").captions, load_text_encoder(max_tokens=32)).pooled.mean(0)
+    torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(first["model/text_cond.token_whiten"], torch.eye(mean.shape[0]))
+    steps = args.index("--steps")
+    assert main(args[: steps + 1] + ["8"] + args[steps + 2:]) == 0  # resumed from step 4
+    last = load_file(str(sorted((runs / "w" / "checkpoints").glob("*.safetensors"))[-1]))
+    assert torch.equal(last["model/text_cond.pooled_whiten"], first["model/text_cond.pooled_whiten"])
