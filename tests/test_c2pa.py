@@ -346,19 +346,22 @@ def test_a_damaged_manifest_store_is_reported_invalid_not_a_crash(signed):
     assert r.manifest and r.state == "Invalid" and r.problems
 
 
-def test_a_reencoded_image_has_no_manifest_and_the_watermark_is_asked(signed, monkeypatch):
+def test_a_reencoded_image_has_no_manifest_and_the_watermark_is_asked(signed, tmp_path):
+    from pixelforge.provenance.marks import mark_image
+
     Image.open(signed).save(signed)  # load and save: same pixels, manifest gone
-    monkeypatch.setitem(sys.modules, "pixelforge.provenance.watermark", None)  # no watermark module
-    monkeypatch.delattr(sys.modules["pixelforge.provenance"], "watermark", raising=False)
     r = verify(signed)
     assert not r.manifest and r.state is None
-    assert r.watermark == {"available": False, "message": "watermark check unavailable"}
-    fake = types.ModuleType("pixelforge.provenance.watermark")
-    fake.detect = lambda path: {"found": True, "payload": "pixelforge", "path": str(path)}
-    monkeypatch.setitem(sys.modules, "pixelforge.provenance.watermark", fake)
-    monkeypatch.setattr(sys.modules["pixelforge.provenance"], "watermark", fake, raising=False)
-    assert verify(signed).watermark == {"available": True, "result": {"found": True, "payload": "pixelforge",
-                                                                       "path": str(signed)}}
+    assert r.watermark["available"] and r.watermark["result"]["detected"] is False  # never marked
+    marked = tmp_path / "marked.png"
+    image = Image.new("RGB", (64, 64), (90, 140, 200))
+    image.paste((200, 60, 40), (10, 10, 40, 50))
+    mark_image(image, settings={"model": "m", "seed": 1}).save(marked)
+    signed_bytes = sign_image(marked, model=MODEL, settings={"seed": 1})
+    marked.write_bytes(signed_bytes)
+    Image.open(marked).save(marked)  # re-encoded: the manifest goes, the mark stays
+    r = verify(marked)
+    assert not r.manifest and r.watermark["available"] and r.watermark["result"]["detected"] is True
 
 
 # --- the command --------------------------------------------------------------------------------------------

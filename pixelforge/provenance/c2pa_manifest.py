@@ -276,13 +276,11 @@ def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -
 
 def watermark_check(path: str | os.PathLike) -> dict:
     """What the invisible watermark says about an image whose manifest is gone: the one place
-    verification asks it. Uses pixelforge.provenance.watermark's `detect(path)` when that module exists."""
+    verification asks it. {"available": True, "result": marks.detect_file's record (detected, score,
+    payload, model and generation ids)}, or {"available": False, "message": why} when it cannot tell."""
+    from .marks import detect_file
+
     try:
-        from . import watermark  # type: ignore[attr-defined]
-    except ImportError:
-        return {"available": False, "message": "watermark check unavailable"}
-    detect = getattr(watermark, "detect", None)
-    if detect is None:
-        return {"available": False, "message": "watermark check unavailable (no detect function)"}
-    result = detect(path)
-    return {"available": True, "result": result if isinstance(result, (dict, str, bool, type(None))) else str(result)}
+        return {"available": True, "result": detect_file(path)}
+    except (OSError, ValueError) as e:
+        return {"available": False, "message": f"watermark check failed: {e}"}
