@@ -12,8 +12,6 @@ import logging
 import os
 import stat
 import struct
-import sys
-import types
 import zlib
 from pathlib import Path
 
