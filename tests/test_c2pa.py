@@ -12,6 +12,8 @@ import logging
 import os
 import stat
 import struct
+import sys
+import types
 import zlib
 from pathlib import Path
 
