@@ -4,8 +4,6 @@ from the tokens of a prompt (or any other tokenised condition). Shared by the UN
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,11 +43,11 @@ class CrossAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-@functools.lru_cache(maxsize=32)
 def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
     """Fixed 2D sine-cosine position embedding (DiT / MAE) of a rows x cols grid: (rows * cols, dim),
-    half of the channels for the row, half for the column; position t = row * cols + col. Cached (every
-    forward pass of a network asks for the same few): callers must not modify it."""
+    half of the channels for the row, half for the column; position t = row * cols + col. Not cached:
+    a model built on the "meta" device (parameter counts) would leave meta tensors in a cache, and it
+    costs microseconds beside a forward pass."""
     if dim % 4:
         raise ValueError(f"width {dim} must be divisible by 4 for the 2D sin-cos position embedding")
     quarter = dim // 4

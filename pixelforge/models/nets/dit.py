@@ -18,7 +18,7 @@ from .unet import FourierEmbedding, _required_spatial, _zero_conv
 
 def sincos_pos_embed_2d(dim: int, side: int) -> torch.Tensor:
     """Fixed 2D sine-cosine position embedding (DiT / MAE): (side * side, dim), half for rows, half for columns."""
-    return sincos_2d(dim, side, side).clone()  # a buffer of its own, not the shared cached tensor
+    return sincos_2d(dim, side, side)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
