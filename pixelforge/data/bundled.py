@@ -75,6 +75,7 @@ def load_bundled(name: str) -> ImageSet:
         captions=None if cached.captions is None else list(cached.captions),
         source=cached.source,
         skipped=list(cached.skipped),
+        caption_variants=None if cached.caption_variants is None else [list(v) for v in cached.caption_variants],
     )
 
 

@@ -216,6 +216,7 @@ def _load_bundled_set(cfg: DataConfig, cache: Path, progress: bool) -> ImageSet:
     key = _hash({"format": CACHE_VERSION, "bundled": cfg.source, "content": digest, **_prep_fields(cfg)})
     cached = _read_cache(cache, key, cfg)
     if cached is not None:
+        cached.caption_variants = raw.caption_variants  # the code's, not an older cache entry's
         return cached
     src = raw.images.numpy()
     out = np.empty((n, cfg.channels, side, side), dtype=np.uint8)  # (N, C, S, S)
@@ -230,6 +231,7 @@ def _load_bundled_set(cfg: DataConfig, cache: Path, progress: bool) -> ImageSet:
         captions=raw.captions,
         source=raw.source or cfg.source,
         skipped=list(raw.skipped),
+        caption_variants=raw.caption_variants,
     )
     _write_cache(cache, key, result)
     return result
@@ -289,6 +291,7 @@ def _read_cache(cache: Path, key: str, cfg: DataConfig) -> ImageSet | None:
             captions=meta["captions"],
             source=meta["source"],
             skipped=[(str(p), str(r)) for p, r in meta["skipped"]],
+            caption_variants=meta.get("caption_variants"),
         )
     except Exception:  # noqa: BLE001 - any damaged cache entry just means preparing again
         return None
@@ -305,6 +308,7 @@ def _write_cache(cache: Path, key: str, result: ImageSet) -> None:
         "key": key,
         "class_names": result.class_names,
         "captions": result.captions,
+        "caption_variants": result.caption_variants,
         "source": result.source,
         "skipped": [list(s) for s in result.skipped],
     }

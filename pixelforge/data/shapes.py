@@ -114,6 +114,58 @@ def random_jitter(rng: np.random.Generator) -> tuple[float, float]:
     return float(jx), float(jy)
 
 
+# Other wordings of each value for the captions' variants (the first of each is the captions' own).
+# Kept apart from the paraphrases that pixelforge.metrics.adherence evaluates with, so adherence to
+# other wordings is still measured on words and sentence forms a model never saw in training.
+_VARY_SIZE = {"small": ("small", "smallish", "miniature", "compact"),
+              "medium": ("medium", "average-sized", "middle-sized", "moderate-sized"),
+              "large": ("large", "giant", "enormous", "oversized")}
+_VARY_SHAPE = {"circle": ("circle", "round dot", "circular shape"), "square": ("square", "square shape", "box"),
+               "triangle": ("triangle", "triangular shape", "three-sided shape"),
+               "diamond": ("diamond", "lozenge", "diamond shape"), "star": ("star", "five-pointed star", "star shape"),
+               "cross": ("cross", "cross shape", "pair of crossed bars")}
+_VARY_COLOUR = {name: (name, f"{name}-coloured", f"bright {name}") for name in COLOURS}
+_VARY_BACKGROUND = {"white": ("white", "pure white", "blank white"), "black": ("black", "pitch-black", "dark black"),
+                    "gray": ("gray", "neutral gray", "ash-gray"), "beige": ("beige", "sandy beige", "light tan")}
+_VARY_PLACE = {
+    "top left": ("at the top left", "towards the top left", "up in the left corner", "in the northwest corner"),
+    "top": ("at the top", "along the top edge", "high up in the centre", "at the top centre"),
+    "top right": ("at the top right", "towards the top right", "up in the right corner", "in the northeast corner"),
+    "left": ("on the left", "at the left edge", "halfway down on the left", "left of centre"),
+    "centre": ("in the centre", "centred", "at the centre of the picture", "in the central area"),
+    "right": ("on the right", "at the right edge", "halfway down on the right", "right of centre"),
+    "bottom left": ("at the bottom left", "towards the bottom left", "down in the left corner",
+                    "in the southwest corner"),
+    "bottom": ("at the bottom", "along the bottom edge", "low down in the centre", "at the bottom centre"),
+    "bottom right": ("at the bottom right", "towards the bottom right", "down in the right corner",
+                     "in the southeast corner"),
+}
+_VARY_TEMPLATES = (
+    "a {size} {colour} {shape} {place} on a {background} background",
+    "{place}, a {size} {colour} {shape} over a {background} backdrop",
+    "a {colour} {shape}, {size}, {place}; the background is {background}",
+    "picture of a {size} {colour} {shape} {place}, {background} backdrop",
+    "on a {background} canvas: one {size} {colour} {shape} {place}",
+    "a {size} {colour} {shape} {place} with {background} behind it",
+)
+CAPTION_VARIANTS = 4  # variants per image in the bundled set, besides its caption
+
+
+def caption_variants(attributes: dict, count: int = CAPTION_VARIANTS, *, seed: int = 0) -> list[str]:
+    """`count` other wordings of the caption of a combination, drawn with `seed`: each says every
+    attribute, with its own sentence form and words (none of them the adherence checker's paraphrases)."""
+    rng = np.random.default_rng(seed)
+
+    def pick(options):
+        return options[int(rng.integers(len(options)))]
+
+    a = attributes
+    return [pick(_VARY_TEMPLATES).format(size=pick(_VARY_SIZE[a["size"]]), colour=pick(_VARY_COLOUR[a["colour"]]),
+                                         shape=pick(_VARY_SHAPE[a["shape"]]), place=pick(_VARY_PLACE[a["position"]]),
+                                         background=pick(_VARY_BACKGROUND[a["background"]]))
+            for _ in range(count)]
+
+
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     """Polygon vertices of a shape centred at (cx, cy) with circumradius r (y grows downwards)."""
     def ring(radii: list[float], start_deg: float) -> list[tuple[float, float]]:
@@ -167,5 +219,7 @@ def make_shapes(n: int = 3000, size: int = 32, seed: int = 0) -> tuple[ImageSet,
         class_names=list(SHAPES),
         captions=[a["caption"] for a in attributes],
         source="shapes",
+        # drawn from their own stream, (seed, i, 1), so the images are those of a set without variants
+        caption_variants=[caption_variants(a, seed=(seed, i, 1)) for i, a in enumerate(attributes)],
     )
     return image_set, attributes

@@ -43,6 +43,9 @@ class ImageSet:
     captions: list[str | None] | None  # one per image where the set has captions
     source: str  # folder path or bundled name
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for unusable files
+    # Other wordings of each image's caption (an empty list where it has none): text training draws one
+    # of the caption and its variants for each image at each step, so a model does not learn one wording.
+    caption_variants: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -88,32 +88,64 @@ class _Conditions:
             cfg = model.config
             encoder = load_text_encoder(cfg.text_encoder, max_tokens=cfg.text_tokens)
             tqdm.write(f"text encoder {cfg.text_encoder}: embedding {len(data.captions)} captions (cached after the first run)")
-            self.text = caption_embeddings(data.captions, encoder, None if cache_dir is None else Path(cache_dir))
             self.captions = [c or "" for c in data.captions]
-            # the conditioner's whitening from the captions; a resumed run's checkpoint overwrites it
+            # Every wording of every image, embedded as one list: the captions first (row i is image
+            # i's), then each image's variants; wordings[i, k] is the row of its k-th wording, and
+            # image i has counts[i] of them (its caption alone where it has no variants).
+            variants = data.caption_variants or [[] for _ in self.captions]
+            if len(variants) != len(self.captions):
+                raise ValueError(f"{data.source}: {len(variants)} lists of caption variants for {len(self.captions)} images")
+            texts = list(data.captions)
+            rows = [[i] for i in range(len(self.captions))]
+            for i, more in enumerate(variants):
+                rows[i] += range(len(texts), len(texts) + len(more))
+                texts += more
+            width = max(len(r) for r in rows)
+            self.counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)  # (N,)
+            self.wordings = torch.tensor([r + r[:1] * (width - len(r)) for r in rows], dtype=torch.int64)  # (N, K)
+            if width > 1:
+                tqdm.write(f"text: {len(texts) - len(self.captions)} other wordings of the captions; each step draws one "
+                           "wording per image")
+            self.text = caption_embeddings(texts, encoder, None if cache_dir is None else Path(cache_dir))
+            # the conditioner's whitening from every wording; a resumed run's checkpoint overwrites it
             fit_text_statistics(model, self.text.pooled, self.text.tokens, self.text.mask)
 
-    def augmented(self, data: ImageSet, idx: torch.Tensor, data_cfg, generator: torch.Generator, device):
-        """The training batch idx: images (B, C, H, W) in [-1, 1] augmented (data.augment) and their Cond.
-        An edge map rides along as one more channel through the same augment call, so it gets its image's
-        crop and flip, and the random draws are those of the images alone."""
+    def augmented(self, data: ImageSet, idx: torch.Tensor, data_cfg, generator: torch.Generator, device,
+                  step: int = 0, seed: int = 0):
+        """The training batch idx of step `step`: images (B, C, H, W) in [-1, 1] augmented (data.augment)
+        and their Cond, each image's text one of its wordings drawn for (seed, step). An edge map rides
+        along as one more channel through the same augment call, so it gets its image's crop and flip,
+        and the random draws are those of the images alone."""
         batch = data.images[idx]
         if self.spatial is not None:
             batch = torch.cat([batch, self.spatial[idx]], dim=1)  # (B, C + 1, S, S)
         x = augment(batch.to(device), data_cfg, generator)
         c = data.images.shape[1]
         spatial = (x[:, c:] + 1) / 2 if self.spatial is not None else None  # (B, 1, H, W): 1 on an edge
-        return x[:, :c], self(idx, device, spatial=spatial)
+        return x[:, :c], self(idx, device, spatial=spatial, wording=self._drawn_wording(idx, step, seed))
 
-    def __call__(self, idx: torch.Tensor, device, *, data_cfg=None, spatial: torch.Tensor | None = None) -> Cond:
+    def _drawn_wording(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor | None:
+        """Rows of self.text for images idx at a training step: uniform over each image's wordings.
+        Stateless: one draw per image of the whole set from (seed, step), so a resumed run, any batch
+        split and any number of processes pick the same wordings."""
+        if self.text is None or self.wordings.shape[1] == 1:
+            return None
+        u = torch.rand(len(self.counts), generator=torch.Generator().manual_seed(seed * 1_000_003 + step + 77_777))
+        k = (u[idx] * self.counts[idx]).long().clamp_(max=self.wordings.shape[1] - 1)
+        return self.wordings[idx, k]
+
+    def __call__(self, idx: torch.Tensor, device, *, data_cfg=None, spatial: torch.Tensor | None = None,
+                 wording: torch.Tensor | None = None) -> Cond:
         """The Cond of images idx; their edge maps centre-cropped as data.to_model crops the images
-        (data_cfg), unless `spatial` gives them already augmented."""
+        (data_cfg), unless `spatial` gives them already augmented; their text the caption's, or the rows
+        `wording` of the embedded wordings."""
         fields = {}
         if self.labels is not None:
             fields["labels"] = self.labels[idx].to(device)
         if self.text is not None:
-            fields.update(text=self.text.pooled[idx].to(device), text_tokens=self.text.tokens[idx].to(device),
-                          text_mask=self.text.mask[idx].to(device))
+            rows = idx if wording is None else wording
+            fields.update(text=self.text.pooled[rows].to(device), text_tokens=self.text.tokens[rows].to(device),
+                          text_mask=self.text.mask[rows].to(device))
         if self.spatial is not None:
             fields["spatial"] = spatial if spatial is not None else (to_model(self.spatial[idx].to(device), data_cfg) + 1) / 2
         return Cond(**fields)
@@ -562,7 +594,7 @@ def _train_locked(
             for i, chunk in enumerate(mine.split(micro)):
                 if cfg.train.grad_accum > 1:
                     set_micro_batch(model, i, cfg.train.grad_accum)
-                x, cond = conds.augmented(data, chunk, cfg.data, aug_gen, dev)
+                x, cond = conds.augmented(data, chunk, cfg.data, aug_gen, dev, step, cfg.train.seed)
                 figures = model.training_step(x, cond, step)
                 micro_losses.append(figures["loss"])
             loss = figures["loss"] if len(micro_losses) == 1 else sum(micro_losses) / len(micro_losses)
