@@ -150,3 +150,23 @@ def test_an_image_whose_shape_colour_matches_its_background_reads_no_place():
     image[16:24, 16:24] = (0, 255, 255)
     read = read_shape(image)
     assert read["background"] == "gray" and read["position"] is None and read["shape"] is None
+
+
+def test_caption_variants_state_every_attribute_in_words_the_paraphrase_evaluation_never_uses():
+    """The shapes set's other wordings (trained on) and adherence's paraphrases (evaluated on) share
+    no phrase beyond the captions' own words, so adherence to other wordings stays a held-out measure."""
+    from pixelforge.data.shapes import _VARY_BACKGROUND, _VARY_COLOUR, _VARY_PLACE, _VARY_SHAPE, _VARY_SIZE, caption_variants
+    from pixelforge.metrics import adherence
+
+    evaluated = [w for say in (adherence._SAY_SIZE, adherence._SAY_SHAPE, adherence._SAY_BACKGROUND)
+                 for words in say.values() for w in words[1:]]
+    evaluated += [w for words in adherence._SAY_PLACE.values() for w in words]
+    shapes, _ = make_shapes(60)
+    for a, caption, variants in zip((shape_attributes(i) for i in range(60)), shapes.captions, shapes.caption_variants):
+        assert len(variants) == 4 and caption not in variants
+        for v in variants:
+            for table, key in ((_VARY_SIZE, "size"), (_VARY_SHAPE, "shape"), (_VARY_COLOUR, "colour"),
+                               (_VARY_PLACE, "position"), (_VARY_BACKGROUND, "background")):
+                assert any(word in v for word in table[a[key]]), (key, v)
+            assert not [w for w in evaluated if f" {w}" in f" {v}"], v
+    assert caption_variants(shape_attributes(3), seed=(0, 3, 1)) == shapes.caption_variants[3]  # reproducible

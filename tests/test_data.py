@@ -479,3 +479,24 @@ def test_augment_without_random_crop_or_flip_equals_to_model():
     cfg = DataConfig(source="x", image_size=8)
     batch = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(augment(batch, cfg, torch.Generator().manual_seed(0)), to_model(batch, cfg))
+
+
+def test_captions_jsonl_gives_several_wordings_of_an_image_as_a_list(tmp_path):
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "b.png", BLUE)
+    _image(tmp_path / "c.png", BLUE)
+    lines = [
+        json.dumps({"file": "a.png", "caption": ["a red square", "a square in red", "red, square"]}),
+        json.dumps({"file": "b.png", "caption": "a blue square"}),
+        json.dumps({"file": "c.png", "caption": []}),
+    ]
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    scan = scan_folder(tmp_path)
+    assert scan.captions == {"a.png": "a red square", "b.png": "a blue square"}
+    assert scan.caption_variants == {"a.png": ["a square in red", "red, square"]}
+    assert scan.caption_errors == [(3, 'missing "caption" (or "text"): a string, or a non-empty list of strings')]
+    data = load_dataset(DataConfig(source=str(tmp_path), image_size=8), cache_dir=tmp_path / ".c", progress=False)
+    assert data.captions == ["a red square", "a blue square", None]
+    assert data.caption_variants == [["a square in red", "red, square"], [], []]
+    again = load_dataset(DataConfig(source=str(tmp_path), image_size=8), cache_dir=tmp_path / ".c", progress=False)
+    assert again.caption_variants == data.caption_variants  # through the prepared-data cache

@@ -108,10 +108,31 @@ def test_a_whitened_text_run_fits_its_whitening_to_the_captions_and_a_resume_kee
     ckpts = sorted((runs / "w" / "checkpoints").glob("*.safetensors"))
     first = load_file(str(ckpts[-1]))
     mean = first["model/text_cond.pooled_mean"]
-    expected = caption_embeddings(load_bundled("shapes").captions, load_text_encoder(max_tokens=32)).pooled.mean(0)
+    shapes = load_bundled("shapes")  # every wording trains: the captions, then each image's variants
+    wordings = list(shapes.captions) + [v for more in shapes.caption_variants for v in more]
+    expected = caption_embeddings(wordings, load_text_encoder(max_tokens=32)).pooled.mean(0)
     torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-4)
     assert not torch.equal(first["model/text_cond.token_whiten"], torch.eye(mean.shape[0]))
     steps = args.index("--steps")
     assert main(args[: steps + 1] + ["8"] + args[steps + 2:]) == 0  # resumed from step 4
     last = load_file(str(sorted((runs / "w" / "checkpoints").glob("*.safetensors"))[-1]))
     assert torch.equal(last["model/text_cond.pooled_whiten"], first["model/text_cond.pooled_whiten"])
+
+
+def test_each_training_step_draws_one_wording_per_image_the_same_for_any_batch_split():
+    """_Conditions: image i's text is one of its wordings (caption or variant), drawn from (seed, step)
+    alone, so a resumed run or another split of the batch draws the same; an image without variants
+    always gets its caption."""
+    from pixelforge.train.loop import _Conditions
+
+    conds = _Conditions.__new__(_Conditions)
+    conds.text = object()  # only its presence matters to the draw
+    # image 0: caption row 0 and variants 3, 4; image 1: caption only; image 2: caption 2 and variant 5
+    conds.wordings = torch.tensor([[0, 3, 4], [1, 1, 1], [2, 5, 2]])
+    conds.counts = torch.tensor([3, 1, 2])
+    idx = torch.tensor([0, 1, 2])
+    draws = torch.stack([conds._drawn_wording(idx, step, seed=0) for step in range(200)])  # (200, 3)
+    assert set(draws[:, 0].tolist()) == {0, 3, 4} and set(draws[:, 1].tolist()) == {1} and set(draws[:, 2].tolist()) == {2, 5}
+    assert 40 < int((draws[:, 0] == 3).sum()) < 100  # about a third
+    assert torch.equal(conds._drawn_wording(idx[2:], 17, seed=0), draws[17, 2:])  # any split of the batch
+    assert not torch.equal(torch.stack([conds._drawn_wording(idx, s, seed=1) for s in range(200)]), draws)

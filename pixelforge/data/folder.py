@@ -185,6 +185,8 @@ class FolderScan:
     caption_errors: list[tuple[int, str]]  # (line number, what is wrong) in captions.jsonl
     captions_stat: tuple[int, int] | None  # (size, mtime_ns) of captions.jsonl, part of the cache key
     error: str | None = None  # why the folder could not be read at all
+    # relative path -> its other wordings, where captions.jsonl gives a list of captions for a file
+    caption_variants: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
@@ -240,11 +242,15 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
         for p, size, mtime in found
     ]
 
-    captions, caption_errors, captions_stat = _read_captions(root, {f.path for f in files})
-    return FolderScan(root, files, class_names, captions, caption_errors, captions_stat)
+    variants: dict[str, list[str]] = {}
+    captions, caption_errors, captions_stat = _read_captions(root, {f.path for f in files}, variants)
+    return FolderScan(root, files, class_names, captions, caption_errors, captions_stat, caption_variants=variants)
 
 
-def _read_captions(root: Path, known: set[str]) -> tuple[dict[str, str], list[tuple[int, str]], tuple[int, int] | None]:
+def _read_captions(root: Path, known: set[str], variants: dict[str, list[str]] | None = None
+                   ) -> tuple[dict[str, str], list[tuple[int, str]], tuple[int, int] | None]:
+    """captions.jsonl: one {"file": ..., "caption": ...} a line; "caption" may also be a list of
+    wordings of the same image, whose first is its caption and the rest go to `variants`."""
     path = root / CAPTIONS_FILE
     if not path.is_file():
         return {}, [], None
@@ -271,14 +277,18 @@ def _read_captions(root: Path, known: set[str]) -> tuple[dict[str, str], list[tu
         if not isinstance(file, str) or not file:
             errors.append((number, 'missing "file" (a path relative to the folder)'))
             continue
-        if not isinstance(caption, str):
-            errors.append((number, 'missing "caption" (or "text") string'))
+        wordings = caption if isinstance(caption, list) else [caption]
+        if not wordings or not all(isinstance(w, str) for w in wordings):
+            errors.append((number, 'missing "caption" (or "text"): a string, or a non-empty list of strings'))
             continue
+        caption = wordings[0]
         rel = PurePosixPath(file.replace("\\", "/")).as_posix().removeprefix("./")
         if rel not in known:
             errors.append((number, f"no such file in the folder: {file}"))
             continue
         captions[rel] = caption
+        if variants is not None and len(wordings) > 1:
+            variants[rel] = list(wordings[1:])
     return captions, errors, (st.st_size, st.st_mtime_ns)
 
 

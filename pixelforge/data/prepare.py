@@ -150,6 +150,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     n = 0
     labels: list[int] = []
     captions: list[str | None] = []
+    variants: list[list[str]] = []
     skipped: list[tuple[str, str]] = []
     for entry, image, reason in iter_checked(scan, progress=progress, desc=f"preparing {scan.root.name}"):
         if image is not None:
@@ -164,6 +165,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
         image.close()
         labels.append(-1 if entry.class_index is None else entry.class_index)
         captions.append(scan.captions.get(entry.path))
+        variants.append(scan.caption_variants.get(entry.path, []))
         n += 1
     if n == 0:
         raise DataError(no_usable_message(str(scan.root), None, skipped))
@@ -185,6 +187,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
         captions=captions if scan.captions else None,
         source=str(scan.root.resolve()),
         skipped=skipped,
+        caption_variants=variants if any(variants) else None,
     )
     _write_cache(cache, key, result)
     return result
