@@ -118,3 +118,28 @@ def test_whitening_gives_every_direction_the_captions_vary_in_unit_variance():
     assert {"pooled_mean", "pooled_whiten", "token_mean", "token_whiten"} <= set(cond.state_dict())
     plain = TextConditioner(8, 16)
     assert not any("whiten" in k or "mean" in k for k in plain.state_dict())
+
+
+def test_with_several_wordings_per_image_the_transform_keeps_what_images_differ_in_and_drops_the_wording():
+    """groups given: a direction in which only the wordings of one image differ (even a strong one) is
+    shrunk far below one in which the images differ (even a weak one), which ends near unit variance."""
+    g = torch.Generator().manual_seed(0)
+    images, wordings = 600, 5
+    content = torch.randn(images, 2, generator=g) * torch.tensor([0.2, 1.0])  # (K, 2): weak and strong content
+    x = torch.zeros(images * wordings, 6, dtype=torch.float32)
+    x[:, :2] = content.repeat_interleave(wordings, 0)
+    x[:, 2:4] = torch.randn(images * wordings, 2, generator=g) * torch.tensor([2.0, 0.5])  # wording only
+    x[:, 0] += torch.randn(images * wordings, generator=g) * 0.01  # a little wording noise on the content too
+    x[:, 1] += torch.randn(images * wordings, generator=g) * 0.05
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
+    pooled = x @ basis.T + 3.0
+    groups = torch.arange(images).repeat_interleave(wordings)
+    cond = TextConditioner(6, 8, whiten=True)
+    cond.fit_statistics(pooled, groups=groups)
+    out = cond._whitened(pooled, "pooled").double() @ basis.double()  # back in the axes above
+    var = out.var(0)
+    assert var[0] > 0.8 and var[1] > 0.8, var  # both content directions near unit variance, the weak one too
+    assert var[2] < 0.05 and var[3] < 0.05, var  # the wording's directions shrunk, the strong one too
+    plain = TextConditioner(6, 8, whiten=True)
+    plain.fit_statistics(pooled)  # whitening alone gives the wording unit variance as well
+    assert (plain._whitened(pooled, "pooled").double() @ basis.double()).var(0)[2] > 0.9

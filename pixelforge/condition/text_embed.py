@@ -41,9 +41,11 @@ class TextConditioner(nn.Module):
                 self.register_buffer(f"{name}_whiten", torch.eye(text_dim))
 
     @torch.no_grad()
-    def fit_statistics(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
+    def fit_statistics(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       groups: torch.Tensor | None = None) -> None:
         """Whitening of the encoder's outputs from a data set's captions: pooled (N, text_dim), tokens
-        (N, T, text_dim) with mask (N, T) (their real tokens only).
+        (N, T, text_dim) with mask (N, T) (their real tokens only); groups (N,): the image each caption
+        describes, where the data gives several wordings of one image.
 
         Why: a sentence encoder's vectors of captions from one small vocabulary share most of their
         direction, and what tells them apart is spread unevenly: two shapes captions that differ only
@@ -54,12 +56,24 @@ class TextConditioner(nn.Module):
         A floor on the variances (1/1000 of the largest) keeps directions in which the captions do
         not vary from being blown up: on the shapes captions the place lives in the 10th to 40th
         principal directions (variances 1/5 to 1/400 of the largest), which the floor keeps whole.
+
+        With several wordings of each image (groups), the pooled vector's transform separates what a
+        caption says from how it says it (a linear discriminant, images as the classes): directions in
+        which the wordings of one image differ are shrunk, and those in which images differ get unit
+        variance, weighted by how far they stand above the wording noise (see _discriminant). Whitening
+        alone also gives the wording's own directions unit variance, which tied a model to the captions'
+        sentence forms.
         """
         if not self.whiten:
             return
         pairs = [("pooled", pooled)]
         if tokens is not None and mask is not None and bool(mask.any()):
             pairs.append(("token", tokens[mask.bool()]))  # (real tokens, text_dim)
+        if groups is not None and len(groups) == len(pooled) and len(torch.unique(groups)) < len(groups):
+            x = pooled.detach().to("cpu", torch.float64)
+            self.pooled_mean.copy_(x.mean(0).float())
+            self.pooled_whiten.copy_(_discriminant(x, groups.to("cpu")).float())
+            pairs = pairs[1:]
         for name, x in pairs:
             x = x.detach().to("cpu", torch.float64)
             mean = x.mean(0)  # (text_dim,)
@@ -92,6 +106,33 @@ class TextConditioner(nn.Module):
         out_tokens = torch.cat([null, self.token_proj(self._whitened(tokens, "token"))], dim=1)  # (B, 1 + T, context_dim)
         out_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask.bool() & present[:, None]], dim=1)
         return vector, out_tokens, out_mask
+
+
+def _discriminant(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """x (N, D) float64 vectors of N captions, groups (N,) the image each describes -> W (D, D) so that
+    (x - mean) @ W keeps what tells images apart and drops how one image was worded.
+
+    In the space where the within-image (wording) covariance S_w is white, the between-image covariance
+    has eigenvalues lam (signal-to-noise ratios) along eigenvectors u; each is scaled by
+    sqrt(lam) / (lam + 1): a direction with lam >> 1 ends with unit content variance and wording noise
+    1/lam, one with lam << 1 (mostly wording) fades out. S_w gets a floor of 1e-3 of the largest total
+    variance, so directions in which no caption varies are not blown up.
+    """
+    _, inverse = torch.unique(groups, return_inverse=True)
+    k = int(inverse.max()) + 1
+    count = torch.zeros(k, dtype=x.dtype).index_add_(0, inverse, torch.ones(len(x), dtype=x.dtype))  # (K,)
+    means = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, inverse, x) / count[:, None]  # (K, D)
+    within = x - means[inverse]  # (N, D)
+    s_w = within.T @ within / max(len(x) - k, 1)  # (D, D)
+    centred = x - x.mean(0)
+    s_t = centred.T @ centred / max(len(x) - 1, 1)
+    floor = max(1e-3 * float(torch.linalg.eigvalsh(s_t).max()), 1e-12)
+    ev, evec = torch.linalg.eigh(s_w)
+    a = (evec / (ev.clamp(min=0) + floor).sqrt()) @ evec.T  # (D, D): S_w^(-1/2)
+    s_b = s_t - s_w  # (D, D) between-image covariance (up to the counts' weighting)
+    lam, u = torch.linalg.eigh(a @ s_b @ a)
+    lam = lam.clamp(min=0)
+    return a @ u @ torch.diag(lam.sqrt() / (lam + 1)) @ u.T
 
 
 @dataclass(frozen=True)
@@ -149,12 +190,13 @@ def make_text_conditioner(config, vector_dim: int, context_dim: int = 0) -> Text
 
 
 def fit_text_statistics(model: nn.Module, pooled: torch.Tensor, tokens: torch.Tensor | None = None,
-                        mask: torch.Tensor | None = None) -> None:
-    """Fit every text conditioner of a model (a GAN has two) to a data set's caption embeddings; a
-    fresh training run calls it before its first step (a resumed one restores them with the weights)."""
+                        mask: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> None:
+    """Fit every text conditioner of a model (a GAN has two) to a data set's caption embeddings (groups:
+    the image of each, where there are several wordings per image); a fresh training run calls it before
+    its first step (a resumed one restores them with the weights)."""
     for module in model.modules():
         if isinstance(module, TextConditioner):
-            module.fit_statistics(pooled, tokens, mask)
+            module.fit_statistics(pooled, tokens, mask, groups)
 
 
 def text_inputs(cond, b: int, text_dim: int, device: torch.device):

@@ -107,8 +107,12 @@ class _Conditions:
                 tqdm.write(f"text: {len(texts) - len(self.captions)} other wordings of the captions; each step draws one "
                            "wording per image")
             self.text = caption_embeddings(texts, encoder, None if cache_dir is None else Path(cache_dir))
-            # the conditioner's whitening from every wording; a resumed run's checkpoint overwrites it
-            fit_text_statistics(model, self.text.pooled, self.text.tokens, self.text.mask)
+            # the conditioner's whitening from every wording, told which image each describes; a resumed
+            # run's checkpoint overwrites it
+            groups = torch.empty(len(texts), dtype=torch.int64)
+            for i, r in enumerate(rows):
+                groups[r] = i
+            fit_text_statistics(model, self.text.pooled, self.text.tokens, self.text.mask, groups)
 
     def augmented(self, data: ImageSet, idx: torch.Tensor, data_cfg, generator: torch.Generator, device,
                   step: int = 0, seed: int = 0):
