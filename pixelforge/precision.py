@@ -141,13 +141,13 @@ def pick_precision(requested: str, device: torch.device, step: Callable[[str], o
                                f"bfloat16 ({found}; AVX512-BF16 or AMX on a CPU, compute capability 8+ on CUDA), where "
                                "it runs slower than fp32: training in fp32")
     if requested == "bf16":
-        return PrecisionChoice("bf16", requested, f"as asked; native bfloat16 ({found})")
+        return PrecisionChoice("bf16", requested, f"as asked, native here: {found}")
     if step is None:
         raise ValueError("precision auto needs a training step to time")
     speedup = measure_speedup(step, device)
     verdict = "bf16" if speedup >= min_speedup else "fp32"
     return PrecisionChoice(verdict, requested, f"auto: a training step measured {speedup:.2f}x as fast in bf16 autocast "
-                           f"as in fp32 ({found}); bf16 needs {min_speedup:.2f}x", speedup)
+                           f"as in fp32 (bf16 needs {min_speedup:.2f}x; {found})", speedup)
 
 
 def _synchronize(device: torch.device) -> None:
