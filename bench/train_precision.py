@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -138,10 +139,11 @@ def bench_curve(args, device: torch.device) -> dict:
     model_fields = {"base_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1}
     for precision in ("fp32", "bf16"):
         c0, w0 = time.process_time(), time.perf_counter()
-        result = train(args.curve_data, name=f"curve-{precision}", runs_dir=runs, device=str(device), progress=False,
-                       steps=args.curve_steps, batch_size=args.curve_batch, image_size=args.curve_size,
-                       log_every=args.curve_steps, val_every=args.curve_steps, sample_every=args.curve_steps,
-                       ckpt_every=args.curve_steps, precision=precision, model_fields=model_fields)
+        with contextlib.redirect_stdout(sys.stderr):  # the training's own lines stay out of --json's output
+            result = train(args.curve_data, name=f"curve-{precision}", runs_dir=runs, device=str(device), progress=False,
+                           steps=args.curve_steps, batch_size=args.curve_batch, image_size=args.curve_size,
+                           log_every=args.curve_steps, val_every=args.curve_steps, sample_every=args.curve_steps,
+                           ckpt_every=args.curve_steps, precision=precision, model_fields=model_fields)
         with open(result.run_dir / "metrics.csv", newline="") as f:
             val = [float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")]
         losses = [result.losses[s] for s in sorted(result.losses)]

@@ -395,7 +395,10 @@ def _training_precision(cfg: RunConfig, model, data: ImageSet, conds: _Condition
     as fp32 does). Distributed, process 0 decides for all."""
     requested = cfg.train.precision
     if resumed_from is not None:
-        recorded = json.loads(resumed_from.with_suffix(".json").read_text()).get("precision")
+        try:
+            recorded = json.loads(resumed_from.with_suffix(".json").read_text()).get("precision")
+        except (json.JSONDecodeError, AttributeError):  # loading the checkpoint next names the damage
+            recorded = None
         requested = recorded if recorded in ("fp32", "bf16") else requested  # older checkpoints record none
     choice = None
     if world.main:
