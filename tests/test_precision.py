@@ -76,6 +76,17 @@ def test_measure_speedup_interleaves_both_and_keeps_each_ones_best_round():
     assert calls == ["fp32", "bf16", "fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
 
 
+def test_cpu_flags_reads_the_bf16_flags_of_proc_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
+    assert precision.cpu_flags(info) == ("avx512_bf16",)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_tile amx_bf16 avx512_bf16\n")
+    assert precision.cpu_flags(info) == ("avx512_bf16", "amx_bf16")
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert precision.cpu_flags(info) == ()
+    assert precision.cpu_flags(tmp_path / "absent") == ()
+
+
 @pytest.mark.parametrize("bad", ["fp16", "", None, "BF16"])
 def test_pick_precision_refuses_other_values(bad):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
