@@ -193,6 +193,8 @@ def main(argv=None) -> dict:
     result = {"torch": torch.__version__, "pixelforge": pixelforge.__version__, "device": str(device),
               "threads": torch.get_num_threads(), "bf16_native": native, "bf16_found": found, "quick": args.quick,
               "windows": args.windows, "steps_per_window": args.steps, "speed": []}
+    if args.quick and not args.json:
+        print("[--quick smoke run: figures are not meaningful]")
     chosen = configs(args.quick)
     names = [] if args.configs == "none" else args.configs.split(",") if args.configs else list(chosen)
     for name in names:
