@@ -20,6 +20,7 @@ from torch import nn
 
 from ..condition import NO_LABEL, Cond
 from ..models.family import NetworkCall
+from ..precision import bf16_available
 
 ONNX_EXTRA_HINT = "pip install 'pixelforge[onnx]' (onnx, onnxruntime, onnxscript)"
 OUTPUT_NAME = "out"
@@ -172,16 +173,6 @@ class OnnxCall:
         feeds = numpy_feeds(self.model_ref[0], tensors, cond)
         (out,) = self.session.run([OUTPUT_NAME], {k: v for k, v in feeds.items() if k in self.graph_inputs})
         return torch.from_numpy(out).to(tensors[0].device)
-
-
-def bf16_available(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products are native here (CPU: oneDNN's check of AVX512-BF16 / AMX; CUDA:
-    compute capability 8 and up); elsewhere PyTorch emulates them, slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 class Bf16Call:

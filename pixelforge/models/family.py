@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
+from ..precision import autocast
 from .optim import DEFAULT_BETAS, make_adam, training_stream, update
 
 
@@ -50,6 +51,7 @@ class FamilyModule(nn.Module):
         self.__dict__["_ddp"] = None  # the DistributedDataParallel wrapper around the trained model, or None
         self.__dict__["_rank"] = 0
         self.__dict__["_micro"] = (0, 1)  # (this micro-batch, micro-batches per step)
+        self.__dict__["_precision"] = "fp32"  # "bf16": losses computed under bf16 autocast (set_precision)
 
     @property
     def device(self) -> torch.device:
@@ -84,13 +86,15 @@ class FamilyModule(nn.Module):
         """fn(*args, **kwargs), a loss computation of training_step, run through the trainer's
         DistributedDataParallel wrapper when there is one, so that backward on its result averages the
         gradients over all processes; on a micro-batch before a step's last the gradients only add up
-        locally (DDP's no_sync) and are averaged with the last one's. Called directly in one process."""
+        locally (DDP's no_sync) and are averaged with the last one's. Called directly in one process.
+        Under bf16 (set_precision) fn runs in bf16 autocast; backward, the weights and the optimiser stay fp32."""
         ddp = self.__dict__["_ddp"]
-        if ddp is None:
-            return fn(*args, **kwargs)
-        index, count = self.__dict__["_micro"]
-        with ddp.no_sync() if index < count - 1 else contextlib.nullcontext():
-            return ddp(fn, *args, **kwargs)
+        with autocast(self.__dict__["_precision"], self.device):
+            if ddp is None:
+                return fn(*args, **kwargs)
+            index, count = self.__dict__["_micro"]
+            with ddp.no_sync() if index < count - 1 else contextlib.nullcontext():
+                return ddp(fn, *args, **kwargs)
 
     def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
         """optim.update for this model's current micro-batch (gradient accumulation: only the last of a
@@ -107,6 +111,16 @@ def distribute(model: nn.Module, wrapper: nn.Module | None, rank: int) -> None:
             m.__dict__["_ddp"] = wrapper
             m.__dict__["_rank"] = rank
             m._generator = None
+
+
+def set_precision(model: nn.Module, precision: str) -> None:
+    """Compute the training losses of every family module in `model` in `precision`: "fp32" or "bf16"
+    (autocast around each loss computation, see FamilyModule.parallel); a precision.PrecisionChoice's."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"training precision must be fp32 or bf16, got {precision!r}")
+    for m in model.modules():
+        if isinstance(m, FamilyModule):
+            m.__dict__["_precision"] = precision
 
 
 def set_micro_batch(model: nn.Module, index: int, count: int) -> None:

@@ -221,10 +221,12 @@ class PixelCNNModel(FamilyModule):
         k = to_levels(x)  # (B, C, H, W) in 0..255
         xq = from_levels(k)
         h = self.net(xq, labels, vector)  # (B, F, H, W)
+        # the likelihood in fp32 whatever the network ran in: under bf16 autocast (train.precision) a sum of
+        # C*H*W log-probabilities in bfloat16 keeps 3 significant digits, too few to train on
         if self.config.output == "softmax256":
-            logp = self.head(h, xq).log_softmax(dim=2)  # (B, C, 256, H, W)
+            logp = self.head(h, xq).float().log_softmax(dim=2)  # (B, C, 256, H, W)
             return logp.gather(2, k[:, :, None]).squeeze(2).sum(dim=(1, 2, 3))
-        return mixture_log_prob(self.head(h), k, self.config.n_mixtures).sum(dim=(1, 2))
+        return mixture_log_prob(self.head(h).float(), k, self.config.n_mixtures).sum(dim=(1, 2))
 
     def bits_per_dim(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                      vector: torch.Tensor | None = None) -> torch.Tensor:

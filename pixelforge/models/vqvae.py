@@ -121,9 +121,12 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, D) -> (N,) int64 index of the closest code (squared Euclidean distance)."""
+        """z (N, D) -> (N,) int64 index of the closest code (squared Euclidean distance), in fp32 even
+        under bf16 autocast (train.precision), whose rounding would blur which code is closest."""
         e = self.codebook.detach()
-        dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)[None]  # (N, K)
+        z = z.float()
+        with torch.autocast(z.device.type, enabled=False):
+            dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)[None]  # (N, K)
         return dist.argmin(1)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
@@ -287,7 +290,8 @@ class VQVAEModel(FamilyModule):
         loss = out["loss"].mean()
         grad_norm = self.update(self.optimizers()["net"], loss, step)
 
-        z = all_gather_cat(out["z_e"].detach().permute(0, 2, 3, 1).reshape(-1, self.config.code_dim))  # (B*h*w, D)
+        # (B*h*w, D) in fp32: under bf16 autocast the encoder's output is bfloat16, the codebook statistics never are
+        z = all_gather_cat(out["z_e"].detach().float().permute(0, 2, 3, 1).reshape(-1, self.config.code_dim))
         idx = all_gather_cat(out["idx"])  # (B, h, w)
         counts = q.update_statistics(z, idx.flatten())
         with torch.no_grad():

@@ -19,6 +19,7 @@ from ..data.types import DataConfig
 from ..models import OptimConfig, get_family
 from ..models.limits import check_model_size, check_range
 from ..models.optim import adam_betas
+from ..precision import check_precision
 
 RUN_FORMAT_VERSION = 1
 
@@ -36,6 +37,11 @@ class TrainConfig:
     batch_size is the effective batch of one optimiser step, whatever runs it: split over the processes
     of a distributed training (torchrun) and, with grad_accum > 1, into that many micro-batches in each
     process, whose gradients add up before the step (it must divide evenly: docs/distributed.md).
+
+    precision: "fp32" (the default), "bf16" (each loss computed under bf16 autocast where the hardware has
+    native bfloat16; weights, optimiser state, EMA and checkpoints stay fp32) or "auto" (bf16 where a
+    training step is measured at least 1.15x faster in it, else fp32: docs/precision.md). A run's
+    checkpoints record what it trained in, and a resumed run goes on in that.
     """
 
     steps: int = 10_000
@@ -55,8 +61,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     grad_accum: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self):
+        check_precision(self.precision, "train.precision")
         # upper bounds where a number decides memory (a batch, a sample grid, validation or evaluation images)
         for name, high in (("batch_size", 65_536), ("sample_count", 1024), ("val_images", 1_000_000),
                            ("eval_samples", 1_000_000), ("grad_accum", 1024)):
@@ -177,6 +185,7 @@ def new_run_config(
     ckpt_every: int = TrainConfig.ckpt_every,
     seed: int = TrainConfig.seed,
     grad_accum: int = TrainConfig.grad_accum,
+    precision: str = TrainConfig.precision,
     model_fields: Mapping[str, object] | None = None,
 ) -> RunConfig:
     """The config of a new run of family `model` on `data` (a folder of images or a bundled set name),
@@ -225,7 +234,7 @@ def new_run_config(
         train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
                           patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
                           early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed,
-                          grad_accum=grad_accum),
+                          grad_accum=grad_accum, precision=precision),
     )
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
 

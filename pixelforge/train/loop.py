@@ -26,10 +26,11 @@ from ..distributed import failure as distributed_failure
 from ..distributed import setup as setup_distributed
 from ..distributed import teardown as teardown_distributed
 from ..models import get_family
-from ..models.family import distribute, set_micro_batch
+from ..models.family import distribute, set_micro_batch, set_precision
 from ..models.optim import scaled_lr
 from ..files import remove_stale_temporaries
 from ..images import labelled_rows, make_grid, save_png, to_pil
+from ..precision import PrecisionChoice, pick_precision
 from ..progress import eta_seconds, train_postfix
 from ..runs.checkpoint import (
     atomic_write_text,
@@ -390,6 +391,43 @@ def _batch_shares(cfg: RunConfig, world: World) -> tuple[int, int]:
     return batch // world.size, batch // (world.size * accum)
 
 
+def _training_precision(cfg: RunConfig, model, data: ImageSet, conds: _Conditions, train_idx: torch.Tensor, micro: int,
+                        dev: torch.device, world: World, resumed_from: Path | None) -> PrecisionChoice:
+    """What this call trains in: a resumed run goes on in the precision its checkpoint recorded, a new one
+    takes cfg.train.precision, "auto" timing the training step of a copy of the model on step 0's first
+    micro-batch (the global random state is restored afterwards, so "auto" choosing fp32 trains exactly
+    as fp32 does). Distributed, process 0 decides for all."""
+    requested = cfg.train.precision
+    if resumed_from is not None:
+        try:
+            recorded = json.loads(resumed_from.with_suffix(".json").read_text()).get("precision")
+        except (json.JSONDecodeError, AttributeError):  # loading the checkpoint next names the damage
+            recorded = None
+        requested = recorded if recorded in ("fp32", "bf16") else requested  # older checkpoints record none
+    choice = None
+    if world.main:
+        step = None
+        if requested == "auto":
+            idx = _batch_indices(train_idx, 0, micro, cfg.train.seed)
+            x, cond = conds.augmented(data, idx, cfg.data, torch.Generator(device=dev).manual_seed(0), dev, 0, cfg.train.seed)
+            twin = copy.deepcopy(model)  # its own weights, optimiser and random stream: the run's stay untouched
+
+            def step(precision: str) -> None:
+                set_precision(twin, precision)
+                twin.training_step(x, cond, 0)
+
+            tqdm.write("precision auto: timing training steps in fp32 and in bf16 autocast")
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            choice = pick_precision(requested, dev, step)
+        if requested != cfg.train.precision and choice.precision == requested:
+            choice = dataclasses.replace(choice, reason=f"the run's checkpoint records {requested}; its config asks "
+                                         f"{cfg.train.precision}")
+    if not world.distributed:
+        return choice
+    bf16 = broadcast_long(torch.tensor([int(choice.precision == "bf16")]) if world.main else None)
+    return choice or PrecisionChoice("bf16" if int(bf16[0]) else "fp32", requested, "process 0's choice")
+
+
 def _rng_states(model, dev: torch.device) -> dict[str, torch.Tensor]:
     rng = {"torch_cpu": torch.get_rng_state(), "train_generator": model.train_generator.get_state()}
     if dev.type == "cuda":
@@ -486,6 +524,9 @@ def _train_locked(
     conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
+    precision = _training_precision(cfg, model, data, conds, train_idx, micro, dev, world, existing[-1] if existing else None)
+    say(precision.describe())
+    set_precision(model, precision.precision)
     if world.distributed:  # before resuming: each process then restores the random streams of its own rank
         data_parallel(model, world.rank)
     if world.distributed or cfg.train.grad_accum > 1 or cfg.optim.lr_scaling != "none":
@@ -539,7 +580,8 @@ def _train_locked(
             step,
             {"model": model.state_dict(), "ema": ema.state_dict(), "rng": rng, **optim_parts},
             {"images_seen": step * cfg.train.batch_size, "best_val": best_val, "bad_vals": bad_vals, "optim": optim_skel,
-             "device": str(dev), "elapsed_s": elapsed_before + time.perf_counter() - t0, **extra},
+             "device": str(dev), "elapsed_s": elapsed_before + time.perf_counter() - t0, "precision": precision.precision,
+             **extra},
             keep=cfg.train.keep_checkpoints,
         )
 
