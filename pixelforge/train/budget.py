@@ -115,7 +115,7 @@ def size_candidates(image_size: int, given: Mapping[str, object] | None = None) 
 
 def expected_steps(timing: StepTiming, batch: int, minutes: float) -> int:
     """Steps a budget of `minutes` allows at `batch`, OVERHEAD_SHARE of it left for the rest."""
-    return int(minutes * 60 * (1 - OVERHEAD_SHARE) / timing.seconds_per_step(batch))
+    return int(minutes * 60 * (1 - OVERHEAD_SHARE) / timing.seconds_per_step(batch) + 1e-6)  # 1e-6: 39999.99... is 40000
 
 
 def _nice(x: float) -> int:
@@ -266,7 +266,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     dev = pick_device(device)
     n_train = len(split_indices(len(load_dataset(base.data, progress=progress)), base.data.val_fraction,
                                 base.data.split_seed)[0])
-    if base.model.get("backbone", "unet") == "unet":
+    if base.model_config().backbone == "unet":
         candidates = size_candidates(base.data.image_size, {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
     else:  # a DiT keeps its given (or default) size; the plan picks the rest
         candidates = [{}]
@@ -282,16 +282,16 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
 def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     """The lines `pixelforge train --minutes` prints: what the budget chose (the run's config, so settings the
     user gave show as given) and the step time measured."""
-    t, m = cfg.train, cfg.model
-    if m.get("backbone", "unet") == "unet":
-        shape = (f"UNet base {m['base_channels']}, channel_mult {','.join(map(str, m['channel_mult']))}, "
-                 f"{m['num_res_blocks']} res block(s) per level")
+    t, m = cfg.train, cfg.model_config()
+    if m.backbone == "unet":
+        shape = (f"UNet base {m.base_channels}, channel_mult {','.join(map(str, m.channel_mult))}, "
+                 f"{m.num_res_blocks} res block(s) per level")
     else:
-        shape = f"DiT depth {m['depth']}"
+        shape = f"DiT depth {m.depth}"
     epochs = f", about {t.steps * t.batch_size / plan.n_train:.1f} epochs of {plan.n_train:,} images"
     lines = [
         f"time budget {t.minutes:g} min:",
-        f"  model     {plan.parameters / 1e6:.2f} M parameters ({shape})",
+        f"  model     {plan.parameters:,} parameters ({shape})",
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
         f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} steps",
