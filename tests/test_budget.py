@@ -91,6 +91,17 @@ def test_the_schedule_follows_the_expected_steps():
     assert plan_schedule(3)["ema_decay"] == 0.9 and plan_schedule(3)["warmup_steps"] == 1
 
 
+def test_a_short_run_at_a_small_batch_validates_and_samples_only_as_often_as_takes_5_percent_of_its_time():
+    # 21 steps at batch 16: a validation (256 images, forward only) costs about 5.3 steps' time and a grid (16
+    # images, 35 network evaluations) about 11.7: every 5% of the run would spend more time on them than on training
+    s = plan_schedule(21, 16)
+    assert (s["val_every"], s["sample_every"]) == (110, 230)  # 5.33 / 0.05 and 11.7 / 0.05, to two digits
+    assert s["val_every"] > 21 and s["sample_every"] > 21  # so none comes before the budget's end
+    assert plan_schedule(21, 16)["ckpt_every"] == 2  # checkpoints cost little: every 10% still
+    # at batch 64 and 1,640 steps the 5% rule binds nowhere: every 5% and 20% of the run
+    assert (plan_schedule(1640, 64)["val_every"], plan_schedule(1640, 64)["sample_every"]) == (82, 330)
+
+
 def test_candidates_fit_the_image_side_and_fields_the_user_gives_win():
     assert [c["channel_mult"] for c in size_candidates(32)] == [(1, 2), (1, 2, 2), (1, 2, 2)]
     assert [c["base_channels"] for c in size_candidates(32)] == [16, 32, 64]
@@ -114,7 +125,7 @@ def test_bad_budgets_are_refused_with_the_field_named():
 
 def test_timing_measures_the_smallest_network_first_and_stops_where_the_budget_cannot_reach_the_floor(pixelforge_cache,
                                                                                                    monkeypatch):
-    monkeypatch.setattr(budget, "PROBE_MIN_SECONDS", 0.0)  # two timed steps a batch size are enough here
+    monkeypatch.setattr(budget, "PROBE_MIN_SECONDS", 0.0)  # one timed step a batch size is enough here
     cfg = new_run_config("digits", image_size=8)
     candidates = size_candidates(8)
     state = torch.get_rng_state()
@@ -256,7 +267,7 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
     block = out[out.index("time budget 0.1 min:"):]
     for text in ("2,000 parameters (UNet base 8, channel_mult 1,2, 2 res block(s) per level)", "batch     8",
                  "about 54,000 expected (0.0001 s/step measured), about 253.1 epochs of 1,707 images",
-                 "lr        0.0005, warm-up 3 steps", "decay 0.99981", "checkpoint every 5400 steps, samples every 11000, "
+                 "lr        0.0005, warm-up 3 step(s)", "decay 0.99981", "checkpoint every 5400 steps, samples every 11000, "
                  "validation every 2700, metrics every 25"):
         assert text in block, (text, block)
     assert "finished at step 5" in out  # the budget ended it: 5 steps of 1.25 s

@@ -13,7 +13,8 @@ The rule (docs/training-budget.md has the measurements behind it):
 3. From the steps expected: the learning-rate warm-up is 5% of them (at most 200, the default of a run of
    steps), EMA_SHARE of the run is what the EMA averages (ema_decay = 1 - 1 / (EMA_SHARE * steps), within
    [0.9, 0.9999]; 10% of 10,000 steps gives the default 0.999), and the run gets about 10 checkpoints, 5 sample
-   grids, 20 validations and 200 rows of metrics (plan_schedule).
+   grids, 20 validations and 200 rows of metrics, validations and grids fewer where they would take more than
+   CADENCE_SHARE of the time each (plan_schedule).
 
 Settings the user gives (the batch, the network's fields, the warm-up, ...) win over the plan's. The run then
 trains until the budget is spent (TrainConfig.minutes; a resumed run continues until its training time over
@@ -35,16 +36,19 @@ from ..condition import Cond
 from ..device import pick_device
 from ..models import get_family
 from ..models.limits import meta_model, parameter_count
-from ..runs.config import RunConfig, build_model, new_run_config
+from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
 
 MIN_STEPS = 1500  # the steps the planner asks for where the budget allows them (docs/training-budget.md)
 BATCHES = (64, 32)  # batch sizes the planner chooses from, largest first
 FALLBACK_BATCH = 16  # the batch of a budget too short for MIN_STEPS at either
 OVERHEAD_SHARE = 0.1  # share of the budget that validation, sample grids and checkpoints take
 EMA_SHARE = 0.1  # share of the run the EMA weights average over
+FORWARD_SHARE = 1 / 3  # a forward pass without gradients takes about a third of a training step's time
+SAMPLE_EVALS = 35  # network evaluations of a sample grid: the family's default sampling, Heun with 18 steps
+CADENCE_SHARE = 0.05  # validations, and sample grids, each take at most this share of the run
 PROBE_BATCHES = (16, 32)  # batch sizes each candidate is timed at
 PROBE_SHARE = 0.1  # the timing stops measuring larger networks once it has taken this share of the budget
-PROBE_MIN_SECONDS = 0.2  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
+PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
 
 # UNet sizes, smallest first: (base_channels, levels, num_res_blocks). The levels' widths are channel_mult
 # (1, 2, 2, ...)[:levels], fewer where the image side cannot be halved that often.
@@ -126,14 +130,20 @@ def _nice(x: float) -> int:
     return int(round(x / scale) * scale)
 
 
-def plan_schedule(steps: int) -> dict:
-    """The warm-up, EMA decay and cadence of a run of about `steps` steps (the rule in the module docstring)."""
+def plan_schedule(steps: int, batch: int = 64, *, val_images: int = TrainConfig.val_images,
+                  sample_count: int = TrainConfig.sample_count) -> dict:
+    """The warm-up, EMA decay and cadence of a run of about `steps` steps at `batch` (the rule in the module
+    docstring). A validation or a sample grid costs a number of training steps' time (FORWARD_SHARE, SAMPLE_EVALS),
+    so neither comes more often than takes CADENCE_SHARE of the run: a short run at a small batch validates
+    less often than every 5% of it, or only where the budget ends."""
+    validation = val_images / batch * FORWARD_SHARE  # (steps) 256 images through the network, without gradients
+    grid = sample_count * SAMPLE_EVALS / batch * FORWARD_SHARE  # (steps)
     return {
         "warmup_steps": min(200, max(1, round(0.05 * steps))),
         "ema_decay": round(min(0.9999, max(0.9, 1 - 1 / (EMA_SHARE * steps))), 5),
         "ckpt_every": _nice(steps / 10),
-        "sample_every": _nice(steps / 5),
-        "val_every": _nice(steps / 20),
+        "sample_every": max(_nice(steps / 5), _nice(grid / CADENCE_SHARE)),
+        "val_every": max(_nice(steps / 20), _nice(validation / CADENCE_SHARE)),
         "log_every": min(25, _nice(steps / 200)),
     }
 
@@ -161,7 +171,7 @@ def plan_budget(minutes: float, n_train: int, timings: Sequence[StepTiming], *, 
     steps = max(1, expected_steps(timing, batch, minutes))
     return BudgetPlan(minutes=minutes, n_train=n_train, model_fields=dict(timing.model_fields), parameters=timing.parameters,
                       batch_size=batch, seconds_per_step=timing.seconds_per_step(batch), steps=steps, short=short,
-                      **plan_schedule(steps))
+                      **plan_schedule(steps, batch))
 
 
 # --- timing on this machine ------------------------------------------------------------------------------
@@ -195,10 +205,10 @@ def _probe_batch(model, batch: int, generator: torch.Generator) -> tuple[torch.T
 
 def _time_steps(model, batch: int, step: int, clock: Callable[[], float]) -> tuple[float, int]:
     """(seconds per step, the next step number): training steps at `batch`, repeated until they take
-    PROBE_MIN_SECONDS (two at least)."""
+    PROBE_MIN_SECONDS (one is enough where it takes that long: a slow CPU's)."""
     x, cond = _probe_batch(model, batch, torch.Generator().manual_seed(batch))
     done, start = 0, clock()
-    while done < 2 or (clock() - start < PROBE_MIN_SECONDS and done < 100):
+    while done < 1 or (clock() - start < PROBE_MIN_SECONDS and done < 100):
         model.training_step(x, cond, step)
         step += 1
         done += 1
@@ -211,7 +221,7 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
                        clock: Callable[[], float] = time.perf_counter,
                        say: Callable[[str], None] = lambda text: None) -> list[StepTiming]:
     """Seconds per training step of each candidate network (model fields over cfg's) on `device`, timed on
-    synthetic batches at PROBE_BATCHES (or at batch_size alone) after one untimed step.
+    synthetic batches at PROBE_BATCHES (or at batch_size alone), after one untimed step on a GPU.
 
     Candidates are measured smallest first. Measuring stops at the first that cannot get MIN_STEPS even at
     the smallest batch (larger ones are slower still), at one the device has no memory for, and once the
@@ -227,8 +237,9 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
             parameters = parameter_count(meta_model(family, candidate.model_config()))
             try:
                 model = build_model(candidate, device)
-                model.training_step(*_probe_batch(model, batches[-1], torch.Generator().manual_seed(0)), 0)  # warm-up
-                _synchronize(device)
+                if device.type != "cpu":  # an untimed first step: CUDA's lazy start-up and kernel choice
+                    model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
+                    _synchronize(device)
                 points, step = [], 1
                 for batch in batches:
                     seconds, step = _time_steps(model, batch, step, clock)
@@ -294,7 +305,7 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         f"  model     {plan.parameters:,} parameters ({shape})",
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
-        f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} steps",
+        f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)",
         f"  ema       decay {t.ema_decay:g} (averages about {1 / max(1 - t.ema_decay, 1e-9):,.0f} steps)",
         f"  cadence   checkpoint every {t.ckpt_every} steps, samples every {t.sample_every}, "
         f"validation every {t.val_every}, metrics every {t.log_every}",
