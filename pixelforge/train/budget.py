@@ -221,7 +221,7 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
                        clock: Callable[[], float] = time.perf_counter,
                        say: Callable[[str], None] = lambda text: None) -> list[StepTiming]:
     """Seconds per training step of each candidate network (model fields over cfg's) on `device`, timed on
-    synthetic batches at PROBE_BATCHES (or at batch_size alone), after one untimed step on a GPU.
+    synthetic batches at PROBE_BATCHES (or at batch_size alone), after one untimed step.
 
     Candidates are measured smallest first. Measuring stops at the first that cannot get MIN_STEPS even at
     the smallest batch (larger ones are slower still), at one the device has no memory for, and once the
@@ -237,9 +237,10 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
             parameters = parameter_count(meta_model(family, candidate.model_config()))
             try:
                 model = build_model(candidate, device)
-                if device.type != "cpu":  # an untimed first step: CUDA's lazy start-up and kernel choice
-                    model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
-                    _synchronize(device)
+                # an untimed first step at the smallest batch: it pays one-time costs (CUDA's lazy start-up and
+                # kernel choice, a CPU's first allocations) that the steps of a run do not
+                model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
+                _synchronize(device)
                 points, step = [], 1
                 for batch in batches:
                     seconds, step = _time_steps(model, batch, step, clock)
