@@ -596,7 +596,8 @@ def cmd_info(a) -> int:
         if cfg.train.minutes is None:
             print(f"progress: step {meta.get('step', '?')} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
         else:
-            spent = float(meta.get("elapsed_s") or 0) / 60
+            elapsed = meta.get("elapsed_s")
+            spent = elapsed / 60 if isinstance(elapsed, (int, float)) else 0.0  # absent from checkpoints of old versions
             print(f"progress: step {meta.get('step', '?')}, {spent:.1f} of {cfg.train.minutes:g} minutes spent "
                   f"({meta.get('images_seen', 0):,} images seen)")
     print(f"weights:  {weights}")

@@ -629,7 +629,7 @@ def _train_locked(
             bar.set_postfix({**train_postfix(window_loss / window_n, window_imgs, time.perf_counter() - window_t, eta),
                              **figures_shown}, refresh=False)
             if budget_ends_run:  # the bar's total: the steps done and those the budget left allows at the rate so far
-                bar.total = step + int(max(max_seconds - elapsed, 0.0) / (elapsed / (step - start)))
+                bar.total = step + int(max(max_seconds - elapsed, 0.0) / max(elapsed / (step - start), 1e-9))
             bar.update(1)
             row = None
             if step % cfg.train.log_every == 0 or step == end:
