@@ -172,10 +172,13 @@ def run(cfg, run_dir, cache, **kwargs):
 
 
 def test_a_budget_run_trains_past_its_expected_steps_and_stops_within_one_step_of_the_budget(tmp_path, make_run_config,
-                                                                                            step_clock):
+                                                                                            step_clock, capsys):
     step_clock(1.25)
     cfg = make_run_config(steps=3, minutes=0.1, ckpt_every=100, val_every=100)  # 6 s; 3 steps were expected
-    result = run(cfg, tmp_path / "r", tmp_path / "cache")
+    result = train(cfg, tmp_path / "r", device="cpu", progress=True, cache_dir=tmp_path / "cache")
+    bar = capsys.readouterr().err.splitlines()[-1]
+    # the bar's total follows the budget (the steps it allows at the rate so far), and it shows the time left
+    assert "| 5/5 [" in bar and "left=00:00 (time budget)" in bar
     assert (result.stopped, result.step) == ("finished", 5)  # 5 x 1.25 s = 6.25 s: the first step past 6 s
     assert result.last_checkpoint.name == "step_0000005.safetensors"
     _, meta = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])
