@@ -18,6 +18,7 @@ EPILOG = """examples:
   pixelforge datasets                              # bundled data sets
   pixelforge data check ./my_images                # what a folder holds, which files are unusable
   pixelforge train mnist --model diffusion --name digits --steps 2000
+  pixelforge train ./my_images --name flowers --minutes 10   # a time budget: the run it allows on this machine
   pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0   # into out/digits/TIMESTAMP/
   pixelforge sample --from out/digits/20260101-120000/seed000005-label3.png
   pixelforge edit digits --image in.png --strength 0.6 --label 3       # img2img; --mask mask.png: inpainting
