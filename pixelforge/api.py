@@ -531,8 +531,10 @@ def train(
     run_dir = runs / check_run_name(name)
     saved = run_dir / "config.json"
     steps = settings.get("steps")
-    if minutes is not None and steps is not None:
-        raise ValueError("minutes (--minutes) and steps (--steps) cannot both be given: a time budget decides the steps")
+    if minutes is not None:
+        from .train.budget import check_not_steps
+
+        check_not_steps(steps)
     if saved.exists() and (run_dir / "checkpoints").is_dir():
         cfg = RunConfig.load(saved)
         if minutes is not None and minutes != cfg.train.minutes:  # a new total budget

@@ -261,6 +261,12 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
     return timings
 
 
+def check_not_steps(steps: int | None) -> None:
+    """A time budget decides the steps: refuse steps given with it."""
+    if steps is not None:
+        raise ValueError("minutes (--minutes) and steps (--steps) cannot both be given: a time budget decides the steps")
+
+
 def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", progress: bool = True,
              measure: Callable[..., list[StepTiming]] | None = None,
              say: Callable[[str], None] = lambda text: None, **settings) -> tuple[RunConfig, BudgetPlan]:
@@ -269,8 +275,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     `steps` is the plan's. measure: measure_step_times, or what a test puts in its place."""
     from ..data import load_dataset, split_indices
 
-    if settings.get("steps") is not None:
-        raise ValueError("minutes (--minutes) and steps (--steps) cannot both be given: a time budget decides the steps")
+    check_not_steps(settings.get("steps"))
     given_fields = dict(settings.pop("model_fields", None) or {})
     base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes)  # every setting checked
     if base.family != "diffusion":
