@@ -227,6 +227,15 @@ def test_a_spent_budget_trains_no_more_and_a_larger_one_continues(budget_pair, t
     assert (more.stopped, more.step) == ("finished", 13)  # 15 s: 2.5 s left after 12.5 s, passed by the third step
 
 
+def test_max_minutes_ends_one_call_of_a_budget_run_and_the_next_call_finishes_it(tmp_path, make_run_config, step_clock):
+    step_clock(1.25)
+    cfg = make_run_config(steps=2, minutes=0.2, ckpt_every=100, val_every=100)  # 12 s in all
+    first = run(cfg, tmp_path / "r", tmp_path / "cache", max_seconds=3.0)  # this call: 3 s
+    assert (first.stopped, first.step) == ("time-budget", 3)  # 3.75 s, not the run's end
+    second = run(cfg, tmp_path / "r", tmp_path / "cache")
+    assert (second.stopped, second.step) == ("finished", 10)  # 3.75 s + 7 steps = 12.5 s
+
+
 # --- the command and the API ------------------------------------------------------------------------------------
 
 
