@@ -500,6 +500,7 @@ def train(
     device: str = "auto",
     init_from: str | None = None,
     max_minutes: float | None = None,
+    minutes: float | None = None,
     progress: bool = True,
     **settings,
 ) -> TrainResult:
@@ -514,6 +515,11 @@ def train(
     bundled model whose matching weights a new run starts from. max_minutes: a wall-clock budget for this
     call (it checkpoints and stops; call again to continue). The run's in-training FID/KID (eval_every > 0)
     sample with TRAINING_EVAL_SAMPLE_OPTIONS.
+
+    minutes: a time budget for the whole run instead of `steps` (a diffusion run; train/budget.py): a new
+    run's network size, batch, warm-up, EMA decay and cadence are planned from a few timed steps on this
+    device (settings given win), and it trains until its training time reaches the budget, over as many
+    calls as it takes. Resuming, a run keeps its budget; minutes (or steps) given then is a new total.
     """
     from tqdm.auto import tqdm
 
@@ -524,13 +530,28 @@ def train(
     runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
     run_dir = runs / check_run_name(name)
     saved = run_dir / "config.json"
+    steps = settings.get("steps")
+    if minutes is not None:
+        from .train.budget import check_not_steps
+
+        check_not_steps(steps)
     if saved.exists() and (run_dir / "checkpoints").is_dir():
         cfg = RunConfig.load(saved)
-        steps = settings.get("steps")
-        if steps is not None and steps != cfg.train.steps:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        if minutes is not None and minutes != cfg.train.minutes:  # a new total budget
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=minutes))
+        if steps is not None and (steps != cfg.train.steps or cfg.train.minutes is not None):  # a new total of steps
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, minutes=None))
         if launched_world().main:  # under torchrun, rank 0 alone speaks
-            tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {cfg.train.steps} steps)")
+            length = f"{cfg.train.steps} steps" if cfg.train.minutes is None else f"a {cfg.train.minutes:g}-minute budget"
+            tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {length})")
+    elif minutes is not None:
+        from .train.budget import describe_plan, plan_run
+
+        if launched_world().distributed:
+            raise ValueError("minutes (--minutes) times and plans a new run in one process: start it without "
+                             "torchrun, or give --steps")
+        cfg, plan = plan_run(data, minutes, device=device, progress=progress, say=tqdm.write, **settings)
+        tqdm.write("\n".join(describe_plan(cfg, plan)))
     else:
         cfg = new_run_config(data, **settings)
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:

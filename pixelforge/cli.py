@@ -18,6 +18,7 @@ EPILOG = """examples:
   pixelforge datasets                              # bundled data sets
   pixelforge data check ./my_images                # what a folder holds, which files are unusable
   pixelforge train mnist --model diffusion --name digits --steps 2000
+  pixelforge train ./my_images --name flowers --minutes 10   # a time budget: the run it allows on this machine
   pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0   # into out/digits/TIMESTAMP/
   pixelforge sample --from out/digits/20260101-120000/seed000005-label3.png
   pixelforge edit digits --image in.png --strength 0.6 --label 3       # img2img; --mask mask.png: inpainting
@@ -117,10 +118,16 @@ def _add_train(sub):
     p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default 10000)")
-    p.add_argument("--batch-size", type=_int_range(1), default=64)
+    p.add_argument("--minutes", type=_float_range(0, above_lo=True), default=None, help="a time budget for the whole run "
+                   "instead of --steps (diffusion): a few timed steps on this machine choose the network size, batch, "
+                   "warm-up, EMA and cadence (the options marked 'planned'; those given win), then it trains until the "
+                   "budget is spent, over as many calls as it takes (docs/training-budget.md)")
+    p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step (default 64; "
+                   "planned with --minutes)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
                    "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
-    p.add_argument("--warmup", type=_int_range(0), default=200, help="learning-rate warm-up steps")
+    p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps (default 200; "
+                   "planned with --minutes)")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
     p.add_argument("--grad-accum", type=_int_range(1, 1024), default=None, help="split each process's share of a batch into "
                    "this many micro-batches whose gradients add up (a large --batch-size on a small machine; default 1)")
@@ -151,16 +158,21 @@ def _add_train(sub):
     m.add_argument("--label-dropout", type=_float_range(0, 1, below_hi=True), default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
-    p.add_argument("--ema-decay", type=_float_range(0, 1, below_hi=True), default=0.999)
-    p.add_argument("--val-every", type=_int_range(1), default=500, help="validation loss every K steps")
+    p.add_argument("--ema-decay", type=_float_range(0, 1, below_hi=True), default=None, help="decay of the EMA "
+                   "weights per step (default 0.999; planned with --minutes)")
+    p.add_argument("--val-every", type=_int_range(1), default=None, help="validation loss every K steps (default 500; "
+                   "planned with --minutes)")
     p.add_argument("--patience", type=_int_range(0), default=0, help="stop after this many evaluations of --early-stop-on without improvement (0: never)")
     p.add_argument("--eval-every", type=_int_range(0), default=0, help="FID and KID of --eval-samples EMA samples every K steps, into metrics.csv (0: off)")
     p.add_argument("--eval-samples", type=_int_range(2), default=256, help="samples per in-training evaluation (fixed seeds)")
     p.add_argument("--eval-extractor", default="auto", help="feature extractor for in-training evaluation (see pixelforge evaluate)")
     p.add_argument("--early-stop-on", choices=("val_loss", "fid", "kid"), default="val_loss", help="what --patience watches")
-    p.add_argument("--sample-every", type=_int_range(1), default=1000, help="sample grid every K steps (runs/NAME/samples/)")
-    p.add_argument("--ckpt-every", type=_int_range(1), default=500, help="checkpoint every K steps")
-    p.add_argument("--log-every", type=_int_range(1), default=25, help="metrics.csv row every K steps")
+    p.add_argument("--sample-every", type=_int_range(1), default=None, help="sample grid every K steps, into runs/NAME/samples/ "
+                   "(default 1000; planned with --minutes)")
+    p.add_argument("--ckpt-every", type=_int_range(1), default=None, help="checkpoint every K steps (default 500; planned "
+                   "with --minutes)")
+    p.add_argument("--log-every", type=_int_range(1), default=None, help="metrics.csv row every K steps (default 25; "
+                   "planned with --minutes)")
     p.add_argument("--val-fraction", type=_float_range(0, 1, below_hi=True), default=0.05, help="share of images held out for validation")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
@@ -229,7 +241,8 @@ def cmd_train(a) -> int:
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
     try:
         result = train(a.data, name=a.name, runs_dir=a.runs_dir, device=a.device, init_from=a.init_from,
-                       max_minutes=a.max_minutes, progress=not a.quiet, model_fields=_model_fields(a), **settings)
+                       max_minutes=a.max_minutes, minutes=a.minutes, progress=not a.quiet, model_fields=_model_fields(a),
+                       **settings)
     except RunLockedError as e:
         print(f"pixelforge train: error: {e}", file=sys.stderr)
         return 1
@@ -575,14 +588,22 @@ def cmd_info(a) -> int:
     unused = set(model.unused_fields()) if hasattr(model, "unused_fields") else set()
     fields = {k: v for k, v in dataclasses.asdict(model).items() if k not in unused}
     print(f"model:    {parameter_count(shaped) / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in fields.items()))
-    print(f"train:    {cfg.train.steps} steps x batch {cfg.train.batch_size}, lr {cfg.optim.lr}, EMA {cfg.train.ema_decay}")
+    length = f"{cfg.train.steps} steps" if cfg.train.minutes is None else \
+        f"a {cfg.train.minutes:g}-minute budget (about {cfg.train.steps} steps planned)"
+    print(f"train:    {length} x batch {cfg.train.batch_size}, lr {cfg.optim.lr}, EMA {cfg.train.ema_decay}")
     ckpts = list_checkpoints(run_dir / "checkpoints")
     if ckpts:
         try:
             meta = json.loads(ckpts[-1].with_suffix(".json").read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{ckpts[-1].with_suffix('.json')}: not valid JSON ({e})") from None
-        print(f"progress: step {meta.get('step', '?')} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
+        if cfg.train.minutes is None:
+            print(f"progress: step {meta.get('step', '?')} of {cfg.train.steps} ({meta.get('images_seen', 0):,} images seen)")
+        else:
+            elapsed = meta.get("elapsed_s")
+            spent = elapsed / 60 if isinstance(elapsed, (int, float)) else 0.0  # absent from checkpoints of old versions
+            print(f"progress: step {meta.get('step', '?')}, {spent:.1f} of {cfg.train.minutes:g} minutes spent "
+                  f"({meta.get('images_seen', 0):,} images seen)")
     print(f"weights:  {weights}")
     metrics = run_dir / "metrics.csv"
     if metrics.exists():

@@ -3,6 +3,7 @@ sampling imports no training code."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import os
@@ -91,8 +92,17 @@ def test_the_cli_train_defaults_are_the_librarys():
     a["warmup_steps"] = a.pop("warmup")
     params = inspect.signature(new_run_config).parameters
     shared = {k: v for k, v in a.items() if k in params and k != "data" and v is not None}  # None: left to the library
-    assert len(shared) >= 20
+    assert len(shared) >= 13
     assert shared == {k: params[k].default for k in shared}
+    # the flags left to the library (None, so that --minutes can tell a given value from a default) state its default
+    commands = next(act for act in build_parser()._actions if isinstance(act, argparse._SubParsersAction))
+    stated = {act.dest: act.help for act in commands.choices["train"]._actions
+              if act.default is None and act.help and "(default " in act.help}
+    names = {"warmup": "warmup_steps"}
+    checked = {names.get(dest, dest): text.split("(default ")[1].split(";")[0].split(")")[0] for dest, text in stated.items()}
+    checked = {k: v for k, v in checked.items() if k in params}
+    assert {"batch_size", "warmup_steps", "ema_decay", "val_every", "sample_every", "ckpt_every", "log_every", "steps"} <= set(checked)
+    assert checked == {k: str(params[k].default) for k in checked}
 
 
 def test_model_fields_are_the_familys_even_where_a_training_setting_has_the_same_name():

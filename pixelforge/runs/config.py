@@ -22,6 +22,7 @@ from ..models.optim import adam_betas
 from ..precision import check_precision
 
 RUN_FORMAT_VERSION = 1
+MAX_MINUTES = 525_600  # a year: the largest time budget (train.minutes) a config may hold
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class TrainConfig:
     better validation loss before stopping early (0 never stops early). eval_every: sample-quality
     figures (FID, KID) every K steps when an evaluator is given (0: never). early_stop_on: the figure
     that patience watches, "val_loss" or "fid" (lower is better for both).
+
+    minutes: a time budget for the whole run (None: none). The run then ends when its training time,
+    metrics.csv's elapsed_s summed over every call that trained it, reaches this many minutes, and
+    `steps` is only the number of steps the budget was expected to allow (train/budget.py plans both).
 
     batch_size is the effective batch of one optimiser step, whatever runs it: split over the processes
     of a distributed training (torchrun) and, with grad_accum > 1, into that many micro-batches in each
@@ -62,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     grad_accum: int = 1
     precision: str = "fp32"
+    minutes: float | None = None
 
     def __post_init__(self):
         check_precision(self.precision, "train.precision")
@@ -78,6 +84,10 @@ class TrainConfig:
             raise ValueError(f"train.early_stop_on must be val_loss, fid or kid, got {self.early_stop_on!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, (int, float))
+                                         or not 0 < self.minutes <= MAX_MINUTES):  # NaN fails the comparison too
+            raise ValueError(f"train.minutes (--minutes) must be a number of minutes above 0 and at most {MAX_MINUTES:,} "
+                             f"(or null: no time budget), got {self.minutes!r}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,7 @@ def new_run_config(
     seed: int = TrainConfig.seed,
     grad_accum: int = TrainConfig.grad_accum,
     precision: str = TrainConfig.precision,
+    minutes: float | None = TrainConfig.minutes,
     model_fields: Mapping[str, object] | None = None,
 ) -> RunConfig:
     """The config of a new run of family `model` on `data` (a folder of images or a bundled set name),
@@ -199,6 +210,8 @@ def new_run_config(
         detector (default "canny"; giving one implies edges); the data is loaded here to measure its
         subjects' stroke width, to which a user's drawing is normalised (condition/edges.py).
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
+    minutes: a time budget for the run (TrainConfig.minutes); the settings it decides are planned by
+        train/budget.py's plan_run, which calls this with them.
     model_fields: fields of the family's model config ({"base_channels": 16, "channel_mult": (1, 2)}), over
         those the data and text settings give (a dict of their own: the VQ-VAE's ema_decay is not train's).
     The other settings are DataConfig's, OptimConfig's and TrainConfig's fields, with their defaults.
@@ -234,7 +247,7 @@ def new_run_config(
         train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
                           patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
                           early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed,
-                          grad_accum=grad_accum, precision=precision),
+                          grad_accum=grad_accum, precision=precision, minutes=minutes),
     )
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
 

@@ -237,6 +237,7 @@ def _logged_lr(model, figures: dict[str, float]) -> float:
     return next(iter(model.optimizers().values())).param_groups[0]["lr"]
 
 
+_NO_STEP_LIMIT = 2**62  # the step limit of a run with a time budget: none
 GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
 
 
@@ -563,6 +564,13 @@ def _train_locked(
     # training seconds of the earlier calls: elapsed_s counts on from them
     elapsed_before = float(saved_elapsed) if saved_elapsed is not None else (log.last_elapsed_s if log else 0.0)
     last_ckpt = existing[-1].with_suffix(".safetensors") if existing else None
+    # A run with a time budget (train.minutes) trains until its training time over every call reaches it: the
+    # budget's time left ends this call as --max-minutes does (max_seconds), but ends the run ("finished").
+    budget_left = None if cfg.train.minutes is None else cfg.train.minutes * 60 - elapsed_before
+    budget_ends_run = budget_left is not None and (max_seconds is None or budget_left <= max_seconds)
+    if budget_ends_run:
+        max_seconds = budget_left
+        say(f"time budget {cfg.train.minutes:g} min: {max(budget_left, 0) / 60:.2f} min left")
 
     def checkpoint(step: int) -> Path:
         """Every process takes part (their random states are gathered); rank 0 writes."""
@@ -622,7 +630,12 @@ def _train_locked(
 
     losses: dict[int, float] = {}
     stopped = "finished"
-    end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+    # a budgeted run's steps are an estimate, not a limit: it ends when the budget does
+    steps_total = cfg.train.steps if cfg.train.minutes is None else _NO_STEP_LIMIT
+    end = steps_total if stop_at is None else min(stop_at, steps_total)
+    budget_spent = budget_ends_run and max_seconds <= 0  # the run is over: nothing left to train
+    if budget_spent:
+        end = start
     # tqdm's own ETA knows nothing of --max-minutes: the postfix's left= says which limit ends the run first
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (progress and world.main), unit="step", dynamic_ncols=True,
                desc=run_dir.name, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]")
@@ -661,6 +674,8 @@ def _train_locked(
             eta = eta_seconds(end - step, elapsed / (step - start), None if max_seconds is None else max_seconds - elapsed)
             bar.set_postfix({**train_postfix(window_loss / window_n, window_imgs, time.perf_counter() - window_t, eta),
                              **figures_shown}, refresh=False)
+            if budget_ends_run:  # the bar's total: the steps done and those the budget left allows at the rate so far
+                bar.total = step + int(max(max_seconds - elapsed, 0.0) / max(elapsed / (step - start), 1e-9))
             bar.update(1)
             row = None
             if step % cfg.train.log_every == 0 or step == end:
@@ -716,12 +731,13 @@ def _train_locked(
                 stopped = "interrupted"
                 break
             if step < end and time_up():
-                stopped = "time-budget"
+                stopped = "finished" if budget_ends_run else "time-budget"
+                budget_spent = budget_ends_run
                 if world.main:
                     _save_samples(ema, data, conds, cfg, run_dir, step)
                 last_ckpt = checkpoint(step)
                 break
-        if stop_at is not None and step < cfg.train.steps and stopped == "finished":
+        if stop_at is not None and step < steps_total and stopped == "finished" and not budget_spent:
             stopped = "interrupted"
     finally:
         bar.close()

@@ -1,0 +1,322 @@
+"""A time budget as the knob of a training run (`pixelforge train DATA --minutes M`): the network size, batch,
+warm-up, EMA length and cadence that M minutes on this machine allow, from a few timed steps.
+
+The rule (docs/training-budget.md has the measurements behind it):
+
+1. Time a training step of each candidate network (size_candidates: UNets of base width 16, 32 and 64) on
+   this device at two batch sizes, with synthetic batches of the run's shape (measure_step_times), and fit
+   seconds per step as a + b * batch: a CPU's time grows with the batch, a GPU's hardly does.
+2. The steps a choice gets are the budget, less OVERHEAD_SHARE for validation, sample grids and checkpoints,
+   over its seconds per step. Take the largest network that still gets MIN_STEPS steps at batch 64, else at
+   batch 32; where none does, the smallest network at batch 16, which gets the most steps there are
+   (plan_budget). A batch is never larger than the training images.
+3. From the steps expected: the learning-rate warm-up is 5% of them (at most 200, the default of a run of
+   steps), EMA_SHARE of the run is what the EMA averages (ema_decay = 1 - 1 / (EMA_SHARE * steps), within
+   [0.9, 0.9999]; 10% of 10,000 steps gives the default 0.999), and the run gets about 10 checkpoints, 5 sample
+   grids, 20 validations and 200 rows of metrics, validations and grids fewer where they would take more than
+   CADENCE_SHARE of the time each (plan_schedule).
+
+Settings the user gives (the batch, the network's fields, the warm-up, ...) win over the plan's. The run then
+trains until the budget is spent (TrainConfig.minutes; a resumed run continues until its training time over
+every call reaches it), so the planned steps are an estimate, never a limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..condition import Cond
+from ..device import pick_device
+from ..models import get_family
+from ..models.limits import meta_model, parameter_count
+from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
+
+MIN_STEPS = 1500  # the steps the planner asks for where the budget allows them (docs/training-budget.md)
+BATCHES = (64, 32)  # batch sizes the planner chooses from, largest first
+FALLBACK_BATCH = 16  # the batch of a budget too short for MIN_STEPS at either
+OVERHEAD_SHARE = 0.1  # share of the budget that validation, sample grids and checkpoints take
+EMA_SHARE = 0.1  # share of the run the EMA weights average over
+FORWARD_SHARE = 1 / 3  # a forward pass without gradients takes about a third of a training step's time
+SAMPLE_EVALS = 35  # network evaluations of a sample grid: the family's default sampling, Heun with 18 steps
+CADENCE_SHARE = 0.05  # validations, and sample grids, each take at most this share of the run
+PROBE_BATCHES = (16, 32)  # batch sizes each candidate is timed at
+PROBE_SHARE = 0.1  # the timing stops measuring larger networks once it has taken this share of the budget
+PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
+
+# UNet sizes, smallest first: (base_channels, levels, num_res_blocks). The levels' widths are channel_mult
+# (1, 2, 2, ...)[:levels], fewer where the image side cannot be halved that often.
+UNET_SIZES = ((16, 2, 1), (32, 3, 1), (64, 3, 2))
+SHAPE_FIELDS = ("base_channels", "channel_mult", "num_res_blocks")
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured seconds per training step of one candidate network: `points` ((batch, seconds), ...)."""
+
+    model_fields: Mapping[str, object]  # the candidate's model config fields (base_channels, ...)
+    parameters: int
+    points: tuple[tuple[int, float], ...]
+
+    def seconds_per_step(self, batch: int) -> float:
+        """Seconds per step at `batch`: the line a + b * batch through the two points measured (a, b >= 0),
+        or, from one point, proportional to the batch."""
+        if not self.points:
+            raise ValueError("a step timing needs at least one measured (batch, seconds) point")
+        (b0, t0), (b1, t1) = min(self.points), max(self.points)
+        if b0 == b1:
+            return t1 * batch / b1
+        slope = max((t1 - t0) / (b1 - b0), 0.0)
+        intercept = max(t0 - slope * b0, 0.0)
+        return intercept + slope * batch
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a time budget allows: the network, the batch, the steps expected and the schedule they give."""
+
+    minutes: float
+    n_train: int  # training images
+    model_fields: Mapping[str, object]
+    parameters: int
+    batch_size: int
+    seconds_per_step: float  # measured (fitted) at batch_size
+    steps: int  # expected: the budget less OVERHEAD_SHARE over seconds_per_step
+    warmup_steps: int
+    ema_decay: float
+    ckpt_every: int
+    sample_every: int
+    val_every: int
+    log_every: int
+    short: bool  # below MIN_STEPS even for the smallest network
+
+    def settings(self) -> dict:
+        """The run settings of the plan, as new_run_config takes them."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "warmup_steps": self.warmup_steps,
+                "ema_decay": self.ema_decay, "ckpt_every": self.ckpt_every, "sample_every": self.sample_every,
+                "val_every": self.val_every, "log_every": self.log_every}
+
+
+def size_candidates(image_size: int, given: Mapping[str, object] | None = None) -> list[dict]:
+    """The UNet sizes a budget chooses from at this image side, smallest first: UNET_SIZES as model fields,
+    each with the fields the user gave over it (duplicates made by those removed)."""
+    out: list[dict] = []
+    for base, levels, blocks in UNET_SIZES:
+        while levels > 1 and (image_size % 2 ** (levels - 1) or image_size // 2 ** (levels - 1) < 4):
+            levels -= 1  # every level halves the side: it must divide evenly and stay 4 pixels or more
+        fields = {"base_channels": base, "channel_mult": (1, 2, 2, 2)[:levels], "num_res_blocks": blocks,
+                  **(given or {})}
+        if fields not in out:
+            out.append(fields)
+    return out
+
+
+def expected_steps(timing: StepTiming, batch: int, minutes: float) -> int:
+    """Steps a budget of `minutes` allows at `batch`, OVERHEAD_SHARE of it left for the rest."""
+    return int(minutes * 60 * (1 - OVERHEAD_SHARE) / timing.seconds_per_step(batch) + 1e-6)  # 1e-6: 39999.99... is 40000
+
+
+def _nice(x: float) -> int:
+    """x rounded to two significant digits (a cadence of 160 steps rather than 164), at least 1."""
+    if x < 10:
+        return max(1, round(x))
+    scale = 10 ** (int(math.log10(x)) - 1)
+    return int(round(x / scale) * scale)
+
+
+def plan_schedule(steps: int, batch: int = 64, *, val_images: int = TrainConfig.val_images,
+                  sample_count: int = TrainConfig.sample_count) -> dict:
+    """The warm-up, EMA decay and cadence of a run of about `steps` steps at `batch` (the rule in the module
+    docstring). A validation or a sample grid costs a number of training steps' time (FORWARD_SHARE, SAMPLE_EVALS),
+    so neither comes more often than takes CADENCE_SHARE of the run: a short run at a small batch validates
+    less often than every 5% of it, or only where the budget ends."""
+    validation = val_images / batch * FORWARD_SHARE  # (steps) 256 images through the network, without gradients
+    grid = sample_count * SAMPLE_EVALS / batch * FORWARD_SHARE  # (steps)
+    return {
+        "warmup_steps": min(200, max(1, round(0.05 * steps))),
+        "ema_decay": round(min(0.9999, max(0.9, 1 - 1 / (EMA_SHARE * steps))), 5),
+        "ckpt_every": _nice(steps / 10),
+        "sample_every": max(_nice(steps / 5), _nice(grid / CADENCE_SHARE)),
+        "val_every": max(_nice(steps / 20), _nice(validation / CADENCE_SHARE)),
+        "log_every": min(25, _nice(steps / 200)),
+    }
+
+
+def plan_budget(minutes: float, n_train: int, timings: Sequence[StepTiming], *, batch_size: int | None = None) -> BudgetPlan:
+    """The plan for a budget of `minutes` on a set of n_train training images, from the candidates' measured
+    step times: the largest network that gets MIN_STEPS at batch 64, else 32; where none does, the smallest
+    network at batch 16. A given batch_size is the only batch considered."""
+    if not timings:
+        raise ValueError("a time budget needs the step time of at least one network; none was measured")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"minutes (--minutes) must be above 0, got {minutes}")
+    cap = max(1, n_train)  # a batch larger than the training set only repeats its images
+
+    def batches(options: Sequence[int]) -> list[int]:
+        return [min(b, cap) for b in ((batch_size,) if batch_size is not None else options)]
+
+    by_size = sorted(timings, key=lambda t: t.parameters)
+    choice = next(((t, b) for t in reversed(by_size) for b in batches(BATCHES) if expected_steps(t, b, minutes) >= MIN_STEPS),
+                  None)
+    short = choice is None
+    if choice is None:
+        choice = (by_size[0], batches((FALLBACK_BATCH,))[0])
+    timing, batch = choice
+    steps = max(1, expected_steps(timing, batch, minutes))
+    return BudgetPlan(minutes=minutes, n_train=n_train, model_fields=dict(timing.model_fields), parameters=timing.parameters,
+                      batch_size=batch, seconds_per_step=timing.seconds_per_step(batch), steps=steps, short=short,
+                      **plan_schedule(steps, batch))
+
+
+# --- timing on this machine ------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it covers the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _probe_batch(model, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, Cond]:
+    """A synthetic batch of the model's shape and conditions: images (B, C, H, W) in [-1, 1] and a Cond with
+    every field the model takes (the step's cost does not depend on the values)."""
+    cfg, dev = model.config, model.device
+    x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, generator=generator) * 2 - 1
+    fields: dict[str, torch.Tensor] = {}
+    takes = model.takes()
+    if "labels" in takes:
+        fields["labels"] = torch.randint(0, cfg.num_classes, (batch,), generator=generator)
+    if "text" in takes:
+        fields.update(text=torch.randn(batch, cfg.text_dim, generator=generator),  # (B, D)
+                      text_tokens=torch.randn(batch, cfg.text_tokens, cfg.text_dim, generator=generator),  # (B, T, D)
+                      text_mask=torch.ones(batch, cfg.text_tokens, dtype=torch.bool))  # (B, T)
+    if "spatial" in takes:
+        fields["spatial"] = torch.zeros(batch, cfg.spatial_channels, cfg.image_size, cfg.image_size)  # (B, 1, H, W)
+    return x.to(dev), Cond(**fields).to(dev)
+
+
+def _time_steps(model, batch: int, step: int, clock: Callable[[], float]) -> tuple[float, int]:
+    """(seconds per step, the next step number): training steps at `batch`, repeated until they take
+    PROBE_MIN_SECONDS (one is enough where it takes that long: a slow CPU's)."""
+    x, cond = _probe_batch(model, batch, torch.Generator().manual_seed(batch))
+    done, start = 0, clock()
+    while done < 1 or (clock() - start < PROBE_MIN_SECONDS and done < 100):
+        model.training_step(x, cond, step)
+        step += 1
+        done += 1
+        _synchronize(model.device)
+    return (clock() - start) / done, step
+
+
+def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]], device: torch.device, *,
+                       minutes: float, n_train: int, batch_size: int | None = None,
+                       clock: Callable[[], float] = time.perf_counter,
+                       say: Callable[[str], None] = lambda text: None) -> list[StepTiming]:
+    """Seconds per training step of each candidate network (model fields over cfg's) on `device`, timed on
+    synthetic batches at PROBE_BATCHES (or at batch_size alone), after one untimed step.
+
+    Candidates are measured smallest first. Measuring stops at the first that cannot get MIN_STEPS even at
+    the smallest batch (larger ones are slower still), at one the device has no memory for, and once the
+    timing has taken PROBE_SHARE of the budget. The global random state is left as it was."""
+    family = get_family(cfg.family)
+    cap = max(1, n_train)
+    batches = sorted({min(b, cap) for b in ((batch_size,) if batch_size is not None else PROBE_BATCHES)})
+    started = clock()
+    timings: list[StepTiming] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for fields in candidates:
+            candidate = dataclasses.replace(cfg, model={**cfg.model, **fields})
+            parameters = parameter_count(meta_model(family, candidate.model_config()))
+            try:
+                model = build_model(candidate, device)
+                # an untimed first step at the smallest batch: it pays one-time costs (CUDA's lazy start-up and
+                # kernel choice, a CPU's first allocations) that the steps of a run do not
+                model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
+                _synchronize(device)
+                points, step = [], 1
+                for batch in batches:
+                    seconds, step = _time_steps(model, batch, step, clock)
+                    points.append((batch, seconds))
+            except torch.OutOfMemoryError:
+                say(f"time budget: a UNet of base width {fields.get('base_channels')} does not fit in {device}'s memory")
+                break
+            finally:
+                model = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            timing = StepTiming(model_fields=dict(fields), parameters=parameters, points=tuple(points))
+            timings.append(timing)
+            fastest = max(expected_steps(timing, b, minutes) for b in (*batches, min(FALLBACK_BATCH, cap)))
+            if fastest < MIN_STEPS or clock() - started > PROBE_SHARE * minutes * 60:
+                break
+    say(f"time budget: timed {len(timings)} network size(s) on {device} in {clock() - started:.1f} s")
+    return timings
+
+
+def check_not_steps(steps: int | None) -> None:
+    """A time budget decides the steps: refuse steps given with it."""
+    if steps is not None:
+        raise ValueError("minutes (--minutes) and steps (--steps) cannot both be given: a time budget decides the steps")
+
+
+def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", progress: bool = True,
+             measure: Callable[..., list[StepTiming]] | None = None,
+             say: Callable[[str], None] = lambda text: None, **settings) -> tuple[RunConfig, BudgetPlan]:
+    """The config of a new run on `data` with a time budget of `minutes`, and the plan behind it: the
+    settings are new_run_config's, those given winning over the plan's (model_fields field by field);
+    `steps` is the plan's. measure: measure_step_times, or what a test puts in its place."""
+    from ..data import load_dataset, split_indices
+
+    check_not_steps(settings.get("steps"))
+    given_fields = dict(settings.pop("model_fields", None) or {})
+    base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes)  # every setting checked
+    if base.family != "diffusion":
+        raise ValueError(f"minutes (--minutes) plans diffusion runs; train {base.family} models with --steps")
+    dev = pick_device(device)
+    n_train = len(split_indices(len(load_dataset(base.data, progress=progress)), base.data.val_fraction,
+                                base.data.split_seed)[0])
+    if base.model_config().backbone == "unet":
+        candidates = size_candidates(base.data.image_size, {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
+    else:  # a DiT keeps its given (or default) size; the plan picks the rest
+        candidates = [{}]
+    timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,
+                                              batch_size=settings.get("batch_size"), say=say)
+    plan = plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size"))
+    chosen = {**plan.settings(), **{k: v for k, v in settings.items() if k in plan.settings()}}
+    cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
+                         minutes=minutes)
+    return cfg, plan
+
+
+def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
+    """The lines `pixelforge train --minutes` prints: what the budget chose (the run's config, so settings the
+    user gave show as given) and the step time measured."""
+    t, m = cfg.train, cfg.model_config()
+    if m.backbone == "unet":
+        shape = (f"UNet base {m.base_channels}, channel_mult {','.join(map(str, m.channel_mult))}, "
+                 f"{m.num_res_blocks} res block(s) per level")
+    else:
+        shape = f"DiT depth {m.depth}"
+    epochs = f", about {t.steps * t.batch_size / plan.n_train:.1f} epochs of {plan.n_train:,} images"
+    lines = [
+        f"time budget {t.minutes:g} min:",
+        f"  model     {plan.parameters:,} parameters ({shape})",
+        f"  batch     {t.batch_size}",
+        f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
+        f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)",
+        f"  ema       decay {t.ema_decay:g} (averages about {1 / max(1 - t.ema_decay, 1e-9):,.0f} steps)",
+        f"  cadence   checkpoint every {t.ckpt_every} steps, samples every {t.sample_every}, "
+        f"validation every {t.val_every}, metrics every {t.log_every}",
+    ]
+    if plan.short:
+        lines.append(f"  note      the budget allows fewer than {MIN_STEPS:,} steps even for the smallest network: "
+                     "expect rough samples; give more minutes")
+    return lines

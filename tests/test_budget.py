@@ -1,0 +1,302 @@
+"""Specifications of the time budget (`pixelforge train --minutes`): the planner's choices from given step times,
+the timing on this machine, a run that ends at its budget with a checkpoint, and an exact resume to the budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import pixelforge
+import pixelforge.train.loop as loop
+from pixelforge.cli import main
+from pixelforge.models import DiffusionModel
+from pixelforge.models.diffusion import DiffusionConfig
+from pixelforge.runs import new_run_config
+from pixelforge.train import RunConfig, TrainConfig, train
+from pixelforge.train import budget
+from pixelforge.train.budget import (MIN_STEPS, StepTiming, describe_plan, measure_step_times, plan_budget, plan_schedule,
+                                     size_candidates)
+from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
+
+
+def timing(base: int, parameters: int, s16: float, s32: float) -> StepTiming:
+    return StepTiming({"base_channels": base}, parameters, ((16, s16), (32, s32)))
+
+
+# seconds per step growing with the batch, as on a CPU: at batch 64 0.08 s, 0.24 s and 1.0 s
+CPU_LIKE = [timing(16, 180_000, 0.02, 0.04), timing(32, 1_100_000, 0.06, 0.12), timing(64, 6_600_000, 0.25, 0.5)]
+
+
+# --- the planner, from given step times ------------------------------------------------------------------
+
+
+def test_a_short_budget_picks_a_smaller_network_than_a_long_one():
+    plans = {m: plan_budget(m, 5000, CPU_LIKE) for m in (2, 10, 60)}
+    assert [plans[m].model_fields["base_channels"] for m in (2, 10, 60)] == [16, 32, 64]
+    assert plans[2].parameters < plans[10].parameters < plans[60].parameters
+    # each is the largest network that gets MIN_STEPS, at batch 64 where it can: 2 min = 108 s of steps
+    assert (plans[2].batch_size, plans[2].steps) == (32, 2700)  # 0.04 s a step; the medium one gets only 900 at 32
+    assert (plans[10].batch_size, plans[10].steps) == (64, 2250)  # 540 s / 0.24 s
+    assert (plans[60].batch_size, plans[60].steps) == (64, 3240)  # 3240 s / 1.0 s
+    assert not any(p.short for p in plans.values())
+
+
+def test_more_time_gives_the_same_network_more_steps_a_longer_ema_and_sparser_cadence():
+    one = [CPU_LIKE[1]]
+    short, long = plan_budget(10, 5000, one), plan_budget(20, 5000, one)
+    assert short.model_fields == long.model_fields and short.batch_size == long.batch_size == 64
+    assert long.steps == 2 * short.steps == 4500
+    assert long.ema_decay > short.ema_decay
+    assert long.ckpt_every > short.ckpt_every and long.sample_every > short.sample_every
+    assert long.warmup_steps > short.warmup_steps
+
+
+def test_a_budget_too_short_for_the_step_floor_takes_the_smallest_network_at_batch_16_and_says_so():
+    plan = plan_budget(0.5, 5000, CPU_LIKE)  # 27 s: 1350 steps of 0.02 s at batch 16, the most any choice gets
+    assert (plan.model_fields["base_channels"], plan.batch_size, plan.steps, plan.short) == (16, 16, 1350, True)
+    assert plan.steps < MIN_STEPS
+    cfg = new_run_config("digits", image_size=8, minutes=0.5, **plan.settings())
+    assert any("fewer than 1,500 steps" in line for line in describe_plan(cfg, plan))
+
+
+def test_a_gpu_whose_step_time_hardly_grows_with_the_batch_gets_the_largest_network_at_batch_64():
+    gpu = [timing(16, 180_000, 0.004, 0.0041), timing(32, 1_100_000, 0.006, 0.0062), timing(64, 6_600_000, 0.012, 0.0125)]
+    plan = plan_budget(10, 50_000, gpu)
+    assert (plan.model_fields["base_channels"], plan.batch_size) == (64, 64)
+    assert plan.seconds_per_step == pytest.approx(0.0135)  # 0.0115 + 64 * 0.5e-3 / 16
+    assert plan.steps == int(540 / 0.0135)
+
+
+def test_a_given_batch_size_is_the_only_batch_planned_and_none_exceeds_the_training_images():
+    assert plan_budget(10, 5000, CPU_LIKE, batch_size=16).batch_size == 16
+    small_set = plan_budget(60, 20, CPU_LIKE)
+    assert small_set.batch_size == 20
+    assert small_set.seconds_per_step == pytest.approx(CPU_LIKE[-1].seconds_per_step(20))
+
+
+def test_the_schedule_follows_the_expected_steps():
+    # 10,000 steps: the defaults of a run of steps (warm-up 200, EMA 0.999 averaging 1,000 steps, a 10th of the run)
+    s = plan_schedule(10_000)
+    assert (s["warmup_steps"], s["ema_decay"], s["log_every"]) == (200, 0.999, 25)
+    assert (s["ckpt_every"], s["sample_every"], s["val_every"]) == (1000, 2000, 500)
+    s = plan_schedule(1640)  # cadences rounded to two significant digits
+    assert (s["warmup_steps"], s["ckpt_every"], s["sample_every"], s["val_every"], s["log_every"]) == (82, 160, 330, 82, 8)
+    assert 1 / (1 - s["ema_decay"]) == pytest.approx(164, rel=0.01)
+    assert plan_schedule(3)["ema_decay"] == 0.9 and plan_schedule(3)["warmup_steps"] == 1
+
+
+def test_a_short_run_at_a_small_batch_validates_and_samples_only_as_often_as_takes_5_percent_of_its_time():
+    # 21 steps at batch 16: a validation (256 images, forward only) costs about 5.3 steps' time and a grid (16
+    # images, 35 network evaluations) about 11.7: every 5% of the run would spend more time on them than on training
+    s = plan_schedule(21, 16)
+    assert (s["val_every"], s["sample_every"]) == (110, 230)  # 5.33 / 0.05 and 11.7 / 0.05, to two digits
+    assert s["val_every"] > 21 and s["sample_every"] > 21  # so none comes before the budget's end
+    assert plan_schedule(21, 16)["ckpt_every"] == 2  # checkpoints cost little: every 10% still
+    # at batch 64 and 1,640 steps the 5% rule binds nowhere: every 5% and 20% of the run
+    assert (plan_schedule(1640, 64)["val_every"], plan_schedule(1640, 64)["sample_every"]) == (82, 330)
+
+
+def test_candidates_fit_the_image_side_and_fields_the_user_gives_win():
+    assert [c["channel_mult"] for c in size_candidates(32)] == [(1, 2), (1, 2, 2), (1, 2, 2)]
+    assert [c["base_channels"] for c in size_candidates(32)] == [16, 32, 64]
+    assert {c["channel_mult"] for c in size_candidates(8)} == {(1, 2)}  # 8 -> 4 -> 2 would leave a 2-pixel level
+    assert {c["channel_mult"] for c in size_candidates(6)} == {(1,)}
+    assert [c["base_channels"] for c in size_candidates(32, {"base_channels": 48})] == [48, 48, 48]
+    given = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1}
+    assert size_candidates(32, given) == [given]
+
+
+def test_bad_budgets_are_refused_with_the_field_named():
+    for bad in (0, -1, math.nan, True, "10", 10**7):
+        with pytest.raises(ValueError, match=r"train\.minutes \(--minutes\)"):
+            TrainConfig(minutes=bad)
+    with pytest.raises(ValueError, match="at least one network"):
+        plan_budget(10, 100, [])
+
+
+# --- timing on this machine ---------------------------------------------------------------------------------
+
+
+def test_timing_measures_the_smallest_network_first_and_stops_where_the_budget_cannot_reach_the_floor(pixelforge_cache,
+                                                                                                   monkeypatch):
+    monkeypatch.setattr(budget, "PROBE_MIN_SECONDS", 0.0)  # one timed step a batch size is enough here
+    cfg = new_run_config("digits", image_size=8)
+    candidates = size_candidates(8)
+    state = torch.get_rng_state()
+    tiny = measure_step_times(cfg, candidates, torch.device("cpu"), minutes=0.001, n_train=1700)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random stream is untouched
+    assert [t.model_fields for t in tiny] == candidates[:1]  # 0.06 s allows no 1,500 steps: larger ones not timed
+    (t,) = tiny
+    assert [b for b, _ in t.points] == [16, 32] and all(s > 0 for _, s in t.points)
+    small = DiffusionModel(DiffusionConfig(**{**cfg.model, **candidates[0]}), cfg.optim, seed=0)
+    assert t.parameters == sum(p.numel() for p in small.parameters())
+    # a given batch is the only one timed, and never more than the training images
+    (t,) = measure_step_times(cfg, candidates, torch.device("cpu"), minutes=0.001, n_train=1700, batch_size=8)
+    assert [b for b, _ in t.points] == [8]
+    (t,) = measure_step_times(cfg, candidates, torch.device("cpu"), minutes=0.001, n_train=20)
+    assert [b for b, _ in t.points] == [16, 20]
+
+
+# --- a run with a budget: the loop, with a clock that moves 1.25 s per training step -------------------------
+
+
+def _install_step_clock(mp: pytest.MonkeyPatch, per_step: float) -> SimpleNamespace:
+    """The training loop's clock made to move only when a training step runs, `per_step` seconds each: a run's
+    length in steps then follows from its budget exactly."""
+    clock = SimpleNamespace(now=1000.0)
+    mp.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    step = DiffusionModel.training_step
+
+    def timed(self, *args, **kwargs):
+        clock.now += per_step
+        return step(self, *args, **kwargs)
+
+    mp.setattr(DiffusionModel, "training_step", timed)
+    return clock
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """step_clock(per_step=1.25): _install_step_clock for one test."""
+    return lambda per_step=1.25: _install_step_clock(monkeypatch, per_step)
+
+
+def run(cfg, run_dir, cache, **kwargs):
+    return train(cfg, run_dir, device="cpu", progress=False, cache_dir=cache, **kwargs)
+
+
+def test_a_budget_run_trains_past_its_expected_steps_and_stops_within_one_step_of_the_budget(tmp_path, make_run_config,
+                                                                                            step_clock, capsys):
+    step_clock(1.25)
+    cfg = make_run_config(steps=3, minutes=0.1, ckpt_every=100, val_every=100)  # 6 s; 3 steps were expected
+    result = train(cfg, tmp_path / "r", device="cpu", progress=True, cache_dir=tmp_path / "cache")
+    bar = capsys.readouterr().err.splitlines()[-1]
+    # the bar's total follows the budget (the steps it allows at the rate so far), and it shows the time left
+    assert "| 5/5 [" in bar and "left=00:00 (time budget)" in bar
+    assert (result.stopped, result.step) == ("finished", 5)  # 5 x 1.25 s = 6.25 s: the first step past 6 s
+    assert result.last_checkpoint.name == "step_0000005.safetensors"
+    _, meta = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])
+    assert 6 < meta["elapsed_s"] <= 6 + 1.25
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["minutes"] == 0.1
+    assert (tmp_path / "r" / "samples" / "step_0000005.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def budget_pair(tmp_path_factory, make_run_config):
+    """The same 12-second run trained twice: straight through, and stopped at step 4 then resumed."""
+    root = tmp_path_factory.mktemp("budget")
+    cfg = make_run_config(steps=2, minutes=0.2, batch_size=16, ckpt_every=3, log_every=1, val_every=3)
+    cache = root / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        _install_step_clock(mp, 1.25)
+        full = run(cfg, root / "full", cache)
+        first = run(cfg, root / "resumed", cache, stop_at=4)
+        second = run(cfg, root / "resumed", cache)
+    return {"cfg": cfg, "cache": cache, "full": full, "first": first, "second": second, "root": root}
+
+
+def test_a_resumed_budget_run_continues_to_the_stored_budget_and_repeats_the_straight_run_exactly(budget_pair):
+    full, first, second = budget_pair["full"], budget_pair["first"], budget_pair["second"]
+    assert (full.stopped, full.step) == ("finished", 10)  # 10 x 1.25 s = 12.5 s
+    assert (first.stopped, first.step) == ("interrupted", 4)
+    assert (second.stopped, second.step) == ("finished", 10)  # 5 s spent before, 7 s left: 6 steps more
+    assert sorted(second.losses) == list(range(4, 10))
+    for step in range(10):
+        assert (first.losses if step < 4 else second.losses)[step] == full.losses[step], step
+    a, meta_a = load_checkpoint(list_checkpoints(budget_pair["root"] / "full" / "checkpoints")[-1])
+    b, meta_b = load_checkpoint(list_checkpoints(budget_pair["root"] / "resumed" / "checkpoints")[-1])
+    assert meta_a["elapsed_s"] == meta_b["elapsed_s"] == 12.5
+    for part in ("ema", "model", "optim.net"):
+        assert set(a[part]) == set(b[part])
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_a_spent_budget_trains_no_more_and_a_larger_one_continues(budget_pair, tmp_path, step_clock):
+    step_clock(1.25)
+    cache, cfg = budget_pair["cache"], budget_pair["cfg"]
+    shutil.copytree(budget_pair["root"] / "full", tmp_path / "run")  # the 12-second run, spent at step 10
+    again = run(cfg, tmp_path / "run", cache)
+    assert (again.stopped, again.step, again.losses) == ("finished", 10, {})
+    more = run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=0.25)), tmp_path / "run", cache)
+    assert (more.stopped, more.step) == ("finished", 13)  # 15 s: 2.5 s left after 12.5 s, passed by the third step
+
+
+def test_max_minutes_ends_one_call_of_a_budget_run_and_the_next_call_finishes_it(tmp_path, make_run_config, step_clock):
+    step_clock(1.25)
+    cfg = make_run_config(steps=2, minutes=0.2, ckpt_every=100, val_every=100)  # 12 s in all
+    first = run(cfg, tmp_path / "r", tmp_path / "cache", max_seconds=3.0)  # this call: 3 s
+    assert (first.stopped, first.step) == ("time-budget", 3)  # 3.75 s, not the run's end
+    second = run(cfg, tmp_path / "r", tmp_path / "cache")
+    assert (second.stopped, second.step) == ("finished", 10)  # 3.75 s + 7 steps = 12.5 s
+
+
+# --- the command and the API ------------------------------------------------------------------------------------
+
+
+def test_minutes_with_steps_is_refused_naming_both(tmp_path, capsys, pixelforge_cache):
+    runs = tmp_path / "runs"
+    assert main(["train", "digits", "--name", "x", "--runs-dir", str(runs), "--minutes", "1", "--steps", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--minutes" in err and "--steps" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match=r"minutes \(--minutes\) and steps \(--steps\) cannot both be given"):
+        pixelforge.train("digits", name="x", runs_dir=runs, minutes=1, steps=10)
+    assert not runs.exists()
+
+
+def _canned(seconds_at_16: float):
+    """A measure_step_times that times nothing: each candidate's step takes seconds_at_16 x its residual blocks
+    at batch 16, in proportion to the batch."""
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, say=lambda text: None):
+        batch = batch_size or 16
+        return [StepTiming(dict(c), 1000 * c["num_res_blocks"], ((batch, seconds_at_16 * c["num_res_blocks"] * batch / 16),))
+                for c in candidates]
+
+    return measure
+
+
+def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_and_resumes_to_a_new_total(
+        tmp_path, capsys, monkeypatch, step_clock, pixelforge_cache):
+    monkeypatch.setattr(budget, "measure_step_times", _canned(0.0001))
+    step_clock(1.25)
+    runs = tmp_path / "runs"
+    flags = ["train", "digits", "--name", "b", "--runs-dir", str(runs), "--image-size", "8", "--device", "cpu", "--quiet"]
+    assert main([*flags, "--minutes", "0.1", "--base-channels", "8", "--batch-size", "8", "--warmup", "3"]) == 0
+    out = capsys.readouterr().out
+    cfg = RunConfig.load(runs / "b" / "config.json")
+    # given: base width, batch and warm-up; planned: the deeper of the two candidates left, EMA and cadence
+    assert (cfg.model["base_channels"], cfg.train.batch_size, cfg.optim.warmup_steps) == (8, 8, 3)
+    assert cfg.model["num_res_blocks"] == 2 and cfg.train.minutes == 0.1
+    # 5.4 s of steps at 0.0001 s x 2 blocks x 8 / 16: 54,000 steps expected
+    assert cfg.train.steps == 54_000 and cfg.train.ema_decay == plan_schedule(54_000)["ema_decay"]
+    assert (cfg.train.ckpt_every, cfg.train.val_every) == (5400, 2700)
+    block = out[out.index("time budget 0.1 min:"):]
+    for text in ("2,000 parameters (UNet base 8, channel_mult 1,2, 2 res block(s) per level)", "batch     8",
+                 "about 54,000 expected (0.0001 s/step measured), about 253.1 epochs of 1,707 images",
+                 "lr        0.0005, warm-up 3 step(s)", "decay 0.99981", "checkpoint every 5400 steps, samples every 11000, "
+                 "validation every 2700, metrics every 25"):
+        assert text in block, (text, block)
+    assert "finished at step 5" in out  # the budget ended it: 5 steps of 1.25 s
+    assert main(["info", "b", "--runs-dir", str(runs)]) == 0
+    info = capsys.readouterr().out
+    assert "a 0.1-minute budget (about 54000 steps planned)" in info
+    assert "0.1 of 0.1 minutes spent" in info
+
+    # the same name resumes with the stored budget; --minutes gives it a new total
+    assert main([*flags]) == 0
+    assert "finished at step 5" in capsys.readouterr().out
+    result = pixelforge.train("digits", name="b", runs_dir=runs, minutes=0.15, device="cpu", progress=False)
+    assert (result.stopped, result.step) == ("finished", 8)  # 9 s: 3 steps more after 6.25 s
+    assert RunConfig.load(runs / "b" / "config.json").train.minutes == 0.15
+
+
+def test_minutes_plans_diffusion_runs_only(tmp_path, pixelforge_cache):
+    with pytest.raises(ValueError, match=r"minutes \(--minutes\) plans diffusion runs; train gan models with --steps"):
+        pixelforge.train("digits", name="g", runs_dir=tmp_path / "runs", model="gan", minutes=1, device="cpu")
+    assert not (tmp_path / "runs").exists()
