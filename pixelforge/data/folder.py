@@ -78,7 +78,7 @@ def check_file(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]
     return _decode(path)
 
 
-def check_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS,
+def check_bytes(data: bytes, *, max_pixels: int | None = None,
                 formats: tuple[str, ...] | None = None) -> tuple[Image.Image | None, str | None]:
     """check_file for an image file's contents held in memory (an upload): the same checks and reasons, with
     a pixel limit of its own (max_pixels; over it and under MAX_PIXELS the reason is "too large") and, with
@@ -86,12 +86,13 @@ def check_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS,
     unsupported format"."""
     if not data:
         return None, ZERO_BYTE
-    return _decode(io.BytesIO(data), max_pixels=min(max_pixels, MAX_PIXELS), formats=formats)
+    return _decode(io.BytesIO(data), max_pixels=max_pixels, formats=formats)
 
 
-def _decode(source: Path | io.BytesIO, *, max_pixels: int = MAX_PIXELS,
+def _decode(source: Path | io.BytesIO, *, max_pixels: int | None = None,
             formats: tuple[str, ...] | None = None) -> tuple[Image.Image | None, str | None]:
     """check_file's decoding of a file or an in-memory one (see check_bytes for max_pixels and formats)."""
+    limit = MAX_PIXELS if max_pixels is None else min(max_pixels, MAX_PIXELS)
     try:
         # Pillow warns (and above twice its limit, raises) on huge images; make both an error so a
         # bomb is skipped rather than decoded.
@@ -99,9 +100,9 @@ def _decode(source: Path | io.BytesIO, *, max_pixels: int = MAX_PIXELS,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=formats) as im:
                 w, h = im.size
-                if w * h > max_pixels:
-                    kind = BOMB if max_pixels >= MAX_PIXELS else TOO_LARGE
-                    return None, f"{kind}: {w}x{h} pixels is over the limit of {max_pixels}"
+                if w * h > limit:
+                    kind = BOMB if limit == MAX_PIXELS else TOO_LARGE
+                    return None, f"{kind}: {w}x{h} pixels is over the limit of {limit}"
                 original_mode, original_format = im.mode, im.format
                 im.seek(0)  # first frame of an animation or first page of a multi-page file
                 im.load()
