@@ -230,10 +230,7 @@ class Generator:
         A clear error for a model that takes no sketch."""
         if sketch is None:
             return None, None
-        if "spatial" not in self.inputs:
-            takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
-            raise ValueError(f"{self.name} takes no sketch (it was not trained with --condition edges); "
-                             f"the conditions it takes: {takes}")
+        self.check_sketch()
         from .condition.edges import drawing_lines, lines_to_edges, read_sketch
 
         items = list(sketch) if isinstance(sketch, (list, tuple)) else [sketch] * n
@@ -252,6 +249,18 @@ class Generator:
             maps.append(edge_map)
             drawn.append((im, digest))
         return torch.stack(maps), drawn
+
+    def check_edit(self) -> None:
+        """A clear error unless this model's family declares the "edit" capability (img2img, inpainting)."""
+        if "edit" not in getattr(self.model, "capabilities", ()):
+            raise ValueError(f"{self.config.family} models cannot edit images")
+
+    def check_sketch(self) -> None:
+        """A clear error unless this model takes a sketch (an edge-map condition)."""
+        if "spatial" not in self.inputs:
+            takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
+            raise ValueError(f"{self.name} takes no sketch (it was not trained with --condition edges); "
+                             f"the conditions it takes: {takes}")
 
     def _per_image(self, n: int, label, labels: list | None, prompt: str | None,
                    prompts: list | None, negative_prompt: str | None = None) -> tuple[list, list]:
@@ -338,8 +347,7 @@ class Generator:
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Edited images (n, C, H, W) in [-1, 1] and each one's settings; arguments as edit()."""
-        if "edit" not in getattr(self.model, "capabilities", ()):
-            raise ValueError(f"{self.config.family} models cannot edit images")
+        self.check_edit()
         from .edit import image_tensor, mask_tensor, read_input
 
         # the family's edit options (strength, resample) apart from its sampling options, each checked
@@ -359,14 +367,25 @@ class Generator:
         seeds = check_seeds(n, seed, seeds)
         idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
         cfg = self.model.config
+        done: dict = {}  # an input given for several images is read once: (kind, path or id) -> (tensor, SHA-256)
+
+        def fitted(item, kind: str) -> tuple[torch.Tensor, str]:
+            key = (kind, item if isinstance(item, (str, os.PathLike)) else id(item))
+            if key not in done:
+                im, digest, what = read_input(item, kind)
+                fit = (image_tensor(im, cfg.image_size, cfg.channels, what) if kind == "image"
+                       else mask_tensor(im, cfg.image_size, what))
+                done[key] = (fit, digest)
+            return done[key]
+
         x, m, image_hashes, mask_hashes = [], [], [], []
         for item, mask_item in zip(items, masks):
-            im, digest, what = read_input(item, "image")
-            x.append(image_tensor(im, cfg.image_size, cfg.channels, what))
+            image, digest = fitted(item, "image")
+            x.append(image)
             image_hashes.append(digest)
             if mask_item is not None:
-                im, digest, what = read_input(mask_item, "mask")
-                m.append(mask_tensor(im, cfg.image_size, what))
+                mask_t, digest = fitted(mask_item, "mask")
+                m.append(mask_t)
             mask_hashes.append(digest if mask_item is not None else None)
         x_all = torch.stack(x)  # (n, C, H, W) in [-1, 1]
         m_all = torch.stack(m) if m else None  # (n, 1, H, W), 1: repaint
@@ -396,8 +415,9 @@ class Generator:
         """Edit images with the model (img2img and inpainting, for families with the "edit" capability;
         others refuse with "FAMILY models cannot edit images").
 
-        images: a file path or PIL image, or a list of them; each is converted to the model's channels and,
-        when of another size, resized (Lanczos) with a warning. Files are checked as data folders are: a
+        images: a file path, an image file's bytes (an upload) or a PIL image, or a list of them; each is converted
+        to the model's channels and, when of another size, resized (Lanczos) with a warning (once for an input
+        given for several images, which is read once). Files are checked as data folders are: a
         zero-byte, truncated or unreadable file, or a decompression bomb, is a ValueError naming it.
         strength: 0 returns the input, 1 draws a new image (see the family's edit()).
         mask: None, one mask for every image, or one per image: white (>= 50 %) marks what is repainted,

@@ -771,7 +771,8 @@ def cmd_serve(a) -> int:
               "(set --api-key or $PIXELFORGE_API_KEY)", file=sys.stderr)
     limits = ServerLimits(max_connections=a.max_connections, max_connections_per_client=a.max_connections_per_client,
                           max_streams=a.max_streams, max_streams_per_client=a.max_streams_per_client,
-                          stream_max_s=a.stream_max, idle_timeout_s=a.idle_timeout)
+                          stream_max_s=a.stream_max, idle_timeout_s=a.idle_timeout,
+                          max_upload_bytes=a.max_upload_bytes, max_upload_pixels=a.max_upload_pixels)
     app = create_app(a.run or None, api_key=api_key, max_queue=a.max_queue, workers=a.workers, job_timeout_s=a.job_timeout,
                      db_path=a.db, cors_origins=a.cors_origin, device=a.device, runs_dir=a.runs_dir,
                      allowed_hosts=host_names(a.host, a.allowed_host), api_docs=a.api_docs, limits=limits,
@@ -826,6 +827,11 @@ def _add_serve(sub):
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
                    help="a connection silent this long (before a request, between requests, or while sending "
                    "one) is closed")
+    p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes, metavar="BYTES",
+                   help="an image sent with a job (sketch, image to edit, mask), decoded from its base64; over it: 422 "
+                   "(the whole request body is also bounded, at 1 MB)")
+    p.add_argument("--max-upload-pixels", type=int, default=d.max_upload_pixels, metavar="PIXELS",
+                   help="an uploaded image's width x height, read before it is decoded; over it: 422")
     p.add_argument("--moderation-policy", default="default", metavar="FILE|none",
                    help="check every prompt against this moderation policy (TOML; docs/moderation.md) before a job "
                    "is queued; a refused one gets 422. 'none': no moderation; 'default': $PIXELFORGE_MODERATION_POLICY, "

@@ -12,22 +12,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.folder import check_file, to_rgb_or_l
+from .data.folder import check_bytes, check_file, to_rgb_or_l
 
-EditInput = Union[str, os.PathLike, Image.Image]
+EditInput = Union[str, os.PathLike, Image.Image, bytes]
 
 
 def read_input(item: EditInput, what: str) -> tuple[Image.Image, str, str]:
     """(image in mode "RGB" or "L", its SHA-256, its name for messages). A file is checked as data folders
     are (data.folder.check_file: zero-byte, truncated, not an image, decompression bomb), with a ValueError
-    naming it and why; its SHA-256 is the file's bytes'. A PIL image's SHA-256 is that of its mode, size
-    and pixel bytes. what: "image" or "mask", for messages."""
+    naming it and why; its SHA-256 is the file's bytes'. bytes are an image file's contents (an upload),
+    checked and hashed the same way, so an upload records the hash its file would. A PIL image's SHA-256 is
+    that of its mode, size and pixel bytes. what: "image" or "mask", for messages."""
     if isinstance(item, Image.Image):
         im = to_rgb_or_l(item)
         digest = hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
         return im, digest, f"the {what}"
+    if isinstance(item, bytes):
+        im, reason = check_bytes(item)
+        if im is None:
+            raise ValueError(f"the {what}: {reason}")
+        return im, hashlib.sha256(item).hexdigest(), f"the {what}"
     if not isinstance(item, (str, os.PathLike)):
-        raise ValueError(f"the {what} must be a file path or a PIL image, got {type(item).__name__}")
+        raise ValueError(f"the {what} must be a file path, an image file's bytes or a PIL image, got {type(item).__name__}")
     path = Path(item)
     im, reason = check_file(path)
     if im is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -179,3 +180,121 @@ def test_a_prompt_typed_for_a_text_model_is_shown_under_its_images_and_used_on_b
     (row,) = app.state.ratings.rows()
     assert row["a"]["settings"]["prompt"] == row["b"]["settings"]["prompt"] == prompt
     assert {row["a"]["settings"]["steps"], row["b"]["settings"]["steps"]} == {2, 3}
+
+
+@pytest.fixture(scope="module")
+def sketch_runs(tmp_path_factory):
+    """A runs folder holding "edges", a tiny run trained with --condition edges (skipped without the sketch extra)."""
+    pytest.importorskip("cv2", reason="the sketch extra is not installed (scripts/setup.sh installs it)")
+    from test_serve_inputs import train_sketch_run
+
+    return train_sketch_run(tmp_path_factory)
+
+
+@pytest.fixture
+def sketch_server(tmp_path, sketch_runs):
+    from test_serve_inputs import steer_by_the_sketch
+
+    for url, app in _serve(tmp_path, models=("mnist-diffusion", "edges"), runs_dir=sketch_runs):
+        steer_by_the_sketch(app)
+        yield url, app
+
+
+def _draw(page, selector: str, points: list[tuple[float, float]]) -> None:
+    """One stroke through points given as fractions of the element's width and height, with the mouse."""
+    box = page.locator(selector).bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=4)
+    page.mouse.up()
+
+
+def _data_url_image(url: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def _sent_jobs(page) -> list[dict]:
+    """The JSON bodies of the job requests the page sends, recorded as they go."""
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.method == "POST" and r.url.endswith("/api/v1/jobs")
+            else None)
+    return bodies
+
+
+def _gallery_settings(page) -> list[dict]:
+    return [json.loads(t) for t in page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => i.title)")]
+
+
+def test_a_sketch_drawn_on_the_canvas_steers_the_images_and_clear_sends_none(sketch_server, page):
+    import numpy as np
+    from pixelforge.condition.edges import read_sketch
+
+    url, app = sketch_server
+    sent = _sent_jobs(page)
+    page.goto(url + "/")
+    page.wait_for_selector("#model option[value='edges']", state="attached")
+    assert page.is_hidden("#sketch-box")  # the first model, mnist-diffusion, takes labels and no sketch
+    page.select_option("#model", "edges")
+    assert page.is_visible("#sketch-canvas") and page.is_disabled("#label")
+    ring = [(0.5 + 0.3 * np.cos(t), 0.5 + 0.35 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 24)]
+    _draw(page, "#sketch-canvas", ring)
+    page.fill("#n", "2")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    wait_until(page, "document.querySelectorAll('#gallery img').length === 2", timeout=60)
+    wait_until(page, "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 8)")
+    drawing = _data_url_image(sent[-1]["sketch"]).convert("L")
+    ink = np.asarray(drawing) < 128
+    assert drawing.size == (256, 256) and 0.01 < ink.mean() < 0.2 and not ink[128, 128]  # black strokes on white
+    digest = read_sketch(drawing)[1]
+    assert [s["sketch_sha256"] for s in _gallery_settings(page)] == [digest, digest]
+    drawn = page.evaluate("document.querySelector('#gallery img').src")
+
+    page.click("#sketch-clear")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#gallery img') && "
+               f"document.querySelector('#gallery img').src !== {drawn!r} && document.querySelector('#gallery img').complete",
+               timeout=60)
+    assert "sketch" not in sent[-1] and all("sketch_sha256" not in s for s in _gallery_settings(page))
+
+
+def test_an_uploaded_image_is_edited_at_the_slider_strength_within_the_mask_painted_over_it(sketch_server, page, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    url, app = sketch_server
+    sent = _sent_jobs(page)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), "L")
+    photo.save(tmp_path / "photo.png")
+    page.goto(url + "/")
+    page.wait_for_selector("#model option[value='edges']", state="attached")
+    page.select_option("#model", "edges")
+    assert page.is_visible("#image-file") and page.is_hidden("#edit-area")
+    page.set_input_files("#image-file", str(tmp_path / "photo.png"))
+    page.wait_for_selector("#edit-area", state="visible")
+    assert (page.get_attribute("#strength", "min"), page.get_attribute("#strength", "max")) == ("0", "1")
+    assert page.input_value("#strength") == "0.6"  # the family's declared default
+    page.evaluate("const s = document.querySelector('#strength'); s.value = '0.8'; s.dispatchEvent(new Event('input'))")
+    assert page.text_content("#strength-value") == "0.80"
+    _draw(page, "#mask-canvas", [(0.2, 0.1), (0.2, 0.9)])  # a stroke down the left side
+    page.fill("#n", "1")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#gallery img')?.naturalWidth === 8", timeout=60)
+    body = sent[-1]
+    assert body["options"]["strength"] == 0.8 and "sketch" not in body
+    mask = np.asarray(_data_url_image(body["mask"]).convert("L"))
+    # white where painted (grey only at the stroke's anti-aliased rim), black elsewhere, at the image's size
+    assert mask.shape == (64, 64) and (mask[10:54, 12:14] == 255).all() and mask[:, 32:].max() == 0
+    sent_image = np.asarray(_data_url_image(body["image"]).convert("L"))
+    assert np.array_equal(sent_image, np.asarray(photo))  # sent losslessly, at its own size
+    (s,) = _gallery_settings(page)
+    assert s["strength"] == 0.8 and s["image_sha256"] and s["mask_sha256"]

@@ -310,3 +310,32 @@ def test_the_server_logs_the_prompt_when_the_policy_allows_it_and_none_lets_it_t
     with serve(None) as client:
         assert client.post("/api/v1/jobs", json={"model": "st", "prompt": "a forbiddenword",
                                                  "options": {"steps": 1}}).status_code == 202
+
+
+def test_the_server_moderates_the_prompt_of_a_job_that_edits_an_uploaded_image(serve, tmp_path):
+    import base64
+    import hashlib
+    import io
+    import time
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    with serve(write(tmp_path, POLICY)) as client:
+        def no_queue(*args, **kwargs):
+            raise AssertionError("a refused prompt was queued")
+
+        real_submit, client.app.state.queue.submit = client.app.state.queue.submit, no_queue
+        r = client.post("/api/v1/jobs", json={"model": "st", "image": image, "prompt": "a forbiddenword"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"], r.json()
+        client.app.state.queue.submit = real_submit
+        r = client.post("/api/v1/jobs", json={"model": "st", "image": image, "prompt": "a red circle",
+                                              "options": {"steps": 1, "strength": 0.5}})
+        assert r.status_code == 202, r.json()
+        deadline = time.monotonic() + 60
+        while (job := client.get(r.json()["url"]).json())["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    (s,) = job["settings"]
+    assert (job["status"], s["prompt"], s["image_sha256"]) == ("done", "a red circle", hashlib.sha256(buf.getvalue()).hexdigest())

@@ -115,7 +115,7 @@ def test_health_answers_without_key_and_reports_the_queue(make_client):
     assert r.json()["queue"] == {"queued": 0, "running": 0, "max_queue": 3, "workers": 1}
 
 
-def test_models_lists_classes_options_and_inputs_not_supported_yet(client):
+def test_models_lists_classes_options_and_inputs(client):
     (m,) = client.get("/api/v1/models").json()["models"]
     assert (m["name"], m["family"], m["image_size"], m["channels"], m["num_classes"]) == (MODEL, "diffusion", 28, 1, 10)
     assert [c["name"] for c in m["classes"]] == [str(i) for i in range(10)]
@@ -123,7 +123,9 @@ def test_models_lists_classes_options_and_inputs_not_supported_yet(client):
     assert opts["steps"]["default"] == 18 and (opts["steps"]["min"], opts["steps"]["max"]) == (1, 200)
     assert "heun" in opts["sampler"]["choices"] and (opts["guidance"]["min"], opts["guidance"]["max"]) == (0, 20)
     inputs = {i["name"]: i["supported"] for i in m["inputs"]}
-    assert inputs == {"label": True, "prompt": False, "sketch": False, "image": False, "mask": False}
+    assert inputs == {"label": True, "prompt": False, "sketch": False, "image": True, "mask": True}
+    edit = {o["name"]: o for o in m["edit_options"]}  # a diffusion model edits: its family's edit options
+    assert (edit["strength"]["default"], edit["strength"]["min"], edit["strength"]["max"]) == (0.6, 0, 1)
     assert m["evaluation"] is None  # the bundled model carries no evaluations.jsonl
 
 
@@ -262,7 +264,8 @@ def test_queue_rejects_a_bad_size_and_reports_full():
     ({"model": MODEL, "n": 2, "labels": [1]}, ["body"], "labels must hold n=2 entries"),
     ({"model": MODEL, "label": 1, "labels": [1]}, ["body"], "label or labels, not both"),
     ({"model": MODEL, "prompt": "a cat"}, ["body", "prompt"], "takes no text; the conditions it takes: labels"),
-    ({"model": MODEL, "sketch": "x.png"}, ["body", "sketch"], "Extra inputs are not permitted"),
+    ({"model": MODEL, "sketch": "x.png"}, ["body", "sketch"], "mnist-diffusion takes no sketch"),
+    ({"model": MODEL, "drawing": "x.png"}, ["body", "drawing"], "Extra inputs are not permitted"),
     ({"n": 1}, ["body", "model"], "Field required"),
 ])
 def test_invalid_job_requests_get_422_naming_the_field_and_the_valid_choices(client, body, where, message):
@@ -422,8 +425,11 @@ def test_cli_serve_builds_the_app_and_prints_the_url(monkeypatch, bundled, runs_
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
     monkeypatch.setenv("PIXELFORGE_API_KEY", KEY)
-    assert main(["serve", "--port", "8123", "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(runs_dir)]) == 0
+    assert main(["serve", "--port", "8123", "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(runs_dir),
+                 "--max-upload-bytes", "5000", "--max-upload-pixels", "4096"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    limits = seen["app"].state.limits
+    assert (limits.max_upload_bytes, limits.max_upload_pixels) == (5000, 4096)
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     with TestClient(seen["app"], base_url="http://127.0.0.1:8123") as c:
         assert c.get("/api/v1/models").status_code == 401  # the key came from the environment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -35,6 +36,7 @@ UNREADABLE = "unreadable"
 BAD_MODE = "unsupported colour mode"
 NO_CLASS = "no class"
 TOO_SMALL = "too small"
+TOO_LARGE = "too large"  # over a caller's own pixel limit (check_bytes), below a bomb's
 
 
 def smallest_side(image_size: int) -> int:
@@ -73,15 +75,34 @@ def check_file(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]
             return None, ZERO_BYTE
     except OSError as e:
         return None, f"{UNREADABLE}: {e.strerror or e}"
+    return _decode(path)
+
+
+def check_bytes(data: bytes, *, max_pixels: int | None = None,
+                formats: tuple[str, ...] | None = None) -> tuple[Image.Image | None, str | None]:
+    """check_file for an image file's contents held in memory (an upload): the same checks and reasons, with
+    a pixel limit of its own (max_pixels; over it and under MAX_PIXELS the reason is "too large") and, with
+    `formats` (Pillow's names: "PNG", "JPEG"), only those decoders tried: another format is "not an image or
+    unsupported format"."""
+    if not data:
+        return None, ZERO_BYTE
+    return _decode(io.BytesIO(data), max_pixels=max_pixels, formats=formats)
+
+
+def _decode(source: Path | io.BytesIO, *, max_pixels: int | None = None,
+            formats: tuple[str, ...] | None = None) -> tuple[Image.Image | None, str | None]:
+    """check_file's decoding of a file or an in-memory one (see check_bytes for max_pixels and formats)."""
+    limit = MAX_PIXELS if max_pixels is None else min(max_pixels, MAX_PIXELS)
     try:
         # Pillow warns (and above twice its limit, raises) on huge images; make both an error so a
         # bomb is skipped rather than decoded.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source, formats=formats) as im:
                 w, h = im.size
-                if w * h > MAX_PIXELS:
-                    return None, f"{BOMB}: {w}x{h} pixels is over the limit of {MAX_PIXELS}"
+                if w * h > limit:
+                    kind = BOMB if limit == MAX_PIXELS else TOO_LARGE
+                    return None, f"{kind}: {w}x{h} pixels is over the limit of {limit}"
                 original_mode, original_format = im.mode, im.format
                 im.seek(0)  # first frame of an animation or first page of a multi-page file
                 im.load()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -37,6 +38,7 @@ from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
 from .limits import LOOPBACK_NAMES, HostAllowList, SecurityHeaders, ServerLimits, send_json
 from .ratings import RatingsDB, find_evaluation, latest_evaluation, scores
+from .uploads import FIELDS as UPLOAD_FIELDS, Upload, UploadError, decode_upload
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1_000_000
@@ -149,21 +151,66 @@ def _label_index(g: Generator, label, loc: list) -> int | None:
     return idx
 
 
-def model_info(g: Generator, name: str | None = None) -> S.ModelInfo:
+def model_info(g: Generator, name: str | None = None, limits: ServerLimits | None = None) -> S.ModelInfo:
     cfg = g.model.config
     classes = [S.ClassInfo(index=i, name=g.class_names[i] if i < len(g.class_names) else str(i)) for i in range(g.num_classes)]
     takes = g.inputs
+    said = ", ".join("sketches" if f == "spatial" else f for f in takes) or "no condition"
     inputs = [S.InputKind(name=kind, supported=field in takes,
-                          note="" if field in takes else f"this model takes {', '.join(takes) or 'no condition'}",
+                          note="" if field in takes else f"this model takes {said}",
                           max_length=S.MAX_PROMPT_CHARS if kind == "prompt" and field in takes else None)
               for kind, field in (("label", "labels"), ("prompt", "text"))]
-    inputs += [S.InputKind(name=k, supported=False, note="not supported yet") for k in ("sketch", "image", "mask")]
+    inputs += _upload_inputs(g, limits or ServerLimits())
     evaluation = latest_evaluation(g.run_dir)
     return S.ModelInfo(
         name=name or g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
         num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.option_specs.values()),
-        inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
+        edit_options=_edit_option_specs(g), inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
     )
+
+
+def _edit_option_specs(g: Generator) -> list[S.OptionSpec]:
+    """The options of an edit (strength, ...), as the model's family declares them; none where it cannot edit."""
+    if "edit" not in getattr(g.model, "capabilities", ()):
+        return []
+    return S.option_specs(g.model.edit_option_specs)
+
+
+def _upload_inputs(g: Generator, limits: ServerLimits) -> list[S.InputKind]:
+    """sketch, image and mask: supported as the model declares (a spatial condition it takes; its family's "edit"
+    capability), each with a short note and the server's upload limits."""
+    bounds = {"max_bytes": limits.max_upload_bytes, "max_pixels": limits.max_upload_pixels}
+    family = g.config.family
+    if "spatial" in g.inputs:
+        sketch = S.InputKind(name="sketch", supported=True, note="a drawing, dark strokes on white: made into the "
+                             "edge map the model was trained on", **bounds)
+    else:
+        trained = "spatial" in getattr(g.model, "inputs", ())  # the family could, this model was not trained so
+        sketch = S.InputKind(name="sketch", supported=False, note="this model was not trained with --condition edges"
+                             if trained else f"{family} models take no sketch")
+    try:
+        g.check_edit()
+    except ValueError as e:
+        return [sketch, *(S.InputKind(name=k, supported=False, note=str(e)) for k in ("image", "mask"))]
+    return [sketch,
+            S.InputKind(name="image", supported=True, note="img2img: the image is noised by the strength option "
+                        "(0 keeps it, 1 draws anew) and redrawn", **bounds),
+            S.InputKind(name="mask", supported=True, note="inpainting, with an image: white marks what is repainted, "
+                        "black what is kept", **bounds)]
+
+
+async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, Upload]:
+    """The request's uploads by field, decoded and checked (in a thread: decoding holds the CPU); a 422 naming
+    the field otherwise."""
+    out = {}
+    for field in UPLOAD_FIELDS:
+        text = getattr(req, field)
+        if text is not None:
+            try:
+                out[field] = await asyncio.to_thread(decode_upload, field, text, limits)
+            except UploadError as e:
+                raise _invalid(["body", e.field], str(e)) from None
+    return out
 
 
 def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
@@ -313,13 +360,26 @@ def create_app(
 
     @private.get("/models", response_model=S.ModelList, summary="the models served, their classes and sampling options")
     def list_models():
-        return S.ModelList(models=[model_info(g, name) for name, g in generators.items()])
+        return S.ModelList(models=[model_info(g, name, limits) for name, g in generators.items()])
 
     @private.post("/jobs", response_model=S.JobCreated, status_code=202, summary="queue a generation job")
     async def create_job(req: S.JobRequest, response: Response):
         g = generator_of(req.model, ["body", "model"])
+        editing = req.image is not None
         try:
-            options = S.check_options(req.options, S.option_specs(g.option_specs.values()))
+            if req.sketch is not None:
+                g.check_sketch()
+            if editing:
+                g.check_edit()
+        except ValueError as e:
+            raise _invalid(["body", "sketch" if req.sketch is not None else "image"], str(e)) from None
+        edit_specs = _edit_option_specs(g)
+        if not editing:
+            for name in set(req.options) & {spec.name for spec in edit_specs}:
+                raise _invalid(["body", "options", name], f"{name} is an option of edits: it needs an image to act on")
+        try:
+            specs = S.option_specs(g.option_specs.values()) + (edit_specs if editing else [])
+            options = S.check_options(req.options, specs)
         except S.OptionError as e:
             raise _invalid(e.loc, str(e)) from None
         if req.labels is not None:
@@ -340,9 +400,16 @@ def create_app(
                 raise _invalid(["body", e.field, *([] if e.index is None else [e.index])], str(e)) from None
         text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
         n, seed = req.n, req.seed
+        uploads = await _decode_uploads(req, limits)
+        if editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
+            mask = uploads["mask"].data if "mask" in uploads else None
+            inputs = {"images": [uploads["image"].data] * n, "mask": mask}
+        else:
+            inputs = {"sketch": uploads["sketch"].image} if "sketch" in uploads else {}
 
         def work(progress):
-            images = g.generate(n, labels=labels, seed=seed, callback=progress, watermark=False, **text, **options)
+            make = g.edit if editing else functools.partial(g.generate, n)
+            images = make(labels=labels, seed=seed, callback=progress, watermark=False, **inputs, **text, **options)
             images = [mark_image(im, marks=marks) for im in images]  # marked here, with the server's settings
             # model_path is where the model lies on this machine: of no use to a client, and not its business
             settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]

@@ -35,7 +35,7 @@ class Job:
     id: str
     model: str
     n: int
-    work: Callable[[Callable[[float, float], None]], Any]
+    work: Callable[[Callable[[float, float], None]], Any] | None  # None once the job is final
     timeout_s: float | None
     status: str = "queued"  # queued -> running -> done | failed | cancelled
     progress: float = 0.0
@@ -165,6 +165,7 @@ class JobQueue:
     def _finish(self, job: Job, status: str, error: str | None = None, result: Any = None) -> None:
         # the status last: readers outside the lock must never see "done" without its result
         job.error, job.result, job.finished = error, result, time.time()
+        job.work = None  # what the work held (an uploaded image, say) is not kept with the finished job
         if status == "done":
             job.progress = 1.0
         job.status = status

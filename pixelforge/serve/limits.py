@@ -29,6 +29,10 @@ class ServerLimits:
     idle_timeout_s: the longest a client may stay silent: before its first request, between
         requests, and while sending a request's headers or its body (a connection is closed, a
         body sent too slowly gets 408).
+    max_upload_bytes: an image sent with a job (sketch, image, mask), once decoded from its base64; the
+        default's base64 fits the server's 1 MB body limit.
+    max_upload_pixels: such an image's width x height, read from its header before it is decoded
+        (default 2048 x 2048).
     """
 
     max_connections: int = 256
@@ -37,6 +41,8 @@ class ServerLimits:
     max_streams_per_client: int = 8
     stream_max_s: float = 600.0
     idle_timeout_s: float = 10.0
+    max_upload_bytes: int = 700_000
+    max_upload_pixels: int = 2048 * 2048
 
     def __post_init__(self) -> None:
         for f in fields(self):

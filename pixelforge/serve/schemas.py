@@ -16,6 +16,8 @@ MAX_IMAGES = 64  # images per job
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000  # a prompt's length; the text encoder reads only its first tokens anyway
 
+UPLOAD_HELP = ("a PNG or JPEG file as base64, or as a data: URL (data:image/png;base64,...), within the limits "
+               "GET /models lists")
 Label = Union[StrictInt, StrictStr]  # class index or class name
 OptionValue = Union[StrictInt, StrictFloat, StrictStr]
 SettingValue = Union[StrictStr, StrictInt, StrictFloat, bool, None]
@@ -101,6 +103,9 @@ class InputKind(BaseModel):
     supported: bool
     note: str = ""
     max_length: int | None = Field(None, description="the longest text accepted (prompts), in characters")
+    max_bytes: int | None = Field(None, description="the largest file accepted (sketch, image, mask), in bytes "
+                                  "once decoded from base64")
+    max_pixels: int | None = Field(None, description="the most pixels (width x height) an uploaded image may have")
 
 
 class Evaluation(BaseModel):
@@ -120,6 +125,8 @@ class ModelInfo(BaseModel):
     num_classes: int
     classes: list[ClassInfo]
     sample_options: list[OptionSpec]
+    edit_options: list[OptionSpec] = Field(default_factory=list, description="options of a job with an image "
+                                           "(strength, ...), as the family declares them; none where it cannot edit")
     inputs: list[InputKind]
     checkpoint: str
     evaluation: Evaluation | None = None
@@ -158,7 +165,14 @@ class JobRequest(BaseModel):
                                   f"at most {MAX_PROMPT_CHARS} characters)")
     prompts: list[Prompt | None] | None = Field(None, description="one prompt per image, null for none (instead of prompt)")
     negative_prompt: Prompt | None = Field(None, description="what guidance (options.guidance > 1) steers away from")
-    options: dict[str, OptionValue] = Field(default_factory=dict, description="the model's sample_options")
+    options: dict[str, OptionValue] = Field(default_factory=dict, description="the model's sample_options (with an "
+                                            "image, also its edit_options: strength, ...)")
+    sketch: StrictStr | None = Field(None, description=f"a drawing for every image, dark strokes on white (models whose "
+                                     f"inputs list sketch as supported): {UPLOAD_HELP}")
+    image: StrictStr | None = Field(None, description=f"an image to edit (img2img; models whose inputs list image as "
+                                    f"supported), noised by options.strength and redrawn, for every image: {UPLOAD_HELP}")
+    mask: StrictStr | None = Field(None, description=f"with image: inpainting, white marks what is repainted, black "
+                                   f"what is kept: {UPLOAD_HELP}")
 
     @model_validator(mode="after")
     def _one_field_of_each_pair(self):
@@ -168,6 +182,10 @@ class JobRequest(BaseModel):
                 raise ValueError(f"give {one} or {each}, not both")
             if given is not None and len(given) != self.n:
                 raise ValueError(f"{each} must hold n={self.n} entries, got {len(given)}")
+        if self.mask is not None and self.image is None:
+            raise ValueError("a mask needs an image: it marks what of the image is repainted")
+        if self.sketch is not None and self.image is not None:
+            raise ValueError("give a sketch or an image, not both: an edit takes no sketch")
         return self
 
 

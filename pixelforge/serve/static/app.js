@@ -6,7 +6,8 @@
 const API = "/api/v1";
 const EACH = "__each__";   // label choice: class i % num_classes for image i
 const RANDOM = "__random__";
-const state = { models: [], byName: {}, job: null, pair: null, authRequired: false };
+const state = { models: [], byName: {}, job: null, pair: null, authRequired: false,
+  sketchDrawn: false, edit: null, maskDrawn: false };  // edit: the image to edit, {data, width, height}
 const $ = (id) => document.getElementById(id);
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -112,13 +113,14 @@ function fillLabels(select, model, { each = true } = {}) {
     for (const c of model.classes) items.push(option(String(c.index), c.name === String(c.index) ? c.name : `${c.index}: ${c.name}`));
   }
   items.push(option("", model.num_classes ? "none (unconditional)"
-    : takes(model, "prompt") ? "none (takes a prompt)" : "none (unconditional model)"));
+    : takes(model, "prompt") ? "none (takes a prompt)" : takes(model, "sketch") ? "none (takes a sketch)"
+      : "none (unconditional model)"));
   select.replaceChildren(...items);
   if (keep !== null && [...select.options].some((o) => o.value === keep)) select.value = keep;
   select.disabled = !model.num_classes;
 }
 
-// whether a model takes an input ("label", "prompt"), as GET /models declares it
+// whether a model takes an input ("label", "prompt", "sketch", "image", "mask"), as GET /models declares it
 function takes(model, kind) {
   return model.inputs.some((i) => i.name === kind && i.supported);
 }
@@ -179,9 +181,172 @@ function readOptions(model, prefix) {
 
 function describeModel(m) {
   const size = `${m.image_size}×${m.image_size}, ${m.channels === 1 ? "grayscale" : "RGB"}`;
-  const conditions = [m.num_classes ? `${m.num_classes} classes` : "", takes(m, "prompt") ? "text prompts" : ""];
+  const conditions = [m.num_classes ? `${m.num_classes} classes` : "", takes(m, "prompt") ? "text prompts" : "",
+    takes(m, "sketch") ? "sketches" : ""];
   const fid = m.evaluation ? ` · FID ${m.evaluation.fid.toFixed(2)} (${m.evaluation.extractor})` : "";
-  return `${m.family} · ${size} · ${conditions.filter(Boolean).join(" and ") || "unconditional"}${fid}.`;
+  const edits = takes(m, "image") ? ` · edits images${takes(m, "mask") ? " (and inpaints)" : ""}` : "";
+  return `${m.family} · ${size} · ${conditions.filter(Boolean).join(" and ") || "unconditional"}${edits}${fid}.`;
+}
+
+// --- drawing: the sketch canvas, and a mask painted over the image to edit -------------------------
+// Pointer events serve a mouse, a pen and a finger alike (the canvases' CSS stops touch from scrolling).
+function drawable(canvas, { color, width, onStroke }) {
+  const ctx = canvas.getContext("2d");
+  let last = null;
+  const at = (e) => {  // the pointer in canvas pixels, whatever size the canvas is shown at
+    const r = canvas.getBoundingClientRect();
+    return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
+  };
+  const stroke = (a, b) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = width();
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(a[0], a[1]);
+    ctx.lineTo(b[0], b[1]);
+    ctx.stroke();
+    onStroke();
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0) return;
+    e.preventDefault();
+    canvas.setPointerCapture(e.pointerId);
+    last = at(e);
+    stroke(last, last);  // a click is a dot
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!last) return;
+    const p = at(e);
+    stroke(last, p);
+    last = p;
+  });
+  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { last = null; });
+}
+
+function clearSketch() {
+  const canvas = $("sketch-canvas"), ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  state.sketchDrawn = false;
+}
+
+// a file the browser can decode -> an ImageBitmap (the page re-encodes it, so any format the browser reads works)
+async function readImageFile(input) {
+  const file = input.files[0];
+  input.value = "";  // choosing the same file again fires "change" again
+  if (!file) return null;
+  try {
+    return await createImageBitmap(file);
+  } catch (e) {
+    throw new Error(`${file.name} is not an image this browser can read`);
+  }
+}
+
+async function loadSketch() {
+  const bitmap = await readImageFile($("sketch-file"));
+  if (!bitmap) return;
+  clearSketch();
+  const canvas = $("sketch-canvas");
+  const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
+  const w = bitmap.width * scale, h = bitmap.height * scale;
+  canvas.getContext("2d").drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  state.sketchDrawn = true;  // drawing on top of it goes on
+}
+
+// the size an upload is sent at: within the server's pixel limit and at most 1024 px a side (larger gains
+// nothing: the server resizes to the model's size, at most 1024)
+function uploadSize(width, height, spec) {
+  const pixels = spec && spec.max_pixels ? spec.max_pixels : 2048 * 2048;
+  const scale = Math.min(1, 1024 / Math.max(width, height), Math.sqrt(pixels / (width * height)));
+  return [Math.max(1, Math.floor(width * scale)), Math.max(1, Math.floor(height * scale))];
+}
+
+// a canvas as a data: URL within the server's byte limit: PNG (lossless), else JPEG; null when neither fits
+function encodeCanvas(canvas, spec) {
+  const most = spec && spec.max_bytes ? spec.max_bytes : Infinity;
+  const fits = (url) => (url.length - url.indexOf(",") - 1) * 3 / 4 <= most;
+  const asPNG = canvas.toDataURL("image/png");
+  if (fits(asPNG)) return asPNG;
+  const asJPEG = canvas.toDataURL("image/jpeg", 0.92);
+  return fits(asJPEG) ? asJPEG : null;
+}
+
+async function loadEditImage() {
+  const m = state.byName[$("model").value];
+  const spec = m.inputs.find((i) => i.name === "image");
+  try {
+    const bitmap = await readImageFile($("image-file"));
+    if (!bitmap) return;
+    const [w, h] = uploadSize(bitmap.width, bitmap.height, spec);
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, w, h);
+    const data = encodeCanvas(canvas, spec);
+    if (!data) throw new Error(`the image is over the server's limit of ${spec.max_bytes} bytes even as a JPEG`);
+    state.edit = { data, width: w, height: h };
+    $("edit-image").src = data;
+    const mask = $("mask-canvas");
+    mask.width = w;
+    mask.height = h;
+    state.maskDrawn = false;
+    $("edit-area").hidden = false;
+    $("status").textContent = `Image loaded (${w}×${h}): it is edited instead of drawn from noise.`;
+  } catch (e) {
+    $("status").textContent = `Error: ${e.message}`;
+  }
+}
+
+function removeEditImage() {
+  state.edit = null;
+  state.maskDrawn = false;
+  $("edit-image").removeAttribute("src");
+  $("edit-area").hidden = true;
+}
+
+function clearMask() {
+  const mask = $("mask-canvas");
+  mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+  state.maskDrawn = false;
+}
+
+// the painted mask as the server takes it: white where painted (repaint), black elsewhere (keep)
+function maskDataURL() {
+  const painted = $("mask-canvas");
+  const out = document.createElement("canvas");
+  out.width = painted.width;
+  out.height = painted.height;
+  const ctx = out.getContext("2d");
+  ctx.drawImage(painted, 0, 0);
+  ctx.globalCompositeOperation = "source-in";  // the strokes' shape, in white
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, out.width, out.height);
+  ctx.globalCompositeOperation = "destination-over";  // black behind them
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, out.width, out.height);
+  return out.toDataURL("image/png");
+}
+
+// the sketch and edit boxes follow the model: shown for the inputs it takes; the strength slider from its
+// family's declared edit option
+function showUploadBoxes(m) {
+  $("sketch-box").hidden = !takes(m, "sketch");
+  $("edit-box").hidden = !takes(m, "image");
+  const inpaints = takes(m, "mask");
+  $("mask-canvas").classList.toggle("off", !inpaints);
+  $("mask-clear").hidden = $("mask-hint").hidden = !inpaints;
+  const strength = m.edit_options.find((o) => o.name === "strength");
+  if (strength) {
+    const slider = $("strength");
+    slider.min = strength.min;
+    slider.max = strength.max;
+    slider.step = "0.05";
+    if (slider.dataset.model !== m.name) slider.value = strength.default;  // a new model: its default
+    slider.dataset.model = m.name;
+    slider.title = strength.help;
+    $("strength-value").textContent = Number(slider.value).toFixed(2);
+  }
 }
 
 // --- Generate tab ---------------------------------------------------------------------------------
@@ -192,6 +357,7 @@ function onModelChange() {
   showPromptBox($("negative-box"), $("negative-prompt"), m);
   // a negative prompt works through classifier-free guidance: only for models with a guidance option
   if (!m.sample_options.some((o) => o.name === "guidance")) $("negative-box").hidden = true;
+  showUploadBoxes(m);
   buildOptions($("options"), m, "");
   $("model-info").textContent = describeModel(m);
 }
@@ -212,6 +378,12 @@ async function generate() {
     const prompt = promptValue("prompt"), negative = promptValue("negative-prompt");
     if (prompt !== null) body.prompt = prompt;
     if (negative !== null && !$("negative-box").hidden) body.negative_prompt = negative;
+  }
+  if (takes(m, "sketch") && state.sketchDrawn) body.sketch = $("sketch-canvas").toDataURL("image/png");
+  if (takes(m, "image") && state.edit) {
+    body.image = state.edit.data;
+    body.options.strength = parseFloat($("strength").value);
+    if (takes(m, "mask") && state.maskDrawn) body.mask = maskDataURL();
   }
   setBusy(true);
   $("progress").value = 0;
@@ -249,6 +421,8 @@ async function showGallery(job) {
     img.alt = `seed ${s.seed}` + (s.label !== null && s.label !== undefined ? `, label ${s.class_name ?? s.label}` : "");
     img.title = JSON.stringify(s, null, 1);
     if (s.prompt) img.alt += `, prompt: ${s.prompt}`;
+    if (s.sketch_sha256) img.alt += ", from a sketch";
+    if (s.image_sha256) img.alt += `, an edit at strength ${s.strength}${s.mask_sha256 ? " with a mask" : ""}`;
     const meta = document.createElement("div");
     meta.className = "meta";
     const caption = document.createElement("span");
@@ -456,6 +630,19 @@ async function start() {
   $("generate-form").addEventListener("submit", (e) => e.preventDefault());  // Enter in a field: no page reload
   $("cancel").addEventListener("click", cancel);
   $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
+  clearSketch();
+  drawable($("sketch-canvas"), { color: "#000", width: () => 6, onStroke: () => { state.sketchDrawn = true; } });
+  $("sketch-clear").addEventListener("click", clearSketch);
+  $("sketch-file").addEventListener("change", () => loadSketch().catch((e) => { $("status").textContent = `Error: ${e.message}`; }));
+  drawable($("mask-canvas"), {
+    color: "#f03e3e",
+    width: () => Math.max(2, Math.round(Math.max($("mask-canvas").width, $("mask-canvas").height) / 12)),
+    onStroke: () => { state.maskDrawn = true; },
+  });
+  $("image-file").addEventListener("change", loadEditImage);
+  $("image-remove").addEventListener("click", removeEditImage);
+  $("mask-clear").addEventListener("click", clearMask);
+  $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
   for (const s of ["a", "b"]) {
     $(`model-${s}`).addEventListener("change", () => { setupSide(s, $(`model-${s}`).value, {}); onCompareModelsChange(); });
   }
