@@ -35,6 +35,7 @@ from pixelforge.serve.limits import ServerLimits  # noqa: E402
 from test_edit import _untrained_run  # noqa: E402
 from test_sketch import TINY, ring  # noqa: E402
 from test_watermark import carries_its_mark  # noqa: E402
+from serve_jobs import run_job  # noqa: E402
 
 SKETCH_MODEL, LABEL_MODEL, GAN_MODEL = "edges", "mnist-diffusion", "gan8"
 
@@ -97,18 +98,6 @@ def png(im: Image.Image, fmt: str = "PNG") -> bytes:
 def noise(side: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8), "L")
 
-
-def run_job(client, body: dict, timeout: float = 120.0) -> dict:
-    r = client.post("/api/v1/jobs", json=body)
-    assert r.status_code == 202, r.json()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(r.json()["url"]).json()
-        if job["status"] in ("done", "failed", "cancelled"):
-            assert job["status"] == "done", job
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job never finished: {job}")
 
 
 def fetch(client, url: str) -> tuple[np.ndarray, dict, bytes]:

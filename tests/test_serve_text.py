@@ -4,7 +4,6 @@ says which models take text, and bad prompts get a 422 naming the field."""
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from pixelforge.serve import create_app  # noqa: E402
 from pixelforge.serve.schemas import MAX_PROMPT_CHARS  # noqa: E402
 
 from test_text_conditioning import TINY_TEXT  # noqa: E402
+from serve_jobs import run_job  # noqa: E402
 
 TEXT_MODEL, LABEL_MODEL = "st", "mnist-diffusion"
 
@@ -47,18 +47,6 @@ def client(runs_dir, tmp_path_factory):
     with TestClient(app) as c:
         yield c
 
-
-def run_job(client, body: dict, timeout: float = 60.0) -> dict:
-    r = client.post("/api/v1/jobs", json=body)
-    assert r.status_code == 202, r.json()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(r.json()["url"]).json()
-        if job["status"] in ("done", "failed", "cancelled"):
-            assert job["status"] == "done", job
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job never finished: {job}")
 
 
 def test_a_job_with_a_prompt_makes_pngs_whose_settings_hold_the_prompt(client):

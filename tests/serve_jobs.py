@@ -1,0 +1,20 @@
+"""Posting a job to a test client of the server and waiting for it: shared by the server tests."""
+
+from __future__ import annotations
+
+import time
+
+
+def run_job(client, body: dict, timeout: float = 120.0) -> dict:
+    """POST `body` to /api/v1/jobs, poll until the job ends, and return it; fails unless it is done."""
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 202, r.json()
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(r.json()["url"]).json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            assert job["status"] == "done", job
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job never finished: {job}")
