@@ -117,17 +117,17 @@ def _add_train(sub):
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
     p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
-    p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default 10000)")
+    p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default: 10000)")
     p.add_argument("--minutes", type=_float_range(0, above_lo=True), default=None, help="a time budget for the whole run "
                    "instead of --steps (diffusion): a few timed steps on this machine choose the network size, batch, "
                    "warm-up, EMA and cadence (the options marked 'planned'; those given win), then it trains until the "
                    "budget is spent, over as many calls as it takes (docs/training-budget.md)")
-    p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step (default 64; "
-                   "planned with --minutes)")
+    p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "
+                   "--minutes (default: 64)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
                    "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
-    p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps (default 200; "
-                   "planned with --minutes)")
+    p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps; planned with "
+                   "--minutes (default: 200)")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
     p.add_argument("--grad-accum", type=_int_range(1, 1024), default=None, help="split each process's share of a batch into "
                    "this many micro-batches whose gradients add up (a large --batch-size on a small machine; default 1)")
@@ -159,20 +159,20 @@ def _add_train(sub):
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
     p.add_argument("--ema-decay", type=_float_range(0, 1, below_hi=True), default=None, help="decay of the EMA "
-                   "weights per step (default 0.999; planned with --minutes)")
-    p.add_argument("--val-every", type=_int_range(1), default=None, help="validation loss every K steps (default 500; "
-                   "planned with --minutes)")
+                   "weights per step; planned with --minutes (default: 0.999)")
+    p.add_argument("--val-every", type=_int_range(1), default=None, help="validation loss every K steps; "
+                   "planned with --minutes (default: 500)")
     p.add_argument("--patience", type=_int_range(0), default=0, help="stop after this many evaluations of --early-stop-on without improvement (0: never)")
     p.add_argument("--eval-every", type=_int_range(0), default=0, help="FID and KID of --eval-samples EMA samples every K steps, into metrics.csv (0: off)")
     p.add_argument("--eval-samples", type=_int_range(2), default=256, help="samples per in-training evaluation (fixed seeds)")
     p.add_argument("--eval-extractor", default="auto", help="feature extractor for in-training evaluation (see pixelforge evaluate)")
     p.add_argument("--early-stop-on", choices=("val_loss", "fid", "kid"), default="val_loss", help="what --patience watches")
     p.add_argument("--sample-every", type=_int_range(1), default=None, help="sample grid every K steps, into runs/NAME/samples/ "
-                   "(default 1000; planned with --minutes)")
-    p.add_argument("--ckpt-every", type=_int_range(1), default=None, help="checkpoint every K steps (default 500; planned "
-                   "with --minutes)")
-    p.add_argument("--log-every", type=_int_range(1), default=None, help="metrics.csv row every K steps (default 25; "
-                   "planned with --minutes)")
+                   "planned with --minutes (default: 1000)")
+    p.add_argument("--ckpt-every", type=_int_range(1), default=None, help="checkpoint every K steps; planned "
+                   "with --minutes (default: 500)")
+    p.add_argument("--log-every", type=_int_range(1), default=None, help="metrics.csv row every K steps; "
+                   "planned with --minutes (default: 25)")
     p.add_argument("--val-fraction", type=_float_range(0, 1, below_hi=True), default=0.05, help="share of images held out for validation")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")

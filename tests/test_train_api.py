@@ -97,10 +97,10 @@ def test_the_cli_train_defaults_are_the_librarys():
     # the flags left to the library (None, so that --minutes can tell a given value from a default) state its default
     commands = next(act for act in build_parser()._actions if isinstance(act, argparse._SubParsersAction))
     stated = {act.dest: act.help for act in commands.choices["train"]._actions
-              if act.default is None and act.help and "(default " in act.help}
+              if act.default is None and act.help and "(default: " in act.help}
     names = {"warmup": "warmup_steps"}
-    checked = {names.get(dest, dest): text.split("(default ")[1].split(";")[0].split(")")[0] for dest, text in stated.items()}
-    checked = {k: v for k, v in checked.items() if k in params}
+    checked = {names.get(dest, dest): text.split("(default: ")[1].split(";")[0].split(")")[0] for dest, text in stated.items()}
+    checked = {k: v for k, v in checked.items() if k in params and params[k].default is not None}
     assert {"batch_size", "warmup_steps", "ema_decay", "val_every", "sample_every", "ckpt_every", "log_every", "steps"} <= set(checked)
     assert checked == {k: str(params[k].default) for k in checked}
 
