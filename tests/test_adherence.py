@@ -161,7 +161,7 @@ def test_caption_variants_state_every_attribute_in_words_the_paraphrase_evaluati
     evaluated = [w for say in (adherence._SAY_SIZE, adherence._SAY_SHAPE, adherence._SAY_BACKGROUND)
                  for words in say.values() for w in words[1:]]
     evaluated += [w for words in adherence._SAY_PLACE.values() for w in words]
-    shapes, _ = make_shapes(60)
+    shapes, _ = make_shapes(60, variants=4)
     for a, caption, variants in zip((shape_attributes(i) for i in range(60)), shapes.captions, shapes.caption_variants):
         assert len(variants) == 4 and caption not in variants
         for v in variants:

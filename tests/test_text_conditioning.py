@@ -109,7 +109,7 @@ def test_a_whitened_text_run_fits_its_whitening_to_the_captions_and_a_resume_kee
     first = load_file(str(ckpts[-1]))
     mean = first["model/text_cond.pooled_mean"]
     shapes = load_bundled("shapes")  # every wording trains: the captions, then each image's variants
-    wordings = list(shapes.captions) + [v for more in shapes.caption_variants for v in more]
+    wordings = list(shapes.captions) + [v for more in shapes.caption_variants or [] for v in more]
     expected = caption_embeddings(wordings, load_text_encoder(max_tokens=32)).pooled.mean(0)
     torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-4)
     assert not torch.equal(first["model/text_cond.token_whiten"], torch.eye(mean.shape[0]))
