@@ -410,7 +410,7 @@ class Generator:
                 s.pop("resample", None)  # only inpainting resamples
         return torch.cat(out), settings
 
-    def edit(self, images, *, strength: float = 0.6, mask=None, seed: int = 0, watermark: bool | MarkSettings = True,
+    def edit(self, images, *, strength: float | None = None, mask=None, seed: int = 0, watermark: bool | MarkSettings = True,
              **kwargs) -> list[Image.Image]:
         """Edit images with the model (img2img and inpainting, for families with the "edit" capability;
         others refuse with "FAMILY models cannot edit images").
@@ -419,7 +419,8 @@ class Generator:
         to the model's channels and, when of another size, resized (Lanczos) with a warning (once for an input
         given for several images, which is read once). Files are checked as data folders are: a
         zero-byte, truncated or unreadable file, or a decompression bomb, is a ValueError naming it.
-        strength: 0 returns the input, 1 draws a new image (see the family's edit()).
+        strength: 0 returns the input, 1 draws a new image (see the family's edit()); None: the family's
+        declared default (its edit option "strength").
         mask: None, one mask for every image, or one per image: white (>= 50 %) marks what is repainted,
         black what is kept; resized with nearest neighbour. Image i uses seed + i (or seeds[i]).
         kwargs: label/labels, prompt/prompts, negative_prompt, seeds, batch_size, callback as generate();

@@ -143,3 +143,42 @@ def test_with_several_wordings_per_image_the_transform_keeps_what_images_differ_
     plain = TextConditioner(6, 8, whiten=True)
     plain.fit_statistics(pooled)  # whitening alone gives the wording unit variance as well
     assert (plain._whitened(pooled, "pooled").double() @ basis.double()).var(0)[2] > 0.9
+
+
+def test_attention_pooling_reads_words_wherever_they_stand_and_ignores_padding():
+    """text_pool "attention": the vector depends on which token states a prompt has, not on where they
+    stand, and padding states (mask False) change nothing."""
+    from pixelforge.condition.text_embed import TokenAttentionPool
+
+    torch.manual_seed(0)
+    pool = TokenAttentionPool(12, 10)
+    tokens, mask = torch.randn(2, 6, 12), torch.tensor([[True] * 4 + [False] * 2] * 2)
+    out = pool(tokens, mask)
+    moved = tokens.clone()
+    moved[:, :4] = tokens[:, [2, 0, 3, 1]]  # the same words in another order
+    assert torch.allclose(pool(moved, mask), out, atol=1e-6)
+    padded = tokens.clone()
+    padded[:, 4:] = 100 * torch.randn(2, 2, 12)
+    assert torch.allclose(pool(padded, mask), out, atol=1e-6)
+    other = tokens.clone()
+    other[:, 1] = torch.randn(2, 12)  # one word changed
+    assert (pool(other, mask) - out).abs().amax() > 1e-4
+    assert torch.isfinite(pool(tokens, torch.zeros(2, 6, dtype=torch.bool))).all()  # no real token at all
+
+
+def test_attention_pooling_adds_to_the_vector_and_leaves_the_mean_conditioner_as_it_was():
+    torch.manual_seed(0)
+    mean = TextConditioner(12, 10, 8, whiten=True)
+    torch.manual_seed(0)
+    attention = TextConditioner(12, 10, 8, whiten=True, pool="attention")
+    shared = {k: v for k, v in attention.state_dict().items() if not k.startswith("token_pool.")}
+    assert set(shared) == set(mean.state_dict()) and all(torch.equal(v, mean.state_dict()[k]) for k, v in shared.items())
+    pooled, tokens, mask = torch.randn(3, 12), torch.randn(3, 5, 12), torch.ones(3, 5, dtype=torch.bool)
+    present = torch.tensor([True, True, False])
+    v_mean, v_attention = mean(pooled, tokens, mask, present)[0], attention(pooled, tokens, mask, present)[0]
+    assert torch.allclose(v_attention[:2] - v_mean[:2], attention.token_pool(tokens, mask)[:2], atol=1e-6)
+    assert torch.equal(v_attention[2], attention.null_vector)  # an absent prompt is still the null vector
+    with pytest.raises(ValueError, match="text_pool"):
+        TextConditioner(12, 10, pool="max")
+    with pytest.raises(ValueError, match="needs the vector"):
+        TextConditioner(12, 0, 8, pool="attention")

@@ -135,6 +135,17 @@ def test_the_settings_record_the_strength_and_the_inputs_hashes(g, digit, tmp_pa
     assert (s["strength"], s["image_sha256"], s["mask_sha256"], s["resample"]) == (1.0, sha["in.png"], sha["mask.png"], 2)
 
 
+def test_without_a_strength_an_edit_takes_the_familys_declared_default(g, digit, monkeypatch):
+    import dataclasses
+
+    specs = tuple(dataclasses.replace(s, default=0.35) if s.name == "strength" else s for s in g.model.edit_option_specs)
+    monkeypatch.setattr(type(g.model), "edit_option_specs", specs)  # a family declaring another default
+    (out,) = g.edit(digit, steps=STEPS, seed=3)
+    (same,) = g.edit(digit, strength=0.35, steps=STEPS, seed=3)
+    assert out.info["pixelforge"]["strength"] == 0.35
+    assert np.array_equal(_px(out), _px(same))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"strength": 1.5}, r"strength must be a finite number in \[0, 1\]"),
     ({"resample": 0}, r"resample must be an integer in \[1, 20\]"),

@@ -60,6 +60,18 @@ def test_the_prompt_changes_the_samples_and_no_prompt_is_the_absent_prompt(famil
 
 
 @pytest.mark.parametrize("family", list(TINY))
+def test_with_attention_pooling_the_prompts_tokens_steer_the_samples(family):
+    """text_pool "attention": the vector also takes the tokens, so two prompts with the same sentence
+    vector and different tokens give different samples (with "mean" they give the same)."""
+    same_pooled = prompts(2, 1)
+    other_tokens = Cond(text=same_pooled.text, text_tokens=prompts(2, 2).text_tokens, text_mask=same_pooled.text_mask)
+    for pool, differs in (("mean", False), ("attention", True)):
+        model = text_model(family, text_pool=pool)
+        a, b = model.sample(2, same_pooled, seed=5), model.sample(2, other_tokens, seed=5)
+        assert bool((a - b).abs().max() > 1e-3) == differs, (pool, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("family", list(TINY))
 def test_a_text_model_trains_and_its_training_sees_the_prompt(family):
     model = text_model(family, **({"stage1_steps": 0} if family == "transformer" else {}))
     x = torch.rand(4, 1, 8, 8) * 2 - 1
@@ -102,6 +114,8 @@ def test_text_fields_are_checked_together_in_every_family():
             FAMILIES[family].Config(**TINY[family], text_dim=8)
         with pytest.raises(ValueError, match="text_dim must be in 0..4096"):
             FAMILIES[family].Config(**TINY[family], text_encoder="e", text_dim=5000)
+        with pytest.raises(ValueError, match="text_pool must be one of mean, attention"):
+            FAMILIES[family].Config(**TINY[family], **TEXT, text_pool="max")
 
 
 def test_pixelcnn_guides_on_the_prompt_and_steers_away_from_a_negative_prompt():

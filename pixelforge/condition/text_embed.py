@@ -15,22 +15,30 @@ class TextConditioner(nn.Module):
     vector_dim 0 (only with context_dim > 0): no vector (None); the prompt reaches the network only
     through its tokens.
 
+    pool "attention" adds to the vector a learned attention pooling of the prompt's tokens
+    (TokenAttentionPool), so the vector can take what single words say wherever they stand.
+
     A sample whose prompt is absent (`present` False: the empty condition of classifier-free guidance,
     or a dropped one in training) gets a learned "no prompt" vector, and its tokens are nothing but a
     learned "no prompt" token. That token leads every sequence, so attention always has a token to
     attend to.
     """
 
-    def __init__(self, text_dim: int, vector_dim: int, context_dim: int = 0, *, whiten: bool = False):
+    def __init__(self, text_dim: int, vector_dim: int, context_dim: int = 0, *, whiten: bool = False,
+                 pool: str = "mean"):
         super().__init__()
         if vector_dim <= 0 and context_dim <= 0:
             raise ValueError("a text conditioner needs a vector (vector_dim > 0), tokens (context_dim > 0) or both")
+        if pool not in TEXT_POOLS:
+            raise ValueError(f"text_pool must be one of {', '.join(TEXT_POOLS)}, got {pool!r}")
         self.text_dim, self.context_dim = text_dim, context_dim
         if vector_dim > 0:
             self.vector = nn.Sequential(nn.Linear(text_dim, vector_dim), nn.SiLU(), nn.Linear(vector_dim, vector_dim))
             self.null_vector = nn.Parameter(torch.zeros(vector_dim))
         else:
             self.vector = self.null_vector = None
+        # Built last, so a "mean" conditioner draws exactly the weights it drew before the option existed.
+        self.token_pool = None
         if context_dim > 0:
             self.token_proj = nn.Linear(text_dim, context_dim)
             self.null_token = nn.Parameter(torch.randn(context_dim) * 0.02)
@@ -39,6 +47,10 @@ class TextConditioner(nn.Module):
             for name in ("pooled", "token"):
                 self.register_buffer(f"{name}_mean", torch.zeros(text_dim))
                 self.register_buffer(f"{name}_whiten", torch.eye(text_dim))
+        if pool == "attention":
+            if vector_dim <= 0:
+                raise ValueError("text_pool 'attention' pools the tokens into the vector; it needs the vector (vector_dim > 0)")
+            self.token_pool = TokenAttentionPool(text_dim, vector_dim)
 
     @torch.no_grad()
     def fit_statistics(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -96,7 +108,12 @@ class TextConditioner(nn.Module):
         present = present.bool()  # (B,)
         vector = None
         if self.vector is not None:
-            vector = torch.where(present[:, None], self.vector(self._whitened(pooled, "pooled")), self.null_vector.to(pooled.dtype))
+            prompt = self.vector(self._whitened(pooled, "pooled"))  # (B, vector_dim)
+            if self.token_pool is not None:
+                if tokens is None or mask is None:
+                    raise ValueError("text_pool 'attention' needs the per-token text states and their mask")
+                prompt = prompt + self.token_pool(tokens, mask)
+            vector = torch.where(present[:, None], prompt, self.null_vector.to(prompt.dtype))
         if self.context_dim == 0:
             return vector, None, None
         if tokens is None or mask is None:
@@ -106,6 +123,48 @@ class TextConditioner(nn.Module):
         out_tokens = torch.cat([null, self.token_proj(self._whitened(tokens, "token"))], dim=1)  # (B, 1 + T, context_dim)
         out_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask.bool() & present[:, None]], dim=1)
         return vector, out_tokens, out_mask
+
+
+class TokenAttentionPool(nn.Module):
+    """tokens (B, T, text_dim), mask (B, T) -> (B, vector_dim): `heads` learned queries attend over the
+    prompt's real tokens (normalised encoder states), and their read-outs are mapped to the vector.
+
+    Why: a sentence vector (the encoder's mean of its token states) keeps little of a short phrase in a
+    long prompt: on the shapes captions the place ("at the top left") is 2% of the pooled vectors'
+    variance, and a model conditioned on it ignored the place. Cross-attention from the image can take
+    it from the tokens, but with one caption template it learnt the place by the words' position in the
+    sentence, and with captions in several wordings it did not learn the place at all. A learned
+    attention pooling picks words by what they are: a probe (the same pooling with a linear read-out,
+    trained on the shapes captions in five wordings) reads the place of 95% of held-out prompts phrased
+    in words it never saw in those forms, against 57% from the sentence vector.
+    The pooling's output starts small (its last layer's weights are scaled by 0.1), so a new model
+    begins from the sentence vector's conditioning.
+    """
+
+    def __init__(self, text_dim: int, vector_dim: int, heads: int = 8, head_dim: int = 32):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.norm = nn.LayerNorm(text_dim)
+        self.key = nn.Linear(text_dim, heads * head_dim)
+        self.value = nn.Linear(text_dim, heads * head_dim)
+        self.query = nn.Parameter(torch.randn(heads, head_dim) * head_dim ** -0.5)
+        self.out = nn.Linear(heads * head_dim, vector_dim)
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, _ = tokens.shape
+        if t == 0:  # no tokens (an absent prompt): nothing to pool
+            return self.out.bias.to(tokens.dtype).expand(b, -1)
+        x = self.norm(tokens)
+        k = self.key(x).view(b, t, self.heads, self.head_dim)  # (B, T, H, d)
+        v = self.value(x).view(b, t, self.heads, self.head_dim)
+        scores = torch.einsum("hd,bthd->bht", self.query.to(k.dtype), k) * self.head_dim ** -0.5  # (B, H, T)
+        real = mask.bool()[:, None, :]  # (B, 1, T)
+        scores = scores.masked_fill(~real, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1) * real.any(-1, keepdim=True)  # an all-padding row reads nothing
+        read = torch.einsum("bht,bthd->bhd", weights, v).reshape(b, self.heads * self.head_dim)
+        return self.out(read)
 
 
 def _discriminant(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -143,6 +202,8 @@ class TextFields:
     text_dim: its width, 0 for a model without text conditioning (the conditioner is then not built,
         so label-only and unconditional models keep their weights).
     text_tokens: the fixed number of tokens every prompt is padded or truncated to.
+    text_pool: how the prompt becomes the vector: "mean" (the encoder's sentence vector) or "attention"
+        (the sentence vector plus a learned attention pooling of the tokens; TokenAttentionPool says why).
     text_whiten: the encoder's outputs are whitened with statistics of the training captions, stored
         with the weights (TextConditioner.fit_statistics says why). Off by default: on the shapes set it
         made the place learnable (85% of held-out prompts in their caption wording, against 12%
@@ -157,12 +218,14 @@ class TextFields:
     text_dim: int = 0
     text_tokens: int = 32
     text_whiten: bool = False
+    text_pool: str = "mean"
 
 
+TEXT_POOLS = ("mean", "attention")
 # Bounds of the text fields a family's config carries (models/limits.py check_bounds): the encoder's
 # width (0: no text conditioning) and its fixed token length.
 TEXT_BOUNDS = {"text_dim": (0, 4096), "text_tokens": (2, 512)}
-TEXT_FIELD_NAMES = ("text_encoder", "text_dim", "text_tokens", "text_whiten")
+TEXT_FIELD_NAMES = ("text_encoder", "text_dim", "text_tokens", "text_whiten", "text_pool")
 
 
 def check_text_fields(config) -> None:
@@ -171,6 +234,8 @@ def check_text_fields(config) -> None:
         raise ValueError(f"text_encoder must be a text encoder's name or folder, got {config.text_encoder!r}")
     if not isinstance(config.text_whiten, bool):
         raise ValueError(f"text_whiten must be true or false, got {config.text_whiten!r}")
+    if config.text_pool not in TEXT_POOLS:
+        raise ValueError(f"text_pool must be one of {', '.join(TEXT_POOLS)}, got {config.text_pool!r}")
     if bool(config.text_encoder) != bool(config.text_dim):
         raise ValueError("text_encoder and text_dim go together: set both (text conditioning) or neither, "
                          f"got {config.text_encoder!r} and {config.text_dim}")
@@ -188,7 +253,7 @@ def make_text_conditioner(config, vector_dim: int, context_dim: int = 0) -> Text
     draws exactly the weights it drew before text conditioning existed."""
     if not config.text_dim:
         return None
-    return TextConditioner(config.text_dim, vector_dim, context_dim, whiten=config.text_whiten)
+    return TextConditioner(config.text_dim, vector_dim, context_dim, whiten=config.text_whiten, pool=config.text_pool)
 
 
 def fit_text_statistics(model: nn.Module, pooled: torch.Tensor, tokens: torch.Tensor | None = None,

@@ -128,17 +128,20 @@ _VARY_COLOUR = {name: (name, f"{name}-coloured", f"bright {name}") for name in C
 _VARY_BACKGROUND = {"white": ("white", "pure white", "blank white"), "black": ("black", "pitch-black", "dark black"),
                     "gray": ("gray", "neutral gray", "ash-gray"), "beige": ("beige", "sandy beige", "light tan")}
 _VARY_PLACE = {
-    "top left": ("at the top left", "towards the top left", "up in the left corner", "in the northwest corner"),
-    "top": ("at the top", "along the top edge", "high up in the centre", "at the top centre"),
-    "top right": ("at the top right", "towards the top right", "up in the right corner", "in the northeast corner"),
+    "top left": ("at the top left", "towards the top left", "up in the left corner", "in the northwest corner",
+                 "in the upper-left quarter"),
+    "top": ("at the top", "along the top edge", "high up in the centre", "at the top centre", "in the upper centre"),
+    "top right": ("at the top right", "towards the top right", "up in the right corner", "in the northeast corner",
+                  "in the upper-right quarter"),
     "left": ("on the left", "at the left edge", "halfway down on the left", "left of centre"),
     "centre": ("in the centre", "centred", "at the centre of the picture", "in the central area"),
     "right": ("on the right", "at the right edge", "halfway down on the right", "right of centre"),
     "bottom left": ("at the bottom left", "towards the bottom left", "down in the left corner",
-                    "in the southwest corner"),
-    "bottom": ("at the bottom", "along the bottom edge", "low down in the centre", "at the bottom centre"),
+                    "in the southwest corner", "in the lower-left quarter"),
+    "bottom": ("at the bottom", "along the bottom edge", "low down in the centre", "at the bottom centre",
+               "in the lower centre"),
     "bottom right": ("at the bottom right", "towards the bottom right", "down in the right corner",
-                     "in the southeast corner"),
+                     "in the southeast corner", "in the lower-right quarter"),
 }
 _VARY_TEMPLATES = (
     "a {size} {colour} {shape} {place} on a {background} background",
