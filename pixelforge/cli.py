@@ -146,6 +146,10 @@ def _add_train(sub):
     p.add_argument("--text-encoder", default=None, metavar="NAME_OR_DIR", help="the text encoder for --text: "
                    "all-MiniLM-L6-v2 (installed by scripts/setup.sh) or the folder of any sentence-transformers or "
                    "Hugging Face encoder (default: all-MiniLM-L6-v2; implies --text)")
+    p.add_argument("--caption-variants", type=_int_range(0, 64), default=None, metavar="N", help="with --text: other "
+                   "wordings of each caption to train on, one drawn per image per step: at most N of those the data "
+                   "gives (a captions.jsonl line's list), or N of its own for the bundled shapes set (default: all the "
+                   "data gives, none for the bundled sets)")
     p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
                    "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     _add_condition_options(p)
@@ -231,7 +235,7 @@ def cmd_train(a) -> int:
         "model": a.model, "image_size": a.image_size, "channels": a.channels, "labels": not a.no_labels,
         "text": a.text, "text_encoder": a.text_encoder, "condition": a.condition, "edge_detector": a.edge_detector,
         "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
-        "allow_upscale": a.allow_upscale, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
+        "allow_upscale": a.allow_upscale, "caption_variants": a.caption_variants, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
         "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,
         "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
         "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on, "sample_every": a.sample_every,

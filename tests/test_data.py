@@ -500,3 +500,23 @@ def test_captions_jsonl_gives_several_wordings_of_an_image_as_a_list(tmp_path):
     assert data.caption_variants == [["a square in red", "red, square"], [], []]
     again = load_dataset(DataConfig(source=str(tmp_path), image_size=8), cache_dir=tmp_path / ".c", progress=False)
     assert again.caption_variants == data.caption_variants  # through the prepared-data cache
+    cfg = lambda n: DataConfig(source=str(tmp_path), image_size=8, caption_variants=n)  # noqa: E731
+    assert load_dataset(cfg(1), cache_dir=tmp_path / ".c", progress=False).caption_variants == [["a square in red"], [], []]
+    assert load_dataset(cfg(0), cache_dir=tmp_path / ".c", progress=False).caption_variants is None
+    assert load_dataset(cfg(None), cache_dir=tmp_path / ".c", progress=False).caption_variants == data.caption_variants
+
+
+def test_the_bundled_shapes_set_draws_the_caption_variants_asked_for(tmp_path):
+    from pixelforge.data.shapes import make_shapes
+
+    plain = load_dataset(DataConfig(source="shapes"), cache_dir=tmp_path, progress=False)
+    assert plain.caption_variants is None  # the bundled set carries none
+    varied = load_dataset(DataConfig(source="shapes", caption_variants=2), cache_dir=tmp_path, progress=False)
+    drawn, _ = make_shapes(len(varied), variants=2)
+    assert varied.captions == drawn.captions and varied.caption_variants == drawn.caption_variants
+    assert torch.equal(varied.images, plain.images)  # the same images, from the same cache entry
+    resized = load_dataset(DataConfig(source="shapes", image_size=16, caption_variants=2), cache_dir=tmp_path, progress=False)
+    assert resized.caption_variants == drawn.caption_variants
+    for bad in (-1, 65, 1.5, True):
+        with pytest.raises(DataError, match="caption_variants"):
+            load_dataset(DataConfig(source="shapes", caption_variants=bad), cache_dir=tmp_path, progress=False)

@@ -120,4 +120,7 @@ def test_bad_settings_are_refused_before_any_folder_is_made(tmp_path):
         pixelforge.train("shapes", name="x", runs_dir=runs, model="vqvae", text=True)
     with pytest.raises(ValueError, match="is not a plain name"):
         pixelforge.train("digits", name="../x", runs_dir=runs)
+    with pytest.raises(ValueError, match=r"caption_variants: -1 is not valid; use an integer in 0\.\.64"):
+        pixelforge.train("shapes", name="x", runs_dir=runs, caption_variants=-1)
     assert not runs.exists()
+    assert new_run_config("shapes", caption_variants=3).data.caption_variants == 3  # recorded with the run

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelforge.data.shapes import make_shapes
+from pixelforge.data.shapes import caption_variants, make_shapes, shape_attributes
 from pixelforge.data.types import ImageSet
 
 
@@ -197,6 +197,15 @@ def _load_textures() -> ImageSet:
         captions=[f"a close-up photo of {TEXTURE_CLASSES[k]}" for k in labels],
         source="textures",
     )
+
+
+def bundled_caption_variants(name: str, count: int) -> list[list[str]] | None:
+    """`count` other wordings of each caption of a bundled set that can draw them (shapes: from each
+    image's attributes, the images' order), or None for the others."""
+    if name != "shapes":
+        return None
+    info = _INFO["shapes"]
+    return [caption_variants(shape_attributes(i, size=info.side, seed=0), count, seed=(0, i, 1)) for i in range(info.count)]
 
 
 def _load_shapes() -> ImageSet:

@@ -43,6 +43,9 @@ MAX_IMAGE_SIZE = 1024  # as the model configs' image_size (models/limits.py): a 
 # Configuration
 
 
+MAX_CAPTION_VARIANTS = 64  # other wordings per image that caption_variants may ask for
+
+
 def validate_config(cfg: DataConfig) -> None:
     """Raise DataError naming the field and its valid values when a DataConfig cannot be used."""
     if not isinstance(cfg.source, str) or not cfg.source.strip():
@@ -58,6 +61,10 @@ def validate_config(cfg: DataConfig) -> None:
         raise DataError(f"val_fraction: {cfg.val_fraction!r} is not valid; use 0 <= val_fraction < 1")
     if not isinstance(cfg.allow_upscale, bool):
         raise DataError(f"allow_upscale: {cfg.allow_upscale!r} is not valid; use true or false")
+    n = cfg.caption_variants
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CAPTION_VARIANTS):
+        raise DataError(f"caption_variants: {n!r} is not valid; use an integer in 0..{MAX_CAPTION_VARIANTS} "
+                        "(or leave it unset: the wordings the data gives)")
 
 
 def min_side(cfg: DataConfig) -> int:
@@ -130,7 +137,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     if not path.exists():
         names = _bundled_names()
         if cfg.source in names:
-            return _load_bundled_set(cfg, cache, progress)
+            return _with_variants(_load_bundled_set(cfg, cache, progress), cfg)
         listed = ", ".join(sorted(names)) or "none available"
         raise DataError(
             f"data source {cfg.source!r}: no such folder, and not a bundled data set (bundled: {listed})"
@@ -143,7 +150,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     key = _folder_cache_key(scan, cfg, shortest)
     cached = _read_cache(cache, key, cfg)
     if cached is not None:
-        return cached
+        return _with_variants(cached, cfg)
 
     side = prepared_side(cfg)
     out = np.empty((len(scan.files), cfg.channels, side, side), dtype=np.uint8)  # (N_files, C, S, S)
@@ -190,7 +197,26 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
         caption_variants=variants if any(variants) else None,
     )
     _write_cache(cache, key, result)
-    return result
+    return _with_variants(result, cfg)
+
+
+def _with_variants(data: ImageSet, cfg: DataConfig) -> ImageSet:
+    """The set with the caption variants cfg asks for (DataConfig.caption_variants): applied after the
+    prepared-data cache, which stores what the source gives, so one cache entry serves every setting."""
+    n = cfg.caption_variants
+    if n is None:
+        return data
+    if n == 0 or data.captions is None:
+        data.caption_variants = None
+        return data
+    from .bundled import bundled_caption_variants
+
+    drawn = bundled_caption_variants(cfg.source, n) if data.source == cfg.source else None
+    if drawn is not None and len(drawn) == len(data):
+        data.caption_variants = drawn
+    elif data.caption_variants is not None:
+        data.caption_variants = [list(v[:n]) for v in data.caption_variants]
+    return data
 
 
 def _bundled_names() -> dict[str, str]:

@@ -211,8 +211,8 @@ def draw_shape(attributes: dict, size: int = 32) -> Image.Image:
 def make_shapes(n: int = 3000, size: int = 32, seed: int = 0, variants: int = 0) -> tuple[ImageSet, list[dict]]:
     """Draw n images; returns the set (labels index SHAPES, captions from the attributes) and the attributes.
     variants: other wordings of each caption to draw (caption_variants); none by default, as the bundled
-    set has none: embedding four per image costs a text run about 80 s more, and training on them did not
-    yet make shapes-text better (its model card has the runs)."""
+    set has none (`--caption-variants N` asks for them: embedding four per image costs a text run about
+    80 s more the first time, before the embeddings are cached)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if size < 8:

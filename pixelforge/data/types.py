@@ -21,6 +21,9 @@ class DataConfig:
     val_fraction: share of images held out for validation; the split is fixed by split_seed.
     allow_upscale: keep folder images whose short side is below half of image_size (skipped by
           default: a 1x1 image blown up to 32x32 is a flat square, not a sample of the data).
+    caption_variants: other wordings of each caption that text training draws from: None, those the
+          data gives (a folder's captions.jsonl lists; none in the bundled sets); 0, none; N, at most N
+          per image (the bundled shapes set draws N of its own, data/shapes.py caption_variants).
     """
 
     source: str
@@ -31,6 +34,7 @@ class DataConfig:
     val_fraction: float = 0.05
     split_seed: int = 0
     allow_upscale: bool = False
+    caption_variants: int | None = None
 
 
 @dataclass

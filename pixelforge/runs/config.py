@@ -176,6 +176,7 @@ def new_run_config(
     hflip: bool = DataConfig.hflip,
     val_fraction: float = DataConfig.val_fraction,
     allow_upscale: bool = DataConfig.allow_upscale,
+    caption_variants: int | None = DataConfig.caption_variants,
     lr: float | None = None,
     warmup_steps: int = OptimConfig.warmup_steps,
     grad_clip: float = OptimConfig.grad_clip,
@@ -231,7 +232,8 @@ def new_run_config(
         name = text_encoder or DEFAULT_TEXT_ENCODER
         model_config.update(text_encoder=name, text_dim=load_text_encoder(name).dim)
     data_config = DataConfig(source=str(data), image_size=image_size, channels=channels, crop=crop, hflip=hflip,
-                             val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale)
+                             val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale,
+                             caption_variants=caption_variants)
     if condition is not None or edge_detector is not None:
         model_config.update(_sketch_fields(model, fields, condition or "edges", edge_detector or "canny", data_config))
     for key, value in (model_fields or {}).items():
