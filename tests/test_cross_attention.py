@@ -171,12 +171,13 @@ def test_attention_pooling_adds_to_the_vector_and_leaves_the_mean_conditioner_as
     mean = TextConditioner(12, 10, 8, whiten=True)
     torch.manual_seed(0)
     attention = TextConditioner(12, 10, 8, whiten=True, pool="attention")
-    shared = {k: v for k, v in attention.state_dict().items() if not k.startswith("token_pool.")}
+    shared = {k: v for k, v in attention.state_dict().items() if not k.startswith(("token_pool.", "pool_vector."))}
     assert set(shared) == set(mean.state_dict()) and all(torch.equal(v, mean.state_dict()[k]) for k, v in shared.items())
     pooled, tokens, mask = torch.randn(3, 12), torch.randn(3, 5, 12), torch.ones(3, 5, dtype=torch.bool)
     present = torch.tensor([True, True, False])
     v_mean, v_attention = mean(pooled, tokens, mask, present)[0], attention(pooled, tokens, mask, present)[0]
-    assert torch.allclose(v_attention[:2] - v_mean[:2], attention.token_pool(tokens, mask)[:2], atol=1e-6)
+    pooled_tokens = torch.nn.functional.normalize(attention.token_pool(tokens, mask), dim=-1) * 16  # sqrt(POOL_DIM)
+    assert torch.allclose(v_attention[:2] - v_mean[:2], attention.pool_vector(pooled_tokens)[:2], atol=1e-6)
     assert torch.equal(v_attention[2], attention.null_vector)  # an absent prompt is still the null vector
     with pytest.raises(ValueError, match="text_pool"):
         TextConditioner(12, 10, pool="max")

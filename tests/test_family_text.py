@@ -67,6 +67,10 @@ def test_with_attention_pooling_the_prompts_tokens_steer_the_samples(family):
     other_tokens = Cond(text=same_pooled.text, text_tokens=prompts(2, 2).text_tokens, text_mask=same_pooled.text_mask)
     for pool, differs in (("mean", False), ("attention", True)):
         model = text_model(family, text_pool=pool)
+        with torch.no_grad():  # the pooled tokens are unit vectors: give them weight enough to change a draw
+            for m in model.modules():
+                if getattr(m, "pool_vector", None) is not None:
+                    m.pool_vector[0].weight.mul_(20)
         a, b = model.sample(2, same_pooled, seed=5), model.sample(2, other_tokens, seed=5)
         assert bool((a - b).abs().max() > 1e-3) == differs, (pool, float((a - b).abs().max()))
 

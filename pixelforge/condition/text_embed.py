@@ -16,7 +16,9 @@ class TextConditioner(nn.Module):
     through its tokens.
 
     pool "attention" adds to the vector a learned attention pooling of the prompt's tokens
-    (TokenAttentionPool), so the vector can take what single words say wherever they stand.
+    (TokenAttentionPool), so the vector can take what single words say wherever they stand; aligned:
+    that pooling is trained before the run against the training images (condition/text_align.py) and
+    then frozen.
 
     A sample whose prompt is absent (`present` False: the empty condition of classifier-free guidance,
     or a dropped one in training) gets a learned "no prompt" vector, and its tokens are nothing but a
@@ -25,7 +27,7 @@ class TextConditioner(nn.Module):
     """
 
     def __init__(self, text_dim: int, vector_dim: int, context_dim: int = 0, *, whiten: bool = False,
-                 pool: str = "mean"):
+                 pool: str = "mean", aligned: bool = False):
         super().__init__()
         if vector_dim <= 0 and context_dim <= 0:
             raise ValueError("a text conditioner needs a vector (vector_dim > 0), tokens (context_dim > 0) or both")
@@ -47,10 +49,17 @@ class TextConditioner(nn.Module):
             for name in ("pooled", "token"):
                 self.register_buffer(f"{name}_mean", torch.zeros(text_dim))
                 self.register_buffer(f"{name}_whiten", torch.eye(text_dim))
+        self.pool_vector = None
+        if aligned and pool != "attention":
+            raise ValueError("text alignment (text_align_steps > 0) trains the token pooling: it needs text_pool 'attention'")
         if pool == "attention":
             if vector_dim <= 0:
                 raise ValueError("text_pool 'attention' pools the tokens into the vector; it needs the vector (vector_dim > 0)")
-            self.token_pool = TokenAttentionPool(text_dim, vector_dim)
+            self.token_pool = TokenAttentionPool(text_dim, POOL_DIM)
+            # the pooled prompt, L2-normalised (as alignment compares it) and scaled, mapped to the vector
+            self.pool_vector = nn.Sequential(nn.Linear(POOL_DIM, vector_dim), nn.SiLU(), nn.Linear(vector_dim, vector_dim))
+            if aligned:  # trained before the run and frozen (its weights are stored with the rest)
+                self.token_pool.requires_grad_(False)
 
     @torch.no_grad()
     def fit_statistics(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -112,7 +121,10 @@ class TextConditioner(nn.Module):
             if self.token_pool is not None:
                 if tokens is None or mask is None:
                     raise ValueError("text_pool 'attention' needs the per-token text states and their mask")
-                prompt = prompt + self.token_pool(tokens, mask)
+                # unit length (as alignment compares them) times sqrt(POOL_DIM): components of unit scale, as a
+                # label embedding's, so the pooled prompt is as loud as the sentence vector from the first step
+                pooled_tokens = nn.functional.normalize(self.token_pool(tokens, mask), dim=-1) * POOL_DIM ** 0.5
+                prompt = prompt + self.pool_vector(pooled_tokens.to(prompt.dtype))
             vector = torch.where(present[:, None], prompt, self.null_vector.to(prompt.dtype))
         if self.context_dim == 0:
             return vector, None, None
@@ -125,9 +137,12 @@ class TextConditioner(nn.Module):
         return vector, out_tokens, out_mask
 
 
+POOL_DIM = 256  # width of the pooled prompt (and of the space alignment matches images in)
+
+
 class TokenAttentionPool(nn.Module):
-    """tokens (B, T, text_dim), mask (B, T) -> (B, vector_dim): `heads` learned queries attend over the
-    prompt's real tokens (normalised encoder states), and their read-outs are mapped to the vector.
+    """tokens (B, T, text_dim), mask (B, T) -> (B, out_dim): `heads` learned queries attend over the
+    prompt's real tokens (normalised encoder states), and their read-outs are mapped to out_dim.
 
     Why: a sentence vector (the encoder's mean of its token states) keeps little of a short phrase in a
     long prompt: on the shapes captions the place ("at the top left") is 2% of the pooled vectors'
@@ -136,21 +151,18 @@ class TokenAttentionPool(nn.Module):
     sentence, and with captions in several wordings it did not learn the place at all. A learned
     attention pooling picks words by what they are: a probe (the same pooling with a linear read-out,
     trained on the shapes captions in five wordings) reads the place of 95% of held-out prompts phrased
-    in words it never saw in those forms, against 57% from the sentence vector.
-    The pooling's output starts small (its last layer's weights are scaled by 0.1), so a new model
-    begins from the sentence vector's conditioning.
+    in words it never saw in those forms, against 57% from the sentence vector. Learnt through the
+    denoiser's loss alone it did not pick the place up (condition/text_align.py says what does).
     """
 
-    def __init__(self, text_dim: int, vector_dim: int, heads: int = 8, head_dim: int = 32):
+    def __init__(self, text_dim: int, out_dim: int, heads: int = 8, head_dim: int = 32):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         self.norm = nn.LayerNorm(text_dim)
         self.key = nn.Linear(text_dim, heads * head_dim)
         self.value = nn.Linear(text_dim, heads * head_dim)
         self.query = nn.Parameter(torch.randn(heads, head_dim) * head_dim ** -0.5)
-        self.out = nn.Linear(heads * head_dim, vector_dim)
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
+        self.out = nn.Linear(heads * head_dim, out_dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = tokens.shape
@@ -204,6 +216,9 @@ class TextFields:
     text_tokens: the fixed number of tokens every prompt is padded or truncated to.
     text_pool: how the prompt becomes the vector: "mean" (the encoder's sentence vector) or "attention"
         (the sentence vector plus a learned attention pooling of the tokens; TokenAttentionPool says why).
+    text_align_steps: with text_pool "attention", steps of contrastive alignment of the token pooling
+        with the training images before a new run's first step, after which it is frozen (0: none; the
+        pooling then learns with the network; condition/text_align.py says why).
     text_whiten: the encoder's outputs are whitened with statistics of the training captions, stored
         with the weights (TextConditioner.fit_statistics says why). Off by default: on the shapes set it
         made the place learnable (85% of held-out prompts in their caption wording, against 12%
@@ -219,13 +234,14 @@ class TextFields:
     text_tokens: int = 32
     text_whiten: bool = False
     text_pool: str = "mean"
+    text_align_steps: int = 0
 
 
 TEXT_POOLS = ("mean", "attention")
 # Bounds of the text fields a family's config carries (models/limits.py check_bounds): the encoder's
 # width (0: no text conditioning) and its fixed token length.
-TEXT_BOUNDS = {"text_dim": (0, 4096), "text_tokens": (2, 512)}
-TEXT_FIELD_NAMES = ("text_encoder", "text_dim", "text_tokens", "text_whiten", "text_pool")
+TEXT_BOUNDS = {"text_dim": (0, 4096), "text_tokens": (2, 512), "text_align_steps": (0, 100_000)}
+TEXT_FIELD_NAMES = ("text_encoder", "text_dim", "text_tokens", "text_whiten", "text_pool", "text_align_steps")
 
 
 def check_text_fields(config) -> None:
@@ -236,6 +252,9 @@ def check_text_fields(config) -> None:
         raise ValueError(f"text_whiten must be true or false, got {config.text_whiten!r}")
     if config.text_pool not in TEXT_POOLS:
         raise ValueError(f"text_pool must be one of {', '.join(TEXT_POOLS)}, got {config.text_pool!r}")
+    if config.text_align_steps and config.text_pool != "attention":
+        raise ValueError(f"text_align_steps {config.text_align_steps} aligns the token pooling: it needs text_pool "
+                         f"'attention', got {config.text_pool!r}")
     if bool(config.text_encoder) != bool(config.text_dim):
         raise ValueError("text_encoder and text_dim go together: set both (text conditioning) or neither, "
                          f"got {config.text_encoder!r} and {config.text_dim}")
@@ -253,7 +272,8 @@ def make_text_conditioner(config, vector_dim: int, context_dim: int = 0) -> Text
     draws exactly the weights it drew before text conditioning existed."""
     if not config.text_dim:
         return None
-    return TextConditioner(config.text_dim, vector_dim, context_dim, whiten=config.text_whiten, pool=config.text_pool)
+    return TextConditioner(config.text_dim, vector_dim, context_dim, whiten=config.text_whiten, pool=config.text_pool,
+                           aligned=config.text_align_steps > 0)
 
 
 def fit_text_statistics(model: nn.Module, pooled: torch.Tensor, tokens: torch.Tensor | None = None,

@@ -156,6 +156,25 @@ class _Conditions:
         return Cond(**fields)
 
 
+def _align_text(model, conds: _Conditions, data: ImageSet, train_idx: torch.Tensor, cfg, dev, progress: bool, say) -> None:
+    """A new run whose text conditioners align their token pooling (text_align_steps > 0): each is
+    trained against the training images and their wordings (condition/text_align.py), then stays frozen."""
+    steps = getattr(cfg.model_config(), "text_align_steps", 0)
+    if not steps or conds.text is None:
+        return
+    from ..condition.text_align import align_token_pool
+    from ..condition.text_embed import TextConditioner
+
+    images = to_model(data.images[train_idx], cfg.data)  # (N, C, H, W) in [-1, 1], centre-cropped
+    pools = [m.token_pool for m in model.modules() if isinstance(m, TextConditioner) and m.token_pool is not None]
+    for i, pool in enumerate(pools):  # a GAN has two conditioners
+        loss = align_token_pool(pool, images, (conds.text.tokens, conds.text.mask), conds.wordings[train_idx],
+                                conds.counts[train_idx], steps=steps, seed=cfg.train.seed * 1_000 + i, device=dev,
+                                progress=progress)
+        chance = math.log(min(len(train_idx), 256))
+        say(f"text: token pooling aligned with the images in {steps} steps (contrastive loss {loss:.3f}; chance {chance:.2f})")
+
+
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
     # Stateless: the order of epoch e depends only on (seed, e), so a resumed run replays it exactly.
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -523,6 +542,8 @@ def _train_locked(
     # the model trains at the scaled rate; config.json keeps the rate as given and the rule
     model = build_model(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), dev)
     conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress))
+    if not existing and not init_from:  # a resumed or initialised run has its aligned pooling in its weights
+        _align_text(model, conds, data, train_idx, cfg, dev, progress and world.main, say)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizers = model.optimizers()
     precision = _training_precision(cfg, model, data, conds, train_idx, micro, dev, world, existing[-1] if existing else None)
