@@ -759,6 +759,7 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
             raise ValueError(f"{path} is post-processed already ({', '.join(s['post'].get('order', []))}): "
                              "post-process the original image instead")
         (done,) = apply_post([image], post)
+        done.info.pop("pixelforge", None)  # the input's settings as read (JSON text); s holds them
         s = {**s, "post": record}
         out_dir.mkdir(parents=True, exist_ok=True)
         if s.get("model"):

@@ -671,6 +671,11 @@ def cmd_datasets(a) -> int:
 def cmd_evaluate(a) -> int:
     from . import evaluate as ev
 
+    post = _post(a)
+    if post is not None and (a.adherence or a.cas or a.fake):
+        raise ValueError("post-processing (--denoise, --color, --sharpen, --upscale) applies to the samples of a RUN "
+                         "measured against real data; " + ("a --fake folder is read as it is (post-process it with "
+                         "`pixelforge post` first)" if a.fake else f"not to {'--adherence' if a.adherence else '--cas'}"))
     if a.adherence:
         return _print_adherence(a)
     if a.cas:
@@ -697,12 +702,14 @@ def cmd_evaluate(a) -> int:
             raise ValueError("name a RUN (run folder, run name or bundled model), or use --fake DIR --real DIR")
         figures = ev.evaluate_run(a.run, real=a.real, n=a.n or 10_000, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
                                   device=a.device, report=False if a.no_report else (a.report or True),
-                                  progress=not a.json, **_sampling_options(a))
+                                  progress=not a.json, post=post, **_sampling_options(a))
     if a.json:
-        keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real")
+        keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
+                "post_processed")
         print(json.dumps({**{k: figures[k] for k in keys}, "settings": figures["settings"]}))
         return 0
-    print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}")
+    print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}   "
+          f"post-processed: {figures['post_processed']}")
     print(f"FID        {figures['fid']:.4f}")
     print(f"KID        {figures['kid']:.5f} ± {figures['kid_std']:.5f}")
     if figures.get("is") is not None:
@@ -766,6 +773,7 @@ def _add_evaluate(sub):
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
+    _add_post_options(p)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object (no progress output)")
     p.add_argument("--report", metavar="PATH", help="where report.html goes (default: in the run, or out/NAME/ for a bundled model)")
     p.add_argument("--no-report", action="store_true", help="print figures only")

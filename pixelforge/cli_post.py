@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .post import (DENOISE_DEFAULT_STRENGTH, DENOISE_STRENGTH_RANGE, SHARPEN_DEFAULT, SHARPEN_RADIUS, SHARPEN_RANGE,
-                   UPSCALE_RANGE, PostError, PostSettings, as_post_settings)
+from .post import (DENOISE_STRENGTH_RANGE, SHARPEN_DEFAULT, SHARPEN_RADIUS, SHARPEN_RANGE,
+                   UPSCALE_RANGE, PostError, PostSettings, as_post_settings, default_strengths)
 
 
 def add_post_options(p) -> None:
@@ -17,8 +17,7 @@ def add_post_options(p) -> None:
                    help="denoise with OpenCV non-local means (nlm, also when no method is named) or a bilateral filter")
     g.add_argument("--denoise-strength", default=None, metavar="S",
                    help=f"denoising strength in grey levels, {DENOISE_STRENGTH_RANGE[0]:g}..{DENOISE_STRENGTH_RANGE[1]:g} "
-                        f"(default: nlm {DENOISE_DEFAULT_STRENGTH['nlm']:g}, bilateral "
-                        f"{DENOISE_DEFAULT_STRENGTH['bilateral']:g})")
+                        f"(default: {default_strengths()})")
     g.add_argument("--color", default=None, metavar="auto|match:REF.png",
                    help="auto: grey-world white balance; match:REF.png: match each channel's histogram to REF.png's")
     g.add_argument("--sharpen", nargs="?", const=SHARPEN_DEFAULT, default=None, metavar="AMOUNT",

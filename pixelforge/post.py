@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 DENOISE_METHODS = ("nlm", "bilateral")
-# Default strength per method, chosen for the 28x28..64x64 images of the bundled models (docs/post.md has the
-# measurement): NLM's h and the bilateral filter's sigmaColor, both in grey levels (0..255).
-DENOISE_DEFAULT_STRENGTH = {"nlm": 10.0, "bilateral": 40.0}
+# Default strength per method and image mode, chosen on 28x28..64x64 images like the bundled models' with Gaussian
+# noise of sigma 15 (docs/post.md has the measurement): NLM's h and the bilateral filter's sigmaColor, in grey
+# levels (0..255). Colour NLM compares patches in CIELAB over three channels, so it needs about half the h.
+DENOISE_DEFAULT_STRENGTH = {"nlm": {"L": 20.0, "RGB": 10.0}, "bilateral": {"L": 40.0, "RGB": 40.0}}
 DENOISE_STRENGTH_RANGE = (1.0, 100.0)
 # Non-local means windows for small images: OpenCV's defaults (7-pixel patches searched over 21x21) span most of
 # a 28x28 image and blur it; 3-pixel patches searched over 7x7 removed more noise at every size measured.
@@ -69,8 +70,8 @@ class PostSettings:
     """Which post-processing steps to apply (None: skip that step); validated on construction.
 
     denoise: "nlm" (OpenCV non-local means) or "bilateral" (OpenCV bilateral filter).
-    denoise_strength: NLM's h or the bilateral filter's sigmaColor, in grey levels, 1..100 (None: the method's
-      default, DENOISE_DEFAULT_STRENGTH). Only with denoise.
+    denoise_strength: NLM's h or the bilateral filter's sigmaColor, in grey levels, 1..100 (None: the default of
+      the method for the image's mode, DENOISE_DEFAULT_STRENGTH). Only with denoise.
     color: "auto" (grey-world white balance) or "match:REF" (histogram matching to the image file REF).
     sharpen: the unsharp mask's amount, 0.1..5 (1.0: Pillow's 100 %), radius SHARPEN_RADIUS px.
     upscale: an integer factor 2..8 (Lanczos).
@@ -119,12 +120,14 @@ class PostSettings:
         """Whether no step is asked for."""
         return self.denoise is None and self.color is None and self.sharpen is None and self.upscale is None
 
-    @property
-    def strength(self) -> float | None:
-        """The denoising strength used: the one given, else the method's default (None without denoise)."""
+    def strength(self, mode: str) -> float | None:
+        """The denoising strength used on an image of this mode (L or RGB): the one given, else the method's
+        default for the mode (None without denoise)."""
         if self.denoise is None:
             return None
-        return self.denoise_strength if self.denoise_strength is not None else DENOISE_DEFAULT_STRENGTH[self.denoise]
+        if self.denoise_strength is not None:
+            return self.denoise_strength
+        return DENOISE_DEFAULT_STRENGTH[self.denoise][mode]
 
     @property
     def reference(self) -> Path | None:
@@ -134,11 +137,10 @@ class PostSettings:
         return Path(self.color[len(COLOR_MATCH):])
 
     def to_record(self) -> dict:
-        """The settings as an image records them (.info["pixelforge"]["post"]): the steps applied, with the
-        denoising strength used, the order they ran in and, for color match, the reference file's SHA-256."""
+        """The settings as an image records them (.info["pixelforge"]["post"]): the options given (a denoising
+        strength left out took the default for the image's mode), the order the steps ran in and, for color
+        match, the reference file's SHA-256."""
         record = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.denoise is not None:
-            record["denoise_strength"] = self.strength
         if self.reference is not None:
             record["color_reference_sha256"] = hashlib.sha256(_reference_bytes(self.reference)).hexdigest()
         record["order"] = [step for step in ORDER if record.get(step) is not None]
@@ -276,7 +278,7 @@ def apply_post(images: list[Image.Image], settings: PostSettings | dict | None) 
             raise ValueError(f"post-processing takes images in mode L or RGB, got {im.mode}")
     out = list(images)
     if post.denoise is not None:
-        out = denoise(out, post.denoise, post.strength)
+        out = [denoise([im], post.denoise, post.strength(im.mode))[0] for im in out]
     if post.color == COLOR_AUTO:
         out = grey_world(out)
     elif post.reference is not None:
@@ -294,10 +296,21 @@ def options_help() -> dict[str, str]:
     """field -> one line saying what it takes (the server's schema description)."""
     return {
         "denoise": f"one of {', '.join(DENOISE_METHODS)}",
-        "denoise_strength": f"{DENOISE_STRENGTH_RANGE[0]:g}..{DENOISE_STRENGTH_RANGE[1]:g} grey levels (default "
-                            + ", ".join(f"{k} {v:g}" for k, v in DENOISE_DEFAULT_STRENGTH.items()) + ")",
+        "denoise_strength": f"{DENOISE_STRENGTH_RANGE[0]:g}..{DENOISE_STRENGTH_RANGE[1]:g} grey levels (default: "
+                            + default_strengths() + ")",
         "color": COLOR_AUTO,
         "sharpen": f"{SHARPEN_RANGE[0]:g}..{SHARPEN_RANGE[1]:g}",
         "upscale": f"an integer {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]}",
     }
 
+
+
+def default_strengths() -> str:
+    """The default denoising strengths, as help texts show them: "nlm 20 (grayscale) or 10 (colour), bilateral 40"."""
+    parts = []
+    for method, by_mode in DENOISE_DEFAULT_STRENGTH.items():
+        if by_mode["L"] == by_mode["RGB"]:
+            parts.append(f"{method} {by_mode['L']:g}")
+        else:
+            parts.append(f"{method} {by_mode['L']:g} (grayscale) or {by_mode['RGB']:g} (colour)")
+    return ", ".join(parts)
