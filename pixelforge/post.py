@@ -238,7 +238,10 @@ def grey_world(images: list[Image.Image]) -> list[Image.Image]:
 def match_colors(images: list[Image.Image], reference: Image.Image) -> list[Image.Image]:
     """Histogram matching of each channel to the reference's (scikit-image exposure.match_histograms); the
     reference is converted to each image's mode first, so a grayscale image stays grayscale."""
-    from skimage.exposure import match_histograms
+    try:
+        from skimage.exposure import match_histograms
+    except ImportError:
+        raise ValueError("color match needs scikit-image: pip install 'pixelforge[post]'") from None
 
     out = []
     for im in images:
