@@ -62,7 +62,8 @@ def _generate(g, n: int, *, seed: int, progress: bool, post=None, **options) -> 
     if post is not None:  # post-processed as generate() would, before the figures
         done = apply_post(to_pil(images), post)
         arrays = [np.asarray(im) for im in done]  # each (H, W) or (H, W, 3) uint8
-        return torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).permute(0, 3, 1, 2), labels
+        stacked = np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])  # (n, H, W, C)
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), labels  # (n, C, H, W) uint8
     return to_uint8(images), labels
 
 

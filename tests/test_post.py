@@ -12,6 +12,7 @@ from scipy.ndimage import laplace
 from scipy.stats import wasserstein_distance
 
 import pixelforge
+from pixelforge import api
 from pixelforge import post as P
 from pixelforge.cli import main
 from pixelforge.images import read_settings
@@ -261,7 +262,7 @@ def test_from_refuses_a_changed_colour_reference(tmp_path):
     (png,) = out.glob("seed*.png")
     _clean(28, "L").rotate(90).save(ref)
     with pytest.raises(ValueError, match="changed since"):
-        pixelforge.api.regenerate(png, device="cpu")
+        api.regenerate(png, device="cpu")
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -384,7 +385,7 @@ def test_evaluate_counts_the_post_processed_images_of_a_folder(g, tmp_path, caps
     fake, real = tmp_path / "fake", tmp_path / "real"
     images = g.generate(4, label=1, seed=0, steps=STEPS)
     for d in (fake, real):
-        pixelforge.api.save_images(images, d, grid=False)
+        api.save_images(images, d, grid=False)
     assert main(["post", *map(str, sorted(real.glob("*.png"))[:2]), "-o", str(fake), "--overwrite", "--sharpen"]) == 0
     capsys.readouterr()
     from pixelforge.evaluate import post_processed
@@ -400,7 +401,7 @@ def test_evaluate_of_a_run_post_processes_its_samples_when_asked(tmp_path):
     from pixelforge.evaluate import evaluate_run
 
     real = tmp_path / "real"
-    pixelforge.api.save_images(pixelforge.load("mnist-diffusion", device="cpu").generate(4, seed=9, steps=STEPS), real,
+    api.save_images(pixelforge.load("mnist-diffusion", device="cpu").generate(4, seed=9, steps=STEPS), real,
                                grid=False)
     kwargs = dict(real=str(real), n=4, extractor="mnist-classifier", device="cpu", report=False, progress=False,
                   steps=STEPS)
