@@ -25,6 +25,7 @@ from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, loa
 from .provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, resolve_policy
 from .provenance.moderation import ModerationRefused  # noqa: F401  (re-exported: what generate raises for a refused prompt)
 from .provenance.marks import MarkSettings, is_marked, mark_image
+from .post import PostSettings, apply_post, as_post_settings, check_record
 
 if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
     from .train.loop import TrainResult
@@ -411,7 +412,7 @@ class Generator:
         return torch.cat(out), settings
 
     def edit(self, images, *, strength: float | None = None, mask=None, seed: int = 0, watermark: bool | MarkSettings = True,
-             **kwargs) -> list[Image.Image]:
+             post: PostSettings | dict | None = None, **kwargs) -> list[Image.Image]:
         """Edit images with the model (img2img and inpainting, for families with the "edit" capability;
         others refuse with "FAMILY models cannot edit images").
 
@@ -427,10 +428,11 @@ class Generator:
         resample (inpainting: RePaint passes per step) and the family's sampling options.
         Each image's settings (in `.info["pixelforge"]`) record the options, strength, and the SHA-256 of
         the input image and of the mask (None without one).
-        watermark: as generate().
+        watermark, post: as generate().
         """
+        post = as_post_settings(post)
         tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, **kwargs)
-        return _with_settings(to_pil(tensors), settings, watermark)
+        return _with_settings(to_pil(tensors), settings, watermark, post)
 
     def check_prompts(self, prompts: list, negative_prompt: str | None = None) -> bool:
         """Whether any prompt is given (prompts: one entry per image, None for none); a clear error where
@@ -471,17 +473,21 @@ class Generator:
         negative = encoder.encode([negative_prompt]).to(self.device) if negative_prompt is not None else None
         return text, negative
 
-    def generate(self, n: int = 8, *, watermark: bool | MarkSettings = True, **kwargs) -> list[Image.Image]:
+    def generate(self, n: int = 8, *, watermark: bool | MarkSettings = True, post: PostSettings | dict | None = None,
+                 **kwargs) -> list[Image.Image]:
         """n PIL images; keyword arguments as generate_tensor. Each image's settings are in
         `.info["pixelforge"]`, and `image.save("x.png")` writes them into the PNG (read_settings reads them).
         An image drawn from a sketch also carries the drawing (`.info["pixelforge_sketch"]`), which
         save_images writes beside it.
         watermark: the invisible watermark (on by default; False: off; a MarkSettings for a user key or another
-        strength); each image's settings record under "watermark" whether and what was embedded."""
+        strength); each image's settings record under "watermark" whether and what was embedded.
+        post: post-processing (pixelforge.post: denoise, color, sharpen, upscale), a PostSettings or a dict of its
+        fields; applied before the watermark is embedded and recorded in each image's settings under "post"."""
 
+        post = as_post_settings(post)  # a bad option fails before any compute
         drawings: list[Image.Image] = []
         images, settings = self.generate_tensor(n, _drawings=drawings, **kwargs)
-        pils = _with_settings(to_pil(images), settings, watermark)
+        pils = _with_settings(to_pil(images), settings, watermark, post)
         for im, drawing in zip(pils, drawings):
             im.info[SKETCH_INFO_KEY] = drawing
         return pils
@@ -495,9 +501,16 @@ def sketch_file_name(digest: str) -> str:
     return f"sketch-{digest[:16]}.png"
 
 
-def _with_settings(pils: list[Image.Image], settings: list[dict], watermark: bool | MarkSettings) -> list[Image.Image]:
-    """The images, marked (provenance.marks.mark_image), each carrying its settings in `.info["pixelforge"]`
-    and in what save() writes."""
+def _with_settings(pils: list[Image.Image], settings: list[dict], watermark: bool | MarkSettings,
+                   post: PostSettings | None = None) -> list[Image.Image]:
+    """The images, post-processed where asked (its record in each image's settings under "post"), then marked
+    (provenance.marks.mark_image), each carrying its settings in `.info["pixelforge"]` and in what save() writes.
+    Post-processing comes first so that the watermark is embedded into the final pixels: a denoiser or an
+    upscaler run after it would weaken or resample the mark (docs/post.md)."""
+    if post is not None:
+        pils = apply_post(pils, post)
+        record = post.to_record()
+        settings = [{**s, "post": record} for s in settings]
     return [mark_image(im, settings=s, marks=watermark) for im, s in zip(pils, settings)]
 
 
@@ -672,16 +685,18 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     """Regenerate the image whose settings a PNG carries; errors clearly if the weights changed.
 
     The model is looked up by its recorded name through runs_dir ($PIXELFORGE_RUNS, ./runs) and the
-    bundled models, then at the recorded absolute path; the recorded checkpoint hash must match."""
+    bundled models, then at the recorded absolute path; the recorded checkpoint hash must match. Recorded
+    post-processing is applied again (a color match's reference file must be where it was, unchanged)."""
     s = read_settings(png_path)
     if "image_sha256" in s:
         raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
                          "images can be regenerated from their settings")
     sketch = _recorded_sketch(s, png_path)
+    post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
-                          sketch=sketch, seeds=[s["seed"]], watermark=watermark, **options)
+                          sketch=sketch, seeds=[s["seed"]], watermark=watermark, post=post, **options)
     return image, s
 
 
@@ -702,3 +717,59 @@ def _recorded_sketch(s: dict, png_path) -> Path | None:
     if read_sketch(path)[1] != s["sketch_sha256"]:
         raise ValueError(f"{path} is not the sketch {png_path} was drawn from: its SHA-256 differs from the recorded one")
     return path
+
+
+def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post: PostSettings | dict, *,
+               watermark: bool | MarkSettings = True, callback=None) -> list[Path]:
+    """Post-process image files (pixelforge.post) into out_dir, each as a PNG of the same stem; returns the paths.
+
+    Each file is read as data folders are (a bad file is a ValueError naming it) in mode L or RGB. The output
+    carries the input's pixelforge settings, if any, with the post-processing recorded under "post"; an image
+    pixelforge made (its settings name a model) is marked again on its new pixels (provenance.marks.mark_image;
+    watermark as generate()) and the sketch it was drawn from is copied beside it, so `sample --from` finds
+    both. A file post-processed already is refused (its record would no longer say how it was made).
+    callback(done, total) reports each file done."""
+    import shutil
+
+    from .data.folder import check_file
+
+    post = as_post_settings(post)
+    if post is None:
+        raise ValueError("no post-processing step asked for: give denoise, color, sharpen or upscale")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no image to post-process")
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise ValueError(f"{path} and {stems[path.stem]} would both be written as {path.stem}.png")
+        stems[path.stem] = path
+    out_dir = Path(out_dir)
+    record = post.to_record()
+    written = []
+    for i, path in enumerate(paths):
+        image, reason = check_file(path)
+        if image is None:
+            raise ValueError(f"{path}: {reason}")
+        try:
+            s = read_settings(path)
+        except ValueError:  # not a PNG pixelforge wrote: no settings to keep
+            s = {}
+        if s.get("post") is not None:
+            raise ValueError(f"{path} is post-processed already ({', '.join(s['post'].get('order', []))}): "
+                             "post-process the original image instead")
+        (done,) = apply_post([image], post)
+        done.info.pop("pixelforge", None)  # the input's settings as read (JSON text); s holds them
+        s = {**s, "post": record}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if s.get("model"):
+            done = mark_image(done, settings=s, marks=watermark)
+            s = done.info["pixelforge"]
+            sketch = s.get("sketch")
+            if isinstance(sketch, str) and Path(sketch).name == sketch and (path.parent / sketch).is_file() \
+                    and not (out_dir / sketch).exists():
+                shutil.copyfile(path.parent / sketch, out_dir / sketch)
+        written.append(save_png(done, out_dir / f"{path.stem}.png", s))
+        if callback is not None:
+            callback(i + 1, len(paths))
+    return written

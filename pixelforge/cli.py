@@ -22,6 +22,7 @@ EPILOG = """examples:
   pixelforge sample digits -n 64 --label 3 --sampler heun --steps 18 --guidance 2 --seed 0   # into out/digits/TIMESTAMP/
   pixelforge sample --from out/digits/20260101-120000/seed000005-label3.png
   pixelforge edit digits --image in.png --strength 0.6 --label 3       # img2img; --mask mask.png: inpainting
+  pixelforge post out/digits/20260101-120000/*.png -o finished --denoise --sharpen --upscale 4
   pixelforge info digits
 
 exit status: 0 done; 2 bad input (arguments, a run or model folder, a file); 1 the work failed (out of
@@ -287,8 +288,22 @@ def _add_sample(sub):
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS); "
                    "--from looks the PNG's model up here by its run name, then at the path recorded in the PNG")
     p.add_argument("--device", default="auto")
+    _add_post_options(p)
     _add_watermark_options(p)
     p.set_defaults(func=cmd_sample)
+
+
+def _add_post_options(p) -> None:
+    from .cli_post import add_post_options
+
+    add_post_options(p)
+
+
+def _post(a):
+    """The PostSettings the post-processing options ask for (None: none); a bad value fails here, before any work."""
+    from .cli_post import post_from_args
+
+    return post_from_args(a)
 
 
 def _add_watermark_options(p) -> None:
@@ -383,7 +398,11 @@ def cmd_sample(a) -> int:
     from . import api
 
     _check_out(a)
+    post = _post(a)
     if a.from_png:
+        if post is not None:
+            raise ValueError("--from regenerates the image as its settings record it, post-processing included: "
+                             "give no --denoise, --color, --sharpen or --upscale with it")
         with _warnings_printed("sample"):
             image, s = api.regenerate(a.from_png, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a),
                                       watermark=_marks(a))
@@ -403,7 +422,7 @@ def cmd_sample(a) -> int:
     with _warnings_printed("sample"):
         try:
             images = g.generate(n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, sketch=sketches,
-                                seed=a.seed, batch_size=a.batch_size, callback=cb, watermark=_marks(a),
+                                seed=a.seed, batch_size=a.batch_size, callback=cb, watermark=_marks(a), post=post,
                                 **_sampling_options(a))
         finally:
             bar.close()
@@ -473,6 +492,7 @@ def _add_edit(sub):
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--device", default="auto")
+    _add_post_options(p)
     _add_watermark_options(p)
     p.set_defaults(func=cmd_edit)
 
@@ -484,6 +504,7 @@ def cmd_edit(a) -> int:
     from .runs import DEFAULT_MODEL
 
     _check_out(a)
+    post = _post(a)
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
     options = _sampling_options(a)
     options.update({k: v for k, v in {"strength": a.strength, "resample": a.resample}.items() if v is not None})
@@ -499,7 +520,7 @@ def cmd_edit(a) -> int:
         try:
             images = g.edit([a.image] * a.n, mask=a.mask, label=a.label, prompt=a.prompt,
                             negative_prompt=a.negative_prompt, seed=a.seed, batch_size=a.batch_size, callback=cb,
-                            watermark=_marks(a), **options)
+                            watermark=_marks(a), post=post, **options)
         finally:
             for bar, _ in bars:
                 bar.close()
@@ -650,6 +671,11 @@ def cmd_datasets(a) -> int:
 def cmd_evaluate(a) -> int:
     from . import evaluate as ev
 
+    post = _post(a)
+    if post is not None and (a.adherence or a.cas or a.fake):
+        raise ValueError("post-processing (--denoise, --color, --sharpen, --upscale) applies to the samples of a RUN "
+                         "measured against real data; " + ("a --fake folder is read as it is (post-process it with "
+                         "`pixelforge post` first)" if a.fake else f"not to {'--adherence' if a.adherence else '--cas'}"))
     if a.adherence:
         return _print_adherence(a)
     if a.cas:
@@ -676,12 +702,14 @@ def cmd_evaluate(a) -> int:
             raise ValueError("name a RUN (run folder, run name or bundled model), or use --fake DIR --real DIR")
         figures = ev.evaluate_run(a.run, real=a.real, n=a.n or 10_000, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
                                   device=a.device, report=False if a.no_report else (a.report or True),
-                                  progress=not a.json, **_sampling_options(a))
+                                  progress=not a.json, post=post, **_sampling_options(a))
     if a.json:
-        keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real")
+        keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
+                "post_processed")
         print(json.dumps({**{k: figures[k] for k in keys}, "settings": figures["settings"]}))
         return 0
-    print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}")
+    print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}   "
+          f"post-processed: {figures['post_processed']}")
     print(f"FID        {figures['fid']:.4f}")
     print(f"KID        {figures['kid']:.5f} ± {figures['kid_std']:.5f}")
     if figures.get("is") is not None:
@@ -745,6 +773,7 @@ def _add_evaluate(sub):
     p.add_argument("--extractor", default="auto", help="auto (domain classifier for digit sets, else inception), inception, mnist-classifier")
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
+    _add_post_options(p)
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object (no progress output)")
     p.add_argument("--report", metavar="PATH", help="where report.html goes (default: in the run, or out/NAME/ for a bundled model)")
     p.add_argument("--no-report", action="store_true", help="print figures only")
@@ -1005,6 +1034,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys(sub)
     add_provenance(sub)
     _add_watermark(sub)
+    from .cli_post import add_post
+
+    add_post(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",

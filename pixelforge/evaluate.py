@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataConfig, check_folder, describe_source, load_dataset, min_side, split_indices, to_model
-from .images import make_grid, to_pil
+from .data import DataConfig, check_folder, describe_source, load_dataset, min_side, scan_folder, split_indices, to_model
+from .images import make_grid, read_settings, to_pil
 from .metrics.evaluate import (
     EvalOptions,
     balanced_labels,
@@ -24,6 +24,7 @@ from .metrics.evaluate import (
     to_uint8,
 )
 from .metrics.features import load_extractor
+from .post import PostSettings, apply_post, as_post_settings
 from .progress import image_bar
 from .report import write_report
 
@@ -52,13 +53,31 @@ def load_real(source: str, *, extractor, image_size: int | None = None, cache_di
     return data.images
 
 
-def _generate(g, n: int, *, seed: int, progress: bool, **options) -> tuple[torch.Tensor, list]:
+def _generate(g, n: int, *, seed: int, progress: bool, post=None, **options) -> tuple[torch.Tensor, list]:
     labels = balanced_labels(n, g.num_classes)
     bar, cb = image_bar(n, f"sampling {g.name}", enabled=progress)
     images, _ = g.generate_tensor(n, labels=labels, seed=seed, callback=cb, **options)
     cb(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
+    if post is not None:  # post-processed as generate() would, before the figures
+        done = apply_post(to_pil(images), post)
+        arrays = [np.asarray(im) for im in done]  # each (H, W) or (H, W, 3) uint8
+        stacked = np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])  # (n, H, W, C)
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), labels  # (n, C, H, W) uint8
     return to_uint8(images), labels
+
+
+def post_processed(folder: str | os.PathLike) -> int:
+    """How many of a folder's images (as data folders list them) carry a post-processing record in their
+    pixelforge settings (pixelforge.post): an evaluation says so beside its figures."""
+    count = 0
+    scan = scan_folder(folder)
+    for entry in scan.files:
+        try:
+            count += read_settings(scan.root / entry.path).get("post") is not None
+        except ValueError:  # not a PNG pixelforge wrote, or none at all: not post-processed by it
+            continue
+    return count
 
 
 def _pairs(fake: torch.Tensor, real: torch.Tensor, f_feats, r_feats, k: int = 12):
@@ -82,24 +101,29 @@ def evaluate_run(
     cache_dir=None,
     progress: bool = True,
     options: EvalOptions | None = None,
+    post: PostSettings | dict | None = None,
     **sample_options,
 ) -> dict:
     """Sample n images from a run (labels balanced over classes), compare with real data (the run's
-    own data set by default), append the figures to the run's evaluations.jsonl and write report.html."""
+    own data set by default), append the figures to the run's evaluations.jsonl and write report.html.
+    post: post-processing applied to the samples first (pixelforge.post); "post_processed" in the figures
+    counts the images it was applied to, and the sampling settings record it."""
     from .api import load
 
+    post = as_post_settings(post)
     g = load(run, device=device, runs_dir=runs_dir)
     real = real or g.config.data.source
     ext = load_extractor(extractor, data_source=real, device=device)
     t0 = time.perf_counter()
     used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
-    fake, _ = _generate(g, n, seed=seed, progress=progress, **used)
+    fake, _ = _generate(g, n, seed=seed, progress=progress, post=post, **used)
     # a folder's tiny images are no reference for samples of the run's size, unless it trained on them
     real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress, shortest=min_side(g.config.data))
     opts = options or EvalOptions(seed=seed)
     figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
                               progress=progress)
     figures["seconds"] = round(time.perf_counter() - t0, 1)
+    figures["post_processed"] = len(fake) if post is not None else 0
     step = _run_step(g.run_dir)
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
@@ -110,6 +134,9 @@ def evaluate_run(
     }
     figures["sampling"] = {"model": g.name, "checkpoint": g.checkpoint_hash, "step": step, **used, "seed": seed,
                            "real": real}
+    if post is not None:
+        settings["post"] = ", ".join(f"{k} {v}" for k, v in post.to_record().items() if k != "order")
+        figures["sampling"]["post"] = post.to_record()
     if report:
         writable = _writable_run(g.run_dir)
         if writable:
@@ -175,11 +202,12 @@ def evaluate_folders(
     opts = options or EvalOptions()
     figures = evaluate_images(fake_images, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
                               progress=progress)
+    figures["post_processed"] = post_processed(fake)  # of the images read, those pixelforge post-processed
     if report:
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
         f_feats = extract_features(ext, fake_images[:512], progress=progress, desc="nearest real neighbours")
         settings = {"fake": fake, "real": real, "extractor": figures["extractor"], "n_fake": figures["n_fake"],
-                    "n_real": figures["n_real"], "resize": figures["settings"]["resize"], "seed": opts.seed,
+                    "n_real": figures["n_real"], "post-processed": figures["post_processed"], "resize": figures["settings"]["resize"], "seed": opts.seed,
                     "KID subsets": _kid_subsets(figures), "IS": figures["settings"]["is_note"]}
         grid = make_grid(to_pil(fake_images[:64].float() / 127.5 - 1), scale=max(1, 64 // fake_images.shape[-1]))
         figures["report"] = str(write_report(Path(report), title=f"Evaluation of {fake}", figures=figures, settings=settings,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up pixelforge in a virtual environment at .venv (repository root): PyTorch, the package, the
-# bundled data sets' packages, OpenCV for sketch conditioning and the test tools. Safe to run again; it
+# bundled data sets' packages, OpenCV for sketch conditioning, scikit-image for post-processing's histogram
+# matching and the test tools. Safe to run again; it
 # only adds what is missing.
 #   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
@@ -37,7 +38,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-EXTRAS=dev,data,serve,sketch,bench
+EXTRAS=dev,data,serve,sketch,bench,post
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
 if [ "${WITH_ONNX:-1}" = 1 ]; then EXTRAS=$EXTRAS,onnx; fi

@@ -274,9 +274,9 @@ def test_evaluate_folders_json_prints_one_object_with_every_figure(folders, caps
     assert code == 0
     assert len(out.strip().splitlines()) == 1
     result = json.loads(out)
-    assert set(result) == {*FIGURES, "extractor", "n_fake", "n_real", "settings"}
+    assert set(result) == {*FIGURES, "extractor", "n_fake", "n_real", "post_processed", "settings"}
     assert result["extractor"].startswith("pixelforge-mnist-classifier")
-    assert (result["n_fake"], result["n_real"]) == (100, 150)
+    assert (result["n_fake"], result["n_real"], result["post_processed"]) == (100, 150, 0)
     assert all(np.isfinite(result[k]) for k in FIGURES)
     assert "resize" in result["settings"]  # how the figures were made travels with them
 

@@ -68,3 +68,13 @@ def test_setup_installs_the_onnx_extra_by_default_and_with_onnx_0_skips_it(tmp_p
     r, calls = run_setup(tmp_path / "skip", WITH_ONNX="0")
     assert r.returncode == 0, r.stderr
     assert "pixelforge" in calls and "onnx" not in calls
+
+
+def test_setup_installs_the_post_extra_that_declares_scikit_image(tmp_path):
+    import tomllib
+
+    r, calls = run_setup(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "post" in installed_extras(calls)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("scikit-image") for dep in extras["post"])  # post --color match:REF

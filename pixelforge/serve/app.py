@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Generator, load
 from ..images import png_bytes
+from ..post import PostError, PostSettings, as_post_settings
 from ..provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, ModerationRefused, resolve_policy
 from ..provenance.marks import MarkSettings, as_mark_settings, mark_image
 from ..runs.store import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
@@ -211,6 +212,21 @@ async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, 
             except UploadError as e:
                 raise _invalid(["body", e.field], str(e)) from None
     return out
+
+
+def _job_post(post: dict | None) -> PostSettings | None:
+    """A job's "post" object -> PostSettings (None: none asked for); a 422 naming the field otherwise. color
+    match:REF is refused: its REF would be a file on the server's disk, which a client has no business reading."""
+    if post is None:
+        return None
+    color = post.get("color")
+    if isinstance(color, str) and color.startswith("match:"):
+        raise _invalid(["body", "post", "color"], "color match:REF reads a reference file on the server, which a job "
+                       "cannot name: use color auto, or match colours locally with `pixelforge post --color match:REF`")
+    try:
+        return as_post_settings(post)
+    except PostError as e:
+        raise _invalid(["body", "post", e.field], str(e)) from None
 
 
 def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
@@ -399,6 +415,7 @@ def create_app(
                 log.warning(e.log_line())
                 raise _invalid(["body", e.field, *([] if e.index is None else [e.index])], str(e)) from None
         text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
+        post = _job_post(req.post)
         n, seed = req.n, req.seed
         uploads = await _decode_uploads(req, limits)
         if editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
@@ -409,7 +426,8 @@ def create_app(
 
         def work(progress):
             make = g.edit if editing else functools.partial(g.generate, n)
-            images = make(labels=labels, seed=seed, callback=progress, watermark=False, **inputs, **text, **options)
+            images = make(labels=labels, seed=seed, callback=progress, watermark=False, post=post, **inputs, **text,
+                          **options)
             images = [mark_image(im, marks=marks) for im in images]  # marked here, with the server's settings
             # model_path is where the model lies on this machine: of no use to a client, and not its business
             settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]

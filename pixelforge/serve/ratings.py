@@ -85,7 +85,9 @@ def contestant(side: dict, by: str) -> tuple[str, tuple]:
         return side["model"], ()
     if by == "settings":
         settings = side.get("settings") or {}
-        return side["model"], tuple(sorted((k, v) for k, v in settings.items() if k not in PER_IMAGE_KEYS))
+        # a nested setting (an image's post-processing record) is keyed by its JSON text, which is hashable
+        return side["model"], tuple(sorted((k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                                           for k, v in settings.items() if k not in PER_IMAGE_KEYS))
     raise ValueError(f"scores are by model or by settings, got {by!r}")
 
 

@@ -11,6 +11,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stri
                       field_validator, model_validator)
 
 from ..models import options as family_options
+from ..post import ORDER as POST_ORDER, options_help as post_options_help
 
 MAX_IMAGES = 64  # images per job
 MAX_SEED = 2**32 - 1
@@ -21,6 +22,10 @@ UPLOAD_HELP = ("a PNG or JPEG file as base64, or as a data: URL (data:image/png;
 Label = Union[StrictInt, StrictStr]  # class index or class name
 OptionValue = Union[StrictInt, StrictFloat, StrictStr]
 SettingValue = Union[StrictStr, StrictInt, StrictFloat, bool, None]
+# an image's recorded post-processing (its settings' "post": pixelforge.post.PostSettings.to_record), the one
+# setting that is not a plain value: plain values and the list of the steps in the order they ran
+PostRecord = dict[str, Union[SettingValue, list[StrictStr]]]
+ImageSetting = Union[SettingValue, PostRecord]
 
 
 class OptionSpec(BaseModel):
@@ -173,6 +178,9 @@ class JobRequest(BaseModel):
                                     f"supported), noised by options.strength and redrawn, for every image: {UPLOAD_HELP}")
     mask: StrictStr | None = Field(None, description=f"with image: inpainting, white marks what is repainted, black "
                                    f"what is kept: {UPLOAD_HELP}")
+    post: dict[str, OptionValue | None] | None = Field(
+        None, description="post-processing of every image, applied in the order " + ", ".join(POST_ORDER)
+        + " before the watermark (docs/post.md): " + "; ".join(f"{k}: {v}" for k, v in post_options_help().items()))
 
     @model_validator(mode="after")
     def _one_field_of_each_pair(self):
@@ -210,7 +218,7 @@ class JobInfo(BaseModel):
     started: float | None = None
     finished: float | None = None
     images: list[str] = Field(default_factory=list, description="URLs of the PNGs (each carries its settings)")
-    settings: list[dict[str, SettingValue]] = Field(default_factory=list, description="each image's settings")
+    settings: list[dict[str, ImageSetting]] = Field(default_factory=list, description="each image's settings")
 
 
 class RatingSide(BaseModel):
@@ -219,13 +227,16 @@ class RatingSide(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    settings: dict[str, SettingValue] = Field(default_factory=dict, max_length=32)
+    settings: dict[str, ImageSetting] = Field(default_factory=dict, max_length=32)
 
     @field_validator("settings")
     @classmethod
     def _storable(cls, settings: dict) -> dict:
         # stored, then echoed by GET /ratings/scores: one unencodable string there would fail every later answer
-        for key, value in settings.items():
+        flat = [(k, v) for k, v in settings.items() if not isinstance(v, dict)]
+        flat += [(f"{k}.{kk}", x) for k, v in settings.items() if isinstance(v, dict) for kk, vv in v.items()
+                 for x in (vv if isinstance(vv, list) else [vv])]  # a post record's entries, and its steps
+        for key, value in flat:
             if not encodable(key) or (isinstance(value, str) and not encodable(value)):
                 raise ValueError(f"settings must be UTF-8 text: {key!r}: {value!r} holds a lone surrogate")
             if isinstance(value, float) and not math.isfinite(value):

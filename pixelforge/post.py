@@ -1,0 +1,319 @@
+"""Post-processing of generated and edited images: denoise, colour, sharpen, upscale (docs/post.md).
+
+The steps always run in that order, each only where asked: denoise first (so sharpening does not amplify the
+noise), then colour (white balance or histogram matching on the denoised pixels), then sharpen, then upscale
+(last, so every other step works on the model's own pixels). Every entry point (the `post` command, the
+`--denoise/--sharpen/--color/--upscale` options of `sample` and `edit`, `Generator.generate(post=...)` and
+`edit(...)`, the server's job field "post") goes through `PostSettings` and `apply_post`. Generation applies it
+before the invisible watermark is embedded, so the mark is made on the final pixels (api._with_settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+DENOISE_METHODS = ("nlm", "bilateral")
+# Default strength per method and image mode, chosen on 28x28..64x64 images like the bundled models' with Gaussian
+# noise of sigma 15 (docs/post.md has the measurement): NLM's h and the bilateral filter's sigmaColor, in grey
+# levels (0..255). Colour NLM compares patches in CIELAB over three channels, so it needs about half the h.
+DENOISE_DEFAULT_STRENGTH = {"nlm": {"L": 20.0, "RGB": 10.0}, "bilateral": {"L": 40.0, "RGB": 40.0}}
+DENOISE_STRENGTH_RANGE = (1.0, 100.0)
+# Non-local means windows for small images: OpenCV's defaults (7-pixel patches searched over 21x21) span most of
+# a 28x28 image and blur it; 3-pixel patches searched over 7x7 removed more noise at every size measured.
+NLM_TEMPLATE, NLM_SEARCH = 3, 7
+BILATERAL_DIAMETER = 5  # pixels: the neighbourhood the bilateral filter averages over (also its sigmaSpace)
+SHARPEN_DEFAULT = 1.0  # unsharp mask amount: 1.0 adds the full difference from the blurred image (Pillow's 100 %)
+SHARPEN_RANGE = (0.1, 5.0)
+SHARPEN_RADIUS = 1.0  # pixels: the Gaussian blur the unsharp mask subtracts; a small image's edges are 1-2 px wide
+UPSCALE_RANGE = (2, 8)
+COLOR_AUTO, COLOR_MATCH = "auto", "match:"
+ORDER = ("denoise", "color", "sharpen", "upscale")
+
+
+class PostError(ValueError):
+    """An invalid post-processing option; `field` names it (denoise, denoise_strength, sharpen, color, upscale)."""
+
+    def __init__(self, field: str, msg: str):
+        super().__init__(msg)
+        self.field = field
+
+
+def _number(field: str, value, lo: float, hi: float, *, integer: bool = False) -> float | int:
+    """value (a number or its text) checked to lie in [lo, hi]; a PostError naming the field and the range."""
+    kind = "an integer" if integer else "a number"
+    where = f"{field} must be {kind} from {lo:g} to {hi:g}"
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise PostError(field, f"{where}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PostError(field, f"{where}, got {value!r}")
+    if integer and isinstance(value, float):
+        if not value.is_integer():
+            raise PostError(field, f"{where}, got {value!r}")
+        value = int(value)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise PostError(field, f"{where}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+@dataclass(frozen=True)
+class PostSettings:
+    """Which post-processing steps to apply (None: skip that step); validated on construction.
+
+    denoise: "nlm" (OpenCV non-local means) or "bilateral" (OpenCV bilateral filter).
+    denoise_strength: NLM's h or the bilateral filter's sigmaColor, in grey levels, 1..100 (None: the default of
+      the method for the image's mode, DENOISE_DEFAULT_STRENGTH). Only with denoise.
+    color: "auto" (grey-world white balance) or "match:REF" (histogram matching to the image file REF).
+    sharpen: the unsharp mask's amount, 0.1..5 (1.0: Pillow's 100 %), radius SHARPEN_RADIUS px.
+    upscale: an integer factor 2..8 (Lanczos).
+    """
+
+    denoise: str | None = None
+    denoise_strength: float | None = None
+    color: str | None = None
+    sharpen: float | None = None
+    upscale: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.denoise is not None and self.denoise not in DENOISE_METHODS:
+            raise PostError("denoise", f"denoise must be one of {', '.join(DENOISE_METHODS)}, got {self.denoise!r}")
+        if self.denoise_strength is not None:
+            if self.denoise is None:
+                raise PostError("denoise_strength", "denoise_strength needs denoise (nlm or bilateral) to apply to")
+            object.__setattr__(self, "denoise_strength", _number("denoise_strength", self.denoise_strength,
+                                                                 *DENOISE_STRENGTH_RANGE))
+        if self.color is not None:
+            ok = isinstance(self.color, str) and (self.color == COLOR_AUTO or
+                                                  (self.color.startswith(COLOR_MATCH) and len(self.color) > len(COLOR_MATCH)))
+            if not ok:
+                raise PostError("color", f"color must be {COLOR_AUTO} or {COLOR_MATCH}REF.png (a reference image file), "
+                                         f"got {self.color!r}")
+        if self.sharpen is not None:
+            object.__setattr__(self, "sharpen", _number("sharpen", self.sharpen, *SHARPEN_RANGE))
+        if self.upscale is not None:
+            object.__setattr__(self, "upscale", _number("upscale", self.upscale, *UPSCALE_RANGE, integer=True))
+
+    @classmethod
+    def from_dict(cls, d: dict, *, recorded: bool = False) -> PostSettings:
+        """From a JSON object (the API's dict, a job's "post"; recorded: a PNG's recorded "post", whose own
+        entries order and color_reference_sha256 are then accepted): unknown keys are a PostError naming them."""
+        if not isinstance(d, dict):
+            raise PostError("post", f"post must be an object of post-processing options, got {type(d).__name__}")
+        fields = ("denoise", "denoise_strength", "color", "sharpen", "upscale")
+        unknown = sorted(set(map(str, d)) - set(fields) - ({"order", "color_reference_sha256"} if recorded else set()))
+        if unknown:
+            raise PostError(unknown[0], f"unknown post-processing option(s) {', '.join(unknown)}; "
+                                        f"valid: {', '.join(fields)}")
+        return cls(**{k: d[k] for k in fields if d.get(k) is not None})
+
+    @property
+    def empty(self) -> bool:
+        """Whether no step is asked for."""
+        return self.denoise is None and self.color is None and self.sharpen is None and self.upscale is None
+
+    def strength(self, mode: str) -> float | None:
+        """The denoising strength used on an image of this mode (L or RGB): the one given, else the method's
+        default for the mode (None without denoise)."""
+        if self.denoise is None:
+            return None
+        if self.denoise_strength is not None:
+            return self.denoise_strength
+        return DENOISE_DEFAULT_STRENGTH[self.denoise][mode]
+
+    @property
+    def reference(self) -> Path | None:
+        """The reference image file of color match:REF (None otherwise)."""
+        if self.color is None or not self.color.startswith(COLOR_MATCH):
+            return None
+        return Path(self.color[len(COLOR_MATCH):])
+
+    def to_record(self) -> dict:
+        """The settings as an image records them (.info["pixelforge"]["post"]): the options given (a denoising
+        strength left out took the default for the image's mode), the order the steps ran in and, for color
+        match, the reference file's SHA-256."""
+        record = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.reference is not None:
+            record["color_reference_sha256"] = hashlib.sha256(_reference_bytes(self.reference)).hexdigest()
+        record["order"] = [step for step in ORDER if record.get(step) is not None]
+        return record
+
+
+def as_post_settings(post: PostSettings | dict | None) -> PostSettings | None:
+    """A PostSettings, a dict of its fields (PostSettings.from_dict) or None -> PostSettings, or None where no
+    step is asked for; color match's reference file is read once here, so a bad one is an error up front."""
+    if post is None:
+        return None
+    if not isinstance(post, PostSettings):
+        post = PostSettings.from_dict(post)
+    if post.reference is not None:
+        _reference_image(post.reference)  # a missing or unreadable reference fails here, before any work
+    return None if post.empty else post
+
+
+def check_record(record: dict, where: str) -> PostSettings:
+    """A recorded "post" (a PNG's settings) -> PostSettings, checking that color match's reference file is the
+    one recorded; a ValueError naming `where` (the PNG) otherwise."""
+    try:
+        post = PostSettings.from_dict(record, recorded=True)
+    except PostError as e:
+        raise ValueError(f"{where}: its recorded post-processing is not valid ({e})") from None
+    ref = post.reference
+    if ref is not None:
+        wanted = record.get("color_reference_sha256")
+        try:
+            got = hashlib.sha256(_reference_bytes(ref)).hexdigest()
+        except ValueError as e:
+            raise ValueError(f"{where} was colour-matched to {ref}: {e}; put the reference back there to "
+                             "regenerate the image") from None
+        if wanted is not None and got != wanted:
+            raise ValueError(f"{where} was colour-matched to {ref}, which has changed since (its SHA-256 differs "
+                             "from the recorded one)")
+    return post
+
+
+def _reference_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise PostError("color", f"color match reference {path}: cannot read it ({e.strerror or e})") from None
+
+
+def _reference_image(path: Path) -> Image.Image:
+    """The reference of color match:REF, checked as data files are (data.folder.check_file), in mode L or RGB."""
+    from .data.folder import check_file
+
+    image, reason = check_file(path)
+    if image is None:
+        raise PostError("color", f"color match reference {path}: {reason}")
+    return image
+
+
+# --- the steps: each takes and returns a list of PIL images in mode L or RGB, keeping the mode ----------------
+
+def denoise(images: list[Image.Image], method: str, strength: float) -> list[Image.Image]:
+    """OpenCV non-local means (Buades et al. 2005; fastNlMeansDenoisingColored denoises RGB in CIELAB, the
+    grayscale variant for L) or the bilateral filter (Tomasi and Manduchi 1998), strength in grey levels."""
+    import cv2
+
+    out = []
+    for im in images:
+        a = np.asarray(im)  # (H, W) or (H, W, 3) uint8
+        if method == "nlm" and a.ndim == 3:
+            # OpenCV's colour NLM expects BGR; the conversion to CIELAB it makes is order-sensitive
+            bgr = np.ascontiguousarray(a[..., ::-1])
+            d = cv2.fastNlMeansDenoisingColored(bgr, None, strength, strength, NLM_TEMPLATE, NLM_SEARCH)[..., ::-1]
+        elif method == "nlm":
+            d = cv2.fastNlMeansDenoising(np.ascontiguousarray(a), None, strength, NLM_TEMPLATE, NLM_SEARCH)
+        else:
+            d = cv2.bilateralFilter(np.ascontiguousarray(a), BILATERAL_DIAMETER, strength, BILATERAL_DIAMETER)
+        out.append(Image.fromarray(np.ascontiguousarray(d), im.mode))
+    return out
+
+
+def grey_world(images: list[Image.Image]) -> list[Image.Image]:
+    """Grey-world white balance (Buchsbaum 1980): each channel scaled so that its mean equals the mean of the
+    three channel means, so the average colour becomes grey. Written here because OpenCV's implementation
+    (xphoto.GrayworldWB) is in opencv-contrib only, which the headless OpenCV lacks. An L image is left as it is."""
+    out = []
+    for im in images:
+        if im.mode != "RGB":
+            out.append(im.copy())
+            continue
+        a = np.asarray(im, dtype=np.float64)  # (H, W, 3)
+        means = a.reshape(-1, 3).mean(0)  # (3,)
+        gains = means.mean() / np.maximum(means, 1e-6)  # a black channel stays black rather than dividing by 0
+        out.append(Image.fromarray(np.clip(a * gains, 0, 255).round().astype(np.uint8), "RGB"))
+    return out
+
+
+def match_colors(images: list[Image.Image], reference: Image.Image) -> list[Image.Image]:
+    """Histogram matching of each channel to the reference's (scikit-image exposure.match_histograms); the
+    reference is converted to each image's mode first, so a grayscale image stays grayscale."""
+    try:
+        from skimage.exposure import match_histograms
+    except ImportError:
+        raise ValueError("color match needs scikit-image: pip install 'pixelforge[post]'") from None
+
+    out = []
+    for im in images:
+        ref = np.asarray(reference.convert(im.mode))
+        a = np.asarray(im)
+        m = match_histograms(a, ref, channel_axis=-1 if a.ndim == 3 else None)
+        out.append(Image.fromarray(np.clip(m, 0, 255).round().astype(np.uint8), im.mode))
+    return out
+
+
+def sharpen(images: list[Image.Image], amount: float) -> list[Image.Image]:
+    """Unsharp mask (Pillow ImageFilter.UnsharpMask): image + amount x (image - Gaussian blur of radius
+    SHARPEN_RADIUS), threshold 0 so every edge counts."""
+    f = ImageFilter.UnsharpMask(radius=SHARPEN_RADIUS, percent=round(amount * 100), threshold=0)
+    return [im.filter(f) for im in images]
+
+
+def lanczos_upscale(images: list[Image.Image], factor: int) -> list[Image.Image]:
+    """Each image `factor` times wider and taller, resampled with Pillow's Lanczos filter."""
+    return [im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS) for im in images]
+
+
+# The upscaler: a function (images, factor) -> images. Lanczos is the only one; a super-resolution model would be
+# another function of the same signature put in its place here.
+Upscaler = Callable[[list[Image.Image], int], list[Image.Image]]
+UPSCALER: Upscaler = lanczos_upscale
+
+
+def apply_post(images: list[Image.Image], settings: PostSettings | dict | None) -> list[Image.Image]:
+    """The images post-processed as settings ask, in the order denoise, color, sharpen, upscale (new images;
+    the inputs are left as they are, and so is their .info). Images in mode L stay L; RGB stay RGB."""
+    post = as_post_settings(settings)
+    if post is None:
+        return list(images)
+    for im in images:
+        if im.mode not in ("L", "RGB"):
+            raise ValueError(f"post-processing takes images in mode L or RGB, got {im.mode}")
+    out = list(images)
+    if post.denoise is not None:
+        out = [denoise([im], post.denoise, post.strength(im.mode))[0] for im in out]
+    if post.color == COLOR_AUTO:
+        out = grey_world(out)
+    elif post.reference is not None:
+        out = match_colors(out, _reference_image(post.reference))
+    if post.sharpen is not None:
+        out = sharpen(out, post.sharpen)
+    if post.upscale is not None:
+        out = UPSCALER(out, post.upscale)
+    return out
+
+
+# --- what entry points show of the options -----------------------------------------------------------------
+
+def options_help() -> dict[str, str]:
+    """field -> one line saying what it takes (the server's schema description)."""
+    return {
+        "denoise": f"one of {', '.join(DENOISE_METHODS)}",
+        "denoise_strength": f"{DENOISE_STRENGTH_RANGE[0]:g}..{DENOISE_STRENGTH_RANGE[1]:g} grey levels (default: "
+                            + default_strengths() + ")",
+        "color": COLOR_AUTO,
+        "sharpen": f"{SHARPEN_RANGE[0]:g}..{SHARPEN_RANGE[1]:g}",
+        "upscale": f"an integer {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]}",
+    }
+
+
+
+def default_strengths() -> str:
+    """The default denoising strengths, as help texts show them: "nlm 20 (grayscale) or 10 (colour), bilateral 40"."""
+    parts = []
+    for method, by_mode in DENOISE_DEFAULT_STRENGTH.items():
+        if by_mode["L"] == by_mode["RGB"]:
+            parts.append(f"{method} {by_mode['L']:g}")
+        else:
+            parts.append(f"{method} {by_mode['L']:g} (grayscale) or {by_mode['RGB']:g} (colour)")
+    return ", ".join(parts)
