@@ -180,3 +180,33 @@ def test_family_registry_offers_the_diffusion_contract():
     m = cls(DiffusionConfig(**TINY), OptimConfig(), seed=0)
     assert set(m.optimizers()) == {"net"}
     assert isinstance(m.train_generator, torch.Generator)
+
+
+def test_a_position_embedding_starts_as_nothing_and_lets_a_global_condition_say_where():
+    """position_embedding: zero at the start (the network's output and its other initial weights are as
+    without it); once learnt, the same input feature at two places gives different outputs, which a
+    convolutional network without it can tell apart only near the borders."""
+    from pixelforge.models.nets.unet import UNet
+
+    shape = dict(image_size=16, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+    torch.manual_seed(0)
+    plain = UNet(**shape)
+    torch.manual_seed(0)
+    placed = UNet(**shape, position_embedding=True)
+    assert placed.position.shape == (1, 8, 16, 16) and not placed.position.any()
+    assert all(torch.equal(v, placed.state_dict()[k]) for k, v in plain.state_dict().items())
+    with torch.no_grad():
+        torch.nn.init.normal_(plain.conv_out.weight, std=0.1)
+        placed.conv_out.weight.copy_(plain.conv_out.weight)
+        x, c = torch.zeros(1, 1, 16, 16), torch.tensor([0.0])
+        assert torch.allclose(plain(x, c), placed(x, c), atol=1e-6)
+        placed.position.normal_()
+        inner = lambda out: out[0, 0, 4:12, 4:12]  # noqa: E731  away from the borders
+        assert float(inner(plain(x, c)).std()) < 1e-5  # a constant input stays constant inside
+        assert float(inner(placed(x, c)).std()) > 1e-3
+
+
+def test_position_embedding_is_checked_and_is_unused_by_the_dit():
+    with pytest.raises(ValueError, match="position_embedding must be true or false"):
+        DiffusionConfig(image_size=8, channels=1, position_embedding="yes")
+    assert "position_embedding" in DiffusionConfig(image_size=8, channels=1, backbone="dit", patch_size=2).unused_fields()

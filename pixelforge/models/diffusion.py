@@ -50,6 +50,10 @@ class DiffusionConfig(TextFields, SketchFields):
         (colour, background) from the vector and leave the tokens unused.
     cross_attn_position: the UNet's cross-attention queries carry their place (a fixed 2D sine-cosine
         embedding), so a prompt can say where ("at the top left"); the DiT's tokens always carry theirs.
+    position_embedding: the UNet adds a learned per-pixel embedding (zero at the start) to its first
+        feature map, so that it knows where in the image each feature is. A convolutional network sees
+        every place alike (only the borders tell them apart), so a condition that arrives as a vector
+        (a label, the pooled prompt) can say "red" but hardly "at the top left". The DiT always has one.
     spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
         (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
     """
@@ -75,6 +79,7 @@ class DiffusionConfig(TextFields, SketchFields):
     hidden_size: int = 0
     text_vector: bool = True
     cross_attn_position: bool = True
+    position_embedding: bool = False
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -105,7 +110,7 @@ class DiffusionConfig(TextFields, SketchFields):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        for name in ("text_vector", "cross_attn_position"):
+        for name in ("text_vector", "cross_attn_position", "position_embedding"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
@@ -118,7 +123,7 @@ class DiffusionConfig(TextFields, SketchFields):
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
-            return (unused + ("channel_mult", "num_res_blocks", "attn_resolutions")
+            return (unused + ("channel_mult", "num_res_blocks", "attn_resolutions", "position_embedding")
                     + (("base_channels",) if self.hidden_size else ()) + (("cross_attn_position",) if self.text_dim else ()))
         return unused + ("patch_size", "depth", "num_heads", "hidden_size")
 
@@ -152,6 +157,7 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
         context_dim=4 * config.base_channels if config.text_dim else 0,
         cross_attn_position=config.cross_attn_position,
         spatial_channels=spatial_input_channels(config),
+        position_embedding=config.position_embedding,
     )
 
 

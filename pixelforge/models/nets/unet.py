@@ -88,6 +88,7 @@ class UNet(nn.Module):
     self-attention (attn_resolutions and the middle), whose queries carry their place when
     cross_attn_position is set; `vector` (B, 4 * base_channels), a pooled condition, is added to the
     noise-level embedding as the label embedding is.
+    position_embedding adds a learned per-pixel embedding to conv_in's output (DiffusionConfig says why).
     spatial_channels > 0 takes `spatial` (B, spatial_channels, H, W), channels concatenated to x (an edge
     map and its flag): as a separate zero-initialised convolution added to conv_in's output, which is the
     same as extra input channels of conv_in with zero weights, but leaves conv_in's weights, their names
@@ -108,6 +109,7 @@ class UNet(nn.Module):
         context_dim: int = 0,
         cross_attn_position: bool = True,
         spatial_channels: int = 0,
+        position_embedding: bool = False,
     ):
         super().__init__()
         emb_dim = base_channels * 4
@@ -158,6 +160,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         self.spatial_in = _zero_conv(spatial_channels, base_channels, 3) if spatial_channels > 0 else None  # built last
+        # (1, base_channels, S, S), added to conv_in's output; zero at the start (draws nothing, so every other
+        # initial weight is as without it)
+        self.position = nn.Parameter(torch.zeros(1, base_channels, image_size, image_size)) if position_embedding else None
 
     def forward(
         self,
@@ -184,6 +189,8 @@ class UNet(nn.Module):
         h = self.conv_in(x)  # (B, base_channels, H, W)
         if self.spatial_in is not None:
             h = h + self.spatial_in(_required_spatial(spatial, self.spatial_in.in_channels, x))
+        if self.position is not None:
+            h = h + self.position.to(h.dtype)
         skips = [h]
         for lvl in self.down:
             h = lvl(h, emb, ctx)
