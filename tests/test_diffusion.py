@@ -204,6 +204,12 @@ def test_a_position_embedding_starts_as_nothing_and_lets_a_global_condition_say_
         inner = lambda out: out[0, 0, 4:12, 4:12]  # noqa: E731  away from the borders
         assert float(inner(plain(x, c)).std()) < 1e-5  # a constant input stays constant inside
         assert float(inner(placed(x, c)).std()) > 1e-3
+        placed.position.zero_()
+        torch.nn.init.normal_(placed.vector_layout.weight)
+        left, right = torch.zeros(1, 32), torch.zeros(1, 32)  # two condition vectors (emb_dim 4 * 8)
+        left[0, 0], right[0, 1] = 1.0, 1.0
+        a, b = inner(placed(x, c, vector=left)), inner(placed(x, c, vector=right))
+        assert float(a.std()) > 1e-3 and float((a - b).abs().max()) > 1e-3  # the vector draws a layout
 
 
 def test_position_embedding_is_checked_and_is_unused_by_the_dit():

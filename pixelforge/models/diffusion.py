@@ -53,7 +53,8 @@ class DiffusionConfig(TextFields, SketchFields):
     position_embedding: the UNet adds a learned per-pixel embedding (zero at the start) to its first
         feature map, so that it knows where in the image each feature is. A convolutional network sees
         every place alike (only the borders tell them apart), so a condition that arrives as a vector
-        (a label, the pooled prompt) can say "red" but hardly "at the top left". The DiT always has one.
+        (a label, the pooled prompt) can say "red" but hardly "at the top left". With it, the condition
+        vector is also read out as a coarse 4x4 layout added to that map. The DiT always has one.
     spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
         (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
     """

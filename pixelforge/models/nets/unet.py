@@ -21,6 +21,9 @@ def _groups(ch: int) -> int:
     return 1
 
 
+_LAYOUT = 4  # side of the coarse layout a condition vector is read out as (position_embedding)
+
+
 class FourierEmbedding(nn.Module):
     """Sinusoidal embedding of the scalar noise condition c_noise (Vaswani et al. 2017 / EDM)."""
 
@@ -88,7 +91,9 @@ class UNet(nn.Module):
     self-attention (attn_resolutions and the middle), whose queries carry their place when
     cross_attn_position is set; `vector` (B, 4 * base_channels), a pooled condition, is added to the
     noise-level embedding as the label embedding is.
-    position_embedding adds a learned per-pixel embedding to conv_in's output (DiffusionConfig says why).
+    position_embedding adds a learned per-pixel embedding to conv_in's output (DiffusionConfig says why),
+    and, where a condition vector is given, that vector read out as a coarse 4x4 layout (a linear map,
+    zero at the start) and upsampled onto the same feature map.
     spatial_channels > 0 takes `spatial` (B, spatial_channels, H, W), channels concatenated to x (an edge
     map and its flag): as a separate zero-initialised convolution added to conv_in's output, which is the
     same as extra input channels of conv_in with zero weights, but leaves conv_in's weights, their names
@@ -163,6 +168,12 @@ class UNet(nn.Module):
         # (1, base_channels, S, S), added to conv_in's output; zero at the start (draws nothing, so every other
         # initial weight is as without it)
         self.position = nn.Parameter(torch.zeros(1, base_channels, image_size, image_size)) if position_embedding else None
+        # the condition vector read out as a coarse layout (base_channels, 4, 4), upsampled onto the same map:
+        # a linear path from "at the top left" in the vector to features at the top left (zero at the start)
+        self.vector_layout = nn.Linear(emb_dim, base_channels * _LAYOUT * _LAYOUT) if position_embedding else None
+        if self.vector_layout is not None:
+            nn.init.zeros_(self.vector_layout.weight)
+            nn.init.zeros_(self.vector_layout.bias)
 
     def forward(
         self,
@@ -191,6 +202,9 @@ class UNet(nn.Module):
             h = h + self.spatial_in(_required_spatial(spatial, self.spatial_in.in_channels, x))
         if self.position is not None:
             h = h + self.position.to(h.dtype)
+            if vector is not None:
+                layout = self.vector_layout(vector).view(x.shape[0], -1, _LAYOUT, _LAYOUT)  # (B, base_channels, 4, 4)
+                h = h + F.interpolate(layout.to(h.dtype), size=h.shape[-2:], mode="bilinear", align_corners=False)
         skips = [h]
         for lvl in self.down:
             h = lvl(h, emb, ctx)
