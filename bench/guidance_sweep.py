@@ -1,9 +1,9 @@
 """Control against diversity over classifier-free guidance scales, for a text-conditioned run on shapes.
 
 For each guidance scale: adherence per attribute on held-out prompts (combinations the bundled shapes
-set never draws, phrased as the captions and paraphrased; `pixelforge evaluate --adherence`), and at
-one fixed prompt the diversity of its samples (mean pairwise feature distance) and their recall
-against real shapes drawn with that prompt's attributes (Kynkäänniemi et al. 2019). Prints a markdown
+set never draws, phrased as the captions, paraphrased, and with other shape names; `pixelforge
+evaluate --adherence`), and at one fixed prompt the diversity of its samples (mean pairwise feature
+distance) and their recall against real shapes drawn with that prompt's attributes (Kynkäänniemi et al. 2019). Prints a markdown
 table with the command, the machine load and the timings, and saves a plot.
 
     .venv/bin/python bench/guidance_sweep.py                          # the bundled shapes-text model
@@ -123,14 +123,16 @@ def sweep(args) -> dict:
 
 def markdown(result: dict) -> str:
     """The sweep as a markdown table, with what produced it."""
-    head = ["guidance", *ATTRIBUTES, "all (caption)", "all (paraphrased)", "diversity", "recall", "seconds"]
+    head = ["guidance", "prompts", *ATTRIBUTES, "all", "diversity", "recall", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        caption, para = row["adherence"]["caption"], row["adherence"]["paraphrased"]
-        cells = [f"{row['guidance']:g}", *(f"{caption[a]:.0%}" if a in caption else "-" for a in ATTRIBUTES),
-                 f"{caption['all']:.0%}", f"{para['all']:.0%}", f"{row['diversity']:.3f}", f"{row['recall']:.2f}",
-                 f"{row['adherence_s'] + row['diversity_s']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        for i, (kind, shares) in enumerate(row["adherence"].items()):
+            first = i == 0  # the row's diversity, recall and time are per scale: written once
+            cells = [f"{row['guidance']:g}" if first else "", kind,
+                     *(f"{shares[a]:.0%}" if a in shares else "-" for a in (*ATTRIBUTES, "all")),
+                     f"{row['diversity']:.3f}" if first else "", f"{row['recall']:.2f}" if first else "",
+                     f"{row['adherence_s'] + row['diversity_s']:.0f}" if first else ""]
+            lines.append("| " + " | ".join(cells) + " |")
     s = result["settings"]
     return "\n".join([
         f"Guidance sweep of {result['model']} (checkpoint {result['checkpoint']}); "
@@ -138,8 +140,10 @@ def markdown(result: dict) -> str:
         "",
         *lines,
         "",
-        f"Attribute columns: share of {result['n']} samples obeying held-out caption-style prompts "
-        f"(shapes checker); \"all (paraphrased)\": the same combinations phrased otherwise. Diversity: mean pairwise "
+        f"Attribute columns: share of {result['n']} samples per prompt kind obeying held-out prompts (shapes checker): "
+        "caption: in the captions' wording; paraphrased: the same combinations in other sentence forms and words for "
+        "size, place and background; other nouns: circles, diamonds and crosses named \"disc\", \"rhombus\", "
+        "\"plus sign\", which no training wording uses. Diversity: mean pairwise "
         f"distance of {result['diversity_n']} samples of \"{result['prompt']}\" in {result['features']} (real shapes "
         f"of that prompt: {result['real_diversity']:.3f}); recall (k={result['k']}) against {result['real_n']} of them. "
         "Seconds: sampling and measuring one row.",
@@ -163,8 +167,9 @@ def plot(result: dict, path: Path) -> Path:
         values = [row["adherence"]["caption"].get(attribute, np.nan) for row in result["rows"]]
         ax_a.plot(scales, values, marker="o", lw=2.5 if attribute == "all" else 1,
                   label="all (caption)" if attribute == "all" else attribute)
-    ax_a.plot(scales, [row["adherence"]["paraphrased"]["all"] for row in result["rows"]], marker="s", ls="--",
-              color="black", label="all (paraphrased)")
+    for kind, style in (("paraphrased", "--"), ("other nouns", ":")):
+        ax_a.plot(scales, [row["adherence"][kind]["all"] for row in result["rows"] if kind in row["adherence"]],
+                  marker="s", ls=style, color="black", label=f"all ({kind})")
     ax_a.set(title="adherence (held-out prompts)", xlabel="guidance", ylabel="share obeyed", ylim=(0, 1.02))
     ax_a.legend(fontsize=7)
     ax_d.plot(scales, [row["diversity"] for row in result["rows"]], marker="o", label="samples")
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", nargs="?", default=DEFAULT_RUN, help="a text-conditioned run on shapes, or a bundled model")
     p.add_argument("--scales", type=_scales, default=[1.0, 1.5, 2.0, 3.0, 5.0], help="guidance scales, comma-separated")
-    p.add_argument("-n", "--n", type=int, default=200, help="held-out prompts per kind (caption, paraphrased) per scale")
+    p.add_argument("-n", "--n", type=int, default=200, help="held-out prompts per kind (caption, paraphrased, other nouns) per scale")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the fixed prompt of diversity and recall (all 5 attributes)")
     p.add_argument("--diversity-n", type=int, default=64, help="samples of the fixed prompt per scale")
     p.add_argument("--real-n", type=int, default=200, help="real shapes of the fixed prompt's attributes")

@@ -781,8 +781,8 @@ def _add_evaluate(sub):
     p.add_argument("--per-class", type=_int_range(1), default=200, help="with --cas: generated images per class")
     p.add_argument("--epochs", type=_int_range(1), default=8, help="with --cas: classifier training epochs")
     p.add_argument("--adherence", action="store_true", help="do samples obey their condition? A text run on shapes: "
-                   "the share of samples per attribute that obey held-out prompts (caption-style and paraphrased, "
-                   "read by the shapes checker); a label run on mnist or digits: the digit classifier's accuracy")
+                   "the share of samples per attribute that obey held-out prompts (caption-style, paraphrased, and with "
+                   "other shape names; read by the shapes checker); a label run on mnist or digits: the digit classifier's accuracy")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)

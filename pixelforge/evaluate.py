@@ -253,7 +253,11 @@ def classification_accuracy(
 ADHERENCE_SAMPLES = 200  # samples per prompt kind (shapes) or in all (digits) unless n is given
 SHAPES_CHECKER = ("pixelforge.metrics.adherence.read_shape: reads each image with the shapes set's own "
                   "drawing code (docs/text-and-adherence.md)")
-PROMPT_KINDS = {"caption": False, "paraphrased": True}  # kind -> held_out_prompts(paraphrased=...)
+# kind -> held_out_prompts' phrasing: the captions' own; other sentence forms and words for size, place and
+# background (the shape and colour named as the captions name them); and that with shape names no training
+# wording uses ("disc", "rhombus", "plus sign"), over the circles, diamonds and crosses only.
+PROMPT_KINDS = {"caption": {"paraphrased": False}, "paraphrased": {"paraphrased": True},
+                "other nouns": {"paraphrased": True, "nouns": True}}
 
 
 def evaluate_adherence(
@@ -289,9 +293,10 @@ def adherence_of(g, *, n: int = ADHERENCE_SAMPLES, seed: int = 0, batch_size: in
     """The share of a generator's samples that obey their condition.
 
     A text-conditioned run on the shapes set: n samples for each kind of held-out prompt (attribute
-    combinations the bundled set never draws), phrased as the captions are ("caption") and otherwise
-    ("paraphrased"); both kinds cover the same combinations with the same seeds (image i: seed + i),
-    so they differ in phrasing only. The shapes checker reports per attribute the share obeyed, and
+    combinations the bundled set never draws), phrased as the captions are ("caption"), otherwise
+    ("paraphrased"), and otherwise with shape names no training wording uses ("other nouns"; PROMPT_KINDS).
+    The first two cover the same combinations with the same seeds (image i: seed + i), so they differ
+    in phrasing only. The shapes checker reports per attribute the share obeyed, and
     "all". A label-conditioned run on a digit set (mnist, digits): n samples with labels balanced over
     the classes, and the share the evaluation's digit classifier gives their label, beside its
     accuracy on the run's real validation images. Anything else is a ValueError saying why.
@@ -329,8 +334,8 @@ def _shapes_adherence(g, *, n: int, seed: int, batch_size: int, progress: bool, 
         raise ValueError(f"{g.name} makes {data.channels}-channel {data.image_size}x{data.image_size} images: the shapes "
                          "checker reads colour images of at least 8x8 pixels")
     shares, examples = {}, {}
-    for kind, paraphrased in PROMPT_KINDS.items():
-        prompts = [p for p, _ in held_out_prompts(n, seed=seed, paraphrased=paraphrased)]
+    for kind, phrasing in PROMPT_KINDS.items():
+        prompts = [p for p, _ in held_out_prompts(n, seed=seed, **phrasing)]
         bar, cb = image_bar(n, f"sampling {g.name} ({kind} prompts)", enabled=progress)
         images, _ = g.generate_tensor(n, prompts=prompts, seed=seed, batch_size=batch_size, callback=cb, **options)
         cb(n, n)

@@ -117,6 +117,22 @@ def test_held_out_prompts_parse_back_to_their_combinations():
         assert prompt == caption_of(attributes)
 
 
+def test_paraphrases_name_the_shape_as_the_captions_do_and_other_nouns_otherwise():
+    from pixelforge.metrics.adherence import OTHER_NOUN_SHAPES, _SAY_SHAPE
+
+    assert set(OTHER_NOUN_SHAPES) == {"circle", "diamond", "cross"}
+    for prompt, attributes in held_out_prompts(200, seed=4):
+        assert f" {attributes['shape']} " in f" {prompt} ".replace(",", " "), prompt
+        assert not any(w in prompt for names in _SAY_SHAPE.values() for w in names[1:]), prompt
+    other = held_out_prompts(200, seed=4, nouns=True)
+    assert {a["shape"] for _, a in other} == set(OTHER_NOUN_SHAPES)
+    for prompt, attributes in other:
+        assert parse_prompt(prompt) == attributes, prompt
+        assert attributes["shape"] not in prompt and any(w in prompt for w in _SAY_SHAPE[attributes["shape"]][1:]), prompt
+    with pytest.raises(ValueError, match="needs paraphrased=True"):
+        held_out_prompts(5, paraphrased=False, nouns=True)
+
+
 def test_held_out_combinations_are_never_drawn_by_the_set():
     drawn = {tuple(shape_attributes(i, seed=0)[k] for k in ATTRIBUTES) for i in range(200)}
     held_out = held_out_combinations(n=200, seed=0)

@@ -12,7 +12,7 @@ import torch
 
 from pixelforge.cli import main
 from pixelforge.data.shapes import draw_shape, place_shape, random_jitter
-from pixelforge.evaluate import adherence_of
+from pixelforge.evaluate import PROMPT_KINDS, adherence_of
 from pixelforge.metrics.adherence import ATTRIBUTES, held_out_prompts
 
 TINY = ["--steps", "4", "--batch-size", "8", "--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1",
@@ -29,7 +29,7 @@ class DrawnShapes:
 
     def __init__(self, n: int, seed: int, shift: int = 0):
         self.shift = shift
-        self.combination = {p: a for kind in (False, True) for p, a in held_out_prompts(n, seed=seed, paraphrased=kind)}
+        self.combination = {p: a for phrasing in PROMPT_KINDS.values() for p, a in held_out_prompts(n, seed=seed, **phrasing)}
         self.calls: list[dict] = []
 
     def resolve_options(self, **options):
@@ -48,7 +48,7 @@ class DrawnShapes:
 
 def test_images_drawn_to_their_prompts_obey_them_all_and_shuffled_ones_mostly_do_not():
     right = adherence_of(DrawnShapes(60, seed=3), n=60, seed=3, progress=False, guidance=2.5)
-    assert set(right["adherence"]) == {"caption", "paraphrased"}
+    assert set(right["adherence"]) == {"caption", "paraphrased", "other nouns"}
     for shares in right["adherence"].values():
         assert shares == {a: 1.0 for a in (*ATTRIBUTES, "all")}
     assert right["n"] == 60 and right["settings"] == {"guidance": 2.5, "seed": 3}
@@ -57,10 +57,10 @@ def test_images_drawn_to_their_prompts_obey_them_all_and_shuffled_ones_mostly_do
         assert shares["all"] < 0.1 and max(shares[a] for a in ATTRIBUTES) < 0.6, shares
 
 
-def test_both_prompt_kinds_use_the_same_seeds_and_the_given_sampling_options():
+def test_every_prompt_kind_uses_the_same_seeds_and_the_given_sampling_options():
     g = DrawnShapes(8, seed=5)
     adherence_of(g, n=8, seed=5, progress=False, steps=7)
-    assert g.calls == [{"n": 8, "seed": 5, "guidance": 1.0, "steps": 7}] * 2
+    assert g.calls == [{"n": 8, "seed": 5, "guidance": 1.0, "steps": 7}] * len(PROMPT_KINDS)
 
 
 @pytest.mark.parametrize("inputs, source, message", [
@@ -115,6 +115,7 @@ def test_evaluate_adherence_prints_a_table_per_prompt_kind(runs, capsys):
     assert header.split() == ["prompts", *ATTRIBUTES, "all"]
     assert any(line.startswith("caption ") for line in out.splitlines())
     assert any(line.startswith("paraphrased ") for line in out.splitlines())
+    assert any(line.startswith("other nouns ") for line in out.splitlines())
 
 
 def test_evaluate_adherence_of_an_unconditional_run_is_a_clear_error(runs, capsys):

@@ -31,7 +31,7 @@ def test_quick_sweep_of_a_tiny_text_run_prints_every_scale_and_saves_the_plot(tm
     result = json.loads(r.stdout)
     assert [row["guidance"] for row in result["rows"]] == [1.0, 3.0]
     for row in result["rows"]:
-        assert set(row["adherence"]) == {"caption", "paraphrased"}
+        assert set(row["adherence"]) == {"caption", "paraphrased", "other nouns"}
         assert set(row["adherence"]["caption"]) == {*ATTRIBUTES, "all"}
         assert row["diversity"] > 0 and 0 <= row["recall"] <= 1
     assert result["real_diversity"] > 0  # the default prompt's real shapes differ (jitter), so recall means something
@@ -40,4 +40,5 @@ def test_quick_sweep_of_a_tiny_text_run_prints_every_scale_and_saves_the_plot(tm
 
     r = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| guidance | shape |" in r.stdout and "Command: `" in r.stdout and "load average" in r.stdout
+    assert "| guidance | prompts | shape |" in r.stdout and "| other nouns |" in r.stdout
+    assert "Command: `" in r.stdout and "load average" in r.stdout

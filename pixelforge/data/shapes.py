@@ -129,19 +129,19 @@ _VARY_BACKGROUND = {"white": ("white", "pure white", "blank white"), "black": ("
                     "gray": ("gray", "neutral gray", "ash-gray"), "beige": ("beige", "sandy beige", "light tan")}
 _VARY_PLACE = {
     "top left": ("at the top left", "towards the top left", "up in the left corner", "in the northwest corner",
-                 "in the upper-left quarter"),
+                 "in the upper-left quarter", "high on the left"),
     "top": ("at the top", "along the top edge", "high up in the centre", "at the top centre", "in the upper centre"),
     "top right": ("at the top right", "towards the top right", "up in the right corner", "in the northeast corner",
-                  "in the upper-right quarter"),
+                  "in the upper-right quarter", "high on the right"),
     "left": ("on the left", "at the left edge", "halfway down on the left", "left of centre"),
     "centre": ("in the centre", "centred", "at the centre of the picture", "in the central area"),
     "right": ("on the right", "at the right edge", "halfway down on the right", "right of centre"),
     "bottom left": ("at the bottom left", "towards the bottom left", "down in the left corner",
-                    "in the southwest corner", "in the lower-left quarter"),
+                    "in the southwest corner", "in the lower-left quarter", "low on the left"),
     "bottom": ("at the bottom", "along the bottom edge", "low down in the centre", "at the bottom centre",
                "in the lower centre"),
     "bottom right": ("at the bottom right", "towards the bottom right", "down in the right corner",
-                     "in the southeast corner", "in the lower-right quarter"),
+                     "in the southeast corner", "in the lower-right quarter", "low on the right"),
 }
 _VARY_TEMPLATES = (
     "a {size} {colour} {shape} {place} on a {background} background",
@@ -150,6 +150,14 @@ _VARY_TEMPLATES = (
     "picture of a {size} {colour} {shape} {place}, {background} backdrop",
     "on a {background} canvas: one {size} {colour} {shape} {place}",
     "a {size} {colour} {shape} {place} with {background} behind it",
+    "render one {colour} {shape} of {size} size {place}, {background} backdrop",
+    "{background} backdrop; {place} sits a {size} {colour} {shape}",
+    "an image showing a {size} {colour} {shape} {place} over {background}",
+    "{size} {colour} {shape}, {place}, {background} scene",
+    "show me a {colour} {shape} {place}. it is {size}. backdrop: {background}",
+    "there is a {size} {colour} {shape} {place}; everything else is {background}",
+    "{place} there is a {colour} {shape} ({size}) on plain {background}",
+    "illustration: {size} {colour} {shape} placed {place}, {background} surroundings",
 )
 CAPTION_VARIANTS = 4  # variants per image that caption_variants draws by default, besides the caption
 
