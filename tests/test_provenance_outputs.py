@@ -264,3 +264,12 @@ def test_without_the_extra_images_are_written_unsigned_with_one_warning(tmp_path
         api.save_images(images, tmp_path / "d", watermark=MarkSettings(manifest=False))
     assert not caplog.records
 
+
+
+def test_demo_signs_its_images_and_the_grid_it_writes_itself(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_RUNS", str(tmp_path / "runs"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--per-class", "1", "--steps", "1", "--device", "cpu", "-o", str(out)]) == 0
+    grid = verify(out / "grid.png")
+    assert grid.state == "Valid" and grid.model["weights_sha256"] == WEIGHTS_SHA256 and len(grid.settings["grid_of"]) == 10
+    assert verify(out / "seed000000-label0.png").state == "Valid"
