@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..files import atomic_target
 from ..images import png_bytes
-from .c2pa_manifest import ModelInfo, ProvenanceSigner, sha256_file, sign_image
+from .c2pa_manifest import ModelInfo, ProvenanceSigner, _c2pa, sha256_file, sign_image
 from .keys import MissingExtraError
 from .marks import MarkSettings, as_mark_settings
 
@@ -47,7 +47,7 @@ class OutputSigner:
         self.enabled = as_mark_settings(marks).manifest
         self._signer = signer
         self._lock = threading.Lock()
-        self._models: dict[tuple[Path, str], ModelInfo | None] = {}  # (run folder, checkpoint) -> its ModelInfo
+        self._models: dict[tuple[Path, str], str | None] = {}  # (run folder, checkpoint) -> its weights SHA-256
 
     def ready(self) -> bool:
         """Whether images will be signed: reads the key (making the default one on first use), so that a
@@ -56,8 +56,6 @@ class OutputSigner:
         with self._lock:
             if self.enabled and self._signer is None:
                 try:
-                    from .c2pa_manifest import _c2pa
-
                     _c2pa()
                     self._signer = ProvenanceSigner.default()
                 except MissingExtraError as e:
