@@ -25,6 +25,7 @@ from .runs.store import DEFAULT_MODEL, BUNDLED_MODELS_DIR, default_runs_dir, loa
 from .provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, resolve_policy
 from .provenance.moderation import ModerationRefused  # noqa: F401  (re-exported: what generate raises for a refused prompt)
 from .provenance.marks import MarkSettings, is_marked, mark_image
+from .provenance.outputs import OutputSigner
 from .post import PostSettings, apply_post, as_post_settings, check_record
 
 if TYPE_CHECKING:  # the loop is imported by train() alone, so loading a model stays free of it
@@ -622,9 +623,14 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
     An image drawn from a sketch gets the drawing beside it (its settings' "sketch", a lossless PNG named by
     its SHA-256, written once however many images share it), so `sample --from` finds it again.
     watermark: marks (provenance.marks.mark_image) for images that have not been through it yet (generate and
-    edit mark theirs) and for the grid; False writes them as they are."""
+    edit mark theirs) and for the grid; False writes them as they are. Each PNG, the grid too, is then signed with
+    a C2PA manifest stating the model, its weights hash and the image's settings (provenance/outputs.py), unless
+    watermark is False or MarkSettings(manifest=False); the grid's manifest states its tiles' settings and their
+    model (none when they come from several)."""
     out_dir = Path(out_dir)
     paths = []
+    signer = OutputSigner(watermark)
+    signer.ready()  # a broken configured key fails here, before any file is written
     images = [im if is_marked(im) else mark_image(im, marks=watermark) for im in images]
     for im in images:
         s = im.info.get("pixelforge", {})
@@ -633,14 +639,17 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
             save_png(drawing, out_dir / s["sketch"])
         label = s.get("label")
         stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
-        paths.append(save_png(im, out_dir / f"{stem}.png", s or None))
+        paths.append(signer.save(im, out_dir / f"{stem}.png", s or None))
     grid_path = None
     if grid and images:
         scale = max(1, 64 // images[0].size[0])
         sheet = make_grid(images, scale=scale)
+        tiles = [im.info.get("pixelforge", {}) for im in images]
         if watermark is not False:  # the grid gets a mark of its own (the tiles keep theirs)
-            sheet = mark_image(sheet, settings={"grid_of": [im.info.get("pixelforge", {}) for im in images]}, marks=watermark)
-        grid_path = save_png(sheet, out_dir / "grid.png")
+            sheet = mark_image(sheet, settings={"grid_of": tiles}, marks=watermark)
+        # its own manifest (no ingredients: each tile's PNG carries its own), the PNG as before without settings
+        grid_path = signer.save(sheet, out_dir / "grid.png", manifest_settings=sheet.info.get("pixelforge") or {"grid_of": tiles},
+                                model=signer.grid_model(tiles))
     return {"images": paths, "grid": grid_path}
 
 
@@ -727,7 +736,9 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
     carries the input's pixelforge settings, if any, with the post-processing recorded under "post"; an image
     pixelforge made (its settings name a model) is marked again on its new pixels (provenance.marks.mark_image;
     watermark as generate()) and the sketch it was drawn from is copied beside it, so `sample --from` finds
-    both. A file post-processed already is refused (its record would no longer say how it was made).
+    both. A file post-processed already is refused (its record would no longer say how it was made). Such an
+    image's PNG is then signed with a C2PA manifest (as save_images; its model's weights hash where the model is
+    found, as `sample --from` finds it); any other image is not claimed as generated: it is written unsigned.
     callback(done, total) reports each file done."""
     import shutil
 
@@ -747,6 +758,8 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
     out_dir = Path(out_dir)
     record = post.to_record()
     written = []
+    signer = OutputSigner(watermark)
+    signer.ready()  # a broken configured key fails here, before any file is written
     for i, path in enumerate(paths):
         image, reason = check_file(path)
         if image is None:
@@ -769,7 +782,17 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
             if isinstance(sketch, str) and Path(sketch).name == sketch and (path.parent / sketch).is_file() \
                     and not (out_dir / sketch).exists():
                 shutil.copyfile(path.parent / sketch, out_dir / sketch)
-        written.append(save_png(done, out_dir / f"{path.stem}.png", s))
+            written.append(signer.save(done, out_dir / f"{path.stem}.png", s, run_dir=_model_dir(s, path) if signer.enabled else None))
+        else:
+            written.append(save_png(done, out_dir / f"{path.stem}.png", s))
         if callback is not None:
             callback(i + 1, len(paths))
     return written
+
+
+def _model_dir(s: dict, png_path) -> Path | None:
+    """The run folder holding the weights an image's settings record (as regenerate finds it), or None."""
+    try:
+        return _find_model(s, png_path, None)
+    except (FileNotFoundError, ValueError):
+        return None

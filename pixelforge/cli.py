@@ -307,17 +307,19 @@ def _post(a):
 
 
 def _add_watermark_options(p) -> None:
-    g = p.add_argument_group("invisible watermark (docs/watermark.md)")
+    g = p.add_argument_group("provenance marks (docs/watermark.md, docs/provenance.md)")
     g.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark (on by default)")
     g.add_argument("--watermark-key", default=None, metavar="KEY", help="a user key combined with the project's: only "
                    "holders of it can detect the mark (default: $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
+    g.add_argument("--no-manifest", action="store_true", help="do not sign a C2PA manifest into each PNG (on by default: "
+                   "signed with $PIXELFORGE_SIGNING_CERT/KEY, else the local key made on first use)")
 
 
 def _marks(a):
-    """The MarkSettings --no-watermark and --watermark-key choose."""
+    """The MarkSettings --no-watermark, --watermark-key and --no-manifest choose."""
     from .provenance.marks import MarkSettings
 
-    return MarkSettings(watermark=not a.no_watermark, key=a.watermark_key)
+    return MarkSettings(watermark=not a.no_watermark, key=a.watermark_key, manifest=not a.no_manifest)
 
 
 def _add_moderation_options(p) -> None:
@@ -559,10 +561,13 @@ def cmd_demo(a) -> int:
     bar.close()
     out = Path(a.out)
     paths = api.save_images(images, out)
-    from .images import make_grid, save_png
+    from .images import make_grid
+    from .provenance.outputs import OutputSigner
 
     rows = labels or prompts
-    grid = save_png(make_grid(images, cols=per if rows else None, scale=max(1, 64 // images[0].size[0])), out / "grid.png")
+    signer, tiles = OutputSigner(), [im.info["pixelforge"] for im in images]  # signed as save_images signs its grid
+    grid = signer.save(make_grid(images, cols=per if rows else None, scale=max(1, 64 // images[0].size[0])), out / "grid.png",
+                       manifest_settings={"grid_of": tiles}, model=signer.grid_model(tiles))
     page = gallery_page(f"pixelforge demo: {g.name}", grid, paths["images"], [im.info["pixelforge"] for im in images], out / "index.html")
     print(f"grid: {grid.resolve()}")
     print(f"page: {page.resolve()}")

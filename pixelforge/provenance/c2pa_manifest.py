@@ -53,24 +53,26 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """The model a manifest names: its name, family and the SHA-256 of the weights that drew the image."""
+    """The model a manifest names: its name, family and the SHA-256 of the weights that drew the image (None
+    where those weights are not at hand: a pixelforge image post-processed on a machine without its model)."""
 
     name: str
     family: str
-    weights_sha256: str
+    weights_sha256: str | None
 
     def __post_init__(self) -> None:
-        if len(self.weights_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.weights_sha256):
+        if self.weights_sha256 is not None and (len(self.weights_sha256) != 64
+                                                or any(c not in "0123456789abcdef" for c in self.weights_sha256)):
             raise ValueError(f"weights_sha256 {self.weights_sha256!r}: expected 64 lower-case hex digits")
 
     @classmethod
     def of(cls, generator) -> "ModelInfo":
-        """From a loaded pixelforge.api.Generator (its name, family and run folder's sampling weights); hash
-        once per generator, not per image."""
-        from ..runs.store import weights_file
+        """From a loaded pixelforge.api.Generator (its name, family and run folder's network file, whose first
+        12 hex digits are the `checkpoint` its images record); hash once per generator, not per image."""
+        from ..runs.store import network_file
 
         return cls(name=generator.name, family=generator.config.family,
-                   weights_sha256=sha256_file(weights_file(generator.run_dir)))
+                   weights_sha256=sha256_file(network_file(generator.run_dir)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +101,19 @@ class ProvenanceSigner:
             settings.close()
 
 
-def manifest_definition(model: ModelInfo, settings: dict, *, title: str | None = None) -> dict:
-    """The manifest a generated image carries: pixelforge as claim generator, a c2pa.created action with
-    digitalSourceType trainedAlgorithmicMedia, and the model and its generation settings."""
+def _public(settings: dict) -> dict:
+    """The settings without PRIVATE_SETTINGS, also in each tile's settings of a grid ("grid_of")."""
     kept = {k: v for k, v in settings.items() if k not in PRIVATE_SETTINGS}
+    if isinstance(kept.get("grid_of"), list):
+        kept["grid_of"] = [_public(s) if isinstance(s, dict) else s for s in kept["grid_of"]]
+    return kept
+
+
+def manifest_definition(model: ModelInfo | None, settings: dict, *, title: str | None = None) -> dict:
+    """The manifest a generated image carries: pixelforge as claim generator, a c2pa.created action with
+    digitalSourceType trainedAlgorithmicMedia, and the model (None: not known, e.g. a grid of several models'
+    images) and its generation settings."""
+    kept = _public(settings)
     agent = {"name": "pixelforge", "version": __version__}
     definition: dict[str, Any] = {
         "claim_generator_info": [agent],
@@ -110,7 +121,7 @@ def manifest_definition(model: ModelInfo, settings: dict, *, title: str | None =
             {"label": "c2pa.actions",
              "data": {"actions": [{"action": CREATED, "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
                                    "softwareAgent": agent}]}},
-            {"label": ASSERTION, "data": {"model": dataclasses.asdict(model), "settings": kept}},
+            {"label": ASSERTION, "data": {"model": dataclasses.asdict(model) if model else None, "settings": kept}},
         ],
     }
     if title:
@@ -131,7 +142,7 @@ def _image_format(data: bytes, where: str) -> str:
     raise ValueError(f"{where}: not a PNG, JPEG or WebP file; only those carry a manifest here")
 
 
-def sign_image(image: bytes | str | os.PathLike, *, model: ModelInfo, settings: dict,
+def sign_image(image: bytes | str | os.PathLike, *, model: ModelInfo | None, settings: dict,
                signer: ProvenanceSigner | None = None, title: str | None = None) -> bytes:
     """The image (PNG, JPEG or WebP bytes, or a file's path) with a signed C2PA manifest embedded:
     manifest_definition(model, settings). `signer` None takes ProvenanceSigner.default(), which reads the
@@ -159,7 +170,7 @@ def sign_image(image: bytes | str | os.PathLike, *, model: ModelInfo, settings: 
     return out.getvalue()
 
 
-def sign_file(path: str | os.PathLike, *, model: ModelInfo, settings: dict,
+def sign_file(path: str | os.PathLike, *, model: ModelInfo | None, settings: dict,
               signer: ProvenanceSigner | None = None) -> Path:
     """Sign an image file in place (written atomically: a reader never sees half a file)."""
     path = Path(path)

@@ -31,17 +31,20 @@ ID_BITS = PAYLOAD_BITS // 2
 
 @dataclass(frozen=True)
 class MarkSettings:
-    """Which marks mark_image applies. watermark: embed the invisible watermark (on by default); key: the user
+    """Which marks an output gets. watermark: embed the invisible watermark (on by default); key: the user
     key (None: $PIXELFORGE_WATERMARK_KEY where set, else none: the project key alone); psnr: the watermark's
-    strength as the marked image's PSNR in dB (30..60)."""
+    strength as the marked image's PSNR in dB (30..60); manifest: sign a C2PA manifest into the PNG when it is
+    written or served (on by default; provenance/outputs.py, after mark_image and any post-processing)."""
 
     watermark: bool = True
     key: str | None = None
     psnr: float = DEFAULT_PSNR
+    manifest: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.watermark, bool):
-            raise ValueError(f"watermark must be true or false, got {self.watermark!r}")
+        for name in ("watermark", "manifest"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.config()  # checks key and psnr
 
     def resolved_key(self) -> str:
@@ -51,11 +54,11 @@ class MarkSettings:
         return WatermarkConfig(key=self.resolved_key(), psnr=self.psnr)
 
 
-OFF = MarkSettings(watermark=False)
+OFF = MarkSettings(watermark=False, manifest=False)
 
 
 def as_mark_settings(marks: bool | MarkSettings | None) -> MarkSettings:
-    """True / None: the defaults (marks on); False: off; a MarkSettings as given."""
+    """True / None: the defaults (marks on: watermark and manifest); False: off; a MarkSettings as given."""
     if isinstance(marks, MarkSettings):
         return marks
     if marks is None or marks is True:

@@ -85,10 +85,15 @@ def weights_shapes(run_dir: Path) -> dict[str, tuple[int, ...]]:
     return {k.partition("/")[2]: v for k, v in shapes.items() if k.startswith("ema/")}
 
 
-def weights_hash(run_dir: Path) -> str:
-    """The hash of the file that holds a run's network: a compressed run's ONNX graph where it has one."""
+def network_file(run_dir: Path) -> Path:
+    """The file that holds a run's network: a compressed run's ONNX graph where it has one, else weights_file."""
     graph = run_dir / "model.onnx"
-    return file_hash(graph if graph.is_file() else weights_file(run_dir))
+    return graph if graph.is_file() else weights_file(run_dir)
+
+
+def weights_hash(run_dir: Path) -> str:
+    """The hash of the file that holds a run's network (network_file)."""
+    return file_hash(network_file(run_dir))
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:

@@ -30,10 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..api import Generator, load
-from ..images import png_bytes
 from ..post import PostError, PostSettings, as_post_settings
 from ..provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, ModerationRefused, resolve_policy
 from ..provenance.marks import MarkSettings, as_mark_settings, mark_image
+from ..provenance.outputs import OutputSigner
 from ..runs.store import BUNDLED_MODELS_DIR, DEFAULT_MODEL, default_runs_dir
 from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
@@ -293,9 +293,13 @@ def create_app(
     422 naming the field; the refusal is logged, without the prompt unless the policy's log_prompts):
     "default" ($PIXELFORGE_MODERATION_POLICY, else the shipped file), a policy file, or None / "none".
     watermark: the invisible watermark on every generated image (on by default; False: off; a MarkSettings for
-    a user key); each image's settings record whether and what was embedded.
+    a user key; MarkSettings(manifest=False): no C2PA manifest); each image's settings record whether and what was
+    embedded. Every PNG the server returns is signed with a C2PA manifest (provenance/outputs.py) unless the
+    marks turn it off; the key is read (or the default one made) here, at start-up.
     """
     marks = as_mark_settings(watermark)
+    signer = OutputSigner(marks)
+    signer.ready()  # a broken configured key stops the server from starting, not its first job
     limits = limits or ServerLimits()
     policy = resolve_policy(moderation)
     generators, aliases = _generators(models or [DEFAULT_MODEL], device=device, runs_dir=runs_dir, moderation=policy)
@@ -431,7 +435,8 @@ def create_app(
             images = [mark_image(im, marks=marks) for im in images]  # marked here, with the server's settings
             # model_path is where the model lies on this machine: of no use to a client, and not its business
             settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]
-            return {"png": [png_bytes(im, s) for im, s in zip(images, settings)], "settings": settings}
+            # signed last, over the bytes the client gets (the settings' model_path is gone: the run is g's)
+            return {"png": [signer.png(im, s, run_dir=g.run_dir) for im, s in zip(images, settings)], "settings": settings}
 
         try:
             job = queue.submit(model_name(req.model), n, work)
