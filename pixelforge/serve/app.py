@@ -226,6 +226,9 @@ def _job_post(post: dict | None, reference: Upload | None = None) -> PostSetting
         raise _invalid(["body", "post", "color"], "color match:REF reads a reference file on the server, which a job "
                        "cannot name: send the picture as color_reference with color match, use color auto, or match "
                        "colours locally with `pixelforge post --color match:REF`")
+    if "color_reference" in (post or {}):
+        raise _invalid(["body", "post", "color_reference"], "color_reference is a field of the job beside post, not "
+                       'an option inside it: {"post": {"color": "match"}, "color_reference": "<base64>"}')
     data = None if reference is None else reference.data
     try:
         return as_post_settings(PostSettings.from_dict(post or {}, color_reference=data))
