@@ -405,7 +405,8 @@ function buildFinishing(post) {
     select.replaceChildren(option("", "off"), ...items);
     if ([...select.options].some((o) => o.value === value)) select.value = value;
   };
-  keep($("post-denoise"), spec.denoise.choices.map((c) => option(c, c === "nlm" ? "non-local means (nlm)" : c)));
+  keep($("post-denoise"), spec.denoise.choices.map((c) => option(c, c)));
+  $("post-denoise").title = spec.denoise.help;
   const up = spec.upscale, factors = [];
   for (let f = up.min; f <= up.max; f += 1) factors.push(option(String(f), `×${f}`));
   keep($("post-upscale"), factors);
@@ -573,6 +574,7 @@ async function showGallery(job) {
     if (s.prompt) img.alt += `, prompt: ${s.prompt}`;
     if (s.sketch_sha256) img.alt += ", from a sketch";
     if (s.image_sha256) img.alt += `, an edit at strength ${s.strength}${s.mask_sha256 ? " with a mask" : ""}`;
+    img.classList.toggle("smooth", Boolean(s.post && s.post.upscale));  // resampled already: no pixel blocks
     if (s.post) img.alt += `, finished: ${s.post.order.map((step) => (step === "upscale" ? `upscale ×${s.post.upscale}` : step)).join(", ")}`;
     const meta = document.createElement("div");
     meta.className = "meta";
