@@ -4,8 +4,9 @@ The steps always run in that order, each only where asked: denoise first (so sha
 noise), then colour (white balance or histogram matching on the denoised pixels), then sharpen, then upscale
 (last, so every other step works on the model's own pixels). Every entry point (the `post` command, the
 `--denoise/--sharpen/--color/--upscale` options of `sample` and `edit`, `Generator.generate(post=...)` and
-`edit(...)`, the server's job field "post" with its color_reference upload) goes through `PostSettings` and `apply_post`. Generation applies it
-before the invisible watermark is embedded, so the mark is made on the final pixels (api._with_settings).
+`edit(...)`, the server's job field "post" with its color_reference upload) goes through `PostSettings` and
+`apply_post`. Generation applies it before the invisible watermark is embedded, so the mark is made on the final
+pixels (api._with_settings).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Images sent with a job (a sketch, an image to edit, a mask, a colour reference): base64 text in the JSON body, checked and
-decoded here with the server's limits before any job is queued.
+"""Images sent with a job (a sketch, an image to edit, a mask, a colour reference): base64 text in the JSON
+body, checked and decoded here with the server's limits before any job is queued.
 
 A field holds a PNG or JPEG file as base64, or as a data: URL (`data:image/png;base64,...`, what a page's
 canvas gives). The text is bounded before it is decoded, the bytes after, and the picture's width x height
