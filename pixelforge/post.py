@@ -4,17 +4,18 @@ The steps always run in that order, each only where asked: denoise first (so sha
 noise), then colour (white balance or histogram matching on the denoised pixels), then sharpen, then upscale
 (last, so every other step works on the model's own pixels). Every entry point (the `post` command, the
 `--denoise/--sharpen/--color/--upscale` options of `sample` and `edit`, `Generator.generate(post=...)` and
-`edit(...)`, the server's job field "post") goes through `PostSettings` and `apply_post`. Generation applies it
-before the invisible watermark is embedded, so the mark is made on the final pixels (api._with_settings).
+`edit(...)`, the server's job field "post" with its color_reference upload) goes through `PostSettings` and
+`apply_post`. Generation applies it before the invisible watermark is embedded, so the mark is made on the final
+pixels (api._with_settings).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -34,6 +35,7 @@ SHARPEN_RANGE = (0.1, 5.0)
 SHARPEN_RADIUS = 1.0  # pixels: the Gaussian blur the unsharp mask subtracts; a small image's edges are 1-2 px wide
 UPSCALE_RANGE = (2, 8)
 COLOR_AUTO, COLOR_MATCH = "auto", "match:"
+COLOR_MATCH_GIVEN = "match"  # color match to a picture given as its file's bytes (color_reference), not a path
 ORDER = ("denoise", "color", "sharpen", "upscale")
 
 
@@ -72,9 +74,12 @@ class PostSettings:
     denoise: "nlm" (OpenCV non-local means) or "bilateral" (OpenCV bilateral filter).
     denoise_strength: NLM's h or the bilateral filter's sigmaColor, in grey levels, 1..100 (None: the default of
       the method for the image's mode, DENOISE_DEFAULT_STRENGTH). Only with denoise.
-    color: "auto" (grey-world white balance) or "match:REF" (histogram matching to the image file REF).
+    color: "auto" (grey-world white balance), "match:REF" (histogram matching to the image file REF) or "match"
+      (histogram matching to the picture in color_reference).
     sharpen: the unsharp mask's amount, 0.1..5 (1.0: Pillow's 100 %), radius SHARPEN_RADIUS px.
     upscale: an integer factor 2..8 (Lanczos).
+    color_reference: the bytes of an image file (PNG, JPEG, ...), the reference of color "match": a picture held
+      in memory (the server's upload) rather than a file named by a path. Only with color "match", which needs it.
     """
 
     denoise: str | None = None
@@ -82,6 +87,7 @@ class PostSettings:
     color: str | None = None
     sharpen: float | None = None
     upscale: int | None = None
+    color_reference: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.denoise is not None and self.denoise not in DENOISE_METHODS:
@@ -92,28 +98,43 @@ class PostSettings:
             object.__setattr__(self, "denoise_strength", _number("denoise_strength", self.denoise_strength,
                                                                  *DENOISE_STRENGTH_RANGE))
         if self.color is not None:
-            ok = isinstance(self.color, str) and (self.color == COLOR_AUTO or
+            ok = isinstance(self.color, str) and (self.color in (COLOR_AUTO, COLOR_MATCH_GIVEN) or
                                                   (self.color.startswith(COLOR_MATCH) and len(self.color) > len(COLOR_MATCH)))
             if not ok:
                 raise PostError("color", f"color must be {COLOR_AUTO} or {COLOR_MATCH}REF.png (a reference image file), "
+                                         f"or {COLOR_MATCH_GIVEN} with the reference picture in color_reference, "
                                          f"got {self.color!r}")
+        if self.color_reference is not None:
+            if not isinstance(self.color_reference, (bytes, bytearray)):
+                raise PostError("color_reference", "color_reference must be the bytes of an image file, got "
+                                                   f"{type(self.color_reference).__name__}")
+            if self.color != COLOR_MATCH_GIVEN:
+                raise PostError("color_reference", f"color_reference is the reference picture of color "
+                                                   f"{COLOR_MATCH_GIVEN!r}, but color is {self.color!r}: ask for color "
+                                                   f"{COLOR_MATCH_GIVEN!r} or leave color_reference out")
+            object.__setattr__(self, "color_reference", bytes(self.color_reference))  # a bytearray is not hashable
+        elif self.color == COLOR_MATCH_GIVEN:
+            raise PostError("color_reference", f"color {COLOR_MATCH_GIVEN!r} needs its reference picture in "
+                                               f"color_reference (or name a file: {COLOR_MATCH}REF.png)")
         if self.sharpen is not None:
             object.__setattr__(self, "sharpen", _number("sharpen", self.sharpen, *SHARPEN_RANGE))
         if self.upscale is not None:
             object.__setattr__(self, "upscale", _number("upscale", self.upscale, *UPSCALE_RANGE, integer=True))
 
     @classmethod
-    def from_dict(cls, d: dict, *, recorded: bool = False) -> PostSettings:
+    def from_dict(cls, d: dict, *, recorded: bool = False, color_reference: bytes | None = None) -> PostSettings:
         """From a JSON object (the API's dict, a job's "post"; recorded: a PNG's recorded "post", whose own
-        entries order and color_reference_sha256 are then accepted): unknown keys are a PostError naming them."""
+        entries order and color_reference_sha256 are then accepted): unknown keys are a PostError naming them.
+        color_reference: the reference picture's file bytes for color "match" (JSON carries no bytes: the server
+        decodes its upload and passes them here)."""
         if not isinstance(d, dict):
             raise PostError("post", f"post must be an object of post-processing options, got {type(d).__name__}")
-        fields = ("denoise", "denoise_strength", "color", "sharpen", "upscale")
-        unknown = sorted(set(map(str, d)) - set(fields) - ({"order", "color_reference_sha256"} if recorded else set()))
+        names = ("denoise", "denoise_strength", "color", "sharpen", "upscale")
+        unknown = sorted(set(map(str, d)) - set(names) - ({"order", "color_reference_sha256"} if recorded else set()))
         if unknown:
             raise PostError(unknown[0], f"unknown post-processing option(s) {', '.join(unknown)}; "
-                                        f"valid: {', '.join(fields)}")
-        return cls(**{k: d[k] for k in fields if d.get(k) is not None})
+                                        f"valid: {', '.join(names)}")
+        return cls(**{k: d[k] for k in names if d.get(k) is not None}, color_reference=color_reference)
 
     @property
     def empty(self) -> bool:
@@ -139,29 +160,41 @@ class PostSettings:
     def to_record(self) -> dict:
         """The settings as an image records them (.info["pixelforge"]["post"]): the options given (a denoising
         strength left out took the default for the image's mode), the order the steps ran in and, for color
-        match, the reference file's SHA-256."""
-        record = {k: v for k, v in asdict(self).items() if v is not None}
+        match, the reference file's SHA-256 (of color_reference's bytes for "match": the picture itself is
+        never recorded)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name != "color_reference" and getattr(self, f.name) is not None}
         if self.reference is not None:
             record["color_reference_sha256"] = hashlib.sha256(_reference_bytes(self.reference)).hexdigest()
+        elif self.color_reference is not None:
+            record["color_reference_sha256"] = hashlib.sha256(self.color_reference).hexdigest()
         record["order"] = [step for step in ORDER if record.get(step) is not None]
         return record
 
 
 def as_post_settings(post: PostSettings | dict | None) -> PostSettings | None:
     """A PostSettings, a dict of its fields (PostSettings.from_dict) or None -> PostSettings, or None where no
-    step is asked for; color match's reference file is read once here, so a bad one is an error up front."""
+    step is asked for; color match's reference (file or color_reference) is decoded once here, so a bad one is
+    an error up front."""
     if post is None:
         return None
     if not isinstance(post, PostSettings):
         post = PostSettings.from_dict(post)
-    if post.reference is not None:
-        _reference_image(post.reference)  # a missing or unreadable reference fails here, before any work
+    _match_reference(post)  # a missing or unreadable reference fails here, before any work
     return None if post.empty else post
 
 
 def check_record(record: dict, where: str) -> PostSettings:
     """A recorded "post" (a PNG's settings) -> PostSettings, checking that color match's reference file is the
     one recorded; a ValueError naming `where` (the PNG) otherwise."""
+    if isinstance(record, dict) and record.get("color") == COLOR_MATCH_GIVEN:
+        # The reference came as a picture (the server's color_reference upload), which neither the image nor the
+        # server keeps: without it the image cannot be made again, and one made without the match would not be it.
+        digest = record.get("color_reference_sha256")
+        raise ValueError(f"{where} was colour-matched to a reference picture sent with its job (color_reference, "
+                         f"SHA-256 {digest}), which is kept neither in the image nor on the server, so its "
+                         "post-processing cannot be applied again: sample its recorded seed and options with "
+                         "--color match:FILE, FILE being that picture, to make it again")
     try:
         post = PostSettings.from_dict(record, recorded=True)
     except PostError as e:
@@ -194,6 +227,21 @@ def _reference_image(path: Path) -> Image.Image:
     image, reason = check_file(path)
     if image is None:
         raise PostError("color", f"color match reference {path}: {reason}")
+    return image
+
+
+def _match_reference(post: PostSettings) -> Image.Image | None:
+    """The picture color match compares with, in mode L or RGB: the file of match:REF or the color_reference
+    bytes, each decoded with the checks data files pass (data.folder); None without color match."""
+    from .data.folder import check_bytes
+
+    if post.reference is not None:
+        return _reference_image(post.reference)
+    if post.color_reference is None:
+        return None
+    image, reason = check_bytes(post.color_reference)
+    if image is None:
+        raise PostError("color_reference", f"color_reference: {reason}")
     return image
 
 
@@ -282,10 +330,11 @@ def apply_post(images: list[Image.Image], settings: PostSettings | dict | None) 
     out = list(images)
     if post.denoise is not None:
         out = [denoise([im], post.denoise, post.strength(im.mode))[0] for im in out]
+    reference = _match_reference(post)
     if post.color == COLOR_AUTO:
         out = grey_world(out)
-    elif post.reference is not None:
-        out = match_colors(out, _reference_image(post.reference))
+    elif reference is not None:
+        out = match_colors(out, reference)
     if post.sharpen is not None:
         out = sharpen(out, post.sharpen)
     if post.upscale is not None:
@@ -301,10 +350,38 @@ def options_help() -> dict[str, str]:
         "denoise": f"one of {', '.join(DENOISE_METHODS)}",
         "denoise_strength": f"{DENOISE_STRENGTH_RANGE[0]:g}..{DENOISE_STRENGTH_RANGE[1]:g} grey levels (default: "
                             + default_strengths() + ")",
-        "color": COLOR_AUTO,
+        "color": f"{COLOR_AUTO}, or {COLOR_MATCH_GIVEN} with the reference picture as the job's color_reference",
         "sharpen": f"{SHARPEN_RANGE[0]:g}..{SHARPEN_RANGE[1]:g}",
         "upscale": f"an integer {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]}",
     }
+
+
+@dataclass(frozen=True)
+class PostOption:
+    """One post-processing option as an entry point offers it (the server lists them for the web page's
+    controls): its kind, inclusive range or choices, and the value it takes when asked for without one (the
+    CLI's bare --denoise and --sharpen; None: it has no such value, as denoise_strength, whose default depends
+    on the method and the image's mode)."""
+
+    name: str
+    kind: Literal["int", "float", "choice"]
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    default: float | str | None = None
+    help: str = ""
+
+
+def option_specs() -> tuple[PostOption, ...]:
+    """Every option of PostSettings but color_reference (a picture, not a value), with the ranges declared above."""
+    said = options_help()
+    return (
+        PostOption("denoise", "choice", choices=DENOISE_METHODS, default="nlm", help=said["denoise"]),
+        PostOption("denoise_strength", "float", *DENOISE_STRENGTH_RANGE, help=said["denoise_strength"]),
+        PostOption("color", "choice", choices=(COLOR_AUTO, COLOR_MATCH_GIVEN), help=said["color"]),
+        PostOption("sharpen", "float", *SHARPEN_RANGE, default=SHARPEN_DEFAULT, help=said["sharpen"]),
+        PostOption("upscale", "int", *UPSCALE_RANGE, help=said["upscale"]),
+    )
 
 
 

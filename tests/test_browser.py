@@ -298,3 +298,96 @@ def test_an_uploaded_image_is_edited_at_the_slider_strength_within_the_mask_pain
     assert np.array_equal(sent_image, np.asarray(photo))  # sent losslessly, at its own size
     (s,) = _gallery_settings(page)
     assert s["strength"] == 0.8 and s["image_sha256"] and s["mask_sha256"]
+
+
+def _shown_widths(page) -> list[list[float]]:
+    """[natural width, width on the page] of each image of the gallery."""
+    return page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => [i.naturalWidth, "
+                         "i.getBoundingClientRect().width])")
+
+
+def test_finishing_upscales_and_sharpens_the_images_which_show_at_their_new_size_and_record_it(server, page):
+    url, app = server
+    sent = _sent_jobs(page)
+    page.goto(url + "/")
+    page.wait_for_selector("#post-upscale option[value='8']", state="attached")  # the factors the server declares
+    assert page.is_visible("#finishing") and page.is_disabled("#post-sharpen") and page.is_hidden("#post-color-file")
+    page.fill("#n", "2")
+    page.fill("#steps", "2")
+    page.select_option("#post-upscale", "2")
+    page.focus("#post-sharpen-on")
+    page.keyboard.press("Space")  # the controls work from the keyboard
+    assert page.is_checked("#post-sharpen-on") and page.is_enabled("#post-sharpen")
+    assert page.input_value("#post-sharpen") == "1"  # the declared default amount
+    page.click("#generate")
+    wait_until(page, "document.querySelectorAll('#gallery img').length === 2", timeout=30)
+    wait_until(page, "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 56)")
+    assert sent[-1]["post"] == {"sharpen": 1, "upscale": 2} and "color_reference" not in sent[-1]
+    post = {"sharpen": 1.0, "upscale": 2, "order": ["sharpen", "upscale"]}
+    assert [s["post"] for s in _gallery_settings(page)] == [post, post]
+    assert all(shown >= natural == 56 for natural, shown in _shown_widths(page))
+    assert "finished: sharpen, upscale ×2" in page.get_attribute("#gallery img", "alt")
+
+    # an image upscaled past the gallery's smallest tile is not shrunk back into one: it shows at its own size
+    page.select_option("#post-upscale", "8")
+    page.click("#generate")
+    wait_until(page, "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 224)")
+    assert all(shown >= natural == 224 for natural, shown in _shown_widths(page)), _shown_widths(page)
+
+    # nothing chosen: the job carries no post
+    page.select_option("#post-upscale", "")
+    page.uncheck("#post-sharpen-on")
+    page.click("#generate")
+    wait_until(page, "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth === 28)")
+    assert "post" not in sent[-1] and all("post" not in s for s in _gallery_settings(page))
+
+
+def test_colour_match_sends_the_chosen_reference_and_a_bad_value_shows_the_servers_message_beside_its_control(
+        server, page, tmp_path):
+    import base64
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    url, app = server
+    sent = _sent_jobs(page)
+    page.goto(url + "/")
+    page.wait_for_selector("#post-upscale option[value='2']", state="attached")
+    page.fill("#n", "1")
+    page.fill("#steps", "2")
+
+    # match with no reference chosen: the server's 422 is shown beside the file picker
+    page.select_option("#post-color", "match")
+    assert page.is_visible("#post-color-file")
+    page.click("#generate")
+    page.wait_for_selector("#post-color-file-error", state="visible")
+    assert "color 'match' needs its reference picture" in page.text_content("#post-color-file-error")
+    assert page.get_attribute("#post-color-file", "aria-invalid") == "true"
+    assert page.evaluate("document.querySelector('#post-color-file').nextElementSibling.id") == "post-color-file-error"
+    assert page.text_content("#status").startswith("Error: ")
+
+    # a reference chosen: sent as it is (a PNG within the limits), its SHA-256 in the settings, the error gone
+    ref = Image.fromarray(np.random.default_rng(3).integers(150, 256, (20, 20), dtype=np.uint8), "L")
+    ref.save(tmp_path / "ref.png")
+    page.set_input_files("#post-color-file", str(tmp_path / "ref.png"))
+    wait_until(page, "document.querySelector('#post-color-name').textContent.includes('ref.png (20×20)')")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#gallery img')?.naturalWidth === 28", timeout=30)
+    assert page.query_selector("#post-color-file-error") is None
+    assert page.get_attribute("#post-color-file", "aria-invalid") is None
+    data = (tmp_path / "ref.png").read_bytes()
+    assert sent[-1]["post"] == {"color": "match"}
+    assert base64.b64decode(sent[-1]["color_reference"].split(",", 1)[1]) == data
+    (s,) = _gallery_settings(page)
+    assert s["post"] == {"color": "match", "color_reference_sha256": hashlib.sha256(data).hexdigest(), "order": ["color"]}
+
+    # an amount out of range: the server's message beside the amount field, and focus there
+    page.select_option("#post-color", "")
+    page.check("#post-sharpen-on")
+    page.fill("#post-sharpen", "9")
+    page.click("#generate")
+    page.wait_for_selector("#post-sharpen-error", state="visible")
+    assert page.text_content("#post-sharpen-error") == "sharpen must be a number from 0.1 to 5, got 9"
+    assert page.evaluate("document.activeElement.id") == "post-sharpen"
+    assert page.evaluate("document.querySelector('#post-sharpen').nextElementSibling.id") == "post-sharpen-error"

@@ -104,6 +104,26 @@ def test_match_makes_each_channels_histogram_closer_to_the_references(tmp_path):
         assert after < 0.25 * before, (c, before, after)
 
 
+def test_match_to_a_reference_given_as_bytes_is_match_to_the_file_of_those_bytes(tmp_path):
+    image = _noisy(Image.fromarray(np.clip(_px(_clean()) * [0.5, 0.8, 1.1] + 10, 0, 255).astype(np.uint8), "RGB"))
+    _noisy(_clean(48), 20, seed=1).save(tmp_path / "ref.png")
+    data = (tmp_path / "ref.png").read_bytes()
+    by_file = PostSettings(color=f"match:{tmp_path / 'ref.png'}")
+    by_bytes = PostSettings(color="match", color_reference=bytearray(data))
+    assert np.array_equal(np.asarray(apply_post([image], by_file)[0]), np.asarray(apply_post([image], by_bytes)[0]))
+    record = by_bytes.to_record()  # the picture's hash, the one its file gets; never the picture
+    assert record == {"color": "match", "color_reference_sha256": by_file.to_record()["color_reference_sha256"],
+                      "order": ["color"]}
+    for bad, text in [({"color": "auto", "color_reference": data}, "but color is 'auto'"),
+                      ({"color": f"match:{tmp_path / 'ref.png'}", "color_reference": data}, "but color is 'match:"),
+                      ({"color_reference": data}, "but color is None"),
+                      ({"color": "match", "color_reference": "ref.png"}, "must be the bytes of an image file, got str"),
+                      ({"color": "match", "color_reference": b"GIF89a not really"}, "color_reference: not an image")]:
+        with pytest.raises(PostError, match=text) as e:
+            P.as_post_settings(PostSettings(**bad))
+        assert e.value.field == "color_reference"
+
+
 def test_match_keeps_a_grayscale_image_grayscale(tmp_path):
     _noisy(_clean(40), 20).save(tmp_path / "ref.png")  # an RGB reference
     gray = _noisy(_clean(28, "L").point(lambda v: v // 2))
@@ -163,6 +183,7 @@ def test_apply_post_leaves_its_inputs_as_they_are():
     ({"color": "warm"}, "color", "auto or match:REF.png"),
     ({"color": "match:"}, "color", "auto or match:REF.png"),
     ({"color": "match:/no/such/ref.png"}, "color", "/no/such/ref.png"),
+    ({"color": "match"}, "color_reference", "color 'match' needs its reference picture in color_reference"),
     ({"blur": 1}, "blur", "valid: denoise, denoise_strength, color, sharpen, upscale"),
 ])
 def test_a_bad_option_is_an_error_naming_it_and_its_range(fields, field, text):
@@ -271,6 +292,7 @@ def test_from_refuses_a_changed_colour_reference(tmp_path):
     (["--denoise", "median"], "--denoise must be one of nlm, bilateral"),
     (["--denoise-strength", "4"], "--denoise-strength needs denoise"),
     (["--color", "sepia"], "--color must be auto or match:REF.png"),
+    (["--color", "match"], "or name a file: match:REF.png"),
 ])
 def test_sample_with_a_bad_post_option_exits_2_with_one_line_naming_it(flags, named, tmp_path, capsys):
     code = main(["sample", "-n", "1", "--steps", "1", "-o", str(tmp_path / "o"), "--device", "cpu", *flags])

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..api import Generator, load
-from ..post import PostError, PostSettings, as_post_settings
+from ..post import PostError, PostSettings, as_post_settings, option_specs as post_option_specs
 from ..provenance.moderation import DEFAULT as DEFAULT_POLICY, ModerationPolicy, ModerationRefused, resolve_policy
 from ..provenance.marks import MarkSettings, as_mark_settings, mark_image
 from ..provenance.outputs import OutputSigner
@@ -214,19 +214,26 @@ async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, 
     return out
 
 
-def _job_post(post: dict | None) -> PostSettings | None:
-    """A job's "post" object -> PostSettings (None: none asked for); a 422 naming the field otherwise. color
-    match:REF is refused: its REF would be a file on the server's disk, which a client has no business reading."""
-    if post is None:
+def _job_post(post: dict | None, reference: Upload | None = None) -> PostSettings | None:
+    """A job's "post" object and its color_reference upload -> PostSettings (None: none asked for); a 422 naming
+    the field otherwise (PostSettings decides: color "match" without a reference, or a reference without it).
+    color match:REF is refused: its REF would be a file on the server's disk, which a client has no business
+    reading. Decodes the reference: call it in a thread."""
+    if post is None and reference is None:
         return None
-    color = post.get("color")
+    color = (post or {}).get("color")
     if isinstance(color, str) and color.startswith("match:"):
         raise _invalid(["body", "post", "color"], "color match:REF reads a reference file on the server, which a job "
-                       "cannot name: use color auto, or match colours locally with `pixelforge post --color match:REF`")
+                       "cannot name: send the picture as color_reference with color match, use color auto, or match "
+                       "colours locally with `pixelforge post --color match:REF`")
+    if "color_reference" in (post or {}):
+        raise _invalid(["body", "post", "color_reference"], "color_reference is a field of the job beside post, not "
+                       'an option inside it: {"post": {"color": "match"}, "color_reference": "<base64>"}')
+    data = None if reference is None else reference.data
     try:
-        return as_post_settings(post)
+        return as_post_settings(PostSettings.from_dict(post or {}, color_reference=data))
     except PostError as e:
-        raise _invalid(["body", "post", e.field], str(e)) from None
+        raise _invalid(["body", e.field] if e.field == "color_reference" else ["body", "post", e.field], str(e)) from None
 
 
 def job_info(queue: JobQueue, job: Job) -> S.JobInfo:
@@ -380,7 +387,8 @@ def create_app(
 
     @private.get("/models", response_model=S.ModelList, summary="the models served, their classes and sampling options")
     def list_models():
-        return S.ModelList(models=[model_info(g, name, limits) for name, g in generators.items()])
+        return S.ModelList(models=[model_info(g, name, limits) for name, g in generators.items()],
+                           post=S.post_info(post_option_specs(), limits.max_upload_bytes, limits.max_upload_pixels))
 
     @private.post("/jobs", response_model=S.JobCreated, status_code=202, summary="queue a generation job")
     async def create_job(req: S.JobRequest, response: Response):
@@ -419,9 +427,9 @@ def create_app(
                 log.warning(e.log_line())
                 raise _invalid(["body", e.field, *([] if e.index is None else [e.index])], str(e)) from None
         text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
-        post = _job_post(req.post)
         n, seed = req.n, req.seed
         uploads = await _decode_uploads(req, limits)
+        post = await asyncio.to_thread(_job_post, req.post, uploads.get("color_reference"))
         if editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
             mask = uploads["mask"].data if "mask" in uploads else None
             inputs = {"images": [uploads["image"].data] * n, "mask": mask}

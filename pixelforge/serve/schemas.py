@@ -11,7 +11,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stri
                       field_validator, model_validator)
 
 from ..models import options as family_options
-from ..post import ORDER as POST_ORDER, options_help as post_options_help
+from ..post import ORDER as POST_ORDER, PostOption, options_help as post_options_help
 
 MAX_IMAGES = 64  # images per job
 MAX_SEED = 2**32 - 1
@@ -137,8 +137,38 @@ class ModelInfo(BaseModel):
     evaluation: Evaluation | None = None
 
 
+class PostOptionSpec(BaseModel):
+    """One option of a job's "post", as pixelforge.post declares it: kind, range or choices, the value it takes
+    when asked for without one (null: none, as denoise_strength, whose default depends on the method)."""
+
+    name: str
+    kind: Literal["int", "float", "choice"]
+    min: int | float | None = None
+    max: int | float | None = None
+    choices: list[str] | None = None
+    default: OptionValue | None = None
+    help: str = ""
+
+
+class PostInfo(BaseModel):
+    """The post-processing every job may ask for (`post`, the same for every model), and the limits of its
+    color_reference upload (those of every upload)."""
+
+    options: list[PostOptionSpec]
+    reference_max_bytes: int = Field(description="the largest color_reference accepted, in bytes once decoded")
+    reference_max_pixels: int = Field(description="the most pixels (width x height) a color_reference may have")
+
+
+def post_info(specs: Iterable[PostOption], max_bytes: int, max_pixels: int) -> PostInfo:
+    """The answer's form of pixelforge.post's option declarations: the ranges are post.py's, written nowhere else."""
+    return PostInfo(options=[PostOptionSpec(name=s.name, kind=s.kind, min=s.min, max=s.max, default=s.default,
+                                            choices=None if s.choices is None else list(s.choices), help=s.help)
+                             for s in specs], reference_max_bytes=max_bytes, reference_max_pixels=max_pixels)
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    post: PostInfo | None = Field(None, description="the post-processing options of every job (docs/post.md)")
 
 
 class QueueInfo(BaseModel):
@@ -181,6 +211,8 @@ class JobRequest(BaseModel):
     post: dict[str, OptionValue | None] | None = Field(
         None, description="post-processing of every image, applied in the order " + ", ".join(POST_ORDER)
         + " before the watermark (docs/post.md): " + "; ".join(f"{k}: {v}" for k, v in post_options_help().items()))
+    color_reference: StrictStr | None = Field(None, description=f"with post color \"match\": the picture each image's "
+                                              f"colours are matched to (each channel's histogram): {UPLOAD_HELP}")
 
     @model_validator(mode="after")
     def _one_field_of_each_pair(self):

@@ -1,5 +1,5 @@
-"""Images sent with a job (a sketch, an image to edit, a mask): base64 text in the JSON body, checked and
-decoded here with the server's limits before any job is queued.
+"""Images sent with a job (a sketch, an image to edit, a mask, a colour reference): base64 text in the JSON
+body, checked and decoded here with the server's limits before any job is queued.
 
 A field holds a PNG or JPEG file as base64, or as a data: URL (`data:image/png;base64,...`, what a page's
 canvas gives). The text is bounded before it is decoded, the bytes after, and the picture's width x height
@@ -21,13 +21,13 @@ from ..data.folder import NOT_IMAGE, TOO_LARGE, check_bytes
 from .limits import ServerLimits
 
 FORMATS = ("PNG", "JPEG")  # Pillow's names of the decoders an upload may use
-FIELDS = ("sketch", "image", "mask")
+FIELDS = ("sketch", "image", "mask", "color_reference")
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
 _SPACE = re.compile(rb"[ \t\r\n]+")  # base64 tools wrap lines; the alphabet has no white space
 
 
 class UploadError(ValueError):
-    """An upload that cannot be used; `field` names it (sketch, image, mask)."""
+    """An upload that cannot be used; `field` names it (sketch, image, mask, color_reference)."""
 
     def __init__(self, field: str, msg: str):
         super().__init__(msg)

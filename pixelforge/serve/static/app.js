@@ -7,7 +7,8 @@ const API = "/api/v1";
 const EACH = "__each__";   // label choice: class i % num_classes for image i
 const RANDOM = "__random__";
 const state = { models: [], byName: {}, job: null, pair: null, authRequired: false,
-  sketchDrawn: false, edit: null, maskDrawn: false };  // edit: the image to edit, {data, width, height}
+  sketchDrawn: false, edit: null, maskDrawn: false,  // edit: the image to edit, {data, width, height}
+  post: null, colorReference: null };  // post: GET /models' post-processing declaration; colorReference: {data, name}
 const $ = (id) => document.getElementById(id);
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -33,6 +34,7 @@ async function api(path, { method = "GET", body } = {}) {
     const err = new Error(describeError(res.status, data));
     err.status = res.status;
     err.retryAfter = res.headers.get("Retry-After");
+    err.detail = data && Array.isArray(data.detail) ? data.detail : null;  // a 422's fields: shown beside their controls
     throw err;
   }
   return data;
@@ -349,6 +351,146 @@ function showUploadBoxes(m) {
   }
 }
 
+// --- errors beside the controls they concern ---------------------------------------------------------
+// the Generate form's control for a 422's loc (["body", "post", "sharpen"], ...); null where there is none
+const POST_CONTROLS = { denoise: "post-denoise", denoise_strength: "post-denoise-strength", color: "post-color",
+  sharpen: "post-sharpen", upscale: "post-upscale", color_reference: "post-color-file" };
+const FORM_CONTROLS = { n: "n", seed: "seed", label: "label", labels: "label", prompt: "prompt", prompts: "prompt",
+  negative_prompt: "negative-prompt", sketch: "sketch-canvas", image: "image-file", mask: "mask-canvas",
+  color_reference: "post-color-file" };
+
+function controlFor(loc) {
+  const [field, name] = (loc || []).filter((p) => p !== "body");
+  const id = field === "post" ? POST_CONTROLS[name] : field === "options" ? name : FORM_CONTROLS[field];
+  const control = id ? document.getElementById(id) : null;
+  return control && (field !== "options" || $("options").contains(control)) ? control : null;
+}
+
+function clearFieldErrors() {
+  for (const p of document.querySelectorAll("#generate-form .field-error")) p.remove();
+  for (const c of document.querySelectorAll("#generate-form [aria-invalid]")) {
+    c.removeAttribute("aria-invalid");
+    c.removeAttribute("aria-errormessage");
+  }
+}
+
+// each message of a 422 under its control (marked invalid, the message its accessible error); true when one was placed
+function showFieldErrors(detail) {
+  let first = null;
+  for (const d of detail || []) {
+    const control = controlFor(d.loc);
+    if (!control || document.getElementById(`${control.id}-error`)) continue;
+    const p = document.createElement("p");
+    p.id = `${control.id}-error`;
+    p.className = "field-error";
+    p.setAttribute("role", "alert");
+    p.textContent = d.msg;
+    (control.closest(".with-button, .mask-stack") || control).after(p);
+    control.setAttribute("aria-invalid", "true");
+    control.setAttribute("aria-errormessage", p.id);
+    first = first || control;
+  }
+  if (first && first.tabIndex >= 0) first.focus();
+  return first !== null;
+}
+
+// --- finishing: post-processing controls built from the server's declaration (GET /models "post") ----------
+function buildFinishing(post) {
+  state.post = post || null;
+  $("finishing").hidden = !post;
+  if (!post) return;
+  const spec = Object.fromEntries(post.options.map((o) => [o.name, o]));
+  const keep = (select, items) => {
+    const value = select.value;
+    select.replaceChildren(option("", "off"), ...items);
+    if ([...select.options].some((o) => o.value === value)) select.value = value;
+  };
+  keep($("post-denoise"), spec.denoise.choices.map((c) => option(c, c)));
+  $("post-denoise").title = spec.denoise.help;
+  const up = spec.upscale, factors = [];
+  for (let f = up.min; f <= up.max; f += 1) factors.push(option(String(f), `×${f}`));
+  keep($("post-upscale"), factors);
+  for (const [id, s] of [["post-denoise-strength", spec.denoise_strength], ["post-sharpen", spec.sharpen]]) {
+    $(id).min = s.min;
+    $(id).max = s.max;
+    $(id).title = s.help;
+  }
+  if ($("post-sharpen").value === "") $("post-sharpen").value = spec.sharpen.default;
+  $("post-color").title = spec.color.help;
+  onFinishingChange();
+}
+
+function onFinishingChange() {
+  $("post-denoise-strength").disabled = $("post-denoise").value === "";
+  $("post-sharpen").disabled = !$("post-sharpen-on").checked;
+  $("post-color-box").hidden = $("post-color").value !== "match";
+}
+
+// a number field's value for the server: a number, the raw text where it is none (the server says what is wrong
+// with it), or null where left empty
+function numberValue(id) {
+  const raw = $(id).value.trim();
+  if (raw === "") return null;
+  const x = Number(raw);
+  return Number.isFinite(x) ? x : raw;
+}
+
+// the job's "post" (null when nothing is chosen)
+function readPost() {
+  if (!state.post) return null;
+  const post = {};
+  if ($("post-denoise").value) {
+    post.denoise = $("post-denoise").value;
+    const strength = numberValue("post-denoise-strength");  // empty: the method's default
+    if (strength !== null) post.denoise_strength = strength;
+  }
+  if ($("post-color").value) post.color = $("post-color").value;
+  if ($("post-sharpen-on").checked) {
+    const amount = numberValue("post-sharpen");
+    post.sharpen = amount === null ? state.post.options.find((o) => o.name === "sharpen").default : amount;
+  }
+  if ($("post-upscale").value) post.upscale = parseInt($("post-upscale").value, 10);
+  return Object.keys(post).length ? post : null;
+}
+
+function base64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+// the colour reference: a PNG or JPEG within the server's limits is sent as it is (so its recorded SHA-256 is the
+// file's, as `--color match:FILE` records it); anything else is re-encoded within the limits
+async function loadColorReference() {
+  const input = $("post-color-file");
+  const file = input.files[0];
+  if (!file) return;
+  const limits = { max_bytes: state.post.reference_max_bytes, max_pixels: state.post.reference_max_pixels };
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (e) {
+    throw new Error(`${file.name} is not an image this browser can read`);
+  }
+  const png = bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47;
+  const jpeg = bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+  let data, [w, h] = [bitmap.width, bitmap.height];
+  if ((png || jpeg) && bytes.length <= limits.max_bytes && w * h <= limits.max_pixels) {
+    data = `data:image/${png ? "png" : "jpeg"};base64,${base64(bytes)}`;
+  } else {
+    [w, h] = uploadSize(w, h, limits);
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, w, h);
+    data = encodeCanvas(canvas, limits);
+    if (!data) throw new Error(`${file.name} is over the server's limit of ${limits.max_bytes} bytes even as a JPEG`);
+  }
+  state.colorReference = { data, name: file.name };
+  $("post-color-name").textContent = `Reference: ${file.name} (${w}×${h}).`;
+}
+
 // --- Generate tab ---------------------------------------------------------------------------------
 function onModelChange() {
   const m = state.byName[$("model").value];
@@ -385,6 +527,10 @@ async function generate() {
     body.options.strength = parseFloat($("strength").value);
     if (takes(m, "mask") && state.maskDrawn) body.mask = maskDataURL();
   }
+  const post = readPost();
+  if (post) body.post = post;
+  if (post && post.color === "match" && state.colorReference) body.color_reference = state.colorReference.data;
+  clearFieldErrors();
   setBusy(true);
   $("progress").value = 0;
   $("status").textContent = "Submitting…";
@@ -404,6 +550,7 @@ async function generate() {
     }
   } catch (e) {
     $("status").textContent = e.status === 429 ? `Busy: ${e.message}` : `Error: ${e.message}`;
+    if (e.status === 422) showFieldErrors(e.detail);
   } finally {
     state.job = null;
     setBusy(false);
@@ -411,6 +558,10 @@ async function generate() {
 }
 
 async function showGallery(job) {
+  // a tile at least as wide as its image (the model's size times the upscale factor; 6 px padding, 1 px border)
+  const m = state.byName[job.model];
+  const side = Math.max(...job.settings.map((s) => (m ? m.image_size : 0) * ((s.post && s.post.upscale) || 1)));
+  $("gallery").style.setProperty("--tile", `${Math.max(124, side + 14)}px`);
   const tiles = await Promise.all(job.images.map(async (url, i) => {
     const s = job.settings[i];
     const src = await imageURL(url);
@@ -423,6 +574,8 @@ async function showGallery(job) {
     if (s.prompt) img.alt += `, prompt: ${s.prompt}`;
     if (s.sketch_sha256) img.alt += ", from a sketch";
     if (s.image_sha256) img.alt += `, an edit at strength ${s.strength}${s.mask_sha256 ? " with a mask" : ""}`;
+    img.classList.toggle("smooth", Boolean(s.post && s.post.upscale));  // resampled already: no pixel blocks
+    if (s.post) img.alt += `, finished: ${s.post.order.map((step) => (step === "upscale" ? `upscale ×${s.post.upscale}` : step)).join(", ")}`;
     const meta = document.createElement("div");
     meta.className = "meta";
     const caption = document.createElement("span");
@@ -611,10 +764,12 @@ function showTab(tab) {
 
 async function loadModels() {
   try {
-    const { models } = await api("/models");
+    const result = await api("/models");
+    const { models } = result;
     state.models = models;
     state.byName = Object.fromEntries(models.map((m) => [m.name, m]));
     fillModels($("model"));
+    buildFinishing(result.post);
     onModelChange();
     initCompare();
     $("status").textContent = "Ready.";
@@ -643,6 +798,11 @@ async function start() {
   $("image-remove").addEventListener("click", removeEditImage);
   $("mask-clear").addEventListener("click", clearMask);
   $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
+  for (const id of ["post-denoise", "post-sharpen-on", "post-color"]) $(id).addEventListener("change", onFinishingChange);
+  $("post-color-file").addEventListener("change", () => loadColorReference().catch((e) => {
+    state.colorReference = null;
+    $("post-color-name").textContent = `Error: ${e.message}`;
+  }));
   for (const s of ["a", "b"]) {
     $(`model-${s}`).addEventListener("change", () => { setupSide(s, $(`model-${s}`).value, {}); onCompareModelsChange(); });
   }
