@@ -18,3 +18,13 @@ def run_job(client, body: dict, timeout: float = 120.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job never finished: {job}")
+
+
+def chunk_bytes(png_data: bytes, kind: bytes) -> int:
+    """The bytes a PNG's chunks of one type take (length, type, data and CRC); b"caBX" is the C2PA manifest."""
+    total, i = 0, 8
+    while i < len(png_data):
+        n = int.from_bytes(png_data[i:i + 4], "big")
+        total += 12 + n if png_data[i + 4:i + 8] == kind else 0
+        i += 12 + n
+    return total

@@ -35,7 +35,7 @@ from pixelforge.serve.limits import ServerLimits  # noqa: E402
 from test_edit import _untrained_run  # noqa: E402
 from test_sketch import TINY, ring  # noqa: E402
 from test_watermark import carries_its_mark  # noqa: E402
-from serve_jobs import run_job  # noqa: E402
+from serve_jobs import chunk_bytes, run_job  # noqa: E402
 
 SKETCH_MODEL, LABEL_MODEL, GAN_MODEL = "edges", "mnist-diffusion", "gan8"
 
@@ -146,19 +146,9 @@ def test_a_sketch_job_draws_what_the_api_draws_and_records_the_sketch_hash_not_t
     same = sketch_g.generate(1, sketch=DRAWING, seeds=[6], steps=2)[0]
     assert np.array_equal(pixels, np.asarray(same))
     # the PNG holds its settings and no copy of the drawing; nor does its C2PA manifest (about 3.7 KB)
-    manifest = _chunk_bytes(content, b"caBX")
+    manifest = chunk_bytes(content, b"caBX")
     assert set(Image.open(io.BytesIO(content)).text) == {"pixelforge"} and len(content) - manifest < 1000
     assert manifest < 5000  # none without the provenance extra
-
-
-def _chunk_bytes(png_data: bytes, kind: bytes) -> int:
-    """The bytes a PNG's chunks of one type take (length, type, data and CRC)."""
-    total, i = 0, 8
-    while i < len(png_data):
-        n = int.from_bytes(png_data[i:i + 4], "big")
-        total += 12 + n if png_data[i + 4:i + 8] == kind else 0
-        i += 12 + n
-    return total
 
 
 def test_the_sketch_steers_the_image(client):

@@ -44,6 +44,7 @@ from .uploads import FIELDS as UPLOAD_FIELDS, Upload, UploadError, decode_upload
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1_000_000
 API = "/api/v1"
+SAMPLING_SHARE = 0.95  # of a job's progress; marking and signing its images are the rest
 log = logging.getLogger("pixelforge.serve")
 
 
@@ -437,14 +438,23 @@ def create_app(
             inputs = {"sketch": uploads["sketch"].image} if "sketch" in uploads else {}
 
         def work(progress):
+            # Sampling is the first SAMPLING_SHARE of a job's progress, marking and signing each image the rest, so
+            # a running job never reports 1.0 (that is "done") and a cancel is still heard while it signs.
+            def sampled(done: float, total: float) -> None:
+                progress(SAMPLING_SHARE * done / total if total else 0.0, 1.0)
+
             make = g.edit if editing else functools.partial(g.generate, n)
-            images = make(labels=labels, seed=seed, callback=progress, watermark=False, post=post, **inputs, **text,
+            images = make(labels=labels, seed=seed, callback=sampled, watermark=False, post=post, **inputs, **text,
                           **options)
-            images = [mark_image(im, marks=marks) for im in images]  # marked here, with the server's settings
-            # model_path is where the model lies on this machine: of no use to a client, and not its business
-            settings = [{k: v for k, v in im.info["pixelforge"].items() if k != "model_path"} for im in images]
-            # signed last, over the bytes the client gets (the settings' model_path is gone: the run is g's)
-            return {"png": [signer.png(im, s, run_dir=g.run_dir) for im, s in zip(images, settings)], "settings": settings}
+            pngs, settings = [], []
+            for i, im in enumerate(images):
+                im = mark_image(im, marks=marks)  # marked here, with the server's settings
+                # model_path is where the model lies on this machine: of no use to a client, and not its business
+                settings.append({k: v for k, v in im.info["pixelforge"].items() if k != "model_path"})
+                # signed last, over the bytes the client gets (the settings' model_path is gone: the run is g's)
+                pngs.append(signer.png(im, settings[-1], run_dir=g.run_dir))
+                progress(SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (i + 1) / (len(images) + 1), 1.0)
+            return {"png": pngs, "settings": settings}
 
         try:
             job = queue.submit(model_name(req.model), n, work)
