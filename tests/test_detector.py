@@ -3,6 +3,7 @@ pixelforge.provenance.detector, on tiny settings (the bundled 8x8 digits against
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -120,7 +121,7 @@ def test_hold_out_family_must_name_a_given_family_and_leave_another(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_model_source_is_sampled_unwatermarked_with_its_family_from_the_config(tmp_path):
+def test_a_model_source_is_sampled_once_with_its_family_from_the_config(tmp_path, monkeypatch):
     import pixelforge
 
     pixelforge.train("digits", name="tiny", runs_dir=tmp_path / "runs", image_size=8, steps=2, batch_size=8,
@@ -134,6 +135,11 @@ def test_a_model_source_is_sampled_unwatermarked_with_its_family_from_the_config
     assert (row["kind"], row["family"], row["images"]) == ("model", "diffusion", 10)
     splits = json.loads((tmp_path / "det" / D.SPLITS_FILE).read_text())["tiny"]
     assert sorted(splits["train"] + splits["test"], key=lambda s: int(s.split()[1])) == [f"seed {i}" for i in range(10)]
+    # training again (another split seed of the network, another held-out family) reuses the generated images
+    monkeypatch.setattr(pixelforge.api.Generator, "generate_tensor", lambda *a, **k: pytest.fail("sampled again"))
+    again = D.train_detector(dataclasses.replace(cfg, steps=2), tmp_path / "det2", device="cpu",
+                             runs_dir=tmp_path / "runs", progress=False)
+    assert next(r for r in again.card["sources"] if r["source"] == "tiny")["images"] == 10
 
 
 @pytest.mark.parametrize("spec, real, message", [

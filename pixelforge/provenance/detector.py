@@ -14,6 +14,7 @@ no half-written detector.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -312,11 +313,31 @@ def _load_source(src: Source, cfg: "TrainDetectorConfig", index: int, *, device:
     g = load(src.path, device=device, runs_dir=runs_dir, moderation=None)
     seeds = [cfg.seed * 1_000_003 + i for i in range(n)]
     labels = balanced_labels(n, g.num_classes) if "labels" in g.inputs else None
+    items = [f"seed {s}" for s in seeds]
+    # Generated images are cached under $PIXELFORGE_CACHE, keyed by the weights, config, options, seeds and input
+    # size: training again (another --hold-out-family, another seed of the network) does not sample again.
+    key = {"weights": g.checkpoint_hash, "config": g.config.to_json(),
+           "options": g.resolve_options(), "seeds": seeds, "labels": labels, "size": size, "input": INPUT}
+    cache = _generated_cache_dir() / (hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32] + ".safetensors")
+    if cache.is_file():
+        try:
+            cached = read_tensors(cache)["images"]
+            if tuple(cached.shape) == (n, 3, size, size) and cached.dtype == torch.uint8:
+                return _Loaded(src, cached, items)
+        except (ValueError, KeyError):
+            pass  # a damaged cache file is made again
     bar, cb = image_bar(n, f"generating {src.spec}", enabled=progress)
     images, _ = g.generate_tensor(n, labels=labels, seeds=seeds, callback=cb)
     cb(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
-    return _Loaded(src, _stack(_tensor_images(to_uint8(images)), size), [f"seed {s}" for s in seeds])
+    prepared = _stack(_tensor_images(to_uint8(images)), size)
+    atomic_save_tensors({"images": prepared}, cache)
+    return _Loaded(src, prepared, items)
+
+
+def _generated_cache_dir() -> Path:
+    base = os.environ.get("PIXELFORGE_CACHE") or Path.home() / ".cache" / "pixelforge"
+    return Path(base).expanduser() / "detector-generated"
 
 
 def _stack(pics: list[Image.Image], size: int) -> torch.Tensor:
