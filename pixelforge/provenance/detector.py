@@ -336,8 +336,9 @@ def _load_source(src: Source, cfg: "TrainDetectorConfig", index: int, *, device:
 
 
 def _generated_cache_dir() -> Path:
-    base = os.environ.get("PIXELFORGE_CACHE") or Path.home() / ".cache" / "pixelforge"
-    return Path(base).expanduser() / "detector-generated"
+    from ..data.prepare import default_cache_dir
+
+    return default_cache_dir().parent / "detector-generated"  # beside the prepared data sets
 
 
 def _stack(pics: list[Image.Image], size: int) -> torch.Tensor:
