@@ -487,6 +487,8 @@ def _fit(net: DetectorNet, x: torch.Tensor, y: torch.Tensor, config: TrainDetect
     config.seed); binary cross-entropy on the logits. Returns the per-step losses."""
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    # the learning rate decays along a cosine to 0: the last steps settle rather than jump
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
     gen = torch.Generator().manual_seed(config.seed)
     real_idx, fake_idx = torch.nonzero(y == 0)[:, 0], torch.nonzero(y == 1)[:, 0]
     half = config.batch_size // 2
@@ -497,16 +499,14 @@ def _fit(net: DetectorNet, x: torch.Tensor, y: torch.Tensor, config: TrainDetect
         pick = torch.cat([real_idx[torch.randint(len(real_idx), (half,), generator=gen)],
                           fake_idx[torch.randint(len(fake_idx), (config.batch_size - half,), generator=gen)]])
         batch = _to_unit(x[pick].to(device))  # (B, 3, S, S)
-        # the learning rate decays along a cosine to 0: the last steps settle rather than jump
-        for group in opt.param_groups:
-            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         loss = F.binary_cross_entropy_with_logits(net(batch), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         bar.update(1)
-        if step % 20 == 0:
+        if step % 20 == 19 or step == config.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     bar.close()
     net.eval()
