@@ -1062,6 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compress(sub)
     add_bench(sub)
+    from .cli_detect import add_detect
+
+    add_detect(sub)
     return parser
 
 
