@@ -987,23 +987,34 @@ def cmd_watermark_embed(a) -> int:
     return 0
 
 
-def cmd_watermark_detect(a) -> int:
-    from .provenance.marks import detect_file
-
+def report_files(paths, check, describe, *, as_json: bool) -> int:
+    """Check each file and print one line per file: `check(path)` -> a record (a dict), printed as JSON with
+    as_json, else as `describe(record)`; a file it refuses (ValueError) gets an error line and the others are
+    still checked. Returns the exit status: 2 when any file was refused, else 0."""
     status = 0
-    for path in a.images:
+    for path in paths:
         try:
-            record = {"file": path, **detect_file(path, key=a.key, threshold=a.threshold)}
+            record = check(path)
         except ValueError as e:  # one unreadable file does not stop the others
             record, status = {"file": path, "error": str(e)}, 2
-        if a.json:
+        if as_json:
             print(json.dumps(record), flush=True)
         elif "error" in record:
             print(f"{path}: error: {record['error']}", file=sys.stderr)
         else:
-            found = f"marked, payload {record['payload']}" if record["detected"] else "no mark found"
-            print(f"{path}: {found} (score {record['score']:.1f})")
+            print(describe(record), flush=True)
     return status
+
+
+def cmd_watermark_detect(a) -> int:
+    from .provenance.marks import detect_file
+
+    def describe(record: dict) -> str:
+        found = f"marked, payload {record['payload']}" if record["detected"] else "no mark found"
+        return f"{record['file']}: {found} (score {record['score']:.1f})"
+
+    return report_files(a.images, lambda path: {"file": path, **detect_file(path, key=a.key, threshold=a.threshold)},
+                        describe, as_json=a.json)
 
 
 def cmd_export(a) -> int:

@@ -3,11 +3,10 @@ trained real-vs-generated classifier), and training that classifier (docs/detect
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 
-from .cli import _float_range, _Help, _int_range
+from .cli import _float_range, _Help, _int_range, report_files
 
 
 def cmd_detector_train(a) -> int:
@@ -57,18 +56,7 @@ def cmd_detect(a) -> int:
     from .provenance.detector import Detector, detect_file
 
     detector = Detector.load(a.detector, device=a.device) if a.detector is not None else None
-    status = 0
-    for path in a.images:
-        try:
-            record = detect_file(path, detector, key=a.key)
-        except ValueError as e:  # one unreadable file does not stop the others
-            record, status = {"file": path, "error": str(e)}, 2
-        if a.json:
-            print(json.dumps(record), flush=True)
-        elif "error" in record:
-            print(f"{path}: error: {record['error']}", file=sys.stderr)
-        else:
-            print(_describe(record), flush=True)
+    status = report_files(a.images, lambda path: detect_file(path, detector, key=a.key), _describe, as_json=a.json)
     if detector is None and not a.json:
         from .provenance.detector import NO_DETECTOR_NOTE
 

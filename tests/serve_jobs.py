@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 
 
@@ -28,3 +30,15 @@ def chunk_bytes(png_data: bytes, kind: bytes) -> int:
         total += 12 + n if png_data[i + 4:i + 8] == kind else 0
         i += 12 + n
     return total
+
+
+def b64(data: bytes) -> str:
+    """A file's bytes as the base64 text a job's upload field takes."""
+    return base64.b64encode(data).decode()
+
+
+def encoded(im, fmt: str = "PNG") -> bytes:
+    """A PIL image as the bytes of a file of that format."""
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()

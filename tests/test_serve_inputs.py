@@ -35,7 +35,8 @@ from pixelforge.serve.limits import ServerLimits  # noqa: E402
 from test_edit import _untrained_run  # noqa: E402
 from test_sketch import TINY, ring  # noqa: E402
 from test_watermark import carries_its_mark  # noqa: E402
-from serve_jobs import chunk_bytes, run_job  # noqa: E402
+from serve_jobs import b64, chunk_bytes, run_job  # noqa: E402
+from serve_jobs import encoded as png  # noqa: E402
 
 SKETCH_MODEL, LABEL_MODEL, GAN_MODEL = "edges", "mnist-diffusion", "gan8"
 
@@ -83,16 +84,6 @@ def client(runs_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sketch_g(client):
     return client.app.state.generators[SKETCH_MODEL]
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def png(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt)
-    return buf.getvalue()
 
 
 def noise(side: int, seed: int = 0) -> Image.Image:

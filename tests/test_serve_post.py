@@ -5,7 +5,6 @@ reference is hashed in each image's settings and never kept, every misuse is a 4
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 
@@ -26,7 +25,7 @@ from pixelforge.post import PostSettings  # noqa: E402
 from pixelforge.serve import create_app  # noqa: E402
 from pixelforge.serve.limits import ServerLimits  # noqa: E402
 
-from serve_jobs import chunk_bytes, run_job  # noqa: E402
+from serve_jobs import b64, chunk_bytes, encoded, run_job  # noqa: E402
 from test_edit import _untrained_run  # noqa: E402
 
 MODEL = "rgb16"  # an untrained 16x16 colour diffusion model: its colours are the sampler's, far from the reference's
@@ -50,16 +49,6 @@ def _app(runs_dir, tmp_path, **kwargs):
 def client(runs_dir, tmp_path_factory):
     with TestClient(_app(runs_dir, tmp_path_factory.mktemp("db"))) as c:
         yield c
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def encoded(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt)
-    return buf.getvalue()
 
 
 def reddish(side: int = 24) -> Image.Image:
