@@ -48,7 +48,8 @@ def test_each_transform_keeps_shape_dtype_and_device(name, dtype):
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_each_transform_lets_gradients_reach_its_input(name):
     x = images().requires_grad_(True)
-    (TRANSFORMS[name](x, gen(0)) * torch.linspace(-1, 1, 16)).sum().backward()  # weights: mean-preserving ops still pass
+    # weighted, so that ops which keep an image's mean still pass a gradient on
+    (TRANSFORMS[name](x, gen(0)) * torch.linspace(-1, 1, 16)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
@@ -73,7 +74,8 @@ def test_transforms_draw_from_their_generator_alone():
 
 def test_a_random_stream_does_not_depend_on_the_dtype():
     x = images()
-    assert torch.allclose(diff_augment(x.double(), "color", gen(3)).float(), diff_augment(x, "color", gen(3)), atol=1e-6)
+    wide = diff_augment(x.double(), "color", gen(3)).float()
+    assert torch.allclose(wide, diff_augment(x, "color", gen(3)), atol=1e-6)
 
 
 def test_color_moves_brightness_saturation_and_contrast_within_the_papers_ranges():
@@ -82,7 +84,8 @@ def test_color_moves_brightness_saturation_and_contrast_within_the_papers_ranges
     shift = augment.brightness(x, gen(0)).mean(dim=(1, 2, 3)) - mean  # one offset per image
     assert shift.min() >= -0.5 and shift.max() < 0.5 and shift.max() - shift.min() > 0.8
     spread = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    ratio = (augment.contrast(x, gen(0)) - x.mean(dim=(1, 2, 3), keepdim=True)).flatten(1).norm(dim=1) / spread.flatten(1).norm(dim=1)
+    moved = augment.contrast(x, gen(0)) - x.mean(dim=(1, 2, 3), keepdim=True)
+    ratio = moved.flatten(1).norm(dim=1) / spread.flatten(1).norm(dim=1)
     assert ratio.min() >= 0.5 - 1e-5 and ratio.max() < 1.5 and ratio.max() - ratio.min() > 0.8
     grey = x.mean(dim=1, keepdim=True)
     sat = (augment.saturation(x, gen(0)) - grey).flatten(1).norm(dim=1) / (x - grey).flatten(1).norm(dim=1)
@@ -196,7 +199,7 @@ def test_with_augmentation_off_the_gan_shows_d_the_images_themselves(monkeypatch
 
 
 def test_r1_is_taken_through_the_augmentation_with_respect_to_the_un_augmented_reals():
-    """With cutout alone, grad_x D(T(x)) is zero on the cut pixels, so R1 equals the penalty computed by hand that way."""
+    """With cutout alone, grad_x D(T(x)) is zero on the cut pixels; R1 equals the penalty computed by hand that way."""
     m = GANModel(GANConfig(**TINY, diffaugment="cutout", r1_every=1, r1_gamma=1.0), OptimConfig(), seed=0)
     x = images(b=4, c=1, side=8)
     ref, g = copy.deepcopy(m), torch.Generator().manual_seed(11)  # ref: the same D, spectral-norm vectors included
