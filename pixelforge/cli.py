@@ -162,7 +162,8 @@ def _add_train(sub):
     m.add_argument("--dropout", type=_float_range(0, 1, below_hi=True), default=None, help="dropout rate in the network (default: the family's)")
     m.add_argument("--label-dropout", type=_float_range(0, 1, below_hi=True), default=None, help="share of labels dropped for classifier-free guidance (diffusion default 0.1)")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other field of the family's model config, e.g. --set sigma_data=0.5 (repeatable)")
+                   help="any other field of the family's model config, e.g. --set sigma_data=0.5, or for a GAN "
+                   "--set diffaugment=color,translation,cutout (\"\" for none) (repeatable)")
     p.add_argument("--ema-decay", type=_float_range(0, 1, below_hi=True), default=None, help="decay of the EMA "
                    "weights per step; planned with --minutes (default: 0.999)")
     p.add_argument("--val-every", type=_int_range(1), default=None, help="validation loss every K steps; "

@@ -14,81 +14,12 @@ from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, 
                                    unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
+from .augment import diff_augment, parse_policy
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
-
-# --- DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") ---
-# Each transform is differentiable, is applied to real and generated images alike, in D's updates
-# and in G's, and draws its parameters (one set per image) from the generator it is given.
-
-
-def _brightness(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return x + (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) - 0.5)
-
-
-def _saturation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    mean = x.mean(dim=1, keepdim=True)  # a no-op on grayscale images, but the draw keeps the stream the same
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) * 2) + mean
-
-
-def _contrast(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, generator=g, device=x.device) + 0.5) + mean
-
-
-def _translation(x: torch.Tensor, g: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
-    """Shift each image by up to ratio of its side in each direction, filling with zeros."""
-    b, _, h, w = x.shape
-    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sy, sy + 1, (b,), generator=g, device=x.device)
-    tx = torch.randint(-sx, sx + 1, (b,), generator=g, device=x.device)
-    padded = F.pad(x, [sx, sx, sy, sy])
-    rows = (torch.arange(h, device=x.device)[None] + sy - ty[:, None])[:, :, None]  # (B, H, 1)
-    cols = (torch.arange(w, device=x.device)[None] + sx - tx[:, None])[:, None, :]  # (B, 1, W)
-    # Advanced indices separated by a slice put their broadcast dims first: (B, H, W, C).
-    return padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-
-
-def _cutout(x: torch.Tensor, g: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
-    """Zero a square of ratio of the side at a random centre (clipped at the borders)."""
-    b, _, h, w = x.shape
-    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (b, 1), generator=g, device=x.device) - ch // 2  # top row
-    cx = torch.randint(0, w + (1 - cw % 2), (b, 1), generator=g, device=x.device) - cw // 2
-    ys, xs = torch.arange(h, device=x.device)[None], torch.arange(w, device=x.device)[None]
-    in_y = (ys >= cy) & (ys < cy + ch)  # (B, H)
-    in_x = (xs >= cx) & (xs < cx + cw)  # (B, W)
-    keep = ~(in_y[:, :, None] & in_x[:, None, :])  # (B, H, W)
-    return x * keep[:, None].to(x.dtype)
-
-
-DIFFAUGMENT = {
-    "color": (_brightness, _saturation, _contrast),
-    "translation": (_translation,),
-    "cutout": (_cutout,),
-}
-
-
-def parse_policy(policy: str) -> list[str]:
-    """"color,translation,cutout" -> ["color", "translation", "cutout"]; "" -> [] (off)."""
-    names = [p.strip() for p in policy.split(",") if p.strip()]
-    unknown = [p for p in names if p not in DIFFAUGMENT]
-    if unknown:
-        raise ValueError(f"unknown diffaugment transform(s) {', '.join(unknown)}; choose from: "
-                         f'{", ".join(DIFFAUGMENT)} (comma-separated, or "" for none)')
-    return names
-
-
-def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
-    """Apply the policy's transforms in order to x (B, C, H, W); gradients flow through them."""
-    for name in parse_policy(policy):
-        for transform in DIFFAUGMENT[name]:
-            x = transform(x, generator)
-    return x
-
 
 # --- the family ----------------------------------------------------------------------------------
 
@@ -104,11 +35,13 @@ class GANConfig(TextFields):
     z_dim: size of the latent z ~ N(0, I).
     base_channels: width at full resolution; it doubles (up to 8x) each time the side halves.
     r1_gamma: weight of the R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al.
-        2018); 0 turns it off.
+        2018); 0 turns it off. With diffaugment, D sees T(x) and the gradient is taken with respect to
+        the un-augmented x, through T.
     r1_every: lazy regularisation (StyleGAN2, Karras et al. 2020): the penalty is computed on one D
         update in r1_every and multiplied by r1_every, so its average strength is unchanged.
-    diffaugment: comma-separated DiffAugment transforms ("color", "translation", "cutout") applied
-        to everything D sees in training; "" turns augmentation off. Worth it for small data sets.
+    diffaugment: comma-separated DiffAugment transforms ("color", "translation", "cutout"; models/augment.py)
+        applied to every image D sees in training, real and generated, in D's updates and G's; "" turns
+        augmentation off. Meant for small data sets.
     d_steps: discriminator updates per training step (each on the same real batch).
     text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
         pooled vector conditions G (normalisation gains and shifts) and D (projection) like a label.
@@ -251,7 +184,8 @@ class GANModel(FamilyModule):
         def losses() -> tuple[torch.Tensor, ...]:  # run through self.parallel: every use of D's weights inside
             with torch.no_grad():
                 fake = self.G(self._z(b, gen), y_g, text_vector(self.text_g, cond, b, self.device))
-            real_in = diff_augment(x, cfg.diffaugment, gen).detach().requires_grad_(r1_now)
+            real = x.detach().requires_grad_(r1_now)  # (B, C, H, W): R1's gradient is taken here, before T
+            real_in = diff_augment(real, cfg.diffaugment, gen)
             fake_in = diff_augment(fake, cfg.diffaugment, gen)
             v_d = text_vector(self.text_d, cond, b, self.device)  # (B, vector_dim) or None
             # one pass: one power iteration
@@ -260,8 +194,9 @@ class GANModel(FamilyModule):
             d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             total, r1 = d_loss, torch.zeros(())
             if r1_now:
-                # R1 = E||grad_x D(x)||^2 on the (augmented) real images D was shown; lazy: scaled by r1_every.
-                (grad,) = torch.autograd.grad(d_real.sum(), real_in, create_graph=True)
+                # R1 = E||grad_x D(T(x))||^2 with respect to the real images x before augmentation, through
+                # T, as the DiffAugment authors' StyleGAN2 code (and StyleGAN2-ADA's) take it; lazy: scaled by r1_every.
+                (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
                 r1 = grad.square().sum(dim=(1, 2, 3)).mean()
                 total = d_loss + cfg.r1_gamma / 2 * cfg.r1_every * r1
             return total, d_loss, r1, d_real, d_fake
