@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .post import (DENOISE_STRENGTH_RANGE, SHARPEN_DEFAULT, SHARPEN_RADIUS, SHARPEN_RANGE,
+from .post import (COLOR_MATCH, COLOR_MATCH_GIVEN, DENOISE_STRENGTH_RANGE, SHARPEN_DEFAULT, SHARPEN_RADIUS, SHARPEN_RANGE,
                    UPSCALE_RANGE, PostError, PostSettings, as_post_settings, default_strengths)
 
 
@@ -30,6 +30,8 @@ def add_post_options(p) -> None:
 def post_from_args(a) -> PostSettings | None:
     """The PostSettings the parsed post-processing options ask for (None: none); an error names the option as
     given on the command line (--denoise-strength, not denoise_strength)."""
+    if a.color == COLOR_MATCH_GIVEN:  # a picture given as bytes is the server's and the API's; here it is a file
+        raise ValueError(f"--color {COLOR_MATCH_GIVEN} needs its reference file: --color {COLOR_MATCH}REF.png")
     try:
         return as_post_settings({"denoise": a.denoise, "denoise_strength": a.denoise_strength, "color": a.color,
                                  "sharpen": a.sharpen, "upscale": a.upscale})

@@ -292,7 +292,7 @@ def test_from_refuses_a_changed_colour_reference(tmp_path):
     (["--denoise", "median"], "--denoise must be one of nlm, bilateral"),
     (["--denoise-strength", "4"], "--denoise-strength needs denoise"),
     (["--color", "sepia"], "--color must be auto or match:REF.png"),
-    (["--color", "match"], "or name a file: match:REF.png"),
+    (["--color", "match"], "--color match needs its reference file: --color match:REF.png"),
 ])
 def test_sample_with_a_bad_post_option_exits_2_with_one_line_naming_it(flags, named, tmp_path, capsys):
     code = main(["sample", "-n", "1", "--steps", "1", "-o", str(tmp_path / "o"), "--device", "cpu", *flags])
