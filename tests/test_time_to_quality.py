@@ -1,0 +1,163 @@
+"""The time-to-quality benchmark's pieces: the photo folder it trains on, the training commands of each config,
+the peer's training loop and DDIM sampling on a tiny UNet2DModel, and the merging of results across runs.
+No benchmark is run here (it takes minutes a budget)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return _load("photos")
+
+
+@pytest.fixture(scope="module")
+def ttq():
+    return _load("time_to_quality")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_photos_writes_170_colour_crops_of_64px_per_class_the_same_bytes_for_the_same_seed(photos, tmp_path):
+    a = _files(photos.make_photos(tmp_path / "a", seed=0))
+    b = _files(photos.make_photos(tmp_path / "b", seed=0))
+    assert a == b
+    assert len(a) == 510
+    for name in ("cat", "tissue", "galaxies"):
+        assert sum(k.startswith(f"{name}/") for k in a) == 170
+    for path in (tmp_path / "a" / "cat" / "000.png", tmp_path / "a" / "galaxies" / "169.png"):
+        with Image.open(path) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+    c = _files(photos.make_photos(tmp_path / "c", seed=1, per_class=5))
+    assert c["cat/000.png"] != a["cat/000.png"]
+
+
+def test_photo_classes_differ_in_colour(photos, tmp_path):
+    photos.make_photos(tmp_path, seed=0, per_class=20)
+    mean = {name: np.mean([np.asarray(Image.open(p), dtype=float).mean((0, 1)) for p in (tmp_path / name).glob("*.png")], 0)
+            for name in photos.PHOTOS}  # each (3,) mean RGB
+    assert np.abs(mean["galaxies"] - mean["tissue"]).max() > 20  # a dark sky against stained tissue
+
+
+def test_photo_classes_come_from_photos_no_bundled_set_uses(photos):
+    from pixelforge.data.bundled import TEXTURE_CLASSES
+
+    assert not set(photos.PHOTOS.values()) & set(TEXTURE_CLASSES)
+    assert set(photos.PHOTOS) == {"cat", "tissue", "galaxies"}
+
+
+def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_options(ttq):
+    cmds = {c: ttq.train_commands(c, "PH", "RUNS", [2, 5, 10, 20]) for c in ("minutes", "scratch", "fp32")}
+    minutes = dict((b, argv) for b, _, argv in cmds["minutes"])
+    argv = minutes[10]
+    assert argv[:2] == ["train", "PH"] and argv[argv.index("--minutes") + 1] == "10"
+    assert argv[argv.index("--image-size") + 1] == "32" and argv[argv.index("--seed") + 1] == "0"
+    assert "--init-from" not in argv and "--precision" not in argv and "--steps" not in argv
+    assert len({name for _, name, _ in cmds["minutes"]}) == 4  # one run each
+    scratch = cmds["scratch"][0][2]
+    assert scratch[scratch.index("--init-from") + 1] == "none"
+    fp32 = cmds["fp32"][3][2]
+    assert fp32[fp32.index("--precision") + 1] == "fp32" and fp32[fp32.index("--minutes") + 1] == "20"
+
+
+def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq):
+    cmds = ttq.train_commands("readme", "PH", "RUNS", [5, 2, 20, 10])
+    assert [b for b, _, _ in cmds] == [2, 5, 10, 20]
+    assert len({name for _, name, _ in cmds}) == 1
+    assert [argv[argv.index("--max-minutes") + 1] for _, _, argv in cmds] == ["2", "3", "5", "10"]
+    assert all(argv[argv.index("--steps") + 1] == "10000" and "--minutes" not in argv for _, _, argv in cmds)
+    assert [argv[argv.index("--max-minutes") + 1] for _, _, argv in ttq.train_commands("readme", "P", "R", [0.1, 0.2])] \
+        == ["0.1", "0.1"]
+    with pytest.raises(ValueError, match="peer"):
+        ttq.train_commands("peer", "PH", "RUNS", [2])
+
+
+def test_read_metrics_takes_the_last_step_images_and_training_seconds(ttq, tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,images,loss,elapsed_s\n10,640,0.5,3.0\n20,1280,0.4,6.5\n25,1600,0.3,\n")
+    assert ttq.read_metrics(tmp_path) == {"steps": 25, "images": 1600, "train_s": 6.5}
+    with pytest.raises(ValueError, match="metrics.csv"):
+        ttq.read_metrics(tmp_path / "missing")
+
+
+def test_results_of_separate_invocations_merge_into_one_table(ttq, tmp_path):
+    path = tmp_path / "results.json"
+    row = {"steps": 100, "images": 6400, "fid": 120.5, "precision": 0.2, "recall": 0.1, "train_s": 120.0,
+           "wall_s": 150.0, "cpu_s": 140.0, "load_before": [1.0, 1, 1], "load_after": [1.5, 1, 1]}
+    ttq.merge_results(path, {"configs": ["minutes"]}, {"minutes@2": {**row, "config": "minutes", "budget_min": 2.0},
+                                                       "minutes@5": {**row, "config": "minutes", "budget_min": 5.0}})
+    later = {"peer@2": {**row, "config": "peer", "budget_min": 2.0, "fid": 200.25},
+             "minutes@5": {**row, "config": "minutes", "budget_min": 5.0, "fid": 99.0},
+             "scratch@2": {"config": "scratch", "budget_min": 2.0, "error": "no run named 'none'"}}
+    results = ttq.merge_results(path, {"configs": ["peer"]}, later)
+    assert set(results["rows"]) == {"minutes@2", "minutes@5", "peer@2", "scratch@2"}
+    assert results["rows"]["minutes@5"]["fid"] == 99.0  # the newer row of the same config and budget wins
+    assert len(results["runs"]) == 2
+    lines = ttq.table(results["rows"]).splitlines()
+    body = lines[2:]
+    assert [line.split("|")[1].strip() for line in body] == ["minutes", "minutes", "scratch", "peer"]  # CONFIGS order
+    assert "| 120.50 |" in body[0] and "| 99.00 |" in body[1] and "skipped: no run named 'none'" in body[2]
+    assert "6,400" in body[0] and "1.0/1.5" in body[0]
+
+
+def test_bad_configs_and_budgets_are_refused_naming_the_option(ttq, capsys):
+    for argv, option in ((["--configs", "minutes,nope"], "--configs"), (["--budgets", "2,x"], "--budgets"),
+                         (["--budgets", "0"], "--budgets")):
+        with pytest.raises(SystemExit) as e:
+            ttq.parse_args(argv)
+        assert e.value.code == 2 and option in capsys.readouterr().err
+    quick = ttq.parse_args(["--quick"])
+    assert quick.budgets == list(ttq.QUICK_BUDGETS) and quick.samples == ttq.QUICK_SAMPLES
+
+
+def test_class_rows_put_one_class_per_grid_row(ttq):
+    images = torch.stack([torch.full((3, 2, 2), float(k) / 3 - 0.5) for k in [0, 1, 2] * 12])  # (36, 3, 2, 2), label = i % 3
+    picked = ttq.class_rows(images, [i % 3 for i in range(36)], cols=10)
+    values = [np.asarray(im)[0, 0, 0] for im in picked]
+    assert len(picked) == 30 and values[:10] == [values[0]] * 10 and values[10] != values[0] and values[20] != values[10]
+
+
+TINY_UNET = {"sample_size": 8, "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "block_out_channels": (8, 16),
+             "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D"),
+             "norm_num_groups": 4}
+
+
+def test_peer_trains_two_steps_as_the_diffusers_example_and_samples_with_ddim_per_seed(ttq):
+    pytest.importorskip("diffusers")
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    trainer = ttq.PeerTrainer(TINY_UNET, images, torch.device("cpu"), batch_size=2, epochs=2, warmup=4)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batches = trainer.batches()
+    x = next(batches)
+    assert x.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    losses = [trainer.step(x), trainer.step(next(batches))]
+    assert all(np.isfinite(losses)) and trainer.steps == 2 and trainer.images == 4
+    assert trainer.step_fn.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 2 / 4)  # linear warm-up
+    assert trainer.ema.optimization_step == 2
+    ema = trainer.ema_copy()
+    name = "conv_in.weight"
+    assert not torch.equal(trainer.model.state_dict()[name], start[name])
+    assert not torch.equal(ema.state_dict()[name], trainer.model.state_dict()[name])  # the EMA lags the weights
+    a = ttq.sample_peer(ema, 3, torch.device("cpu"), batch_size=3)
+    b = ttq.sample_peer(ema, 3, torch.device("cpu"), batch_size=2)
+    assert a.dtype == torch.uint8 and a.shape == (3, 3, 8, 8)
+    # image i depends on seed i alone, whatever the batch (up to one level where float rounding in a batch differs)
+    assert (a.int() - b.int()).abs().max() <= 1 and (a.int() - b.int()).abs().float().mean() < 0.05
+    assert not torch.equal(a[0], a[1])
