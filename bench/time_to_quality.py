@@ -138,8 +138,8 @@ def read_metrics(run_dir: Path) -> dict:
         raise ValueError(f"{path}: no metrics.csv (did the training start?)")
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("step")]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
+    if not rows:  # a budget too short to reach the first metrics row (log_every steps)
+        return {"steps": None, "images": None, "train_s": None}
     last = rows[-1]
     elapsed = next((float(r["elapsed_s"]) for r in reversed(rows) if r.get("elapsed_s")), None)
     return {"steps": int(last["step"]), "images": int(float(last["images"])) if last.get("images") else None,
@@ -158,14 +158,22 @@ def run_pixelforge(argv: list[str], threads: int) -> dict:
     load_before = os.getloadavg()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pixelforge.cli", *argv], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    # stdout (the plan) goes straight through; stderr (the training's progress bar, an error line) is passed on
+    # as it comes and its tail kept for the error
+    proc = subprocess.Popen([sys.executable, "-m", "pixelforge.cli", *argv], env=env, stderr=subprocess.PIPE)
+    tail = b""
+    while chunk := os.read(proc.stderr.fileno(), 4096):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-8192:]
+    rc = proc.wait()
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()[-1:]
-    return {"rc": proc.returncode, "error": errors[-1].strip() if proc.returncode and errors else None,
+    lines = [line.strip() for line in tail.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines[-1:]
+    return {"rc": rc, "error": errors[-1] if rc and errors else None,
             "wall_s": wall, "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "load_before": list(load_before), "load_after": list(os.getloadavg()), "stdout": proc.stdout[-2000:]}
+            "load_before": list(load_before), "load_after": list(os.getloadavg())}
 
 
 # --- scoring -----------------------------------------------------------------------------------------------
@@ -300,11 +308,12 @@ def train_peer(budgets: list[float], photos: Path, device: torch.device, work: P
     train_s = 0.0
     w0, c0 = time.perf_counter(), time.process_time()
     batches = trainer.batches()
-    with stage_bar(len(marks), "peer budgets", unit="budget") as bar:
+    with stage_bar(round(marks[-1] * 60), "peer training", unit="s") as bar:
         while marks:
             t = time.perf_counter()
             trainer.step(next(batches))
             train_s += time.perf_counter() - t  # the loop's time; snapshots are outside it
+            bar.update(min(int(train_s), bar.total) - bar.n)
             if train_s >= marks[0] * 60:
                 snapshot = trainer.ema_copy()
                 path = work / "peer" / f"ema-{fmt(marks[0])}min.safetensors"
@@ -314,7 +323,6 @@ def train_peer(budgets: list[float], photos: Path, device: torch.device, work: P
                             "train_s": train_s, "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
                             "load_before": list(load_before), "load_after": list(os.getloadavg()),
                             "parameters": params, "peer_config": config, "weights": str(path)})
-                bar.update(1)
     return out
 
 
@@ -446,11 +454,15 @@ def main(argv=None) -> dict:
             continue
         if CONFIGS[config].kind == "continued":
             shutil.rmtree(runs_dir / run_name(config), ignore_errors=True)  # one fresh run, continued below
+        spent = {"wall_s": 0.0, "cpu_s": 0.0}  # a continued run's calls so far
         for minutes, name, argv in train_commands(config, photos, runs_dir, a.budgets, a.device):
             if CONFIGS[config].kind == "budget":
                 shutil.rmtree(runs_dir / name, ignore_errors=True)  # a fresh run per budget
             print(f"{config} {fmt(minutes)} min: pixelforge {' '.join(argv)}", flush=True)
             res = run_pixelforge(argv, a.threads)
+            if CONFIGS[config].kind == "continued":  # its row counts every call up to this budget
+                for k in spent:
+                    res[k] = spent[k] = spent[k] + res[k]
             row = {"config": config, "budget_min": minutes, "command": ["pixelforge", *argv],
                    **{k: res[k] for k in ("wall_s", "cpu_s", "load_before", "load_after")}}
             if res["rc"] != 0:
