@@ -341,7 +341,8 @@ def merge_results(path: Path, meta: dict, rows: dict[str, dict]) -> dict:
         results = json.loads(path.read_text())
         results.setdefault("runs", [])
         results.setdefault("rows", {})
-    results["runs"].append(meta)
+    if meta not in results["runs"]:  # saved after every row: one entry per invocation
+        results["runs"].append(meta)
     results["rows"].update(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as tmp:
@@ -427,6 +428,17 @@ def main(argv=None) -> dict:
     scorer = Scorer(photos, a.device)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "configs": a.configs, "budgets": a.budgets,
+            "samples": a.samples, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
+            "machine": machine(), "torch": torch.__version__, "diffusers": _version("diffusers"),
+            "sampling": {"ours": OUR_SAMPLING, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
+                         "evaluations": EVALS, "guidance_note": "guidance 1: no classifier-free guidance"}}
+
+    def keep(row: dict) -> None:
+        """Add a row and save results.json at once, so an interrupted run keeps what it measured."""
+        row["quick"] = a.quick
+        rows[row_key(row["config"], row["budget_min"])] = row
+        merge_results(out / "results.json", meta, {row_key(row["config"], row["budget_min"]): row})
 
     def finish(row: dict, images: torch.Tensor, labels: list[int] | None) -> None:
         fake = images if images.dtype == torch.uint8 else to_uint8(images)
@@ -435,7 +447,7 @@ def main(argv=None) -> dict:
         grid = out / f"{row['config']}-{fmt(row['budget_min'])}min.png"
         make_grid(grid_images, cols=GRID_COLS, scale=2).save(grid)
         row["grid"] = str(grid)
-        rows[row_key(row["config"], row["budget_min"])] = row
+        keep(row)
         print(f"  {row['config']} {fmt(row['budget_min'])} min: {row.get('steps')} steps, FID {row['fid']:.2f}, "
               f"precision {row['precision']:.3f}, recall {row['recall']:.3f}", flush=True)
 
@@ -467,7 +479,7 @@ def main(argv=None) -> dict:
                    **{k: res[k] for k in ("wall_s", "cpu_s", "load_before", "load_after")}}
             if res["rc"] != 0:
                 row["error"] = res["error"] or f"exit status {res['rc']}"
-                rows[row_key(config, minutes)] = row
+                keep(row)
                 print(f"skip {config} at {fmt(minutes)} min: {row['error']}", flush=True)
                 if CONFIGS[config].kind == "continued":
                     break  # the later budgets continue this run
@@ -476,13 +488,6 @@ def main(argv=None) -> dict:
             images, labels = sample_ours(runs_dir / name, a.samples, a.device)
             finish(row, images, labels)
 
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "configs": a.configs, "budgets": a.budgets,
-            "samples": a.samples, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
-            "machine": machine(), "torch": torch.__version__, "diffusers": _version("diffusers"),
-            "sampling": {"ours": OUR_SAMPLING, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
-                         "evaluations": EVALS, "guidance_note": "guidance 1: no classifier-free guidance"}}
-    for row in rows.values():
-        row["quick"] = a.quick
     results = merge_results(out / "results.json", meta, rows)
     print()
     print(table(results["rows"]))

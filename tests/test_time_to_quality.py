@@ -108,7 +108,8 @@ def test_results_of_separate_invocations_merge_into_one_table(ttq, tmp_path):
     later = {"peer@2": {**row, "config": "peer", "budget_min": 2.0, "fid": 200.25},
              "minutes@5": {**row, "config": "minutes", "budget_min": 5.0, "fid": 99.0},
              "scratch@2": {"config": "scratch", "budget_min": 2.0, "error": "no run named 'none'"}}
-    results = ttq.merge_results(path, {"configs": ["peer"]}, later)
+    ttq.merge_results(path, {"configs": ["peer"]}, {})
+    results = ttq.merge_results(path, {"configs": ["peer"]}, later)  # the same invocation saving again
     assert set(results["rows"]) == {"minutes@2", "minutes@5", "peer@2", "scratch@2"}
     assert results["rows"]["minutes@5"]["fid"] == 99.0  # the newer row of the same config and budget wins
     assert len(results["runs"]) == 2
