@@ -547,19 +547,23 @@ def train(
     dict of the family's model config fields ({"base_channels": 16, "channel_mult": (1, 2)}); unset ones
     take the library's defaults. A run of that name that has checkpoints resumes with its saved config:
     of the settings only `steps` then applies (a new total). runs_dir: default $PIXELFORGE_RUNS or ./runs. init_from: a run or
-    bundled model whose matching weights a new run starts from. max_minutes: a wall-clock budget for this
+    bundled model whose matching weights a new run starts from, or "none" (from scratch; the default of a run
+    of steps; a run with `minutes` starts from a bundled base model that fits it, train/budget.py). max_minutes: a wall-clock budget for this
     call (it checkpoints and stops; call again to continue). The run's in-training FID/KID (eval_every > 0)
     sample with TRAINING_EVAL_SAMPLE_OPTIONS.
 
     minutes: a time budget for the whole run instead of `steps` (a diffusion run; train/budget.py): a new
     run's network size, batch, warm-up, EMA decay and cadence are planned from a few timed steps on this
     device (settings given win), and it trains until its training time reaches the budget, over as many
-    calls as it takes. Resuming, a run keeps its budget; minutes (or steps) given then is a new total.
+    calls as it takes. Resuming, a run keeps its budget; minutes (or steps) given then is a new total. A new
+    budget run trains in bf16 where a step is measured faster in it (settings' precision wins) and starts
+    from the bundled base model that fits it unless init_from says otherwise.
     """
     from tqdm.auto import tqdm
 
     from .distributed import launched_world
     from .runs import check_run_name, new_run_config
+    from .train.budget import NO_INIT
     from .train.loop import train as train_loop
 
     runs = Path(runs_dir) if runs_dir is not None else default_runs_dir()
@@ -585,8 +589,10 @@ def train(
         if launched_world().distributed:
             raise ValueError("minutes (--minutes) times and plans a new run in one process: start it without "
                              "torchrun, or give --steps")
-        cfg, plan = plan_run(data, minutes, device=device, progress=progress, say=tqdm.write, **settings)
+        cfg, plan = plan_run(data, minutes, device=device, progress=progress, init_from=init_from, runs_dir=runs,
+                             say=tqdm.write, **settings)
         tqdm.write("\n".join(describe_plan(cfg, plan)))
+        init_from = plan.init_from
     else:
         cfg = new_run_config(data, **settings)
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
@@ -594,6 +600,8 @@ def train(
                          "(--eval-every) to compute it")
     # under torchrun rank 0 alone evaluates (the loop sends its figure to the others)
     evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every and launched_world().main else None
+    if init_from == NO_INIT:
+        init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
                       max_seconds=max_minutes * 60 if max_minutes is not None else None)
 

@@ -182,11 +182,14 @@ def _add_train(sub):
     p.add_argument("--val-fraction", type=_float_range(0, 1, below_hi=True), default=0.05, help="share of images held out for validation")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None, help="fp32 (the default); bf16: bfloat16 "
-                   "autocast where the hardware has it natively (weights stay fp32); auto: bf16 where a training step is "
-                   "measured at least 1.15x faster in it (docs/precision.md)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None, help="fp32 (the default of a run of "
+                   "--steps); bf16: bfloat16 autocast where the hardware has it natively (weights stay fp32); auto (the "
+                   "default with --minutes): bf16 where a training step is measured at least 1.15x faster in it "
+                   "(docs/precision.md)")
     p.add_argument("--max-minutes", type=_float_range(0, above_lo=True), default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
-    p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled model's weights (fine-tuning)")
+    p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled "
+                   "model's weights (fine-tuning); 'none' trains from scratch. A --minutes run on 32x32 RGB images "
+                   "starts from the bundled base-32 model by default (docs/training-budget.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

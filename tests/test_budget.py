@@ -15,7 +15,7 @@ import torch
 import pixelforge
 import pixelforge.train.loop as loop
 from pixelforge.cli import main
-from pixelforge.models import DiffusionModel
+from pixelforge.models import DiffusionModel, get_family
 from pixelforge.models.diffusion import DiffusionConfig
 from pixelforge.runs import new_run_config
 from pixelforge.train import RunConfig, TrainConfig, train
@@ -146,25 +146,25 @@ def test_timing_measures_the_smallest_network_first_and_stops_where_the_budget_c
 # --- a run with a budget: the loop, with a clock that moves 1.25 s per training step -------------------------
 
 
-def _install_step_clock(mp: pytest.MonkeyPatch, per_step: float) -> SimpleNamespace:
+def _install_step_clock(mp: pytest.MonkeyPatch, per_step: float, model_class: type = DiffusionModel) -> SimpleNamespace:
     """The training loop's clock made to move only when a training step runs, `per_step` seconds each: a run's
     length in steps then follows from its budget exactly."""
     clock = SimpleNamespace(now=1000.0)
     mp.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-    step = DiffusionModel.training_step
+    step = model_class.training_step
 
     def timed(self, *args, **kwargs):
         clock.now += per_step
         return step(self, *args, **kwargs)
 
-    mp.setattr(DiffusionModel, "training_step", timed)
+    mp.setattr(model_class, "training_step", timed)
     return clock
 
 
 @pytest.fixture
 def step_clock(monkeypatch):
-    """step_clock(per_step=1.25): _install_step_clock for one test."""
-    return lambda per_step=1.25: _install_step_clock(monkeypatch, per_step)
+    """step_clock(per_step=1.25, model_class=DiffusionModel): _install_step_clock for one test."""
+    return lambda per_step=1.25, model_class=DiffusionModel: _install_step_clock(monkeypatch, per_step, model_class)
 
 
 def run(cfg, run_dir, cache, **kwargs):
@@ -253,7 +253,7 @@ def _canned(seconds_at_16: float):
     """A measure_step_times that times nothing: each candidate's step takes seconds_at_16 x its residual blocks
     at batch 16, in proportion to the batch."""
 
-    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, say=lambda text: None):
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=lambda text: None):
         batch = batch_size or 16
         return [StepTiming(dict(c), 1000 * c["num_res_blocks"], ((batch, seconds_at_16 * c["num_res_blocks"] * batch / 16),))
                 for c in candidates]
@@ -296,7 +296,155 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
     assert RunConfig.load(runs / "b" / "config.json").train.minutes == 0.15
 
 
-def test_minutes_plans_diffusion_runs_only(tmp_path, pixelforge_cache):
-    with pytest.raises(ValueError, match=r"minutes \(--minutes\) plans diffusion runs; train gan models with --steps"):
-        pixelforge.train("digits", name="g", runs_dir=tmp_path / "runs", model="gan", minutes=1, device="cpu")
+def test_minutes_refuses_the_transformer_whose_stages_are_counted_in_steps(tmp_path, pixelforge_cache):
+    with pytest.raises(ValueError, match=r"minutes \(--minutes\): a transformer model trains in stages counted in "
+                                         r"steps \(the VQ-VAE for stage1_steps, then the prior\); train it with --steps"):
+        pixelforge.train("digits", name="t", runs_dir=tmp_path / "runs", model="transformer", minutes=1, device="cpu")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "pixelcnn"])
+def test_other_families_keep_their_size_and_get_batch_schedule_and_budget_planned(tmp_path, capsys, monkeypatch, step_clock,
+                                                                                 pixelforge_cache, family):
+    seen = {}
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        seen["candidates"] = candidates
+        return [StepTiming(dict(c), 1000, ((16, 0.001), (32, 0.002))) for c in candidates]
+
+    monkeypatch.setattr(budget, "measure_step_times", measure)
+    step_clock(1.25, get_family(family))
+    runs = tmp_path / "runs"
+    result = pixelforge.train("digits", name=family, runs_dir=runs, model=family, minutes=0.1, image_size=8, device="cpu",
+                              progress=False)
+    assert seen["candidates"] == [{}] and (result.stopped, result.step) == ("finished", 5)  # 6 s of 1.25 s steps
+    cfg = RunConfig.load(runs / family / "config.json")
+    # 5.4 s of steps: 1,350 at batch 64 (0.004 s on the line through the two points) is below the floor; 2,700 at 32
+    assert cfg.family == family and cfg.train.minutes == 0.1 and (cfg.train.batch_size, cfg.train.steps) == (32, 2700)
+    assert f"{family}, its default size or the one given" in capsys.readouterr().out
+
+
+# --- precision: timed in what the run trains in ---------------------------------------------------------------
+
+
+def _precision_clock(monkeypatch, seconds: dict[str, float]) -> list[str]:
+    """_time_steps made to report `seconds[precision]` per step, the precision the model is set to; returns
+    the precisions in the order they were timed."""
+    order: list[str] = []
+
+    def timed(model, batch, step, clock):
+        precision = next(m.__dict__.get("_precision", "fp32") for m in model.modules() if hasattr(m, "training_step"))
+        order.append(precision)
+        return seconds[precision] * batch / 16, step + 1
+
+    monkeypatch.setattr(budget, "_time_steps", timed)
+    return order
+
+
+@pytest.mark.parametrize("bf16_seconds, expected", [(0.05, "bf16"), (0.09, "fp32")])
+def test_auto_times_each_candidate_in_both_precisions_interleaved_and_keeps_bf16_only_where_it_is_faster_enough(
+        monkeypatch, pixelforge_cache, bf16_seconds, expected):
+    order = _precision_clock(monkeypatch, {"fp32": 0.1, "bf16": bf16_seconds})
+    cfg = new_run_config("digits", image_size=8)
+    (t,) = measure_step_times(cfg, size_candidates(8)[:1], torch.device("cpu"), minutes=0.001, n_train=1700,
+                              precisions=("fp32", "bf16"))
+    assert order == ["fp32", "bf16", "fp32", "bf16"]  # batch 16 in both, then batch 32 in both
+    assert t.precision == expected and t.speedup == pytest.approx(0.1 / bf16_seconds)
+    assert t.seconds_per_step(16) == pytest.approx(0.1 if expected == "fp32" else bf16_seconds)
+    plan = plan_budget(10, 1700, [t])
+    assert plan.precision == expected and plan.settings()["precision"] == expected
+    assert plan.seconds_per_step == pytest.approx(t.seconds_per_step(plan.batch_size))
+
+
+def test_timed_precisions_fall_back_to_fp32_where_bf16_is_not_native(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(budget, "bf16_available", lambda device: False)
+    assert {budget.timed_precisions(p, cpu) for p in (None, "auto", "bf16", "fp32")} == {("fp32",)}
+    monkeypatch.setattr(budget, "bf16_available", lambda device: True)
+    assert [budget.timed_precisions(p, cpu) for p in (None, "auto", "bf16", "fp32")] == [
+        ("fp32", "bf16"), ("fp32", "bf16"), ("bf16",), ("fp32",)]
+
+
+def test_a_budget_run_trains_in_the_precision_it_was_planned_in_unless_one_is_given(tmp_path, monkeypatch, pixelforge_cache):
+    monkeypatch.setattr(budget, "BASE_MODELS", ())
+    seen = {}
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        seen["precisions"] = precisions
+        return [StepTiming(dict(c), 1000, ((16, 0.01),), precision=precisions[-1], speedup=1.6) for c in candidates]
+
+    monkeypatch.setattr(budget, "bf16_available", lambda device: True)
+    cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure)
+    assert seen["precisions"] == ("fp32", "bf16") and cfg.train.precision == plan.precision == "bf16"
+    assert any("precision bf16 (a step measured 1.60x as fast" in line for line in describe_plan(cfg, plan))
+    cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="auto")
+    assert cfg.train.precision == "bf16"  # "auto" is decided by the timing, not timed again by the loop
+    cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="fp32")
+    assert seen["precisions"] == ("fp32",) and cfg.train.precision == "fp32"
+
+
+# --- the starting point: a bundled base model where it fits ---------------------------------------------------
+
+
+@pytest.fixture
+def base_run(tmp_path, pixelforge_cache):
+    """A tiny 8x8 RGB diffusion run on the bundled shapes (6 classes), standing in for a bundled base model."""
+    pixelforge.train("shapes", name="base", runs_dir=tmp_path / "src", image_size=8, steps=2, batch_size=4,
+                     model_fields={"base_channels": 8, "channel_mult": (1, 2)}, device="cpu", progress=False)
+    return tmp_path / "src" / "base"
+
+
+def test_a_budget_run_starts_from_the_base_model_that_fits_and_times_only_its_network(base_run, monkeypatch):
+    monkeypatch.setattr(budget, "BASE_MODELS", ("no-such-model", str(base_run)))
+    seen = {}
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        seen["candidates"] = candidates
+        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+
+    cfg, plan = budget.plan_run("shapes", 1, image_size=8, measure=measure)
+    assert plan.init_from == str(base_run)
+    assert seen["candidates"] == [{"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 2}]
+    assert (cfg.model["base_channels"], tuple(cfg.model["channel_mult"])) == (8, (1, 2))
+    assert any(f"from {base_run}'s weights (--init-from none" in line for line in describe_plan(cfg, plan))
+    # "none" trains from scratch with every size timed; contradicting fields, grey images or text: no base
+    _, plan = budget.plan_run("shapes", 1, image_size=8, measure=measure, init_from="none")
+    assert plan.init_from is None and len(seen["candidates"]) == len(size_candidates(8)) == 3
+    _, plan = budget.plan_run("shapes", 1, image_size=8, measure=measure, model_fields={"base_channels": 16})
+    assert plan.init_from is None
+    _, plan = budget.plan_run("shapes", 1, image_size=8, channels=1, measure=measure)
+    assert plan.init_from is None
+    # another image side does not fit either
+    _, plan = budget.plan_run("shapes", 1, image_size=16, measure=measure)
+    assert plan.init_from is None
+
+
+def test_starting_from_a_model_of_other_classes_gives_every_class_its_no_label_row(base_run, tmp_path):
+    source = loop.load_weights(base_run)
+    cfg = new_run_config("textures", image_size=8, channels=3, model_fields={"base_channels": 8, "channel_mult": (1, 2)},
+                         steps=1)
+    model = loop.build_model(cfg, torch.device("cpu"))
+    ema = loop.copy.deepcopy(model)
+    skipped = loop._init_from(model, ema, str(base_run))
+    rows = model.state_dict()["net.label_embed.embed.weight"]  # (3 + 1, dim): textures has 3 classes
+    assert rows.shape[0] == 4 and source["net.label_embed.embed.weight"].shape[0] == 7
+    assert torch.equal(rows, source["net.label_embed.embed.weight"][-1:].expand_as(rows))
+    assert skipped == [] and torch.equal(ema.state_dict()["net.label_embed.embed.weight"], rows)
+    assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items() if k != "net.label_embed.embed.weight")
+
+
+def test_init_from_none_trains_from_scratch(tmp_path, pixelforge_cache):
+    runs = tmp_path / "runs"
+    assert main(["train", "digits", "--name", "s", "--runs-dir", str(runs), "--image-size", "8", "--steps", "1",
+                 "--base-channels", "8", "--channel-mult", "1,2", "--batch-size", "4", "--init-from", "none",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert list_checkpoints(runs / "s" / "checkpoints")
+
+
+def test_init_from_a_run_name_is_looked_up_in_the_runs_dir_given(tmp_path, pixelforge_cache, capsys):
+    runs = tmp_path / "elsewhere"
+    flags = ["--runs-dir", str(runs), "--image-size", "8", "--base-channels", "8", "--channel-mult", "1,2",
+             "--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main(["train", "digits", "--name", "src", "--steps", "1", *flags]) == 0
+    assert main(["train", "digits", "--name", "tuned", "--steps", "1", "--init-from", "src", *flags]) == 0
+    assert "initialised from src" in capsys.readouterr().out

@@ -16,6 +16,14 @@ The rule (docs/training-budget.md has the measurements behind it):
    grids, 20 validations and 200 rows of metrics, validations and grids fewer where they would take more than
    CADENCE_SHARE of the time each (plan_schedule).
 
+4. Precision: a run that does not name one (or asks for "auto") is timed in fp32 and in bf16 autocast where
+   the device has native bfloat16, each candidate in both, interleaved; it trains in bf16 where that is at
+   least precision.MIN_SPEEDUP times as fast, and is planned with the step time of what it trains in.
+5. Starting point: a run that names no --init-from starts from the bundled base model (BASE_MODELS) whose
+   network fits it (a diffusion UNet of the same image side and channels, no text or sketch condition);
+   the candidates are then that network alone. `init_from="none"` trains from scratch; a run named as
+   --init-from fixes the network the same way.
+
 Settings the user gives (the batch, the network's fields, the warm-up, ...) win over the plan's. The run then
 trains until the budget is spent (TrainConfig.minutes; a resumed run continues until its training time over
 every call reaches it), so the planned steps are an estimate, never a limit.
@@ -35,7 +43,9 @@ import torch
 from ..condition import Cond
 from ..device import pick_device
 from ..models import get_family
+from ..models.family import set_precision
 from ..models.limits import meta_model, parameter_count
+from ..precision import MIN_SPEEDUP, bf16_available
 from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
 
 MIN_STEPS = 1500  # the steps the planner asks for where the budget allows them (docs/training-budget.md)
@@ -49,6 +59,10 @@ CADENCE_SHARE = 0.05  # validations, and sample grids, each take at most this sh
 PROBE_BATCHES = (16, 32)  # batch sizes each candidate is timed at
 PROBE_SHARE = 0.1  # the timing stops measuring larger networks once it has taken this share of the budget
 PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
+BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
+NO_INIT = "none"  # init_from (--init-from) that trains from scratch
+# families a budget cannot plan, and why: their stages are counted in steps
+STEP_COUNTED = {"transformer": "the VQ-VAE for stage1_steps, then the prior"}
 
 # UNet sizes, smallest first: (base_channels, levels, num_res_blocks). The levels' widths are channel_mult
 # (1, 2, 2, ...)[:levels], fewer where the image side cannot be halved that often.
@@ -63,6 +77,8 @@ class StepTiming:
     model_fields: Mapping[str, object]  # the candidate's model config fields (base_channels, ...)
     parameters: int
     points: tuple[tuple[int, float], ...]
+    precision: str = "fp32"  # what the points were timed in: what the run trains in
+    speedup: float | None = None  # fp32 seconds over bf16 seconds at the largest batch, where both were timed
 
     def seconds_per_step(self, batch: int) -> float:
         """Seconds per step at `batch`: the line a + b * batch through the two points measured (a, b >= 0),
@@ -95,12 +111,15 @@ class BudgetPlan:
     val_every: int
     log_every: int
     short: bool  # below MIN_STEPS even for the smallest network
+    precision: str = "fp32"  # fp32 or bf16: what the step times were measured in
+    speedup: float | None = None  # fp32 / bf16 step time where both were timed
+    init_from: str | None = None  # the run or bundled model the run starts from (None: from scratch)
 
     def settings(self) -> dict:
         """The run settings of the plan, as new_run_config takes them."""
         return {"steps": self.steps, "batch_size": self.batch_size, "warmup_steps": self.warmup_steps,
                 "ema_decay": self.ema_decay, "ckpt_every": self.ckpt_every, "sample_every": self.sample_every,
-                "val_every": self.val_every, "log_every": self.log_every}
+                "val_every": self.val_every, "log_every": self.log_every, "precision": self.precision}
 
 
 def size_candidates(image_size: int, given: Mapping[str, object] | None = None) -> list[dict]:
@@ -171,7 +190,7 @@ def plan_budget(minutes: float, n_train: int, timings: Sequence[StepTiming], *, 
     steps = max(1, expected_steps(timing, batch, minutes))
     return BudgetPlan(minutes=minutes, n_train=n_train, model_fields=dict(timing.model_fields), parameters=timing.parameters,
                       batch_size=batch, seconds_per_step=timing.seconds_per_step(batch), steps=steps, short=short,
-                      **plan_schedule(steps, batch))
+                      precision=timing.precision, speedup=timing.speedup, **plan_schedule(steps, batch))
 
 
 # --- timing on this machine ------------------------------------------------------------------------------
@@ -216,12 +235,26 @@ def _time_steps(model, batch: int, step: int, clock: Callable[[], float]) -> tup
     return (clock() - start) / done, step
 
 
+def timed_precisions(precision: str | None, device: torch.device) -> tuple[str, ...]:
+    """The precisions a budget run's candidates are timed in: fp32 alone where bf16 is not native on `device`
+    or fp32 is asked for, bf16 alone where it is asked for, both for "auto" (and for None: a budget run that
+    names no precision trains in what is measured faster)."""
+    if precision == "fp32" or not bf16_available(device):
+        return ("fp32",)
+    return ("bf16",) if precision == "bf16" else ("fp32", "bf16")
+
+
 def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]], device: torch.device, *,
                        minutes: float, n_train: int, batch_size: int | None = None,
+                       precisions: Sequence[str] = ("fp32",),
                        clock: Callable[[], float] = time.perf_counter,
                        say: Callable[[str], None] = lambda text: None) -> list[StepTiming]:
     """Seconds per training step of each candidate network (model fields over cfg's) on `device`, timed on
     synthetic batches at PROBE_BATCHES (or at batch_size alone), after one untimed step.
+
+    precisions: ("fp32",), ("bf16",), or both (timed_precisions), interleaved batch by batch so that other
+    load falls on both alike; with both, a candidate's timing is bf16's where fp32's time over bf16's at the
+    largest batch is at least MIN_SPEEDUP, else fp32's.
 
     Candidates are measured smallest first. Measuring stops at the first that cannot get MIN_STEPS even at
     the smallest batch (larger ones are slower still), at one the device has no memory for, and once the
@@ -237,14 +270,20 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
             parameters = parameter_count(meta_model(family, candidate.model_config()))
             try:
                 model = build_model(candidate, device)
-                # an untimed first step at the smallest batch: it pays one-time costs (CUDA's lazy start-up and
-                # kernel choice, a CPU's first allocations) that the steps of a run do not
-                model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
+                # an untimed first step at the smallest batch in each precision: it pays one-time costs (CUDA's
+                # lazy start-up and kernel choice, a CPU's first allocations, oneDNN's bf16 kernels) that the
+                # steps of a run do not
+                for precision in precisions:
+                    set_precision(model, precision)
+                    model.training_step(*_probe_batch(model, batches[0], torch.Generator().manual_seed(0)), 0)
                 _synchronize(device)
-                points, step = [], 1
+                points: dict[str, list[tuple[int, float]]] = {p: [] for p in precisions}
+                step = 1
                 for batch in batches:
-                    seconds, step = _time_steps(model, batch, step, clock)
-                    points.append((batch, seconds))
+                    for precision in precisions:
+                        set_precision(model, precision)
+                        seconds, step = _time_steps(model, batch, step, clock)
+                        points[precision].append((batch, seconds))
             except torch.OutOfMemoryError:
                 say(f"time budget: a UNet of base width {fields.get('base_channels')} does not fit in {device}'s memory")
                 break
@@ -252,7 +291,10 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
                 model = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            timing = StepTiming(model_fields=dict(fields), parameters=parameters, points=tuple(points))
+            speedup = points["fp32"][-1][1] / max(points["bf16"][-1][1], 1e-12) if len(points) == 2 else None
+            chosen = "bf16" if speedup is not None and speedup >= MIN_SPEEDUP else precisions[0]
+            timing = StepTiming(model_fields=dict(fields), parameters=parameters, points=tuple(points[chosen]),
+                                precision=chosen, speedup=speedup)
             timings.append(timing)
             fastest = max(expected_steps(timing, b, minutes) for b in (*batches, min(FALLBACK_BATCH, cap)))
             if fastest < MIN_STEPS or clock() - started > PROBE_SHARE * minutes * 60:
@@ -267,30 +309,77 @@ def check_not_steps(steps: int | None) -> None:
         raise ValueError("minutes (--minutes) and steps (--steps) cannot both be given: a time budget decides the steps")
 
 
+def start_fields(cfg: RunConfig, source: str, runs_dir: str | os.PathLike | None = None) -> dict | None:
+    """The network fields (SHAPE_FIELDS) of run or bundled model `source` where a new run of `cfg` can start
+    from all of its weights: both diffusion UNets of the same image side and channels, and cfg with no text
+    or sketch condition (their layers would start untrained); else None."""
+    from ..runs.store import resolve_run
+
+    try:
+        other = RunConfig.load(resolve_run(source, runs_dir) / "config.json")
+    except (FileNotFoundError, ValueError):
+        return None
+    mine, theirs = cfg.model_config(), other.model_config()
+    if (cfg.family, other.family) != ("diffusion", "diffusion") or (mine.backbone, theirs.backbone) != ("unet", "unet"):
+        return None
+    if (mine.image_size, mine.channels) != (theirs.image_size, theirs.channels) or mine.text_dim or mine.spatial_condition:
+        return None
+    return {k: getattr(theirs, k) for k in SHAPE_FIELDS}
+
+
+def pick_start(cfg: RunConfig, init_from: str | None, given_fields: Mapping[str, object],
+               runs_dir: str | os.PathLike | None = None) -> tuple[str | None, dict | None]:
+    """(what a budget run starts from, the network fields that fixes): init_from as given ("none": from
+    scratch); where it is None, the first of BASE_MODELS that fits cfg (start_fields) and the network fields
+    the user gave (given_fields) do not contradict."""
+    if init_from == NO_INIT:
+        return None, None
+    if init_from is not None:
+        return init_from, start_fields(cfg, init_from, runs_dir)
+    for name in BASE_MODELS:
+        fields = start_fields(cfg, name)
+        if fields is not None and all(fields[k] == given_fields[k] for k in SHAPE_FIELDS if k in given_fields):
+            return name, fields
+    return None, None
+
+
 def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", progress: bool = True,
+             init_from: str | None = None, runs_dir: str | os.PathLike | None = None,
              measure: Callable[..., list[StepTiming]] | None = None,
              say: Callable[[str], None] = lambda text: None, **settings) -> tuple[RunConfig, BudgetPlan]:
     """The config of a new run on `data` with a time budget of `minutes`, and the plan behind it: the
     settings are new_run_config's, those given winning over the plan's (model_fields field by field);
-    `steps` is the plan's. measure: measure_step_times, or what a test puts in its place."""
+    `steps` is the plan's, and `precision` too where none or "auto" is given. init_from: as pick_start
+    takes it (a run name looked up in runs_dir); the plan's init_from says what the run starts from. measure: measure_step_times, or what a
+    test puts in its place."""
     from ..data import load_dataset, split_indices
 
     check_not_steps(settings.get("steps"))
     given_fields = dict(settings.pop("model_fields", None) or {})
-    base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes)  # every setting checked
-    if base.family != "diffusion":
-        raise ValueError(f"minutes (--minutes) plans diffusion runs; train {base.family} models with --steps")
+    asked_precision = settings.pop("precision", None)
+    asked_precision = None if asked_precision == "auto" else asked_precision
+    base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes,
+                          **({"precision": asked_precision} if asked_precision else {}))  # every setting checked
+    if base.family in STEP_COUNTED:
+        raise ValueError(f"minutes (--minutes): a {base.family} model trains in stages counted in steps "
+                         f"({STEP_COUNTED[base.family]}); train it with --steps")
     dev = pick_device(device)
     n_train = len(split_indices(len(load_dataset(base.data, progress=progress)), base.data.val_fraction,
                                 base.data.split_seed)[0])
-    if base.model_config().backbone == "unet":
+    start, start_shape = pick_start(base, init_from, given_fields, runs_dir)
+    if start_shape is not None:  # the network of the weights it starts from
+        candidates = [start_shape]
+    elif base.family == "diffusion" and base.model_config().backbone == "unet":
         candidates = size_candidates(base.data.image_size, {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
-    else:  # a DiT keeps its given (or default) size; the plan picks the rest
+    else:  # a DiT, and the other families, keep their given (or default) size; the plan picks the rest
         candidates = [{}]
     timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,
-                                              batch_size=settings.get("batch_size"), say=say)
-    plan = plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size"))
-    chosen = {**plan.settings(), **{k: v for k, v in settings.items() if k in plan.settings()}}
+                                              batch_size=settings.get("batch_size"),
+                                              precisions=timed_precisions(asked_precision, dev), say=say)
+    plan = dataclasses.replace(plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size")),
+                               init_from=start)
+    given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
+    chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
                          minutes=minutes)
     return cfg, plan
@@ -300,7 +389,9 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     """The lines `pixelforge train --minutes` prints: what the budget chose (the run's config, so settings the
     user gave show as given) and the step time measured."""
     t, m = cfg.train, cfg.model_config()
-    if m.backbone == "unet":
+    if cfg.family != "diffusion":
+        shape = f"{cfg.family}, its default size or the one given"
+    elif m.backbone == "unet":
         shape = (f"UNet base {m.base_channels}, channel_mult {','.join(map(str, m.channel_mult))}, "
                  f"{m.num_res_blocks} res block(s) per level")
     else:
@@ -312,6 +403,10 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
         f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)",
+        f"  precision {t.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
+                                        f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None else ""),
+        f"  start     " + (f"from {plan.init_from}'s weights (--init-from none trains from scratch)" if plan.init_from
+                           else "from scratch"),
         f"  ema       decay {t.ema_decay:g} (averages about {1 / max(1 - t.ema_decay, 1e-9):,.0f} steps)",
         f"  cadence   checkpoint every {t.ckpt_every} steps, samples every {t.sample_every}, "
         f"validation every {t.val_every}, metrics every {t.log_every}",

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..condition import Cond
+from ..condition import Cond, LabelEmbedding
 from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
 from ..distributed import World, all_gather_cat, all_reduce_sum, barrier, broadcast_, broadcast_long, current, rank_seed
@@ -293,12 +293,20 @@ def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_d
     return save_png(grid, run_dir / "samples" / f"step_{step:07d}.png", {"step": step})
 
 
-def _init_from(model, ema, source: str) -> list[str]:
-    """Copy matching weights from another run or a bundled model (transfer learning); returns skipped names."""
-    run_dir = resolve_run(source)
+def _init_from(model, ema, source: str, runs_dir: Path | None = None) -> list[str]:
+    """Copy matching weights from another run (a name looked up in runs_dir) or a bundled model (transfer
+    learning); returns the names not copied."""
+    run_dir = resolve_run(source, runs_dir)
     state = load_weights(run_dir)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    # A label embedding of another class count: every class (and "no label") starts as the source's "no label"
+    # row, so the new run starts as the source's unconditional model and learns its own classes from there.
+    for name, module in model.named_modules():
+        key = f"{name}.embed.weight" if name else "embed.weight"
+        if isinstance(module, LabelEmbedding) and key in state and key not in usable and state[key].ndim == 2 \
+                and state[key].shape[1] == own[key].shape[1]:
+            usable[key] = state[key][-1:].expand_as(own[key]).clone()  # (num_classes + 1, dim)
     model.load_state_dict(usable, strict=False)
     ema.load_state_dict(model.state_dict())
     return sorted(set(own) - set(usable))
@@ -578,7 +586,7 @@ def _train_locked(
         saved_elapsed = state.get("elapsed_s")  # absent from checkpoints written before it was stored
         say(f"resuming {run_dir} from step {start}")
     elif init_from:
-        skipped = _init_from(model, ema, init_from)
+        skipped = _init_from(model, ema, init_from, run_dir.parent)
         say(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
 
     log = _MetricsLog(run_dir, start) if world.main else None
