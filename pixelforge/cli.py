@@ -712,7 +712,8 @@ def cmd_evaluate(a) -> int:
     if a.json:
         keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
                 "post_processed")
-        print(json.dumps({**{k: figures[k] for k in keys}, "settings": figures["settings"]}))
+        extra = {"reconstruction": figures["reconstruction"]} if "reconstruction" in figures else {}  # an autoencoder's
+        print(json.dumps({**{k: figures[k] for k in keys}, **extra, "settings": figures["settings"]}))
         return 0
     print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}   "
           f"post-processed: {figures['post_processed']}")
@@ -722,6 +723,10 @@ def cmd_evaluate(a) -> int:
         print(f"IS         {figures['is']:.3f} ± {figures['is_std']:.3f}   (domain classifier: not comparable to published IS)")
     print(f"precision  {figures['precision']:.4f}")
     print(f"recall     {figures['recall']:.4f}")
+    if "reconstruction" in figures:  # an autoencoder run: how well it reconstructs held-out images
+        r = figures["reconstruction"]
+        ssim = "n/a (scikit-image not installed)" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        print(f"reconstruction of {r['n']} held-out images: PSNR {r['psnr']:.2f} dB   SSIM {ssim}")
     if figures.get("report"):
         print(f"report: {Path(figures['report']).resolve()}")
     return 0

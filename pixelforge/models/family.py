@@ -72,6 +72,11 @@ class FamilyModule(nn.Module):
                  "spatial": getattr(cfg, "spatial_channels", 0)}
         return tuple(f for f in getattr(self, "inputs", ()) if needs.get(f, 1) > 0)
 
+    def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
+        """(source run, module name in that run, own module) for each part whose weights a new run copies
+        from another run at its start and keeps frozen (latent diffusion's autoencoder); none by default."""
+        return ()
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizer is None:
             self._optimizer = make_adam(self.parameters(), self.optim_config, self.default_betas)

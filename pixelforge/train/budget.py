@@ -284,7 +284,9 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     n_train = len(split_indices(len(load_dataset(base.data, progress=progress)), base.data.val_fraction,
                                 base.data.split_seed)[0])
     if base.model_config().backbone == "unet":
-        candidates = size_candidates(base.data.image_size, {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
+        # sized for the side the UNet sees: the image's, or a latent diffusion run's latents
+        candidates = size_candidates(base.model_config().net_shape[1],
+                                     {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
     else:  # a DiT keeps its given (or default) size; the plan picks the rest
         candidates = [{}]
     timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,
