@@ -115,7 +115,8 @@ def _add_train(sub):
     )
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
-                   "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
+                   "(a token transformer over VQ-VAE codes, both stages trained by this one command), or autoencoder "
+                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion run; docs/latent.md)")
     p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default: 10000)")
@@ -126,7 +127,7 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "
                    "--minutes (default: 64)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
-                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
+                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn, autoencoder 1e-3)")
     p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps; planned with "
                    "--minutes (default: 200)")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
