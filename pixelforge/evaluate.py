@@ -125,7 +125,7 @@ def evaluate_run(
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     figures["post_processed"] = len(fake) if post is not None else 0
     if "reconstruct" in g.model.capabilities:  # an autoencoder: its own figure beside the samples'
-        figures["reconstruction"] = reconstruction(g, n=n, progress=progress)
+        figures["reconstruction"] = _reconstruction(g, n=n, progress=progress)
     step = _run_step(g.run_dir)
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
@@ -161,10 +161,10 @@ def evaluate_reconstruction(run: str, *, n: int = 10_000, runs_dir=None, device:
     images (its split.json's validation images): {"psnr", "ssim" (None without scikit-image), "n"}."""
     from .api import load
 
-    return reconstruction(load(run, device=device, runs_dir=runs_dir), n=n, progress=progress)
+    return _reconstruction(load(run, device=device, runs_dir=runs_dir), n=n, progress=progress)
 
 
-def reconstruction(g, *, n: int, progress: bool = True) -> dict:
+def _reconstruction(g, *, n: int, progress: bool = True) -> dict:
     """evaluate_reconstruction on a loaded Generator; a clear error for a model that cannot reconstruct."""
     from .metrics.reconstruction import reconstruction_figures
 
