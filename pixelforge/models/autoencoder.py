@@ -149,7 +149,7 @@ class AutoencoderModel(FamilyModule):
         loss = terms["loss"].mean()
         grad_norm = self.update(self.optimizers()["net"], loss, step)
         with torch.no_grad():  # over every process's batch, so all hold the same buffers
-            z = all_gather_cat(terms["mean"]).transpose(0, 1).flatten(1)  # (latent_channels, B * h * w)
+            z = all_gather_cat(terms["mean"].float()).transpose(0, 1).flatten(1)  # (latent_channels, B * h * w)
             self.latent_mean.lerp_(z.mean(1), 1 - STATS_DECAY)
             self.latent_std.lerp_(z.std(1), 1 - STATS_DECAY)
         means = {k: float(terms[k].detach().mean()) for k in ("l1", "edge", "kl")}
