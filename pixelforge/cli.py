@@ -417,6 +417,8 @@ def cmd_sample(a) -> int:
     from .runs import DEFAULT_MODEL
 
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
+    if g.model.sample_note:  # a family whose samples are no images to use (an autoencoder's) says so
+        print(f"note: {g.model.sample_note}", file=sys.stderr)
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
     if g.check_prompts([a.prompt], a.negative_prompt):
         g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too

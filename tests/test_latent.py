@@ -269,11 +269,14 @@ def test_a_latent_run_is_served(runs, tmp_path):
         assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (8, 8)
 
 
-def test_an_autoencoder_run_shows_input_and_reconstruction_and_its_held_out_psnr(runs):
+def test_an_autoencoder_run_shows_input_and_reconstruction_and_its_held_out_psnr(runs, tmp_path, capsys):
     runs, _ = runs
     grid = Image.open(sorted((runs / "ae" / "samples").glob("step_*.png"))[-1])
     # 16 cells: 8 (input, reconstruction) pairs, 3 pairs a row, each 8x8 cell shown at twice its size
     assert grid.size == (6 * 16 + 7 * 2, 3 * 16 + 4 * 2)
+    # sampling works, with a note that the images are no generator's
+    assert main(["sample", "ae", "--runs-dir", str(runs), "-n", "1", "-o", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    assert "note: an autoencoder's samples are decoded random latents, not meant as images" in capsys.readouterr().err
     out = cli("evaluate", "ae", "--runs-dir", runs, "-n", "20", "--no-report", "--device", "cpu")
     line = next(line for line in out.splitlines() if line.startswith("reconstruction of"))
     assert "held-out images: PSNR" in line

@@ -118,6 +118,9 @@ class AutoencoderModel(FamilyModule):
     inputs = ()  # unconditional: it encodes whatever it is given
     option_specs: tuple[OptionSpec, ...] = ()
     sample_options: dict = {}
+    sample_note = ("an autoencoder's samples are decoded random latents, not meant as images: train a diffusion run "
+                   "in its latents (pixelforge train DATA --set latent=RUN) to generate; pixelforge evaluate RUN "
+                   "gives its reconstruction PSNR and SSIM")
 
     def __init__(self, config: AutoencoderConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws the posterior samples

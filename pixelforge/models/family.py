@@ -34,6 +34,8 @@ class FamilyModule(nn.Module):
     # where one update's result feeds the next within a step (a GAN's D updates, then G against the new D)
     accumulates: bool = True
     network_call: NetworkCall | None = None  # None: nothing of the family can be exported yet
+    # what `pixelforge sample` tells a user of a family whose samples are not meant as images (else "")
+    sample_note: str = ""
 
     @staticmethod
     def upgrade_config(run: dict) -> dict:
