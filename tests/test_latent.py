@@ -316,6 +316,23 @@ def test_a_pixel_model_is_unchanged_by_the_latent_fields():
     assert model.frozen_parts() == ()
 
 
+def test_the_first_batch_fixes_the_latent_scale_and_only_the_denoiser_trains():
+    cfg = DiffusionConfig(image_size=8, channels=3, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+                          autoencoder={"base_channels": 8, "channel_mult": (1, 2)})
+    model = DiffusionModel(cfg, OptimConfig(lr=1e-3, warmup_steps=1), seed=0)
+    frozen = {k: v.clone() for k, v in model.autoencoder.state_dict().items()}
+    x, later = _blocks(4, seed=0, size=8), _blocks(4, seed=1, size=8)
+    assert float(model.latent_scale) == 0  # not fitted yet
+    model.training_step(x, Cond(), 0)
+    std = model.autoencoder.encode(x)[0].std()
+    assert float(model.latent_scale) == pytest.approx(cfg.sigma_data / float(std), rel=1e-6)
+    scale = float(model.latent_scale)
+    model.training_step(later, Cond(), 1)  # fixed from then on
+    assert float(model.latent_scale) == scale
+    assert all(torch.equal(v, frozen[k]) for k, v in model.autoencoder.state_dict().items())
+    assert torch.allclose(model.encode_latents(x), model.autoencoder.encode(x)[0] * scale)
+
+
 def test_the_onnx_example_inputs_and_the_budget_planner_take_the_latent_shape(runs):
     from pixelforge.compress.graph import example_inputs
     from pixelforge.train.budget import plan_run

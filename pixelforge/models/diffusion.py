@@ -278,8 +278,10 @@ class DiffusionModel(FamilyModule):
             # latent diffusion: the frozen first stage, its weights copied in at the run's start (frozen_parts)
             self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
         if self.autoencoder is not None:
-            # LDM's scale_factor: 1 / std of the latents of the first training batch, fixed from then on (a
-            # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen
+            # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
+            # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
+            # 1 / std, unit variance for its DDPM; EDM's preconditioning expects data of std sigma_data (pixels
+            # in [-1, 1] have about 0.5), so the latents are scaled to that: sigma_data / std.
             self.register_buffer("latent_scale", torch.tensor(0.0))
 
     # --- latent diffusion ----------------------------------------------------------------------------
@@ -322,14 +324,15 @@ class DiffusionModel(FamilyModule):
 
     @torch.no_grad()
     def _training_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """A training batch's latents; the first batch also fixes the scale (over every process's share)."""
+        """A training batch's latents; the first batch also fixes the scale, sigma_data / std of its latents
+        (over every process's share)."""
         if float(self.latent_scale) == 0.0:
             mean, _ = self.autoencoder.eval().encode(x)
             std = all_gather_cat(mean).float().std()
             if not bool(torch.isfinite(std)) or float(std) <= 0:
                 raise ValueError(f"the autoencoder's latents of the first batch have std {float(std)}: it cannot "
                                  "be used for latent diffusion (train it longer, or check its run)")
-            self.latent_scale.fill_(1.0 / float(std))
+            self.latent_scale.fill_(self.config.sigma_data / float(std))
         return self.encode_latents(x)
 
     # --- EDM ---------------------------------------------------------------------------------------
