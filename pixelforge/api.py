@@ -590,11 +590,11 @@ def train(
             raise ValueError("minutes (--minutes) times and plans a new run in one process: start it without "
                              "torchrun, or give --steps")
         cfg, plan = plan_run(data, minutes, device=device, progress=progress, init_from=init_from, runs_dir=runs,
-                             say=tqdm.write, **settings)
+                             say=tqdm.write, **_latent_under(settings, runs))
         tqdm.write("\n".join(describe_plan(cfg, plan)))
         init_from = plan.init_from
     else:
-        cfg = new_run_config(data, **settings)
+        cfg = new_run_config(data, **_latent_under(settings, runs))
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
                          "(--eval-every) to compute it")
@@ -604,6 +604,16 @@ def train(
         init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
                       max_seconds=max_minutes * 60 if max_minutes is not None else None)
+
+
+def _latent_under(settings: dict, runs: Path) -> dict:
+    """A new run's settings with model_fields' "latent" (an autoencoder run of latent diffusion) found as a
+    run name under `runs` (the --runs-dir) too, not only under the default runs folder."""
+    fields = settings.get("model_fields") or {}
+    latent = fields.get("latent")
+    if not isinstance(latent, str) or not latent or not (runs / latent / "config.json").is_file():
+        return settings
+    return {**settings, "model_fields": {**fields, "latent": str(runs / latent)}}
 
 
 def _training_evaluator(cfg: RunConfig, device: str):

@@ -115,7 +115,8 @@ def _add_train(sub):
     )
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
-                   "(a token transformer over VQ-VAE codes, both stages trained by this one command)")
+                   "(a token transformer over VQ-VAE codes, both stages trained by this one command), or autoencoder "
+                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion run; docs/latent.md)")
     p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default: 10000)")
@@ -126,7 +127,7 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "
                    "--minutes (default: 64)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
-                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn 1e-3)")
+                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn, autoencoder 1e-3)")
     p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps; planned with "
                    "--minutes (default: 200)")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
@@ -419,6 +420,8 @@ def cmd_sample(a) -> int:
     from .runs import DEFAULT_MODEL
 
     g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir, moderation=_moderation(a))
+    if g.model.sample_note:  # a family whose samples are no images to use (an autoencoder's) says so
+        print(f"note: {g.model.sample_note}", file=sys.stderr)
     g.resolve_options(**_sampling_options(a))  # a bad option fails here, before the progress bar
     if g.check_prompts([a.prompt], a.negative_prompt):
         g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too
@@ -715,7 +718,8 @@ def cmd_evaluate(a) -> int:
     if a.json:
         keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
                 "post_processed")
-        print(json.dumps({**{k: figures[k] for k in keys}, "settings": figures["settings"]}))
+        extra = {"reconstruction": figures["reconstruction"]} if "reconstruction" in figures else {}  # an autoencoder's
+        print(json.dumps({**{k: figures[k] for k in keys}, **extra, "settings": figures["settings"]}))
         return 0
     print(f"extractor: {figures['extractor']}   fake: {figures['n_fake']}   real: {figures['n_real']}   "
           f"post-processed: {figures['post_processed']}")
@@ -725,6 +729,10 @@ def cmd_evaluate(a) -> int:
         print(f"IS         {figures['is']:.3f} ± {figures['is_std']:.3f}   (domain classifier: not comparable to published IS)")
     print(f"precision  {figures['precision']:.4f}")
     print(f"recall     {figures['recall']:.4f}")
+    if "reconstruction" in figures:  # an autoencoder run: how well it reconstructs held-out images
+        r = figures["reconstruction"]
+        ssim = "n/a (scikit-image not installed)" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        print(f"reconstruction of {r['n']} held-out images: PSNR {r['psnr']:.2f} dB   SSIM {ssim}")
     if figures.get("report"):
         print(f"report: {Path(figures['report']).resolve()}")
     return 0

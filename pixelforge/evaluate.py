@@ -124,6 +124,8 @@ def evaluate_run(
                               progress=progress)
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     figures["post_processed"] = len(fake) if post is not None else 0
+    if "reconstruct" in g.model.capabilities:  # an autoencoder: its own figure beside the samples'
+        figures["reconstruction"] = _reconstruction(g, n=n, progress=progress)
     step = _run_step(g.run_dir)
     settings = {
         "model": g.name, "checkpoint": g.checkpoint_hash, "step": step, "real data": real,
@@ -151,6 +153,38 @@ def evaluate_run(
             Path(report), title=f"Evaluation of {g.name}", figures=figures, settings=settings, grid=grid,
             pairs=_pairs(fake[: len(f_feats)], real_images, f_feats, r_feats), metrics_csv=g.run_dir / "metrics.csv"))
     return figures
+
+
+def evaluate_reconstruction(run: str, *, n: int = 10_000, runs_dir=None, device: str = "auto",
+                            progress: bool = True) -> dict:
+    """PSNR and SSIM (metrics/reconstruction.py) of a run's reconstructions of up to n of its held-out
+    images (its split.json's validation images): {"psnr", "ssim" (None without scikit-image), "n"}."""
+    from .api import load
+
+    return _reconstruction(load(run, device=device, runs_dir=runs_dir), n=n, progress=progress)
+
+
+def _reconstruction(g, *, n: int, progress: bool = True) -> dict:
+    """evaluate_reconstruction on a loaded Generator; a clear error for a model that cannot reconstruct."""
+    from .metrics.reconstruction import reconstruction_figures
+
+    if "reconstruct" not in g.model.capabilities:
+        raise ValueError(f"{g.name} is a {g.config.family} model: only an autoencoder run has reconstruction figures")
+    data = load_dataset(g.config.data, progress=progress)
+    _, val = _split(g, len(data))
+    idx = val[:n]
+    if not len(idx):
+        raise ValueError(f"{g.name} holds no images out (its validation split is empty): nothing to measure "
+                         "reconstructions on")
+    real, fake = [], []
+    bar, cb = image_bar(len(idx), f"reconstructing {g.name}", enabled=progress)
+    for chunk in idx.split(256):
+        x = to_model(data.images[chunk], g.config.data)  # (B, C, H, W) in [-1, 1]
+        real.append(to_uint8(x))
+        fake.append(to_uint8(g.model.reconstruct(x.to(g.device))))
+        cb(sum(len(r) for r in real), len(idx))
+    bar.close()
+    return {**reconstruction_figures(torch.cat(real), torch.cat(fake)), "images": "held-out (split.json val)"}
 
 
 def _split(g, n: int) -> tuple[torch.Tensor, torch.Tensor]:

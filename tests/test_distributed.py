@@ -34,6 +34,7 @@ FAMILY_MODELS = {
     "pixelcnn": {"num_classes": 10, "hidden_channels": 8, "num_layers": 3},
     "transformer": {"num_classes": 10, "stage1_steps": 2, "d_model": 16, "depth": 1, "heads": 2,
                     "vq": {"downsample": 2, "codebook_size": 16, "code_dim": 8, "base_channels": 8}},
+    "autoencoder": {"base_channels": 8, "channel_mult": (1, 2)},
 }
 TIMEOUT_S = 300  # no test here waits longer for its processes (a loaded machine is slow)
 

@@ -33,7 +33,9 @@ TINY = {
     "pixelcnn": ["--set", "hidden_channels=8", "--set", "num_layers=3"],
     "transformer": ["--set", "stage1_steps=3", "--set", 'vq={"downsample": 2, "codebook_size": 16, "code_dim": 8, '
                     '"base_channels": 8}', "--set", "d_model=32", "--set", "depth=2", "--set", "heads=2"],
+    "autoencoder": ["--base-channels", "8", "--channel-mult", "1,2"],
 }
+UNCONDITIONAL = ("vqvae", "autoencoder")  # first stages: they encode whatever they are given
 
 
 def test_every_registered_family_is_covered_here():
@@ -67,9 +69,9 @@ def test_train_resume_info_sample_evaluate_and_the_api(entry, tmp_path, pixelfor
     assert f"family:   {family}" in cli("info", "r", "--runs-dir", runs)
 
     # sample twice with one seed: the same pixels, each PNG carrying its settings (the VQ-VAE alone,
-    # a tokeniser, is unconditional: the transformer is its class-conditional prior)
+    # a tokeniser, and the autoencoder are unconditional: the transformer and latent diffusion are their priors)
     g = pixelforge.load(run, device="cpu")
-    assert g.num_classes == (0 if family == "vqvae" else 10)
+    assert g.num_classes == (0 if family in UNCONDITIONAL else 10)
     label = ["--label", "3"] if g.num_classes else []
     for name in ("a", "b"):
         cli("sample", "r", "--runs-dir", runs, "-n", "2", "--seed", "7", *label, "-o", tmp_path / name, "--device", "cpu")

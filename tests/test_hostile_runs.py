@@ -121,6 +121,9 @@ HOSTILE_FIELDS = [
     ("transformer", {"decode_steps": 10**9}, "decode_steps"),
     ("transformer", {"num_classes": 10**10}, "num_classes"),
     ("transformer", {"vq": {"codebook_size": 10**10}}, "vq: codebook_size"),
+    ("autoencoder", {"latent_channels": 10**6}, "latent_channels"),
+    ("autoencoder", {"channel_mult": [1, 10**6]}, "channel_mult[1]"),
+    ("diffusion", {"autoencoder": {"base_channels": 10**7}}, "autoencoder: base_channels"),
 ]
 
 

@@ -203,6 +203,7 @@ def test_auto_choosing_fp32_trains_exactly_as_fp32_and_resume_keeps_the_recorded
 
 FAMILY_FIELDS = {
     "diffusion": {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1},
+    "autoencoder": {"base_channels": 8, "channel_mult": (1, 2)},
     "gan": {"base_channels": 8},
     "vae": {"base_channels": 8},
     "vqvae": {"base_channels": 8, "downsample": 2},

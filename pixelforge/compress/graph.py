@@ -127,7 +127,9 @@ def example_inputs(model: nn.Module, b: int, generator: torch.Generator) -> tupl
     training range ln(sigma) / 4, conditions random but valid (labels in range or NO_LABEL)."""
     cfg = model.config
     device = model.device
-    x_in = torch.randn(b, cfg.channels, cfg.image_size, cfg.image_size, generator=generator).to(device)
+    # the denoiser's input shape: the image's, or a latent diffusion model's latents (its net_shape)
+    shape = getattr(model, "net_shape", (cfg.channels, cfg.image_size, cfg.image_size))
+    x_in = torch.randn(b, *shape, generator=generator).to(device)
     c_noise = (torch.rand(b, generator=generator) * 10 - 6.2).div(4).to(device)  # ln(0.002)..ln(80), / 4
     conds = []
     for name, dtype, shape in cond_inputs(model):

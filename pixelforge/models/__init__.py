@@ -11,6 +11,7 @@ and `capabilities`, a tuple naming optional abilities. docs/design.md has the de
 
 from __future__ import annotations
 
+from .autoencoder import AutoencoderConfig, AutoencoderModel
 from .diffusion import DiffusionConfig, DiffusionModel
 from .gan import GANConfig, GANModel
 from .optim import OptimConfig
@@ -26,6 +27,7 @@ FAMILIES: dict[str, type] = {
     "transformer": TokenTransformerModel,
     "vae": VAEModel,
     "vqvae": VQVAEModel,
+    "autoencoder": AutoencoderModel,
 }
 
 
@@ -36,4 +38,4 @@ def get_family(name: str) -> type:
         raise ValueError(f"unknown model family {name!r}; choose one of: {', '.join(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "get_family", "DiffusionConfig", "DiffusionModel", "GANConfig", "GANModel", "OptimConfig", "PixelCNNConfig", "PixelCNNModel", "TokenTransformerModel", "TransformerConfig", "VAEConfig", "VAEModel", "VQVAEConfig", "VQVAEModel"]
+__all__ = ["FAMILIES", "get_family", "AutoencoderConfig", "AutoencoderModel", "DiffusionConfig", "DiffusionModel", "GANConfig", "GANModel", "OptimConfig", "PixelCNNConfig", "PixelCNNModel", "TokenTransformerModel", "TransformerConfig", "VAEConfig", "VAEModel", "VQVAEConfig", "VQVAEModel"]

@@ -3,10 +3,12 @@ Design Space of Diffusion-Based Generative Models") around a plain backbone: a U
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
@@ -16,10 +18,12 @@ from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, 
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
 from .nets.dit import DiT
 from .nets.unet import UNet
+from .autoencoder import AutoencoderConfig, make_first_stage
+from ..distributed import all_gather_cat
 from .common import check_seeds, seeded_init
 from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
-from .optim import OptimConfig
+from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
 
 
@@ -57,6 +61,13 @@ class DiffusionConfig(TextFields, SketchFields):
         vector is also read out as a coarse 4x4 layout added to that map. The DiT always has one.
     spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
         (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
+    latent, autoencoder: latent diffusion (Rombach et al. 2022; docs/latent.md). `latent` names an autoencoder
+        run (models/autoencoder.py) when a run is created: runs.new_run_config copies its config into
+        `autoencoder` (kept here, so the run rebuilds from its own folder) and records the run's folder in
+        `latent`, from which the training copies the weights once, at its start, into this model's frozen
+        `autoencoder` (they then travel in every checkpoint). The diffusion then runs on the latents
+        (latent_channels x image_size / f on a side: shaped by `net_shape`); image_size and channels stay
+        the images'. None: pixel space.
     """
 
     image_size: int = 32
@@ -81,6 +92,8 @@ class DiffusionConfig(TextFields, SketchFields):
     text_vector: bool = True
     cross_attn_position: bool = True
     position_embedding: bool = False
+    latent: str = ""
+    autoencoder: AutoencoderConfig | dict | None = None
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -94,16 +107,18 @@ class DiffusionConfig(TextFields, SketchFields):
         check_bounds(self, self.BOUNDS)  # also turns JSON's lists into tuples
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        self._check_latent()
+        side, what = self.net_shape[1], "image_size" if self.autoencoder is None else "the latent side"
         factor = 2 ** (len(self.channel_mult) - 1)
-        if self.backbone == "unet" and self.image_size % factor:
+        if self.backbone == "unet" and side % factor:
             raise ValueError(
-                f"image_size {self.image_size} must be divisible by {factor} for channel_mult {self.channel_mult}"
+                f"{what} {side} must be divisible by {factor} for channel_mult {self.channel_mult}"
             )
         if self.backbone == "dit":
             width = self.hidden_size or 4 * self.base_channels
-            if min(self.patch_size, self.depth, self.num_heads) < 1 or self.image_size % self.patch_size:
-                raise ValueError(f"the DiT needs patch_size, depth, num_heads >= 1 and image_size divisible by "
-                                 f"patch_size; got {self.patch_size}, {self.depth}, {self.num_heads}, {self.image_size}")
+            if min(self.patch_size, self.depth, self.num_heads) < 1 or side % self.patch_size:
+                raise ValueError(f"the DiT needs patch_size, depth, num_heads >= 1 and {what} divisible by "
+                                 f"patch_size; got {self.patch_size}, {self.depth}, {self.num_heads}, {side}")
             if width % 4 or width % self.num_heads:  # 4: the 2D sin-cos position embedding uses quarters
                 raise ValueError(f"the DiT width {width} (hidden_size, or 4 * base_channels when 0) must be divisible "
                                  f"by 4 and by num_heads {self.num_heads}")
@@ -116,11 +131,49 @@ class DiffusionConfig(TextFields, SketchFields):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
         check_sketch_fields(self)
+        if self.autoencoder is not None and self.spatial_condition:
+            raise ValueError("spatial_condition (--condition edges) works in pixel space only: an edge map at the image "
+                             "size does not fit a latent diffusion run's latents; train it without latent")
+
+    def _check_latent(self) -> None:
+        """latent a string; autoencoder None or the fields of an AutoencoderConfig of the same images."""
+        if not isinstance(self.latent, str):
+            raise ValueError(f"latent must be the name or folder of an autoencoder run, got {self.latent!r}")
+        if self.autoencoder is None:
+            if self.latent:
+                raise ValueError(f"latent {self.latent!r}: the autoencoder's config is read from that run when a run is "
+                                 "created (pixelforge train ... --set latent=RUN, pixelforge.runs.new_run_config)")
+            return
+        if not isinstance(self.autoencoder, (AutoencoderConfig, dict)):
+            raise ValueError(f"autoencoder must be an object of autoencoder config fields or null, got {self.autoencoder!r}")
+        ae = dataclasses.asdict(self.autoencoder) if isinstance(self.autoencoder, AutoencoderConfig) else dict(self.autoencoder)
+        for name in ("image_size", "channels"):
+            if ae.setdefault(name, getattr(self, name)) != getattr(self, name):
+                raise ValueError(f"autoencoder {name} {ae[name]} differs from the model's {getattr(self, name)}: the "
+                                 "autoencoder must be trained on images of the run's size and channels")
+        valid = {f.name for f in dataclasses.fields(AutoencoderConfig)}
+        unknown = sorted(set(ae) - valid)
+        if unknown:
+            raise ValueError(f"autoencoder: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
+        try:  # kept as a (frozen, hashable) AutoencoderConfig: configs compare equal however it was written
+            object.__setattr__(self, "autoencoder", AutoencoderConfig(**ae))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"autoencoder: {e}") from None
+
+    @property
+    def net_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the denoiser sees: the image's in pixel space, the latent's with an autoencoder."""
+        ae = self.autoencoder
+        if isinstance(ae, AutoencoderConfig):
+            return ae.latent_channels, ae.latent_side, ae.latent_side
+        return self.channels, self.image_size, self.image_size
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
         conditioned = self.num_classes or self.text_dim or self.spatial_condition
         unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
+        if self.autoencoder is None:
+            unused += ("latent", "autoencoder")
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
@@ -130,13 +183,15 @@ class DiffusionConfig(TextFields, SketchFields):
 
 
 def make_backbone(config: DiffusionConfig) -> nn.Module:
-    """The network F(x_in, c_noise, labels) that config.backbone names; a text-conditioned one also
-    cross-attends to prompt tokens of its own embedding width."""
+    """The network F(x_in, c_noise, labels) that config.backbone names, on inputs of config.net_shape (the
+    latents of a latent diffusion model); a text-conditioned one also cross-attends to prompt tokens of its
+    own embedding width."""
+    channels, side, _ = config.net_shape
     if config.backbone == "dit":
         width = config.hidden_size or 4 * config.base_channels
         return DiT(
-            image_size=config.image_size,
-            in_channels=config.channels,
+            image_size=side,
+            in_channels=channels,
             patch_size=config.patch_size,
             hidden_size=width,
             depth=config.depth,
@@ -147,8 +202,8 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
             spatial_channels=spatial_input_channels(config),
         )
     return UNet(
-        image_size=config.image_size,
-        in_channels=config.channels,
+        image_size=side,
+        in_channels=channels,
         base_channels=config.base_channels,
         channel_mult=config.channel_mult,
         num_res_blocks=config.num_res_blocks,
@@ -220,6 +275,65 @@ class DiffusionModel(FamilyModule):
             self.net = make_backbone(config)
             # prompt -> a vector added to the noise-level embedding and tokens for cross-attention
             self.text_cond = make_text_conditioner(config, self.net.emb_dim if config.text_vector else 0, self.net.emb_dim)
+            # latent diffusion: the frozen first stage, its weights copied in at the run's start (frozen_parts)
+            self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
+        if self.autoencoder is not None:
+            # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
+            # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
+            # 1 / std, unit variance for its DDPM; EDM's preconditioning expects data of std sigma_data (pixels
+            # in [-1, 1] have about 0.5), so the latents are scaled to that: sigma_data / std.
+            self.register_buffer("latent_scale", torch.tensor(0.0))
+
+    # --- latent diffusion ----------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam over the weights that train: a latent model's frozen autoencoder is left out."""
+        if self._optimizer is None and self.autoencoder is not None:
+            trained = [p for name, p in self.named_parameters() if not name.startswith("autoencoder.")]
+            self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
+        return super().optimizers()
+
+    def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
+        """(run, module name in that run, own module): the autoencoder run's `net`, copied into `autoencoder`
+        when a run starts (runs/latent.py); none in pixel space."""
+        if self.autoencoder is None or not self.config.latent:
+            return ()
+        return ((self.config.latent, "net", self.autoencoder),)
+
+    @property
+    def net_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the denoiser's input: the image's, or the latent's with an autoencoder."""
+        return self.config.net_shape
+
+    def _scale(self) -> torch.Tensor:
+        """The latent scale; 1 before the first training batch has fitted it."""
+        return torch.where(self.latent_scale > 0, self.latent_scale, torch.ones_like(self.latent_scale))
+
+    @torch.no_grad()
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, h, w): the mean of q(z|x) (deterministic,
+        and with LDM's tiny KL weight the posterior's std is small beside the data's spread) times the scale."""
+        mean, _ = self.autoencoder.eval().encode(x.to(self.device, torch.float32))
+        return mean * self._scale()
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """What the solver ends with -> images (n, C, H, W) in [-1, 1]: decoded latents, or x itself."""
+        if self.autoencoder is None:
+            return x.clamp(-1, 1)
+        with torch.no_grad():
+            return self.autoencoder.eval().decode(x / self._scale()).clamp(-1, 1)
+
+    @torch.no_grad()
+    def _training_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """A training batch's latents; the first batch also fixes the scale, sigma_data / std of its latents
+        (over every process's share)."""
+        if float(self.latent_scale) == 0.0:
+            mean, _ = self.autoencoder.eval().encode(x)
+            std = all_gather_cat(mean).float().std()
+            if not bool(torch.isfinite(std)) or float(std) <= 0:
+                raise ValueError(f"the autoencoder's latents of the first batch have std {float(std)}: it cannot "
+                                 "be used for latent diffusion (train it longer, or check its run)")
+            self.latent_scale.fill_(self.config.sigma_data / float(std))
+        return self.encode_latents(x)
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -256,6 +370,8 @@ class DiffusionModel(FamilyModule):
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
         """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; returns figures to log."""
         self.train()
+        if self.autoencoder is not None:
+            x = self._training_latents(x)  # (B, c, h, w), encoded under no_grad: the autoencoder stays frozen
         loss = self.parallel(self.per_sample_loss, x, cond, self.train_generator).mean()
         grad_norm = self.update(self.optimizers()["net"], loss, step)
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
@@ -263,7 +379,7 @@ class DiffusionModel(FamilyModule):
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
         self.eval()
-        return self.per_sample_loss(x, cond, generator)
+        return self.per_sample_loss(x if self.autoencoder is None else self.encode_latents(x), cond, generator)
 
     def guided_denoiser(self, guidance: float, negative: Cond | None = None) -> Callable:
         """Classifier-free guidance: D_uncond + w (D_cond - D_uncond), both halves in one batch.
@@ -306,11 +422,11 @@ class DiffusionModel(FamilyModule):
         sigmas = self._sigmas(schedule, steps)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
-        x = gen.randn((cfg.channels, cfg.image_size, cfg.image_size)) * cfg.sigma_max
+        x = gen.randn(self.net_shape) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
         cond = cond.to(self.device) if cond is not None else None
         negative = negative.to(self.device) if negative is not None else None
         out = solver(self.guided_denoiser(guidance, negative), x, sigmas, cond=cond, generator=gen, callback=callback)
-        return out.clamp(-1, 1)
+        return self.to_images(out)
 
     def _sigmas(self, schedule: str, steps: int) -> torch.Tensor:
         """The named schedule of `steps` steps from sigma_max down to 0, on the model's device."""
@@ -353,6 +469,10 @@ class DiffusionModel(FamilyModule):
         step runs U times, the U - 1 repeats after noising x back up from the step's end to its start
         with fresh noise, which lets the repainted region agree with the kept one (the solver runs one
         step at a time there, so dpmpp_2m takes its first-order step). Without a mask it is ignored. cond, guidance and negative work as in sample().
+        A latent model edits the image's latents (the mean of q(z|x), scaled), with the mask max-pooled to
+        the latent grid (a latent cell is repainted where any of its pixels is), and decodes the result; the
+        kept pixels are then the input's own (the decoder only approximates them), and strength 0 returns
+        the input's reconstruction where no mask is given.
         """
         self.eval()
         cfg = self.config
@@ -370,19 +490,36 @@ class DiffusionModel(FamilyModule):
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
         image = image.to(self.device, torch.float32)
-        x = image + gen.randn(shape) * sigmas[0]  # (n, C, H, W) at sigma_start
+        pixels, pixel_mask = image, mask  # (n, C, H, W), (n, 1, H, W) or None
+        if self.autoencoder is not None:
+            image = self.encode_latents(image)  # (n, c, h, w)
+            mask = None if mask is None else F.adaptive_max_pool2d(mask.to(self.device, torch.float32), image.shape[-2:])
+        out = self._edit_solve(image, mask, sigmas, solver, gen, cond=cond, negative=negative, guidance=guidance,
+                               resample=resample, callback=callback)
+        if self.autoencoder is None:
+            return out.clamp(-1, 1)
+        out = self.to_images(out)
+        if pixel_mask is None:
+            return out
+        keep = 1 - pixel_mask.to(self.device, torch.float32)  # (n, 1, H, W)
+        return keep * pixels + (1 - keep) * out
+
+    def _edit_solve(self, image: torch.Tensor, mask: torch.Tensor | None, sigmas: torch.Tensor, solver, gen,
+                    *, cond, negative, guidance: float, resample: int, callback) -> torch.Tensor:
+        """edit()'s sampling in the denoiser's space: image (n, C, H, W) and mask (n, 1, H, W) there."""
+        x = image + gen.randn(tuple(image.shape[1:])) * sigmas[0]  # (n, C, H, W) at sigma_start
         cond = cond.to(self.device) if cond is not None else None
         negative = negative.to(self.device) if negative is not None else None
         denoiser = self.guided_denoiser(guidance, negative)
         if mask is None:
-            return solver(denoiser, x, sigmas, cond=cond, generator=gen, callback=callback).clamp(-1, 1)
+            return solver(denoiser, x, sigmas, cond=cond, generator=gen, callback=callback)
         keep = 1 - mask.to(self.device, torch.float32)  # (n, 1, H, W): 1 on the known region
 
         def inpainting(x, sigma, cond):
             return keep * image + (1 - keep) * denoiser(x, sigma, cond)
 
         if resample == 1:
-            return solver(inpainting, x, sigmas, cond=cond, generator=gen, callback=callback).clamp(-1, 1)
+            return solver(inpainting, x, sigmas, cond=cond, generator=gen, callback=callback)
         total = len(sigmas) - 1
         for i in range(total):
             for u in range(resample):
@@ -391,4 +528,4 @@ class DiffusionModel(FamilyModule):
                 x = solver(inpainting, x, sigmas[i:i + 2], cond=cond, generator=gen)
             if callback is not None:
                 callback(i, total, x, x)
-        return x.clamp(-1, 1)
+        return x

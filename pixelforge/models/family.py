@@ -34,6 +34,8 @@ class FamilyModule(nn.Module):
     # where one update's result feeds the next within a step (a GAN's D updates, then G against the new D)
     accumulates: bool = True
     network_call: NetworkCall | None = None  # None: nothing of the family can be exported yet
+    # what `pixelforge sample` tells a user of a family whose samples are not meant as images (else "")
+    sample_note: str = ""
 
     @staticmethod
     def upgrade_config(run: dict) -> dict:
@@ -71,6 +73,11 @@ class FamilyModule(nn.Module):
         needs = {"labels": getattr(cfg, "num_classes", 0), "text": getattr(cfg, "text_dim", 0),
                  "spatial": getattr(cfg, "spatial_channels", 0)}
         return tuple(f for f in getattr(self, "inputs", ()) if needs.get(f, 1) > 0)
+
+    def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
+        """(source run, module name in that run, own module) for each part whose weights a new run copies
+        from another run at its start and keeps frozen (latent diffusion's autoencoder); none by default."""
+        return ()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizer is None:

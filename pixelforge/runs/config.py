@@ -215,6 +215,8 @@ def new_run_config(
         train/budget.py's plan_run, which calls this with them.
     model_fields: fields of the family's model config ({"base_channels": 16, "channel_mult": (1, 2)}), over
         those the data and text settings give (a dict of their own: the VQ-VAE's ema_decay is not train's).
+        A diffusion model's "latent" (an autoencoder run: a folder, a run name under $PIXELFORGE_RUNS or
+        ./runs, or a bundled model) also sets "autoencoder" to that run's model config (runs/latent.py).
     The other settings are DataConfig's, OptimConfig's and TrainConfig's fields, with their defaults.
     """
     family = get_family(model)
@@ -240,6 +242,10 @@ def new_run_config(
         if key not in fields:
             raise ValueError(f"model field {key!r} does not apply to {model} models; their fields: {', '.join(sorted(fields))}")
         model_config[key] = value
+    if model_config.get("latent") and "autoencoder" not in (model_fields or {}):  # latent diffusion: runs/latent.py
+        from .latent import autoencoder_fields
+
+        model_config.update(autoencoder_fields(str(model_config["latent"]), image_size, channels))
     cfg = RunConfig(
         family=model,
         model=model_config,

@@ -322,7 +322,9 @@ def start_fields(cfg: RunConfig, source: str, runs_dir: str | os.PathLike | None
     mine, theirs = cfg.model_config(), other.model_config()
     if (cfg.family, other.family) != ("diffusion", "diffusion") or (mine.backbone, theirs.backbone) != ("unet", "unet"):
         return None
-    if (mine.image_size, mine.channels) != (theirs.image_size, theirs.channels) or mine.text_dim or mine.spatial_condition:
+    # net_shape: the denoiser's (channels, side, side), a latent run's latents
+    if (mine.image_size, mine.channels, mine.net_shape) != (theirs.image_size, theirs.channels, theirs.net_shape) \
+            or mine.text_dim or mine.spatial_condition:
         return None
     return {k: getattr(theirs, k) for k in SHAPE_FIELDS}
 
@@ -370,7 +372,9 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     if start_shape is not None:  # the network of the weights it starts from
         candidates = [start_shape]
     elif base.family == "diffusion" and base.model_config().backbone == "unet":
-        candidates = size_candidates(base.data.image_size, {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
+        # sized for the side the UNet sees: the image's, or a latent diffusion run's latents
+        candidates = size_candidates(base.model_config().net_shape[1],
+                                     {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
     else:  # a DiT, and the other families, keep their given (or default) size; the plan picks the rest
         candidates = [{}]
     timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,

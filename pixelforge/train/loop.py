@@ -42,6 +42,7 @@ from ..runs.checkpoint import (
     unflatten_state,
 )
 from ..runs.config import RunConfig, build_model
+from ..runs.latent import load_frozen_parts
 from ..runs.store import load_weights, resolve_run
 from .lock import run_lock
 
@@ -263,7 +264,13 @@ GRID_CLASSES = 16  # sample grids show one row for each of the first 16 classes
 def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_dir: Path, step: int) -> Path:
     n = cfg.train.sample_count
     scale = 2 if cfg.data.image_size <= 32 else 1
-    if conds.spatial is not None:
+    if "reconstruct" in getattr(ema, "capabilities", ()):
+        # an autoencoder: pairs of columns, each image spread over the set beside its reconstruction
+        shown = torch.linspace(0, len(data) - 1, max(1, n // 2)).round().long()  # (k,) image indices
+        x = to_model(data.images[shown].to(ema.device), cfg.data)  # (k, C, H, W) in [-1, 1]
+        cells = torch.stack([x, ema.reconstruct(x)], dim=1).flatten(0, 1)  # (2k, C, H, W): input, reconstruction, ...
+        grid = make_grid(to_pil(cells.cpu()), cols=2 * math.ceil(math.sqrt(len(shown))), scale=scale)  # pairs per row
+    elif conds.spatial is not None:
         # one row per edge map of images spread over the set (a set sorted by class shows several): the
         # map, then samples drawn from it
         rows = min(len(conds.spatial), GRID_CLASSES, max(1, n // 2))
@@ -549,6 +556,9 @@ def _train_locked(
     lr = scaled_lr(cfg.optim, cfg.train.batch_size)
     # the model trains at the scaled rate; config.json keeps the rate as given and the rule
     model = build_model(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), dev)
+    if not existing:  # a new run copies its frozen parts (a latent diffusion run's autoencoder) from their runs, once
+        for source in load_frozen_parts(model):
+            say(f"frozen parts copied from {source}")
     conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress))
     if not existing and not init_from:  # a resumed or initialised run has its aligned pooling in its weights
         _align_text(model, conds, data, train_idx, cfg, dev, progress and world.main, say)

@@ -104,3 +104,27 @@ class Decoder(nn.Module):
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class KLAutoencoder(nn.Module):
+    """The first stage of latent diffusion (Rombach et al. 2022, "KL-reg" autoencoder): the Encoder gives
+    the moments of q(z|x) = N(mean, diag exp(logvar)) on a grid f times smaller, the Decoder maps z back.
+
+    x (B, channels, H, W) -> mean, logvar (B, latent_channels, H / f, W / f) -> x_hat (B, channels, H, W).
+    """
+
+    def __init__(self, channels: int, latent_channels: int, *, base_channels: int, channel_mult: tuple[int, ...],
+                 num_res_blocks: int):
+        super().__init__()
+        net = dict(base_channels=base_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks)
+        self.encoder = Encoder(channels, 2 * latent_channels, **net)
+        self.decoder = Decoder(latent_channels, channels, **net)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) in [-1, 1] -> (mean, logvar) of q(z|x), each (B, latent_channels, h, w)."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamps the same way
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, latent_channels, h, w) -> images (B, C, H, W), about [-1, 1] (not clamped)."""
+        return self.decoder(z)

@@ -1,0 +1,54 @@
+"""Latent diffusion's first stage at a run's creation and start: the autoencoder run that a model config's
+`latent` names gives its config when the run's config is made, and its weights once, when the run starts;
+from then on the run holds both itself (config.json, checkpoints) and never reads that run again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import check_shapes, load_state, state_shapes
+from .store import load_weights, resolve_run, weights_file
+
+AUTOENCODER_FAMILY = "autoencoder"
+
+
+def autoencoder_fields(source: str, image_size: int, channels: int, runs_dir: str | Path | None = None) -> dict:
+    """The model config fields of a latent diffusion run on the autoencoder run `source` (a run folder, a
+    run name under runs_dir, or a bundled model): {"latent": its folder, "autoencoder": its model config}.
+    A clear ValueError where it is not an autoencoder run of images of image_size and channels, or has no
+    weights yet."""
+    from .config import RunConfig
+
+    run_dir = resolve_run(source, runs_dir)
+    cfg = RunConfig.load(run_dir / "config.json")
+    if cfg.family != AUTOENCODER_FAMILY:
+        raise ValueError(f"latent {source!r}: {run_dir} is a {cfg.family} run; latent diffusion needs an autoencoder "
+                         f"run (pixelforge train DATA --model autoencoder --name NAME)")
+    weights_file(run_dir)  # a run without a checkpoint yet: its FileNotFoundError says to train it
+    ae = cfg.model_config()
+    if (ae.image_size, ae.channels) != (image_size, channels):
+        raise ValueError(f"latent {source!r}: its autoencoder takes {ae.image_size}x{ae.image_size} images with "
+                         f"{ae.channels} channel(s), this run's are {image_size}x{image_size} with {channels}: give "
+                         "the same --image-size and --channels, or train an autoencoder for these")
+    fields = json.loads(json.dumps(dataclasses.asdict(ae)))  # tuples -> lists, as config.json has them
+    return {"latent": str(run_dir.resolve()), "autoencoder": fields}
+
+
+def load_frozen_parts(model: nn.Module) -> list[str]:
+    """Copy into each of model.frozen_parts() the weights of its module in its source run (that run's EMA
+    weights, checked tensor by tensor against the module); returns the source runs read. Called once, when a
+    new run starts."""
+    sources = []
+    for source, name, module in getattr(model, "frozen_parts", lambda: ())():
+        run_dir = resolve_run(source)
+        path = weights_file(run_dir)
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in load_weights(run_dir).items() if k.startswith(prefix)}
+        check_shapes({k: tuple(v.shape) for k, v in state.items()}, state_shapes(module), path)
+        load_state(module, state, path)
+        sources.append(str(run_dir))
+    return sources
