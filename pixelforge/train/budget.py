@@ -416,6 +416,7 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         f"validation every {t.val_every}, metrics every {t.log_every}",
     ]
     if plan.short:
-        lines.append(f"  note      the budget allows fewer than {MIN_STEPS:,} steps even for the smallest network: "
+        network = "the network it starts from" if plan.init_from else "the smallest network"
+        lines.append(f"  note      the budget allows fewer than {MIN_STEPS:,} steps even for {network}: "
                      "expect rough samples; give more minutes")
     return lines
