@@ -169,13 +169,14 @@ TINY = {
     "pixelcnn": dict(image_size=8, channels=1, num_classes=10, hidden_channels=8, num_layers=2),
     "transformer": dict(image_size=8, channels=1, num_classes=10, d_model=16, depth=1, heads=2,
                         vq={"downsample": 2, "codebook_size": 16, "code_dim": 4, "base_channels": 8}),
+    "autoencoder": dict(image_size=8, channels=1, base_channels=8, channel_mult=(1, 2), latent_channels=2),
 }
 # sha256 (first 16 hex digits) of each tiny model's state dict at seed 0, taken before weight
 # initialisation stopped reseeding the global generator: the initial weights must not change.
 WEIGHTS_SHA256 = {
     "diffusion": "6125e330a7f2b7b7", "diffusion-dit": "46e6c3ab5ed6e918", "gan": "8192776b9ce29f46",
     "vae": "af695f5dd3fba1ec", "vqvae": "7535c04b0fb2309f", "pixelcnn": "634548fa5fd68c44",
-    "transformer": "79698d3519049397",
+    "transformer": "79698d3519049397", "autoencoder": "d9851ba8c1f6c6a3",
 }
 
 
