@@ -35,3 +35,28 @@ def test_bundled_model_samples_are_recognisable_digits_of_the_requested_label(di
     predicted = digit_classifier.predict(x)
     accuracy = float((predicted == np.array(labels)).mean())
     assert accuracy >= 0.8, f"only {accuracy:.0%} of the samples are read as their label"
+
+
+def test_bundled_sketch_model_draws_the_digit_of_a_drawing_it_never_trained_on(digit_classifier):
+    """mnist-sketch, given validation digits (held out from its training) as dark-on-white drawings of
+    another size, draws digits read as the drawn one; with no sketch it draws whatever digit it likes."""
+    from PIL import Image
+
+    from pixelforge.data.prepare import split_indices
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    g = pixelforge.load("mnist-sketch")
+    data = load_bundled("mnist")
+    _, val = split_indices(len(data.images), 0.05, 0)
+    picks = [next(i for i in val.tolist() if int(data.labels[i]) == d) for d in range(10)] * 2
+    drawings = [Image.fromarray(255 - data.images[i, 0].numpy(), "L").resize((112, 112), Image.LANCZOS)
+                for i in picks]
+    with pytest.warns(UserWarning, match="resized"):
+        images = g.generate(len(picks), sketch=drawings, seed=0, sampler="heun", steps=12, watermark=False)
+    x = np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255.0 for im in images])
+    drawn = np.array([int(data.labels[i]) for i in picks])
+    accuracy = float((digit_classifier.predict(x) == drawn).mean())
+    assert accuracy >= 0.8, f"only {accuracy:.0%} of the samples are read as the drawn digit"
+    free = g.generate(len(picks), seed=0, sampler="heun", steps=12, watermark=False)
+    x = np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255.0 for im in free])
+    assert float((digit_classifier.predict(x) == drawn).mean()) < 0.5
