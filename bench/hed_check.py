@@ -4,7 +4,8 @@ photos: on scikit-image's sample photos (offline, resized to SIDE px on the long
 and thinned edges against Canny's (pixelforge's canny_edges) within a tolerance of TOL px: precision (HED
 pixels with a Canny pixel within TOL), recall (the other way round), their F-score, and the F-score of
 random pixels of the same densities (chance). The same for deliberately broken ports: RGB instead of BGR,
-no mean subtraction, Keras kernels reshaped instead of transposed from HWIO. Writes docs/images/hed-vs-canny.png
+no mean subtraction, Keras kernels reshaped instead of transposed from HWIO, or transposed with their two
+spatial axes swapped (hw-swapped). Writes docs/images/hed-vs-canny.png
 (photo | Canny | HED) with --figure.
 
 digits: on bundled MNIST digits at 28 px, hed_edges' settings (upscale factor, threshold) against Canny:
@@ -37,7 +38,7 @@ from pixelforge.condition import hed  # noqa: E402
 from pixelforge.condition.edges import canny_edges  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket")
-VARIANTS = ("port", "rgb", "no-mean", "reshaped")
+VARIANTS = ("port", "rgb", "no-mean", "reshaped", "hw-swapped")
 
 
 def sample_photos(names=PHOTOS, side: int = 320) -> torch.Tensor:
@@ -63,6 +64,8 @@ def broken_model(variant: str, path=None) -> hed.HED:
     state = hed.read_weights(hed.find_weights(path))
     if variant == "reshaped":
         state = {k: (v.permute(2, 3, 1, 0).reshape(v.shape) if v.ndim == 4 else v) for k, v in state.items()}
+    elif variant == "hw-swapped":  # HWIO transposed to OIWH: every 3x3 kernel mirrored about its diagonal
+        state = {k: (v.transpose(2, 3) if v.ndim == 4 else v) for k, v in state.items()}
     model.load_state_dict(state)
     return model.eval()
 
@@ -94,10 +97,10 @@ def agreement(a: np.ndarray, b: np.ndarray, tol: int) -> dict[str, float]:
 def port_scores(images: torch.Tensor, tol: int = 2, variants=VARIANTS, path=None) -> dict[str, dict[str, float]]:
     """{variant: mean precision, recall, F, chance F over images} of HED (thresholded, thinned) against Canny."""
     canny = canny_edges(images)[:, 0].numpy() > 0
-    good = broken_model("port", path)
+    good = hed.load_hed(None if path is None else str(path), "cpu")  # the shipped loader, cached
     out = {}
     for v in variants:
-        model = broken_model(v, path) if v == "reshaped" else good
+        model = broken_model(v, path) if v in ("reshaped", "hw-swapped") else good
         edges = hed.thin_edges(probabilities(images, v, model))[:, 0].numpy() > 0
         rows = [agreement(e, c, tol) for e, c in zip(edges, canny)]
         out[v] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -151,6 +154,19 @@ def digit_scores(n: int, scales=(1, 2, 4, 8), thresholds=(0.3, 0.5, 0.7)) -> lis
     return rows
 
 
+def digits_figure(path: Path, n: int = 10) -> None:
+    """Rows digit | Canny | hed_edges (as training maps them), n MNIST digits spread over the classes, 4x enlarged."""
+    from PIL import Image
+
+    from pixelforge.data.bundled import load_bundled
+
+    digits = load_bundled("mnist").images[:: 5000 // n][:n]  # (n, 1, 28, 28) uint8
+    rows = [digits[:, 0].numpy(), canny_edges(digits)[:, 0].numpy(), hed.hed_edges(digits)[:, 0].numpy()]
+    grid = np.concatenate([np.concatenate([np.pad(a, 1, constant_values=128) for a in row], 1) for row in rows], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.astype(np.uint8)).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.Resampling.NEAREST).save(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("photos", "digits"))
@@ -158,7 +174,8 @@ def main() -> None:
     p.add_argument("--tol", type=int, default=2, help="photos: tolerance in pixels")
     p.add_argument("--images", type=int, default=100, help="digits: how many")
     p.add_argument("--scales", default="1,2,4,8", help="digits: upscale factors")
-    p.add_argument("--figure", action="store_true", help="photos: write docs/images/hed-vs-canny.png")
+    p.add_argument("--figure", action="store_true", help="photos: write docs/images/hed-vs-canny.png; digits: write "
+                   "docs/images/hed-digits.png (digit | Canny | HED) and nothing else")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     if a.what == "photos":
@@ -173,6 +190,11 @@ def main() -> None:
             figure(sample_photos(PHOTOS[:4], side=192), out)
             print(f"wrote {out}")
     else:
+        if a.figure:
+            out = Path(__file__).resolve().parent.parent / "docs" / "images" / "hed-digits.png"
+            digits_figure(out)
+            print(f"wrote {out}")
+            return
         for r in digit_scores(a.images, tuple(int(s) for s in a.scales.split(","))):
             print(f"{r['setting']:<30} closed {r['closed']:.3f}  edges {r['edge_share']:.3f}  F vs Canny (1 px) "
                   f"{r['f_canny']:.3f}  {r['s_per_image']:.3f} s/img")

