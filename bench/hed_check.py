@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from pixelforge.condition import hed  # noqa: E402
 from pixelforge.condition.edges import canny_edges  # noqa: E402
+from pixelforge.device import pick_device  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket")
 VARIANTS = ("port", "rgb", "no-mean", "reshaped", "hw-swapped")
@@ -67,18 +68,19 @@ def broken_model(variant: str, path=None) -> hed.HED:
     elif variant == "hw-swapped":  # HWIO transposed to OIWH: every 3x3 kernel mirrored about its diagonal
         state = {k: (v.transpose(2, 3) if v.ndim == 4 else v) for k, v in state.items()}
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval().to(pick_device())
 
 
 def probabilities(images: torch.Tensor, variant: str, model: hed.HED) -> torch.Tensor:
-    """HED's map of images (N, 3, H, W) uint8 at their own size, run as `variant` ports it."""
+    """HED's map of images (N, 3, H, W) uint8 at their own size, run as `variant` ports it -> (N, 1, H, W) on the CPU."""
+    images = images.to(next(model.parameters()).device)
     x = hed.hed_input(images)  # BGR minus the mean
     if variant == "rgb":
-        x = images.float() - torch.tensor(hed.CAFFE_MEAN_BGR).view(1, 3, 1, 1)  # RGB minus the BGR mean
+        x = images.float() - torch.tensor(hed.CAFFE_MEAN_BGR, device=images.device).view(1, 3, 1, 1)  # RGB minus BGR's mean
     elif variant == "no-mean":
         x = images.float().flip(1)
     with torch.inference_mode():
-        return torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+        return torch.cat([model(x[i:i + 1]) for i in range(len(x))]).cpu()
 
 
 def agreement(a: np.ndarray, b: np.ndarray, tol: int) -> dict[str, float]:
@@ -97,7 +99,7 @@ def agreement(a: np.ndarray, b: np.ndarray, tol: int) -> dict[str, float]:
 def port_scores(images: torch.Tensor, tol: int = 2, variants=VARIANTS, path=None) -> dict[str, dict[str, float]]:
     """{variant: mean precision, recall, F, chance F over images} of HED (thresholded, thinned) against Canny."""
     canny = canny_edges(images)[:, 0].numpy() > 0
-    good = hed.load_hed(None if path is None else str(path), "cpu")  # the shipped loader, cached
+    good = hed.load_hed(None if path is None else str(path))  # the shipped loader, cached
     out = {}
     for v in variants:
         model = broken_model(v, path) if v in ("reshaped", "hw-swapped") else good
@@ -137,7 +139,7 @@ def digit_scores(n: int, scales=(1, 2, 4, 8), thresholds=(0.3, 0.5, 0.7)) -> lis
 
     digits = load_bundled("mnist").images[:: 5000 // n][:n]  # (n, 1, 28, 28) uint8, spread over the classes
     canny = canny_edges(digits)[:, 0].numpy() > 0
-    model = hed.load_hed(device="cpu")
+    model = hed.load_hed()
     rows = [{"setting": "canny_edges", "closed": float(np.mean([closed(d, c * 255) for d, c in zip(digits[:, 0].numpy(), canny)])),
              "edge_share": float(canny.mean()), "f_canny": 1.0, "s_per_image": 0.0}]
     for scale in scales:

@@ -280,3 +280,19 @@ def test_a_missing_or_unreadable_sketch_is_a_clear_error_naming_it(tmp_path, pix
     code, text = run_cli(["train", str(data), "--name", "e", "--runs-dir", str(runs), "--sketches", str(sketches),
                           "--edge-detector", "canny", *TINY16])
     assert code == 2 and "give no edge detector" in text
+
+
+def test_a_folder_set_names_its_files_in_order_and_an_older_cache_entry_is_prepared_again(tmp_path, pixelforge_cache):
+    from pixelforge.data import DataConfig, load_dataset
+
+    cfg = DataConfig(source=str(ring_folder(tmp_path / "rings", n=4)), image_size=16, channels=1)
+    first = load_dataset(cfg, progress=False)
+    assert first.files == ["a/r0.png", "a/r2.png", "b/r1.png", "b/r3.png"]  # the order of the images
+    assert load_dataset(cfg, progress=False).files == first.files  # from the cache
+    (meta,) = (pixelforge_cache / "prepared").glob("*.json")
+    entry = json.loads(meta.read_text())
+    del entry["files"]  # an entry written before file names were kept
+    meta.write_text(json.dumps(entry))
+    again = load_dataset(cfg, progress=False)
+    assert again.files == first.files and torch.equal(again.images, first.images)
+    assert "files" in json.loads(meta.read_text())
