@@ -83,6 +83,12 @@ def test_a_file_whose_names_or_shapes_differ_is_refused_with_the_dataset_named(t
     with pytest.raises(ValueError, match=r"block1/layers/conv2d/vars/0 has shape \(1,\), HED's stages.0.0.weight needs "
                                          r"\(64, 3, 3, 3\)"):
         hed.read_weights(write_h5(tmp_path / "small.h5", small))
+    swapped = write_h5(tmp_path / "swapped.h5", small)  # two layers' weights in each other's place
+    with h5py.File(swapped, "a") as f:
+        f["block1/layers/conv2d_1/vars"].attrs["name"] = "block1_conv1"
+    with pytest.raises(ValueError, match="block1/layers/conv2d_1/vars holds layer 'block1_conv1' where HED has "
+                                         "'block1_conv2'"):
+        hed.read_weights(swapped)
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(ValueError, match="not a readable HDF5 file"):
         hed.read_weights(tmp_path / "text.h5")

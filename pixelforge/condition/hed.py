@@ -99,7 +99,7 @@ def h5_names() -> dict[str, str]:
     names = {}
     for s, widths in enumerate(VGG16_STAGES):
         for k in range(len(widths)):
-            layer = f"block{s + 1}/layers/conv2d" + (f"_{k}" if k else "")
+            layer = _vgg_group(s, k)
             names[f"{layer}/vars/0"] = f"stages.{s}.{k}.weight"
             names[f"{layer}/vars/1"] = f"stages.{s}.{k}.bias"
         names[f"dsn{s + 1}/vars/0"] = f"sides.{s}.weight"
@@ -108,10 +108,15 @@ def h5_names() -> dict[str, str]:
     return names
 
 
+def _vgg_group(stage: int, k: int) -> str:
+    """The h5 group of VGG convolution k of stage `stage` (both from 0): "block2/layers/conv2d_1" is conv2_2."""
+    return f"block{stage + 1}/layers/conv2d" + (f"_{k}" if k else "")
+
+
 def _keras_layer_names() -> dict[str, str]:
     """The Keras layer name each VGG convolution's group records ({h5 group: "block1_conv1", ...}): a check
     that the file's "conv2d_1" of stage 1 is really conv1_2 and not another layer in its place."""
-    return {f"block{s + 1}/layers/conv2d" + (f"_{k}" if k else "") + "/vars": f"block{s + 1}_conv{k + 1}"
+    return {f"{_vgg_group(s, k)}/vars": f"block{s + 1}_conv{k + 1}"
             for s, widths in enumerate(VGG16_STAGES) for k in range(len(widths))}
 
 
@@ -176,6 +181,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 found[name] = np.asarray(f[name], dtype=np.float32)
             for group, layer in _keras_layer_names().items():
                 recorded = f[group].attrs.get("name") if group in f else None
+                if isinstance(recorded, bytes):  # h5py gives bytes for a fixed-length string attribute
+                    recorded = recorded.decode(errors="replace")
                 if recorded is not None and recorded != layer:
                     raise ValueError(f"HED weights {path}: {group} holds layer {recorded!r} where HED has {layer!r}")
     except OSError as e:
