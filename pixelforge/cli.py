@@ -237,8 +237,7 @@ def _adapter_settings(a) -> dict:
         "lr_scaling": a.lr_scaling, "lr_base_batch": a.lr_base_batch, "precision": a.precision,
     }
     settings = {k: v for k, v in settings.items() if v is not None}
-    fields = _model_fields(a)
-    return {**settings, "adapter": a.adapter, **({"model_fields": fields} if fields else {})}
+    return {**settings, "adapter": a.adapter}  # --label-dropout and --set come as model_fields, as for any run
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
