@@ -205,7 +205,7 @@ def _add_condition_options(p) -> None:
 
 def _add_adapter_options(p) -> None:
     g = p.add_argument_group("adapter (a ControlNet-style adapter on a trained diffusion run; docs/conditions.md)")
-    g.add_argument("--adapter", choices=("edges",), default=None, help="DATA is then BASE, a trained diffusion run or "
+    g.add_argument("--adapter", default=None, metavar="KIND", help="edges: DATA is then BASE, a trained diffusion run or "
                    "bundled model (e.g. mnist-diffusion): train an adapter that steers it by edge maps, the base frozen, "
                    "so `sample NAME --sketch drawing.png` works; the model, its labels or prompts and the data are the "
                    "base's. Also takes --edge-detector, --label-dropout, --set 'hint_channels=[16,32]' and the training options")

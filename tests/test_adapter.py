@@ -63,7 +63,7 @@ def randomise_adapter_outputs(model: DiffusionModel, seed: int = 0) -> None:
     with torch.no_grad():
         for conv in (model.adapter.hint.zero_out, *model.adapter.zero_convs):
             for p in conv.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+                p.copy_(torch.randn(p.shape, generator=gen))
 
 
 # --- the config and the network -------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_a_base_that_cannot_take_an_adapter_is_a_clear_error(runs, tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("pixelforge train: error: --adapter: ") and message in err, err
     assert main(["train", "base", "--adapter", "depth", "--name", "x", "--runs-dir", str(runs)]) == 2
-    assert "invalid choice: 'depth'" in capsys.readouterr().err
+    assert "error: adapter 'depth' is not known; choose one of: edges" in capsys.readouterr().err
     with pytest.raises(ValueError, match="adapter 'depth' is not known; choose one of: edges"):
         new_adapter_run_config("base", "depth", runs_dir=runs)
     fields = json.loads((runs / "ad" / "config.json").read_text())["model"]
