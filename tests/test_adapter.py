@@ -269,3 +269,25 @@ def test_a_base_whose_weights_changed_since_the_run_was_made_is_refused_at_its_s
         train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
     assert resolve_run(tmp_path / "base") == tmp_path / "base"
+
+
+def test_the_server_takes_a_sketch_and_a_label_for_an_adapter_run(runs, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from pixelforge.serve import create_app
+    from serve_jobs import b64, encoded, run_job
+
+    app = create_app(["ad"], runs_dir=runs, device="cpu", allowed_hosts=["testserver"], db_path=tmp_path / "r.sqlite")
+    drawing = ring(8, 1, bright=False)
+    with TestClient(app) as client:
+        (listed,) = client.get("/api/v1/models").json()["models"]
+        supported = {i["name"]: i["supported"] for i in listed["inputs"]}
+        assert supported["sketch"] and supported["label"]
+        job = run_job(client, {"model": "ad", "n": 1, "seed": 4, "label": 2, "sketch": b64(encoded(drawing)),
+                               "options": {"steps": 2}})
+        served = np.asarray(Image.open(io.BytesIO(client.get(job["images"][0]).content)))
+    same = app.state.generators["ad"].generate(1, sketch=drawing, label=2, seeds=[4], steps=2)[0]
+    assert job["settings"][0]["label"] == 2 and len(job["settings"][0]["sketch_sha256"]) == 64
+    assert np.array_equal(served, np.asarray(same))
