@@ -291,3 +291,54 @@ def test_the_server_takes_a_sketch_and_a_label_for_an_adapter_run(runs, tmp_path
     same = app.state.generators["ad"].generate(1, sketch=drawing, label=2, seeds=[4], steps=2)[0]
     assert job["settings"][0]["label"] == 2 and len(job["settings"][0]["sketch_sha256"]) == 64
     assert np.array_equal(served, np.asarray(same))
+
+
+# --- a base with a prompt ------------------------------------------------------------------------------
+
+
+def text_config(**fields) -> DiffusionConfig:
+    return DiffusionConfig(image_size=8, channels=1, num_classes=0, base_channels=8, channel_mult=(1, 2),
+                           num_res_blocks=1, attn_resolutions=(4,), text_encoder="encoder", text_dim=16, text_tokens=4,
+                           text_whiten=True, **fields)
+
+
+def test_an_adapter_on_a_text_base_starts_as_it_and_its_prompts_reach_the_copy():
+    from conftest import _randomize_zero_init
+    from pixelforge.condition.text_embed import text_condition
+    from pixelforge.models.diffusion import spatial_input
+
+    base = _randomize_zero_init(DiffusionModel(text_config())).eval()
+    model = DiffusionModel(text_config(spatial_condition="edges", adapter={"kind": "edges"}), seed=1).eval()
+    model.net.load_state_dict(base.net.state_dict())  # what the run's start copies (frozen_parts, copied_parts)
+    model.text_cond.load_state_dict(base.text_cond.state_dict())
+    model.adapter.copy.load_state_dict({k: v for k, v in base.net.state_dict().items() if k in model.adapter.copy.state_dict()})
+    gen = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(2, 1, 8, 8, generator=gen), torch.tensor([0.3, 3.0])
+    prompt = dict(text=torch.randn(2, 16, generator=gen), text_tokens=torch.randn(2, 4, 16, generator=gen),
+                  text_mask=torch.ones(2, 4, dtype=torch.bool))
+    sketch = (torch.rand(2, 1, 8, 8, generator=gen) > 0.7).float()
+    with torch.no_grad():
+        assert torch.equal(model.denoise(x, sigma, Cond(**prompt, spatial=sketch)), base.denoise(x, sigma, Cond(**prompt)))
+        randomise_adapter_outputs(model)
+        other = {**prompt, "text_tokens": torch.randn(2, 4, 16, generator=gen)}
+        # the copy cross-attends to the prompt's tokens: tokens of another prompt change its residuals
+        other = {**prompt, "text_tokens": torch.randn(2, 4, 16, generator=gen)}
+        hint = spatial_input(Cond(spatial=sketch), 1, x)  # (2, 2, 8, 8): the map and its flag
+        residuals = []
+        for p in (prompt, other):
+            vector, tokens, mask = text_condition(model.text_cond, Cond(**p), 2, x.device)
+            residuals.append(model.adapter(x, sigma.log() / 4, None, vector=vector, tokens=tokens, token_mask=mask,
+                                           hint=hint))
+        assert not torch.equal(residuals[0][-1], residuals[1][-1])
+
+
+def test_a_frozen_text_conditioner_keeps_its_statistics_when_a_run_starts():
+    from pixelforge.condition.text_embed import fit_text_statistics
+
+    model = DiffusionModel(text_config(spatial_condition="edges", adapter={"kind": "edges"}))
+    trainable = DiffusionModel(text_config())
+    pooled = torch.randn(32, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    for m in (model, trainable):
+        fit_text_statistics(m, pooled)
+    assert not model.text_cond.pooled_mean.any()  # the adapter's base keeps what it came with
+    assert trainable.text_cond.pooled_mean.any()
