@@ -342,3 +342,17 @@ def test_a_frozen_text_conditioner_keeps_its_statistics_when_a_run_starts():
         fit_text_statistics(m, pooled)
     assert not model.text_cond.pooled_mean.any()  # the adapter's base keeps what it came with
     assert trainable.text_cond.pooled_mean.any()
+
+
+def test_an_adapter_model_exports_to_onnx_with_its_base_and_the_graph_holds_both(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from conftest import _randomize_zero_init
+    from pixelforge.compress.load import graph_free_shapes
+    from pixelforge.compress.onnx_export import export_onnx, parity
+
+    fields = dict(image_size=8, channels=1, num_classes=10, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    model = _randomize_zero_init(DiffusionModel(DiffusionConfig(**fields, spatial_condition="edges",
+                                                                adapter={"kind": "edges"}))).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert parity(model, tmp_path / "m.onnx", batch=5) < 1e-4
+    assert not graph_free_shapes(model)  # base and adapter weights are all in the graph, none left beside it
