@@ -98,6 +98,8 @@ class UNet(nn.Module):
     map and its flag): as a separate zero-initialised convolution added to conv_in's output, which is the
     same as extra input channels of conv_in with zero weights, but leaves conv_in's weights, their names
     and every other initial weight as in a network without them.
+    encoder_only builds the input blocks and the middle alone (embed and encode; no forward): a ControlNet's
+    trainable copy, whose weights then have the names of the full network's (nets/controlnet.py).
     """
 
     def __init__(
@@ -199,6 +201,8 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """F(x, c_noise; conditions) of x's shape. control: a ControlNet's residuals (nets/controlnet.py), one
         per skip connection (skip_channels) and a last one for the middle output, added to them."""
+        if self.up is None:
+            raise ValueError("an encoder-only UNet (a ControlNet's copy) has no output blocks: call embed and encode")
         emb, ctx = self.embed(c_noise, labels, vector=vector, tokens=tokens, token_mask=token_mask, batch=x.shape[0])
         h, skips = self.encode(x, emb, ctx, vector=vector, spatial=spatial)
         if control is not None:
