@@ -23,7 +23,7 @@ ADAPTER_FAMILY = "diffusion"
 # The settings of an adapter run that are its own: the training's and the optimiser's. Everything that shapes
 # the model or its data is the base's.
 _OPTIM_SETTINGS = {"lr", "warmup_steps", "grad_clip", "lr_scaling", "lr_base_batch"}
-_TRAIN_SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)} - {"sample_count", "keep_checkpoints", "val_images"}
+_TRAIN_SETTINGS = {f.name for f in dataclasses.fields(TrainConfig)}
 # Model fields an adapter run may set: the condition dropout of its training (classifier-free guidance
 # contrasts sketch and no sketch) and the adapter's own.
 _MODEL_FIELDS = {"label_dropout", "hint_channels"}
