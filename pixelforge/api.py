@@ -537,6 +537,7 @@ def train(
     max_minutes: float | None = None,
     minutes: float | None = None,
     progress: bool = True,
+    adapter: str | None = None,
     **settings,
 ) -> TrainResult:
     """Train a model on `data` (a folder of images or a bundled data set name) in RUNS_DIR/NAME, or resume
@@ -558,6 +559,11 @@ def train(
     calls as it takes. Resuming, a run keeps its budget; minutes (or steps) given then is a new total. A new
     budget run trains in bf16 where a step is measured faster in it (settings' precision wins) and starts
     from the bundled base model that fits it unless init_from says otherwise.
+
+    adapter: "edges" trains a ControlNet-style adapter on top of `data`, then a diffusion run (a run name under
+    runs_dir, a folder or a bundled model) whose network stays frozen; settings as
+    runs.adapter.new_adapter_run_config takes them (adapter_data: other training images than the base's;
+    minutes: a time budget, unplanned). docs/conditions.md, "Adapters".
     """
     from tqdm.auto import tqdm
 
@@ -574,8 +580,12 @@ def train(
         from .train.budget import check_not_steps
 
         check_not_steps(steps)
+    if adapter is not None and init_from is not None:
+        raise ValueError("init_from (--init-from) does not apply to an adapter run: it starts from its base's weights")
     if saved.exists() and (run_dir / "checkpoints").is_dir():
         cfg = RunConfig.load(saved)
+        if adapter is not None and getattr(cfg.model_config(), "adapter", None) is None:
+            raise ValueError(f"{run_dir} holds a run that is not an adapter: choose another --name for the adapter run")
         if minutes is not None and minutes != cfg.train.minutes:  # a new total budget
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=minutes))
         if steps is not None and (steps != cfg.train.steps or cfg.train.minutes is not None):  # a new total of steps
@@ -583,6 +593,11 @@ def train(
         if launched_world().main:  # under torchrun, rank 0 alone speaks
             length = f"{cfg.train.steps} steps" if cfg.train.minutes is None else f"a {cfg.train.minutes:g}-minute budget"
             tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {length})")
+    elif adapter is not None:
+        from .runs.adapter import new_adapter_run_config
+
+        cfg = new_adapter_run_config(data, adapter, runs_dir=runs, minutes=minutes, data=settings.pop("adapter_data", None),
+                                     **settings)
     elif minutes is not None:
         from .train.budget import describe_plan, plan_run
 

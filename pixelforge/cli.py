@@ -155,6 +155,7 @@ def _add_train(sub):
     p.add_argument("--allow-upscale", action="store_true", help="train on folder images with a side below half of "
                    "--image-size too (skipped by default; `pixelforge data check DIR` lists them)")
     _add_condition_options(p)
+    _add_adapter_options(p)
     m = p.add_argument_group("model shape (unset ones take the family's defaults; see docs/design.md)")
     m.add_argument("--base-channels", type=_int_range(1), default=None, help="network width at full resolution (diffusion default 32)")
     m.add_argument("--channel-mult", default=None, help="width multipliers per resolution, e.g. 1,2,2 (default: the family's)")
@@ -207,6 +208,43 @@ def _add_condition_options(p) -> None:
                    "--condition edges (docs/conditions.md)")
 
 
+def _add_adapter_options(p) -> None:
+    g = p.add_argument_group("adapter (a ControlNet-style adapter on a trained diffusion run; docs/conditions.md)")
+    g.add_argument("--adapter", default=None, metavar="KIND", help="edges: DATA is then BASE, a trained diffusion run or "
+                   "bundled model (e.g. mnist-diffusion): train an adapter that steers it by edge maps, the base frozen, "
+                   "so `sample NAME --sketch drawing.png` works; the model, its labels or prompts and the data are the "
+                   "base's. Also takes --edge-detector, --label-dropout, --set 'hint_channels=[16,32]' and the training options")
+    g.add_argument("--data", default=None, metavar="DIR", dest="adapter_data", help="with --adapter: train on these "
+                   "images (prepared as the base's) instead of the base's own data")
+
+
+# train options an adapter run takes from its base: given with --adapter they are an error (value: unset)
+_BASE_OWNED = {"model": "diffusion", "image_size": None, "channels": None, "crop": "center", "hflip": False,
+               "no_labels": False, "text": False, "text_encoder": None, "caption_variants": None, "allow_upscale": False,
+               "condition": None, "val_fraction": 0.05, "base_channels": None, "channel_mult": None, "num_res_blocks": None,
+               "attn_resolutions": None, "dropout": None, "init_from": None}
+
+
+def _adapter_settings(a) -> dict:
+    """The keyword arguments of pixelforge.train for `train BASE --adapter KIND`: a clear error for an option
+    that shapes the model or its data, which an adapter run takes from its base."""
+    given = [k for k, unset in _BASE_OWNED.items() if getattr(a, k) != unset]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--adapter takes the model and the data from its base: {flags} cannot be given (--data DIR "
+                         "trains on other images)")
+    settings = {
+        "adapter_data": a.adapter_data, "edge_detector": a.edge_detector, "lr": a.lr, "warmup_steps": a.warmup,
+        "grad_clip": a.grad_clip, "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay,
+        "log_every": a.log_every, "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every,
+        "eval_samples": a.eval_samples, "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on,
+        "sample_every": a.sample_every, "ckpt_every": a.ckpt_every, "seed": a.seed, "grad_accum": a.grad_accum,
+        "lr_scaling": a.lr_scaling, "lr_base_batch": a.lr_base_batch, "precision": a.precision,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}
+    return {**settings, "adapter": a.adapter}  # --label-dropout and --set come as model_fields, as for any run
+
+
 def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
@@ -255,6 +293,10 @@ def cmd_train(a) -> int:
         "lr_base_batch": a.lr_base_batch, "precision": a.precision,
     }
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
+    if a.adapter is not None:
+        settings = _adapter_settings(a)
+    elif a.adapter_data is not None:
+        raise ValueError("--data goes with --adapter (DATA is the training images otherwise)")
     try:
         result = train(a.data, name=a.name, runs_dir=a.runs_dir, device=a.device, init_from=a.init_from,
                        max_minutes=a.max_minutes, minutes=a.minutes, progress=not a.quiet, model_fields=_model_fields(a),
@@ -630,7 +672,14 @@ def cmd_info(a) -> int:
     print(f"data:     {cfg.data.source}  ({cfg.data.image_size}x{cfg.data.image_size}, {cfg.data.channels} channel(s), crop {cfg.data.crop})")
     unused = set(model.unused_fields()) if hasattr(model, "unused_fields") else set()
     fields = {k: v for k, v in dataclasses.asdict(model).items() if k not in unused}
+    adapter = fields.pop("adapter", None)
     print(f"model:    {parameter_count(shaped) / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    frozen = sum(p.numel() for p in shaped.parameters() if not p.requires_grad)
+    if frozen:  # an adapter's base, latent diffusion's autoencoder: copied from another run and never trained
+        print(f"trained:  {(parameter_count(shaped) - frozen) / 1e6:.2f} M parameters trainable, {frozen / 1e6:.2f} M frozen")
+    if adapter:
+        print(f"adapter:  {adapter['kind']} (ControlNet-style) on {adapter['base']}, its weights frozen (SHA-256 "
+              f"{adapter['base_sha256'][:16]}... when the run was made)")
     length = f"{cfg.train.steps} steps" if cfg.train.minutes is None else \
         f"a {cfg.train.minutes:g}-minute budget (about {cfg.train.steps} steps planned)"
     print(f"train:    {length} x batch {cfg.train.batch_size}, lr {cfg.optim.lr}, EMA {cfg.train.ema_decay}")

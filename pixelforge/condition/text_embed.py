@@ -280,9 +280,10 @@ def fit_text_statistics(model: nn.Module, pooled: torch.Tensor, tokens: torch.Te
                         mask: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> None:
     """Fit every text conditioner of a model (a GAN has two) to a data set's caption embeddings (groups:
     the image of each, where there are several wordings per image); a fresh training run calls it before
-    its first step (a resumed one restores them with the weights)."""
+    its first step (a resumed one restores them with the weights). A frozen conditioner (no weight that trains:
+    an adapter run's base) keeps the statistics it came with."""
     for module in model.modules():
-        if isinstance(module, TextConditioner):
+        if isinstance(module, TextConditioner) and any(p.requires_grad for p in module.parameters()):
             module.fit_statistics(pooled, tokens, mask, groups)
 
 

@@ -16,8 +16,10 @@ from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_f
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
+from .nets.controlnet import ControlNet
 from .nets.dit import DiT
 from .nets.unet import UNet
+from .adapter import AdapterConfig, adapter_config
 from .autoencoder import AutoencoderConfig, make_first_stage
 from ..distributed import all_gather_cat
 from .common import check_seeds, seeded_init
@@ -68,6 +70,10 @@ class DiffusionConfig(TextFields, SketchFields):
         `autoencoder` (they then travel in every checkpoint). The diffusion then runs on the latents
         (latent_channels x image_size / f on a side: shaped by `net_shape`); image_size and channels stay
         the images'. None: pixel space.
+    adapter: a ControlNet-style adapter (models/adapter.py AdapterConfig; docs/conditions.md): the run is an
+        already trained run (its base, whose config fields these are) with the spatial condition of the
+        adapter's kind added through a trainable copy of the UNet's input and middle blocks, the base's own
+        network frozen. runs/adapter.py makes such a config from the base. None: no adapter.
     """
 
     image_size: int = 32
@@ -94,6 +100,7 @@ class DiffusionConfig(TextFields, SketchFields):
     position_embedding: bool = False
     latent: str = ""
     autoencoder: AutoencoderConfig | dict | None = None
+    adapter: AdapterConfig | dict | None = None
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -134,6 +141,22 @@ class DiffusionConfig(TextFields, SketchFields):
         if self.autoencoder is not None and self.spatial_condition:
             raise ValueError("spatial_condition (--condition edges) works in pixel space only: an edge map at the image "
                              "size does not fit a latent diffusion run's latents; train it without latent")
+        self._check_adapter()
+
+    def _check_adapter(self) -> None:
+        """adapter None, or an AdapterConfig on a UNet in pixel space whose kind is the spatial condition."""
+        object.__setattr__(self, "adapter", adapter_config(self.adapter))  # kept frozen and hashable
+        if self.adapter is None:
+            return
+        if self.backbone != "unet":
+            raise ValueError(f"adapter: a ControlNet-style adapter copies a UNet's input blocks; this model's backbone "
+                             f"is {self.backbone!r}")
+        if self.autoencoder is not None:
+            raise ValueError("adapter: works in pixel space only (an edge map at the image size does not fit a latent "
+                             "diffusion run's latents)")
+        if self.spatial_condition != self.adapter.kind:
+            raise ValueError(f"adapter kind {self.adapter.kind!r} needs spatial_condition {self.adapter.kind!r} (its "
+                             f"detector and stroke width), got {self.spatial_condition!r}")
 
     def _check_latent(self) -> None:
         """latent a string; autoencoder None or the fields of an AutoencoderConfig of the same images."""
@@ -174,6 +197,8 @@ class DiffusionConfig(TextFields, SketchFields):
         unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
         if self.autoencoder is None:
             unused += ("latent", "autoencoder")
+        if self.adapter is None:
+            unused += ("adapter",)
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
@@ -201,6 +226,13 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
             context_dim=width if config.text_dim else 0,
             spatial_channels=spatial_input_channels(config),
         )
+    return make_unet(config, spatial_channels=0 if config.adapter is not None else spatial_input_channels(config))
+
+
+def make_unet(config: DiffusionConfig, *, spatial_channels: int = 0, encoder_only: bool = False) -> UNet:
+    """The UNet config describes, taking `spatial_channels` beside x (an adapter's base takes none: its
+    condition comes through the ControlNet); encoder_only: its input and middle blocks alone."""
+    channels, side, _ = config.net_shape
     return UNet(
         image_size=side,
         in_channels=channels,
@@ -212,9 +244,17 @@ def make_backbone(config: DiffusionConfig) -> nn.Module:
         num_classes=config.num_classes,
         context_dim=4 * config.base_channels if config.text_dim else 0,
         cross_attn_position=config.cross_attn_position,
-        spatial_channels=spatial_input_channels(config),
+        spatial_channels=spatial_channels,
         position_embedding=config.position_embedding,
+        encoder_only=encoder_only,
     )
+
+
+def make_adapter(config: DiffusionConfig, base: UNet) -> ControlNet:
+    """The ControlNet of an adapter run on its base UNet: a copy of its input and middle blocks that takes the
+    edge map and its flag channel (spatial_input)."""
+    return ControlNet(base, make_unet(config, encoder_only=True), hint_channels=spatial_input_channels(config),
+                      hint_widths=config.adapter.hint_channels)
 
 
 def spatial_input_channels(config: DiffusionConfig) -> int:
@@ -277,6 +317,15 @@ class DiffusionModel(FamilyModule):
             self.text_cond = make_text_conditioner(config, self.net.emb_dim if config.text_vector else 0, self.net.emb_dim)
             # latent diffusion: the frozen first stage, its weights copied in at the run's start (frozen_parts)
             self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
+            # a ControlNet-style adapter: built last, so the base's modules draw the weights they always drew
+            self.adapter = None if config.adapter is None else make_adapter(config, self.net)
+        if self.adapter is not None:
+            # the base is frozen: its weights are copied from the base run when the run starts (frozen_parts)
+            # and never trained; the adapter alone is (optimizers, and the trainer's EMA follows requires_grad)
+            self.net.requires_grad_(False)
+            if self.text_cond is not None:
+                self.text_cond.requires_grad_(False)
+            self.network_call = NetworkCall("network", ("x_in", "c_noise"), ("net", "text_cond", "adapter"))
         if self.autoencoder is not None:
             # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
             # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
@@ -286,18 +335,36 @@ class DiffusionModel(FamilyModule):
 
     # --- latent diffusion ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam over the weights that train: a latent model's frozen autoencoder is left out."""
+        """One Adam over the weights that train: a latent model's frozen autoencoder is left out, and an
+        adapter run trains its adapter alone."""
+        if self._optimizer is None and self.adapter is not None:
+            self._optimizer = make_adam(self.adapter.parameters(), self.optim_config, self.default_betas)
         if self._optimizer is None and self.autoencoder is not None:
             trained = [p for name, p in self.named_parameters() if not name.startswith("autoencoder.")]
             self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
         return super().optimizers()
 
-    def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
-        """(run, module name in that run, own module): the autoencoder run's `net`, copied into `autoencoder`
-        when a run starts (runs/latent.py); none in pixel space."""
+    def frozen_parts(self) -> tuple[tuple, ...]:
+        """(run, module name in that run, own module[, SHA-256 the run's weights file must have]): the
+        autoencoder run's `net`, copied into `autoencoder` when a run starts (runs/latent.py); an adapter run's
+        base network and text conditioner; none otherwise."""
+        if self.adapter is not None:
+            a = self.config.adapter
+            parts = [(a.base_path, "net", self.net, a.base_sha256)]
+            if self.text_cond is not None:
+                parts.append((a.base_path, "text_cond", self.text_cond, a.base_sha256))
+            return tuple(parts)
         if self.autoencoder is None or not self.config.latent:
             return ()
         return ((self.config.latent, "net", self.autoencoder),)
+
+    def copied_parts(self) -> tuple[tuple, ...]:
+        """(run, module name in that run, own module): parts a new run copies from another run at its start and
+        then trains; only the tensors of the own module's names are taken. An adapter's trainable copy of its
+        base's input and middle blocks (ControlNet's initialisation from the locked network's weights)."""
+        if self.adapter is None:
+            return ()
+        return ((self.config.adapter.base_path, "net", self.adapter.copy),)
 
     @property
     def net_shape(self) -> tuple[int, int, int]:
@@ -353,6 +420,9 @@ class DiffusionModel(FamilyModule):
         labels = cond.labels if cond is not None else None
         vector, tokens, mask = text_condition(self.text_cond, cond, x_in.shape[0], x_in.device)  # all None without text
         spatial = spatial_input(cond, self.config.spatial_channels, x_in)  # None without a spatial condition
+        if self.adapter is not None:  # the edge map (and its flag) steers the frozen base through the ControlNet
+            control = self.adapter(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, hint=spatial)
+            return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, control=control)
         return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:

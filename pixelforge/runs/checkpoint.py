@@ -70,11 +70,16 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -
 
 def file_hash(path: Path) -> str:
     """First 12 hex digits of the file's SHA-256: identifies the weights a picture came from."""
+    return file_sha256(path)[:12]
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, 64 hex digits."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
 
 
 def flatten_state(obj, prefix: str, tensors: dict[str, torch.Tensor]):

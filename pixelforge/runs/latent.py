@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import check_shapes, load_state, state_shapes
+from .checkpoint import check_shapes, file_sha256, load_state, state_shapes
 from .store import load_weights, resolve_run, weights_file
 
 AUTOENCODER_FAMILY = "autoencoder"
@@ -40,15 +40,28 @@ def autoencoder_fields(source: str, image_size: int, channels: int, runs_dir: st
 
 def load_frozen_parts(model: nn.Module) -> list[str]:
     """Copy into each of model.frozen_parts() the weights of its module in its source run (that run's EMA
-    weights, checked tensor by tensor against the module); returns the source runs read. Called once, when a
-    new run starts."""
-    sources = []
-    for source, name, module in getattr(model, "frozen_parts", lambda: ())():
+    weights, checked tensor by tensor against the module; where the part names a SHA-256, the source's weights
+    file must have it), then into each of model.copied_parts() the tensors of its own names there (an adapter's
+    trainable copy of its base); returns the source runs read. Called once, when a new run starts."""
+    sources: list[str] = []
+    frozen = tuple(getattr(model, "frozen_parts", lambda: ())())
+    copied = tuple(getattr(model, "copied_parts", lambda: ())())
+    read: dict[Path, dict] = {}  # a source's weights, read once however many parts come from it
+    for i, part in enumerate((*frozen, *copied)):
+        source, name, module = part[:3]
         run_dir = resolve_run(source)
         path = weights_file(run_dir)
+        if run_dir not in read:
+            if len(part) > 3 and part[3] and file_sha256(path) != part[3]:
+                raise ValueError(f"{path}: its SHA-256 is not the {part[3]} recorded when this run was made: the weights "
+                                 f"of {source} changed since; make the run again (another --name) to build on them as they are")
+            read[run_dir] = load_weights(run_dir)
+            sources.append(str(run_dir))
         prefix = f"{name}."
-        state = {k[len(prefix):]: v for k, v in load_weights(run_dir).items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in read[run_dir].items() if k.startswith(prefix)}
+        if i >= len(frozen):  # a trainable copy of some of the module's layers: those of its own names
+            own = state_shapes(module)
+            state = {k: v for k, v in state.items() if k in own}
         check_shapes({k: tuple(v.shape) for k, v in state.items()}, state_shapes(module), path)
         load_state(module, state, path)
-        sources.append(str(run_dir))
     return sources

@@ -61,7 +61,8 @@ class TrainResult:
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(p, 1.0 - decay)
+            if p.requires_grad:  # a frozen part (an adapter's base, latent's autoencoder) is a copy that never moves
+                pe.lerp_(p, 1.0 - decay)
         for be, b in zip(ema.buffers(), model.buffers()):
             be.copy_(b)
 
@@ -167,7 +168,8 @@ def _align_text(model, conds: _Conditions, data: ImageSet, train_idx: torch.Tens
     from ..condition.text_embed import TextConditioner
 
     images = to_model(data.images[train_idx], cfg.data)  # (N, C, H, W) in [-1, 1], centre-cropped
-    pools = [m.token_pool for m in model.modules() if isinstance(m, TextConditioner) and m.token_pool is not None]
+    pools = [m.token_pool for m in model.modules() if isinstance(m, TextConditioner) and m.token_pool is not None
+             and any(p.requires_grad for p in m.parameters())]  # not an adapter's frozen base's
     for i, pool in enumerate(pools):  # a GAN has two conditioners
         loss = align_token_pool(pool, images, (conds.text.tokens, conds.text.mask), conds.wordings[train_idx],
                                 conds.counts[train_idx], steps=steps, seed=cfg.train.seed * 1_000 + i, device=dev,

@@ -98,6 +98,8 @@ class UNet(nn.Module):
     map and its flag): as a separate zero-initialised convolution added to conv_in's output, which is the
     same as extra input channels of conv_in with zero weights, but leaves conv_in's weights, their names
     and every other initial weight as in a network without them.
+    encoder_only builds the input blocks and the middle alone (embed and encode; no forward): a ControlNet's
+    trainable copy, whose weights then have the names of the full network's (nets/controlnet.py).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class UNet(nn.Module):
         cross_attn_position: bool = True,
         spatial_channels: int = 0,
         position_embedding: bool = False,
+        encoder_only: bool = False,
     ):
         super().__init__()
         emb_dim = base_channels * 4
@@ -149,6 +152,12 @@ class UNet(nn.Module):
         self.mid_attn = AttnBlock(ch)
         self.mid_cross = cross(ch)
         self.mid2 = ResBlock(ch, ch, emb_dim, dropout)
+        self.skip_channels = tuple(skip_ch)  # channels of each skip connection, then the middle's: what `control` adds to
+        self.mid_channels = ch
+        if encoder_only:  # a ControlNet's trainable copy (nets/controlnet.py): the input blocks and the middle alone
+            self.up = self.norm_out = self.conv_out = self.spatial_in = self.position = self.vector_layout = None
+            self._position_layers(base_channels, image_size, emb_dim, position_embedding)
+            return
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             cout = base_channels * mult
@@ -165,6 +174,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         self.spatial_in = _zero_conv(spatial_channels, base_channels, 3) if spatial_channels > 0 else None  # built last
+        self._position_layers(base_channels, image_size, emb_dim, position_embedding)
+
+    def _position_layers(self, base_channels: int, image_size: int, emb_dim: int, position_embedding: bool) -> None:
         # (1, base_channels, S, S), added to conv_in's output; zero at the start (draws nothing, so every other
         # initial weight is as without it)
         self.position = nn.Parameter(torch.zeros(1, base_channels, image_size, image_size)) if position_embedding else None
@@ -185,11 +197,31 @@ class UNet(nn.Module):
         tokens: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         spatial: torch.Tensor | None = None,
+        control: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """F(x, c_noise; conditions) of x's shape. control: a ControlNet's residuals (nets/controlnet.py), one
+        per skip connection (skip_channels) and a last one for the middle output, added to them."""
+        if self.up is None:
+            raise ValueError("an encoder-only UNet (a ControlNet's copy) has no output blocks: call embed and encode")
+        emb, ctx = self.embed(c_noise, labels, vector=vector, tokens=tokens, token_mask=token_mask, batch=x.shape[0])
+        h, skips = self.encode(x, emb, ctx, vector=vector, spatial=spatial)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control: {len(control)} residuals given, the UNet takes {len(skips) + 1} "
+                                 "(one per skip connection and one for the middle)")
+            skips = [s + r for s, r in zip(skips, control)]
+            h = h + control[-1]
+        return self.decode(h, skips, emb, ctx)
+
+    def embed(self, c_noise: torch.Tensor, labels: torch.Tensor | None = None, *, vector: torch.Tensor | None = None,
+              tokens: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
+              batch: int) -> tuple[torch.Tensor, tuple | None]:
+        """The block embedding (B, emb_dim): noise level, label and condition vector; and the cross-attention
+        context (tokens, token_mask), None for a network without cross-attention."""
         emb = self.emb_mlp(self.noise_embed(c_noise))  # (B, emb_dim)
         if self.label_embed is not None:
             if labels is None:
-                labels = no_labels(x.shape[0], x.device)
+                labels = no_labels(batch, c_noise.device)
             emb = emb + self.label_embed(labels)
         if vector is not None:
             emb = emb + vector
@@ -197,9 +229,18 @@ class UNet(nn.Module):
         ctx = (tokens, token_mask) if self.mid_cross is not None else None
         if ctx is not None and tokens is None:
             raise ValueError("this network cross-attends to condition tokens: tokens and token_mask are required")
+        return emb, ctx
+
+    def encode(self, x: torch.Tensor, emb: torch.Tensor, ctx: tuple | None, *, vector: torch.Tensor | None = None,
+               spatial: torch.Tensor | None = None,
+               added: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The input blocks and the middle: x (B, C, H, W) -> (middle output, skip connections). added
+        (B, base_channels, H, W): features added to conv_in's output (a ControlNet's condition)."""
         h = self.conv_in(x)  # (B, base_channels, H, W)
         if self.spatial_in is not None:
             h = h + self.spatial_in(_required_spatial(spatial, self.spatial_in.in_channels, x))
+        if added is not None:
+            h = h + added
         if self.position is not None:
             h = h + self.position.to(h.dtype)
             if vector is not None:
@@ -213,6 +254,11 @@ class UNet(nn.Module):
         if ctx is not None:
             h = self.mid_cross(h, *ctx)
         h = self.mid2(h, emb)
+        return h, skips
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor, ctx: tuple | None) -> torch.Tensor:
+        """The output blocks: the middle output and the skip connections -> F (B, C, H, W)."""
+        skips = list(skips)
         for lvl in self.up:
             if lvl.block is not None:
                 h = torch.cat([h, skips.pop()], dim=1)
