@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
+from ..condition.audio import AudioConditioner, AudioEncoder, AudioFields, check_audio_fields, unused_audio_fields
 from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_fields
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
@@ -31,7 +32,7 @@ BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
-class DiffusionConfig(TextFields, SketchFields):
+class DiffusionConfig(TextFields, SketchFields, AudioFields):
     """Everything that fixes the network's shape and the diffusion parameterisation.
 
     num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1.
@@ -61,6 +62,9 @@ class DiffusionConfig(TextFields, SketchFields):
         vector is also read out as a coarse 4x4 layout added to that map. The DiT always has one.
     spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
         (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
+    audio_encoder, audio_net, audio_set: a spoken clip's embedding (condition/audio.py AudioFields) from a
+        frozen copy of the audio encoder, mapped by a small MLP into the vector added to the noise-level
+        embedding (docs/audio.md).
     latent, autoencoder: latent diffusion (Rombach et al. 2022; docs/latent.md). `latent` names an autoencoder
         run (models/autoencoder.py) when a run is created: runs.new_run_config copies its config into
         `autoencoder` (kept here, so the run rebuilds from its own folder) and records the run's folder in
@@ -131,6 +135,7 @@ class DiffusionConfig(TextFields, SketchFields):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
         check_sketch_fields(self)
+        check_audio_fields(self)
         if self.autoencoder is not None and self.spatial_condition:
             raise ValueError("spatial_condition (--condition edges) works in pixel space only: an edge map at the image "
                              "size does not fit a latent diffusion run's latents; train it without latent")
@@ -170,8 +175,9 @@ class DiffusionConfig(TextFields, SketchFields):
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        conditioned = self.num_classes or self.text_dim or self.spatial_condition
+        conditioned = self.num_classes or self.text_dim or self.spatial_condition or self.audio_dim
         unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
+        unused += unused_audio_fields(self)
         if self.autoencoder is None:
             unused += ("latent", "autoencoder")
         if not self.text_dim:
@@ -246,7 +252,7 @@ class DiffusionModel(FamilyModule):
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance", "edit")
-    inputs = ("labels", "text", "spatial")  # the conditions it can take (see FamilyModule.takes)
+    inputs = ("labels", "text", "spatial", "audio")  # the conditions it can take (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
     # API, CLI and server offer and check exactly these, and record them in every image's settings.
     option_specs = (
@@ -277,6 +283,10 @@ class DiffusionModel(FamilyModule):
             self.text_cond = make_text_conditioner(config, self.net.emb_dim if config.text_vector else 0, self.net.emb_dim)
             # latent diffusion: the frozen first stage, its weights copied in at the run's start (frozen_parts)
             self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
+            # audio: the frozen encoder (its weights copied in at the run's start, frozen_parts) and the trained
+            # map from its embedding to a vector beside the label's; built last, so other models draw as before
+            self.audio_net = AudioEncoder(config.audio_net).requires_grad_(False) if config.audio_dim else None
+            self.audio_cond = AudioConditioner(config.audio_dim, self.net.emb_dim) if config.audio_dim else None
         if self.autoencoder is not None:
             # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
             # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
@@ -287,17 +297,29 @@ class DiffusionModel(FamilyModule):
     # --- latent diffusion ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One Adam over the weights that train: a latent model's frozen autoencoder is left out."""
-        if self._optimizer is None and self.autoencoder is not None:
-            trained = [p for name, p in self.named_parameters() if not name.startswith("autoencoder.")]
+        if self._optimizer is None and (self.autoencoder is not None or self.audio_net is not None):
+            trained = [p for name, p in self.named_parameters() if not name.startswith(("autoencoder.", "audio_net."))]
             self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
         return super().optimizers()
 
     def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
         """(run, module name in that run, own module): the autoencoder run's `net`, copied into `autoencoder`
         when a run starts (runs/latent.py); none in pixel space."""
-        if self.autoencoder is None or not self.config.latent:
-            return ()
-        return ((self.config.latent, "net", self.autoencoder),)
+        parts = ()
+        if self.autoencoder is not None and self.config.latent:
+            parts += ((self.config.latent, "net", self.autoencoder),)
+        if self.audio_net is not None and self.config.audio_encoder:  # an encoder folder holds its weights as net.*
+            parts += ((self.config.audio_encoder, "net", self.audio_net),)
+        return parts
+
+    @torch.no_grad()
+    def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
+        """Prepared clips (B, T) at the encoder's rate (condition/audio.py prepare_clip) -> Cond.audio (B, D)."""
+        from ..condition.audio import embed_waves
+
+        if self.audio_net is None:
+            raise ValueError("this model takes no audio (it was not trained with --condition audio)")
+        return embed_waves(self.audio_net, waves)
 
     @property
     def net_shape(self) -> tuple[int, int, int]:
@@ -352,6 +374,9 @@ class DiffusionModel(FamilyModule):
         The one network call of sampling, which a compressed run replaces (compress/: an ONNX graph)."""
         labels = cond.labels if cond is not None else None
         vector, tokens, mask = text_condition(self.text_cond, cond, x_in.shape[0], x_in.device)  # all None without text
+        if self.audio_cond is not None:  # (B, emb_dim): the clip's embedding mapped, or the learned "no audio"
+            heard = self.audio_cond(cond, x_in.shape[0], x_in.device)
+            vector = heard if vector is None else vector + heard
         spatial = spatial_input(cond, self.config.spatial_channels, x_in)  # None without a spatial condition
         return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
 
