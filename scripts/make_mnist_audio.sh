@@ -18,6 +18,7 @@
 #   RUNS_DIR     where the run, the set (RUNS_DIR/spoken-digits) and the encoder (RUNS_DIR/mnist-audio-encoder) go
 #   EXPORT=0     train only; 1 (default) then exports and benchmarks
 #   BENCH_IMAGES images per held-out clip in the benchmark (default 1: 400 images)
+#   BENCH_ARGS   more options for bench/audio_digits.py (e.g. --quick: 20 clips, for a smoke run)
 #   PIXELFORGE   the command to run (default .venv/bin/pixelforge; e.g. "python -m pixelforge.cli")
 #   PYTHON       the interpreter for the scripts (default .venv/bin/python)
 set -euo pipefail
@@ -27,7 +28,7 @@ ENCODER_STEPS=${ENCODER_STEPS:-1500}
 RUNS_DIR=${RUNS_DIR:-runs}
 EXPORT=${EXPORT:-1}
 BENCH_IMAGES=${BENCH_IMAGES:-1}
-PYTHON=${PYTHON:-.venv/bin/python}
+read -ra PYTHON <<< "${PYTHON:-.venv/bin/python}"
 read -ra PIXELFORGE <<< "${PIXELFORGE:-.venv/bin/pixelforge}"
 SET="$RUNS_DIR/spoken-digits"
 ENCODER="$RUNS_DIR/mnist-audio-encoder"
@@ -36,7 +37,7 @@ budget=()
 if [ -n "${MAX_MINUTES:-}" ]; then budget=(--max-minutes "$MAX_MINUTES"); fi
 
 if [ ! -f "$SET/manifest.json" ]; then
-  "$PYTHON" scripts/make_spoken_digits.py "$SET"
+  "${PYTHON[@]}" scripts/make_spoken_digits.py "$SET"
 fi
 if [ ! -f "$ENCODER/model.safetensors" ]; then
   "${PIXELFORGE[@]}" audio-encoder "$SET" -o "$ENCODER" --steps "$ENCODER_STEPS" --seed 0
@@ -50,6 +51,6 @@ if [ "$EXPORT" = 1 ]; then
   echo '{"guidance": 2.0}' > "$RUNS_DIR/mnist-audio/sample_defaults.json"
   "${PIXELFORGE[@]}" export mnist-audio "$OUT" --runs-dir "$RUNS_DIR"
   # the card (MODEL.md) states the recipe, the licences and the figures just measured
-  "$PYTHON" bench/audio_digits.py "$OUT" --audio-set "$SET" --images "$BENCH_IMAGES" --json "$OUT/bench.json" \
-    --card "$OUT/MODEL.md" --recipe-steps "$STEPS"
+  "${PYTHON[@]}" bench/audio_digits.py "$OUT" --audio-set "$SET" --images "$BENCH_IMAGES" --json "$OUT/bench.json" \
+    --card "$OUT/MODEL.md" --recipe-steps "$STEPS" ${BENCH_ARGS:-}
 fi
