@@ -313,3 +313,86 @@ def test_audio_given_to_a_model_without_audio_is_one_clear_error(audio_run, tmp_
 def test_train_condition_audio_without_its_folders_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "digits", "--name", "x", "--runs-dir", str(tmp_path), "--condition", "audio", *TINY]) == 2
     assert "--condition audio needs both --audio-encoder" in capsys.readouterr().err
+
+
+# --- the server --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serve_client(audio_run, tmp_path_factory):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from pixelforge.serve import create_app
+    from pixelforge.serve.limits import ServerLimits
+
+    app = create_app(["heard", "plain"], runs_dir=audio_run, device="cpu", allowed_hosts=["testserver"],
+                     db_path=tmp_path_factory.mktemp("db") / "ratings.sqlite", max_body_bytes=200_000,
+                     limits=ServerLimits(max_upload_bytes=20_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def test_models_list_audio_as_an_input_of_the_models_that_take_it(serve_client):
+    models = {m["name"]: {i["name"]: i for i in m["inputs"]} for m in serve_client.get("/api/v1/models").json()["models"]}
+    assert models["heard"]["audio"]["supported"] and models["heard"]["audio"]["max_bytes"] == 20_000
+    assert not models["plain"]["audio"]["supported"]
+    assert "not trained with --condition audio" in models["plain"]["audio"]["note"]
+
+
+def test_an_audio_job_records_the_clip_hash_and_draws_what_the_api_draws(serve_client, tmp_path):
+    import hashlib
+
+    from serve_jobs import run_job
+
+    clip = wav_bytes(tone(digit_freq(4), rate=8000), rate=8000)
+    job = run_job(serve_client, {"model": "heard", "audio": "data:audio/wav;base64," + b64(clip), "seed": 3,
+                                 "options": {"steps": 2}})
+    (url,) = job["images"]
+    content = serve_client.get(url).content
+    s = read_settings(io.BytesIO(content))
+    assert s["audio_sha256"] == hashlib.sha256(clip).hexdigest() and s["seed"] == 3
+    same = serve_client.app.state.generators["heard"].generate(1, audio=clip, seeds=[3], steps=2)[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(content))), np.asarray(same))
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+HOSTILE = [
+    ({"audio": ""}, 422, ["body", "audio"], "the audio: the file is empty"),
+    ({"audio": "not base64!"}, 422, ["body", "audio"], "the audio is not valid base64"),
+    ({"audio": b64(_png())}, 422, ["body", "audio"], "not a WAV file (RIFF/WAVE header missing)"),
+    ({"audio": b64(wav_bytes(tone(500.0))[:40])}, 422, ["body", "audio"], "the audio: not a readable WAV file"),
+    ({"audio": "data:image/png;base64," + b64(_png())}, 422, ["body", "audio"], "a data: URL of another kind"),
+    ({"audio": b64(wav_bytes(tone(500.0, 3.0)))}, 422, ["body", "audio"], "over this server's limit of 20000 bytes"),
+    ({"model": "plain", "audio": b64(wav_bytes(tone(500.0)))}, 422, ["body", "audio"], "plain takes no audio"),
+    ({"audio": b64(wav_bytes(tone(500.0))), "image": b64(_png())}, 422, ["body"], "give audio or an image, not both"),
+    ({"audio": "A" * 300_000}, 413, None, "request body over the limit"),
+]
+
+
+@pytest.mark.parametrize("body, status, where, message", HOSTILE, ids=[m[:30] for *_, m in HOSTILE])
+def test_hostile_audio_uploads_get_4xx_naming_the_field_and_queue_nothing(serve_client, monkeypatch, body, status,
+                                                                          where, message):
+    def no_queue(*args, **kwargs):
+        raise AssertionError("a bad upload was queued")
+
+    monkeypatch.setattr(serve_client.app.state.queue, "submit", no_queue)
+    r = serve_client.post("/api/v1/jobs", json={"model": "heard", **body})
+    assert r.status_code == status, r.text
+    if where is None:
+        assert message in r.json()["detail"]
+        return
+    (error,) = r.json()["detail"]
+    assert error["loc"] == where and message in error["msg"], error
