@@ -396,3 +396,38 @@ def test_hostile_audio_uploads_get_4xx_naming_the_field_and_queue_nothing(serve_
         return
     (error,) = r.json()["detail"]
     assert error["loc"] == where and message in error["msg"], error
+
+
+# --- the data recipe and the shipped clips ---------------------------------------------------------------
+
+
+def test_make_spoken_digits_writes_mono_16_bit_clips_and_a_manifest_with_the_recipe(tmp_path):
+    pytest.importorskip("espeakng_loader", reason="the audio extra is not installed (scripts/setup.sh installs it)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_spoken_digits", Path(__file__).parent.parent / "scripts" /
+                                                  "make_spoken_digits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "set"
+    assert script.main([str(out), "--voices", "en-us", "en-029", "--held-out", "en-029", "--variants", "m3",
+                        "--speeds", "150", "--pitches", "40", "60"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    recipe = manifest["recipe"]
+    assert recipe["held_out_voices"] == ["en-029"] and recipe["pitches"] == [40, 60] and "espeak-ng" in recipe["synthesiser"]
+    clips = manifest["clips"]
+    assert len(clips) == 10 * 2 * 2 and {c["split"] for c in clips if c["voice"] == "en-029"} == {"test"}
+    rate, samples = wavfile.read(out / clips[0]["file"])
+    assert rate == 8000 and samples.dtype == np.int16 and samples.ndim == 1 and np.abs(samples).max() > 1000
+    a, b = (wavfile.read(out / c["file"])[1] for c in clips[:2])  # two pitches of one word differ
+    assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_the_shipped_held_out_clips_are_small_and_one_per_digit():
+    folder = Path(pixelforge.__file__).parent / "assets" / "audio" / "spoken-digits"
+    wavs = sorted(folder.glob("*.wav"))
+    assert [int(p.name[0]) for p in wavs] == list(range(10))
+    assert sum(p.stat().st_size for p in wavs) < 500_000
+    for p in wavs:
+        x, rate, _ = read_wav(p)
+        assert rate == 8000 and 0.2 < len(x) / rate < 1.0
