@@ -431,3 +431,34 @@ def test_the_shipped_held_out_clips_are_small_and_one_per_digit():
     for p in wavs:
         x, rate, _ = read_wav(p)
         assert rate == 8000 and 0.2 < len(x) / rate < 1.0
+
+
+# --- the page, in a real browser (slow: a tiny training and a browser) ----------------------------------
+
+
+from test_browser import page  # noqa: E402,F401  (the browser fixture)
+
+
+@pytest.mark.slow
+def test_the_page_offers_an_audio_picker_for_audio_models_and_sends_the_chosen_clip(audio_run, page, tmp_path):
+    import hashlib
+
+    from test_browser import _gallery_settings, _sent_jobs, _serve, wait_until
+
+    clip = tmp_path / "four.wav"
+    clip.write_bytes(wav_bytes(tone(digit_freq(4))))
+    for url, _ in _serve(tmp_path, models=("plain", "heard"), runs_dir=audio_run):
+        sent = _sent_jobs(page)
+        page.goto(url)
+        wait_until(page, "document.querySelectorAll('#model option').length === 2")
+        assert page.is_hidden("#audio-box")  # plain takes labels, no audio
+        page.select_option("#model", "heard")
+        assert page.is_visible("#audio-file")
+        page.set_input_files("#audio-file", str(clip))
+        wait_until(page, "document.querySelector('#status').textContent.startsWith('Clip loaded')")
+        page.fill("#n", "1")
+        page.click("#generate")
+        wait_until(page, "document.querySelectorAll('#gallery img').length === 1", timeout=120)
+        assert sent[-1]["audio"].startswith("data:audio/wav;base64,")
+        (s,) = _gallery_settings(page)
+        assert s["audio_sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
