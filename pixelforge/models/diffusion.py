@@ -296,7 +296,8 @@ class DiffusionModel(FamilyModule):
 
     # --- latent diffusion ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam over the weights that train: a latent model's frozen autoencoder is left out."""
+        """One Adam over the weights that train: a latent model's frozen autoencoder and an audio model's frozen
+        encoder are left out."""
         if self._optimizer is None and (self.autoencoder is not None or self.audio_net is not None):
             trained = [p for name, p in self.named_parameters() if not name.startswith(("autoencoder.", "audio_net."))]
             self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
@@ -304,7 +305,8 @@ class DiffusionModel(FamilyModule):
 
     def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:
         """(run, module name in that run, own module): the autoencoder run's `net`, copied into `autoencoder`
-        when a run starts (runs/latent.py); none in pixel space."""
+        when a run starts (runs/latent.py), and the audio encoder folder's `net`, copied into `audio_net`; none
+        without them."""
         parts = ()
         if self.autoencoder is not None and self.config.latent:
             parts += ((self.config.latent, "net", self.autoencoder),)
