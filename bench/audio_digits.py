@@ -36,7 +36,7 @@ from pixelforge.progress import stage_bar  # noqa: E402
 
 
 def measure(model: str, audio_set: str, *, images: int = 1, limit: int | None = None, batch: int = 50,
-            device: str = "auto", runs_dir: str | None = None, progress: bool = True) -> dict:
+            device: str = "auto", runs_dir: str | None = None, progress: bool = True, **options) -> dict:
     """The figures: per digit and overall share of images read as the spoken digit, and the encoder's."""
     g = pixelforge.load(model, device=device, runs_dir=runs_dir)
     g.check_audio()
@@ -48,7 +48,7 @@ def measure(model: str, audio_set: str, *, images: int = 1, limit: int | None = 
     classifier = DomainExtractor(device=device)
     embeddings = g.model.encode_audio(clips.waves)  # (N, D)
     encoder_right = (g.model.audio_net.head(embeddings).argmax(1).cpu() == clips.digits)  # (N,)
-    opts = g.resolve_options()
+    opts = g.resolve_options(**options)  # the model's sampling defaults, but for those given
     # each clip's images: seeds 0..images-1, so a figure does not depend on the order or batch
     want = clips.digits.repeat_interleave(images)  # (N * images,)
     conds = embeddings.repeat_interleave(images, 0)
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-set", required=True, help="the spoken-digit set whose test clips to use")
     ap.add_argument("--images", type=int, default=1, help="images per clip (default 1)")
     ap.add_argument("--quick", action="store_true", help="20 clips spread over the digits: a smoke run")
+    ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
@@ -168,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error("--images must be at least 1")
+    given = {} if args.guidance is None else {"guidance": args.guidance}
     r = measure(args.model, args.audio_set, images=args.images, limit=20 if args.quick else None, device=args.device,
-                runs_dir=args.runs_dir)
+                runs_dir=args.runs_dir, **given)
     print(format_table(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
