@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         clips.append({"file": rel.as_posix(), "digit": digit, "word": DIGIT_WORDS[digit], "voice": voice,
                       "variant": variant, "speed": speed, "pitch": pitch, "split": split,
                       "seconds": round(len(audio) / args.rate, 3)})
-    import espeakng_loader
+    from importlib.metadata import version
 
     recipe = {
         "synthesiser": f"espeak-ng {tts.version} (GPL-3.0), called as a library through espeakng-loader "
-                       f"{getattr(espeakng_loader, '__version__', '0.2.4')}",
+                       f"{version('espeakng-loader')}",
         "native_rate": tts.sample_rate, "rate": args.rate, "resampler": "scipy.signal.resample_poly",
         "words": list(DIGIT_WORDS), "voices": args.voices, "held_out_voices": args.held_out,
         "variants": args.variants, "speeds_wpm": args.speeds, "pitches": args.pitches,
