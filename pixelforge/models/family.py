@@ -68,10 +68,10 @@ class FamilyModule(nn.Module):
     def takes(self) -> tuple[str, ...]:
         """The conditions this model takes, of those its family declares in `inputs`: labels only with
         num_classes > 0, text only with text_dim > 0 (the config's text encoder width), spatial only with
-        spatial_channels > 0 (an edge map: the config's spatial_condition)."""
+        spatial_channels > 0 (an edge map: the config's spatial_condition), audio only with audio_dim > 0."""
         cfg = self.config
         needs = {"labels": getattr(cfg, "num_classes", 0), "text": getattr(cfg, "text_dim", 0),
-                 "spatial": getattr(cfg, "spatial_channels", 0)}
+                 "spatial": getattr(cfg, "spatial_channels", 0), "audio": getattr(cfg, "audio_dim", 0)}
         return tuple(f for f in getattr(self, "inputs", ()) if needs.get(f, 1) > 0)
 
     def frozen_parts(self) -> tuple[tuple[str, str, nn.Module], ...]:

@@ -173,6 +173,8 @@ def new_run_config(
     condition: str | None = None,
     edge_detector: str | None = None,
     sketches: str | os.PathLike | None = None,
+    audio_encoder: str | None = None,
+    audio_set: str | None = None,
     crop: str = DataConfig.crop,
     hflip: bool = DataConfig.hflip,
     val_fraction: float = DataConfig.val_fraction,
@@ -215,6 +217,8 @@ def new_run_config(
         any image extension): the edge maps of the run in place of a detector's (implies condition "edges";
         not with edge_detector). Its drawings are taken as they are (stroke width 0, no detector), and so is
         a drawing given to the trained model. Every image must have its sketch (checked here).
+        "audio" (or giving audio_encoder and audio_set, which it needs) conditions on spoken digits: the audio
+        encoder folder's embedding of a training clip of each image's digit (condition/audio.py, docs/audio.md).
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
     minutes: a time budget for the run (TrainConfig.minutes); the settings it decides are planned by
         train/budget.py's plan_run, which calls this with them.
@@ -245,7 +249,9 @@ def new_run_config(
         if edge_detector is not None:
             raise ValueError("sketches (--sketches) are the edge maps themselves: give no edge detector (--edge-detector)")
         data_config = dataclasses.replace(data_config, sketches=str(Path(sketches).expanduser().resolve()))
-    if condition is not None or edge_detector is not None or sketches is not None:
+    if condition == "audio" or audio_encoder is not None or audio_set is not None:
+        model_config.update(_audio_fields(model, fields, audio_encoder, audio_set))
+    elif condition is not None or edge_detector is not None or sketches is not None:
         model_config.update(_sketch_fields(model, fields, condition or "edges", edge_detector or "canny", data_config))
     for key, value in (model_fields or {}).items():
         if key not in fields:
@@ -269,6 +275,19 @@ def new_run_config(
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
 
 
+def _audio_fields(model: str, fields: set[str], encoder: str | None, audio_set: str | None) -> dict:
+    """The model config fields of a spoken-digit condition (condition/audio.py audio_fields), with clear errors
+    for a family without audio or a missing encoder or set."""
+    from ..condition.audio import audio_fields
+
+    if "audio_net" not in fields:
+        raise ValueError(f"{model} models take no audio: train a diffusion model with --condition audio")
+    if not encoder or not audio_set:
+        raise ValueError("--condition audio needs both --audio-encoder DIR (pixelforge audio-encoder) and --audio-set DIR "
+                         "(scripts/make_spoken_digits.py)")
+    return audio_fields(encoder, audio_set)
+
+
 def _sketch_fields(model: str, fields: set[str], condition: str, detector: str, data: DataConfig) -> dict:
     """The model config fields of an edge-map condition: the detector, and the stroke width of the data's
     subjects at the model's size, measured on the prepared images (loaded and cached here, so the
@@ -277,7 +296,7 @@ def _sketch_fields(model: str, fields: set[str], condition: str, detector: str, 
     from ..data import load_dataset, to_model
 
     if condition != "edges":
-        raise ValueError(f"condition {condition!r} is not known; the one available: edges")
+        raise ValueError(f"condition {condition!r} is not known; choose edges or audio")
     if "spatial_condition" not in fields:
         raise ValueError(f"{model} models take no edge maps: train a diffusion model with --condition edges")
     if data.sketches:  # drawn by hand: no detector, and a drawing's centre lines are the map

@@ -39,7 +39,7 @@ from . import schemas as S
 from .jobs import Job, JobQueue, QueueFull
 from .limits import LOOPBACK_NAMES, HostAllowList, SecurityHeaders, ServerLimits, send_json
 from .ratings import RatingsDB, find_evaluation, latest_evaluation, scores
-from .uploads import FIELDS as UPLOAD_FIELDS, Upload, UploadError, decode_upload
+from .uploads import FIELDS as UPLOAD_FIELDS, Upload, UploadError, decode_audio_upload, decode_upload
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 1_000_000
@@ -190,18 +190,29 @@ def _upload_inputs(g: Generator, limits: ServerLimits) -> list[S.InputKind]:
         trained = "spatial" in getattr(g.model, "inputs", ())  # the family could, this model was not trained so
         sketch = S.InputKind(name="sketch", supported=False, note="this model was not trained with --condition edges"
                              if trained else f"{family} models take no sketch")
+    sketch = [sketch, _audio_input(g, bounds)]
     try:
         g.check_edit()
     except ValueError as e:
-        return [sketch, *(S.InputKind(name=k, supported=False, note=str(e)) for k in ("image", "mask"))]
-    return [sketch,
+        return [*sketch, *(S.InputKind(name=k, supported=False, note=str(e)) for k in ("image", "mask"))]
+    return [*sketch,
             S.InputKind(name="image", supported=True, note="img2img: the image is noised by the strength option "
                         "(0 keeps it, 1 draws anew) and redrawn", **bounds),
             S.InputKind(name="mask", supported=True, note="inpainting, with an image: white marks what is repainted, "
                         "black what is kept", **bounds)]
 
 
-async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, Upload]:
+def _audio_input(g: Generator, bounds: dict) -> S.InputKind:
+    """audio: supported where the model takes a spoken clip (--condition audio), with the upload limit."""
+    if "audio" in g.inputs:
+        return S.InputKind(name="audio", supported=True, note="a WAV clip of a spoken digit (any sample rate: "
+                           "resampled), embedded by the model's audio encoder", max_bytes=bounds["max_bytes"])
+    trained = "audio" in getattr(g.model, "inputs", ())
+    return S.InputKind(name="audio", supported=False, note="this model was not trained with --condition audio"
+                       if trained else f"{g.config.family} models take no audio")
+
+
+async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, Upload | bytes]:
     """The request's uploads by field, decoded and checked (in a thread: decoding holds the CPU); a 422 naming
     the field otherwise."""
     out = {}
@@ -212,6 +223,11 @@ async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, 
                 out[field] = await asyncio.to_thread(decode_upload, field, text, limits)
             except UploadError as e:
                 raise _invalid(["body", e.field], str(e)) from None
+    if req.audio is not None:
+        try:
+            out["audio"] = await asyncio.to_thread(decode_audio_upload, "audio", req.audio, limits)
+        except UploadError as e:
+            raise _invalid(["body", e.field], str(e)) from None
     return out
 
 
@@ -402,6 +418,11 @@ def create_app(
                 g.check_edit()
         except ValueError as e:
             raise _invalid(["body", "sketch" if req.sketch is not None else "image"], str(e)) from None
+        if req.audio is not None:
+            try:
+                g.check_audio()
+            except ValueError as e:
+                raise _invalid(["body", "audio"], str(e)) from None
         edit_specs = _edit_option_specs(g)
         if not editing:
             for name in set(req.options) & {spec.name for spec in edit_specs}:
@@ -436,6 +457,8 @@ def create_app(
             inputs = {"images": [uploads["image"].data] * n, "mask": mask}
         else:
             inputs = {"sketch": uploads["sketch"].image} if "sketch" in uploads else {}
+            if "audio" in uploads:  # the WAV bytes: each image's settings record their SHA-256
+                inputs["audio"] = uploads["audio"]
 
         def work(progress):
             # Sampling is the first SAMPLING_SHARE of a job's progress, marking and signing each image the rest, so

@@ -104,11 +104,11 @@ class ClassInfo(BaseModel):
 class InputKind(BaseModel):
     """A kind of input a model may take, and whether this one takes it."""
 
-    name: Literal["label", "prompt", "sketch", "image", "mask"]
+    name: Literal["label", "prompt", "sketch", "image", "mask", "audio"]
     supported: bool
     note: str = ""
     max_length: int | None = Field(None, description="the longest text accepted (prompts), in characters")
-    max_bytes: int | None = Field(None, description="the largest file accepted (sketch, image, mask), in bytes "
+    max_bytes: int | None = Field(None, description="the largest file accepted (sketch, image, mask, audio), in bytes "
                                   "once decoded from base64")
     max_pixels: int | None = Field(None, description="the most pixels (width x height) an uploaded image may have")
 
@@ -206,6 +206,9 @@ class JobRequest(BaseModel):
                                      f"inputs list sketch as supported): {UPLOAD_HELP}")
     image: StrictStr | None = Field(None, description=f"an image to edit (img2img; models whose inputs list image as "
                                     f"supported), noised by options.strength and redrawn, for every image: {UPLOAD_HELP}")
+    audio: StrictStr | None = Field(None, description="a spoken clip for every image (models whose inputs list audio as "
+                                    "supported): a WAV file as base64 or a data:audio/wav;base64 URL, at most the "
+                                    "input's max_bytes once decoded; any sample rate (resampled)")
     mask: StrictStr | None = Field(None, description=f"with image: inpainting, white marks what is repainted, black "
                                    f"what is kept: {UPLOAD_HELP}")
     post: dict[str, OptionValue | None] | None = Field(
@@ -226,6 +229,8 @@ class JobRequest(BaseModel):
             raise ValueError("a mask needs an image: it marks what of the image is repainted")
         if self.sketch is not None and self.image is not None:
             raise ValueError("give a sketch or an image, not both: an edit takes no sketch")
+        if self.audio is not None and self.image is not None:
+            raise ValueError("give audio or an image, not both: an edit takes no audio")
         return self
 
 

@@ -5,7 +5,9 @@ A field holds a PNG or JPEG file as base64, or as a data: URL (`data:image/png;b
 canvas gives). The text is bounded before it is decoded, the bytes after, and the picture's width x height
 is read from its header before its pixels are: the decoding itself is data.folder.check_bytes, the checks
 data folders and `pixelforge edit` files pass (truncated, not an image, decompression bomb), with only the
-PNG and JPEG decoders tried.
+PNG and JPEG decoders tried. An audio clip (`audio`) is a WAV file as base64 or a data:audio/wav URL, bounded
+the same way and read by condition.audio.read_wav (RIFF/WAVE, PCM or float samples, not truncated) before a job
+is queued.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .limits import ServerLimits
 FORMATS = ("PNG", "JPEG")  # Pillow's names of the decoders an upload may use
 FIELDS = ("sketch", "image", "mask", "color_reference")
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
+_AUDIO_URL = re.compile(r"data:audio/(wav|wave|x-wav|vnd\.wave);base64,", re.IGNORECASE)
 _SPACE = re.compile(rb"[ \t\r\n]+")  # base64 tools wrap lines; the alphabet has no white space
 
 
@@ -51,11 +54,37 @@ def base64_length(n_bytes: int) -> int:
 def decode_upload(field: str, text: str, limits: ServerLimits) -> Upload:
     """One field's base64 text (or data: URL) -> Upload, or an UploadError naming the field and what is wrong:
     not base64, over max_upload_bytes, over max_upload_pixels, not a PNG or JPEG, truncated or corrupt."""
+    data = _upload_bytes(field, text, limits, _DATA_URL, "data:image/png;base64,... or data:image/jpeg;base64,...")
+    im, reason = check_bytes(data, max_pixels=limits.max_upload_pixels, formats=FORMATS)
+    if im is None:
+        if reason == NOT_IMAGE:
+            reason += " (send a PNG or JPEG file)"
+        elif reason.startswith(TOO_LARGE):
+            reason += " (--max-upload-pixels)"
+        raise UploadError(field, f"the {field}: {reason}")
+    return Upload(data=data, image=im)
+
+
+def decode_audio_upload(field: str, text: str, limits: ServerLimits) -> bytes:
+    """An audio field's base64 text (or data:audio/wav URL) -> the WAV file's bytes, or an UploadError naming the
+    field: not base64, over max_upload_bytes, not a RIFF/WAVE file, truncated, no samples, too long."""
+    from ..condition.audio import read_wav
+
+    data = _upload_bytes(field, text, limits, _AUDIO_URL, "data:audio/wav;base64,...")
+    try:
+        read_wav(data, f"the {field}")
+    except ValueError as e:
+        raise UploadError(field, f"{e} (send a WAV file)") from None
+    return data
+
+
+def _upload_bytes(field: str, text: str, limits: ServerLimits, data_url: re.Pattern, kinds: str) -> bytes:
+    """A field's base64 text, or a data: URL data_url matches, -> its bytes, bounded by max_upload_bytes before
+    and after decoding; an UploadError naming the field otherwise."""
     if text.startswith("data:"):
-        match = _DATA_URL.match(text)
+        match = data_url.match(text)
         if match is None:
-            raise UploadError(field, f"the {field} is a data: URL of another kind than data:image/png;base64,... "
-                              "or data:image/jpeg;base64,...")
+            raise UploadError(field, f"the {field} is a data: URL of another kind than {kinds}")
         text = text[match.end():]
     raw = _SPACE.sub(b"", text.encode("ascii", "replace"))  # a non-ASCII character becomes "?": not base64
     most = limits.max_upload_bytes
@@ -70,11 +99,4 @@ def decode_upload(field: str, text: str, limits: ServerLimits) -> Upload:
     if len(data) > most:
         raise UploadError(field, f"the {field} is {len(data)} bytes, over this server's limit of {most} bytes "
                           "(--max-upload-bytes)")
-    im, reason = check_bytes(data, max_pixels=limits.max_upload_pixels, formats=FORMATS)
-    if im is None:
-        if reason == NOT_IMAGE:
-            reason += " (send a PNG or JPEG file)"
-        elif reason.startswith(TOO_LARGE):
-            reason += " (--max-upload-pixels)"
-        raise UploadError(field, f"the {field}: {reason}")
-    return Upload(data=data, image=im)
+    return data

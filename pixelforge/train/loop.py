@@ -80,6 +80,15 @@ class _Conditions:
             from ..condition.edges import training_edge_maps
 
             self.spatial = training_edge_maps(data, model.config, data_config, cache_dir, progress=progress)
+        self.audio = None  # condition/audio.py TrainingClips: each image paired with a clip of its digit per step
+        if "audio" in model.takes():
+            from ..condition.audio import TrainingClips
+
+            if data.labels is None or data.num_classes == 0:
+                raise ValueError(f"{data.source} has no classes, but the model is conditioned on spoken digits: audio "
+                                 "pairs each image with a clip of its class (folders named 0..9)")
+            self.audio = TrainingClips(model.config, data.class_names, progress)
+            self.n_images = len(data)
         self.captions: list[str] = []
         if "text" in model.takes():
             from ..condition.text import caption_embeddings, load_text_encoder
@@ -129,7 +138,7 @@ class _Conditions:
         x = augment(batch.to(device), data_cfg, generator)
         c = data.images.shape[1]
         spatial = (x[:, c:] + 1) / 2 if self.spatial is not None else None  # (B, 1, H, W): 1 on an edge
-        return x[:, :c], self(idx, device, spatial=spatial, wording=self._drawn_wording(idx, step, seed))
+        return x[:, :c], self(idx, device, spatial=spatial, wording=self._drawn_wording(idx, step, seed), step=step, seed=seed)
 
     def _drawn_wording(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor | None:
         """Rows of self.text for images idx at a training step: uniform over each image's wordings.
@@ -142,10 +151,11 @@ class _Conditions:
         return self.wordings[idx, k]
 
     def __call__(self, idx: torch.Tensor, device, *, data_cfg=None, spatial: torch.Tensor | None = None,
-                 wording: torch.Tensor | None = None) -> Cond:
+                 wording: torch.Tensor | None = None, step: int | None = None, seed: int = 0) -> Cond:
         """The Cond of images idx; their edge maps centre-cropped as data.to_model crops the images
         (data_cfg), unless `spatial` gives them already augmented; their text the caption's, or the rows
-        `wording` of the embedded wordings."""
+        `wording` of the embedded wordings; their spoken clip the one drawn for (seed, step) (a fixed draw
+        when step is None)."""
         fields = {}
         if self.labels is not None:
             fields["labels"] = self.labels[idx].to(device)
@@ -155,6 +165,8 @@ class _Conditions:
                           text_mask=self.text.mask[rows].to(device))
         if self.spatial is not None:
             fields["spatial"] = spatial if spatial is not None else (to_model(self.spatial[idx].to(device), data_cfg) + 1) / 2
+        if self.audio is not None:
+            fields["audio"] = self.audio.draw(self.labels[idx], idx, self.n_images, step, seed).to(device)
         return Cond(**fields)
 
 
@@ -283,6 +295,13 @@ def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_d
         maps = to_model(conds.spatial[shown], cfg.data).expand(-1, images.shape[1], -1, -1)  # (rows, C, H, W) white edges
         cells = torch.cat([maps[:, None], images.reshape(rows, per, *images.shape[1:])], dim=1).flatten(0, 1)
         grid = make_grid(to_pil(cells), cols=per + 1, scale=scale)
+    elif conds.audio is not None:
+        # one labelled row per class, each drawn from the first training clip of its digit
+        rows = min(data.num_classes, GRID_CLASSES)
+        per = math.ceil(n / rows)
+        heard = conds.audio.first_of_each(conds.audio.digit_of_class[:rows].tolist())  # (rows, D)
+        images = ema.sample(rows * per, Cond(audio=heard.repeat_interleave(per, 0).to(ema.device)), seed=0)
+        grid = labelled_rows(to_pil(images), [f"said {c}" for c in data.class_names[:rows]], cols=per, scale=scale)
     elif conds.text is not None:
         # one labelled row per prompt: the captions of the first images, a few samples each
         rows = min(len(conds.captions), GRID_CLASSES, max(1, n // 2))

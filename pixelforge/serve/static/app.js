@@ -7,7 +7,7 @@ const API = "/api/v1";
 const EACH = "__each__";   // label choice: class i % num_classes for image i
 const RANDOM = "__random__";
 const state = { models: [], byName: {}, job: null, pair: null, authRequired: false,
-  sketchDrawn: false, edit: null, maskDrawn: false,  // edit: the image to edit, {data, width, height}
+  sketchDrawn: false, edit: null, maskDrawn: false, audio: null,  // audio: the chosen clip as a data: URL  // edit: the image to edit, {data, width, height}
   post: null, colorReference: null };  // post: GET /models' post-processing declaration; colorReference: {data, name}
 const $ = (id) => document.getElementById(id);
 
@@ -116,13 +116,14 @@ function fillLabels(select, model, { each = true } = {}) {
   }
   items.push(option("", model.num_classes ? "none (unconditional)"
     : takes(model, "prompt") ? "none (takes a prompt)" : takes(model, "sketch") ? "none (takes a sketch)"
+      : takes(model, "audio") ? "none (takes a spoken clip)"
       : "none (unconditional model)"));
   select.replaceChildren(...items);
   if (keep !== null && [...select.options].some((o) => o.value === keep)) select.value = keep;
   select.disabled = !model.num_classes;
 }
 
-// whether a model takes an input ("label", "prompt", "sketch", "image", "mask"), as GET /models declares it
+// whether a model takes an input ("label", "prompt", "sketch", "image", "mask", "audio"), as GET /models declares it
 function takes(model, kind) {
   return model.inputs.some((i) => i.name === kind && i.supported);
 }
@@ -300,6 +301,29 @@ async function loadEditImage() {
   }
 }
 
+// the chosen WAV clip, read as a data: URL and sent as it is (the server checks it is a WAV file); one over the
+// server's byte limit is refused here, with the limit
+async function loadAudio() {
+  const m = state.byName[$("model").value];
+  const spec = m.inputs.find((i) => i.name === "audio");
+  const file = $("audio-file").files[0];
+  state.audio = null;
+  if (!file) return;
+  if (spec && spec.max_bytes && file.size > spec.max_bytes) {
+    $("status").textContent = `Error: ${file.name} is ${file.size} bytes, over the server's limit of ${spec.max_bytes}`;
+    return;
+  }
+  const data = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`${file.name} could not be read`));
+    reader.readAsDataURL(file);
+  });
+  // a browser may name a WAV file audio/x-wav, audio/wave or nothing: the server takes data:audio/wav
+  state.audio = "data:audio/wav;base64," + data.slice(data.indexOf(",") + 1);
+  $("status").textContent = `Clip loaded: ${file.name}.`;
+}
+
 function removeEditImage() {
   state.edit = null;
   state.maskDrawn = false;
@@ -334,6 +358,7 @@ function maskDataURL() {
 // family's declared edit option
 function showUploadBoxes(m) {
   $("sketch-box").hidden = !takes(m, "sketch");
+  $("audio-box").hidden = !takes(m, "audio");
   $("edit-box").hidden = !takes(m, "image");
   const inpaints = takes(m, "mask");
   $("mask-canvas").classList.toggle("off", !inpaints);
@@ -356,7 +381,7 @@ function showUploadBoxes(m) {
 const POST_CONTROLS = { denoise: "post-denoise", denoise_strength: "post-denoise-strength", color: "post-color",
   sharpen: "post-sharpen", upscale: "post-upscale", color_reference: "post-color-file" };
 const FORM_CONTROLS = { n: "n", seed: "seed", label: "label", labels: "label", prompt: "prompt", prompts: "prompt",
-  negative_prompt: "negative-prompt", sketch: "sketch-canvas", image: "image-file", mask: "mask-canvas",
+  negative_prompt: "negative-prompt", sketch: "sketch-canvas", image: "image-file", mask: "mask-canvas", audio: "audio-file",
   color_reference: "post-color-file" };
 
 function controlFor(loc) {
@@ -522,6 +547,7 @@ async function generate() {
     if (negative !== null && !$("negative-box").hidden) body.negative_prompt = negative;
   }
   if (takes(m, "sketch") && state.sketchDrawn) body.sketch = $("sketch-canvas").toDataURL("image/png");
+  if (takes(m, "audio") && state.audio) body.audio = state.audio;
   if (takes(m, "image") && state.edit) {
     body.image = state.edit.data;
     body.options.strength = parseFloat($("strength").value);
@@ -795,6 +821,7 @@ async function start() {
     onStroke: () => { state.maskDrawn = true; },
   });
   $("image-file").addEventListener("change", loadEditImage);
+  $("audio-file").addEventListener("change", () => loadAudio().catch((e) => { $("status").textContent = `Error: ${e.message}`; }));
   $("image-remove").addEventListener("click", removeEditImage);
   $("mask-clear").addEventListener("click", clearMask);
   $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
