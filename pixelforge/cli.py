@@ -483,7 +483,7 @@ def cmd_sample(a) -> int:
     if g.check_prompts([a.prompt], a.negative_prompt):
         g.moderate([a.prompt], a.negative_prompt, per_image=False)  # a refused prompt fails here too
     sketches = _sketches(a.sketch, a.n) if a.sketch else None
-    clips = _per_file(a.audio, a.n, "--audio", "clips") if a.audio else None
+    clips = _per_file(a.audio, a.n, "--audio", "clips", suffixes=(".wav",)) if a.audio else None
     if clips is not None:
         g.check_audio()  # a model without audio fails here, before any clip is read
     if sketches and clips and len(sketches) != len(clips):
@@ -509,17 +509,18 @@ def _sketches(path: str, n: int) -> list[str]:
     return _per_file(path, n, "--sketch", "sketches")
 
 
-def _per_file(path: str, n: int, option: str, what: str) -> list[str]:
+def _per_file(path: str, n: int, option: str, what: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     """The input file of each image (a sketch, a clip): a file for all n, or each file of a folder (sorted,
-    hidden files left out) for n images each."""
+    hidden files left out; only names ending in one of `suffixes`, any case, when given) for n images each."""
     p = Path(path)
     if not p.is_dir():
         if not p.is_file():
             raise FileNotFoundError(f"{option} {path}: no such file or folder")
         return [path] * n
-    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                   and (not suffixes or f.suffix.lower() in suffixes))
     if not files:
-        raise ValueError(f"{option} {path}: the folder holds no files")
+        raise ValueError(f"{option} {path}: the folder holds no {' or '.join(suffixes) + ' ' if suffixes else ''}files")
     if len(files) * n > MAX_SAMPLES:
         raise ValueError(f"{option} {path}: {len(files)} {what} x -n {n} is more than {MAX_SAMPLES} images")
     return [str(f) for f in files for _ in range(n)]

@@ -46,7 +46,7 @@ fi
   --audio-encoder "$ENCODER" --audio-set "$SET" --no-labels --init-from mnist-diffusion \
   --steps "$STEPS" --batch-size 64 --lr 5e-4 --base-channels 32 --channel-mult 1,2,2 --num-res-blocks 1 \
   --label-dropout 0.1 --ema-decay 0.999 --val-every 500 --sample-every 500 --ckpt-every 250 --log-every 50 \
-  --seed 0 --set P_mean=-1.2 "${budget[@]}"
+  --seed 0 --set P_mean=-1.2 --precision auto "${budget[@]}"
 if [ "$EXPORT" = 1 ]; then
   echo '{"guidance": 2.0}' > "$RUNS_DIR/mnist-audio/sample_defaults.json"
   "${PIXELFORGE[@]}" export mnist-audio "$OUT" --runs-dir "$RUNS_DIR"
