@@ -1069,6 +1069,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_post import add_post
 
     add_post(sub)
+    from .cli_upscale import add_upscale
+
+    add_upscale(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",
