@@ -578,10 +578,25 @@ def _with_settings(pils: list[Image.Image], settings: list[dict], watermark: boo
     Post-processing comes first so that the watermark is embedded into the final pixels: a denoiser or an
     upscaler run after it would weaken or resample the mark (docs/post.md)."""
     if post is not None:
-        pils = apply_post(pils, post)
+        pils = apply_post(pils, post, post_upscaler(post))
         record = post.to_record()
         settings = [{**s, "post": record} for s in settings]
     return [mark_image(im, settings=s, marks=watermark) for im, s in zip(pils, settings)]
+
+
+def post_upscaler(post: PostSettings | None, *, device: str = "auto"):
+    """The super-resolution model post.upscaler names, loaded as post-processing's upscaler (upscale.model_upscaler),
+    after checking that it is an upscaler of factor post.upscale; None where post names none (Lanczos)."""
+    if post is None or post.upscaler is None:
+        return None
+    from .upscale import model_upscaler
+
+    g = load(post.upscaler, device=device)
+    g.check_upscaler()
+    if g.model.config.lowres.scale != post.upscale:
+        raise ValueError(f"upscaler {post.upscaler} enlarges {g.model.config.lowres.scale}x, but upscale asks "
+                         f"{post.upscale}x: ask upscale {g.model.config.lowres.scale}, or leave the upscaler out for Lanczos")
+    return model_upscaler(g)
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None,
@@ -871,6 +886,7 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         stems[path.stem] = path
     out_dir = Path(out_dir)
     record = post.to_record()
+    upscaler = post_upscaler(post)  # a model named as the upscaler is loaded (and checked) once, before any file
     written = []
     signer = OutputSigner(watermark)
     signer.ready()  # a broken configured key fails here, before any file is written
@@ -885,7 +901,7 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         if s.get("post") is not None:
             raise ValueError(f"{path} is post-processed already ({', '.join(s['post'].get('order', []))}): "
                              "post-process the original image instead")
-        (done,) = apply_post([image], post)
+        (done,) = apply_post([image], post, upscaler)
         done.info.pop("pixelforge", None)  # the input's settings as read (JSON text); s holds them
         s = {**s, "post": record}
         out_dir.mkdir(parents=True, exist_ok=True)
