@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -60,19 +61,29 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def model_upscaler(g: "Generator", *, seed: int = 0) -> Callable[[list[Image.Image], int], list[Image.Image]]:
-    """The upscaler g (a super-resolution run) as post-processing's Upscaler, (images, factor) -> images: each image
-    upscaled with seed `seed` (the same pixels every time), converted to the model's channels and back to its own
-    mode; the factor must be the model's scale."""
+    """The upscaler g (a super-resolution run) as post-processing's Upscaler, (images, factor) -> images: each image,
+    at its own size (the network is convolutional; sides times the scale must suit its levels, checked by the model),
+    converted to the model's channels, brought to factor times its size by the model's `up` filter and sampled with
+    seed `seed` and the model's default options (the same pixels every time), then converted back to its own mode.
+    The factor must be the model's scale."""
 
     def upscale(images: list[Image.Image], factor: int) -> list[Image.Image]:
-        g.check_upscaler()
-        scale = g.model.config.lowres.scale
-        if factor != scale:
-            raise ValueError(f"the upscaler {g.name} enlarges {scale}x, but the upscale factor asked is {factor}: ask "
-                             f"--upscale {scale}, or leave --upscaler out for Lanczos")
-        tensors, _ = g.upscale_tensor(images, seeds=[seed] * len(images))
+        from .condition import Cond
+        from .condition.lowres import upsample
         from .images import to_pil
 
-        return [out.convert(im.mode) for out, im in zip(to_pil(tensors), images)]
+        g.check_upscaler()
+        cfg = g.model.config
+        if factor != cfg.lowres.scale:
+            raise ValueError(f"the upscaler {g.name} enlarges {cfg.lowres.scale}x, but the upscale factor asked is "
+                             f"{factor}: ask --upscale {cfg.lowres.scale}, or leave --upscaler out for Lanczos")
+        out = []
+        for im in images:  # one at a time: images of one call may differ in size
+            a = np.asarray(im.convert("L" if cfg.channels == 1 else "RGB"), dtype=np.float32)
+            low = torch.from_numpy(a.reshape(im.height, im.width, cfg.channels)).permute(2, 0, 1)[None] / 127.5 - 1
+            spatial = upsample(low, (im.height * factor, im.width * factor), cfg.lowres)  # (1, C, H, W)
+            x = g.model.sample(1, Cond(spatial=spatial), seeds=[seed], **g.sample_options).cpu()
+            out.append(to_pil(x)[0].convert(im.mode))
+        return out
 
     return upscale

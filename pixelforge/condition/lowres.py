@@ -74,16 +74,17 @@ def low_side(image_size: int, cfg: LowresConfig) -> int:
     return image_size // cfg.scale
 
 
-def resize(x: torch.Tensor, side: int, mode: str) -> torch.Tensor:
-    """x (B, C, h, w) float -> (B, C, side, side) with an F.interpolate mode; antialiased where it shrinks
-    (bicubic and bilinear as Pillow's filters, area as block means)."""
-    if tuple(x.shape[-2:]) == (side, side):
+def resize(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> torch.Tensor:
+    """x (B, C, h, w) float -> (B, C, H, W) with an F.interpolate mode, size a side or (H, W); antialiased where it
+    shrinks (bicubic and bilinear as Pillow's filters, area as block means)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == size:
         return x
     if mode == "nearest":
-        return F.interpolate(x, size=(side, side), mode="nearest-exact")
+        return F.interpolate(x, size=size, mode="nearest-exact")
     if mode == "area":
-        return F.interpolate(x, size=(side, side), mode="area")
-    return F.interpolate(x, size=(side, side), mode=mode, align_corners=False, antialias=True)
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
 def downsample(x: torch.Tensor, cfg: LowresConfig) -> torch.Tensor:
@@ -93,9 +94,9 @@ def downsample(x: torch.Tensor, cfg: LowresConfig) -> torch.Tensor:
     return ((low + 1) * 127.5).round() / 127.5 - 1
 
 
-def upsample(low: torch.Tensor, size: int, cfg: LowresConfig) -> torch.Tensor:
-    """Low-resolution images (B, C, s, s) in [-1, 1] -> (B, C, size, size) with cfg.up, clamped to [-1, 1]: the
-    condition the network takes and the base its output is added to."""
+def upsample(low: torch.Tensor, size: int | tuple[int, int], cfg: LowresConfig) -> torch.Tensor:
+    """Low-resolution images (B, C, h, w) in [-1, 1] -> (B, C, H, W) with cfg.up (size: a side or (H, W)), clamped
+    to [-1, 1]: the condition the network takes and the base its output is added to."""
     return resize(low.float(), size, cfg.up).clamp(-1, 1)
 
 

@@ -454,12 +454,30 @@ class DiffusionModel(FamilyModule):
         sigmas = self._sigmas(schedule, steps)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
-        x = gen.randn(self.net_shape) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
+        x = gen.randn(self._sample_shape(cond)) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
         cond = cond.to(self.device) if cond is not None else None
         negative = negative.to(self.device) if negative is not None else None
         base = self.lowres_base(cond, x)  # (n, C, H, W): an upscaler's upsampled input, or None
         out = solver(self.guided_denoiser(guidance, negative), x, sigmas, cond=cond, generator=gen, callback=callback)
         return self.to_images(out if base is None else out + base)
+
+    def _sample_shape(self, cond: Cond | None) -> tuple[int, int, int]:
+        """(C, H, W) of what sample() draws: net_shape, but an upscaler's that of its given input, which may be of
+        another size than image_size (the UNet is convolutional: post-processing upscales images of any size whose
+        sides the UNet's levels divide), unless it has a learned per-pixel position embedding."""
+        cfg = self.config
+        if cfg.lowres is None or cond is None or cond.spatial is None or cond.spatial.ndim != 4:
+            return self.net_shape
+        c, h, w = cond.spatial.shape[1:]
+        if (h, w) == (cfg.image_size, cfg.image_size):
+            return self.net_shape
+        factor = 2 ** (len(cfg.channel_mult) - 1) if cfg.backbone == "unet" else 0
+        if not factor or cfg.position_embedding or h % factor or w % factor:
+            raise ValueError(f"this upscaler makes {cfg.image_size}x{cfg.image_size} images (a "
+                             + ("UNet with a position embedding" if factor else "DiT") + " of that size)"
+                             + (f" or of sides divisible by {factor}" if factor and not cfg.position_embedding else "")
+                             + f", not {w}x{h}")
+        return int(c), int(h), int(w)
 
     def lowres_base(self, cond: Cond | None, x: torch.Tensor) -> torch.Tensor | None:
         """An upscaler's upsampled low-resolution input (B, C, H, W) for x (B, C, H, W), Cond.spatial as given
