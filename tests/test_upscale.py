@@ -246,3 +246,17 @@ def test_sample_with_post_upscaler_is_regenerated_by_from(upscale_runs, tmp_path
     again = tmp_path / "again"
     assert main(["sample", "--from", str(first), "--runs-dir", str(upscale_runs), "-o", str(again), "--device", "cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(next(again.glob("seed*.png")))), np.asarray(Image.open(first)))
+
+
+def test_a_server_job_may_name_only_a_served_upscaler():
+    pytest.importorskip("fastapi")
+    from fastapi import HTTPException
+
+    from pixelforge.serve.app import _job_post
+
+    with pytest.raises(HTTPException) as e:
+        _job_post({"upscale": 2, "upscaler": "/etc"}, None, {"mnist-upscale": "/models/mnist-upscale"})
+    assert e.value.status_code == 422 and e.value.detail[0]["loc"] == ["body", "post", "upscaler"]
+    assert "served upscalers: mnist-upscale" in e.value.detail[0]["msg"]
+    post = _job_post({"upscale": 2, "upscaler": "mnist-upscale"}, None, {"mnist-upscale": "/models/mnist-upscale"})
+    assert post.upscaler == "/models/mnist-upscale"  # the served model's own folder, not a path the job names
