@@ -259,7 +259,7 @@ class Generator:
 
     def check_sketch(self) -> None:
         """A clear error unless this model takes a sketch (an edge-map condition)."""
-        if "spatial" not in self.inputs:
+        if "spatial" not in self.inputs or getattr(self.model.config, "lowres", None) is not None:  # an upscaler's is its input
             takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
             raise ValueError(f"{self.name} takes no sketch (it was not trained with --condition edges); "
                              f"the conditions it takes: {takes}")
@@ -908,10 +908,11 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         if s.get("model"):
             done = mark_image(done, settings=s, marks=watermark)
             s = done.info["pixelforge"]
-            sketch = s.get("sketch")
-            if isinstance(sketch, str) and Path(sketch).name == sketch and (path.parent / sketch).is_file() \
-                    and not (out_dir / sketch).exists():
-                shutil.copyfile(path.parent / sketch, out_dir / sketch)
+            for key in ("sketch", "input"):  # the drawing or the low-res input it was made from (an upscaled image's)
+                sketch = s.get(key)
+                if isinstance(sketch, str) and Path(sketch).name == sketch and (path.parent / sketch).is_file() \
+                        and not (out_dir / sketch).exists():
+                    shutil.copyfile(path.parent / sketch, out_dir / sketch)
             written.append(signer.save(done, out_dir / f"{path.stem}.png", s, run_dir=_model_dir(s, path) if signer.enabled else None))
         else:
             written.append(save_png(done, out_dir / f"{path.stem}.png", s))

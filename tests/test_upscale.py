@@ -196,6 +196,8 @@ def test_pixelforge_upscale_writes_each_input_with_its_copy_and_sample_from_rege
                  "--device", "cpu"]) == 0
     regenerated = next(again.glob("seed*.png"))
     assert np.array_equal(np.asarray(Image.open(regenerated)), np.asarray(Image.open(out / "digit1.png")))
+    assert main(["post", str(out / "digit1.png"), "-o", str(tmp_path / "sharp"), "--sharpen"]) == 0
+    assert (tmp_path / "sharp" / s["input"]).is_file()  # post-processing keeps the input beside its output too
     pil(images(1, 4, seed=9)[0]).save(out / s["input"])  # another input in its place: a clear error
     capsys.readouterr()
     assert main(["sample", "--from", str(out / "digit1.png"), "--runs-dir", str(upscale_runs), "-o",
@@ -260,3 +262,13 @@ def test_a_server_job_may_name_only_a_served_upscaler():
     assert "served upscalers: mnist-upscale" in e.value.detail[0]["msg"]
     post = _job_post({"upscale": 2, "upscaler": "mnist-upscale"}, None, {"mnist-upscale": "/models/mnist-upscale"})
     assert post.upscaler == "/models/mnist-upscale"  # the served model's own folder, not a path the job names
+
+
+def test_sampling_an_upscaler_without_an_input_or_with_a_sketch_is_a_clear_error(upscale_runs, tmp_path, capsys):
+    assert main(["sample", "up", "--runs-dir", str(upscale_runs), "-n", "1", "-o", str(tmp_path / "a"),
+                 "--device", "cpu"]) == 2
+    assert "upscale images with `pixelforge upscale RUN IMAGE... -o OUT`" in capsys.readouterr().err
+    pil(images(1, 8)[0]).save(tmp_path / "drawing.png")
+    assert main(["sample", "up", "--runs-dir", str(upscale_runs), "--sketch", str(tmp_path / "drawing.png"), "-o",
+                 str(tmp_path / "b"), "--device", "cpu"]) == 2
+    assert "takes no sketch" in capsys.readouterr().err

@@ -488,8 +488,8 @@ class DiffusionModel(FamilyModule):
         if cond is None or cond.spatial is None or tuple(cond.spatial.shape) != tuple(x.shape):
             got = "none" if cond is None or cond.spatial is None else str(tuple(cond.spatial.shape))
             raise ValueError(f"an upscaler samples from a low-resolution image: it needs Cond.spatial of shape "
-                             f"{tuple(x.shape)} (the image brought back to the model's size), got {got}; use "
-                             "Generator.upscale")
+                             f"{tuple(x.shape)} (the image brought back to the model's size), got {got}: upscale images with "
+                             "`pixelforge upscale RUN IMAGE... -o OUT` (Generator.upscale)")
         return cond.spatial.to(x.device, x.dtype)
 
     def _sigmas(self, schedule: str, steps: int) -> torch.Tensor:
