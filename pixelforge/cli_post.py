@@ -26,7 +26,7 @@ def add_post_options(p) -> None:
     g.add_argument("--upscale", default=None, metavar="FACTOR",
                    help=f"enlarge by an integer factor {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]} (Lanczos, or --upscaler)")
     g.add_argument("--upscaler", default=None, metavar="RUN", help="with --upscale: a super-resolution model (a run "
-                   "trained with --model upscale, or mnist-upscale) upscales instead of Lanczos; --upscale must be its "
+                   "trained with --model upscale, e.g. the bundled mnist-upscale) upscales instead of Lanczos; --upscale must be its "
                    "scale (docs/upscale.md)")
 
 

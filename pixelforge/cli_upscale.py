@@ -48,13 +48,14 @@ def add_upscale(sub) -> None:
         "model with `pixelforge train DATA --model upscale --scale 2` (docs/upscale.md).",
         formatter_class=_Help,
     )
-    p.add_argument("run", metavar="RUN", help="an upscaler: run folder, run name, or bundled model (mnist-upscale)")
+    p.add_argument("run", metavar="RUN", help="an upscaler: run folder, run name, or bundled model (mnist-upscale, once "
+                   "scripts/make_upscale.sh has made it)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="low-resolution image files (any common format) or folders")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder; one that holds files already is "
                    "refused unless --overwrite is given")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=_int_range(1), default=64)
+    p.add_argument("--batch-size", type=_int_range(1), default=64, help="images the model upscales at once")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--device", default="auto")
     _add_sampling_options(p)
