@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pixelforge
 from pixelforge.cli import main
 from pixelforge.condition import Cond
 from pixelforge.condition.lowres import LowresConfig, downsample, lowres_condition, upsample
+from pixelforge.data import load_dataset, to_model
 from pixelforge.images import read_settings
 from pixelforge.models import DiffusionModel
 from pixelforge.models.diffusion import DiffusionConfig
@@ -272,3 +274,20 @@ def test_sampling_an_upscaler_without_an_input_or_with_a_sketch_is_a_clear_error
     assert main(["sample", "up", "--runs-dir", str(upscale_runs), "--sketch", str(tmp_path / "drawing.png"), "-o",
                  str(tmp_path / "b"), "--device", "cpu"]) == 2
     assert "takes no sketch" in capsys.readouterr().err
+
+
+def test_the_benchmark_measures_the_model_lanczos_and_bicubic_on_held_out_images(upscale_runs, capsys, pixelforge_cache):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_upscale", Path(__file__).parent.parent / "bench" / "upscale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["up", "--runs-dir", str(upscale_runs), "--images", "4", "--steps", "2", "--device", "cpu"])
+    assert result["images"] == 4 and result["size"] == "4 -> 8" and result["sampling"]["steps"] == 2
+    assert set(result["figures"]) == {"model", "lanczos", "bicubic"}
+    printed = capsys.readouterr().out
+    assert "$ python bench/upscale.py up --runs-dir" in printed and "| lanczos |" in printed
+    g = pixelforge.load("up", runs_dir=upscale_runs, device="cpu")
+    val = json.loads((upscale_runs / "up" / "split.json").read_text())["val"]
+    assert torch.equal(bench.held_out(g), to_model(load_dataset(g.config.data, progress=False).images[val], g.config.data))
