@@ -234,7 +234,7 @@ def _job_post(post: dict | None, reference: Upload | None = None, upscalers: dic
     data = None if reference is None else reference.data
     upscaler = (post or {}).get("upscaler")
     if upscaler is not None:
-        if upscaler not in (upscalers or {}):
+        if not isinstance(upscaler, str) or upscaler not in (upscalers or {}):
             raise _invalid(["body", "post", "upscaler"], f"upscaler {upscaler!r} is not a super-resolution model this "
                            f"server serves; served upscalers: {', '.join(upscalers or {}) or 'none'}")
         post = {**post, "upscaler": str(upscalers[upscaler])}
