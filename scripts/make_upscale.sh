@@ -31,7 +31,8 @@ TRAIN=(train mnist --model upscale --scale 2 --name "$NAME" --minutes "$MINUTES"
 if [ "$EXPORT" = 1 ]; then
   "${PIXELFORGE[@]}" export "$NAME" "$OUT" --runs-dir "$RUNS_DIR"
   run=$RUNS_DIR/$NAME
-  steps=$(tail -n 1 "$run/metrics.csv" | cut -d, -f1)
+  last=$(ls "$run/checkpoints"/step_*.json | tail -n 1)  # the checkpoint export took the weights of
+  steps=$((10#$(basename "$last" .json | sed 's/^step_//')))
   cat > "$OUT/MODEL.md" <<CARD
 # $NAME
 
