@@ -305,7 +305,7 @@ class Generator:
 
     def check_sketch(self) -> None:
         """A clear error unless this model takes a sketch (an edge-map condition)."""
-        if "spatial" not in self.inputs:
+        if "spatial" not in self.inputs or getattr(self.model.config, "lowres", None) is not None:  # an upscaler's is its input
             takes = ", ".join(self.inputs) or "nothing (it is unconditional)"
             raise ValueError(f"{self.name} takes no sketch (it was not trained with --condition edges); "
                              f"the conditions it takes: {takes}")
@@ -483,6 +483,75 @@ class Generator:
         tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, **kwargs)
         return _with_settings(to_pil(tensors), settings, watermark, post)
 
+    def check_upscaler(self) -> None:
+        """A clear error unless this model is an upscaler (a super-resolution run: --model upscale)."""
+        if "upscale" not in getattr(self.model, "capabilities", ()):
+            raise ValueError(f"{self.name} is not an upscaler (a {self.config.family} model not trained with --model "
+                             "upscale): train one with `pixelforge train DATA --model upscale --scale 2`")
+
+    def upscale_tensor(self, images, *, seed: int = 0, seeds: list[int] | None = None, batch_size: int = 64,
+                       callback=None, _inputs: list | None = None, **options) -> tuple[torch.Tensor, list[dict]]:
+        """Upscaled images (n, C, H, W) in [-1, 1] and each one's settings; arguments as upscale() (_inputs, a
+        list, receives each input as read, for upscale() to keep with its image)."""
+        self.check_upscaler()
+        from .condition.lowres import upsample
+        from .upscale import input_file_name, lowres_tensor, read_lowres
+
+        opts = self.resolve_options(**options)
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ValueError("no image to upscale")
+        seeds = check_seeds(len(items), seed, seeds)
+        cfg = self.model.config
+        side = cfg.image_size // cfg.lowres.scale
+        done: dict = {}  # an input given for several images is read once: path or id -> (tensor, image, SHA-256)
+        for item in items:
+            key = item if isinstance(item, (str, os.PathLike)) else id(item)
+            if key not in done:
+                im, digest, what = read_lowres(item, cfg.channels)
+                done[key] = (lowres_tensor(im, side, cfg.channels, what), im, digest)
+        read = [done[item if isinstance(item, (str, os.PathLike)) else id(item)] for item in items]
+        low = torch.stack([t for t, _, _ in read])  # (n, C, side, side) in [-1, 1]
+        spatial = upsample(low, cfg.image_size, cfg.lowres)  # (n, C, H, W): the condition, as in training
+        out = []
+        for start in range(0, len(items), batch_size):
+            sl = slice(start, start + batch_size)
+            k = len(seeds[sl])
+
+            def cb(i, total, *_, _start=start, _m=k):
+                if callback is not None:
+                    callback(_start + _m * (i + 1) / total, len(items))
+
+            out.append(self.model.sample(k, Cond(spatial=spatial[sl]), seeds=seeds[sl], callback=cb, **opts).cpu())
+        settings = self._settings(seeds, opts, [None] * len(items), None, None)
+        for s, (_, im, digest) in zip(settings, read):
+            s.pop("label", None)
+            s.update(scale=cfg.lowres.scale, input=input_file_name(digest), input_sha256=digest)
+            if _inputs is not None:
+                _inputs.append(im)
+        return torch.cat(out), settings
+
+    def upscale(self, images, *, seed: int = 0, watermark: bool | MarkSettings = True,
+                post: PostSettings | dict | None = None, **kwargs) -> list[Image.Image]:
+        """Upscale images with this super-resolution model (an upscaler run; others refuse with a clear error).
+
+        images: a file path, an image file's bytes or a PIL image, or a list of them; each converted to the model's
+        channels and, when not of its input size (image_size / scale), resized (Lanczos) with a warning naming both
+        sizes. Image i uses seed + i (or seeds[i]) and nothing else: the same seed gives the same pixels.
+        kwargs: seeds, batch_size, callback, and the sampling options (sampler, steps, ...).
+        Each image's settings (`.info["pixelforge"]`) record the options, the scale and the input's SHA-256 (of its
+        decoded pixels) and the name of its copy, which `.info["pixelforge_input"]` holds and save_images writes
+        beside the image, so `sample --from` regenerates it. watermark, post: as generate()."""
+        post = as_post_settings(post)
+        inputs: list[Image.Image] = []
+        tensors, settings = self.upscale_tensor(images, seed=seed, _inputs=inputs, **kwargs)
+        pils = _with_settings(to_pil(tensors), settings, watermark, post)
+        from .upscale import INPUT_INFO_KEY
+
+        for im, low in zip(pils, inputs):
+            im.info[INPUT_INFO_KEY] = low
+        return pils
+
     def check_prompts(self, prompts: list, negative_prompt: str | None = None) -> bool:
         """Whether any prompt is given (prompts: one entry per image, None for none); a clear error where
         this model takes no text, a prompt is not a string, or a negative prompt comes without guidance."""
@@ -568,10 +637,25 @@ def _with_settings(pils: list[Image.Image], settings: list[dict], watermark: boo
     Post-processing comes first so that the watermark is embedded into the final pixels: a denoiser or an
     upscaler run after it would weaken or resample the mark (docs/post.md)."""
     if post is not None:
-        pils = apply_post(pils, post)
+        pils = apply_post(pils, post, post_upscaler(post))
         record = post.to_record()
         settings = [{**s, "post": record} for s in settings]
     return [mark_image(im, settings=s, marks=watermark) for im, s in zip(pils, settings)]
+
+
+def post_upscaler(post: PostSettings | None, *, device: str = "auto"):
+    """The super-resolution model post.upscaler names, loaded as post-processing's upscaler (upscale.model_upscaler),
+    after checking that it is an upscaler of factor post.upscale; None where post names none (Lanczos)."""
+    if post is None or post.upscaler is None:
+        return None
+    from .upscale import model_upscaler
+
+    g = load(post.upscaler, device=device)
+    g.check_upscaler()
+    if g.model.config.lowres.scale != post.upscale:
+        raise ValueError(f"upscaler {post.upscaler} enlarges {g.model.config.lowres.scale}x, but upscale asks "
+                         f"{post.upscale}x: ask upscale {g.model.config.lowres.scale}, or leave the upscaler out for Lanczos")
+    return model_upscaler(g)
 
 
 def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", runs_dir: str | os.PathLike | None = None,
@@ -710,7 +794,7 @@ def _training_evaluator(cfg: RunConfig, device: str):
 
 
 def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix: str = "", grid: bool = True,
-                watermark: bool | MarkSettings = True) -> dict:
+                watermark: bool | MarkSettings = True, names: list[str] | None = None) -> dict:
     """Write each image as a PNG with its settings in the metadata, plus grid.png; returns the paths.
     An image drawn from a sketch gets the drawing beside it (its settings' "sketch", a lossless PNG named by
     its SHA-256, written once however many images share it), so `sample --from` finds it again.
@@ -718,7 +802,10 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
     edit mark theirs) and for the grid; False writes them as they are. Each PNG, the grid too, is then signed with
     a C2PA manifest stating the model, its weights hash and the image's settings (provenance/outputs.py), unless
     watermark is False or MarkSettings(manifest=False); the grid's manifest states its tiles' settings and their
-    model (none when they come from several)."""
+    model (none when they come from several). An upscaled image gets its input beside it the same way.
+    names: each image's file stem (default seedNNNNNN, with -labelL where it has a label)."""
+    from .upscale import INPUT_INFO_KEY
+
     out_dir = Path(out_dir)
     paths = []
     signer = OutputSigner(watermark)
@@ -735,8 +822,12 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
 
             with atomic_target(out_dir / s["audio"], suffix=".wav") as tmp:
                 Path(tmp).write_bytes(clip)
+        low = im.info.get(INPUT_INFO_KEY)
+        if low is not None and "input" in s and not (out_dir / s["input"]).exists():
+            save_png(low, out_dir / s["input"])
         label = s.get("label")
         stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
+        stem = stem if names is None else prefix + names[len(paths)]
         paths.append(signer.save(im, out_dir / f"{stem}.png", s or None))
     grid_path = None
     if grid and images:
@@ -803,6 +894,9 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
+    if "input_sha256" in s:  # an upscaled image: its input's copy beside it
+        (image,) = g.upscale([_recorded_input(s, png_path, g.model.config.channels)], seeds=[s["seed"]], watermark=watermark, post=post, **options)
+        return image, s
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
                           sketch=sketch, audio=audio, seeds=[s["seed"]], watermark=watermark, post=post, **options)
     return image, s
@@ -845,6 +939,23 @@ def _recorded_sketch(s: dict, png_path) -> Path | None:
     return path
 
 
+def _recorded_input(s: dict, png_path, channels: int) -> Path:
+    """The low-resolution input an upscaled PNG's settings name, beside the PNG and with the recorded SHA-256 (of
+    its pixels in the model's `channels`); a clear error when it is missing or changed."""
+    from .upscale import read_lowres
+
+    name, digest = s.get("input"), s["input_sha256"]
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"{png_path}: its settings name no valid input file ({name!r})")
+    path = Path(png_path).parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{png_path} was upscaled from {name} (SHA-256 {str(digest)[:16]}...), which is not "
+                                f"beside it at {path}: put it back there to regenerate the image")
+    if read_lowres(path, channels)[1] != digest:
+        raise ValueError(f"{path} is not the input {png_path} was upscaled from: its SHA-256 differs from the recorded one")
+    return path
+
+
 def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post: PostSettings | dict, *,
                watermark: bool | MarkSettings = True, callback=None) -> list[Path]:
     """Post-process image files (pixelforge.post) into out_dir, each as a PNG of the same stem; returns the paths.
@@ -874,6 +985,7 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         stems[path.stem] = path
     out_dir = Path(out_dir)
     record = post.to_record()
+    upscaler = post_upscaler(post)  # a model named as the upscaler is loaded (and checked) once, before any file
     written = []
     signer = OutputSigner(watermark)
     signer.ready()  # a broken configured key fails here, before any file is written
@@ -888,14 +1000,15 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         if s.get("post") is not None:
             raise ValueError(f"{path} is post-processed already ({', '.join(s['post'].get('order', []))}): "
                              "post-process the original image instead")
-        (done,) = apply_post([image], post)
+        (done,) = apply_post([image], post, upscaler)
         done.info.pop("pixelforge", None)  # the input's settings as read (JSON text); s holds them
         s = {**s, "post": record}
         out_dir.mkdir(parents=True, exist_ok=True)
         if s.get("model"):
             done = mark_image(done, settings=s, marks=watermark)
             s = done.info["pixelforge"]
-            for kept in (s.get("sketch"), s.get("audio")):  # the drawing or clip it was made from, beside it
+            for key in ("sketch", "audio", "input"):  # the drawing, clip or low-res input it was made from, beside it
+                kept = s.get(key)
                 if isinstance(kept, str) and Path(kept).name == kept and (path.parent / kept).is_file() \
                         and not (out_dir / kept).exists():
                     shutil.copyfile(path.parent / kept, out_dir / kept)

@@ -116,7 +116,11 @@ def _add_train(sub):
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command), or autoencoder "
-                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion run; docs/latent.md)")
+                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion run; docs/latent.md), "
+                   "or upscale (a diffusion run conditioned on each image's low-resolution version: a super-resolution "
+                   "model for `pixelforge upscale`; docs/upscale.md)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="--model upscale: the upscaling factor; "
+                   "the model learns IMAGE_SIZE images from IMAGE_SIZE/SCALE ones (default 2)")
     p.add_argument("--name", required=True, help="run name (letters, digits, -, _ and .): the run lives in RUNS_DIR/NAME")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default: 10000)")
@@ -296,7 +300,7 @@ def cmd_train(a) -> int:
         "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
         "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on, "sample_every": a.sample_every,
         "ckpt_every": a.ckpt_every, "seed": a.seed, "grad_accum": a.grad_accum, "lr_scaling": a.lr_scaling,
-        "lr_base_batch": a.lr_base_batch, "precision": a.precision,
+        "lr_base_batch": a.lr_base_batch, "precision": a.precision, "scale": a.scale,
     }
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
     if a.adapter is not None:
@@ -1141,6 +1145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_post import add_post
 
     add_post(sub)
+    from .cli_upscale import add_upscale
+
+    add_upscale(sub)
     d = sub.add_parser("data", help="data tools (check)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="list what a folder of images holds and which files are unusable, and why",

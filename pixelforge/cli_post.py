@@ -24,7 +24,10 @@ def add_post_options(p) -> None:
                    help=f"unsharp mask of radius {SHARPEN_RADIUS:g} px, amount {SHARPEN_RANGE[0]:g}..{SHARPEN_RANGE[1]:g} "
                         f"({SHARPEN_DEFAULT:g} when no amount is given)")
     g.add_argument("--upscale", default=None, metavar="FACTOR",
-                   help=f"enlarge by an integer factor {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]} (Lanczos)")
+                   help=f"enlarge by an integer factor {UPSCALE_RANGE[0]}..{UPSCALE_RANGE[1]} (Lanczos, or --upscaler)")
+    g.add_argument("--upscaler", default=None, metavar="RUN", help="with --upscale: a super-resolution model (a run "
+                   "trained with --model upscale, e.g. the bundled mnist-upscale) upscales instead of Lanczos; --upscale must be its "
+                   "scale (docs/upscale.md)")
 
 
 def post_from_args(a) -> PostSettings | None:
@@ -33,12 +36,17 @@ def post_from_args(a) -> PostSettings | None:
     if a.color == COLOR_MATCH_GIVEN:  # a picture given as bytes is the server's and the API's; here it is a file
         raise ValueError(f"--color {COLOR_MATCH_GIVEN} needs its reference file: --color {COLOR_MATCH}REF.png")
     try:
-        return as_post_settings({"denoise": a.denoise, "denoise_strength": a.denoise_strength, "color": a.color,
-                                 "sharpen": a.sharpen, "upscale": a.upscale})
+        post = as_post_settings({"denoise": a.denoise, "denoise_strength": a.denoise_strength, "color": a.color,
+                                 "sharpen": a.sharpen, "upscale": a.upscale, "upscaler": a.upscaler})
     except PostError as e:
         text = str(e)
         flag = "--" + e.field.replace("_", "-")
         raise ValueError(flag + text[len(e.field):] if text.startswith(e.field) else text) from None
+    if post is not None and post.upscaler is not None:
+        from .api import post_upscaler
+
+        post_upscaler(post, device=getattr(a, "device", "auto"))  # not an upscaler, or another factor: fails before any work
+    return post
 
 
 def cmd_post(a) -> int:

@@ -77,7 +77,10 @@ class PostSettings:
     color: "auto" (grey-world white balance), "match:REF" (histogram matching to the image file REF) or "match"
       (histogram matching to the picture in color_reference).
     sharpen: the unsharp mask's amount, 0.1..5 (1.0: Pillow's 100 %), radius SHARPEN_RADIUS px.
-    upscale: an integer factor 2..8 (Lanczos).
+    upscale: an integer factor 2..8 (Lanczos, unless upscaler names a model).
+    upscaler: a super-resolution model (a run trained with --model upscale: its folder, run name or bundled name)
+      that upscales instead of Lanczos; upscale must then be its scale. Only with upscale. The entry points load it
+      (api: Generator.upscale through upscale.model_upscaler) and pass it to apply_post.
     color_reference: the bytes of an image file (PNG, JPEG, ...), the reference of color "match": a picture held
       in memory (the server's upload) rather than a file named by a path. Only with color "match", which needs it.
     """
@@ -88,6 +91,7 @@ class PostSettings:
     sharpen: float | None = None
     upscale: int | None = None
     color_reference: bytes | None = field(default=None, repr=False)
+    upscaler: str | None = None
 
     def __post_init__(self) -> None:
         if self.denoise is not None and self.denoise not in DENOISE_METHODS:
@@ -120,6 +124,11 @@ class PostSettings:
             object.__setattr__(self, "sharpen", _number("sharpen", self.sharpen, *SHARPEN_RANGE))
         if self.upscale is not None:
             object.__setattr__(self, "upscale", _number("upscale", self.upscale, *UPSCALE_RANGE, integer=True))
+        if self.upscaler is not None:
+            if not isinstance(self.upscaler, str) or not self.upscaler:
+                raise PostError("upscaler", f"upscaler must name a super-resolution run or bundled model, got {self.upscaler!r}")
+            if self.upscale is None:
+                raise PostError("upscaler", "upscaler needs upscale (its factor) to apply to")
 
     @classmethod
     def from_dict(cls, d: dict, *, recorded: bool = False, color_reference: bytes | None = None) -> PostSettings:
@@ -129,7 +138,7 @@ class PostSettings:
         decodes its upload and passes them here)."""
         if not isinstance(d, dict):
             raise PostError("post", f"post must be an object of post-processing options, got {type(d).__name__}")
-        names = ("denoise", "denoise_strength", "color", "sharpen", "upscale")
+        names = ("denoise", "denoise_strength", "color", "sharpen", "upscale", "upscaler")
         unknown = sorted(set(map(str, d)) - set(names) - ({"order", "color_reference_sha256"} if recorded else set()))
         if unknown:
             raise PostError(unknown[0], f"unknown post-processing option(s) {', '.join(unknown)}; "
@@ -312,15 +321,18 @@ def lanczos_upscale(images: list[Image.Image], factor: int) -> list[Image.Image]
     return [im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS) for im in images]
 
 
-# The upscaler: a function (images, factor) -> images. Lanczos is the only one; a super-resolution model would be
-# another function of the same signature put in its place here.
+# The upscaler: a function (images, factor) -> images. Lanczos is the default; a super-resolution model (settings'
+# upscaler) is another function of the same signature, upscale.model_upscaler, which the caller passes to apply_post.
 Upscaler = Callable[[list[Image.Image], int], list[Image.Image]]
 UPSCALER: Upscaler = lanczos_upscale
 
 
-def apply_post(images: list[Image.Image], settings: PostSettings | dict | None) -> list[Image.Image]:
+def apply_post(images: list[Image.Image], settings: PostSettings | dict | None,
+               upscaler: Upscaler | None = None) -> list[Image.Image]:
     """The images post-processed as settings ask, in the order denoise, color, sharpen, upscale (new images;
-    the inputs are left as they are, and so is their .info). Images in mode L stay L; RGB stay RGB."""
+    the inputs are left as they are, and so is their .info). Images in mode L stay L; RGB stay RGB.
+    upscaler: the model settings.upscaler names, loaded by the caller (upscale.model_upscaler); without
+    settings.upscaler the upscale step is UPSCALER (Lanczos)."""
     post = as_post_settings(settings)
     if post is None:
         return list(images)
@@ -337,8 +349,10 @@ def apply_post(images: list[Image.Image], settings: PostSettings | dict | None) 
         out = match_colors(out, reference)
     if post.sharpen is not None:
         out = sharpen(out, post.sharpen)
+    if post.upscaler is not None and upscaler is None:
+        raise ValueError(f"upscaler {post.upscaler}: the model must be loaded by the caller (pixelforge.api does)")
     if post.upscale is not None:
-        out = UPSCALER(out, post.upscale)
+        out = (upscaler if post.upscaler is not None else UPSCALER)(out, post.upscale)
     return out
 
 

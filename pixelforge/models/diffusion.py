@@ -14,6 +14,7 @@ from torch import nn
 from ..condition import Cond
 from ..condition.audio import AudioConditioner, AudioEncoder, AudioFields, check_audio_fields, unused_audio_fields
 from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_fields
+from ..condition.lowres import LowresConfig, low_side, lowres_config
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
@@ -78,6 +79,10 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
         already trained run (its base, whose config fields these are) with the spatial condition of the
         adapter's kind added through a trainable copy of the UNet's input and middle blocks, the base's own
         network frozen. runs/adapter.py makes such a config from the base. None: no adapter.
+    lowres: a super-resolution model (an upscaler; condition/lowres.py LowresConfig: scale and filters;
+        docs/upscale.md): its condition is the low-resolution image brought back to image_size, `channels`
+        channels of Cond.spatial beside the flag channel, and the diffusion models the residual x - that image
+        (what the filter cannot restore), so the sample is that image plus the residual drawn. None: no upscaler.
     """
 
     image_size: int = 32
@@ -105,6 +110,7 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     latent: str = ""
     autoencoder: AutoencoderConfig | dict | None = None
     adapter: AdapterConfig | dict | None = None
+    lowres: LowresConfig | dict | None = None
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -147,6 +153,7 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
             raise ValueError("spatial_condition (--condition edges) works in pixel space only: an edge map at the image "
                              "size does not fit a latent diffusion run's latents; train it without latent")
         self._check_adapter()
+        self._check_lowres()
 
     def _check_adapter(self) -> None:
         """adapter None, or an AdapterConfig on a UNet in pixel space whose kind is the spatial condition."""
@@ -162,6 +169,24 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
         if self.spatial_condition != self.adapter.kind:
             raise ValueError(f"adapter kind {self.adapter.kind!r} needs spatial_condition {self.adapter.kind!r} (its "
                              f"detector and stroke width), got {self.spatial_condition!r}")
+
+    def _check_lowres(self) -> None:
+        """lowres None or a LowresConfig whose scale divides image_size, in pixel space, without an edge map."""
+        object.__setattr__(self, "lowres", lowres_config(self.lowres))
+        if self.lowres is None:
+            return
+        low_side(self.image_size, self.lowres)
+        if self.spatial_condition:
+            raise ValueError(f"lowres (an upscaler) and spatial_condition {self.spatial_condition!r} both use the spatial "
+                             "input: an upscaler's condition is its low-resolution image alone")
+        if self.autoencoder is not None:
+            raise ValueError("lowres (an upscaler) works in pixel space only: train it without latent")
+
+    @property
+    def spatial_channels(self) -> int:
+        """Channels of Cond.spatial this config takes: the low-resolution image's (channels) for an upscaler,
+        else the sketch fields' (1 for edges, 0 for none)."""
+        return self.channels if self.lowres is not None else SketchFields.spatial_channels.fget(self)
 
     def _check_latent(self) -> None:
         """latent a string; autoencoder None or the fields of an AutoencoderConfig of the same images."""
@@ -198,13 +223,15 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
-        conditioned = self.num_classes or self.text_dim or self.spatial_condition or self.audio_dim
+        conditioned = self.num_classes or self.text_dim or self.spatial_channels or self.audio_dim
         unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
         unused += unused_audio_fields(self)
         if self.autoencoder is None:
             unused += ("latent", "autoencoder")
         if self.adapter is None:
             unused += ("adapter",)
+        if self.lowres is None:
+            unused += ("lowres",)
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
@@ -316,6 +343,8 @@ class DiffusionModel(FamilyModule):
     def __init__(self, config: DiffusionConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: noise levels, noise, label dropout
         self.config = config
+        if config.lowres is not None:  # an upscaler: Generator.upscale, and the trainer's low-res | sample | original grids
+            self.capabilities = (*self.capabilities, "upscale")
         self.optim_config = optim or OptimConfig()
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.net = make_backbone(config)
@@ -458,6 +487,9 @@ class DiffusionModel(FamilyModule):
         rnd = torch.randn(b, device=x.device, generator=generator)
         sigma = (rnd * cfg.P_std + cfg.P_mean).exp()
         noise = torch.randn(x.shape, device=x.device, generator=generator) * sigma.reshape(-1, 1, 1, 1)
+        base = self.lowres_base(cond, x)  # an upscaler diffuses the residual over its upsampled input
+        if base is not None:
+            x = x - base
         cond = cond.drop(cfg.label_dropout, generator)  # draws only when a condition is given
         weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
         denoised = self.denoise(x + noise, sigma, cond)
@@ -518,11 +550,43 @@ class DiffusionModel(FamilyModule):
         sigmas = self._sigmas(schedule, steps)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
-        x = gen.randn(self.net_shape) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
+        x = gen.randn(self._sample_shape(cond)) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
         cond = cond.to(self.device) if cond is not None else None
         negative = negative.to(self.device) if negative is not None else None
+        base = self.lowres_base(cond, x)  # (n, C, H, W): an upscaler's upsampled input, or None
         out = solver(self.guided_denoiser(guidance, negative), x, sigmas, cond=cond, generator=gen, callback=callback)
-        return self.to_images(out)
+        return self.to_images(out if base is None else out + base)
+
+    def _sample_shape(self, cond: Cond | None) -> tuple[int, int, int]:
+        """(C, H, W) of what sample() draws: net_shape, but an upscaler's that of its given input, which may be of
+        another size than image_size (the UNet is convolutional: post-processing upscales images of any size whose
+        sides the UNet's levels divide), unless it has a learned per-pixel position embedding."""
+        cfg = self.config
+        if cfg.lowres is None or cond is None or cond.spatial is None or cond.spatial.ndim != 4:
+            return self.net_shape
+        c, h, w = cond.spatial.shape[1:]
+        if (h, w) == (cfg.image_size, cfg.image_size):
+            return self.net_shape
+        factor = 2 ** (len(cfg.channel_mult) - 1) if cfg.backbone == "unet" else 0
+        if not factor or cfg.position_embedding or h % factor or w % factor:
+            raise ValueError(f"this upscaler makes {cfg.image_size}x{cfg.image_size} images (a "
+                             + ("UNet with a position embedding" if factor else "DiT") + " of that size)"
+                             + (f" or of sides divisible by {factor}" if factor and not cfg.position_embedding else "")
+                             + f", not {w}x{h}")
+        return int(c), int(h), int(w)
+
+    def lowres_base(self, cond: Cond | None, x: torch.Tensor) -> torch.Tensor | None:
+        """An upscaler's upsampled low-resolution input (B, C, H, W) for x (B, C, H, W), Cond.spatial as given
+        (before any dropout): what its diffusion's residual is added to; None for other models. A clear error
+        when an upscaler is not given one."""
+        if self.config.lowres is None:
+            return None
+        if cond is None or cond.spatial is None or tuple(cond.spatial.shape) != tuple(x.shape):
+            got = "none" if cond is None or cond.spatial is None else str(tuple(cond.spatial.shape))
+            raise ValueError(f"an upscaler samples from a low-resolution image: it needs Cond.spatial of shape "
+                             f"{tuple(x.shape)} (the image brought back to the model's size), got {got}: upscale images with "
+                             "`pixelforge upscale RUN IMAGE... -o OUT` (Generator.upscale)")
+        return cond.spatial.to(x.device, x.dtype)
 
     def _sigmas(self, schedule: str, steps: int) -> torch.Tensor:
         """The named schedule of `steps` steps from sigma_max down to 0, on the model's device."""
@@ -572,6 +636,8 @@ class DiffusionModel(FamilyModule):
         """
         self.eval()
         cfg = self.config
+        if cfg.lowres is not None:
+            raise ValueError("an upscaler does not edit images: upscale them (pixelforge upscale, Generator.upscale)")
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
         if image.ndim != 4 or tuple(image.shape[1:]) != shape:
             raise ValueError(f"edit needs images of shape (n, {', '.join(map(str, shape))}), got {tuple(image.shape)}")

@@ -20,6 +20,7 @@ from ..models import OptimConfig, get_family
 from ..models.limits import check_model_size, check_range
 from ..models.optim import adam_betas
 from ..precision import check_precision
+from .upscale import UPSCALE_MODEL
 
 RUN_FORMAT_VERSION = 1
 MAX_MINUTES = 525_600  # a year: the largest time budget (train.minutes) a config may hold
@@ -202,6 +203,7 @@ def new_run_config(
     precision: str = TrainConfig.precision,
     minutes: float | None = TrainConfig.minutes,
     model_fields: Mapping[str, object] | None = None,
+    scale: int | None = None,
 ) -> RunConfig:
     """The config of a new run of family `model` on `data` (a folder of images or a bundled set name),
     every field checked; what `pixelforge train` and `pixelforge.train` start a run with.
@@ -222,12 +224,20 @@ def new_run_config(
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
     minutes: a time budget for the run (TrainConfig.minutes); the settings it decides are planned by
         train/budget.py's plan_run, which calls this with them.
+    model "upscale", scale: an upscaler (a diffusion run conditioned on each image's low-resolution version,
+        downsampled by scale, default 2; runs/upscale.py): unconditional on the data's classes, its
+        sigma_data measured on the data. model_fields' "lowres" may set its filters.
     model_fields: fields of the family's model config ({"base_channels": 16, "channel_mult": (1, 2)}), over
         those the data and text settings give (a dict of their own: the VQ-VAE's ema_decay is not train's).
         A diffusion model's "latent" (an autoencoder run: a folder, a run name under $PIXELFORGE_RUNS or
         ./runs, or a bundled model) also sets "autoencoder" to that run's model config (runs/latent.py).
     The other settings are DataConfig's, OptimConfig's and TrainConfig's fields, with their defaults.
     """
+    upscaler = model == UPSCALE_MODEL
+    if scale is not None and not upscaler:
+        raise ValueError(f"scale (--scale) is the upscaling factor of --model upscale, not of {model} models")
+    if upscaler:
+        model, labels = "diffusion", False
     family = get_family(model)
     native = describe_source(str(data))  # {"image_size", "channels", "num_classes", ...}
     image_size = native["image_size"] if image_size is None else image_size
@@ -253,6 +263,11 @@ def new_run_config(
         model_config.update(_audio_fields(model, fields, audio_encoder, audio_set))
     elif condition is not None or edge_detector is not None or sketches is not None:
         model_config.update(_sketch_fields(model, fields, condition or "edges", edge_detector or "canny", data_config))
+    if upscaler:
+        from .upscale import upscale_fields
+
+        model_config.update(upscale_fields((model_fields or {}).get("lowres"), scale, data_config))
+        model_fields = {k: v for k, v in (model_fields or {}).items() if k != "lowres"}
     for key, value in (model_fields or {}).items():
         if key not in fields:
             raise ValueError(f"model field {key!r} does not apply to {model} models; their fields: {', '.join(sorted(fields))}")

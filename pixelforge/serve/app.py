@@ -231,11 +231,12 @@ async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, 
     return out
 
 
-def _job_post(post: dict | None, reference: Upload | None = None) -> PostSettings | None:
+def _job_post(post: dict | None, reference: Upload | None = None, upscalers: dict[str, Path] | None = None) -> PostSettings | None:
     """A job's "post" object and its color_reference upload -> PostSettings (None: none asked for); a 422 naming
     the field otherwise (PostSettings decides: color "match" without a reference, or a reference without it).
     color match:REF is refused: its REF would be a file on the server's disk, which a client has no business
-    reading. Decodes the reference: call it in a thread."""
+    reading. Decodes the reference: call it in a thread. The upscaler must be one of the served super-resolution models
+    (upscalers: name -> run folder), for the same reason: a job cannot name a folder on the server's disk."""
     if post is None and reference is None:
         return None
     color = (post or {}).get("color")
@@ -247,6 +248,12 @@ def _job_post(post: dict | None, reference: Upload | None = None) -> PostSetting
         raise _invalid(["body", "post", "color_reference"], "color_reference is a field of the job beside post, not "
                        'an option inside it: {"post": {"color": "match"}, "color_reference": "<base64>"}')
     data = None if reference is None else reference.data
+    upscaler = (post or {}).get("upscaler")
+    if upscaler is not None:
+        if not isinstance(upscaler, str) or upscaler not in (upscalers or {}):
+            raise _invalid(["body", "post", "upscaler"], f"upscaler {upscaler!r} is not a super-resolution model this "
+                           f"server serves; served upscalers: {', '.join(upscalers or {}) or 'none'}")
+        post = {**post, "upscaler": str(upscalers[upscaler])}
     try:
         return as_post_settings(PostSettings.from_dict(post or {}, color_reference=data))
     except PostError as e:
@@ -451,7 +458,8 @@ def create_app(
         text = {"prompts": prompts, "negative_prompt": req.negative_prompt} if given_text else {}
         n, seed = req.n, req.seed
         uploads = await _decode_uploads(req, limits)
-        post = await asyncio.to_thread(_job_post, req.post, uploads.get("color_reference"))
+        upscalers = {name: gen.run_dir for name, gen in generators.items() if "upscale" in gen.model.capabilities}
+        post = await asyncio.to_thread(_job_post, req.post, uploads.get("color_reference"), upscalers)
         if editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
             mask = uploads["mask"].data if "mask" in uploads else None
             inputs = {"images": [uploads["image"].data] * n, "mask": mask}

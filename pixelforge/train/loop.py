@@ -76,7 +76,10 @@ class _Conditions:
         self.labels = data.labels if data.labels is not None and data.num_classes > 0 else None
         self.text = None
         self.spatial = None  # (N, 1, S, S) uint8 edge maps of the prepared images, 255 on an edge
-        if "spatial" in model.takes():  # the detector's, or a paired sketch folder's (data_config.sketches)
+        # an upscaler's condition, each image's low-resolution version, made from the (augmented) image itself
+        self.lowres = getattr(model.config, "lowres", None)
+        self.images = data.images
+        if "spatial" in model.takes() and self.lowres is None:  # the detector's, or a paired sketch folder's
             from ..condition.edges import training_edge_maps
 
             self.spatial = training_edge_maps(data, model.config, data_config, cache_dir, progress=progress)
@@ -138,6 +141,10 @@ class _Conditions:
         x = augment(batch.to(device), data_cfg, generator)
         c = data.images.shape[1]
         spatial = (x[:, c:] + 1) / 2 if self.spatial is not None else None  # (B, 1, H, W): 1 on an edge
+        if self.lowres is not None:
+            from ..condition.lowres import lowres_condition
+
+            spatial = lowres_condition(x, self.lowres)  # (B, C, H, W): the augmented image's low-res version
         return x[:, :c], self(idx, device, spatial=spatial, wording=self._drawn_wording(idx, step, seed), step=step, seed=seed)
 
     def _drawn_wording(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor | None:
@@ -167,6 +174,11 @@ class _Conditions:
             fields["spatial"] = spatial if spatial is not None else (to_model(self.spatial[idx].to(device), data_cfg) + 1) / 2
         if self.audio is not None:
             fields["audio"] = self.audio.draw(self.labels[idx], idx, self.n_images, step, seed).to(device)
+        if self.lowres is not None:
+            from ..condition.lowres import lowres_condition
+
+            fields["spatial"] = spatial if spatial is not None else lowres_condition(
+                to_model(self.images[idx].to(device), data_cfg), self.lowres)  # (B, C, H, W)
         return Cond(**fields)
 
 
@@ -284,6 +296,16 @@ def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_d
         x = to_model(data.images[shown].to(ema.device), cfg.data)  # (k, C, H, W) in [-1, 1]
         cells = torch.stack([x, ema.reconstruct(x)], dim=1).flatten(0, 1)  # (2k, C, H, W): input, reconstruction, ...
         grid = make_grid(to_pil(cells.cpu()), cols=2 * math.ceil(math.sqrt(len(shown))), scale=scale)  # pairs per row
+    elif conds.lowres is not None:
+        # an upscaler: rows of (low-res input, nearest-neighbour enlarged | sample | original) of images spread over the set
+        from ..condition.lowres import downsample, resize
+
+        shown = torch.linspace(0, len(data) - 1, max(1, n // 3)).round().long()  # (k,) image indices
+        x = to_model(data.images[shown].to(ema.device), cfg.data)  # (k, C, H, W) in [-1, 1]
+        low = resize(downsample(x, conds.lowres), x.shape[-1], "nearest")  # (k, C, H, W)
+        images = ema.sample(len(shown), conds(shown, ema.device, data_cfg=cfg.data), seed=0)
+        cells = torch.stack([low, images, x], dim=1).flatten(0, 1)  # (3k, C, H, W)
+        grid = make_grid(to_pil(cells.cpu()), cols=3 * max(1, math.isqrt(len(shown))), scale=scale)
     elif conds.spatial is not None:
         # one row per edge map of images spread over the set (a set sorted by class shows several): the
         # map, then samples drawn from it
