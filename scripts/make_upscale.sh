@@ -26,7 +26,7 @@ budget=()
 if [ -n "${MAX_MINUTES:-}" ]; then budget=(--max-minutes "$MAX_MINUTES"); fi
 
 TRAIN=(train mnist --model upscale --scale 2 --name "$NAME" --minutes "$MINUTES" --base-channels 32
-       --channel-mult 1,2,2 --num-res-blocks 1 --precision fp32 --seed 0)
+       --channel-mult 1,2,2 --num-res-blocks 1 --precision auto --seed 0)
 "${PIXELFORGE[@]}" "${TRAIN[@]}" --runs-dir "$RUNS_DIR" "${budget[@]}"
 if [ "$EXPORT" = 1 ]; then
   "${PIXELFORGE[@]}" export "$NAME" "$OUT" --runs-dir "$RUNS_DIR"

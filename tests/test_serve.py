@@ -123,7 +123,8 @@ def test_models_lists_classes_options_and_inputs(client):
     assert opts["steps"]["default"] == 18 and (opts["steps"]["min"], opts["steps"]["max"]) == (1, 200)
     assert "heun" in opts["sampler"]["choices"] and (opts["guidance"]["min"], opts["guidance"]["max"]) == (0, 20)
     inputs = {i["name"]: i["supported"] for i in m["inputs"]}
-    assert inputs == {"label": True, "prompt": False, "sketch": False, "image": True, "mask": True}
+    assert inputs == {"label": True, "prompt": False, "sketch": False, "image": True, "mask": True,
+                      "audio": False}
     edit = {o["name"]: o for o in m["edit_options"]}  # a diffusion model edits: its family's edit options
     assert (edit["strength"]["default"], edit["strength"]["min"], edit["strength"]["max"]) == (0.6, 0, 1)
     assert m["evaluation"] is None  # the bundled model carries no evaluations.jsonl
