@@ -77,7 +77,7 @@ class _Conditions:
         self.text = None
         self.spatial = None  # (N, 1, S, S) uint8 edge maps of the prepared images, 255 on an edge
         # an upscaler's condition, each image's low-resolution version, made from the (augmented) image itself
-        self.lowres = getattr(model.config, "lowres", None)
+        self.lowres = getattr(getattr(model, "config", None), "lowres", None)
         self.images = data.images
         if "spatial" in model.takes() and self.lowres is None:  # the detector's, or a paired sketch folder's
             from ..condition.edges import training_edge_maps
