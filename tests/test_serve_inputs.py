@@ -312,6 +312,7 @@ def test_an_upscalers_job_upscales_its_image_to_the_models_size_and_records_the_
     listed = {m["name"]: m for m in upscale_client.get("/api/v1/models").json()["models"]}
     takes = {i["name"]: i for i in listed[UPSCALER]["inputs"]}
     assert (listed[UPSCALER]["upscale"], listed[LABEL_MODEL]["upscale"]) == (2, None)  # the page lists it as an upscaler
+    assert listed[UPSCALER]["edit_options"] == []  # no strength: its job upscales, it does not edit
     assert (takes["image"]["supported"], takes["mask"]["supported"]) == (True, False)
     assert "to upscale 2x: 14x14" in takes["image"]["note"]
     small = noise(14, seed=4)

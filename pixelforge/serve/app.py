@@ -178,8 +178,9 @@ def _upscales(g: Generator) -> bool:
 
 
 def _edit_option_specs(g: Generator) -> list[S.OptionSpec]:
-    """The options of an edit (strength, ...), as the model's family declares them; none where it cannot edit."""
-    if "edit" not in getattr(g.model, "capabilities", ()):
+    """The options of an edit (strength, ...), as the model's family declares them; none where it cannot edit (an
+    upscaler's job upscales its image instead)."""
+    if "edit" not in getattr(g.model, "capabilities", ()) or _upscales(g):
         return []
     return S.option_specs(g.model.edit_option_specs)
 
