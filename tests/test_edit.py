@@ -353,3 +353,16 @@ def test_edit_command_takes_the_edit_options_as_option_too(digit, tmp_path):
     assert _edit("--image", str(tmp_path / "in.png"), "--option", "strength=0", "-o", str(tmp_path / "out")) == 0
     out = tmp_path / "out" / "edit-seed000000.png"
     assert read_settings(out)["strength"] == 0.0 and np.abs(_px(Image.open(out)) - _px(digit)).max() <= 1
+
+
+def test_post_processing_an_edit_copies_its_inputs_so_sample_from_replays_it(digit, tmp_path):
+    digit.save(tmp_path / "in.png")
+    _left_half_mask().save(tmp_path / "mask.png")
+    assert _edit("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "-o", str(tmp_path / "out")) == 0
+    assert main(["post", str(tmp_path / "out" / "edit-seed000000.png"), "--sharpen", "-o", str(tmp_path / "post")]) == 0
+    s = read_settings(tmp_path / "post" / "edit-seed000000.png")
+    assert (tmp_path / "post" / s["image"]).is_file() and (tmp_path / "post" / s["mask"]).is_file()
+    assert main(["sample", "--from", str(tmp_path / "post" / "edit-seed000000.png"), "-o", str(tmp_path / "again"),
+                 "--device", "cpu"]) == 0
+    (again,) = (tmp_path / "again").glob("seed*.png")
+    assert np.array_equal(_px(Image.open(again)), _px(Image.open(tmp_path / "post" / "edit-seed000000.png")))
