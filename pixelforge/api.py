@@ -394,11 +394,13 @@ class Generator:
         seeds: list[int] | None = None,
         batch_size: int = 64,
         callback=None,
+        _copies: list | None = None,
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
-        """Edited images (n, C, H, W) in [-1, 1] and each one's settings; arguments as edit()."""
+        """Edited images (n, C, H, W) in [-1, 1] and each one's settings; arguments as edit() (_copies, a list,
+        receives each image's {"image": input as read, "mask": mask as read or None}, for edit() to keep)."""
         self.check_edit()
-        from .edit import image_tensor, mask_tensor, read_input
+        from .edit import copy_file_name, image_tensor, mask_tensor, read_input
 
         # the family's edit options (strength, resample) apart from its sampling options, each checked
         edit_specs = {spec.name: spec for spec in self.model.edit_option_specs}
@@ -417,26 +419,28 @@ class Generator:
         seeds = check_seeds(n, seed, seeds)
         idx, prompts = self._per_image(n, label, labels, prompt, prompts, negative_prompt)
         cfg = self.model.config
-        done: dict = {}  # an input given for several images is read once: (kind, path or id) -> (tensor, SHA-256)
+        done: dict = {}  # an input given for several images is read once: (kind, path or id) -> (tensor, image, SHA-256)
 
-        def fitted(item, kind: str) -> tuple[torch.Tensor, str]:
+        def fitted(item, kind: str) -> tuple[torch.Tensor, Image.Image, str]:
             key = (kind, item if isinstance(item, (str, os.PathLike)) else id(item))
             if key not in done:
                 im, digest, what = read_input(item, kind)
                 fit = (image_tensor(im, cfg.image_size, cfg.channels, what) if kind == "image"
                        else mask_tensor(im, cfg.image_size, what))
-                done[key] = (fit, digest)
+                done[key] = (fit, im, digest)
             return done[key]
 
-        x, m, image_hashes, mask_hashes = [], [], [], []
+        x, m, image_hashes, mask_hashes, copies = [], [], [], [], []
         for item, mask_item in zip(items, masks):
-            image, digest = fitted(item, "image")
+            image, image_im, digest = fitted(item, "image")
             x.append(image)
             image_hashes.append(digest)
+            mask_im = None
             if mask_item is not None:
-                mask_t, digest = fitted(mask_item, "mask")
+                mask_t, mask_im, digest = fitted(mask_item, "mask")
                 m.append(mask_t)
             mask_hashes.append(digest if mask_item is not None else None)
+            copies.append({"image": image_im, "mask": mask_im})
         x_all = torch.stack(x)  # (n, C, H, W) in [-1, 1]
         m_all = torch.stack(m) if m else None  # (n, 1, H, W), 1: repaint
         text, negative = self._encode_prompts(prompts, negative_prompt)
@@ -455,9 +459,13 @@ class Generator:
                                        **edit_opts, **opts, **extra).cpu())
         settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
         for s, image_hash, mask_hash in zip(settings, image_hashes, mask_hashes):
-            s.update(edit_opts, image_sha256=image_hash, mask_sha256=mask_hash)
+            # each input's lossless copy is named by its hash, so `sample --from` finds it beside the image
+            s.update(edit_opts, image=copy_file_name("image", image_hash), image_sha256=image_hash,
+                     mask=None if mask_hash is None else copy_file_name("mask", mask_hash), mask_sha256=mask_hash)
             if mask_hash is None:
                 s.pop("resample", None)  # only inpainting resamples
+        if _copies is not None:
+            _copies.extend(copies)
         return torch.cat(out), settings
 
     def edit(self, images, *, strength: float | None = None, mask=None, seed: int = 0, watermark: bool | MarkSettings = True,
@@ -475,13 +483,23 @@ class Generator:
         black what is kept; resized with nearest neighbour. Image i uses seed + i (or seeds[i]).
         kwargs: label/labels, prompt/prompts, negative_prompt, seeds, batch_size, callback as generate();
         resample (inpainting: RePaint passes per step) and the family's sampling options.
-        Each image's settings (in `.info["pixelforge"]`) record the options, strength, and the SHA-256 of
-        the input image and of the mask (None without one).
+        Each image's settings (in `.info["pixelforge"]`) record the options, strength, and the SHA-256 (of the
+        decoded pixels) of the input image and of the mask (None without one) with the names of their lossless
+        copies ("image", "mask"), which `.info["pixelforge_image"]` and `.info["pixelforge_mask"]` hold and
+        save_images writes beside the image, so `sample --from` replays the edit.
         watermark, post: as generate().
         """
+        from .edit import INFO_KEYS
+
         post = as_post_settings(post)
-        tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, **kwargs)
-        return _with_settings(to_pil(tensors), settings, watermark, post)
+        copies: list[dict] = []
+        tensors, settings = self.edit_tensor(images, mask=mask, seed=seed, strength=strength, _copies=copies, **kwargs)
+        pils = _with_settings(to_pil(tensors), settings, watermark, post)
+        for im, kept in zip(pils, copies):
+            for kind, source in kept.items():
+                if source is not None:
+                    im.info[INFO_KEYS[kind]] = source
+        return pils
 
     def check_upscaler(self) -> None:
         """A clear error unless this model is an upscaler (a super-resolution run: --model upscale)."""
@@ -802,8 +820,10 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
     edit mark theirs) and for the grid; False writes them as they are. Each PNG, the grid too, is then signed with
     a C2PA manifest stating the model, its weights hash and the image's settings (provenance/outputs.py), unless
     watermark is False or MarkSettings(manifest=False); the grid's manifest states its tiles' settings and their
-    model (none when they come from several). An upscaled image gets its input beside it the same way.
+    model (none when they come from several). An upscaled image gets its input beside it the same way, and an
+    edit its input image and mask.
     names: each image's file stem (default seedNNNNNN, with -labelL where it has a label)."""
+    from .edit import INFO_KEYS
     from .upscale import INPUT_INFO_KEY
 
     out_dir = Path(out_dir)
@@ -825,6 +845,10 @@ def save_images(images: list[Image.Image], out_dir: str | os.PathLike, *, prefix
         low = im.info.get(INPUT_INFO_KEY)
         if low is not None and "input" in s and not (out_dir / s["input"]).exists():
             save_png(low, out_dir / s["input"])
+        for key, info_key in INFO_KEYS.items():  # an edit's input image and mask
+            source = im.info.get(info_key)
+            if source is not None and s.get(key) and not (out_dir / s[key]).exists():
+                save_png(source, out_dir / s[key])
         label = s.get("label")
         stem = f"{prefix}seed{s.get('seed', len(paths)):06d}" + (f"-label{label}" if label is not None else "")
         stem = stem if names is None else prefix + names[len(paths)]
@@ -886,9 +910,8 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     bundled models, then at the recorded absolute path; the recorded checkpoint hash must match. Recorded
     post-processing is applied again (a color match's reference file must be where it was, unchanged)."""
     s = read_settings(png_path)
-    if "image_sha256" in s:
-        raise ValueError(f"{png_path} is an edit of an input image (strength {s.get('strength')}): only sampled "
-                         "images can be regenerated from their settings")
+    if "image_sha256" in s:  # an edit: its input image and mask's copies beside it
+        return _replay_edit(s, png_path, device=device, runs_dir=runs_dir, moderation=moderation, watermark=watermark)
     sketch = _recorded_sketch(s, png_path)
     audio = _recorded_audio(s, png_path)
     post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
@@ -902,22 +925,52 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     return image, s
 
 
+def _replay_edit(s: dict, png_path, *, device: str, runs_dir, moderation, watermark) -> tuple[Image.Image, dict]:
+    """regenerate() for an edit: its recorded input image and mask (copies beside the PNG, checked against their
+    recorded SHA-256), strength, resample, label or prompt, seed and sampling options, given to edit() again."""
+    from .edit import read_input
+
+    def recorded(kind: str, verb: str) -> Path | None:
+        if s.get(f"{kind}_sha256") is None:
+            return None
+        return _recorded_copy(s, png_path, kind, verb, lambda path: read_input(path, kind)[1])
+
+    image = recorded("image", "was edited from the image")
+    mask = recorded("mask", "was inpainted with the mask")
+    post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
+    g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
+    edit_names = {spec.name for spec in g.model.edit_option_specs} if "edit" in g.model.capabilities else set()
+    options = {k: s[k] for k in (*g.sample_options, *edit_names) if k in s}
+    (edited,) = g.edit(image, mask=mask, label=s.get("label"), prompt=s.get("prompt"),
+                       negative_prompt=s.get("negative_prompt"), seeds=[s["seed"]], watermark=watermark, post=post,
+                       **options)
+    return edited, s
+
+
+def _recorded_copy(s: dict, png_path, key: str, verb: str, digest_of) -> Path:
+    """The file a PNG's settings name under `key` (an input it was made from), beside the PNG and with the SHA-256
+    recorded under `key`_sha256 (digest_of(path) computes it as recorded); a clear error naming the file when it is
+    missing or changed. verb: how the PNG came from it, for messages ("was drawn from the sketch")."""
+    name, digest = s.get(key), str(s[f"{key}_sha256"])
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"{png_path}: its settings name no valid {key} file ({name!r})")
+    path = Path(png_path).parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{png_path} {verb} {name} (SHA-256 {digest[:16]}...), which is not beside it at "
+                                f"{path}: put it back there to regenerate the image")
+    if digest_of(path) != digest:
+        raise ValueError(f"{path} is not the {key} {png_path} was made from: its SHA-256 differs from the recorded one")
+    return path
+
+
 def _recorded_audio(s: dict, png_path) -> bytes | None:
     """The bytes of the clip a PNG's settings name, beside the PNG and with the recorded SHA-256; None when
     the image was not drawn from a clip. A clear error when it is missing or changed."""
     if "audio_sha256" not in s:
         return None
-    name = s.get("audio")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise ValueError(f"{png_path}: its settings name no valid audio file ({name!r})")
-    path = Path(png_path).parent / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{png_path} was drawn from the audio clip {name} (SHA-256 {s['audio_sha256'][:16]}...), "
-                                f"which is not beside it at {path}: put it back there to regenerate the image")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != s["audio_sha256"]:
-        raise ValueError(f"{path} is not the clip {png_path} was drawn from: its SHA-256 differs from the recorded one")
-    return data
+    path = _recorded_copy(s, png_path, "audio", "was drawn from the audio clip",
+                          lambda path: hashlib.sha256(path.read_bytes()).hexdigest())
+    return path.read_bytes()
 
 
 def _recorded_sketch(s: dict, png_path) -> Path | None:
@@ -927,16 +980,7 @@ def _recorded_sketch(s: dict, png_path) -> Path | None:
         return None
     from .condition.edges import read_sketch
 
-    name = s.get("sketch")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise ValueError(f"{png_path}: its settings name no valid sketch file ({name!r})")
-    path = Path(png_path).parent / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{png_path} was drawn from the sketch {name} (SHA-256 {s['sketch_sha256'][:16]}...), "
-                                f"which is not beside it at {path}: put it back there to regenerate the image")
-    if read_sketch(path)[1] != s["sketch_sha256"]:
-        raise ValueError(f"{path} is not the sketch {png_path} was drawn from: its SHA-256 differs from the recorded one")
-    return path
+    return _recorded_copy(s, png_path, "sketch", "was drawn from the sketch", lambda path: read_sketch(path)[1])
 
 
 def _recorded_input(s: dict, png_path, channels: int) -> Path:
@@ -944,16 +988,7 @@ def _recorded_input(s: dict, png_path, channels: int) -> Path:
     its pixels in the model's `channels`); a clear error when it is missing or changed."""
     from .upscale import read_lowres
 
-    name, digest = s.get("input"), s["input_sha256"]
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise ValueError(f"{png_path}: its settings name no valid input file ({name!r})")
-    path = Path(png_path).parent / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{png_path} was upscaled from {name} (SHA-256 {str(digest)[:16]}...), which is not "
-                                f"beside it at {path}: put it back there to regenerate the image")
-    if read_lowres(path, channels)[1] != digest:
-        raise ValueError(f"{path} is not the input {png_path} was upscaled from: its SHA-256 differs from the recorded one")
-    return path
+    return _recorded_copy(s, png_path, "input", "was upscaled from", lambda path: read_lowres(path, channels)[1])
 
 
 def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post: PostSettings | dict, *,
@@ -1007,7 +1042,7 @@ def post_files(paths: list[str | os.PathLike], out_dir: str | os.PathLike, post:
         if s.get("model"):
             done = mark_image(done, settings=s, marks=watermark)
             s = done.info["pixelforge"]
-            for key in ("sketch", "audio", "input"):  # the drawing, clip or low-res input it was made from, beside it
+            for key in ("sketch", "audio", "input", "image", "mask"):  # the drawing, clip, low-res input or edit's inputs
                 kept = s.get(key)
                 if isinstance(kept, str) and Path(kept).name == kept and (path.parent / kept).is_file() \
                         and not (out_dir / kept).exists():

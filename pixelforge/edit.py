@@ -17,28 +17,43 @@ from .data.folder import check_bytes, check_file, to_rgb_or_l
 EditInput = Union[str, os.PathLike, Image.Image, bytes]
 
 
+INFO_KEYS = {"image": "pixelforge_image", "mask": "pixelforge_mask"}  # an edit's .info entries holding its inputs
+
+
+def copy_file_name(what: str, digest: str) -> str:
+    """The name of an edit input's lossless copy beside the images made from it: image-<first 16 hex of its
+    SHA-256>.png or mask-<...>.png (what: "image" or "mask")."""
+    return f"{what}-{digest[:16]}.png"
+
+
+def pixels_sha256(im: Image.Image) -> str:
+    """The SHA-256 of an image's mode, size and pixel bytes: the same for a file and its lossless copy."""
+    return hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
+
+
 def read_input(item: EditInput, what: str) -> tuple[Image.Image, str, str]:
     """(image in mode "RGB" or "L", its SHA-256, its name for messages). A file is checked as data folders
     are (data.folder.check_file: zero-byte, truncated, not an image, decompression bomb), with a ValueError
-    naming it and why; its SHA-256 is the file's bytes'. bytes are an image file's contents (an upload),
-    checked and hashed the same way, so an upload records the hash its file would. A PIL image's SHA-256 is
-    that of its mode, size and pixel bytes. what: "image" or "mask", for messages."""
+    naming it and why. bytes are an image file's contents (an upload), checked the same way. The SHA-256 is
+    that of the decoded pixels (pixels_sha256), whatever the input's form, so an upload records the hash its
+    file would and the lossless copy written beside an edit hashes the same as the file it came from.
+    what: "image" or "mask", for messages."""
     if isinstance(item, Image.Image):
-        im = to_rgb_or_l(item)
-        digest = hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
-        return im, digest, f"the {what}"
-    if isinstance(item, bytes):
+        im, name = to_rgb_or_l(item), f"the {what}"
+    elif isinstance(item, bytes):
         im, reason = check_bytes(item)
         if im is None:
             raise ValueError(f"the {what}: {reason}")
-        return im, hashlib.sha256(item).hexdigest(), f"the {what}"
-    if not isinstance(item, (str, os.PathLike)):
+        name = f"the {what}"
+    elif isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        im, reason = check_file(path)
+        if im is None:
+            raise ValueError(f"{what} {path}: {reason}")
+        name = f"{what} {path}"
+    else:
         raise ValueError(f"the {what} must be a file path, an image file's bytes or a PIL image, got {type(item).__name__}")
-    path = Path(item)
-    im, reason = check_file(path)
-    if im is None:
-        raise ValueError(f"{what} {path}: {reason}")
-    return im, hashlib.sha256(path.read_bytes()).hexdigest(), f"{what} {path}"
+    return im, pixels_sha256(im), name
 
 
 def _fit(im: Image.Image, size: int, resample: Image.Resampling, name: str) -> Image.Image:

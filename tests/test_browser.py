@@ -391,3 +391,57 @@ def test_colour_match_sends_the_chosen_reference_and_a_bad_value_shows_the_serve
     assert page.text_content("#post-sharpen-error") == "sharpen must be a number from 0.1 to 5, got 9"
     assert page.evaluate("document.activeElement.id") == "post-sharpen"
     assert page.evaluate("document.querySelector('#post-sharpen').nextElementSibling.id") == "post-sharpen-error"
+
+
+@pytest.fixture
+def upscale_server(tmp_path):
+    yield from _serve(tmp_path, models=("mnist-diffusion", "mnist-upscale"))
+
+
+def test_a_small_image_uploaded_for_a_served_upscaler_comes_back_at_the_models_size(upscale_server, page, tmp_path):
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    url, app = upscale_server
+    sent = _sent_jobs(page)
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 256, (14, 14), dtype=np.uint8), "L")
+    small.save(tmp_path / "small.png")
+    page.goto(url + "/")
+    page.wait_for_selector("#model option[value='mnist-upscale']", state="attached")
+    page.select_option("#model", "mnist-upscale")
+    assert page.is_visible("#image-file") and "upscale ×2" in page.text_content("#image-file-label")
+    page.set_input_files("#image-file", str(tmp_path / "small.png"))
+    page.wait_for_selector("#edit-area", state="visible")
+    assert page.is_hidden("#strength-box") and page.is_hidden("#mask-clear")  # an upscaler takes neither
+    page.fill("#n", "1")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#gallery img')?.naturalWidth === 28", timeout=60)
+    body = sent[-1]
+    assert body["model"] == "mnist-upscale" and "strength" not in body["options"] and "mask" not in body
+    assert np.array_equal(np.asarray(_data_url_image(body["image"]).convert("L")), np.asarray(small))
+    (s,) = _gallery_settings(page)
+    assert s["scale"] == 2 and s["input_sha256"] == hashlib.sha256(b"L (14, 14)\n" + small.tobytes()).hexdigest()
+
+
+def test_finishing_upscales_with_a_served_upscaler_picked_instead_of_lanczos(upscale_server, page):
+    url, app = upscale_server
+    sent = _sent_jobs(page)
+    page.goto(url + "/")
+    page.wait_for_selector("#post-upscale option[value='2']", state="attached")
+    assert page.is_hidden("#post-upscaler-box")  # no factor chosen: no upscaler to pick
+    page.select_option("#post-upscale", "4")
+    assert page.is_hidden("#post-upscaler-box")  # no served upscaler enlarges 4x: Lanczos alone
+    page.select_option("#post-upscale", "2")
+    assert page.is_visible("#post-upscaler-box")
+    assert page.evaluate("[...document.querySelectorAll('#post-upscaler option')].map(o => o.value)") == ["", "mnist-upscale"]
+    page.select_option("#post-upscaler", "mnist-upscale")
+    page.fill("#n", "1")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#gallery img')?.naturalWidth === 56", timeout=60)
+    assert sent[-1]["post"] == {"upscale": 2, "upscaler": "mnist-upscale"}
+    (s,) = _gallery_settings(page)
+    assert s["post"]["upscale"] == 2 and s["post"]["upscaler"]

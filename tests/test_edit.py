@@ -127,12 +127,25 @@ def test_the_settings_record_the_strength_and_the_inputs_hashes(g, digit, tmp_pa
     _left_half_mask().save(tmp_path / "mask.png")
     (plain,) = g.edit(tmp_path / "in.png", strength=0.3, steps=STEPS)
     (painted,) = g.edit(tmp_path / "in.png", mask=tmp_path / "mask.png", strength=1.0, resample=2, steps=STEPS)
-    sha = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("in.png", "mask.png")}
+    sha = {name: _pixels_sha256(tmp_path / name) for name in ("in.png", "mask.png")}
     s = plain.info["pixelforge"]
     assert (s["strength"], s["image_sha256"], s["mask_sha256"], s["steps"]) == (0.3, sha["in.png"], None, STEPS)
+    assert (s["image"], s["mask"]) == (f"image-{sha['in.png'][:16]}.png", None)  # the name of the input's copy
     assert "resample" not in s  # only inpainting resamples
     s = painted.info["pixelforge"]
     assert (s["strength"], s["image_sha256"], s["mask_sha256"], s["resample"]) == (1.0, sha["in.png"], sha["mask.png"], 2)
+    assert s["mask"] == f"mask-{sha['mask.png'][:16]}.png"
+    # an upload (the file's bytes) and a PIL image record the hash of the same pixels as the file
+    (from_bytes,) = g.edit((tmp_path / "in.png").read_bytes(), strength=0.3, steps=STEPS)
+    (from_pil,) = g.edit(Image.open(tmp_path / "in.png"), strength=0.3, steps=STEPS)
+    assert from_bytes.info["pixelforge"]["image_sha256"] == from_pil.info["pixelforge"]["image_sha256"] == sha["in.png"]
+
+
+def _pixels_sha256(path) -> str:
+    """The SHA-256 of an image file's decoded pixels (mode, size, bytes), computed here independently."""
+    im = Image.open(path)
+    im.load()
+    return hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
 
 
 def test_without_a_strength_an_edit_takes_the_familys_declared_default(g, digit, monkeypatch):
@@ -218,17 +231,79 @@ def test_edit_command_writes_pngs_with_their_settings_and_warns_about_the_size(d
     assert "warning: image in.png is 40x40: resized to the model's 28x28" in err
     assert "warning: mask mask.png is 56x56" in err
     (out,) = (tmp_path / "out" / "mnist-diffusion").iterdir()  # a fresh out/RUN/TIMESTAMP folder
-    assert sorted(p.name for p in out.iterdir()) == ["edit-seed000000-label7.png", "edit-seed000001-label7.png", "grid.png"]
     s = read_settings(out / "edit-seed000001-label7.png")
+    # the input's and the mask's lossless copies, once for both edits, beside them
+    assert sorted(p.name for p in out.iterdir()) == sorted(["edit-seed000000-label7.png", "edit-seed000001-label7.png",
+                                                            "grid.png", s["image"], s["mask"]])
     assert s["seed"] == 1 and s["strength"] == 1.0 and s["label"] == 7
-    assert s["image_sha256"] == hashlib.sha256((tmp_path / "in.png").read_bytes()).hexdigest()
-    assert s["mask_sha256"] == hashlib.sha256((tmp_path / "mask.png").read_bytes()).hexdigest()
+    assert s["image_sha256"] == _pixels_sha256(tmp_path / "in.png")
+    assert s["mask_sha256"] == _pixels_sha256(tmp_path / "mask.png")
     fitted = big.resize((28, 28), Image.Resampling.LANCZOS).convert("L")  # what the model was given
     kept = np.abs(_px(Image.open(out / "edit-seed000000-label7.png")) - _px(fitted))
     assert kept[:, 14:].max() <= 1
-    # an edit carries the settings of an edit, which `sample --from` cannot replay
-    assert main(["sample", "--from", str(out / "edit-seed000000-label7.png"), "-o", str(tmp_path / "again")]) == 2
-    assert "is an edit of an input image" in capsys.readouterr().err
+
+
+def _edit_then_replay(tmp_path, capsys, digit, *flags: str) -> tuple:
+    """`pixelforge edit` of the digit (written as an RGB JPEG of another size: lossy, another mode), then
+    `sample --from` of each output: (the edit's folder, [(original, regenerated) PNG paths])."""
+    digit.convert("RGB").resize((40, 40), Image.Resampling.LANCZOS).save(tmp_path / "in.jpg", quality=80)
+    out = tmp_path / "out"
+    assert _edit("--image", str(tmp_path / "in.jpg"), "--label", "7", "-n", "2", "-o", str(out), *flags) == 0
+    assert "is 40x40: resized to the model's 28x28" in capsys.readouterr().err
+    pairs = []
+    for png in sorted(out.glob("edit-seed*.png")):
+        again = tmp_path / f"again-{png.stem}"
+        assert main(["sample", "--from", str(png), "-o", str(again), "--device", "cpu"]) == 0
+        assert "is 40x40: resized to the model's 28x28" in capsys.readouterr().err  # the copy is the input as given
+        (regenerated,) = again.glob("seed*.png")  # beside it, the copies of its inputs again
+        pairs.append((png, regenerated))
+    return out, pairs
+
+
+def test_sample_from_replays_an_img2img_edit_pixel_for_pixel(digit, tmp_path, capsys):
+    out, pairs = _edit_then_replay(tmp_path, capsys, digit, "--strength", "0.6")
+    s = read_settings(pairs[0][0])
+    assert sorted(p.name for p in out.glob("image-*.png")) == [s["image"]]  # one copy for both edits
+    assert Image.open(out / s["image"]).size == (40, 40)  # the input as given, before fitting
+    assert len(pairs) == 2
+    for png, regenerated in pairs:
+        assert np.array_equal(_px(Image.open(png)), _px(Image.open(regenerated))), png
+        assert read_settings(regenerated)["image_sha256"] == read_settings(png)["image_sha256"]
+    assert not np.array_equal(_px(Image.open(pairs[0][0])), _px(Image.open(pairs[1][0])))  # two seeds, two images
+
+
+def test_sample_from_replays_an_inpainting_pixel_for_pixel(digit, tmp_path, capsys):
+    _left_half_mask().save(tmp_path / "mask.png")
+    out, pairs = _edit_then_replay(tmp_path, capsys, digit, "--mask", str(tmp_path / "mask.png"), "--strength", "1",
+                                   "--option", "resample=2")
+    s = read_settings(pairs[0][0])
+    assert (out / s["mask"]).is_file() and s["resample"] == 2
+    for png, regenerated in pairs:
+        assert np.array_equal(_px(Image.open(png)), _px(Image.open(regenerated))), png
+        again = read_settings(regenerated)
+        assert (again["mask_sha256"], again["resample"], again["strength"]) == (s["mask_sha256"], 2, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["image", "mask"])
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_a_missing_or_changed_input_copy_is_one_clear_error(kind, damage, digit, tmp_path, capsys):
+    digit.save(tmp_path / "in.png")
+    _left_half_mask().save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert _edit("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "-o", str(out)) == 0
+    png = out / "edit-seed000000.png"
+    copy = out / read_settings(png)[kind]
+    if damage == "missing":
+        copy.unlink()
+        expected = f"which is not beside it at {copy}"
+    else:
+        Image.new("L", (28, 28), 255).save(copy)
+        expected = f"{copy} is not the {kind} {png} was made from: its SHA-256 differs from the recorded one"
+    capsys.readouterr()
+    assert main(["sample", "--from", str(png), "-o", str(tmp_path / "again"), "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "again").exists()
 
 
 def _png(im: Image.Image) -> bytes:
@@ -278,3 +353,16 @@ def test_edit_command_takes_the_edit_options_as_option_too(digit, tmp_path):
     assert _edit("--image", str(tmp_path / "in.png"), "--option", "strength=0", "-o", str(tmp_path / "out")) == 0
     out = tmp_path / "out" / "edit-seed000000.png"
     assert read_settings(out)["strength"] == 0.0 and np.abs(_px(Image.open(out)) - _px(digit)).max() <= 1
+
+
+def test_post_processing_an_edit_copies_its_inputs_so_sample_from_replays_it(digit, tmp_path):
+    digit.save(tmp_path / "in.png")
+    _left_half_mask().save(tmp_path / "mask.png")
+    assert _edit("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "-o", str(tmp_path / "out")) == 0
+    assert main(["post", str(tmp_path / "out" / "edit-seed000000.png"), "--sharpen", "-o", str(tmp_path / "post")]) == 0
+    s = read_settings(tmp_path / "post" / "edit-seed000000.png")
+    assert (tmp_path / "post" / s["image"]).is_file() and (tmp_path / "post" / s["mask"]).is_file()
+    assert main(["sample", "--from", str(tmp_path / "post" / "edit-seed000000.png"), "-o", str(tmp_path / "again"),
+                 "--device", "cpu"]) == 0
+    (again,) = (tmp_path / "again").glob("seed*.png")
+    assert np.array_equal(_px(Image.open(again)), _px(Image.open(tmp_path / "post" / "edit-seed000000.png")))

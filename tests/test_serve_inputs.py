@@ -91,6 +91,11 @@ def noise(side: int, seed: int = 0) -> Image.Image:
 
 
 
+def pixels_sha256(im: Image.Image) -> str:
+    """The SHA-256 of an image's decoded pixels (mode, size, bytes): what the settings record for an upload."""
+    return hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
+
+
 def fetch(client, url: str) -> tuple[np.ndarray, dict, bytes]:
     """A result PNG's pixels, settings and bytes."""
     content = client.get(url).content
@@ -161,7 +166,8 @@ def test_an_img2img_job_at_strength_0_returns_the_image_and_records_its_file_has
     job = run_job(client, {"model": SKETCH_MODEL, "n": 2, "image": b64(data), "options": {"strength": 0.0, "steps": 2}})
     pixels, s, _ = fetch(client, job["images"][0])
     assert np.abs(pixels.astype(int) - np.asarray(noise(8), dtype=int)).max() <= 1
-    assert (s["strength"], s["image_sha256"], s["mask_sha256"]) == (0.0, hashlib.sha256(data).hexdigest(), None)
+    assert (s["strength"], s["image_sha256"], s["mask_sha256"]) == (0.0, pixels_sha256(noise(8)), None)
+    assert s["image"] == f"image-{s['image_sha256'][:16]}.png"  # the name `sample --from` looks for beside the PNG
     (tmp_path / "in.png").write_bytes(data)  # the hash a file of those bytes gets from the API and CLI
     (from_file,) = sketch_g.edit(tmp_path / "in.png", strength=0.0, steps=2)
     assert from_file.info["pixelforge"]["image_sha256"] == s["image_sha256"]
@@ -173,7 +179,7 @@ def test_an_inpainting_job_keeps_what_the_mask_leaves_and_is_what_the_api_makes(
     job = run_job(client, {"model": SKETCH_MODEL, "seed": 3, "image": b64(image), "mask": b64(png(mask)),
                            "options": {"strength": 1.0, "steps": 2, "resample": 2}})
     pixels, s, _ = fetch(client, job["images"][0])
-    assert (s["strength"], s["resample"], s["mask_sha256"]) == (1.0, 2, hashlib.sha256(png(mask)).hexdigest())
+    assert (s["strength"], s["resample"], s["mask_sha256"]) == (1.0, 2, pixels_sha256(mask))
     kept = np.asarray(noise(8), dtype=int)[:, 4:]
     assert np.abs(pixels.astype(int)[:, 4:] - kept).max() <= 1 and not np.array_equal(pixels[:, :4], np.asarray(noise(8))[:, :4])
     (same,) = sketch_g.edit(image, mask=png(mask), strength=1.0, seed=3, steps=2, resample=2)
@@ -288,3 +294,40 @@ def test_generator_check_methods_say_what_a_model_takes(runs_dir):
         g.check_sketch()
     with pytest.raises(ValueError, match="^gan models cannot edit images$"):
         g.check_edit()
+
+
+# --- upscaling: a served upscaler's job takes the small image as image -------------------------------
+UPSCALER = "mnist-upscale"  # bundled: 14x14 -> 28x28 digits
+
+
+@pytest.fixture(scope="module")
+def upscale_client(tmp_path_factory):
+    app = create_app([UPSCALER, LABEL_MODEL], device="cpu", allowed_hosts=["testserver"],
+                     db_path=tmp_path_factory.mktemp("db") / "ratings.sqlite")
+    with TestClient(app) as c:
+        yield c
+
+
+def test_an_upscalers_job_upscales_its_image_to_the_models_size_and_records_the_inputs_hash(upscale_client):
+    listed = {m["name"]: m for m in upscale_client.get("/api/v1/models").json()["models"]}
+    takes = {i["name"]: i for i in listed[UPSCALER]["inputs"]}
+    assert (listed[UPSCALER]["upscale"], listed[LABEL_MODEL]["upscale"]) == (2, None)  # the page lists it as an upscaler
+    assert listed[UPSCALER]["edit_options"] == []  # no strength: its job upscales, it does not edit
+    assert (takes["image"]["supported"], takes["mask"]["supported"]) == (True, False)
+    assert "to upscale 2x: 14x14" in takes["image"]["note"]
+    small = noise(14, seed=4)
+    job = run_job(upscale_client, {"model": UPSCALER, "seed": 2, "image": b64(png(small)), "options": {"steps": 2}})
+    pixels, s, _ = fetch(upscale_client, job["images"][0])
+    assert pixels.shape == (28, 28)
+    assert (s["scale"], s["input_sha256"], s["seed"]) == (2, pixels_sha256(small), 2)
+    assert s["input"] == f"input-{s['input_sha256'][:16]}.png"  # the copy `sample --from` looks for beside the PNG
+    (same,) = upscale_client.app.state.generators[UPSCALER].upscale(small, seed=2, steps=2)
+    assert np.array_equal(pixels, np.asarray(same))  # what `pixelforge upscale` makes of that image
+
+
+@pytest.mark.parametrize("body, field", [({}, "image"), ({"image": "IMAGE", "mask": "IMAGE"}, "mask")])
+def test_an_upscalers_job_without_an_image_or_with_a_mask_is_a_422_naming_the_field(upscale_client, body, field):
+    data = b64(png(noise(14)))
+    r = upscale_client.post("/api/v1/jobs", json={"model": UPSCALER, **{k: data for k in body}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.json()
+    assert f"{UPSCALER} is an upscaler: send the small image to upscale as image" in r.json()["detail"][0]["msg"]

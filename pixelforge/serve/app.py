@@ -168,12 +168,19 @@ def model_info(g: Generator, name: str | None = None, limits: ServerLimits | Non
         name=name or g.name, family=g.config.family, image_size=cfg.image_size, channels=cfg.channels,
         num_classes=g.num_classes, classes=classes, sample_options=S.option_specs(g.option_specs.values()),
         edit_options=_edit_option_specs(g), inputs=inputs, checkpoint=g.checkpoint_hash, evaluation=evaluation,
+        upscale=cfg.lowres.scale if _upscales(g) else None,
     )
 
 
+def _upscales(g: Generator) -> bool:
+    """Whether g is a super-resolution model (an upscaler run), whose jobs upscale their image."""
+    return "upscale" in getattr(g.model, "capabilities", ())
+
+
 def _edit_option_specs(g: Generator) -> list[S.OptionSpec]:
-    """The options of an edit (strength, ...), as the model's family declares them; none where it cannot edit."""
-    if "edit" not in getattr(g.model, "capabilities", ()):
+    """The options of an edit (strength, ...), as the model's family declares them; none where it cannot edit (an
+    upscaler's job upscales its image instead)."""
+    if "edit" not in getattr(g.model, "capabilities", ()) or _upscales(g):
         return []
     return S.option_specs(g.model.edit_option_specs)
 
@@ -191,6 +198,13 @@ def _upload_inputs(g: Generator, limits: ServerLimits) -> list[S.InputKind]:
         sketch = S.InputKind(name="sketch", supported=False, note="this model was not trained with --condition edges"
                              if trained else f"{family} models take no sketch")
     sketch = [sketch, _audio_input(g, bounds)]
+    if _upscales(g):
+        cfg = g.model.config
+        side = cfg.image_size // cfg.lowres.scale
+        return [*sketch,
+                S.InputKind(name="image", supported=True, note=f"the small image to upscale {cfg.lowres.scale}x: "
+                            f"{side}x{side} (another size is resized)", **bounds),
+                S.InputKind(name="mask", supported=False, note="an upscaler takes no mask")]
     try:
         g.check_edit()
     except ValueError as e:
@@ -417,7 +431,11 @@ def create_app(
     @private.post("/jobs", response_model=S.JobCreated, status_code=202, summary="queue a generation job")
     async def create_job(req: S.JobRequest, response: Response):
         g = generator_of(req.model, ["body", "model"])
-        editing = req.image is not None
+        upscaling = _upscales(g)  # an upscaler's job upscales its image: the page's and the API's upscale path
+        if upscaling and (req.image is None or req.mask is not None):
+            field, why = ("image", "") if req.image is None else ("mask", ", without a mask")
+            raise _invalid(["body", field], f"{req.model} is an upscaler: send the small image to upscale as image{why}")
+        editing = req.image is not None and not upscaling
         try:
             if req.sketch is not None:
                 g.check_sketch()
@@ -460,7 +478,9 @@ def create_app(
         uploads = await _decode_uploads(req, limits)
         upscalers = {name: gen.run_dir for name, gen in generators.items() if "upscale" in gen.model.capabilities}
         post = await asyncio.to_thread(_job_post, req.post, uploads.get("color_reference"), upscalers)
-        if editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
+        if upscaling:  # the file's bytes: each image's settings record its pixels' SHA-256, as `pixelforge upscale`
+            inputs = {"images": [uploads["image"].data] * n}
+        elif editing:  # the files' bytes: each image's settings record their SHA-256, as for files given to the CLI
             mask = uploads["mask"].data if "mask" in uploads else None
             inputs = {"images": [uploads["image"].data] * n, "mask": mask}
         else:
@@ -474,9 +494,9 @@ def create_app(
             def sampled(done: float, total: float) -> None:
                 progress(SAMPLING_SHARE * done / total if total else 0.0, 1.0)
 
-            make = g.edit if editing else functools.partial(g.generate, n)
-            images = make(labels=labels, seed=seed, callback=sampled, watermark=False, post=post, **inputs, **text,
-                          **options)
+            make = g.upscale if upscaling else g.edit if editing else functools.partial(g.generate, n)
+            conditions = {} if upscaling else {"labels": labels, **text}  # an upscaler's sole condition is its image
+            images = make(seed=seed, callback=sampled, watermark=False, post=post, **inputs, **conditions, **options)
             pngs, settings = [], []
             for i, im in enumerate(images):
                 im = mark_image(im, marks=marks)  # marked here, with the server's settings

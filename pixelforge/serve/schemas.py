@@ -135,6 +135,8 @@ class ModelInfo(BaseModel):
     inputs: list[InputKind]
     checkpoint: str
     evaluation: Evaluation | None = None
+    upscale: int | None = Field(None, description="the factor of a super-resolution model (an upscaler): a job sends it "
+                                "the small image as image, and post's upscaler may name it for that factor; null otherwise")
 
 
 class PostOptionSpec(BaseModel):

@@ -187,7 +187,8 @@ function describeModel(m) {
   const conditions = [m.num_classes ? `${m.num_classes} classes` : "", takes(m, "prompt") ? "text prompts" : "",
     takes(m, "sketch") ? "sketches" : ""];
   const fid = m.evaluation ? ` · FID ${m.evaluation.fid.toFixed(2)} (${m.evaluation.extractor})` : "";
-  const edits = takes(m, "image") ? ` · edits images${takes(m, "mask") ? " (and inpaints)" : ""}` : "";
+  const edits = m.upscale ? ` · upscales images ×${m.upscale}`
+    : takes(m, "image") ? ` · edits images${takes(m, "mask") ? " (and inpaints)" : ""}` : "";
   return `${m.family} · ${size} · ${conditions.filter(Boolean).join(" and ") || "unconditional"}${edits}${fid}.`;
 }
 
@@ -360,10 +361,13 @@ function showUploadBoxes(m) {
   $("sketch-box").hidden = !takes(m, "sketch");
   $("audio-box").hidden = !takes(m, "audio");
   $("edit-box").hidden = !takes(m, "image");
+  // an upscaler's job upscales the uploaded image: no strength, no mask
+  $("image-file-label").textContent = m.upscale ? `Image to upscale ×${m.upscale} (required)` : "Image to edit (optional)";
   const inpaints = takes(m, "mask");
   $("mask-canvas").classList.toggle("off", !inpaints);
   $("mask-clear").hidden = $("mask-hint").hidden = !inpaints;
   const strength = m.edit_options.find((o) => o.name === "strength");
+  $("strength-box").hidden = !strength;
   if (strength) {
     const slider = $("strength");
     slider.min = strength.min;
@@ -379,7 +383,7 @@ function showUploadBoxes(m) {
 // --- errors beside the controls they concern ---------------------------------------------------------
 // the Generate form's control for a 422's loc (["body", "post", "sharpen"], ...); null where there is none
 const POST_CONTROLS = { denoise: "post-denoise", denoise_strength: "post-denoise-strength", color: "post-color",
-  sharpen: "post-sharpen", upscale: "post-upscale", color_reference: "post-color-file" };
+  sharpen: "post-sharpen", upscale: "post-upscale", upscaler: "post-upscaler", color_reference: "post-color-file" };
 const FORM_CONTROLS = { n: "n", seed: "seed", label: "label", labels: "label", prompt: "prompt", prompts: "prompt",
   negative_prompt: "negative-prompt", sketch: "sketch-canvas", image: "image-file", mask: "mask-canvas", audio: "audio-file",
   color_reference: "post-color-file" };
@@ -449,6 +453,13 @@ function onFinishingChange() {
   $("post-denoise-strength").disabled = $("post-denoise").value === "";
   $("post-sharpen").disabled = !$("post-sharpen-on").checked;
   $("post-color-box").hidden = $("post-color").value !== "match";
+  // the upscaler: Lanczos, or a served super-resolution model of the chosen factor (GET /models "upscale")
+  const factor = parseInt($("post-upscale").value, 10);
+  const upscalers = state.models.filter((m) => m.upscale && m.upscale === factor);
+  const chosen = $("post-upscaler").value;
+  $("post-upscaler").replaceChildren(option("", "Lanczos"), ...upscalers.map((m) => option(m.name, m.name)));
+  if (upscalers.some((m) => m.name === chosen)) $("post-upscaler").value = chosen;
+  $("post-upscaler-box").hidden = !upscalers.length;
 }
 
 // a number field's value for the server: a number, the raw text where it is none (the server says what is wrong
@@ -474,7 +485,10 @@ function readPost() {
     const amount = numberValue("post-sharpen");
     post.sharpen = amount === null ? state.post.options.find((o) => o.name === "sharpen").default : amount;
   }
-  if ($("post-upscale").value) post.upscale = parseInt($("post-upscale").value, 10);
+  if ($("post-upscale").value) {
+    post.upscale = parseInt($("post-upscale").value, 10);
+    if ($("post-upscaler").value) post.upscaler = $("post-upscaler").value;
+  }
   return Object.keys(post).length ? post : null;
 }
 
@@ -550,7 +564,7 @@ async function generate() {
   if (takes(m, "audio") && state.audio) body.audio = state.audio;
   if (takes(m, "image") && state.edit) {
     body.image = state.edit.data;
-    body.options.strength = parseFloat($("strength").value);
+    if (!$("strength-box").hidden) body.options.strength = parseFloat($("strength").value);
     if (takes(m, "mask") && state.maskDrawn) body.mask = maskDataURL();
   }
   const post = readPost();
@@ -825,7 +839,7 @@ async function start() {
   $("image-remove").addEventListener("click", removeEditImage);
   $("mask-clear").addEventListener("click", clearMask);
   $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
-  for (const id of ["post-denoise", "post-sharpen-on", "post-color"]) $(id).addEventListener("change", onFinishingChange);
+  for (const id of ["post-denoise", "post-sharpen-on", "post-color", "post-upscale"]) $(id).addEventListener("change", onFinishingChange);
   $("post-color-file").addEventListener("change", () => loadColorReference().catch((e) => {
     state.colorReference = null;
     $("post-color-name").textContent = `Error: ${e.message}`;
