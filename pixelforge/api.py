@@ -300,7 +300,10 @@ class Generator:
 
     def check_edit(self) -> None:
         """A clear error unless this model's family declares the "edit" capability (img2img, inpainting)."""
-        if "edit" not in getattr(self.model, "capabilities", ()):
+        capabilities = getattr(self.model, "capabilities", ())
+        if "upscale" in capabilities:
+            raise ValueError(f"{self.name} is an upscaler: it cannot edit images (`pixelforge upscale` enlarges them)")
+        if "edit" not in capabilities:
             raise ValueError(f"{self.config.family} models cannot edit images")
 
     def check_sketch(self) -> None:

@@ -217,6 +217,13 @@ def test_a_run_that_is_no_upscaler_is_a_clear_error(upscale_runs, tmp_path, caps
     assert "is not an upscaler" in capsys.readouterr().err
 
 
+def test_an_upscaler_cannot_edit_and_says_so_before_any_work(upscale_runs, tmp_path, capsys):
+    pil(images(1, 8)[0]).save(tmp_path / "a.png")
+    assert main(["edit", "up", "--image", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--runs-dir",
+                 str(upscale_runs), "--device", "cpu"]) == 2
+    assert "up is an upscaler: it cannot edit images" in capsys.readouterr().err
+
+
 def test_post_upscaler_uses_the_model_and_differs_from_lanczos(upscale_runs, tmp_path, capsys):
     src = tmp_path / "a.png"
     pil(images(1, 4)[0]).save(src)

@@ -344,7 +344,8 @@ class DiffusionModel(FamilyModule):
         super().__init__(seed)  # self.train_generator draws: noise levels, noise, label dropout
         self.config = config
         if config.lowres is not None:  # an upscaler: Generator.upscale, and the trainer's low-res | sample | original grids
-            self.capabilities = (*self.capabilities, "upscale")
+            # it does not edit: img2img would need the low-resolution image its samples are conditioned on
+            self.capabilities = (*(c for c in self.capabilities if c != "edit"), "upscale")
         self.optim_config = optim or OptimConfig()
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.net = make_backbone(config)
