@@ -547,11 +547,13 @@ def _warnings_printed(command: str):
 def _add_edit(sub):
     p = sub.add_parser(
         "edit",
-        help="edit an image with a diffusion model: img2img (--strength) and inpainting (--mask)",
+        help="edit an image with a diffusion, VAE or VQ-VAE model: img2img (--strength) and inpainting (--mask)",
         description="Noise the input image to the level --strength gives and sample back down (SDEdit); with "
         "--mask, repaint only the mask's white part and keep the black part (inpainting). The image is converted "
         "to the model's channels and, if of another size, resized with a warning. Writes PNGs carrying their "
-        "settings (with the SHA-256 of the image and the mask) and a grid. Families other than diffusion cannot edit.",
+        "settings (with the SHA-256 of the image and the mask) and a grid. A VAE moves the image's latent towards a "
+        "prior draw by --strength, a VQ-VAE redraws that share of its codes; both add the decoded change to the input "
+        "(within the mask). GAN, PixelCNN and transformer models cannot edit.",
         formatter_class=_Help,
     )
     p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")

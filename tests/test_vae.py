@@ -197,7 +197,7 @@ def test_invalid_config_raises_a_clear_value_error(changes, message):
 def test_family_registry_offers_the_vae_contract():
     cls = FAMILIES["vae"]
     assert cls is VAEModel and cls.Config is VAEConfig and cls.family == "vae"
-    assert cls.capabilities == ("log_likelihood",) and cls.sample_options == {"temperature": 1.0}
+    assert cls.capabilities == ("log_likelihood", "edit") and cls.sample_options == {"temperature": 1.0}
     assert VAEConfig(**{**TINY, "channel_mult": [1, 2]}) == VAEConfig(**TINY)
     m = tiny()
     assert set(m.optimizers()) == {"net"} and isinstance(m.train_generator, torch.Generator)

@@ -202,7 +202,7 @@ def test_invalid_config_raises_a_clear_value_error(changes, message):
 def test_family_registry_offers_the_vqvae_contract():
     cls = FAMILIES["vqvae"]
     assert cls is VQVAEModel and cls.Config is VQVAEConfig and cls.family == "vqvae"
-    assert cls.capabilities == () and cls.sample_options == {}
+    assert cls.capabilities == ("edit",) and cls.sample_options == {}
     m = tiny()
     assert set(m.optimizers()) == {"net"} and isinstance(m.train_generator, torch.Generator)
 

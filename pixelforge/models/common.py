@@ -21,6 +21,19 @@ def check_seeds(n: int, seed: int, seeds: list[int] | None) -> list[int]:
     return seeds
 
 
+def autoencoder_edit(image: torch.Tensor, edited: torch.Tensor, reconstruction: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """An autoencoder family's edit (VAE, VQ-VAE), images (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1]:
+    the input plus the change the edit made in the latent space (decoded edit minus decoded input), within
+    the mask (B, 1, H, W), 1: repaint; everywhere without one). Adding the change rather than taking the
+    decoded edit keeps what the autoencoder cannot reproduce (fine detail), so strength 0, where the
+    edit is the input's own latent, returns the input exactly, and kept pixels are the input's own."""
+    change = edited - reconstruction
+    if mask is not None:
+        change = change * mask
+    return (image + change).clamp(-1, 1)
+
+
 @contextlib.contextmanager
 def seeded_init(seed: int) -> Iterator[None]:
     """Weights created inside draw from torch's CPU generator seeded with `seed`; torch's global random

@@ -29,7 +29,7 @@ from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, 
                                    unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .common import HALF_BIN, check_seeds, discretized_logistic_logprob, seeded_init
+from .common import HALF_BIN, autoencoder_edit, check_seeds, discretized_logistic_logprob, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, CHANNEL_MULT, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig
@@ -128,13 +128,19 @@ class VAEModel(FamilyModule):
     Config = VAEConfig
     family = "vae"
     default_lr = 1e-3  # the CLI's --lr when not given
-    capabilities = ("log_likelihood",)
+    capabilities = ("log_likelihood", "edit")
     inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.0, max=5.0,
                    help="scale of the prior's standard deviation (below 1: typical, blander images; 0: z = 0)"),
     )
     sample_options = option_defaults(option_specs)
+    # The options edit() takes beyond those of sample(), declared once like them.
+    edit_option_specs = (
+        OptionSpec("strength", "float", 0.5, min=0.0, max=1.0,
+                   help="how far the latent moves from the input's towards a new draw of the prior: 0 returns the "
+                        "input, 1 a new image"),
+    )
 
     def __init__(self, config: VAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: posterior samples, label dropout
@@ -261,6 +267,31 @@ class VAEModel(FamilyModule):
         x = x.to(self.device)
         mu, _ = self.encode(x, cond)
         return self.decode(mu, cond)[0].clamp(-1, 1)
+
+    @torch.no_grad()
+    def edit(self, image: torch.Tensor, mask: torch.Tensor | None = None, *, strength: float = 0.5,
+             cond: Cond | None = None, seed: int = 0, seeds: list[int] | None = None, callback=None,
+             temperature: float = 1.0) -> torch.Tensor:
+        """Image to image by encode-decode: image (n, C, H, W) in [-1, 1] -> (n, C, H, W) in [-1, 1].
+
+        The input's posterior mean mu moves towards a draw eps of the prior (image i's from seeds[i], default
+        seed + i): z = sqrt(1 - s^2) mu + s eps, which keeps z's scale where mu is prior-like; the result is
+        the input plus the decoded change (models.common.autoencoder_edit), within the mask (n, 1, H, W; 1:
+        repaint) where one is given. Strength 0 returns the input, 1 an image from the prior alone."""
+        self.eval()
+        seeds = check_seeds(image.shape[0], seed, seeds)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        x = image.to(self.device)
+        c = cond.to(self.device) if cond is not None else None
+        mu, _ = self.encode(x, c)
+        eps = PerSampleGenerator(seeds, self.device).randn((self.config.latent_dim,)) * float(temperature)
+        z = math.sqrt(1.0 - strength**2) * mu + strength * eps
+        out = autoencoder_edit(x, self.decode(z, c)[0], self.decode(mu, c)[0],
+                               mask.to(self.device) if mask is not None else None)
+        if callback is not None:
+            callback(0, 1)
+        return out
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8, cond: Cond | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
-from .common import check_seeds, seeded_init
+from .common import autoencoder_edit, check_seeds, seeded_init
 from .family import FamilyModule
 from .limits import BLOCKS, IMAGE_SIZE, WIDTH, check_bounds
 from ..distributed import all_gather_cat, broadcast_module_state_
@@ -191,11 +191,17 @@ class VQVAEModel(FamilyModule):
     Config = VQVAEConfig
     family = "vqvae"
     default_lr = 5e-4  # the CLI's --lr when not given
-    capabilities = ()
+    capabilities = ("edit",)
     inputs: tuple[str, ...] = ()  # unconditional: it takes no Cond field
     # No sampling options: sample() draws from the per-position code frequencies (see the module docstring).
     option_specs: tuple[OptionSpec, ...] = ()
     sample_options: dict = {}
+    # The options edit() takes, declared like the sampling options.
+    edit_option_specs = (
+        OptionSpec("strength", "float", 0.5, min=0.0, max=1.0,
+                   help="the share of code positions redrawn from the per-position code prior (within the mask when "
+                        "one is given): 0 returns the input, 1 redraws every one"),
+    )
 
     def __init__(self, config: VQVAEConfig, optim: OptimConfig | None = None, *, seed: int = 0,
                  seed_weights: bool = True):
@@ -322,6 +328,43 @@ class VQVAEModel(FamilyModule):
         return {"perplexity": perplexity(counts), "used_codes": used, "used_fraction": used / self.codebook_size}
 
     # --- sampling -------------------------------------------------------------------------------
+    def _prior(self) -> torch.Tensor:
+        """(h*w, K) the per-position code frequencies sample() draws from (uniform where none were seen)."""
+        probs = self.code_frequencies.clone()
+        probs[probs.sum(1) <= 0] = 1.0
+        return probs
+
+    @torch.no_grad()
+    def edit(self, image: torch.Tensor, mask: torch.Tensor | None = None, *, strength: float = 0.5,
+             cond: Cond | None = None, seed: int = 0, seeds: list[int] | None = None, callback=None) -> torch.Tensor:
+        """Image to image by encode-decode: image (n, C, H, W) in [-1, 1] -> (n, C, H, W) in [-1, 1].
+
+        Each code position of the input's grid is redrawn from the per-position prior with probability
+        `strength` (image i's draws from seeds[i], default seed + i), only where the mask (n, 1, H, W; 1:
+        repaint), max-pooled to the code grid, covers it when one is given; the result is the input plus the
+        decoded change (models.common.autoencoder_edit). Strength 0 returns the input. cond is ignored."""
+        self.eval()
+        n = image.shape[0]
+        seeds = check_seeds(n, seed, seeds)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        x = image.to(self.device)
+        idx = self.encode_indices(x).flatten(1)  # (n, h*w)
+        probs = self._prior()
+        drawn, chosen = [], []
+        for g in PerSampleGenerator(seeds, self.device).generators:
+            drawn.append(torch.multinomial(probs, 1, generator=g)[:, 0])
+            chosen.append(torch.rand(idx.shape[1], generator=g, device=self.device) < strength)
+        redraw = torch.stack(chosen)  # (n, h*w) bool
+        m = mask.to(self.device) if mask is not None else None
+        if m is not None:
+            redraw &= F.max_pool2d(m, self.config.downsample).flatten(1) > 0
+        edited = torch.where(redraw, torch.stack(drawn), idx)
+        out = autoencoder_edit(x, self.decode_indices(edited), self.decode_indices(idx), m)
+        if callback is not None:
+            callback(0, 1)
+        return out
+
     @torch.no_grad()
     def sample(self, n: int, cond: Cond | None = None, *, seed: int = 0, seeds: list[int] | None = None,
                callback=None) -> torch.Tensor:
@@ -330,8 +373,7 @@ class VQVAEModel(FamilyModule):
         Image i uses seed + i (or seeds[i]) and nothing else. cond is ignored: the model is unconditional."""
         self.eval()
         seeds = check_seeds(n, seed, seeds)
-        probs = self.code_frequencies.clone()  # (h*w, K)
-        probs[probs.sum(1) <= 0] = 1.0
+        probs = self._prior()  # (h*w, K)
         gen = PerSampleGenerator(seeds, self.device)
         idx = torch.stack([torch.multinomial(probs, 1, generator=g)[:, 0] for g in gen.generators])  # (n, h*w)
         images = self.decode_indices(idx)
