@@ -130,7 +130,8 @@ def operations(schema) -> list:
 def test_the_fuzz_covers_every_api_operation(served):
     _, schema, _ = served[None]
     labels = {op.label for op in operations(schema)}
-    assert labels == {"GET /api/v1/health", "GET /api/v1/models", "POST /api/v1/jobs", "GET /api/v1/jobs/{job_id}",
+    assert labels == {"GET /api/v1/health", "GET /api/v1/models", "POST /api/v1/jobs",
+                      "POST /api/v1/jobs/upload", "GET /api/v1/jobs/{job_id}",
                       "DELETE /api/v1/jobs/{job_id}", "GET /api/v1/jobs/{job_id}/events",
                       "GET /api/v1/jobs/{job_id}/images/{index}.png", "POST /api/v1/ratings", "GET /api/v1/ratings/scores"}
 

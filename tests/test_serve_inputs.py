@@ -331,3 +331,59 @@ def test_an_upscalers_job_without_an_image_or_with_a_mask_is_a_422_naming_the_fi
     r = upscale_client.post("/api/v1/jobs", json={"model": UPSCALER, **{k: data for k in body}})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.json()
     assert f"{UPSCALER} is an upscaler: send the small image to upscale as image" in r.json()["detail"][0]["msg"]
+
+
+def _poll(client, r, timeout: float = 120.0) -> dict:
+    assert r.status_code == 202, r.json()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(r.json()["url"]).json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            assert job["status"] == "done", job
+            return job
+        time.sleep(0.05)
+    raise AssertionError("job never finished")
+
+
+def test_a_multipart_job_with_its_files_as_parts_draws_what_the_base64_job_draws(client):
+    """POST /jobs/upload: the job's JSON in the part `job`, the files as parts; the same images and settings
+    as the same job sent to /jobs with the files in base64, for a sketch and for an edit with a mask."""
+    import json as _json
+
+    cases = [({"model": SKETCH_MODEL, "n": 2, "seed": 5, "options": {"steps": 2}}, {"sketch": png(DRAWING)}),
+             ({"model": SKETCH_MODEL, "n": 1, "seed": 3, "options": {"steps": 2, "strength": 0.7}},
+              {"image": png(noise(8)), "mask": png(Image.new("L", (8, 8), 255))})]
+    for body, files in cases:
+        up = _poll(client, client.post("/api/v1/jobs/upload", data={"job": _json.dumps(body)},
+                                       files={k: (f"{k}.png", v, "image/png") for k, v in files.items()}))
+        ref = run_job(client, {**body, **{k: b64(v) for k, v in files.items()}})
+        assert up["settings"] == ref["settings"]
+        for a, b in zip(up["images"], ref["images"]):
+            assert np.array_equal(fetch(client, a)[0], fetch(client, b)[0])
+
+
+@pytest.mark.parametrize("make, loc, words", [
+    (lambda: {"data": {"job": '{"model": "edges"}'}, "files": {"sketch": ("s.png", b"", "image/png")}},
+     ["body", "sketch"], "zero-byte"),
+    (lambda: {"data": {"job": '{"model": "edges"}'}, "files": {"sketch": ("s.png", b"not an image at all", "image/png")}},
+     ["body", "sketch"], ""),
+    (lambda: {"data": {"job": '{"model": "edges"}'}, "files": {"photo": ("s.png", png(DRAWING), "image/png")}},
+     ["body", "photo"], "unknown part"),
+    (lambda: {"files": {"sketch": ("s.png", png(DRAWING), "image/png")}}, ["body", "job"], "must be present"),
+    (lambda: {"data": {"job": "{not json"}, "files": {"sketch": ("s.png", png(DRAWING), "image/png")}},
+     ["body", "job"], "not JSON"),
+    (lambda: {"data": {"job": '{"model": "edges", "sketch": "' + b64(png(DRAWING)) + '"}'},
+              "files": {"sketch": ("s.png", png(DRAWING), "image/png")}}, ["body", "sketch"], "both"),
+    (lambda: {"data": {"job": '{"model": "edges", "n": 0}'}, "files": {"sketch": ("s.png", png(DRAWING), "image/png")}},
+     ["body", "n"], ""),
+])
+def test_a_bad_multipart_job_is_a_422_naming_the_part(client, make, loc, words):
+    r = client.post("/api/v1/jobs/upload", **make())
+    assert r.status_code == 422, r.text
+    (err,) = [e for e in r.json()["detail"] if e["loc"][:len(loc)] == loc]
+    assert words.lower() in err["msg"].lower()
+
+
+def test_a_json_body_sent_to_the_upload_route_is_a_422_saying_what_to_send(client):
+    r = client.post("/api/v1/jobs/upload", json={"model": SKETCH_MODEL})
+    assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"][0]["msg"]

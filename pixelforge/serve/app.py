@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -243,6 +244,50 @@ async def _decode_uploads(req: S.JobRequest, limits: ServerLimits) -> dict[str, 
         except UploadError as e:
             raise _invalid(["body", e.field], str(e)) from None
     return out
+
+
+FILE_PARTS = (*UPLOAD_FIELDS, "audio")  # the file parts a multipart job may carry, named as the JSON fields
+
+
+async def _multipart_job(request: Request) -> S.JobRequest:
+    """A multipart/form-data job -> the JobRequest POST /jobs would take: its `job` part's JSON with each file
+    part's bytes as the base64 text of the field of that name. The body's size is already bounded (BodyLimit);
+    python-multipart (Starlette's form parser) reads it. A 422 names what is wrong: not multipart, a missing or
+    unreadable `job`, an unknown part, a file sent as text, or a file given both ways."""
+    import base64
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise _invalid(["body"], "send multipart/form-data: a part `job` with the job's JSON and file parts named "
+                       f"{', '.join(FILE_PARTS)}")
+    try:
+        form = await request.form(max_files=len(FILE_PARTS), max_fields=1)
+    except Exception as e:  # Starlette raises its own HTTPException (too many parts) or a parser error
+        raise _invalid(["body"], f"the multipart body cannot be read: {getattr(e, 'detail', None) or e}") from None
+    for name in form.keys():
+        if name not in ("job", *FILE_PARTS):
+            raise _invalid(["body", name], f"unknown part {name!r}: the parts are job and {', '.join(FILE_PARTS)}")
+    text = form.get("job")
+    if not isinstance(text, str):
+        raise _invalid(["body", "job"], "the part `job` must be present, as text: the job's JSON without its files")
+    try:
+        job = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _invalid(["body", "job"], f"the part `job` is not JSON: {e}") from None
+    if not isinstance(job, dict):
+        raise _invalid(["body", "job"], "the part `job` must be a JSON object")
+    for name in FILE_PARTS:
+        part = form.get(name)
+        if part is None:
+            continue
+        if isinstance(part, str):
+            raise _invalid(["body", name], f"the part {name} must be a file, not text")
+        if job.get(name) is not None:
+            raise _invalid(["body", name], f"{name} is given both as a file part and in the job's JSON: give it once")
+        job[name] = base64.b64encode(await part.read()).decode()
+    try:
+        return S.JobRequest.model_validate(job)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
 def _job_post(post: dict | None, reference: Upload | None = None, upscalers: dict[str, Path] | None = None) -> PostSettings | None:
@@ -514,6 +559,20 @@ def create_app(
         url = f"{API}/jobs/{job.id}"
         response.headers["Location"] = url
         return S.JobCreated(id=job.id, status=job.status, url=url)
+
+    @private.post("/jobs/upload", response_model=S.JobCreated, status_code=202,
+                  summary="queue a generation job whose files come as multipart/form-data parts",
+                  openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                      "type": "object", "required": ["job"],
+                      "properties": {"job": {"type": "string", "description": "the job's JSON, as POST /jobs takes it, "
+                                                                              "without its files"},
+                                     **{f: {"type": "string", "format": "binary"} for f in FILE_PARTS}}}}}}})
+    async def create_job_upload(request: Request, response: Response):
+        """The same job as POST /jobs, sent as multipart/form-data: the part `job` holds the JSON a /jobs request
+        would, without its files, and the parts sketch, image, mask, audio and color_reference the files
+        themselves. Each file goes through the same checks as a base64 upload, so what is refused, and why, is
+        the same; a 422 names the part."""
+        return await create_job(await _multipart_job(request), response)
 
     @private.get("/jobs/{job_id}", response_model=S.JobInfo, summary="a job's status, progress and results")
     async def get_job(job_id: str):
