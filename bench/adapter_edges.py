@@ -63,14 +63,16 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    adapter = pixelforge.load(a.run, runs_dir=a.runs_dir, device="cpu", moderation=None)
+    adapter = pixelforge.load(a.run, runs_dir=a.runs_dir, device=a.device, moderation=None)
     cfg = adapter.model.config
     if cfg.adapter is None:
         raise SystemExit(f"{a.run} is not an adapter run")
-    base = pixelforge.load(cfg.adapter.base_path, device="cpu", moderation=None)
+    base = pixelforge.load(cfg.adapter.base_path, device=a.device, moderation=None)
     split = adapter.run_dir / "split.json"
     data = load_dataset(adapter.config.data, progress=False)
     val = json.loads(split.read_text())["val"] if split.is_file() else list(range(len(data)))[-a.images:]

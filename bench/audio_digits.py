@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     if args.card:
-        write_card(Path(args.card), r, pixelforge.load(args.model, runs_dir=args.runs_dir, device="cpu").run_dir, args.recipe_steps)
+        write_card(Path(args.card), r, pixelforge.load(args.model, runs_dir=args.runs_dir, device=args.device).run_dir, args.recipe_steps)
     return 0
 
 

@@ -302,18 +302,9 @@ def read_encoder_config(folder: str | os.PathLike) -> AudioEncoderConfig:
 
 def encoder_config(fields, where: str) -> AudioEncoderConfig:
     """An AudioEncoderConfig from a dict of its fields (or one), a ValueError naming `where` otherwise."""
-    if isinstance(fields, AudioEncoderConfig):
-        return fields
-    if not isinstance(fields, dict):
-        raise ValueError(f"{where}: the audio encoder config must be an object of fields, got {fields!r}")
-    valid = {f.name for f in dataclasses.fields(AudioEncoderConfig)}
-    unknown = sorted(set(fields) - valid)
-    if unknown:
-        raise ValueError(f"{where}: unknown audio encoder field(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    try:
-        return AudioEncoderConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+    from ..fields import from_fields
+
+    return from_fields(AudioEncoderConfig, fields, f"{where}: the audio encoder config")
 
 
 def load_encoder(folder: str | os.PathLike, device: torch.device | str | None = None) -> AudioEncoder:

@@ -12,12 +12,13 @@ a training input. docs/upscale.md has the whole path.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from ..fields import from_fields
 
 SCALES = (2, 3, 4)  # the upscaling factors a model can be trained for (`--scale`)
 DOWN_FILTERS = ("bicubic", "bilinear", "area")  # antialiased: each output pixel averages all it covers
@@ -55,14 +56,7 @@ class LowresConfig:
 def lowres_config(value: "LowresConfig | dict | None") -> LowresConfig | None:
     """A config's `lowres` field (an object of LowresConfig fields, as JSON gives it, or one) -> LowresConfig, or
     None; a ValueError naming the field for anything else."""
-    if value is None or isinstance(value, LowresConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"lowres must be an object of {', '.join(LowresConfig.FIELDS)} or null, got {value!r}")
-    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(LowresConfig)})
-    if unknown:
-        raise ValueError(f"lowres: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(LowresConfig.FIELDS)}")
-    return LowresConfig(**value)
+    return None if value is None else from_fields(LowresConfig, value, "lowres")
 
 
 def low_side(image_size: int, cfg: LowresConfig) -> int:

@@ -4,12 +4,12 @@ making an adapter run from its base is runs/adapter.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .limits import WIDTH, check_bounds
+from ..fields import from_fields
 
 ADAPTER_KINDS = ("edges",)  # what an adapter conditions on: the spatial condition of the same name
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -49,15 +49,4 @@ class AdapterConfig:
 def adapter_config(value: Any) -> AdapterConfig | None:
     """A model config's `adapter` field as an AdapterConfig (None stays None); a clear error naming the
     field for anything but an object of AdapterConfig's fields."""
-    if value is None or isinstance(value, AdapterConfig):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"adapter must be an object of adapter fields or null, got {value!r}")
-    valid = {f.name for f in dataclasses.fields(AdapterConfig)}
-    unknown = sorted(set(value) - valid)
-    if unknown:
-        raise ValueError(f"adapter: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
-    try:
-        return AdapterConfig(**value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"adapter: {e}") from None
+    return None if value is None else from_fields(AdapterConfig, value, "adapter")

@@ -24,6 +24,7 @@ from .nets.unet import UNet
 from .adapter import AdapterConfig, adapter_config
 from .autoencoder import AutoencoderConfig, make_first_stage
 from ..distributed import all_gather_cat
+from ..fields import from_fields
 from .common import check_seeds, seeded_init
 from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
@@ -204,14 +205,8 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
             if ae.setdefault(name, getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"autoencoder {name} {ae[name]} differs from the model's {getattr(self, name)}: the "
                                  "autoencoder must be trained on images of the run's size and channels")
-        valid = {f.name for f in dataclasses.fields(AutoencoderConfig)}
-        unknown = sorted(set(ae) - valid)
-        if unknown:
-            raise ValueError(f"autoencoder: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
-        try:  # kept as a (frozen, hashable) AutoencoderConfig: configs compare equal however it was written
-            object.__setattr__(self, "autoencoder", AutoencoderConfig(**ae))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"autoencoder: {e}") from None
+        # kept as a (frozen, hashable) AutoencoderConfig: configs compare equal however it was written
+        object.__setattr__(self, "autoencoder", from_fields(AutoencoderConfig, ae, "autoencoder"))
 
     @property
     def net_shape(self) -> tuple[int, int, int]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..condition import Cond
+from ..fields import from_fields
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
                                    unused_text_fields)
 from ..sampling import PerSampleGenerator
@@ -86,15 +87,8 @@ class TransformerConfig(TextFields):
         for name in ("image_size", "channels"):
             if vq.setdefault(name, getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"vq {name} {vq[name]} differs from the model's {getattr(self, name)}; set it once, at the top")
-        valid = {f.name for f in dataclasses.fields(VQVAEConfig)}
-        unknown = sorted(set(vq) - valid)
-        if unknown:
-            raise ValueError(f"vq: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
         # Kept as a (frozen, hashable) VQVAEConfig: configs compare equal however vq was written.
-        try:
-            object.__setattr__(self, "vq", VQVAEConfig(**vq))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"vq: {e}") from None
+        object.__setattr__(self, "vq", from_fields(VQVAEConfig, vq, "vq"))
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of: {', '.join(PRIORS)}")
         if self.d_model % self.heads:

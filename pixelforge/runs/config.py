@@ -16,6 +16,7 @@ from .. import __version__
 from ..compress.config import CompressConfig
 from ..data import describe_source, validate_config
 from ..data.types import DataConfig
+from ..fields import from_fields
 from ..models import OptimConfig, get_family
 from ..models.limits import check_model_size, check_range
 from ..models.optim import adam_betas
@@ -336,13 +337,6 @@ def build_model(cfg: RunConfig, device: torch.device, *, where: str = "config.js
 
 
 def _build(cls, d: dict, where: str):
-    if not isinstance(d, dict):
+    if isinstance(d, cls):  # from_fields keeps an instance; a run config's parts come as JSON objects
         raise ValueError(f"{where} must be an object of fields, got {d!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(names))}")
-    try:
-        return cls(**d)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+    return from_fields(cls, d, where)
