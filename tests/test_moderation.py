@@ -314,7 +314,6 @@ def test_the_server_logs_the_prompt_when_the_policy_allows_it_and_none_lets_it_t
 
 def test_the_server_moderates_the_prompt_of_a_job_that_edits_an_uploaded_image(serve, tmp_path):
     import base64
-    import hashlib
     import io
     import time
 
@@ -338,4 +337,7 @@ def test_the_server_moderates_the_prompt_of_a_job_that_edits_an_uploaded_image(s
         while (job := client.get(r.json()["url"]).json())["status"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.1)
     (s,) = job["settings"]
-    assert (job["status"], s["prompt"], s["image_sha256"]) == ("done", "a red circle", hashlib.sha256(buf.getvalue()).hexdigest())
+    from pixelforge.edit import pixels_sha256  # an edit records the SHA-256 of the upload's decoded pixels
+
+    assert (job["status"], s["prompt"], s["image_sha256"]) == ("done", "a red circle",
+                                                               pixels_sha256(Image.open(io.BytesIO(buf.getvalue()))))

@@ -244,8 +244,9 @@ def test_cli_sample_and_edit_mark_by_default_and_no_watermark_turns_it_off(run32
     for cmd, extra in (("sample", ["-n", "1"]), ("edit", ["--image", str(tmp_path / "in.png"), "--strength", "0.5"])):
         assert main([cmd, *common, *extra, "-o", str(tmp_path / cmd / "on")]) == 0
         assert main([cmd, *common, *extra, "-o", str(tmp_path / cmd / "off"), "--no-watermark"]) == 0
-        (on,) = [p for p in (tmp_path / cmd / "on").glob("*.png") if p.name != "grid.png"]
-        (off,) = [p for p in (tmp_path / cmd / "off").glob("*.png") if p.name != "grid.png"]
+        # the images: not the grid, nor an edit's copy of its input (image-<hash>.png, for `sample --from`)
+        (on,) = [p for p in (tmp_path / cmd / "on").glob("*.png") if p.name != "grid.png" and not p.name.startswith("image-")]
+        (off,) = [p for p in (tmp_path / cmd / "off").glob("*.png") if p.name != "grid.png" and not p.name.startswith("image-")]
         assert read_settings(on)["watermark"] is True and read_settings(off)["watermark"] is False
         with Image.open(on) as a, Image.open(off) as b:
             a.load()
