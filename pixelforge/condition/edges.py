@@ -233,20 +233,13 @@ def read_sketch(item: SketchInput) -> tuple[Image.Image, str, str]:
     (data.folder.check_file: empty, truncated, not an image, decompression bomb), with a ValueError naming
     it. The SHA-256 is that of the decoded grey pixels (mode, size, bytes), so the lossless copy written
     beside an output hashes the same as the file it came from."""
-    from ..data.folder import check_file, to_rgb_or_l
+    from ..edit import pixels_sha256, read_input
 
-    if isinstance(item, Image.Image):
-        im, name = to_rgb_or_l(item), "the sketch"
-    elif isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        im, reason = check_file(path)
-        if im is None:
-            raise ValueError(f"sketch {path}: {reason}")
-        name = f"sketch {path}"
-    else:
+    if not isinstance(item, (Image.Image, str, os.PathLike)):
         raise ValueError(f"a sketch must be an image file path or a PIL image, got {type(item).__name__}")
+    im, _, name = read_input(item, "sketch")  # checked as an edit's input is, named "sketch PATH" or "the sketch"
     im = im.convert("L")
-    digest = hashlib.sha256(f"{im.mode} {im.size}\n".encode() + im.tobytes()).hexdigest()
+    digest = pixels_sha256(im)
     return im, digest, name
 
 
