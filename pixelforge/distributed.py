@@ -9,6 +9,7 @@ torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each 
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -111,7 +112,13 @@ def setup(device: torch.device) -> bool:
 
 
 def teardown() -> None:
+    """Leave the process group setup() joined. A trained model and its DistributedDataParallel wrapper
+    refer to each other (FamilyModule.parallel), so only the cycle collector frees them, and with them the
+    wrapper's hold on the group; left to interpreter exit, gloo's threads were sometimes destroyed
+    while still joinable ("terminate called without an active exception", SIGABRT after a finished
+    job). Collect first, so the group is released here while the interpreter is whole."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ real `python -m torch.distributed.run ... -m pixelforge train` command."""
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 
 from pixelforge.data import DataConfig, load_dataset
 from pixelforge.models import FAMILIES, OptimConfig
@@ -97,6 +99,9 @@ def _process(rank: int, world: int, port: int, cfg: RunConfig, run_dir: Path, ou
         result = loop.train(cfg, run_dir, device="cpu", progress=False, cache_dir=out.parent / "cache",
                             stop_at=options.get("stop_at"), evaluator=evaluator)
         report.update(stopped=result.stopped, step=result.step, losses={str(k): v for k, v in result.losses.items()})
+        gc.collect()  # what is left of the job once train() returns: no DDP wrapper, no process group
+        report.update(wrappers_left=sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()),
+                      group_left=torch.distributed.is_initialized())
         save_file({k: v.contiguous() for k, v in models[-1].state_dict().items()}, str(out / f"rank{rank}.safetensors"))
     except BaseException as e:  # noqa: BLE001 - reported to the test, which decides
         report.update(error=type(e).__name__, message=str(e))
@@ -175,6 +180,9 @@ def test_every_family_trains_on_two_processes_and_both_hold_the_same_weights(fam
     cfg = run_config(family)
     reports = ok(launch(cfg, out / "run", out))
     assert [r["step"] for r in reports] == [3, 3] and reports[0]["losses"] == reports[1]["losses"]
+    # the group was left with nothing holding it: a wrapper freed only at interpreter exit took gloo's
+    # threads down with it there, now and then aborting a finished job
+    assert [(r["wrappers_left"], r["group_left"]) for r in reports] == [(0, False), (0, False)]
     assert_same(weights(out, 0), weights(out, 1))
     # and it is one training: the checkpoint rank 0 wrote holds those weights
     parts, state = load_checkpoint(list_checkpoints(out / "run" / "checkpoints")[-1])

@@ -827,4 +827,6 @@ def _train_locked(
             log.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+        if world.distributed:  # drop the DDP wrapper now: it holds the process group, which teardown then releases
+            distribute(model, None, world.rank)
     return TrainResult(run_dir, step, stopped, losses, last_ckpt)
