@@ -232,3 +232,13 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_stops(tmp_path, make_r
     monkeypatch.setattr(DiffusionModel, "training_step", original)
     resumed = run(cfg, tmp_path / "r", tmp_path / "cache")
     assert resumed.stopped == "finished" and sorted(resumed.losses) == list(range(4, 10))
+
+
+def test_init_from_says_which_weights_differ_in_shape_and_which_the_source_lacks():
+    from pixelforge.train.loop import NotCopied
+
+    note = NotCopied(["audio_proj.weight", "net.label_embed.embed.weight"], ["net.label_embed.embed.weight"])
+    assert note == ["audio_proj.weight", "net.label_embed.embed.weight"]
+    assert note.describe() == (" (not copied, shapes differ: net.label_embed.embed.weight; "
+                               "not in the source: audio_proj.weight)")
+    assert NotCopied([], []).describe() == ""

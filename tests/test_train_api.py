@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -124,3 +125,20 @@ def test_bad_settings_are_refused_before_any_folder_is_made(tmp_path):
         pixelforge.train("shapes", name="x", runs_dir=runs, caption_variants=-1)
     assert not runs.exists()
     assert new_run_config("shapes", caption_variants=3).data.caption_variants == 3  # recorded with the run
+
+
+def test_an_export_writes_every_model_field_of_this_version_even_where_the_run_predates_one(tmp_path):
+    from pixelforge.runs import export_run, resolve_run
+    from pixelforge.runs.config import RunConfig
+
+    src = resolve_run("mnist-diffusion")
+    old = tmp_path / "old"
+    shutil.copytree(src, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["model"]["audio_net"], cfg["model"]["lowres"]  # a run made before the family had them
+    (old / "config.json").write_text(json.dumps(cfg))
+    export_run(old, tmp_path / "export")
+    written = json.loads((tmp_path / "export" / "config.json").read_text())
+    full = RunConfig.load(src / "config.json").resolved()
+    assert written["model"] == full.model and "audio_net" in written["model"] and "lowres" in written["model"]
+    assert RunConfig.load(tmp_path / "export" / "config.json").model_config() == full.model_config()

@@ -97,14 +97,22 @@ def weights_hash(run_dir: Path) -> str:
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
-    """Copy what sampling needs into out_dir: config.json, classes.json, metrics.csv, the newest sample
-    grid, and the EMA weights alone as model.safetensors (no optimiser state: a fraction of the size)."""
+    """Copy what sampling needs into out_dir: config.json (with every model field of this version written
+    out), classes.json, metrics.csv, the newest sample grid, and the EMA weights alone as model.safetensors
+    (no optimiser state: a fraction of the size)."""
     import shutil
 
     from .checkpoint import atomic_save_tensors
 
+    from .checkpoint import atomic_write_text
+    from .config import RunConfig
+
+    # every field of this version written out, defaults included: the exported model keeps meaning the same
+    # model when a later version adds a field or changes a default (a run made before the field lacks it)
+    config = RunConfig.load(run_dir / "config.json").resolved().to_json()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "classes.json", "metrics.csv", "sample_defaults.json"):
+    atomic_write_text(out_dir / "config.json", config)
+    for name in ("classes.json", "metrics.csv", "sample_defaults.json"):
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out_dir / name)
     grids = sorted((run_dir / "samples").glob("step_*.png"))

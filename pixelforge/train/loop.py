@@ -343,7 +343,22 @@ def _save_samples(ema, data: ImageSet, conds: _Conditions, cfg: RunConfig, run_d
     return save_png(grid, run_dir / "samples" / f"step_{step:07d}.png", {"step": step})
 
 
-def _init_from(model, ema, source: str, runs_dir: Path | None = None) -> list[str]:
+class NotCopied(list):
+    """The weight names `_init_from` did not copy (a list), with those the source has in another shape."""
+
+    def __init__(self, names, differ):
+        super().__init__(names)
+        self.differ = sorted(differ)
+
+    def describe(self) -> str:
+        """ "" when everything was copied; otherwise which weights start fresh and why."""
+        absent = [k for k in self if k not in self.differ]
+        parts = ([f"shapes differ: {', '.join(self.differ)}"] if self.differ else []) + (
+            [f"not in the source: {', '.join(absent)}"] if absent else [])
+        return f" (not copied, {'; '.join(parts)})" if parts else ""
+
+
+def _init_from(model, ema, source: str, runs_dir: Path | None = None) -> NotCopied:
     """Copy matching weights from another run (a name looked up in runs_dir) or a bundled model (transfer
     learning); returns the names not copied."""
     run_dir = resolve_run(source, runs_dir)
@@ -359,7 +374,8 @@ def _init_from(model, ema, source: str, runs_dir: Path | None = None) -> list[st
             usable[key] = state[key][-1:].expand_as(own[key]).clone()  # (num_classes + 1, dim)
     model.load_state_dict(usable, strict=False)
     ema.load_state_dict(model.state_dict())
-    return sorted(set(own) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    return NotCopied(missing, [k for k in missing if k in state])
 
 
 def train(
@@ -640,7 +656,7 @@ def _train_locked(
         say(f"resuming {run_dir} from step {start}")
     elif init_from:
         skipped = _init_from(model, ema, init_from, run_dir.parent)
-        say(f"initialised from {init_from}" + (f" (not copied, shapes differ: {', '.join(skipped)})" if skipped else ""))
+        say(f"initialised from {init_from}{skipped.describe()}")
 
     log = _MetricsLog(run_dir, start) if world.main else None
     # training seconds of the earlier calls: elapsed_s counts on from them
