@@ -51,7 +51,7 @@ def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress
     halves of guidance); labels cycle through the classes, prompts through `prompts`. A call that sampling
     never makes (an autoencoder's encoder) is recorded while editing n of the run's training images at
     strength 0.5, which also gives the decoder latents of real images beside the prior's."""
-    from .compress.graph import declared_calls, numpy_feeds, original, replace_call, restore_call
+    from .compress.graph import declared_calls, numpy_feeds, original, replace_call, restore_call, split_args
     from .condition import Cond
 
     model = g.model
@@ -61,10 +61,10 @@ def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress
     def recorder(call):
         own = original(model, call)
 
-        def recording(*args):
-            *tensors, cond = args
+        def recording(*args, **kwargs):
+            tensors, cond = split_args(call, args, kwargs)
             feeds[call.method].append(numpy_feeds(model, tensors, cond, call))
-            return own(*args)
+            return own(*args, **kwargs)
 
         return recording
 

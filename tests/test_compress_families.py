@@ -192,8 +192,17 @@ def test_a_missing_encoder_graph_is_a_clear_error(runs, tmp_path):
         pixelforge.load(broken, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """$PIXELFORGE_CACHE in a temporary folder shared by this module's evaluations: the digits and the
+    classifier's reference features are prepared once, never in the home folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.mark.parametrize("family", ["gan", "vae"])
-def test_a_quantised_run_samples_and_evaluates_from_the_cli(runs, family, tmp_path, capsys, pixelforge_cache):
+def test_a_quantised_run_samples_and_evaluates_from_the_cli(runs, family, tmp_path, capsys, shared_cache):
     run = runs[f"{family}-onnx-int8"]
     assert main(["sample", str(run), "-n", "2", "--label", "4", "-o", str(tmp_path / "s"), "--device", "cpu"]) == 0
     pngs = sorted((tmp_path / "s").glob("seed*.png"))

@@ -100,6 +100,14 @@ def numpy_feeds(model: nn.Module, tensors, cond: Cond | None, call: NetworkCall 
     return {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy() for k, v in named.items()}
 
 
+def split_args(call: NetworkCall, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], Cond | None]:
+    """(the tensor arguments, the Cond or None) of a call of call.method as its callers make it: the cond
+    positional, by keyword, or left out (the VQ-VAE's decode_indices calls decode_latents(e))."""
+    k = len(call.args)
+    cond = args[k] if len(args) > k else kwargs.get("cond")
+    return list(args[:k]), cond
+
+
 class TensorCall(nn.Module):
     """A family's network call (default the sampling's) with tensors only: forward(*args, *conditions) in
     input_names order -> (B, ...) or a tuple of such (call.outputs); what torch.onnx.export traces. It runs
@@ -193,8 +201,8 @@ class OnnxCall:
                              f"does not give ({', '.join(self.names)})")
         self.graph_inputs = graph_inputs  # an exporter may drop an input the graph never reads
 
-    def __call__(self, *args) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        *tensors, cond = args  # the declared tensor arguments, then the Cond (or None)
+    def __call__(self, *args, **kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        tensors, cond = split_args(self.call, args, kwargs)  # the declared tensor arguments, then the Cond (or None)
         feeds = numpy_feeds(self.model_ref[0], tensors, cond, self.call)
         outs = self.session.run(list(self.call.outputs), {k: v for k, v in feeds.items() if k in self.graph_inputs})
         outs = tuple(torch.from_numpy(out).to(tensors[0].device) for out in outs)
@@ -207,11 +215,12 @@ class Bf16Call:
     and the sampler stay in fp32 around it."""
 
     def __init__(self, model: nn.Module, call: NetworkCall | None = None):
-        self.fn = original(model, call)
+        self.call = call or declared_call(model)
+        self.fn = original(model, self.call)
         self.device_type = model.device.type
 
-    def __call__(self, *args) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        *tensors, cond = args  # the declared tensor arguments, then the Cond (or None)
+    def __call__(self, *args, **kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        tensors, cond = split_args(self.call, args, kwargs)  # the declared tensor arguments, then the Cond (or None)
         tensors = [t.to(torch.bfloat16) if t.is_floating_point() else t for t in tensors]
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             out = self.fn(*tensors, cond)
