@@ -233,6 +233,11 @@ def bench_run(
     if repeats < 1 or n < 1:
         raise ValueError(f"repeats and n must be at least 1, got {repeats} and {n}")
     source = resolve_run(run, runs_dir)
+    if steps is not None:
+        options = load(source, device=device, moderation=None).sample_options
+        if "steps" not in options:
+            raise ValueError(f"steps {steps}: {source} samples without sampler steps (its options: "
+                             f"{', '.join(options) or 'none'}); leave steps out")
     if "fp32" not in variants:
         variants = ("fp32", *variants)  # the reference of every ratio
     prompts = calibration_prompts
@@ -246,12 +251,8 @@ def bench_run(
             if not (dirs[v] / "config.json").is_file():
                 compress_run(source, dirs[v], export=export, quantize=quantize, calibration_prompts=prompts,
                              device=device, progress=progress)
-        options = load(dirs["fp32"], device=device, moderation=None).sample_options
-        if steps is not None and "steps" not in options:
-            raise ValueError(f"steps {steps}: {source} samples without sampler steps (its options: "
-                             f"{', '.join(options) or 'none'}); leave steps out")
         if steps is None:
-            steps = options.get("steps")
+            steps = load(dirs["fp32"], device=device, moderation=None).sample_options.get("steps")
         rows: dict[str, list[dict]] = {v: [] for v in variants}
         bar = stage_bar(repeats * len(variants), "measuring", unit="run", enabled=progress)
         for r in range(repeats):

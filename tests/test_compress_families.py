@@ -244,3 +244,15 @@ def test_the_server_serves_compressed_gan_and_vae_runs(runs, tmp_path):
         image = encoded(pixelforge.images.to_pil(torch.zeros(1, 1, 8, 8))[0])
         job = run_job(client, {"model": "vae-onnx-int8", "seed": 1, "image": b64(image), "options": {"strength": 0.5}})
         assert len(job["images"]) == 1
+
+
+@pytest.mark.slow  # two fresh processes, each importing torch and onnxruntime: a minute on a loaded 2-core machine
+def test_bench_measures_a_gan_and_refuses_sampler_steps_it_does_not_have(runs, tmp_path):
+    from pixelforge.compression import bench_run
+
+    rows = bench_run(runs["gan"], variants=("onnx-int8",), n=2, batch_size=2, repeats=1, device="cpu",
+                     work_dir=tmp_path, progress=False)
+    assert [r["variant"] for r in rows] == ["fp32", "onnx-int8"] and rows[1]["steps"] is None
+    assert rows[1]["images_per_s"] > 0 and rows[1]["peak_mib"] > 50
+    with pytest.raises(ValueError, match="samples without sampler steps.*truncation"):
+        bench_run(runs["gan"], steps=4, device="cpu", work_dir=tmp_path / "b", progress=False)
