@@ -151,23 +151,26 @@ def compress_run(
         state = model.state_dict()
         if export == "onnx":
             graphs = graph_files(model)  # (call, model.onnx), then model.METHOD.onnx for each other call
-            fp32_files = {}
+            # the fp32 graphs under their final names, in a folder of their own: a graph names its external
+            # weights file (the dynamo exporter's NAME.data) inside, so the files are moved, never renamed
+            fp32 = tmp / "fp32"
+            fp32_files = []
             for call, name in graphs:
-                fp32_files[name] = export_onnx(model, tmp / f"fp32.{name}", exporter=exporter, opset=opset, call=call)
-                by_call[call.method] = parity(model, tmp / f"fp32.{name}", call=call)
+                fp32_files += export_onnx(model, fp32 / name, exporter=exporter, opset=opset, call=call)
+                by_call[call.method] = parity(model, fp32 / name, call=call)
             max_abs = max(by_call.values())
             stages.update()
             if quantize == "int8":
                 feeds = _calibration_feeds(g, calibration_images, calibration_prompts, seed, progress)
                 for call, name in graphs:
-                    quantize_int8(tmp / f"fp32.{name}", tmp / name, feeds[call.method])
-                    for f in fp32_files[name]:
-                        f.unlink()
+                    quantize_int8(fp32 / name, tmp / name, feeds[call.method])
+                for f in fp32_files:
+                    f.unlink()
                 stages.update()
             else:
-                for call, name in graphs:
-                    for f in fp32_files[name]:
-                        f.rename(tmp / f.name.replace(f"fp32.{name}", name))
+                for f in fp32_files:
+                    f.rename(tmp / f.name)
+            fp32.rmdir()
             state = {k: v for k, v in state.items() if k in graph_free_shapes(model)}
         elif quantize == "bf16":
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
