@@ -192,7 +192,8 @@ def compress_run(
 
 
 def model_bytes(run_dir: Path) -> int:
-    """Bytes on disk of what sampling reads: the weights and, for an ONNX variant, the graphs and their data."""
+    """Bytes on disk of a variant's model: the weights and, for an ONNX variant, its graphs (an autoencoder's
+    encoder too) and their data."""
     files = [run_dir / WEIGHTS_FILE, *run_dir.glob("*.onnx"), *run_dir.glob("*.onnx.data")]
     return sum(f.stat().st_size for f in files if f.is_file())
 
@@ -276,9 +277,23 @@ def bench_run(
             shutil.rmtree(base, ignore_errors=True)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: VmHWM in /proc/self/status, which starts afresh at exec.
+    ru_maxrss does not: a child started by fork and exec reports at least its parent's size at the fork,
+    so every variant measured from one parent showed that parent's size. ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # "VmHWM:  123456 kB"
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def _measure_main(job: dict) -> dict:
     """The child process of _measure: see its docstring; returns images_per_s, seconds, peak_mib, note."""
-    import resource
     import time
     import warnings
 
@@ -293,9 +308,8 @@ def _measure_main(job: dict) -> dict:
     start = time.perf_counter()
     g.generate_tensor(job["n"], seed=job["seed"], batch_size=job["batch_size"], **options)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
     note = "; ".join(str(w.message) for w in caught if "bf16" in str(w.message))
-    return {"images_per_s": job["n"] / seconds, "seconds": seconds, "peak_mib": peak_kib / 1024, "note": note}
+    return {"images_per_s": job["n"] / seconds, "seconds": seconds, "peak_mib": peak_rss_mib(), "note": note}
 
 
 if __name__ == "__main__":  # one measurement of bench_run, in a process of its own

@@ -269,3 +269,14 @@ def test_a_dynamo_export_loads_from_the_folder_it_was_moved_to(runs, tmp_path):
     ref = pixelforge.load(runs["vae"], device="cpu")
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert (g.model.edit(x, strength=0.5, seed=1) - ref.model.edit(x, strength=0.5, seed=1)).abs().max() < PARITY_TOL
+
+
+def test_a_measured_peak_is_the_child_process_own_not_its_parent_size():
+    """bench's fresh process per measurement reports its own peak memory, even when its parent is larger."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1_500 * 2**20)  # 1.5 GiB resident in this process (bytearray writes every byte)
+    done = subprocess.run([sys.executable, "-c", "from pixelforge.compression import peak_rss_mib; print(peak_rss_mib())"],
+                          capture_output=True, text=True, check=True)
+    assert len(ballast) and float(done.stdout) < 1_000  # torch imported: a few hundred MiB
