@@ -9,9 +9,13 @@ labels balanced over the classes, the same sampler and steps, against the held-o
 run's data set (the images training never saw), with the same extractor (the MNIST classifier for digits,
 Inception otherwise).
 
+--models takes bundled models, run names (in --runs-dir) and run folders of any family that compresses
+(diffusion, GAN, VAE, VQ-VAE); a family without sampler steps samples in one network call per batch.
+
 Usage:
     .venv/bin/python bench/compress.py                              # the bundled digit model
     .venv/bin/python bench/compress.py --models mnist-diffusion shapes-text --n-fid 500 --repeats 3
+    .venv/bin/python bench/compress.py --models vae-mnist --runs-dir runs   # a trained VAE run
     .venv/bin/python bench/compress.py --quick                      # seconds-long smoke run
 """
 
@@ -65,6 +69,7 @@ def main() -> None:
     p.add_argument("--n-fid", type=int, default=500)
     p.add_argument("--steps", type=int, default=None, help="sampler steps for every variant (default: the run's)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--runs-dir", default=None, help="where run names in --models are looked up (default ./runs)")
     p.add_argument("--work-dir", default="bench-compress", help="where the variants are written (kept)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the table here")
@@ -75,15 +80,17 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {}
     for model in a.models:
-        work = Path(a.work_dir) / model
-        rows = bench_run(model, n=a.n_speed, steps=a.steps, repeats=a.repeats, work_dir=work, device=a.device)
+        work = Path(a.work_dir) / Path(model).name  # a run folder's name: never the folder itself
+        rows = bench_run(model, n=a.n_speed, steps=a.steps, repeats=a.repeats, work_dir=work, device=a.device,
+                         runs_dir=a.runs_dir)
         g = pixelforge.load(work / "fp32", device=a.device, moderation=None)
         extractor = load_extractor("auto", data_source=g.config.data.source, device=a.device)
         real = held_out_features(g, extractor, a.device)
         for r in rows:
             r["fid"] = fid_of(work / r["variant"], extractor, real, n=a.n_fid, steps=r["steps"], device=a.device)
         ref = rows[0]
-        print(f"\n{model}: {a.n_speed} images timed, {ref['steps']} steps, median of {a.repeats} interleaved rounds; "
+        steps = f"{ref['steps']} steps" if ref["steps"] else "one network call per batch"
+        print(f"\n{model} ({g.config.family}): {a.n_speed} images timed, {steps}, median of {a.repeats} interleaved rounds; "
               f"FID of {a.n_fid} samples vs {real[2]} held-out images ({extractor.name})")
         print("| variant | size MB | size vs fp32 | images/s | speed vs fp32 | peak MiB | FID | FID vs fp32 |")
         print("|---|---|---|---|---|---|---|---|")

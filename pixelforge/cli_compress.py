@@ -32,15 +32,18 @@ def add_compress(sub) -> None:
         "compress",
         help="write a faster or smaller variant of a run: ONNX Runtime (fp32, int8) or bf16",
         description="Write a compressed variant of RUN to the new folder OUT: a run that sample, evaluate, edit and "
-        "serve take like any other, whose config.json records the variant (docs/compress.md). The EDM "
-        "preconditioning, guidance and the sampler stay in Python around the exported network.",
+        "serve take like any other, whose config.json records the variant (docs/compress.md). Diffusion, GAN, VAE "
+        "and VQ-VAE runs: each family's network calls are exported (the EDM preconditioning, guidance and the sampler "
+        "stay in Python around them; an autoencoder's encoder is a second graph); PixelCNN and transformer runs are "
+        "refused with the reason.",
     )
     p.add_argument("run", metavar="RUN", help="run folder, run name, or bundled model")
     p.add_argument("-o", "--out", required=True, help="the new run folder (must not exist, or be empty)")
     p.add_argument("--export", choices=EXPORTS, default="none",
                    help="onnx: the network runs in ONNX Runtime (default none: PyTorch)")
     p.add_argument("--quantize", choices=QUANTIZE, default="none",
-                   help="int8 (with --export onnx): static QDQ, calibrated on the sampler's own inputs; "
+                   help="int8 (with --export onnx): static QDQ, calibrated on the sampler's own inputs (and an "
+                   "autoencoder's encoder on the run's training images); "
                    "bf16 (without export): bfloat16 weights and compute where the hardware has it")
     p.add_argument("--prune", type=float, default=0.0, help="share of weights to prune (not yet available: only 0)")
     p.add_argument("--exporter", choices=EXPORTERS, default=CompressConfig.exporter,
@@ -103,7 +106,8 @@ def cmd_bench(a) -> int:
     rows = bench_run(a.run, variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()), n=a.n,
                      steps=a.steps, batch_size=a.batch_size, repeats=a.repeats, calibration_prompts=_calibration_prompts(a),
                      work_dir=a.work_dir, device=a.device, runs_dir=a.runs_dir, progress=not a.quiet)
-    print(f"{a.run}: {rows[0]['n']} images, {rows[0]['steps']} steps, median of {a.repeats} interleaved rounds; "
+    steps = f"{rows[0]['steps']} steps" if rows[0]["steps"] else "one network call per batch"  # a GAN, a VAE
+    print(f"{a.run}: {rows[0]['n']} images, {steps}, median of {a.repeats} interleaved rounds; "
           f"{torch.get_num_threads()} threads; load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print(f"{'variant':<10} {'size MB':>8} {'images/s':>9} {'x fp32':>7} {'peak MiB':>9}")
     for r in rows:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .compress.config import VARIANTS, CompressConfig
-from .compress.load import ONNX_FILE, WEIGHTS_FILE, graph_free_shapes
+from .compress.load import WEIGHTS_FILE, graph_free_shapes
 from .progress import image_bar, stage_bar
 from .runs.checkpoint import atomic_save_tensors, atomic_write_text
 
@@ -29,32 +29,68 @@ def _check_out(out: Path) -> None:
         raise FileExistsError(f"{out} exists and is not an empty folder: choose a new output folder (-o)")
 
 
-def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress: bool) -> list[dict]:
-    """The network call's inputs at every step of sampling n images with the run's default options (its
-    sampler, steps, guidance: so the sampler's own noise levels and both halves of guidance), one feed per
-    call; labels cycle through the classes, prompts through `prompts`."""
-    from .compress.graph import numpy_feeds, original, replace_call
+def _training_images(g, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first n images of the run's training split, (n, C, H, W) in [-1, 1] through the run's own
+    pipeline, and their labels (n,) (None where the data set has none)."""
+    from .data import load_dataset, split_indices, to_model
+
+    try:
+        data = load_dataset(g.config.data, progress=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"int8 calibration of {g.name}'s encoder reads the run's images ({g.config.data.source}): "
+                         f"{e}") from None
+    train, _ = split_indices(len(data.images), g.config.data.val_fraction, g.config.data.split_seed)
+    idx = train[:n]
+    labels = data.labels[idx] if getattr(data, "labels", None) is not None else None
+    return to_model(data.images[idx], g.config.data), labels
+
+
+def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress: bool) -> dict[str, list[dict]]:
+    """The inputs of every declared network call (method -> one feed per call) while sampling n images with
+    the run's default options (its sampler, steps, guidance: so the sampler's own noise levels and both
+    halves of guidance); labels cycle through the classes, prompts through `prompts`. A call that sampling
+    never makes (an autoencoder's encoder) is recorded while editing n of the run's training images at
+    strength 0.5, which also gives the decoder latents of real images beside the prior's."""
+    from .compress.graph import declared_calls, numpy_feeds, original, replace_call, restore_call, split_args
+    from .condition import Cond
 
     model = g.model
-    own = original(model)
-    feeds: list[dict] = []
+    calls = declared_calls(model)
+    feeds: dict[str, list[dict]] = {call.method: [] for call in calls}
 
-    def recording(*args):
-        *tensors, cond = args
-        feeds.append(numpy_feeds(model, tensors, cond))
-        return own(*args)
+    def recorder(call):
+        own = original(model, call)
+
+        def recording(*args, **kwargs):
+            tensors, cond = split_args(call, args, kwargs)
+            feeds[call.method].append(numpy_feeds(model, tensors, cond, call))
+            return own(*args, **kwargs)
+
+        return recording
 
     text = "text" in g.inputs
     if text and not prompts:
         raise ValueError("int8 calibration of a text model needs prompts (calibration_prompts, --calibration-prompts)")
     labels = [i % g.num_classes for i in range(n)] if g.num_classes and not text else None
     bar, cb = image_bar(n, "calibrating int8", enabled=progress)
-    replace_call(model, recording)
+    for call in calls:
+        replace_call(model, recorder(call), call)
     try:
         g.generate_tensor(n, labels=labels, prompts=[prompts[i % len(prompts)] for i in range(n)] if text else None,
                           seed=seed, callback=cb)
+        unreached = [method for method, recorded in feeds.items() if not recorded]
+        if unreached:
+            if "edit" not in model.capabilities:
+                raise ValueError(f"int8 calibration: sampling never calls {', '.join(unreached)}, and {g.name} cannot "
+                                 "edit images to reach it")
+            x, y = _training_images(g, n)  # (n, C, H, W) in [-1, 1], (n,)
+            for start in range(0, len(x), 64):
+                chunk = slice(start, start + 64)
+                cond = Cond(labels=y[chunk]) if y is not None and "labels" in model.takes() else None
+                model.edit(x[chunk].to(model.device), strength=0.5, cond=cond, seed=seed + start)
     finally:
-        del model.__dict__[model.network_call.method]  # back to the family's own method
+        for call in calls:
+            restore_call(model, call)  # back to the family's own method
         bar.close()
     return feeds
 
@@ -84,10 +120,15 @@ def compress_run(
     ranges from sampling calibration_images images (their prompts cycle through calibration_prompts for a
     text model; seed fixes the images). export "none" with quantize "bf16": the weights in bfloat16, run in
     bfloat16 where the hardware has it. prune: not available yet (only 0).
-    Returns {"out", "variant", "files" (name -> bytes), "parity_max_abs" (ONNX fp32 graph vs PyTorch, or None)}.
+    Every network call the family declares is exported (the GAN's generator; the VAE's and VQ-VAE's decoder,
+    and their encoder, which edit runs, as model.encode.onnx); int8 calibrates a call that sampling never
+    makes (the encoder) on the run's training images.
+    Returns {"out", "variant", "files" (name -> bytes), "parity_max_abs" (ONNX fp32 graphs vs PyTorch, the
+    largest, or None), "parity_by_call" (method -> max abs)}.
     """
     from .api import load
     from .compress.graph import declared_call
+    from .compress.load import graph_files
     from .compress.onnx_export import export_onnx, parity, quantize_int8
 
     cc = CompressConfig(export=export, quantize=quantize, prune=prune, exporter=exporter, opset=opset,
@@ -106,21 +147,30 @@ def compress_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".compress-", dir=out.parent))  # beside out: the files are renamed in
     try:
-        max_abs = None
+        max_abs, by_call = None, {}
         state = model.state_dict()
         if export == "onnx":
-            fp32_files = export_onnx(model, tmp / "fp32.onnx", exporter=exporter, opset=opset)
-            max_abs = parity(model, tmp / "fp32.onnx")
+            graphs = graph_files(model)  # (call, model.onnx), then model.METHOD.onnx for each other call
+            # the fp32 graphs under their final names, in a folder of their own: a graph names its external
+            # weights file (the dynamo exporter's NAME.data) inside, so the files are moved, never renamed
+            fp32 = tmp / "fp32"
+            fp32_files = []
+            for call, name in graphs:
+                fp32_files += export_onnx(model, fp32 / name, exporter=exporter, opset=opset, call=call)
+                by_call[call.method] = parity(model, fp32 / name, call=call)
+            max_abs = max(by_call.values())
             stages.update()
             if quantize == "int8":
                 feeds = _calibration_feeds(g, calibration_images, calibration_prompts, seed, progress)
-                quantize_int8(tmp / "fp32.onnx", tmp / ONNX_FILE, feeds)
+                for call, name in graphs:
+                    quantize_int8(fp32 / name, tmp / name, feeds[call.method])
                 for f in fp32_files:
                     f.unlink()
                 stages.update()
             else:
                 for f in fp32_files:
-                    f.rename(tmp / f.name.replace("fp32.onnx", ONNX_FILE))
+                    f.rename(tmp / f.name)
+            fp32.rmdir()
             state = {k: v for k, v in state.items() if k in graph_free_shapes(model)}
         elif quantize == "bf16":
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
@@ -138,13 +188,14 @@ def compress_run(
         shutil.rmtree(tmp, ignore_errors=True)
         stages.close()
     files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
-    return {"out": out, "variant": cc.variant, "files": files, "parity_max_abs": max_abs}
+    return {"out": out, "variant": cc.variant, "files": files, "parity_max_abs": max_abs, "parity_by_call": by_call}
 
 
 def model_bytes(run_dir: Path) -> int:
-    """Bytes on disk of what sampling reads: the weights and, for an ONNX variant, the graph and its data."""
-    names = (WEIGHTS_FILE, ONNX_FILE, ONNX_FILE + ".data")
-    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
+    """Bytes on disk of a variant's model: the weights and, for an ONNX variant, its graphs (an autoencoder's
+    encoder too) and their data."""
+    files = [run_dir / WEIGHTS_FILE, *run_dir.glob("*.onnx"), *run_dir.glob("*.onnx.data")]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _measure(run_dir: Path, *, n: int, steps: int | None, batch_size: int, device: str, seed: int) -> dict:
@@ -186,6 +237,11 @@ def bench_run(
     if repeats < 1 or n < 1:
         raise ValueError(f"repeats and n must be at least 1, got {repeats} and {n}")
     source = resolve_run(run, runs_dir)
+    if steps is not None:
+        options = load(source, device=device, moderation=None).sample_options
+        if "steps" not in options:
+            raise ValueError(f"steps {steps}: {source} samples without sampler steps (its options: "
+                             f"{', '.join(options) or 'none'}); leave steps out")
     if "fp32" not in variants:
         variants = ("fp32", *variants)  # the reference of every ratio
     prompts = calibration_prompts
@@ -221,9 +277,23 @@ def bench_run(
             shutil.rmtree(base, ignore_errors=True)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: VmHWM in /proc/self/status, which starts afresh at exec.
+    ru_maxrss does not: a child started by fork and exec reports at least its parent's size at the fork,
+    so every variant measured from one parent showed that parent's size. ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # "VmHWM:  123456 kB"
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def _measure_main(job: dict) -> dict:
     """The child process of _measure: see its docstring; returns images_per_s, seconds, peak_mib, note."""
-    import resource
     import time
     import warnings
 
@@ -233,13 +303,13 @@ def _measure_main(job: dict) -> dict:
         warnings.simplefilter("always")
         g = load(job["run"], device=job["device"], moderation=None)
     options = {"steps": job["steps"]} if job.get("steps") is not None else {}
-    g.generate_tensor(2, seed=10_000 + job["seed"], steps=2)  # warm-up: first-call allocations and lazy loading
+    warm = {"steps": 2} if "steps" in g.sample_options else {}  # a family without steps samples in one call
+    g.generate_tensor(2, seed=10_000 + job["seed"], **warm)  # warm-up: first-call allocations and lazy loading
     start = time.perf_counter()
     g.generate_tensor(job["n"], seed=job["seed"], batch_size=job["batch_size"], **options)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
     note = "; ".join(str(w.message) for w in caught if "bf16" in str(w.message))
-    return {"images_per_s": job["n"] / seconds, "seconds": seconds, "peak_mib": peak_kib / 1024, "note": note}
+    return {"images_per_s": job["n"] / seconds, "seconds": seconds, "peak_mib": peak_rss_mib(), "note": note}
 
 
 if __name__ == "__main__":  # one measurement of bench_run, in a process of its own

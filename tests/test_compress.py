@@ -19,7 +19,7 @@ from pixelforge.compress.graph import OnnxCall, input_names  # noqa: E402
 from pixelforge.compress.onnx_export import export_onnx, parity  # noqa: E402
 from pixelforge.compression import compress_run  # noqa: E402
 from pixelforge.condition import Cond  # noqa: E402
-from pixelforge.models import DiffusionConfig, DiffusionModel, GANConfig, GANModel  # noqa: E402
+from pixelforge.models import DiffusionConfig, DiffusionModel, PixelCNNConfig, PixelCNNModel  # noqa: E402
 from pixelforge.runs.checkpoint import atomic_save_tensors  # noqa: E402
 
 # ONNX Runtime vs PyTorch in fp32: the same arithmetic in another order; measured 3e-6 to 6e-6 on the
@@ -80,9 +80,9 @@ def test_the_dynamo_exporter_matches_pytorch_too(tmp_path, randomize_zero_init):
 
 
 def test_a_family_without_a_network_call_is_refused_by_name(tmp_path):
-    model = GANModel(GANConfig(image_size=8, channels=1, num_classes=0, base_channels=8), seed=0)
-    with pytest.raises(ValueError, match="gan models cannot be compressed yet"):
-        export_onnx(model, tmp_path / "g.onnx")
+    model = PixelCNNModel(PixelCNNConfig(image_size=8, channels=1, num_classes=0, hidden_channels=8, num_layers=2), seed=0)
+    with pytest.raises(ValueError, match="pixelcnn models cannot be compressed: its sampler runs the network once per pixel"):
+        export_onnx(model, tmp_path / "p.onnx")
 
 
 # --- compressed runs through the normal loader ------------------------------------------------------

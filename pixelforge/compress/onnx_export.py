@@ -11,21 +11,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import OUTPUT_NAME, OnnxCall, TensorCall, example_inputs, input_names, original, require_onnx
+from ..models.family import NetworkCall
+from .graph import OnnxCall, TensorCall, declared_call, example_inputs, input_names, original, require_onnx
 
 
 EXCLUDED_NODES = ("conv_out",)  # parts of node names int8 leaves in fp32 (the backbone's output layer)
 
 
-def export_onnx(model: nn.Module, path: Path, *, exporter: str = "torchscript", opset: int = 18) -> list[Path]:
-    """Write the model's network call as an ONNX graph at path (batch dimension dynamic); returns the files
-    written (the dynamo exporter puts the weights in an external path.data beside it). Plain protobuf
-    and raw tensor data: nothing is pickled."""
+def export_onnx(model: nn.Module, path: Path, *, exporter: str = "torchscript", opset: int = 18,
+                call: NetworkCall | None = None) -> list[Path]:
+    """Write one of the model's network calls (default the sampling's) as an ONNX graph at path (batch
+    dimension dynamic); returns the files written (the dynamo exporter puts the weights in an external
+    path.data beside it). Plain protobuf and raw tensor data: nothing is pickled."""
     require_onnx()
-    module = TensorCall(model).eval()
-    names = input_names(model)
-    args = example_inputs(model, 2, torch.Generator().manual_seed(0))
-    axes = {name: {0: "batch"} for name in [*names, OUTPUT_NAME]}
+    call = call or declared_call(model)
+    module = TensorCall(model, call).eval()
+    names = input_names(model, call)
+    outputs = list(call.outputs)
+    args = example_inputs(model, 2, torch.Generator().manual_seed(0), call)
+    axes = {name: {0: "batch"} for name in [*names, *outputs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     # The tracers warn about every Python-level check they pass (Cond's, the text conditioner's): those
     # checks hold for any batch of the declared inputs, so the warnings are noise to a user.
@@ -33,29 +37,31 @@ def export_onnx(model: nn.Module, path: Path, *, exporter: str = "torchscript", 
         warnings.simplefilter("ignore")
         if exporter == "dynamo":  # torch.export; needs onnxscript
             batch = torch.export.Dim("batch", min=1, max=65_536)  # forward(*tensors): one varargs entry
-            program = torch.onnx.export(module, args, input_names=names, output_names=[OUTPUT_NAME], opset_version=opset,
+            program = torch.onnx.export(module, args, input_names=names, output_names=outputs, opset_version=opset,
                                         dynamic_shapes=(tuple({0: batch} for _ in args),), dynamo=True, verbose=False)
             program.save(str(path), external_data=True)
         else:  # the TorchScript tracer: one self-contained file, ten times faster to export
-            torch.onnx.export(module, args, str(path), input_names=names, output_names=[OUTPUT_NAME], opset_version=opset,
+            torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs, opset_version=opset,
                               dynamic_axes=axes, dynamo=False)
     return [p for p in (path, path.with_name(path.name + ".data")) if p.is_file()]
 
 
-def parity(model: nn.Module, path: Path, *, batch: int = 16, seed: int = 1) -> float:
-    """Max absolute difference between the graph at path (ONNX Runtime) and the model's own network call,
-    on one batch of example inputs."""
+def parity(model: nn.Module, path: Path, *, batch: int = 16, seed: int = 1, call: NetworkCall | None = None) -> float:
+    """Max absolute difference between the graph at path (ONNX Runtime) and the model's own network call
+    (default the sampling's), on one batch of example inputs, over every output."""
     from ..condition import Cond
     from .graph import cond_inputs
 
-    args = example_inputs(model, batch, torch.Generator().manual_seed(seed))
-    k = len(args) - len(cond_inputs(model))
+    call = call or declared_call(model)
+    args = example_inputs(model, batch, torch.Generator().manual_seed(seed), call)
+    k = len(call.args)
     fields = dict(zip((n for n, _, _ in cond_inputs(model)), args[k:]))
     cond = Cond(**fields) if fields else None
     with torch.no_grad():
-        ref = original(model)(*args[:k], cond)
-    out = OnnxCall(model, path)(*args[:k], cond)
-    return float((out - ref).abs().max())
+        ref = original(model, call)(*args[:k], cond)
+    out = OnnxCall(model, path, call=call)(*args[:k], cond)
+    pairs = zip(out, ref) if isinstance(ref, tuple) else [(out, ref)]
+    return max(float((o - r).abs().max()) for o, r in pairs)
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]]) -> None:

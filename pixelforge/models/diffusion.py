@@ -476,6 +476,13 @@ class DiffusionModel(FamilyModule):
             return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, control=control)
         return self.net(x_in, c_noise, labels, vector=vector, tokens=tokens, token_mask=mask, spatial=spatial)
 
+    def example_call_inputs(self, method: str, b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Example arguments of `network` for a batch of b (compress/: export and parity), on the CPU: x_in
+        (B, *net_shape) at unit scale, c_noise (B,) over the training range ln(sigma) / 4."""
+        x_in = torch.randn(b, *self.net_shape, generator=generator)
+        c_noise = (torch.rand(b, generator=generator) * 10 - 6.2).div(4)  # ln(0.002)..ln(80), / 4
+        return {"x_in": x_in, "c_noise": c_noise}
+
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
         """EDM loss (eq. 2 with lambda = 1 / c_out^2), one value per image: (B,)."""
         cfg = self.config

@@ -14,13 +14,15 @@ from .optim import DEFAULT_BETAS, make_adam, training_stream, update
 
 
 class NetworkCall(NamedTuple):
-    """The one network call of a family's sampling that compress/ can export or run in another precision:
-    the method's name, the names of its tensor arguments (each (B, ...)) before a last `cond` argument,
-    and the submodules it runs (their weights are those of the exported graph)."""
+    """A network call of a family's sampling (or editing) that compress/ can export or run in another
+    precision: the method's name, the names of its tensor arguments (each (B, ...)) before a last `cond`
+    argument, the submodules it runs (their weights are those of the exported graph), and the names of
+    what it returns: one tensor, or a tuple of as many."""
 
     method: str
     args: tuple[str, ...]
     modules: tuple[str, ...]
+    outputs: tuple[str, ...] = ("out",)
 
 
 class FamilyModule(nn.Module):
@@ -34,6 +36,9 @@ class FamilyModule(nn.Module):
     # where one update's result feeds the next within a step (a GAN's D updates, then G against the new D)
     accumulates: bool = True
     network_call: NetworkCall | None = None  # None: nothing of the family can be exported yet
+    # further calls exported beside network_call (an autoencoder's encoder, which edit runs), each a graph of its own
+    other_calls: tuple[NetworkCall, ...] = ()
+    compress_note: str = ""  # why a family without a network_call has none (compress's error says it)
     # what `pixelforge sample` tells a user of a family whose samples are not meant as images (else "")
     sample_note: str = ""
 

@@ -3,7 +3,7 @@ differentiable augmentation, around the plain networks in nets/gan_nets.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -16,7 +16,7 @@ from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .augment import diff_augment, parse_policy
 from .common import check_seeds, seeded_init
-from .family import FamilyModule
+from .family import FamilyModule, NetworkCall
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
@@ -121,6 +121,8 @@ class GANModel(FamilyModule):
                    help="truncation of the latent (1: none; lower: safer, less varied)"),
     )
     sample_options = option_defaults(option_specs)
+    # what a compressed run replaces (compress/): G and its prompt conditioner on a latent and a class per image
+    network_call = NetworkCall("synthesize", ("z",), ("G", "text_g"))
 
     def __init__(self, config: GANConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: z, augmentation, labels for unlabelled images
@@ -263,6 +265,22 @@ class GANModel(FamilyModule):
         return F.relu(1 - self.D(x, y_d, v_d)) + F.relu(1 + self.D(fake, y_d, v_d))
 
     # --- sampling --------------------------------------------------------------------------------
+    def synthesize(self, z: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """G(z; cond): latents z (B, z_dim) -> images (B, C, H, W), before the clamp to [-1, 1]. cond.labels
+        (B,) is each image's class (never "no label": sample() draws one), None for an unconditional model;
+        the prompt (absent where cond gives none) conditions a text model. The network call of sampling,
+        which a compressed run replaces (compress/: an ONNX graph)."""
+        y = cond.labels if cond is not None and self.config.num_classes else None
+        return self.G(z, y, text_vector(self.text_g, cond, z.shape[0], z.device))
+
+    def example_call_inputs(self, method: str, b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Example arguments of `synthesize` for a batch of b (compress/: export and parity), on the CPU: z
+        from the prior, and a class for every image (G never sees "no label")."""
+        out = {"z": torch.randn(b, self.config.z_dim, generator=generator)}
+        if self.config.num_classes:
+            out["labels"] = torch.randint(self.config.num_classes, (b,), generator=generator)
+        return out
+
     @torch.no_grad()
     def sample(
         self,
@@ -302,7 +320,9 @@ class GANModel(FamilyModule):
             drawn = torch.stack([torch.randint(k, (), generator=g, device=self.device) for g in gen.generators])
             y = torch.where(given >= 0, given, drawn)  # (n,)
         cond = cond.to(self.device) if cond is not None else None
-        x = self.G(z, y, text_vector(self.text_g, cond, n, self.device)).clamp(-1, 1)
+        if y is not None:  # the drawn classes replace the given labels' "no label"
+            cond = replace(cond, labels=y) if cond is not None else Cond(labels=y)
+        x = self.synthesize(z, cond).clamp(-1, 1)
         if callback is not None:
             callback(0, 1)
         return x

@@ -161,6 +161,8 @@ class PixelCNNModel(FamilyModule):
     default_lr = 1e-3  # the CLI's --lr when not given
     capabilities = ("log_likelihood", "guidance")
     inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
+    compress_note = ("its sampler runs the network once per pixel through a cache of each layer's rows (SamplingCache), "
+                     "which a graph of the whole network cannot keep: it would redo the whole image at every pixel")
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
                    help="divides the logits (mixture: its logits; the logistic scales are multiplied by it); "

@@ -134,6 +134,8 @@ class TokenTransformerModel(FamilyModule):
     default_lr = 5e-4  # the CLI's --lr when not given; both stages
     capabilities = ()
     inputs = ("labels", "text")  # the Cond fields it takes (see FamilyModule.takes)
+    compress_note = ("its prior draws codes in a loop around the transformer (autoregressive: one code a step through a "
+                     "key-value cache that grows by a token each step, which one fixed graph does not hold)")
     option_specs = (
         OptionSpec("temperature", "float", 1.0, min=0.01, max=5.0,
                    help="divides the logits (1: the model's own distribution; lower: more typical codes)"),

@@ -30,7 +30,7 @@ from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, 
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
 from .common import HALF_BIN, autoencoder_edit, check_seeds, discretized_logistic_logprob, seeded_init
-from .family import FamilyModule
+from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, CHANNEL_MULT, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
 from .optim import OptimConfig
 from .options import OptionSpec, option_defaults
@@ -142,6 +142,12 @@ class VAEModel(FamilyModule):
                         "input, 1 a new image"),
     )
 
+    # What a compressed run replaces (compress/): the decoder (sampling, edit, likelihood) and the encoder (edit),
+    # each with the condition embedding and the linear map on its side of z.
+    network_call = NetworkCall("decode", ("z",), ("from_latent", "decoder", "label_embed", "text_cond"),
+                               ("mean", "log_scale"))
+    other_calls = (NetworkCall("encode", ("x",), ("encoder", "to_posterior", "label_embed", "text_cond"), ("mu", "logvar")),)
+
     def __init__(self, config: VAEConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws: posterior samples, label dropout
         self.config = config
@@ -191,6 +197,14 @@ class VAEModel(FamilyModule):
         mean, raw = self.decoder(h, emb).chunk(2, dim=1)
         log_scale = MIN_LOG_SCALE + F.softplus(raw - MIN_LOG_SCALE)  # a soft floor: the gradient never vanishes
         return mean, log_scale
+
+    def example_call_inputs(self, method: str, b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Example arguments of `decode` (z from the prior) or `encode` (images uniform in [-1, 1]) for a batch
+        of b (compress/: export and parity), on the CPU."""
+        c = self.config
+        if method == "encode":
+            return {"x": torch.rand(b, c.channels, c.image_size, c.image_size, generator=generator) * 2 - 1}
+        return {"z": torch.randn(b, c.latent_dim, generator=generator)}
 
     def _terms(self, x: torch.Tensor, cond: Cond | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample -log P(x|z) with one z ~ q(z|x) drawn from generator, and the analytic KL; nats, (B,) each."""

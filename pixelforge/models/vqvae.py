@@ -28,7 +28,7 @@ from ..condition import Cond
 from ..sampling import PerSampleGenerator
 from .nets.autoencoder import Decoder, Encoder
 from .common import autoencoder_edit, check_seeds, seeded_init
-from .family import FamilyModule
+from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, IMAGE_SIZE, WIDTH, check_bounds
 from ..distributed import all_gather_cat, broadcast_module_state_
 from .optim import OptimConfig
@@ -203,6 +203,11 @@ class VQVAEModel(FamilyModule):
                         "one is given): 0 returns the input, 1 redraws every one"),
     )
 
+    # What a compressed run replaces (compress/): the decoder on quantised codes (sampling, edit) and the encoder
+    # (edit); the nearest-code search and the codebook stay in PyTorch between them.
+    network_call = NetworkCall("decode_latents", ("e",), ("decoder",))
+    other_calls = (NetworkCall("encode", ("x",), ("encoder",), ("z_e",)),)
+
     def __init__(self, config: VQVAEConfig, optim: OptimConfig | None = None, *, seed: int = 0,
                  seed_weights: bool = True):
         """seed_weights=False draws the initial weights from the random stream as it is: for a family
@@ -236,9 +241,23 @@ class VQVAEModel(FamilyModule):
         """Side of the code grid: image_size // downsample."""
         return self.config.image_size // self.config.downsample
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [-1, 1] -> encoder outputs z_e (B, D, h, w), before quantisation."""
+    def encode(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> encoder outputs z_e (B, D, h, w), before quantisation. cond is
+        ignored (unconditional): it is there for the network-call signature compress/ exports."""
         return self.encoder(x)
+
+    def decode_latents(self, e: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """Quantised codes e (B, D, h, w) -> decoder outputs (B, C, H, W), before the clamp. cond is ignored."""
+        return self.decoder(e)
+
+    def example_call_inputs(self, method: str, b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Example arguments of `decode_latents` (codebook vectors at random codes) or `encode` (images uniform
+        in [-1, 1]) for a batch of b (compress/: export and parity), on the CPU."""
+        c = self.config
+        if method == "encode":
+            return {"x": torch.rand(b, c.channels, c.image_size, c.image_size, generator=generator) * 2 - 1}
+        idx = torch.randint(c.codebook_size, (b, self.latent_side, self.latent_side), generator=generator)
+        return {"e": self.quantizer.lookup(idx.to(self.device)).permute(0, 3, 1, 2).detach().cpu()}
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_e (B, D, h, w) -> (nearest codes e (B, D, h, w), their indices (B, h, w)).
@@ -259,7 +278,7 @@ class VQVAEModel(FamilyModule):
         """Code indices (B, h, w) (or flattened, (B, h * w)) -> images (B, C, H, W) clamped to [-1, 1]."""
         idx = idx.to(self.device).long().reshape(idx.shape[0], self.latent_side, self.latent_side)
         e = self.quantizer.lookup(idx).permute(0, 3, 1, 2)  # (B, D, h, w)
-        return self.decoder(e).clamp(-1, 1)
+        return self.decode_latents(e).clamp(-1, 1)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
