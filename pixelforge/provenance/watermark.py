@@ -40,9 +40,9 @@ CELLS_ACROSS = 128  # cells across an image's shorter side (cell size = side / 1
 OVERSAMPLE = 2  # samples per cell when the detector folds the residual
 SYNC_FRACTION = 0.25  # of a tile's cells, the synchronisation template
 PAYLOAD_BITS = 32
-DEFAULT_PSNR = 40.6  # dB, of the marked image against the original (before 8-bit rounding)
+DEFAULT_PSNR = 41.0  # dB, of the marked image against the original (before 8-bit rounding)
 PSNR_RANGE = (30.0, 60.0)
-DEFAULT_THRESHOLD = 6.5  # the score at and above which an image counts as marked; see docs/watermark.md
+DEFAULT_THRESHOLD = 7.0  # the score at and above which an image counts as marked; see docs/watermark.md
 MAX_ANGLE = 4.0  # degrees: the detector looks for rotations up to this
 PERIOD_RANGE = (0.45, 4.0)  # the detector looks for tile periods this many times the unattacked one
 INFORMED_ROUNDS = 3  # measure-and-adjust rounds of the embedding (0: plain spread spectrum)
