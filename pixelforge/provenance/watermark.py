@@ -12,8 +12,8 @@ Embedding (docs/watermark.md has the figures):
     linearly and added to the luminance (the same value on R, G and B) at the strength that gives the target
     PSNR; three rounds of informed embedding then move energy between the coded bits (see embed()).
 Detection:
-  - the residual (a Laplacian, normalised by its local spread, which whitens the host image) is searched for the
-    tile's period and angle: the periodic pattern puts peaks in the residual's autocorrelation on a square
+  - the residual (a Laplacian over its local spread to RESIDUAL_POWER, which whitens the host image) is searched
+    for the tile's period and angle: the periodic pattern puts peaks in the residual's autocorrelation on a square
     lattice of side TILE * cell_size; those lattices (each over a few nearby cell sizes) and the unattacked
     geometry are tried, the best refined by a pattern search in cell size and angle (_search);
   - folding: the residual, resampled to OVERSAMPLE samples per cell and rotated back, is summed tile over tile
