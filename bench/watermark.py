@@ -209,7 +209,9 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
                 scores.append(score)
                 bar.update(1)
             row["attacks"][name] = {"bit_accuracy": float(np.mean(accs)), "min_bit_accuracy": float(np.min(accs)),
-                                    "detected": float(np.mean(dets))}
+                                    "detected": float(np.mean(dets)),
+                                    "per_image": {"bit_accuracy": accs, "detected": [bool(d) for d in dets],
+                                                  "score": scores}}
             if scores[0] is not None:
                 row["attacks"][name]["median_score"] = float(np.median(scores))
         fp, fp_sparse, clean_scores = 0, 0, []

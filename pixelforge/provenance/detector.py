@@ -581,7 +581,7 @@ def _write(out: Path, net: DetectorNet, card: dict, splits: dict, overwrite: boo
 # --------------------------------------------------------------------------------------------------------------
 # Detection: the watermark and the classifier together
 
-# The watermark's false-positive rate at its default threshold (6.5): 0 of 1,000 clean photo crops scored that
+# The watermark's false-positive rate at its default threshold (7.0): 0 of 1,000 clean photo crops scored that
 # high (docs/watermark.md, "False positives"); 3 / 1,000 is the 95% upper bound that zero in 1,000 allows (the
 # rule of three), the figure used here rather than an optimistic 0.
 WATERMARK_FALSE_POSITIVE_RATE = 3 / 1000
