@@ -702,6 +702,8 @@ def train(
     minutes: float | None = None,
     progress: bool = True,
     adapter: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
     **settings,
 ) -> TrainResult:
     """Train a model on `data` (a folder of images or a bundled data set name) in RUNS_DIR/NAME, or resume
@@ -728,6 +730,10 @@ def train(
     runs_dir, a folder or a bundled model) whose network stays frozen; settings as
     runs.adapter.new_adapter_run_config takes them (adapter_data: other training images than the base's;
     minutes: a time budget, unplanned). docs/conditions.md, "Adapters".
+
+    compile: the networks compiled by torch.compile for this call's training (tried first; eager, with a
+    warning, where it fails). workers: background threads preparing the coming steps' batches (same batches
+    for any number). Neither changes the run's config (docs/distributed.md).
     """
     from tqdm.auto import tqdm
 
@@ -782,7 +788,7 @@ def train(
     if init_from == NO_INIT:
         init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
-                      max_seconds=max_minutes * 60 if max_minutes is not None else None)
+                      max_seconds=max_minutes * 60 if max_minutes is not None else None, compile=compile, workers=workers)
 
 
 def _latent_under(settings: dict, runs: Path) -> dict:
