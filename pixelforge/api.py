@@ -783,8 +783,8 @@ def train(
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
                          "(--eval-every) to compute it")
-    # under torchrun rank 0 alone evaluates (the loop sends its figure to the others)
-    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every and launched_world().main else None
+    # under torchrun every process samples its share of the evaluation's images; rank 0 computes the figure
+    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every else None
     if init_from == NO_INIT:
         init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
@@ -806,6 +806,7 @@ def _training_evaluator(cfg: RunConfig, device: str):
     from tqdm.auto import tqdm
 
     from .data import min_side
+    from .distributed import launched_world
     from .evaluate import load_real
     from .metrics.evaluate import make_training_evaluator
     from .metrics.features import load_extractor
@@ -814,8 +815,9 @@ def _training_evaluator(cfg: RunConfig, device: str):
     real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
                      shortest=min_side(cfg.data))
     options = ", ".join(f"{k} {v}" for k, v in TRAINING_EVAL_SAMPLE_OPTIONS.items())
-    tqdm.write(f"in-training evaluation: {cfg.train.eval_samples} samples ({options}) vs {len(real)} real images, "
-               f"extractor {ext.name}")
+    if launched_world().main:  # under torchrun, rank 0 alone speaks
+        tqdm.write(f"in-training evaluation: {cfg.train.eval_samples} samples ({options}) vs {len(real)} real images, "
+                   f"extractor {ext.name}")
     return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
                                    sample_options=TRAINING_EVAL_SAMPLE_OPTIONS)
 

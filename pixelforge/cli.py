@@ -801,6 +801,8 @@ def cmd_evaluate(a) -> int:
         figures = ev.evaluate_run(a.run, real=a.real, n=a.n or 10_000, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
                                   device=a.device, report=False if a.no_report else (a.report or True),
                                   progress=not a.json, post=post, **_sampling_options(a))
+        if not figures:  # under torchrun a process other than rank 0, which reports for all
+            return 0
     if a.json:
         keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
                 "post_processed")

@@ -917,10 +917,12 @@ def _train_locked(
                         best_val, bad_vals = val, 0
                     else:
                         bad_vals += 1
-            # distributed, rank 0 alone holds an evaluator (pixelforge.api.train) and the others wait for its figure
+            # distributed, a sharded evaluator (pixelforge.api.train's) runs on every process, each sampling its
+            # share, and rank 0 computes the figure; any other runs on rank 0 alone; the others wait for its figure
             if ((evaluator is not None or world.distributed) and cfg.train.eval_every
                     and (step % cfg.train.eval_every == 0 or step == end)):
-                figures = evaluator(ema, step) if world.main and evaluator is not None else {}
+                runs_here = evaluator is not None and (world.main or getattr(evaluator, "sharded", False))
+                figures = evaluator(ema, step) if runs_here else {}
                 if figures or not world.distributed:
                     row = row or {"step": step, "images": step * cfg.train.batch_size}
                     row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
