@@ -249,9 +249,15 @@ class _Prefetch:
     tensor operations, which release the GIL, on tensors every thread shares (nothing is copied or
     pickled), and on CUDA they queue their work on the same device as the training."""
 
-    def __init__(self, make: Callable[[int], object], end: int, workers: int):
+    def __init__(self, make: Callable[[int], object], end: int, workers: int, device: torch.device):
         self.make, self.end, self.workers = make, end, workers
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pixelforge-batches") if workers else None
+        self.pool: ThreadPoolExecutor | None = None
+        if workers:
+            # a new thread's current CUDA device is GPU 0: each worker takes this process's GPU, as the trainer's
+            # thread does, so that pinned memory and any kernel land there (torch's DataLoader does the same)
+            on_gpu = device.type == "cuda" and device.index is not None
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pixelforge-batches",
+                                           initializer=(lambda: torch.cuda.set_device(device)) if on_gpu else None)
         self.pending: dict[int, Future] = {}
 
     def get(self, step: int):
@@ -863,7 +869,7 @@ def _train_locked(
         aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + step, world.rank))
         return [conds.augmented(data, chunk, cfg.data, aug_gen, dev, step, cfg.train.seed) for chunk in mine.split(micro)]
 
-    batches = _Prefetch(step_batches, end, workers)
+    batches = _Prefetch(step_batches, end, workers, dev)
     if workers:
         say(f"data: {workers} background thread(s) prepare the batches of the next {workers} step(s)")
     try:
