@@ -183,10 +183,22 @@ def bench_batch_preparation(cfg: RunConfig, device: torch.device, cache: Path) -
         return conds.augmented(data, idx, cfg.data, torch.Generator(device=device).manual_seed(step), device, step, 0)
 
     prep = [timed(lambda s=s: batch(s), device)[1] for s in range(20)]
+    indices = [timed(lambda s=s: _batch_indices(train_idx, s, cfg.train.batch_size, 0), device)[1] for s in range(20)]
+    per_image = [timed(lambda s=s: per_image_indices(train_idx, s, cfg.train.batch_size, 0), device)[1] for s in range(20)]
     x, cond = batch(0)
     step = [timed(lambda s=s: model.training_step(x, cond, s), device)[1] for s in range(5)]
     return {"batch_cpu_s": statistics.median(prep), "training_step_cpu_s": statistics.median(step[1:]),
-            "share_of_step": statistics.median(prep) / statistics.median(step[1:])}
+            "share_of_step": statistics.median(prep) / statistics.median(step[1:]),
+            "indices_cpu_s": statistics.median(indices), "per_image_indices_cpu_s": statistics.median(per_image)}
+
+
+def per_image_indices(train_idx: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
+    """A step's indices as the loop computed them before it permuted each epoch once: the epoch's permutation
+    made again for every image (the reference the loop's one-per-epoch indices are timed against)."""
+    from pixelforge.train.loop import _epoch_perm
+
+    n = len(train_idx)
+    return train_idx[torch.stack([_epoch_perm(n, seed, pos // n)[pos % n] for pos in range(step * batch, (step + 1) * batch)])]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,7 +249,9 @@ def main(argv=None) -> int:
         w = out["workers"]
         print(f"workers ({w['data']}, batch {w['batch_size']}, {w['steps']} steps): images/s {w['median_images_per_s']} "
               f"(x{w['ratio_workers_over_none']:.2f}); one batch {w['batch_preparation']['batch_cpu_s'] * 1e3:.1f} ms CPU = "
-              f"{w['batch_preparation']['share_of_step']:.1%} of a step; load {w['load_before']} -> {w['load_after']}")
+              f"{w['batch_preparation']['share_of_step']:.1%} of a step (its indices {w['batch_preparation']['indices_cpu_s'] * 1e3:.2f} "
+              f"ms; {w['batch_preparation']['per_image_indices_cpu_s'] * 1e3:.2f} ms a permutation per image); "
+              f"load {w['load_before']} -> {w['load_after']}")
     return 0
 
 
