@@ -2,7 +2,7 @@
 workers (--workers) against none for the real training loop; the machine's load printed beside each figure.
 
 compile: two copies of the same model (the same weights), one with its networks compiled as `--compile`
-compiles them (pixelforge.train.loop.compiled_networks, nn.Module.compile). The compiled copy's first training
+compiles them (pixelforge.train.compiled.compiled_networks, nn.Module.compile). The compiled copy's first training
 step (tracing and code generation) is timed alone; then windows of a few steps each, eager and compiled in turn
 (which goes first alternates), so the machine's other load falls on both alike. Each window's wall-clock and
 process CPU seconds per step are kept; the median window of each gives the ratio (eager time / compiled time:
@@ -79,7 +79,7 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 
 def bench_compile(args, device: torch.device) -> dict:
-    from pixelforge.train.loop import compiled_networks
+    from pixelforge.train.compiled import compiled_networks
 
     config = DiffusionConfig(image_size=args.image_size, channels=3, num_classes=10, **CONFIGS[args.config])
     eager = DiffusionModel(config, OptimConfig(), seed=0).to(device)

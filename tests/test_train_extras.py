@@ -129,7 +129,7 @@ def test_the_cli_takes_precision_fp16(tmp_path, capsys, pixelforge_cache):
 # --- --compile -----------------------------------------------------------------------------------------
 
 def test_compile_compiles_each_trained_network_of_the_family(monkeypatch, tmp_path, capsys):
-    from pixelforge.train.loop import compiled_networks
+    from pixelforge.train.compiled import compiled_networks
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
@@ -217,7 +217,7 @@ def test_batch_indices_are_the_epoch_permutations_in_order():
 
 
 def test_a_batch_goes_to_a_cuda_device_through_pinned_memory(monkeypatch):
-    from pixelforge.train.loop import host_to_device
+    from pixelforge.train.batches import host_to_device
 
     calls = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)

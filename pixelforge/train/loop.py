@@ -11,7 +11,6 @@ import math
 import shutil
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,7 @@ from ..distributed import failure as distributed_failure
 from ..distributed import setup as setup_distributed
 from ..distributed import teardown as teardown_distributed
 from ..models import get_family
-from ..models.family import FamilyModule, distribute, set_grad_scalers, set_micro_batch, set_precision
+from ..models.family import distribute, set_grad_scalers, set_micro_batch, set_precision
 from ..models.optim import scaled_lr
 from ..files import remove_stale_temporaries
 from ..images import labelled_rows, make_grid, save_png, to_pil
@@ -45,6 +44,8 @@ from ..runs.checkpoint import (
 from ..runs.config import RunConfig, build_model
 from ..runs.latent import load_frozen_parts
 from ..runs.store import load_weights, resolve_run
+from .batches import Prefetch, check_workers, host_to_device
+from .compiled import compile_networks
 from .lock import run_lock
 
 METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "fid", "kid", "kid_std", "elapsed_s"]
@@ -221,57 +222,6 @@ def _batch_indices(train_idx: torch.Tensor, step: int, batch: int, seed: int) ->
         here = epochs == epoch
         out[here] = _epoch_perm(n, seed, epoch)[within[here]]
     return train_idx[out]
-
-
-MAX_WORKERS = 64  # the most batch-preparing threads a training may ask for (--workers)
-
-
-def check_workers(workers: object) -> int:
-    """workers (the number of batch-preparing threads, --workers) if it is an integer in [0, MAX_WORKERS]."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers (--workers) must be an integer in [0, {MAX_WORKERS}], got {workers!r}")
-    return workers
-
-
-def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """t (on the CPU) on `device`: to a CUDA device through pinned (page-locked) memory and an asynchronous
-    copy, which the GPU's copy engine runs while it computes; elsewhere a plain .to()."""
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-class _Prefetch:
-    """The batches of the coming steps, made by `workers` background threads while the current step trains
-    (workers 0: made when asked, in this thread). make(step) is a pure function of the step (its images,
-    augmentation and conditions are drawn from streams seeded by the step), so the batches are bit-identical
-    whatever the number of workers; the order is the steps'. Threads, not processes: the batch is a few
-    tensor operations, which release the GIL, on tensors every thread shares (nothing is copied or
-    pickled), and on CUDA they queue their work on the same device as the training."""
-
-    def __init__(self, make: Callable[[int], object], end: int, workers: int, device: torch.device):
-        self.make, self.end, self.workers = make, end, workers
-        self.pool: ThreadPoolExecutor | None = None
-        if workers:
-            # a new thread's current CUDA device is GPU 0: each worker takes this process's GPU, as the trainer's
-            # thread does, so that pinned memory and any kernel land there (torch's DataLoader does the same)
-            on_gpu = device.type == "cuda" and device.index is not None
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pixelforge-batches",
-                                           initializer=(lambda: torch.cuda.set_device(device)) if on_gpu else None)
-        self.pending: dict[int, Future] = {}
-
-    def get(self, step: int):
-        if self.pool is None:
-            return self.make(step)
-        for ahead in range(step, min(step + self.workers + 1, self.end)):  # this step and the next `workers`
-            if ahead not in self.pending:
-                self.pending[ahead] = self.pool.submit(self.make, ahead)
-        return self.pending.pop(step).result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)  # batches of steps that will not run
-            self.pending.clear()
 
 
 class _MetricsLog:
@@ -584,52 +534,6 @@ def _first_batch(cfg: RunConfig, data: ImageSet, conds: _Conditions, train_idx: 
     return conds.augmented(data, idx, cfg.data, torch.Generator(device=dev).manual_seed(0), dev, 0, cfg.train.seed)
 
 
-def compiled_networks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, module) of the networks --compile compiles: each child of a family module that has weights to
-    train, a child that is itself a family module (the transformer's VQ-VAE) searched the same way. Not the
-    family module itself: its forward runs whichever loss function training_step passes it."""
-    out = []
-    for name, child in model.named_children():
-        if isinstance(child, FamilyModule):
-            out += [(f"{name}.{sub}", m) for sub, m in compiled_networks(child)]
-        elif any(p.requires_grad for p in child.parameters()):
-            out.append((name, child))
-    return out
-
-
-def _compile_networks(model: torch.nn.Module, batch: tuple[torch.Tensor, Cond], dev: torch.device, world: World,
-                      say: Callable[[str], None]) -> bool:
-    """Compile model's networks (compiled_networks) in place with torch.compile (nn.Module.compile: the same
-    parameters and state_dict names, so checkpoints do not change), after one training step on a compiled copy
-    of the model (its own weights, optimiser and random stream; the global random state restored) has worked:
-    torch.compile fails only when first called (no C++ compiler for its CPU code, an operation it cannot trace),
-    and a failure then would end the run. Where it fails on any process, every process trains eagerly and the
-    first says why. Returns whether the networks were compiled."""
-    twin = copy.deepcopy(model)
-    error: BaseException | None = None
-    started = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            for _, net in compiled_networks(twin):
-                net.compile()
-            twin.training_step(*batch, 0)
-    except Exception as e:  # noqa: BLE001 - any failure of the trial means: train eagerly
-        error = e
-    seconds = time.perf_counter() - started
-    del twin
-    failed = float(all_reduce_sum(torch.tensor([float(error is not None)], dtype=torch.float64))[0]) > 0
-    if failed:
-        why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}" if error is not None else "on another process"
-        say(f"warning: --compile: torch.compile failed on this machine ({why}); training eagerly")
-        return False
-    names = [name for name, _ in compiled_networks(model)]
-    for _, net in compiled_networks(model):
-        net.compile()
-    say(f"compile: torch.compile of {', '.join(names)} (a first training step on a copy took {seconds:.1f} s, "
-        "most of it compiling)")
-    return True
-
-
 def _rng_states(model, dev: torch.device) -> dict[str, torch.Tensor]:
     rng = {"torch_cpu": torch.get_rng_state(), "train_generator": model.train_generator.get_state()}
     if dev.type == "cuda":
@@ -740,7 +644,7 @@ def _train_locked(
     scalers = {name: grad_scaler(dev) for name in optimizers} if precision.precision == "fp16" else {}
     set_grad_scalers(model, scalers)
     if compile:
-        _compile_networks(model, _first_batch(cfg, data, conds, train_idx, micro, dev), dev, world, say)
+        compile_networks(model, _first_batch(cfg, data, conds, train_idx, micro, dev), dev, world, say)
     if world.distributed:  # before resuming: each process then restores the random streams of its own rank
         data_parallel(model, world.rank)
     if world.distributed or cfg.train.grad_accum > 1 or cfg.optim.lr_scaling != "none":
@@ -861,15 +765,16 @@ def _train_locked(
     t0 = time.perf_counter()
     window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     step = start
-    def step_batches(step: int) -> list[tuple[torch.Tensor, Cond]]:
-        """This process's micro-batches of step `step`: images (B, C, H, W) augmented, and their Cond."""
-        idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
+
+    def step_batches(at: int) -> list[tuple[torch.Tensor, Cond]]:
+        """This process's micro-batches of step `at`: images (B, C, H, W) augmented, and their Cond."""
+        idx = _batch_indices(train_idx, at, cfg.train.batch_size, cfg.train.seed)
         mine = idx[world.rank * per_process : (world.rank + 1) * per_process]  # this process's share
         # each process its own augmentation stream (rank 0's is the one of a single process)
-        aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + step, world.rank))
-        return [conds.augmented(data, chunk, cfg.data, aug_gen, dev, step, cfg.train.seed) for chunk in mine.split(micro)]
+        aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + at, world.rank))
+        return [conds.augmented(data, chunk, cfg.data, aug_gen, dev, at, cfg.train.seed) for chunk in mine.split(micro)]
 
-    batches = _Prefetch(step_batches, end, workers, dev)
+    batches = Prefetch(step_batches, end, workers, dev)
     if workers:
         say(f"data: {workers} background thread(s) prepare the batches of the next {workers} step(s)")
     try:
