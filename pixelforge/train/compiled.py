@@ -49,7 +49,7 @@ def compile_networks(model: torch.nn.Module, batch: tuple[torch.Tensor, Cond], d
     del twin
     failed = float(all_reduce_sum(torch.tensor([float(error is not None)], dtype=torch.float64))[0]) > 0
     if failed:
-        why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}" if error is not None else "on another process"
+        why = "on another process" if error is None else f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         say(f"warning: --compile: torch.compile failed on this machine ({why}); training eagerly")
         return False
     names = [name for name, _ in compiled_networks(model)]
