@@ -303,3 +303,51 @@ def test_shards_cover_the_items_in_order_and_none_is_empty():
         shares = [shard(n, World(rank, size)) for rank in range(size)]
         assert [i for s in shares for i in s] == list(range(n)) and all(len(s) for s in shares)
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def _preparing_process(rank: int, port: int, cache: Path, out: Path) -> None:
+    """Process `rank` of 2 loads out/images as the trainer does (_local_main_first) into an empty cache."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", PIXELFORGE_DIST_TIMEOUT="60")
+    report: dict = {}
+    try:
+        import pixelforge.data.prepare as prepare
+        from pixelforge.data import DataConfig, load_dataset
+        from pixelforge.distributed import current, setup, teardown
+        from pixelforge.train.loop import _local_main_first
+
+        writes = []
+        write = prepare._write_cache
+        prepare._write_cache = lambda *a, **k: writes.append(rank) or write(*a, **k)
+        setup(torch.device("cpu"))
+        folder = DataConfig(source=str(out / "images"), image_size=8, channels=3)
+        data = _local_main_first(current(), lambda: load_dataset(folder, cache_dir=cache, progress=False))
+        report.update(writes=len(writes), images=int(data.images.sum()))
+        teardown()
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        report["error"] = f"{type(e).__name__}: {e}"
+    (out / f"prep{rank}.json").write_text(json.dumps(report))
+    os._exit(0)
+
+
+def test_the_prepared_data_cache_is_made_once_per_machine_and_read_by_the_other_processes(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(6):
+        pixels = torch.randint(0, 256, (12, 12, 3), dtype=torch.uint8, generator=gen).numpy()
+        Image.fromarray(pixels).save(tmp_path / "images" / f"{i}.png")
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_preparing_process, args=(r, port, tmp_path / "cache", tmp_path)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    reports = [json.loads((tmp_path / f"prep{r}.json").read_text()) for r in range(2)]
+    assert [r.get("writes") for r in reports] == [1, 0], reports  # local rank 0 prepares, the other reads its file
+    assert reports[0]["images"] == reports[1]["images"]
