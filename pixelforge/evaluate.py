@@ -188,7 +188,7 @@ def _run_figures(g, fake: torch.Tensor, fake_feats: tuple[np.ndarray, np.ndarray
         if report is True:  # the run's own report, or out/NAME/ for a bundled model inside the package
             report = g.run_dir / "report.html" if writable else Path("out") / g.name / "report.html"
         r_feats, _, _ = real_features(real_images, ext, cache_dir=cache_dir)
-        f_feats = fake_feats[0][:512]  # the nearest real neighbours of the first 512 samples
+        f_feats = extract_features(ext, fake[: min(len(fake), 512)], progress=progress, desc="nearest real neighbours")
         grid = make_grid(to_pil(fake[:64].float() / 127.5 - 1), scale=max(1, 64 // fake.shape[-1]))
         figures["report"] = str(write_report(
             Path(report), title=f"Evaluation of {g.name}", figures=figures, settings=settings, grid=grid,
