@@ -117,6 +117,31 @@ def test_fp16_training_keeps_its_scalers_in_checkpoints_and_resumes_exactly(fp16
     assert all(p.dtype == torch.float32 for p in whole.values() if p.is_floating_point())
 
 
+@pytest.mark.parametrize("name", ["diffusion", "gan", "pixelcnn", "transformer", "vqvae"])
+def test_every_optimiser_of_a_family_steps_through_its_own_scaler_under_fp16(name):
+    # the GAN's D and G, the transformer's VQ-VAE (a family module inside it) and prior: each update finds its scaler
+    from test_precision import FAMILY_FIELDS
+
+    from pixelforge.condition import Cond
+    from pixelforge.models import FAMILIES
+    from pixelforge.models.family import set_grad_scalers, set_precision
+
+    family = FAMILIES[name]
+    names = {f.name for f in dataclasses.fields(family.Config)}
+    shape = {k: v for k, v in {"image_size": 8, "channels": 1, "num_classes": 10}.items() if k in names}
+    model = family(family.Config(**shape, **FAMILY_FIELDS[name]), OptimConfig(lr=1e-3, warmup_steps=1), seed=0)
+    set_precision(model, "fp16")
+    scalers = {opt: torch.amp.GradScaler("cpu") for opt in model.optimizers()}
+    set_grad_scalers(model, scalers)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1  # (B, 1, 8, 8)
+    cond = Cond(labels=torch.randint(0, 10, (8,), generator=gen)) if "labels" in model.takes() else Cond()
+    losses = [model.training_step(x, cond, step)["loss"] for step in range(3)]
+    assert all(math.isfinite(v) for v in losses), losses
+    assert {opt: s._scale is not None for opt, s in scalers.items()} == {opt: True for opt in scalers}  # each was used
+    assert {v.dtype for v in model.state_dict().values() if v.is_floating_point()} == {torch.float32}
+
+
 def test_the_cli_takes_precision_fp16(tmp_path, capsys, pixelforge_cache):
     code = main(["train", "digits", "--name", "h", "--runs-dir", str(tmp_path), "--precision", "fp16", "--steps", "1",
                  "--batch-size", "4", "--base-channels", "8", "--channel-mult", "1", "--num-res-blocks", "1",
