@@ -702,6 +702,8 @@ def train(
     minutes: float | None = None,
     progress: bool = True,
     adapter: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
     **settings,
 ) -> TrainResult:
     """Train a model on `data` (a folder of images or a bundled data set name) in RUNS_DIR/NAME, or resume
@@ -728,6 +730,10 @@ def train(
     runs_dir, a folder or a bundled model) whose network stays frozen; settings as
     runs.adapter.new_adapter_run_config takes them (adapter_data: other training images than the base's;
     minutes: a time budget, unplanned). docs/conditions.md, "Adapters".
+
+    compile: the networks compiled by torch.compile for this call's training (tried first; eager, with a
+    warning, where it fails). workers: background threads preparing the coming steps' batches (same batches
+    for any number). Neither changes the run's config (docs/distributed.md).
     """
     from tqdm.auto import tqdm
 
@@ -777,12 +783,12 @@ def train(
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
                          "(--eval-every) to compute it")
-    # under torchrun rank 0 alone evaluates (the loop sends its figure to the others)
-    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every and launched_world().main else None
+    # under torchrun every process samples its share of the evaluation's images; rank 0 computes the figure
+    evaluator = _training_evaluator(cfg, device) if cfg.train.eval_every else None
     if init_from == NO_INIT:
         init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
-                      max_seconds=max_minutes * 60 if max_minutes is not None else None)
+                      max_seconds=max_minutes * 60 if max_minutes is not None else None, compile=compile, workers=workers)
 
 
 def _latent_under(settings: dict, runs: Path) -> dict:
@@ -800,6 +806,7 @@ def _training_evaluator(cfg: RunConfig, device: str):
     from tqdm.auto import tqdm
 
     from .data import min_side
+    from .distributed import launched_world
     from .evaluate import load_real
     from .metrics.evaluate import make_training_evaluator
     from .metrics.features import load_extractor
@@ -808,8 +815,9 @@ def _training_evaluator(cfg: RunConfig, device: str):
     real = load_real(cfg.data.source, extractor=ext, image_size=cfg.data.image_size, progress=False,
                      shortest=min_side(cfg.data))
     options = ", ".join(f"{k} {v}" for k, v in TRAINING_EVAL_SAMPLE_OPTIONS.items())
-    tqdm.write(f"in-training evaluation: {cfg.train.eval_samples} samples ({options}) vs {len(real)} real images, "
-               f"extractor {ext.name}")
+    if launched_world().main:  # under torchrun, rank 0 alone speaks
+        tqdm.write(f"in-training evaluation: {cfg.train.eval_samples} samples ({options}) vs {len(real)} real images, "
+                   f"extractor {ext.name}")
     return make_training_evaluator(real, ext, n=cfg.train.eval_samples, num_classes=getattr(cfg.model_config(), "num_classes", 0),
                                    sample_options=TRAINING_EVAL_SAMPLE_OPTIONS)
 

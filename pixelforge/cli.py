@@ -188,10 +188,14 @@ def _add_train(sub):
     p.add_argument("--val-fraction", type=_float_range(0, 1, below_hi=True), default=0.05, help="share of images held out for validation")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None, help="fp32 (the default of a run of "
-                   "--steps); bf16: bfloat16 autocast where the hardware has it natively (weights stay fp32); auto (the "
-                   "default with --minutes): bf16 where a training step is measured at least 1.15x faster in it "
-                   "(docs/precision.md)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=None, help="fp32 (the default of a "
+                   "run of --steps); bf16: bfloat16 autocast where the hardware has it natively (weights stay fp32); fp16: "
+                   "float16 autocast with a gradient scaler, on CUDA GPUs; auto (the default with --minutes): bf16 where a "
+                   "training step is measured at least 1.15x faster in it (docs/precision.md)")
+    p.add_argument("--compile", action="store_true", help="train with the networks compiled by torch.compile (this "
+                   "call; tried on a copy first, eager with a warning where it fails; docs/distributed.md)")
+    p.add_argument("--workers", type=_int_range(0, 64), default=0, metavar="N", help="background threads preparing "
+                   "the batches of the next N steps while a step trains (the same batches for any N; docs/distributed.md)")
     p.add_argument("--max-minutes", type=_float_range(0, above_lo=True), default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
     p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled "
                    "model's weights (fine-tuning); 'none' trains from scratch. A --minutes run on 32x32 RGB images "
@@ -310,7 +314,7 @@ def cmd_train(a) -> int:
     try:
         result = train(a.data, name=a.name, runs_dir=a.runs_dir, device=a.device, init_from=a.init_from,
                        max_minutes=a.max_minutes, minutes=a.minutes, progress=not a.quiet, model_fields=_model_fields(a),
-                       **settings)
+                       compile=a.compile, workers=a.workers, **settings)
     except RunLockedError as e:
         print(f"pixelforge train: error: {e}", file=sys.stderr)
         return 1
@@ -797,6 +801,8 @@ def cmd_evaluate(a) -> int:
         figures = ev.evaluate_run(a.run, real=a.real, n=a.n or 10_000, extractor=a.extractor, seed=a.seed, runs_dir=a.runs_dir,
                                   device=a.device, report=False if a.no_report else (a.report or True),
                                   progress=not a.json, post=post, **_sampling_options(a))
+        if not figures:  # under torchrun a process other than rank 0, which reports for all
+            return 0
     if a.json:
         keys = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "extractor", "n_fake", "n_real",
                 "post_processed")

@@ -148,6 +148,29 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(t.device)
 
 
+def shard(n: int, world: World | None = None) -> range:
+    """This process's share of n items split over the processes in contiguous runs whose lengths differ by at
+    most one: rank r takes [r * n // size, (r + 1) * n // size); the shares in rank order are range(n) (all of
+    it in one process), and none is empty where n >= size."""
+    world = world or current()
+    return range(world.rank * n // world.size, (world.rank + 1) * n // world.size)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every process's t (the same shape after dim 0, any number of rows, none too) concatenated along dim 0
+    in rank order (t itself in one process): shard()'s pieces put back together."""
+    world = current()
+    if not world.distributed:
+        return t
+    counts = all_gather_cat(torch.tensor([len(t)], dtype=torch.long)).tolist()  # (W,) rows of each process
+    if max(counts) == 0:
+        return t
+    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=t.device)  # all_gather needs one shape
+    padded[: len(t)] = t
+    every = all_gather_cat(padded)  # (W * max, ...)
+    return torch.cat([every[r * max(counts) : r * max(counts) + c] for r, c in enumerate(counts)])
+
+
 def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite t in place with rank src's value (nothing in one process); returns t."""
     if current().distributed:

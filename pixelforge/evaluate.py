@@ -19,6 +19,7 @@ from .metrics.evaluate import (
     balanced_labels,
     evaluate_images,
     extract_features,
+    fake_features,
     nearest_real,
     real_features,
     to_uint8,
@@ -53,10 +54,16 @@ def load_real(source: str, *, extractor, image_size: int | None = None, cache_di
     return data.images
 
 
-def _generate(g, n: int, *, seed: int, progress: bool, post=None, **options) -> tuple[torch.Tensor, list]:
+def _generate(g, n: int, *, seed: int, progress: bool, post=None, share: range | None = None,
+              **options) -> tuple[torch.Tensor, list]:
+    """n images with labels balanced over the classes, image i from seed + i; share: only images share
+    (a process's part of a sharded evaluation: the same images as in the whole set)."""
     labels = balanced_labels(n, g.num_classes)
+    share = range(n) if share is None else share
+    labels = None if labels is None else [labels[i] for i in share]
+    n = len(share)
     bar, cb = image_bar(n, f"sampling {g.name}", enabled=progress)
-    images, _ = g.generate_tensor(n, labels=labels, seed=seed, callback=cb, **options)
+    images, _ = g.generate_tensor(n, labels=labels, seeds=[seed + i for i in share], callback=cb, **options)
     cb(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
     if post is not None:  # post-processed as generate() would, before the figures
@@ -107,21 +114,55 @@ def evaluate_run(
     """Sample n images from a run (labels balanced over classes), compare with real data (the run's
     own data set by default), append the figures to the run's evaluations.jsonl and write report.html.
     post: post-processing applied to the samples first (pixelforge.post); "post_processed" in the figures
-    counts the images it was applied to, and the sampling settings record it."""
+    counts the images it was applied to, and the sampling settings record it.
+
+    Started by torchrun (WORLD_SIZE > 1) it is one process of a sharded evaluation: each process samples
+    and extracts the features of its share of the n images (image i from seed + i, as in one process), the
+    images and features are gathered, and rank 0 computes the figures, writes the report and returns them;
+    the other processes return {}."""
     from .api import load
+    from .device import pick_device
+    from .distributed import current, gather_rows, setup, shard, teardown
 
     post = as_post_settings(post)
-    g = load(run, device=device, runs_dir=runs_dir)
-    real = real or g.config.data.source
-    ext = load_extractor(extractor, data_source=real, device=device)
-    t0 = time.perf_counter()
-    used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
-    fake, _ = _generate(g, n, seed=seed, progress=progress, post=post, **used)
+    created = setup(pick_device(device))
+    try:
+        world = current()
+        if n < max(2, world.size):
+            raise ValueError(f"n {n} (-n): an evaluation needs at least 2 images, and at least one per process "
+                             f"({world.size} processes)")
+        g = load(run, device=device, runs_dir=runs_dir)
+        real = real or g.config.data.source
+        ext = load_extractor(extractor, data_source=real, device=device)
+        t0 = time.perf_counter()
+        used = {**g.sample_options, **{k: v for k, v in sample_options.items() if v is not None}}
+        opts = options or EvalOptions(seed=seed)
+        show = progress and world.main
+        fake, _ = _generate(g, n, seed=seed, progress=show, post=post, share=shard(n, world), **used)
+        feats, logits = fake_features(ext, fake, batch_size=opts.batch_size, progress=show)
+        if world.distributed:  # every process's share, in image order
+            fake = gather_rows(fake)
+            feats = gather_rows(torch.from_numpy(np.ascontiguousarray(feats))).numpy()
+            logits = None if logits is None else gather_rows(torch.from_numpy(np.ascontiguousarray(logits))).numpy()
+            if not world.main:
+                return {}
+        return _run_figures(g, fake, (feats, logits), ext, real=real, n=n, t0=t0, used=used, seed=seed, opts=opts,
+                            post=post, report=report, cache_dir=cache_dir, progress=progress, shards=world.size)
+    finally:
+        if created:
+            teardown()
+
+
+def _run_figures(g, fake: torch.Tensor, fake_feats: tuple[np.ndarray, np.ndarray | None], ext, *, real: str, n: int,
+                 t0: float, used: dict, seed: int, opts: EvalOptions, post: PostSettings | None, report, cache_dir,
+                 progress: bool, shards: int) -> dict:
+    """evaluate_run's figures, record and report from the generated images and their features."""
     # a folder's tiny images are no reference for samples of the run's size, unless it trained on them
     real_images = load_real(real, extractor=ext, cache_dir=None, progress=progress, shortest=min_side(g.config.data))
-    opts = options or EvalOptions(seed=seed)
     figures = evaluate_images(fake, real_images, ext, options=opts, cache_dir=cache_dir, real_label=real,
-                              progress=progress)
+                              progress=progress, fake_feats=fake_feats)
+    if shards > 1:
+        figures["processes"] = shards
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     figures["post_processed"] = len(fake) if post is not None else 0
     if "reconstruct" in g.model.capabilities:  # an autoencoder: its own figure beside the samples'

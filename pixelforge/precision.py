@@ -1,5 +1,6 @@
-"""Training precision: whether the hardware has native bfloat16, and fp32 or bf16 autocast for a training
-run, as asked or, for "auto", chosen by timing the run's own training step both ways (docs/precision.md)."""
+"""Training precision: whether the hardware has native bfloat16, and fp32, bf16 autocast or (CUDA) fp16 autocast
+with a gradient scaler for a training run, as asked or, for "auto", chosen by timing the run's own training step
+in fp32 and bf16 (docs/precision.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Callable, ContextManager
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")  # what a run may ask for; fp32 is the default
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # what a run may ask for; fp32 is the default
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the precisions that train under autocast
 # "auto" takes bf16 only where a training step is at least this much faster in it: a smaller measured gain
 # is within what a busy machine's timing varies by, and not worth bf16's coarser arithmetic
 MIN_SPEEDUP = 1.15
@@ -68,19 +70,36 @@ def bf16_available(device: torch.device) -> bool:
     return bf16_support(device)[0]
 
 
+def fp16_support(device: torch.device) -> tuple[bool, str]:
+    """(whether fp16 training with a gradient scaler is offered on `device`, what that was read from): on CUDA
+    GPUs only, where float16 arithmetic is native (tensor cores from compute capability 7). CPUs emulate most
+    float16 products, and bf16 is the mixed precision they have."""
+    if device.type == "cuda":
+        return True, f"CUDA {torch.cuda.get_device_name(device)}"
+    return False, f"{device.type}: fp16 with a gradient scaler is offered on CUDA GPUs only"
+
+
 def autocast(precision: str, device: torch.device) -> ContextManager:
-    """The context a training step's forward and loss run in: bf16 autocast (matrix products and
-    convolutions in bfloat16, reductions and losses in fp32, weights untouched) or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The context a training step's forward and loss run in: bf16 or fp16 autocast (matrix products and
+    convolutions in that type, reductions and losses in fp32, weights untouched) or nothing for fp32."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler for fp16 training on `device` (torch.amp.GradScaler: the loss is multiplied by a
+    scale before backward so that small fp16 gradients do not flush to zero; the gradients are divided back
+    before clipping and the step; a step whose gradients overflowed is skipped and the scale halved, and after
+    2000 steps without overflow it doubles). One per optimiser; its state is saved in checkpoints."""
+    return torch.amp.GradScaler(device.type)
 
 
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What a training runs in and why.
 
-    precision: "fp32" or "bf16" (autocast). requested: what the run asked for (PRECISIONS).
+    precision: "fp32", "bf16" (autocast) or "fp16" (autocast and a gradient scaler). requested: what the run asked for (PRECISIONS).
     reason: one line saying why. speedup: for "auto" on native bf16, the measured fp32 step time over
     the bf16 one (> 1: bf16 is faster); None where nothing was measured.
     """
@@ -92,8 +111,8 @@ class PrecisionChoice:
 
     @property
     def fell_back(self) -> bool:
-        """bf16 was asked for but the hardware has none: the one case worth a warning."""
-        return self.requested == "bf16" and self.precision == "fp32"
+        """bf16 or fp16 was asked for but the hardware has none: the one case worth a warning."""
+        return self.requested in AUTOCAST_DTYPES and self.precision == "fp32"
 
     def describe(self) -> str:
         """The line a training prints at its start."""
@@ -129,12 +148,18 @@ def pick_precision(requested: str, device: torch.device, step: Callable[[str], o
     """The precision a training runs in, for `requested` in PRECISIONS on `device`.
 
     "fp32": fp32. "bf16": bf16 where native, else fp32 (the reason says so: emulated bf16 would be far
-    slower). "auto": bf16 only where native and step(precision), one training step of the actual model
+    slower). "fp16": fp16 autocast with a gradient scaler on CUDA, else fp32 (fp16_support). "auto": bf16 only where native and step(precision), one training step of the actual model
     and batch (see measure_speedup), is measured at least min_speedup times faster in it; else fp32.
     step may be None for "fp32" and "bf16"."""
     check_precision(requested, "precision")
     if requested == "fp32":
         return PrecisionChoice("fp32", requested, "as asked")
+    if requested == "fp16":
+        native, found = fp16_support(device)
+        if not native:
+            return PrecisionChoice("fp32", requested, f"fp16 asked for, but {found} ({device.type} training has bf16 "
+                                   "where the hardware has it: --precision bf16 or auto): training in fp32")
+        return PrecisionChoice("fp16", requested, f"as asked, with a gradient scaler: {found}")
     native, found = bf16_support(device)
     if not native:
         return PrecisionChoice("fp32", requested, f"{requested} asked for, but this {device.type} has no native "

@@ -87,9 +87,9 @@ def test_cpu_flags_reads_the_bf16_flags_of_proc_cpuinfo(tmp_path):
     assert precision.cpu_flags(tmp_path / "absent") == ()
 
 
-@pytest.mark.parametrize("bad", ["fp16", "", None, "BF16"])
+@pytest.mark.parametrize("bad", ["fp8", "", None, "BF16"])
 def test_pick_precision_refuses_other_values(bad):
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, auto"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, auto"):
         pick_precision(bad, CPU)
 
 
@@ -106,17 +106,17 @@ def test_run_config_round_trips_precision_and_older_configs_read_as_fp32(make_ru
 
 def test_a_bad_precision_in_config_json_is_an_error_naming_the_field(make_run_config):
     d = json.loads(make_run_config().to_json())
-    d["train"]["precision"] = "fp16"
-    with pytest.raises(ValueError, match=r"config\.json: train: train\.precision must be one of fp32, bf16, auto, got 'fp16'"):
+    d["train"]["precision"] = "fp8"
+    with pytest.raises(ValueError, match=r"config\.json: train: train\.precision must be one of fp32, bf16, fp16, auto, got 'fp8'"):
         RunConfig.from_dict(d, where="config.json")
 
 
 def test_cli_refuses_an_unknown_precision_with_exit_2(capsys, tmp_path):
     with pytest.raises(SystemExit) as done:
-        main(["train", "digits", "--name", "x", "--runs-dir", str(tmp_path), "--precision", "fp16"])
+        main(["train", "digits", "--name", "x", "--runs-dir", str(tmp_path), "--precision", "fp8"])
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert "--precision" in err and "invalid choice: 'fp16'" in err and "fp32" in err
+    assert "--precision" in err and "invalid choice: 'fp8'" in err and "fp16" in err
     assert not (tmp_path / "x").exists()
 
 

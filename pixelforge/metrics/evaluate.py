@@ -65,6 +65,16 @@ def extract_features(extractor, images: torch.Tensor, *, batch_size: int = 64, w
     return (np.concatenate(feats), np.concatenate(logits)) if with_logits else np.concatenate(feats)
 
 
+def fake_features(extractor, fake: torch.Tensor, *, batch_size: int = 64, progress: bool = False,
+                  desc: str = "features: fake images") -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, logits) of generated uint8 images (N, C, H, W); logits None where the extractor has no
+    classification head. What evaluate_images computes when it is not given them (a sharded evaluation
+    computes each process's share and gathers them)."""
+    if extractor.has_logits:
+        return extract_features(extractor, fake, batch_size=batch_size, with_logits=True, progress=progress, desc=desc)
+    return extract_features(extractor, fake, batch_size=batch_size, progress=progress, desc=desc), None
+
+
 def _bar_callback(bar) -> Callable[[int, int], None]:
     """callback(done, total) -> the bar at done."""
     return lambda done, total: bar.update(done - bar.n)
@@ -148,20 +158,18 @@ def evaluate_images(
     cache_dir: str | os.PathLike | None = None,
     real_label: str = "",
     progress: bool = False,
+    fake_feats: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> dict:
     """fake, real: uint8 (N, C, H, W). Returns the figures plus what produced them (JSON-ready);
-    progress: a bar with ETA for each stage (features of each set, KID, precision/recall) on stderr."""
+    progress: a bar with ETA for each stage (features of each set, KID, precision/recall) on stderr.
+    fake_feats: fake_features(extractor, fake) where the caller has them already (a sharded evaluation)."""
     if len(fake) < 2 or len(real) < 2:
         raise ValueError(f"need at least 2 fake and 2 real images, got {len(fake)} and {len(real)}")
     r_feats, mu_r, sigma_r = real_features(real, extractor, cache_dir=cache_dir, label=real_label,
                                            batch_size=options.batch_size, progress=progress)
-    if extractor.has_logits:
-        f_feats, f_logits = extract_features(extractor, fake, batch_size=options.batch_size, with_logits=True,
-                                             progress=progress, desc="features: fake images")
-    else:
-        f_feats = extract_features(extractor, fake, batch_size=options.batch_size, progress=progress,
-                                   desc="features: fake images")
-        f_logits = None
+    if fake_feats is None:
+        fake_feats = fake_features(extractor, fake, batch_size=options.batch_size, progress=progress)
+    f_feats, f_logits = fake_feats
     figures = compute_figures(f_feats, r_feats, fake_logits=f_logits, real_stats=(mu_r, sigma_r), options=options,
                               progress=progress)
     kid_size = figures.pop("kid_subset_size")
@@ -205,8 +213,13 @@ def make_training_evaluator(
     options: EvalOptions = EvalOptions(kid_subsets=20),
 ) -> Callable[[torch.nn.Module, int], dict[str, float]]:
     """evaluator(model, step) -> {"fid", "kid", "kid_std"} on n samples with fixed seeds (seed 0..n-1),
-    so figures over training differ only because the model changed."""
+    so figures over training differ only because the model changed.
+
+    Sharded (evaluator.sharded): in a distributed training every process calls it, samples and extracts the
+    features of its share of the n images (distributed.shard) and the features are gathered; rank 0 returns
+    the figures, the others {}. In one process it computes them all."""
     from ..condition import Cond
+    from ..distributed import current, gather_rows, shard
 
     r_feats, mu_r, sigma_r = real_features(real, extractor, cache_dir=cache_dir, batch_size=options.batch_size)
     labels = balanced_labels(n, num_classes)
@@ -214,15 +227,22 @@ def make_training_evaluator(
     def evaluator(model: torch.nn.Module, step: int) -> dict[str, float]:
         # Only the options this family takes (e.g. a GAN has no sampler or steps).
         opts = {k: v for k, v in sample_options.items() if k in getattr(model, "sample_options", {})}
+        world = current()
+        share = shard(n, world)
         chunks = []
-        for start in range(0, n, options.batch_size):
-            stop = min(n, start + options.batch_size)
+        for start in range(share.start, share.stop, options.batch_size):
+            stop = min(share.stop, start + options.batch_size)
             cond = Cond(labels=torch.tensor(labels[start:stop])) if labels else None
             chunks.append(to_uint8(model.sample(stop - start, cond, seeds=list(range(start, stop)), **opts)))
         f_feats = extractor.features(torch.cat(chunks), batch_size=options.batch_size)
+        if world.distributed:
+            f_feats = gather_rows(torch.from_numpy(np.ascontiguousarray(f_feats))).numpy()
+            if not world.main:
+                return {}
         mu_f, sigma_f = feature_stats(f_feats)
         kid, kid_std = kernel_inception_distance(f_feats, r_feats, subsets=options.kid_subsets,
                                                  subset_size=options.kid_subset_size, seed=options.seed)
         return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "kid": float(kid), "kid_std": float(kid_std)}
 
+    evaluator.sharded = True  # type: ignore[attr-defined]  # the training loop calls it on every process
     return evaluator

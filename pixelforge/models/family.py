@@ -58,7 +58,8 @@ class FamilyModule(nn.Module):
         self.__dict__["_ddp"] = None  # the DistributedDataParallel wrapper around the trained model, or None
         self.__dict__["_rank"] = 0
         self.__dict__["_micro"] = (0, 1)  # (this micro-batch, micro-batches per step)
-        self.__dict__["_precision"] = "fp32"  # "bf16": losses computed under bf16 autocast (set_precision)
+        self.__dict__["_precision"] = "fp32"  # "bf16", "fp16": losses computed under autocast (set_precision)
+        self.__dict__["_scalers"] = {}  # fp16: id(optimizer) -> its torch.amp.GradScaler (set_grad_scalers)
 
     @property
     def device(self) -> torch.device:
@@ -110,8 +111,10 @@ class FamilyModule(nn.Module):
 
     def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
         """optim.update for this model's current micro-batch (gradient accumulation: only the last of a
-        step's micro-batches steps the optimiser); returns the gradient norm (nan before the last)."""
-        return update(optimizer, loss, step, self.optim_config, micro=self.__dict__["_micro"])
+        step's micro-batches steps the optimiser), through the optimiser's gradient scaler under fp16;
+        returns the gradient norm (nan before the last)."""
+        return update(optimizer, loss, step, self.optim_config, micro=self.__dict__["_micro"],
+                      scaler=self.__dict__["_scalers"].get(id(optimizer)))
 
 
 def distribute(model: nn.Module, wrapper: nn.Module | None, rank: int) -> None:
@@ -126,13 +129,23 @@ def distribute(model: nn.Module, wrapper: nn.Module | None, rank: int) -> None:
 
 
 def set_precision(model: nn.Module, precision: str) -> None:
-    """Compute the training losses of every family module in `model` in `precision`: "fp32" or "bf16"
-    (autocast around each loss computation, see FamilyModule.parallel); a precision.PrecisionChoice's."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"training precision must be fp32 or bf16, got {precision!r}")
+    """Compute the training losses of every family module in `model` in `precision`: "fp32", "bf16" or
+    "fp16" (autocast around each loss computation, see FamilyModule.parallel); a precision.PrecisionChoice's.
+    fp16 also needs set_grad_scalers."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"training precision must be fp32, bf16 or fp16, got {precision!r}")
     for m in model.modules():
         if isinstance(m, FamilyModule):
             m.__dict__["_precision"] = precision
+
+
+def set_grad_scalers(model: nn.Module, scalers: dict[str, torch.amp.GradScaler]) -> None:
+    """Update each of model.optimizers() through scalers[its name] (fp16 training): every family module in
+    `model` (the transformer's VQ-VAE too) finds the scaler of the optimiser it steps."""
+    by_id = {id(opt): scalers[name] for name, opt in model.optimizers().items() if name in scalers}
+    for m in model.modules():
+        if isinstance(m, FamilyModule):
+            m.__dict__["_scalers"] = by_id
 
 
 def set_micro_batch(model: nn.Module, index: int, count: int) -> None:

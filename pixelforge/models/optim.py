@@ -75,18 +75,25 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg: OptimConfig,
-           micro: tuple[int, int] = (0, 1)) -> float:
+           micro: tuple[int, int] = (0, 1), scaler: torch.amp.GradScaler | None = None) -> float:
     """zero_grad, backward, clip, set the warm-up learning rate, step; returns the gradient norm.
 
     micro (index, count): gradient accumulation over a step's `count` micro-batches, each loss the mean
     over its own micro-batch: the first zeroes the gradients, each adds that of loss / count, and only
-    the last clips and steps (the others return nan)."""
+    the last clips and steps (the others return nan).
+    scaler: fp16 training's gradient scaler (precision.grad_scaler): each micro-batch's loss is scaled
+    before backward (the scale stays the same within a step), the summed gradients are unscaled before
+    clipping, and the step is skipped where they overflowed (the returned norm is then inf or nan); under
+    DDP every process sees the same averaged gradients, so all skip alike."""
     index, count = micro
     if index == 0:
         optimizer.zero_grad(set_to_none=True)
-    (loss / count if count > 1 else loss).backward()
+    part = loss / count if count > 1 else loss
+    (part if scaler is None else scaler.scale(part)).backward()
     if index < count - 1:
         return math.nan
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # the norm and the clipping see the true gradients
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if cfg.grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -94,7 +101,11 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg:
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped where a gradient is inf or nan
+        scaler.update()
     return grad_norm
 
 

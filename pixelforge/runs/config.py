@@ -47,7 +47,8 @@ class TrainConfig:
 
     precision: "fp32" (the default), "bf16" (each loss computed under bf16 autocast where the hardware has
     native bfloat16; weights, optimiser state, EMA and checkpoints stay fp32) or "auto" (bf16 where a
-    training step is measured at least 1.15x faster in it, else fp32: docs/precision.md). A run's
+    training step is measured at least 1.15x faster in it, else fp32: docs/precision.md) or "fp16" (fp16
+    autocast and a gradient scaler per optimiser, on CUDA; fp32 elsewhere, with a warning). A run's
     checkpoints record what it trained in, and a resumed run goes on in that.
     """
 

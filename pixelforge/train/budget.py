@@ -45,7 +45,7 @@ from ..device import pick_device
 from ..models import get_family
 from ..models.family import set_precision
 from ..models.limits import meta_model, parameter_count
-from ..precision import MIN_SPEEDUP, bf16_available
+from ..precision import MIN_SPEEDUP, bf16_available, fp16_support
 from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
 
 MIN_STEPS = 1500  # the steps the planner asks for where the budget allows them (docs/training-budget.md)
@@ -238,7 +238,10 @@ def _time_steps(model, batch: int, step: int, clock: Callable[[], float]) -> tup
 def timed_precisions(precision: str | None, device: torch.device) -> tuple[str, ...]:
     """The precisions a budget run's candidates are timed in: fp32 alone where bf16 is not native on `device`
     or fp32 is asked for, bf16 alone where it is asked for, both for "auto" (and for None: a budget run that
-    names no precision trains in what is measured faster)."""
+    names no precision trains in what is measured faster); fp16 alone where it is asked for on CUDA (fp32
+    elsewhere, as such a run trains in fp32 there)."""
+    if precision == "fp16":
+        return ("fp16",) if fp16_support(device)[0] else ("fp32",)
     if precision == "fp32" or not bf16_available(device):
         return ("fp32",)
     return ("bf16",) if precision == "bf16" else ("fp32", "bf16")

@@ -26,11 +26,11 @@ from ..distributed import failure as distributed_failure
 from ..distributed import setup as setup_distributed
 from ..distributed import teardown as teardown_distributed
 from ..models import get_family
-from ..models.family import distribute, set_micro_batch, set_precision
+from ..models.family import distribute, set_grad_scalers, set_micro_batch, set_precision
 from ..models.optim import scaled_lr
 from ..files import remove_stale_temporaries
 from ..images import labelled_rows, make_grid, save_png, to_pil
-from ..precision import PrecisionChoice, pick_precision
+from ..precision import PrecisionChoice, grad_scaler, pick_precision
 from ..progress import eta_seconds, train_postfix
 from ..runs.checkpoint import (
     atomic_write_text,
@@ -44,6 +44,8 @@ from ..runs.checkpoint import (
 from ..runs.config import RunConfig, build_model
 from ..runs.latent import load_frozen_parts
 from ..runs.store import load_weights, resolve_run
+from .batches import Prefetch, check_workers, host_to_device
+from .compiled import compile_networks
 from .lock import run_lock
 
 METRIC_COLUMNS = ["step", "images", "loss", "grad_norm", "lr", "img_per_s", "val_loss", "fid", "kid", "kid_std", "elapsed_s"]
@@ -138,7 +140,7 @@ class _Conditions:
         batch = data.images[idx]
         if self.spatial is not None:
             batch = torch.cat([batch, self.spatial[idx]], dim=1)  # (B, C + 1, S, S)
-        x = augment(batch.to(device), data_cfg, generator)
+        x = augment(host_to_device(batch, device), data_cfg, generator)
         c = data.images.shape[1]
         spatial = (x[:, c:] + 1) / 2 if self.spatial is not None else None  # (B, 1, H, W): 1 on an edge
         if self.lowres is not None:
@@ -208,12 +210,18 @@ def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _batch_indices(train_idx: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
+    """The images (indices into the data set) of step `step`: positions step * batch ... of the stream of
+    epoch permutations. Each epoch the batch touches is permuted once (at most two for batch <= n)."""
     n = len(train_idx)
-    out = []
-    for pos in range(step * batch, (step + 1) * batch):
-        epoch, i = divmod(pos, n)
-        out.append(_epoch_perm(n, seed, epoch)[i] if n > 1 else torch.tensor(0))
-    return train_idx[torch.stack(out)]
+    if n == 1:
+        return train_idx[torch.zeros(batch, dtype=torch.long)]
+    positions = torch.arange(step * batch, (step + 1) * batch)  # (B,)
+    epochs, within = positions // n, positions % n
+    out = torch.empty(batch, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        here = epochs == epoch
+        out[here] = _epoch_perm(n, seed, epoch)[within[here]]
+    return train_idx[out]
 
 
 class _MetricsLog:
@@ -389,8 +397,15 @@ def train(
     cache_dir: str | Path | None = None,
     evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
     max_seconds: float | None = None,
+    compile: bool = False,
+    workers: int = 0,
 ) -> TrainResult:
     """Train (or resume) the run in run_dir; stop_at ends early at that step as an interruption would.
+
+    compile: train with the family's networks compiled by torch.compile (tried first on a copy of the model;
+    where that fails the training says why and runs eagerly). workers: background threads that prepare the
+    batches of the coming steps (0: each batch is made when its step starts); the batches, and so the run,
+    are the same for any number. Neither is part of the run's config: they say how this call computes it.
 
     evaluator(ema_model, step) -> figures (e.g. {"fid": ..., "kid": ...}) is called every
     cfg.train.eval_every steps; the loop knows nothing of how they are computed. max_seconds: a
@@ -408,20 +423,23 @@ def train(
     run_dir = Path(run_dir)
     dev = pick_device(device)
     cfg.model_config()  # a bad model field fails here, before any folder exists
+    check_workers(workers)
     created_group = setup_distributed(dev)
     try:
         world = current()
         if world.distributed:
             try:
                 return _train_in_group(cfg, run_dir, dev, world, init_from=init_from, progress=progress, stop_at=stop_at,
-                                       cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+                                       cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds,
+                                       compile=compile, workers=workers)
             except RuntimeError as e:
                 lost = distributed_failure(e)
                 if lost is None:
                     raise
                 raise lost from e
         return _train_in_group(cfg, run_dir, dev, world, init_from=init_from, progress=progress, stop_at=stop_at,
-                               cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds)
+                               cache_dir=cache_dir, evaluator=evaluator, max_seconds=max_seconds, compile=compile,
+                               workers=workers)
     finally:
         if created_group:
             teardown_distributed()
@@ -497,13 +515,12 @@ def _training_precision(cfg: RunConfig, model, data: ImageSet, conds: _Condition
             recorded = json.loads(resumed_from.with_suffix(".json").read_text()).get("precision")
         except (json.JSONDecodeError, AttributeError):  # loading the checkpoint next names the damage
             recorded = None
-        requested = recorded if recorded in ("fp32", "bf16") else requested  # older checkpoints record none
+        requested = recorded if recorded in TRAINED_PRECISIONS else requested  # older checkpoints record none
     choice = None
     if world.main:
         step = None
         if requested == "auto":
-            idx = _batch_indices(train_idx, 0, micro, cfg.train.seed)
-            x, cond = conds.augmented(data, idx, cfg.data, torch.Generator(device=dev).manual_seed(0), dev, 0, cfg.train.seed)
+            x, cond = _first_batch(cfg, data, conds, train_idx, micro, dev)
             twin = copy.deepcopy(model)  # its own weights, optimiser and random stream: the run's stay untouched
 
             def step(precision: str) -> None:
@@ -518,8 +535,19 @@ def _training_precision(cfg: RunConfig, model, data: ImageSet, conds: _Condition
                                          f"{cfg.train.precision}")
     if not world.distributed:
         return choice
-    bf16 = broadcast_long(torch.tensor([int(choice.precision == "bf16")]) if world.main else None)
-    return choice or PrecisionChoice("bf16" if int(bf16[0]) else "fp32", requested, "process 0's choice")
+    chosen = broadcast_long(torch.tensor([TRAINED_PRECISIONS.index(choice.precision)]) if world.main else None)
+    return choice or PrecisionChoice(TRAINED_PRECISIONS[int(chosen[0])], requested, "process 0's choice")
+
+
+TRAINED_PRECISIONS = ("fp32", "bf16", "fp16")  # what a training runs in (a checkpoint's "precision")
+
+
+def _first_batch(cfg: RunConfig, data: ImageSet, conds: _Conditions, train_idx: torch.Tensor, micro: int,
+                 dev: torch.device) -> tuple[torch.Tensor, Cond]:
+    """Step 0's first micro-batch, augmented by a stream of its own: what a trial step on a copy of the model
+    (precision auto's timing, --compile's check) trains on."""
+    idx = _batch_indices(train_idx, 0, micro, cfg.train.seed)
+    return conds.augmented(data, idx, cfg.data, torch.Generator(device=dev).manual_seed(0), dev, 0, cfg.train.seed)
 
 
 def _rng_states(model, dev: torch.device) -> dict[str, torch.Tensor]:
@@ -561,6 +589,8 @@ def _train_locked(
     cache_dir: str | Path | None,
     evaluator: Callable[[torch.nn.Module, int], dict[str, float]] | None,
     max_seconds: float | None,
+    compile: bool = False,
+    workers: int = 0,
 ) -> TrainResult:
     """train() itself, run while rank 0 holds the run folder's lock (every process runs it)."""
     say = tqdm.write if world.main else (lambda text: None)  # one process speaks
@@ -626,6 +656,11 @@ def _train_locked(
     precision = _training_precision(cfg, model, data, conds, train_idx, micro, dev, world, existing[-1] if existing else None)
     say(precision.describe())
     set_precision(model, precision.precision)
+    # fp16: one gradient scaler per optimiser, its state in every checkpoint (a resumed run goes on with its scale)
+    scalers = {name: grad_scaler(dev) for name in optimizers} if precision.precision == "fp16" else {}
+    set_grad_scalers(model, scalers)
+    if compile:
+        compile_networks(model, _first_batch(cfg, data, conds, train_idx, micro, dev), dev, world, say)
     if world.distributed:  # before resuming: each process then restores the random streams of its own rank
         data_parallel(model, world.rank)
     if world.distributed or cfg.train.grad_accum > 1 or cfg.optim.lr_scaling != "none":
@@ -651,6 +686,9 @@ def _train_locked(
             _set_rng_states(model, dev, rng)
         else:  # written by fewer processes: this one's streams start afresh from the seed and its rank
             tqdm.write(f"process {world.rank}: {existing[-1]} holds no random state for it; its streams start afresh")
+        for name, scaler_state in state.get("grad_scalers", {}).items():
+            if name in scalers:
+                scalers[name].load_state_dict(scaler_state)
         start, best_val, bad_vals = state["step"], state.get("best_val", math.inf), state.get("bad_vals", 0)
         saved_elapsed = state.get("elapsed_s")  # absent from checkpoints written before it was stored
         say(f"resuming {run_dir} from step {start}")
@@ -681,6 +719,8 @@ def _train_locked(
             optim_skel[name] = flatten_state(opt.state_dict(), "s", tensors)
             optim_parts[f"optim.{name}"] = tensors
         extra = {"processes": world.size, "grad_accum": cfg.train.grad_accum} if world.distributed or cfg.train.grad_accum > 1 else {}
+        if scalers:
+            extra["grad_scalers"] = {name: scaler.state_dict() for name, scaler in scalers.items()}
         return save_checkpoint(
             ckpt_dir,
             step,
@@ -741,17 +781,24 @@ def _train_locked(
     t0 = time.perf_counter()
     window_t, window_imgs, window_loss, window_gn, window_n = time.perf_counter(), 0, 0.0, 0.0, 0
     step = start
+
+    def step_batches(at: int) -> list[tuple[torch.Tensor, Cond]]:
+        """This process's micro-batches of step `at`: images (B, C, H, W) augmented, and their Cond."""
+        idx = _batch_indices(train_idx, at, cfg.train.batch_size, cfg.train.seed)
+        mine = idx[world.rank * per_process : (world.rank + 1) * per_process]  # this process's share
+        # each process its own augmentation stream (rank 0's is the one of a single process)
+        aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + at, world.rank))
+        return [conds.augmented(data, chunk, cfg.data, aug_gen, dev, at, cfg.train.seed) for chunk in mine.split(micro)]
+
+    batches = Prefetch(step_batches, end, workers, dev)
+    if workers:
+        say(f"data: {workers} background thread(s) prepare the batches of the next {workers} step(s)")
     try:
         while step < end:
-            idx = _batch_indices(train_idx, step, cfg.train.batch_size, cfg.train.seed)
-            mine = idx[world.rank * per_process : (world.rank + 1) * per_process]  # this process's share
-            # each process its own augmentation stream (rank 0's is the one of a single process)
-            aug_gen = torch.Generator(device=dev).manual_seed(rank_seed(cfg.train.seed * 7919 + step, world.rank))
             micro_losses = []
-            for i, chunk in enumerate(mine.split(micro)):
+            for i, (x, cond) in enumerate(batches.get(step)):
                 if cfg.train.grad_accum > 1:
                     set_micro_batch(model, i, cfg.train.grad_accum)
-                x, cond = conds.augmented(data, chunk, cfg.data, aug_gen, dev, step, cfg.train.seed)
                 figures = model.training_step(x, cond, step)
                 micro_losses.append(figures["loss"])
             loss = figures["loss"] if len(micro_losses) == 1 else sum(micro_losses) / len(micro_losses)
@@ -797,10 +844,12 @@ def _train_locked(
                         best_val, bad_vals = val, 0
                     else:
                         bad_vals += 1
-            # distributed, rank 0 alone holds an evaluator (pixelforge.api.train) and the others wait for its figure
+            # distributed, a sharded evaluator (pixelforge.api.train's) runs on every process, each sampling its
+            # share, and rank 0 computes the figure; any other runs on rank 0 alone; the others wait for its figure
             if ((evaluator is not None or world.distributed) and cfg.train.eval_every
                     and (step % cfg.train.eval_every == 0 or step == end)):
-                figures = evaluator(ema, step) if world.main and evaluator is not None else {}
+                runs_here = evaluator is not None and (world.main or getattr(evaluator, "sharded", False))
+                figures = evaluator(ema, step) if runs_here else {}
                 if figures or not world.distributed:
                     row = row or {"step": step, "images": step * cfg.train.batch_size}
                     row.update({k: f"{v:.6g}" for k, v in figures.items() if k in METRIC_COLUMNS})
@@ -838,6 +887,7 @@ def _train_locked(
         if stop_at is not None and step < steps_total and stopped == "finished" and not budget_spent:
             stopped = "interrupted"
     finally:
+        batches.close()
         bar.close()
         if log is not None:
             log.close()
