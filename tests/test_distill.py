@@ -174,6 +174,13 @@ def test_the_cli_resumes_a_distillation_with_a_new_total(runs, tmp_path, capsys)
     assert [p.name for p in list_checkpoints(out / "checkpoints")][-1] == "step_0000004"
 
 
+def test_a_folder_holding_another_run_is_not_taken_for_this_distillation(runs, capsys):
+    assert main(["distill", "t", "--steps-out", "4", "--name", "d", "--runs-dir", str(runs), "--quiet"]) == 2
+    assert "holds a distillation to 2 steps: choose another --name" in capsys.readouterr().err
+    assert main(["distill", "mnist-diffusion", "--name", "t", "--runs-dir", str(runs), "--quiet"]) == 2
+    assert "holds a run that is not distilled" in capsys.readouterr().err
+
+
 def test_a_changed_teacher_is_refused_when_the_distillation_restarts(runs, tmp_path):
     shutil.copytree(runs / "t", tmp_path / "t")
     cfg = new_distill_run_config(tmp_path / "t", 2, steps=2)

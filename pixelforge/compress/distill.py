@@ -123,7 +123,7 @@ def distill(teacher: str | os.PathLike, steps_out: int = 4, *, name: str | None 
         cfg = RunConfig.load(saved)
         d = getattr(cfg.model_config(), "distill", None)
         if d is None or d.steps_out != steps_out:
-            what = "not a distilled run" if d is None else f"a distillation to {d.steps_out} steps"
+            what = "a run that is not distilled" if d is None else f"a distillation to {d.steps_out} steps"
             raise ValueError(f"{run_dir} holds {what}: choose another --name or -o for this one")
         if minutes is not None:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=minutes))

@@ -382,13 +382,10 @@ class DiffusionModel(FamilyModule):
             if self.text_cond is not None:
                 self.text_cond.requires_grad_(False)
             self.network_call = NetworkCall("network", ("x_in", "c_noise"), ("net", "text_cond", "adapter"))
-        # a distilled model's teacher: its own copy of the network, frozen, read from the teacher run whenever a
-        # distillation starts (reference_parts) and kept out of the module tree, so it is in no state_dict (the
-        # run's weights are the student's alone), no optimiser and no EMA
-        teacher = None
-        if config.distill is not None:
-            teacher = DiffusionModel(dataclasses.replace(config, distill=None), seed=seed).requires_grad_(False).eval()
-        object.__setattr__(self, "teacher", teacher)
+        # a distilled model's teacher while it trains: built and read from the teacher run when a distillation starts
+        # (reference_parts), and kept out of the module tree, so it is in no state_dict (the run's weights are the
+        # student's alone), no optimiser and no EMA; None when sampling
+        object.__setattr__(self, "teacher", None)
         if self.autoencoder is not None:
             # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
             # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
@@ -430,7 +427,12 @@ class DiffusionModel(FamilyModule):
         from their run whenever a training starts or resumes and never saved (runs/latent.py
         load_reference_parts): a distilled model's teacher network; none otherwise."""
         d = self.config.distill
-        return () if d is None else ((d.teacher_path, "net", self.teacher.net, d.teacher_sha256),)
+        if d is None:
+            return ()
+        if self.teacher is None:  # its own copy of the network, frozen: the teacher's config without the record
+            teacher = DiffusionModel(dataclasses.replace(self.config, distill=None)).requires_grad_(False).eval()
+            object.__setattr__(self, "teacher", teacher.to(self.device))
+        return ((d.teacher_path, "net", self.teacher.net, d.teacher_sha256),)
 
     @torch.no_grad()
     def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
@@ -536,7 +538,10 @@ class DiffusionModel(FamilyModule):
         """Progressive distillation's per-sample loss (B,) for x (B, C, H, W): the frozen teacher's guided steps
         of its sampler over the nested grid are the target of this model's DDIM step (models/distill.py)."""
         cfg, d = self.config, self.config.distill
-        teacher = self.teacher.to(x.device)  # moved once: it is outside the module tree
+        if self.teacher is None:
+            raise ValueError(f"distillation of {d.teacher}: its teacher is read when the training starts "
+                             "(runs.latent.load_reference_parts); this model has none")
+        teacher = self.teacher.to(x.device)  # moved with the model once: it is outside the module tree
         grid = self._sigmas("nested", d.teacher_steps).to(x.device)  # (steps_out * span + 1,)
         cond = cond.drop(cfg.label_dropout, generator)  # a dropped sample learns the teacher's unguided step
         return progressive_distillation_loss(self.denoise, teacher.guided_denoiser(d.guidance), get_sampler(d.teacher_sampler),
