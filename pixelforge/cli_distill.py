@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 
+DEFAULT = "default: a distillation's own (docs/distill.md)"
+
 
 def add_distill(sub) -> None:
     p = sub.add_parser(
@@ -32,12 +34,12 @@ def add_distill(sub) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance, folded into the student (default: the teacher's own)")
     # unset training settings take a distillation's defaults (compress/distill.py DISTILL_DEFAULTS, docs/distill.md)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=None, dest="warmup_steps", help="warm-up steps")
-    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help=DEFAULT)
+    p.add_argument("--lr", type=float, default=None, help=DEFAULT)
+    p.add_argument("--warmup", type=int, default=None, dest="warmup_steps", help="warm-up steps; " + DEFAULT)
+    p.add_argument("--ema-decay", type=float, default=None, help=DEFAULT)
     for name in ("log_every", "val_every", "val_images", "sample_every", "ckpt_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=DEFAULT)
     p.add_argument("--seed", type=int, default=None, help="the distillation's random streams (default 0)")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--device", default="auto")
