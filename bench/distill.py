@@ -47,8 +47,9 @@ def variants(teacher: str, student: str | None, steps_out: int) -> list[tuple[st
         (f"teacher-ddim-{steps_out}", teacher, {"sampler": "ddim", "steps": steps_out, "schedule": "karras"}, steps_out),
         (f"teacher-ddim-{steps_out}-nested", teacher, {"sampler": "ddim", "steps": steps_out, "schedule": "nested"},
          steps_out),
-        (f"teacher-heun-{steps_out // 2 + 1}", teacher,
-         {"sampler": "heun", "steps": steps_out // 2 + 1, "schedule": "karras"}, 2 * (steps_out // 2 + 1) - 1),
+        # the distillation's teacher (span 2): Heun over the nested grid of twice the steps, the student's ceiling
+        (f"teacher-heun-{2 * steps_out}-nested", teacher, {"sampler": "heun", "steps": 2 * steps_out, "schedule": "nested"},
+         4 * steps_out - 1),
     ]
     if student:
         rows.append((f"distilled-{steps_out}", student, {}, steps_out))
