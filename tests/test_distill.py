@@ -181,6 +181,15 @@ def test_a_folder_holding_another_run_is_not_taken_for_this_distillation(runs, c
     assert "holds a run that is not distilled" in capsys.readouterr().err
 
 
+def test_the_python_api_distils_and_resumes_the_same_way(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELFORGE_CACHE", str(tmp_path / "cache"))
+    settings = dict(runs_dir=runs, batch_size=8, val_every=1, val_images=8, sample_every=4, progress=False, device="cpu")
+    first = pixelforge.distill("t", 2, out=tmp_path / "api", iterations=1, **settings)
+    again = pixelforge.distill("t", 2, out=tmp_path / "api", iterations=2, **settings)
+    assert (first.step, again.step, again.stopped) == (1, 2, "finished") and list(again.losses) == [1]
+    assert pixelforge.load(tmp_path / "api", device="cpu").generate_tensor(1, label=0)[1][0]["steps"] == 2
+
+
 def test_a_changed_teacher_is_refused_when_the_distillation_restarts(runs, tmp_path):
     shutil.copytree(runs / "t", tmp_path / "t")
     cfg = new_distill_run_config(tmp_path / "t", 2, steps=2)
