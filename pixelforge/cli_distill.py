@@ -1,4 +1,4 @@
-"""`pixelforge distill`: a thin shell over pixelforge.compress.distill (docs/distill.md)."""
+"""`pixelforge distill`: a thin shell over pixelforge.distillation (docs/distill.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def add_distill(sub) -> None:
                    help="the teacher's solver: heun, euler, ddim or dpmpp_2m (default: its own sampler)")
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance, folded into the student (default: the teacher's own)")
-    # unset training settings take a distillation's defaults (compress/distill.py DISTILL_DEFAULTS, docs/distill.md)
+    # unset training settings take a distillation's defaults (distillation.py DISTILL_DEFAULTS, docs/distill.md)
     p.add_argument("--batch-size", type=int, default=None, help=DEFAULT)
     p.add_argument("--lr", type=float, default=None, help=DEFAULT)
     p.add_argument("--warmup", type=int, default=None, dest="warmup_steps", help="warm-up steps; " + DEFAULT)
@@ -48,7 +48,7 @@ def add_distill(sub) -> None:
 
 
 def cmd_distill(a) -> int:
-    from .compress.distill import distill
+    from .distillation import distill
     from .train.lock import RunLockedError
 
     settings = {k: getattr(a, k) for k in ("span", "teacher_sampler", "guidance", "batch_size", "lr", "warmup_steps",

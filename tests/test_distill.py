@@ -20,7 +20,7 @@ from pixelforge.models.distill import progressive_distillation_loss
 from pixelforge.runs import RunConfig, list_checkpoints, load_checkpoint, load_weights, read_tensors
 from pixelforge.runs.latent import load_frozen_parts, load_reference_parts
 from pixelforge.sampling import get_sampler, karras_sigmas, nested_sigmas
-from pixelforge.compress.distill import new_distill_run_config
+from pixelforge.distillation import new_distill_run_config
 from pixelforge.train import train
 
 TINY = ["--image-size", "8", "--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1",

@@ -1,8 +1,8 @@
-"""`pixelforge distill`: a diffusion run distilled into a few-step sampler (progressive distillation, Salimans &
-Ho 2022; models/distill.py), trained by the training loop as a run of its own whose config records its teacher.
-The run's model config is the teacher's with `distill` added; its data is the teacher's; its sampling defaults
-(sample_defaults.json) are the distilled sampler: DDIM on the nested schedule at steps_out steps, guidance 1
-(the teacher's guidance is folded into the network). docs/distill.md."""
+"""The distill verb of the API (`pixelforge distill`, pixelforge.distill): a diffusion run distilled into a few-step
+sampler (progressive distillation, Salimans & Ho 2022; models/distill.py), trained by the training loop as a run of
+its own whose config records its teacher. The run's model config is the teacher's with `distill` added; its data is
+the teacher's; its sampling defaults (sample_defaults.json) are the distilled sampler: DDIM on the nested schedule
+at steps_out steps, guidance 1 (the teacher's guidance is folded into the network). docs/distill.md."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import json
 import os
 from pathlib import Path
 
-from ..models import get_family
-from ..models.distill import SPAN, STEPS_OUT, STUDENT_SAMPLER, STUDENT_SCHEDULE, TEACHER_SAMPLERS
-from ..models.optim import OptimConfig
-from ..runs.adapter import _base_name
-from ..runs.checkpoint import atomic_write_text, file_sha256
-from ..runs.config import RunConfig, TrainConfig
-from ..runs.store import check_run_name, default_runs_dir, resolve_run, weights_file
+from .models import get_family
+from .models.distill import SPAN, STEPS_OUT, STUDENT_SAMPLER, STUDENT_SCHEDULE, TEACHER_SAMPLERS
+from .models.optim import OptimConfig
+from .runs.adapter import _base_name
+from .runs.checkpoint import atomic_write_text, file_sha256
+from .runs.config import RunConfig, TrainConfig
+from .runs.store import check_run_name, default_runs_dir, resolve_run, weights_file
 
 DISTILL_FAMILY = "diffusion"
 # A distillation's own training settings where none are given: it starts from the teacher's weights, so a low
@@ -59,7 +59,7 @@ def new_distill_run_config(teacher: str | os.PathLike, steps_out: int = 4, *, ru
     and the optimiser's (lr, warmup_steps, grad_clip, lr_scaling, lr_base_batch), defaults DISTILL_DEFAULTS.
     A clear ValueError for anything else, a steps_out or span out of range, and a teacher that is not a
     pixel-space diffusion run conditioned on labels or nothing."""
-    from ..api import run_sample_options
+    from .api import run_sample_options
 
     unknown = sorted(set(settings) - _OPTIM_SETTINGS - _TRAIN_SETTINGS)
     if unknown:
@@ -106,7 +106,7 @@ def distill(teacher: str | os.PathLike, steps_out: int = 4, *, name: str | None 
     iterations: optimiser steps (default DISTILL_DEFAULTS' steps); minutes: a time budget for the whole
     distillation instead (train.minutes); max_minutes: a wall-clock limit for this call. settings: as
     new_distill_run_config takes them. Returns the training loop's TrainResult."""
-    from ..train.loop import train as train_loop
+    from .train.loop import train as train_loop
 
     if iterations is not None and minutes is not None:
         raise ValueError("give iterations (--iterations) or minutes (--minutes), not both")
