@@ -18,3 +18,12 @@ def train(data, **kwargs):
     from .api import train as _train
 
     return _train(data, **kwargs)
+
+
+def distill(teacher, steps_out: int = 4, **kwargs):
+    """Distil a diffusion run into a few-step sampler (progressive distillation), in RUNS_DIR/NAME or the folder
+    `out`, or resume that distillation: `pixelforge.distill("mnist-diffusion", 4, name="mnist-distilled",
+    iterations=200)`; keyword arguments as pixelforge.distillation.distill."""
+    from .distillation import distill as _distill
+
+    return _distill(teacher, steps_out, **kwargs)

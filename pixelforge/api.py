@@ -375,6 +375,11 @@ class Generator:
             }
             if self.config.compress is not None:
                 s["variant"] = self.config.compress.variant  # fp32 eager unless recorded
+            distilled = getattr(self.model.config, "distill", None)
+            if distilled is not None:  # a few-step student (models/distill.py): of which teacher, how, at what guidance
+                s["distilled"] = {"teacher": distilled.teacher, "teacher_sha256": distilled.teacher_sha256,
+                                  "method": distilled.method, "steps_out": distilled.steps_out,
+                                  "guidance": distilled.guidance}
             if prompts is not None:
                 s["prompt"] = prompts[i]
                 s["negative_prompt"] = negative_prompt

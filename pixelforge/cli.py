@@ -1176,6 +1176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compress(sub)
     add_bench(sub)
+    from .cli_distill import add_distill
+
+    add_distill(sub)
     from .cli_detect import add_detect
 
     add_detect(sub)

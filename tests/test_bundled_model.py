@@ -100,3 +100,22 @@ def test_bundled_audio_model_draws_the_digit_spoken_by_voices_it_never_heard(dig
     x = np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255.0 for im in images])
     accuracy = float((digit_classifier.predict(x) == spoken).mean())
     assert accuracy >= 0.7, f"only {accuracy:.0%} of the images are read as the spoken digit"
+
+
+def test_bundled_distilled_model_draws_digits_of_the_label_in_four_network_evaluations(digit_classifier):
+    """mnist-distilled (pixelforge distill mnist-diffusion --steps-out 4): its defaults are the distilled sampler,
+    4 evaluations of the network a batch, and its samples are read as the asked digit."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    d = BUNDLED_MODELS_DIR / "mnist-distilled"
+    assert (d / "model.safetensors").stat().st_size <= (BUNDLED_MODELS_DIR / DEFAULT_MODEL / "model.safetensors").stat().st_size
+    g = pixelforge.load("mnist-distilled", device="cpu")
+    calls = []
+    network = g.model.network
+    g.model.network = lambda *a, **k: calls.append(1) or network(*a, **k)
+    labels = [c for c in range(10) for _ in range(6)]
+    images, settings = g.generate_tensor(len(labels), labels=labels, seed=0)
+    assert len(calls) == 4 and (settings[0]["sampler"], settings[0]["steps"]) == ("ddim", 4)
+    assert settings[0]["distilled"]["teacher"] == DEFAULT_MODEL
+    x = ((images + 1) / 2).reshape(len(labels), -1).numpy()
+    accuracy = float((digit_classifier.predict(x) == np.array(labels)).mean())
+    assert accuracy >= 0.8, f"only {accuracy:.0%} of the samples are read as their label"

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from pixelforge.sampling import SAMPLERS, PerSampleGenerator, get_sampler, karras_sigmas, loglinear_sigmas
+from pixelforge.sampling import SAMPLERS, PerSampleGenerator, get_sampler, karras_sigmas, loglinear_sigmas, nested_sigmas
 
 MU, S = 0.3, 0.5
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -171,7 +171,7 @@ def test_karras_schedule_follows_eq_5_with_rho():
     torch.testing.assert_close(sigmas, torch.tensor(expected, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("schedule", [karras_sigmas, loglinear_sigmas])
+@pytest.mark.parametrize("schedule", [karras_sigmas, loglinear_sigmas, nested_sigmas])
 @pytest.mark.parametrize("steps", [0, -3])
 def test_schedule_rejects_a_step_count_below_one(schedule, steps):
     with pytest.raises(ValueError, match="steps"):

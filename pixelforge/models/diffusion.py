@@ -23,6 +23,7 @@ from .nets.dit import DiT
 from .nets.unet import UNet
 from .adapter import AdapterConfig, adapter_config
 from .autoencoder import AutoencoderConfig, make_first_stage
+from .distill import DistillConfig, distill_config, progressive_distillation_loss
 from ..distributed import all_gather_cat
 from ..fields import from_fields
 from .common import check_seeds, seeded_init
@@ -84,6 +85,10 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
         docs/upscale.md): its condition is the low-resolution image brought back to image_size, `channels`
         channels of Cond.spatial beside the flag channel, and the diffusion models the residual x - that image
         (what the filter cannot restore), so the sample is that image plus the residual drawn. None: no upscaler.
+    distill: a distilled few-step model (models/distill.py DistillConfig; docs/distill.md): the network is a
+        student of the teacher run it names, of the same config, trained to sample in distill.steps_out DDIM
+        steps on the nested schedule; while it trains, the teacher is read from its run, frozen and never saved
+        with it. None: a model trained on data.
     """
 
     image_size: int = 32
@@ -112,6 +117,7 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     autoencoder: AutoencoderConfig | dict | None = None
     adapter: AdapterConfig | dict | None = None
     lowres: LowresConfig | dict | None = None
+    distill: DistillConfig | dict | None = None
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
@@ -155,6 +161,19 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
                              "size does not fit a latent diffusion run's latents; train it without latent")
         self._check_adapter()
         self._check_lowres()
+        self._check_distill()
+
+    def _check_distill(self) -> None:
+        """distill None or a DistillConfig on a pixel-space model conditioned on labels or nothing."""
+        object.__setattr__(self, "distill", distill_config(self.distill))
+        if self.distill is None:
+            return
+        other = [name for name, given in (("a text encoder", self.text_dim), ("a spatial condition", self.spatial_channels),
+                                          ("an audio encoder", self.audio_dim), ("an autoencoder (latent)", self.autoencoder),
+                                          ("an adapter", self.adapter)) if given]
+        if other:
+            raise ValueError(f"distill: only pixel-space models conditioned on labels (or on nothing) are distilled; this "
+                             f"one has {', '.join(other)}")
 
     def _check_adapter(self) -> None:
         """adapter None, or an AdapterConfig on a UNet in pixel space whose kind is the spatial condition."""
@@ -227,6 +246,8 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
             unused += ("adapter",)
         if self.lowres is None:
             unused += ("lowres",)
+        if self.distill is None:
+            unused += ("distill",)
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
@@ -361,6 +382,10 @@ class DiffusionModel(FamilyModule):
             if self.text_cond is not None:
                 self.text_cond.requires_grad_(False)
             self.network_call = NetworkCall("network", ("x_in", "c_noise"), ("net", "text_cond", "adapter"))
+        # a distilled model's teacher while it trains: built and read from the teacher run when a distillation starts
+        # (reference_parts), and kept out of the module tree, so it is in no state_dict (the run's weights are the
+        # student's alone), no optimiser and no EMA; None when sampling
+        object.__setattr__(self, "teacher", None)
         if self.autoencoder is not None:
             # LDM's scale_factor, fixed from the latents of the first training batch and kept from then on (a
             # buffer, so checkpoints and exported weights carry it); 0 until that batch is seen. LDM takes
@@ -397,6 +422,18 @@ class DiffusionModel(FamilyModule):
             parts += ((self.config.audio_encoder, "net", self.audio_net),)
         return parts
 
+    def reference_parts(self) -> tuple[tuple, ...]:
+        """(run, module name in that run, own module, SHA-256 the run's weights file must have): frozen parts read
+        from their run whenever a training starts or resumes and never saved (runs/latent.py
+        load_reference_parts): a distilled model's teacher network; none otherwise."""
+        d = self.config.distill
+        if d is None:
+            return ()
+        if self.teacher is None:  # its own copy of the network, frozen: the teacher's config without the record
+            teacher = DiffusionModel(dataclasses.replace(self.config, distill=None)).requires_grad_(False).eval()
+            object.__setattr__(self, "teacher", teacher.to(self.device))
+        return ((d.teacher_path, "net", self.teacher.net, d.teacher_sha256),)
+
     @torch.no_grad()
     def encode_audio(self, waves: torch.Tensor) -> torch.Tensor:
         """Prepared clips (B, T) at the encoder's rate (condition/audio.py prepare_clip) -> Cond.audio (B, D)."""
@@ -410,6 +447,9 @@ class DiffusionModel(FamilyModule):
         """(run, module name in that run, own module): parts a new run copies from another run at its start and
         then trains; only the tensors of the own module's names are taken. An adapter's trainable copy of its
         base's input and middle blocks (ControlNet's initialisation from the locked network's weights)."""
+        if self.config.distill is not None:  # the student starts as the teacher (Salimans & Ho, Algorithm 2)
+            d = self.config.distill
+            return ((d.teacher_path, "net", self.net, d.teacher_sha256),)
         if self.adapter is None:
             return ()
         return ((self.config.adapter.base_path, "net", self.adapter.copy),)
@@ -484,8 +524,11 @@ class DiffusionModel(FamilyModule):
         return {"x_in": x_in, "c_noise": c_noise}
 
     def per_sample_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
-        """EDM loss (eq. 2 with lambda = 1 / c_out^2), one value per image: (B,)."""
+        """EDM loss (eq. 2 with lambda = 1 / c_out^2), one value per image: (B,); a distilled model's is
+        progressive distillation's against its teacher (distill_loss)."""
         cfg = self.config
+        if cfg.distill is not None:
+            return self.distill_loss(x, cond, generator)
         b = x.shape[0]
         rnd = torch.randn(b, device=x.device, generator=generator)
         sigma = (rnd * cfg.P_std + cfg.P_mean).exp()
@@ -497,6 +540,19 @@ class DiffusionModel(FamilyModule):
         weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
         denoised = self.denoise(x + noise, sigma, cond)
         return weight * (denoised - x).square().mean(dim=(1, 2, 3))
+
+    def distill_loss(self, x: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        """Progressive distillation's per-sample loss (B,) for x (B, C, H, W): the frozen teacher's guided steps
+        of its sampler over the nested grid are the target of this model's DDIM step (models/distill.py)."""
+        cfg, d = self.config, self.config.distill
+        if self.teacher is None:
+            raise ValueError(f"distillation of {d.teacher}: its teacher is read when the training starts "
+                             "(runs.latent.load_reference_parts); this model has none")
+        teacher = self.teacher.to(x.device)  # moved with the model once: it is outside the module tree
+        grid = self._sigmas("nested", d.teacher_steps).to(x.device)  # (steps_out * span + 1,)
+        cond = cond.drop(cfg.label_dropout, generator)  # a dropped sample learns the teacher's unguided step
+        return progressive_distillation_loss(self.denoise, teacher.guided_denoiser(d.guidance), get_sampler(d.teacher_sampler),
+                                             x, cond, grid, d.span, cfg.sigma_data, generator)
 
     def training_step(self, x: torch.Tensor, cond: Cond, step: int) -> dict[str, float]:
         """One optimiser update on a batch x (B, C, H, W) in [-1, 1]; returns figures to log."""

@@ -43,9 +43,21 @@ def load_frozen_parts(model: nn.Module) -> list[str]:
     weights, checked tensor by tensor against the module; where the part names a SHA-256, the source's weights
     file must have it), then into each of model.copied_parts() the tensors of its own names there (an adapter's
     trainable copy of its base); returns the source runs read. Called once, when a new run starts."""
-    sources: list[str] = []
     frozen = tuple(getattr(model, "frozen_parts", lambda: ())())
     copied = tuple(getattr(model, "copied_parts", lambda: ())())
+    return _copy_parts(frozen, copied)
+
+
+def load_reference_parts(model: nn.Module) -> list[str]:
+    """Copy into each of model.reference_parts() the weights of its module in its source run, as
+    load_frozen_parts does (the SHA-256 checked); returns the source runs read. These parts are kept out of the
+    model's state (a distilled model's teacher), so a training reads them at every start, new or resumed."""
+    return _copy_parts(tuple(getattr(model, "reference_parts", lambda: ())()), ())
+
+
+def _copy_parts(frozen: tuple, copied: tuple) -> list[str]:
+    """load_frozen_parts' work on the parts given: frozen ones whole, copied ones by their own tensor names."""
+    sources: list[str] = []
     read: dict[Path, dict] = {}  # a source's weights, read once however many parts come from it
     for i, part in enumerate((*frozen, *copied)):
         source, name, module = part[:3]

@@ -42,7 +42,7 @@ from ..runs.checkpoint import (
     unflatten_state,
 )
 from ..runs.config import RunConfig, build_model
-from ..runs.latent import load_frozen_parts
+from ..runs.latent import load_frozen_parts, load_reference_parts
 from ..runs.store import load_weights, resolve_run
 from .batches import Prefetch, check_workers, host_to_device
 from .compiled import compile_networks
@@ -648,6 +648,8 @@ def _train_locked(
     if not existing:  # a new run copies its frozen parts (a latent diffusion run's autoencoder) from their runs, once
         for source in load_frozen_parts(model):
             say(f"frozen parts copied from {source}")
+    for source in load_reference_parts(model):  # a distillation's teacher: kept out of checkpoints, read at every start
+        say(f"teacher read from {source}")
     conds = _local_main_first(world, lambda: _Conditions(data, model, cache_dir, progress, cfg.data))
     if not existing and not init_from:  # a resumed or initialised run has its aligned pooling in its weights
         _align_text(model, conds, data, train_idx, cfg, dev, progress and world.main, say)
