@@ -59,6 +59,16 @@ def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress
     return feeds
 
 
+def _prune(g, fraction: float) -> None:
+    """Replace g's model by its pruned network (compress/prune.py) and its config's model fields by the pruned
+    widths, so the export, the calibration and config.json all see the smaller network."""
+    from .compress.prune import prune_model
+
+    g.model = prune_model(g.model, fraction)
+    fields = json.loads(json.dumps(dataclasses.asdict(g.model.config)))  # tuples -> lists, as config.json has them
+    g.config = dataclasses.replace(g.config, model=fields)
+
+
 def compress_run(
     run: str | os.PathLike,
     out: str | os.PathLike,
@@ -83,7 +93,9 @@ def compress_run(
     "dynamo", opset) run by ONNX Runtime; quantize "int8" then quantises it (static QDQ) with activation
     ranges from sampling calibration_images images (their prompts cycle through calibration_prompts for a
     text model; seed fixes the images). export "none" with quantize "bf16": the weights in bfloat16, run in
-    bfloat16 where the hardware has it. prune: not available yet (only 0).
+    bfloat16 where the hardware has it. prune: the share of every level's channels a diffusion UNet loses
+    first (compress/prune.py; the smaller widths go to config.json), then the export and quantisation
+    above run on the pruned network; fine-tune it with `pixelforge train DATA --init-from OUT`.
     Returns {"out", "variant", "files" (name -> bytes), "parity_max_abs" (ONNX fp32 graph vs PyTorch, or None)}.
     """
     from .api import load
@@ -100,6 +112,8 @@ def compress_run(
                          f"came from ({g.config.compress.source})")
     declared_call(g.model)  # a clear error for a family with nothing to export
     cc = dataclasses.replace(cc, source=g.name, source_checkpoint=g.checkpoint_hash)
+    if prune:  # first: the export and int8's calibration then run on the pruned network (a fraction of a second)
+        _prune(g, prune)
     model = g.model
     stages = stage_bar(2 + (export == "onnx") + (quantize == "int8"), f"compressing {g.name} to {cc.variant}",
                        unit="stage", enabled=progress)
