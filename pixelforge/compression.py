@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import statistics
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .compress.config import VARIANTS, CompressConfig
+from .compress.config import PRUNED_VARIANT, VARIANTS, CompressConfig
 from .compress.load import ONNX_FILE, WEIGHTS_FILE, graph_free_shapes
 from .progress import image_bar, stage_bar
 from .runs.checkpoint import atomic_save_tensors, atomic_write_text
@@ -158,7 +159,12 @@ def compress_run(
 def model_bytes(run_dir: Path) -> int:
     """Bytes on disk of what sampling reads: the weights and, for an ONNX variant, the graph and its data."""
     names = (WEIGHTS_FILE, ONNX_FILE, ONNX_FILE + ".data")
-    return sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
+    total = sum((run_dir / n).stat().st_size for n in names if (run_dir / n).is_file())
+    if total:
+        return total
+    from .runs.store import weights_shapes  # a trained run: its EMA weights, as fp32 tensors (a checkpoint holds more)
+
+    return sum(4 * math.prod(shape) for shape in weights_shapes(run_dir).values())
 
 
 def _measure(run_dir: Path, *, n: int, steps: int | None, batch_size: int, device: str, seed: int) -> dict:
@@ -185,18 +191,23 @@ def bench_run(
     device: str = "auto",
     runs_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    prune: float = 0.3,
+    other_runs: dict[str, str | os.PathLike] | None = None,
 ) -> list[dict]:
-    """Each variant of `run` (names of VARIANTS) written to work_dir (default a temporary folder), then
+    """Each variant of `run` (names of VARIANTS, or PRUNED_VARIANT: fp32 eager pruned by `prune`, a diffusion
+    UNet's) written to work_dir (default a temporary folder), then
     measured `repeats` times, the variants interleaved in every round so a changing machine load touches
     them alike: one row per variant with its bytes on disk, median images/s over the rounds, peak
     resident memory (MiB, the whole process: Python and the libraries included) and images/s as a ratio
-    to fp32 eager. steps: the sampler's steps (default the run's), the same for every variant."""
+    to fp32 eager. steps: the sampler's steps (default the run's), the same for every variant. other_runs:
+    name -> a run measured beside them as it is (a pruned run after its fine-tune, say)."""
     from .api import load
     from .runs.store import resolve_run
 
-    unknown = [v for v in variants if v not in VARIANTS]
+    known = {**{k: (*v, 0.0) for k, v in VARIANTS.items()}, PRUNED_VARIANT: ("none", "none", prune)}
+    unknown = [v for v in variants if v not in known]
     if unknown or not variants:
-        raise ValueError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(known)}")
     if repeats < 1 or n < 1:
         raise ValueError(f"repeats and n must be at least 1, got {repeats} and {n}")
     source = resolve_run(run, runs_dir)
@@ -208,11 +219,14 @@ def bench_run(
     try:
         dirs = {}
         for v in variants:
-            export, quantize = VARIANTS[v]
-            dirs[v] = base / v
+            export, quantize, share = known[v]
+            dirs[v] = base / (v if not share else f"{v}-{share:g}")  # a kept work_dir may hold other shares
             if not (dirs[v] / "config.json").is_file():
-                compress_run(source, dirs[v], export=export, quantize=quantize, calibration_prompts=prompts,
+                compress_run(source, dirs[v], export=export, quantize=quantize, prune=share, calibration_prompts=prompts,
                              device=device, progress=progress)
+        for name, other in (other_runs or {}).items():
+            dirs[name] = resolve_run(other, runs_dir)
+        variants = tuple(dirs)
         if steps is None:
             steps = load(dirs["fp32"], device=device, moderation=None).sample_options.get("steps")
         rows: dict[str, list[dict]] = {v: [] for v in variants}
@@ -228,7 +242,7 @@ def bench_run(
             ips = statistics.median(m["images_per_s"] for m in rows[v])
             table.append({"variant": v, "bytes": model_bytes(dirs[v]), "images_per_s": ips, "ratio": ips / ref,
                           "peak_mib": max(m["peak_mib"] for m in rows[v]), "runs": [m["images_per_s"] for m in rows[v]],
-                          "steps": steps, "n": n, "note": rows[v][-1].get("note", "")})
+                          "steps": steps, "n": n, "note": rows[v][-1].get("note", ""), "dir": str(dirs[v])})
         return table
     finally:
         if own_dir:

@@ -62,6 +62,8 @@ class CompressConfig:
         return pruned if name == "fp32" else f"{pruned}-{name}"
 
 
+PRUNED_VARIANT = "pruned"  # the benchmark's pruned fp32 eager variant (its share: bench_run's prune, --prune)
+
 VARIANTS = {  # name -> (export, quantize): what `pixelforge compress --variant` and the benchmark offer
     "fp32": ("none", "none"),
     "onnx-fp32": ("onnx", "none"),
