@@ -768,6 +768,9 @@ def train(
         if launched_world().distributed:
             raise ValueError("minutes (--minutes) times and plans a new run in one process: start it without "
                              "torchrun, or give --steps")
+        if _pruned_start({}, init_from, runs):  # a budget plans its network among the full-width shapes
+            raise ValueError(f"minutes (--minutes) plans a new run's network; to fine-tune the pruned run {init_from} "
+                             "at its own widths give --steps")
         cfg, plan = plan_run(data, minutes, device=device, progress=progress, init_from=init_from, runs_dir=runs,
                              say=tqdm.write, **_latent_under(settings, runs))
         tqdm.write("\n".join(describe_plan(cfg, plan)))

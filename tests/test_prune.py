@@ -222,6 +222,8 @@ def test_pruning_then_onnx_int8_loads_and_samples_close_to_the_pruned_network(pr
     out, _ = g.generate_tensor(4, label=3, steps=3)
     assert 0 < (out - ref).abs().mean() < 0.1  # quantised, yet the pruned network's images
     assert json.loads((info["out"] / "config.json").read_text())["model"]["level_channels"] == [4, 8]
+    with pytest.raises(ValueError, match="holds its network in an ONNX graph; fine-tune the PyTorch one"):
+        pixelforge.train("digits", name="ft", runs_dir=tmp_path / "runs", init_from=str(info["out"]), steps=1)
 
 
 def test_cli_prunes_and_samples_and_refuses_a_bad_share_in_one_line(tiny_run, tmp_path, capsys):
@@ -267,6 +269,9 @@ def test_a_run_started_from_a_pruned_run_keeps_its_widths_and_takes_every_weight
     assert "compress" not in config  # a trained run, no longer a compressed variant
     (im,) = pixelforge.load(tmp_path / "ft", device="cpu").generate(1, label=1, steps=2)
     assert "variant" not in im.info["pixelforge"]
+    assert main(["train", "digits", "--name", "budget", "--runs-dir", str(tmp_path), "--init-from", str(pruned),
+                 "--minutes", "1", "--quiet"]) == 2
+    assert "to fine-tune the pruned run" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two fresh processes each load torch: 38 s on a busy 2-core machine
