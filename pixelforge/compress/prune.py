@@ -153,7 +153,7 @@ class _Plan:
             t = state.get(key)
             if t is None or t.ndim < 2:  # biases and norms' affine terms do not vote
                 continue
-            t = t.detach().double()
+            t = t.detach().double().cpu()  # the scores live on the CPU whatever the model's device
             for d, dim in enumerate(dims):
                 if dim is None:
                     continue
