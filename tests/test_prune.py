@@ -274,7 +274,6 @@ def test_a_run_started_from_a_pruned_run_keeps_its_widths_and_takes_every_weight
     assert "to fine-tune the pruned run" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # two fresh processes each load torch: 38 s on a busy 2-core machine
 def test_bench_measures_the_pruned_variant_against_fp32_eager(tiny_run, tmp_path):
     from pixelforge.compression import bench_run
 
