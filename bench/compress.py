@@ -1,7 +1,8 @@
 """Compressed variants against fp32 eager: size on disk, images/s, peak memory and FID.
 
-Method: each variant (pixelforge.compression.VARIANTS: fp32 eager, ONNX Runtime fp32 and int8, bf16) is
-written once with `compress_run`. Speed and memory come from `bench_run`: every measurement in a fresh
+Method: each variant (pixelforge.compression.VARIANTS: fp32 eager, ONNX Runtime fp32 and int8, bf16; and
+"pruned", fp32 eager with --prune of every level's channels removed, compress/prune.py) is written once with
+`compress_run`; --other NAME=RUN adds a run measured as it is (a pruned run after its fine-tune). Speed and memory come from `bench_run`: every measurement in a fresh
 process (peak resident memory of that process, Python and libraries included), the variants interleaved
 in each of --repeats rounds so a changing machine load touches them alike, the median images/s taken and
 divided by fp32 eager's of the same run. FID: --n-fid images of every variant with the same seeds,
@@ -17,6 +18,7 @@ Usage:
     .venv/bin/python bench/compress.py --models mnist-diffusion shapes-text --n-fid 500 --repeats 3
     .venv/bin/python bench/compress.py --models vae-mnist --runs-dir runs   # a trained VAE run
     .venv/bin/python bench/compress.py --quick                      # seconds-long smoke run
+    .venv/bin/python bench/compress.py --variants fp32 pruned --prune 0.5 --other ft50=runs/ft50
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import pixelforge
 
+from pixelforge.compress.config import PRUNED_VARIANT, VARIANTS
 from pixelforge.compression import bench_run
 from pixelforge.data import DataConfig, load_dataset, split_indices
 from pixelforge.metrics import feature_stats, frechet_distance
@@ -74,20 +77,28 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the table here")
     p.add_argument("--quick", action="store_true", help="n 8, 2 steps, one round: a smoke run")
+    p.add_argument("--variants", nargs="+", default=[*VARIANTS, PRUNED_VARIANT],
+                   help=f"of {', '.join(VARIANTS)}, {PRUNED_VARIANT} (a diffusion UNet's)")
+    p.add_argument("--prune", type=float, default=0.3, help=f"the {PRUNED_VARIANT} variant's share of channels removed")
+    p.add_argument("--other", nargs="*", default=[], metavar="NAME=RUN",
+                   help="runs measured as they are beside the variants, e.g. a pruned run after its fine-tune")
     a = p.parse_args()
+    if any("=" not in item for item in a.other):
+        p.error("--other takes NAME=RUN items")
+    others = dict(item.split("=", 1) for item in a.other)
     if a.quick:
         a.n_speed, a.n_fid, a.steps, a.repeats = 8, 16, 2, 1
     load_before = os.getloadavg()
     results = {}
     for model in a.models:
         work = Path(a.work_dir) / Path(model).name  # a run folder's name: never the folder itself
-        rows = bench_run(model, n=a.n_speed, steps=a.steps, repeats=a.repeats, work_dir=work, device=a.device,
-                         runs_dir=a.runs_dir)
+        rows = bench_run(model, variants=tuple(a.variants), n=a.n_speed, steps=a.steps, repeats=a.repeats, work_dir=work,
+                         device=a.device, runs_dir=a.runs_dir, prune=a.prune, other_runs=others)
         g = pixelforge.load(work / "fp32", device=a.device, moderation=None)
         extractor = load_extractor("auto", data_source=g.config.data.source, device=a.device)
         real = held_out_features(g, extractor, a.device)
         for r in rows:
-            r["fid"] = fid_of(work / r["variant"], extractor, real, n=a.n_fid, steps=r["steps"], device=a.device)
+            r["fid"] = fid_of(Path(r["dir"]), extractor, real, n=a.n_fid, steps=r["steps"], device=a.device)
         ref = rows[0]
         steps = f"{ref['steps']} steps" if ref["steps"] else "one network call per batch"
         print(f"\n{model} ({g.config.family}): {a.n_speed} images timed, {steps}, median of {a.repeats} interleaved rounds; "

@@ -779,12 +779,15 @@ def train(
         if launched_world().distributed:
             raise ValueError("minutes (--minutes) times and plans a new run in one process: start it without "
                              "torchrun, or give --steps")
+        if _pruned_start({}, init_from, runs):  # a budget plans its network among the full-width shapes
+            raise ValueError(f"minutes (--minutes) plans a new run's network; to fine-tune the pruned run {init_from} "
+                             "at its own widths give --steps")
         cfg, plan = plan_run(data, minutes, device=device, progress=progress, init_from=init_from, runs_dir=runs,
                              say=tqdm.write, **_latent_under(settings, runs))
         tqdm.write("\n".join(describe_plan(cfg, plan)))
         init_from = plan.init_from
     else:
-        cfg = new_run_config(data, **_latent_under(settings, runs))
+        cfg = new_run_config(data, **_latent_under(_pruned_start(settings, init_from, runs), runs))
     if cfg.train.early_stop_on != "val_loss" and not cfg.train.eval_every:
         raise ValueError(f"early_stop_on {cfg.train.early_stop_on} (--early-stop-on) needs eval_every K > 0 "
                          "(--eval-every) to compute it")
@@ -794,6 +797,24 @@ def train(
         init_from = None
     return train_loop(cfg, run_dir, device=device, init_from=init_from, progress=progress, evaluator=evaluator,
                       max_seconds=max_minutes * 60 if max_minutes is not None else None, compile=compile, workers=workers)
+
+
+def _pruned_start(settings: dict, init_from: str | None, runs: Path) -> dict:
+    """A new run's settings where init_from is a pruned network (compress/prune.py start_fields): its model
+    fields under those given, so `train DATA --init-from PRUNED` fine-tunes that network at its own widths."""
+    from .compress.prune import start_fields
+
+    try:
+        source = RunConfig.load(resolve_run(init_from, runs) / "config.json") if init_from else None
+    except (FileNotFoundError, ValueError):
+        return settings  # the training's own copy of the weights says what is wrong with it
+    fields = start_fields(source.family, source.model) if source is not None else None
+    if fields is None or settings.get("model", "diffusion") != "diffusion":
+        return settings
+    if source.compress is not None and source.compress.export != "none":
+        raise ValueError(f"--init-from {init_from}: an {source.compress.variant} variant holds its network in an ONNX "
+                         "graph; fine-tune the PyTorch one (compress --prune without --export), then export that run")
+    return {**settings, "model_fields": {**fields, **(settings.get("model_fields") or {})}}
 
 
 def _latent_under(settings: dict, runs: Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compress.config import EXPORTERS, EXPORTS, QUANTIZE, VARIANTS, CompressConfig
+from .compress.config import EXPORTERS, EXPORTS, PRUNED_VARIANT, QUANTIZE, VARIANTS, CompressConfig
 
 
 def _prompts_file(path: str | None) -> list[str] | None:
@@ -45,7 +45,9 @@ def add_compress(sub) -> None:
                    help="int8 (with --export onnx): static QDQ, calibrated on the sampler's own inputs (and an "
                    "autoencoder's encoder on the run's training images); "
                    "bf16 (without export): bfloat16 weights and compute where the hardware has it")
-    p.add_argument("--prune", type=float, default=0.0, help="share of weights to prune (not yet available: only 0)")
+    p.add_argument("--prune", type=float, default=0.0, metavar="SHARE", help="remove this share (0 < SHARE < 1) of the "
+                   "channels of every level of a diffusion UNet first, keeping those of largest weights; fine-tune the "
+                   "result with `pixelforge train DATA --init-from OUT` (docs/compress.md)")
     p.add_argument("--exporter", choices=EXPORTERS, default=CompressConfig.exporter,
                    help="torch.onnx's TorchScript tracer (seconds) or torch.export (dynamo; needs onnxscript)")
     p.add_argument("--opset", type=int, default=CompressConfig.opset, help="ONNX opset (17..23)")
@@ -82,7 +84,10 @@ def add_bench(sub) -> None:
         "libraries included). Ratios are to fp32 eager in the same run.",
     )
     p.add_argument("run", metavar="RUN", help="run folder, run name, or bundled model")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}, "
+                   f"{PRUNED_VARIANT} (fp32 eager pruned by --prune; a diffusion UNet)")
+    p.add_argument("--prune", type=float, default=0.3, metavar="SHARE", help=f"the {PRUNED_VARIANT} variant's share of "
+                   "channels removed (default 0.3)")
     p.add_argument("-n", type=int, default=64, help="images timed per measurement")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, the same for every variant (default: the run's)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -105,7 +110,7 @@ def cmd_bench(a) -> int:
     load = os.getloadavg()
     rows = bench_run(a.run, variants=tuple(v.strip() for v in a.variants.split(",") if v.strip()), n=a.n,
                      steps=a.steps, batch_size=a.batch_size, repeats=a.repeats, calibration_prompts=_calibration_prompts(a),
-                     work_dir=a.work_dir, device=a.device, runs_dir=a.runs_dir, progress=not a.quiet)
+                     work_dir=a.work_dir, device=a.device, runs_dir=a.runs_dir, progress=not a.quiet, prune=a.prune)
     steps = f"{rows[0]['steps']} steps" if rows[0]["steps"] else "one network call per batch"  # a GAN, a VAE
     print(f"{a.run}: {rows[0]['n']} images, {steps}, median of {a.repeats} interleaved rounds; "
           f"{torch.get_num_threads()} threads; load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}")

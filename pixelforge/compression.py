@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import statistics
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .compress.config import VARIANTS, CompressConfig
+from .compress.config import PRUNED_VARIANT, VARIANTS, CompressConfig
 from .compress.load import WEIGHTS_FILE, graph_free_shapes
 from .progress import image_bar, stage_bar
 from .runs.checkpoint import atomic_save_tensors, atomic_write_text
@@ -95,6 +96,16 @@ def _calibration_feeds(g, n: int, prompts: list[str] | None, seed: int, progress
     return feeds
 
 
+def _prune(g, fraction: float) -> None:
+    """Replace g's model by its pruned network (compress/prune.py) and its config's model fields by the pruned
+    widths, so the export, the calibration and config.json all see the smaller network."""
+    from .compress.prune import prune_model
+
+    g.model = prune_model(g.model, fraction)
+    fields = json.loads(json.dumps(dataclasses.asdict(g.model.config)))  # tuples -> lists, as config.json has them
+    g.config = dataclasses.replace(g.config, model=fields)
+
+
 def compress_run(
     run: str | os.PathLike,
     out: str | os.PathLike,
@@ -119,7 +130,9 @@ def compress_run(
     "dynamo", opset) run by ONNX Runtime; quantize "int8" then quantises it (static QDQ) with activation
     ranges from sampling calibration_images images (their prompts cycle through calibration_prompts for a
     text model; seed fixes the images). export "none" with quantize "bf16": the weights in bfloat16, run in
-    bfloat16 where the hardware has it. prune: not available yet (only 0).
+    bfloat16 where the hardware has it. prune: the share of every level's channels a diffusion UNet loses
+    first (compress/prune.py; the smaller widths go to config.json), then the export and quantisation
+    above run on the pruned network; fine-tune it with `pixelforge train DATA --init-from OUT`.
     Every network call the family declares is exported (the GAN's generator; the VAE's and VQ-VAE's decoder,
     and their encoder, which edit runs, as model.encode.onnx); int8 calibrates a call that sampling never
     makes (the encoder) on the run's training images.
@@ -141,6 +154,8 @@ def compress_run(
                          f"came from ({g.config.compress.source})")
     declared_call(g.model)  # a clear error for a family with nothing to export
     cc = dataclasses.replace(cc, source=g.name, source_checkpoint=g.checkpoint_hash)
+    if prune:  # first: the export and int8's calibration then run on the pruned network (a fraction of a second)
+        _prune(g, prune)
     model = g.model
     stages = stage_bar(2 + (export == "onnx") + (quantize == "int8"), f"compressing {g.name} to {cc.variant}",
                        unit="stage", enabled=progress)
@@ -192,10 +207,15 @@ def compress_run(
 
 
 def model_bytes(run_dir: Path) -> int:
-    """Bytes on disk of a variant's model: the weights and, for an ONNX variant, its graphs (an autoencoder's
-    encoder too) and their data."""
+    """Bytes on disk of what sampling reads: the weights and, for an ONNX variant, its graphs (an autoencoder's
+    encoder too) and their data; for a trained run (no model file yet), its EMA weights as fp32 tensors."""
     files = [run_dir / WEIGHTS_FILE, *run_dir.glob("*.onnx"), *run_dir.glob("*.onnx.data")]
-    return sum(f.stat().st_size for f in files if f.is_file())
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    if total:
+        return total
+    from .runs.store import weights_shapes  # a trained run: its EMA weights (a checkpoint holds more)
+
+    return sum(4 * math.prod(shape) for shape in weights_shapes(run_dir).values())
 
 
 def _measure(run_dir: Path, *, n: int, steps: int | None, batch_size: int, device: str, seed: int) -> dict:
@@ -222,18 +242,23 @@ def bench_run(
     device: str = "auto",
     runs_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    prune: float = 0.3,
+    other_runs: dict[str, str | os.PathLike] | None = None,
 ) -> list[dict]:
-    """Each variant of `run` (names of VARIANTS) written to work_dir (default a temporary folder), then
+    """Each variant of `run` (names of VARIANTS, or PRUNED_VARIANT: fp32 eager pruned by `prune`, a diffusion
+    UNet's) written to work_dir (default a temporary folder), then
     measured `repeats` times, the variants interleaved in every round so a changing machine load touches
     them alike: one row per variant with its bytes on disk, median images/s over the rounds, peak
     resident memory (MiB, the whole process: Python and the libraries included) and images/s as a ratio
-    to fp32 eager. steps: the sampler's steps (default the run's), the same for every variant."""
+    to fp32 eager. steps: the sampler's steps (default the run's), the same for every variant. other_runs:
+    name -> a run measured beside them as it is (a pruned run after its fine-tune, say)."""
     from .api import load
     from .runs.store import resolve_run
 
-    unknown = [v for v in variants if v not in VARIANTS]
+    known = {**{k: (*v, 0.0) for k, v in VARIANTS.items()}, PRUNED_VARIANT: ("none", "none", prune)}
+    unknown = [v for v in variants if v not in known]
     if unknown or not variants:
-        raise ValueError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(known)}")
     if repeats < 1 or n < 1:
         raise ValueError(f"repeats and n must be at least 1, got {repeats} and {n}")
     source = resolve_run(run, runs_dir)
@@ -250,11 +275,14 @@ def bench_run(
     try:
         dirs = {}
         for v in variants:
-            export, quantize = VARIANTS[v]
-            dirs[v] = base / v
+            export, quantize, share = known[v]
+            dirs[v] = base / (v if not share else f"{v}-{share:g}")  # a kept work_dir may hold other shares
             if not (dirs[v] / "config.json").is_file():
-                compress_run(source, dirs[v], export=export, quantize=quantize, calibration_prompts=prompts,
+                compress_run(source, dirs[v], export=export, quantize=quantize, prune=share, calibration_prompts=prompts,
                              device=device, progress=progress)
+        for name, other in (other_runs or {}).items():
+            dirs[name] = resolve_run(other, runs_dir)
+        variants = tuple(dirs)
         if steps is None:
             steps = load(dirs["fp32"], device=device, moderation=None).sample_options.get("steps")
         rows: dict[str, list[dict]] = {v: [] for v in variants}
@@ -270,7 +298,7 @@ def bench_run(
             ips = statistics.median(m["images_per_s"] for m in rows[v])
             table.append({"variant": v, "bytes": model_bytes(dirs[v]), "images_per_s": ips, "ratio": ips / ref,
                           "peak_mib": max(m["peak_mib"] for m in rows[v]), "runs": [m["images_per_s"] for m in rows[v]],
-                          "steps": steps, "n": n, "note": rows[v][-1].get("note", "")})
+                          "steps": steps, "n": n, "note": rows[v][-1].get("note", ""), "dir": str(dirs[v])})
         return table
     finally:
         if own_dir:

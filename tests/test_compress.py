@@ -205,7 +205,7 @@ def test_cli_compress_writes_a_run_that_sample_takes(tiny_run, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--prune", "0.3"], "pruning is not yet available"),
+    (["--prune", "1.5"], "compress.prune must be a share of channels in [0, 1)"),
     (["--quantize", "int8"], "int8 needs export onnx"),
     (["--export", "onnx", "--quantize", "bf16"], "bf16 needs export none"),
     (["--export", "onnx", "--opset", "9"], "opset must be a whole number in 17..23"),

@@ -81,6 +81,10 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
         already trained run (its base, whose config fields these are) with the spatial condition of the
         adapter's kind added through a trainable copy of the UNet's input and middle blocks, the base's own
         network frozen. runs/adapter.py makes such a config from the base. None: no adapter.
+    level_channels, stem_channels: the UNet's explicit width per level (one per channel_mult entry) and of its
+        first feature map, in place of base_channels * channel_mult and base_channels: what a pruned network
+        has (`pixelforge compress --prune`, compress/prune.py). Empty and 0 (the default): those products.
+        base_channels still sets the noise-level embedding's width (4 * base_channels), which pruning keeps.
     lowres: a super-resolution model (an upscaler; condition/lowres.py LowresConfig: scale and filters;
         docs/upscale.md): its condition is the low-resolution image brought back to image_size, `channels`
         channels of Cond.spatial beside the flag channel, and the diffusion models the residual x - that image
@@ -118,13 +122,16 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     adapter: AdapterConfig | dict | None = None
     lowres: LowresConfig | dict | None = None
     distill: DistillConfig | dict | None = None
+    level_channels: tuple[int, ...] = ()
+    stem_channels: int = 0
 
     # Size fields and their valid ranges (limits.py); hidden_size 0 means 4 * base_channels.
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "base_channels": WIDTH,
         "channel_mult": (LEVELS, CHANNEL_MULT), "num_res_blocks": (1, BLOCKS[1]),
         "attn_resolutions": ((0, 16), IMAGE_SIZE), "patch_size": (1, 64), "depth": DEPTH,
-        "num_heads": HEADS, "hidden_size": (0, 2 * WIDTH[1]), **TEXT_BOUNDS,
+        "num_heads": HEADS, "hidden_size": (0, 2 * WIDTH[1]), "level_channels": ((0, LEVELS[1]), WIDTH),
+        "stem_channels": (0, WIDTH[1]), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -138,6 +145,11 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
             raise ValueError(
                 f"{what} {side} must be divisible by {factor} for channel_mult {self.channel_mult}"
             )
+        if self.level_channels and len(self.level_channels) != len(self.channel_mult):
+            raise ValueError(f"level_channels {list(self.level_channels)} must give one width per level of channel_mult "
+                             f"{list(self.channel_mult)} (or be empty: base_channels * channel_mult)")
+        if self.backbone == "dit" and (self.level_channels or self.stem_channels):
+            raise ValueError("level_channels and stem_channels shape a UNet; this model's backbone is 'dit'")
         if self.backbone == "dit":
             width = self.hidden_size or 4 * self.base_channels
             if min(self.patch_size, self.depth, self.num_heads) < 1 or side % self.patch_size:
@@ -251,8 +263,11 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
         if not self.text_dim:
             unused += ("text_vector", "cross_attn_position")
         if self.backbone == "dit":
-            return (unused + ("channel_mult", "num_res_blocks", "attn_resolutions", "position_embedding")
+            return (unused + ("channel_mult", "num_res_blocks", "attn_resolutions", "position_embedding", "level_channels",
+                              "stem_channels")
                     + (("base_channels",) if self.hidden_size else ()) + (("cross_attn_position",) if self.text_dim else ()))
+        unused += () if self.level_channels else ("level_channels",)
+        unused += () if self.stem_channels else ("stem_channels",)
         return unused + ("patch_size", "depth", "num_heads", "hidden_size")
 
 
@@ -296,6 +311,8 @@ def make_unet(config: DiffusionConfig, *, spatial_channels: int = 0, encoder_onl
         spatial_channels=spatial_channels,
         position_embedding=config.position_embedding,
         encoder_only=encoder_only,
+        level_channels=config.level_channels,
+        stem_channels=config.stem_channels,
     )
 
 

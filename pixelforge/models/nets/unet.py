@@ -21,6 +21,15 @@ def _groups(ch: int) -> int:
     return 1
 
 
+def _heads(ch: int, head_dim: int = 32) -> int:
+    # about one head per head_dim channels, and a count that divides ch (a pruned width need not be a
+    # multiple of head_dim); every width where ch // head_dim divides ch (all that could run before) keeps it
+    heads = max(1, ch // head_dim)
+    while ch % heads:
+        heads -= 1
+    return heads
+
+
 _LAYOUT = 4  # side of the coarse layout a condition vector is read out as (position_embedding)
 
 
@@ -66,7 +75,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, ch: int, head_dim: int = 32):
         super().__init__()
-        self.heads = max(1, ch // head_dim)
+        self.heads = _heads(ch, head_dim)
         self.norm = nn.GroupNorm(_groups(ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
@@ -87,6 +96,9 @@ class UNet(nn.Module):
 
     channel_mult gives the width at each resolution (base_channels * m); the image side is halved
     between levels, so image_size must be divisible by 2 ** (len(channel_mult) - 1).
+    level_channels, stem_channels: explicit widths of each level and of the first feature map (conv_in's
+    output) in place of base_channels * channel_mult and base_channels (a pruned network: compress/prune.py);
+    empty and 0 keep those. base_channels still sets the noise-level embedding (emb_dim = 4 * base_channels).
     context_dim > 0 adds cross-attention to condition tokens (B, T, context_dim) wherever there is
     self-attention (attn_resolutions and the middle), whose queries carry their place when
     cross_attn_position is set; `vector` (B, 4 * base_channels), a pooled condition, is added to the
@@ -118,9 +130,16 @@ class UNet(nn.Module):
         spatial_channels: int = 0,
         position_embedding: bool = False,
         encoder_only: bool = False,
+        level_channels: tuple[int, ...] = (),
+        stem_channels: int = 0,
     ):
         super().__init__()
         emb_dim = base_channels * 4
+        if level_channels and len(level_channels) != len(channel_mult):
+            raise ValueError(f"level_channels {tuple(level_channels)} must give one width per level of channel_mult "
+                             f"{tuple(channel_mult)}")
+        widths = tuple(level_channels) or tuple(base_channels * m for m in channel_mult)  # each level's width
+        stem = stem_channels or base_channels  # conv_in's output
         self.emb_dim = emb_dim
 
         def cross(ch: int) -> SpatialCrossAttention | None:
@@ -132,12 +151,11 @@ class UNet(nn.Module):
         self.emb_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
 
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, stem, 3, padding=1)
         self.down = nn.ModuleList()
-        skip_ch = [base_channels]
-        ch, res = base_channels, image_size
-        for level, mult in enumerate(channel_mult):
-            cout = base_channels * mult
+        skip_ch = [stem]
+        ch, res = stem, image_size
+        for level, cout in enumerate(widths):
             for _ in range(num_res_blocks):
                 attn = res in attn_resolutions
                 self.down.append(_Level(ResBlock(ch, cout, emb_dim, dropout), AttnBlock(cout) if attn else None,
@@ -156,11 +174,10 @@ class UNet(nn.Module):
         self.mid_channels = ch
         if encoder_only:  # a ControlNet's trainable copy (nets/controlnet.py): the input blocks and the middle alone
             self.up = self.norm_out = self.conv_out = self.spatial_in = self.position = self.vector_layout = None
-            self._position_layers(base_channels, image_size, emb_dim, position_embedding)
+            self._position_layers(stem, image_size, emb_dim, position_embedding)
             return
         self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            cout = base_channels * mult
+        for level, cout in reversed(list(enumerate(widths))):
             for _ in range(num_res_blocks + 1):
                 attn = res in attn_resolutions
                 self.up.append(_Level(ResBlock(ch + skip_ch.pop(), cout, emb_dim, dropout), AttnBlock(cout) if attn else None,
@@ -173,16 +190,16 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self.spatial_in = _zero_conv(spatial_channels, base_channels, 3) if spatial_channels > 0 else None  # built last
-        self._position_layers(base_channels, image_size, emb_dim, position_embedding)
+        self.spatial_in = _zero_conv(spatial_channels, stem, 3) if spatial_channels > 0 else None  # built last
+        self._position_layers(stem, image_size, emb_dim, position_embedding)
 
-    def _position_layers(self, base_channels: int, image_size: int, emb_dim: int, position_embedding: bool) -> None:
-        # (1, base_channels, S, S), added to conv_in's output; zero at the start (draws nothing, so every other
+    def _position_layers(self, stem: int, image_size: int, emb_dim: int, position_embedding: bool) -> None:
+        # (1, stem, S, S), added to conv_in's output; zero at the start (draws nothing, so every other
         # initial weight is as without it)
-        self.position = nn.Parameter(torch.zeros(1, base_channels, image_size, image_size)) if position_embedding else None
-        # the condition vector read out as a coarse layout (base_channels, 4, 4), upsampled onto the same map:
+        self.position = nn.Parameter(torch.zeros(1, stem, image_size, image_size)) if position_embedding else None
+        # the condition vector read out as a coarse layout (stem, 4, 4), upsampled onto the same map:
         # a linear path from "at the top left" in the vector to features at the top left (zero at the start)
-        self.vector_layout = nn.Linear(emb_dim, base_channels * _LAYOUT * _LAYOUT) if position_embedding else None
+        self.vector_layout = nn.Linear(emb_dim, stem * _LAYOUT * _LAYOUT) if position_embedding else None
         if self.vector_layout is not None:
             nn.init.zeros_(self.vector_layout.weight)
             nn.init.zeros_(self.vector_layout.bias)
@@ -235,8 +252,8 @@ class UNet(nn.Module):
                spatial: torch.Tensor | None = None,
                added: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The input blocks and the middle: x (B, C, H, W) -> (middle output, skip connections). added
-        (B, base_channels, H, W): features added to conv_in's output (a ControlNet's condition)."""
-        h = self.conv_in(x)  # (B, base_channels, H, W)
+        (B, stem, H, W): features added to conv_in's output (a ControlNet's condition)."""
+        h = self.conv_in(x)  # (B, stem, H, W), stem: stem_channels or base_channels
         if self.spatial_in is not None:
             h = h + self.spatial_in(_required_spatial(spatial, self.spatial_in.in_channels, x))
         if added is not None:
@@ -244,7 +261,7 @@ class UNet(nn.Module):
         if self.position is not None:
             h = h + self.position.to(h.dtype)
             if vector is not None:
-                layout = self.vector_layout(vector).view(x.shape[0], -1, _LAYOUT, _LAYOUT)  # (B, base_channels, 4, 4)
+                layout = self.vector_layout(vector).view(x.shape[0], -1, _LAYOUT, _LAYOUT)  # (B, stem, 4, 4)
                 h = h + F.interpolate(layout.to(h.dtype), size=h.shape[-2:], mode="bilinear", align_corners=False)
         skips = [h]
         for lvl in self.down:
