@@ -18,9 +18,10 @@ def check_workers(workers: object) -> int:
     return workers
 
 
-def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """t (on the CPU) on `device`: to a CUDA device through pinned (page-locked) memory and an asynchronous
-    copy, which the GPU's copy engine runs while it computes; elsewhere a plain .to()."""
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """t (on the CPU) on `device` (a torch.device or its name): to a CUDA device through pinned (page-locked)
+    memory and an asynchronous copy, which the GPU's copy engine runs while it computes; elsewhere a plain .to()."""
+    device = torch.device(device)
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
