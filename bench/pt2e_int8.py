@@ -211,7 +211,8 @@ def main() -> None:
     rows = {}
     for name in calls:
         c, i, e = statistics.median(call_s[name]), statistics.median(ips[name]), errors[name]
-        rows[name] = {"call_ms": c * 1e3, "images_per_s": i, **e}
+        rows[name] = {"call_ms": c * 1e3, "images_per_s": i, "call_ms_rounds": [x * 1e3 for x in call_s[name]],
+                      "images_per_s_rounds": ips[name], **e}
         print(f"| {name} | {c * 1e3:.1f} | {ref_call / c:.2f} | {i:.2f} | {i / ref_ips:.2f} | {e['net_max_abs']:.4f} | "
               f"{e['net_mean_abs']:.5f} | {e['image_max_abs']:.4f} | {e['image_mean_abs']:.5f} |")
     if compile_s is not None:
