@@ -54,7 +54,8 @@ from pixelforge.device import pick_device
 TORCHAO_HINT = ("bench/pt2e_int8.py needs torchao, which pixelforge does not install: "
                 "python -m pip install --no-deps --target DIR torchao==0.18.0, then run with PYTHONPATH=DIR")
 
-Inputs = tuple[torch.Tensor, ...]  # a network call's inputs in input_names order: x_in (B, C, H, W), c_noise (B,), labels (B,)
+# a network call's inputs in input_names order: x_in (B, C, H, W), c_noise (B,), then the conditions (labels (B,))
+Inputs = tuple[torch.Tensor, ...]
 
 
 def require_torchao():
@@ -120,7 +121,8 @@ def main() -> None:
     prepare_pt2e, convert_pt2e, X86InductorQuantizer, default_config = require_torchao()
     device = pick_device(a.device)
     if device.type != "cpu":
-        sys.exit(f"--device {a.device} resolved to {device}: PT2E's X86InductorQuantizer targets x86 CPUs; use --device cpu")
+        sys.exit(f"--device {a.device} resolved to {device}: PT2E's X86InductorQuantizer targets x86 CPUs; "
+                 "use --device cpu")
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {load_before[0]:.2f}", flush=True)
 
