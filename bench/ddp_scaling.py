@@ -5,7 +5,8 @@ Method (bench/README.md has the long form): for each process count N the real co
 digits (or --data), with the same batch per process (weak scaling: the effective batch is N x
 --per-process-batch). The loop's own metrics.csv gives images/s per window of --log-every steps, timed
 inside the loop (no start-up, data preparation or final checkpoint); the first window (warm-up) is
-dropped and the median of the others kept. Efficiency(N) = images/s(N) / (N x images/s(1)).
+dropped and the median of the others kept. Efficiency(N) = images/s(N) / (N x images/s(1)) per unit of
+compute: per GPU on CUDA, per thread on a CPU.
 
 On a CPU each process gets --threads threads (default: the cores divided by N), so N processes use the
 same cores one process does: the figure then says what DDP's gradient averaging costs, not what more
@@ -72,14 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--nproc must start with 1 (the baseline) and hold positive counts, e.g. 1,2,4")
     with tempfile.TemporaryDirectory(prefix="ddp-scaling-") as tmp:
         rows = [run(n, a, Path(tmp)) for n in counts]
-    base = rows[0]["img_per_s"]
+    # Efficiency per unit of compute: a GPU per process on CUDA; on a CPU the threads of all processes (the
+    # same cores for every row by default, so the ideal there is the baseline's own images/s, not N times it).
+    def units(r: dict) -> int:
+        return r["processes"] * (r["threads_per_process"] if a.device == "cpu" else 1)
+
+    base = rows[0]["img_per_s"] / units(rows[0])
+    load = os.getloadavg()[0]
     for r in rows:
-        r["efficiency"] = r["img_per_s"] / (r["processes"] * base)
+        r["efficiency"] = r["img_per_s"] / (units(r) * base)
     if a.json:
-        print(json.dumps({"device": a.device, "cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+        print(json.dumps({"device": a.device, "cpu_count": os.cpu_count(), "load_after": load, "rows": rows}, indent=1))
         return 0
     print(f"device {a.device}, {os.cpu_count()} cores, per-process batch {a.per_process_batch}, "
-          f"diffusion base_channels {a.base_channels}, {a.steps} steps")
+          f"diffusion base_channels {a.base_channels}, {a.steps} steps; load average (1 min) after: {load:.2f}")
+    print("efficiency: images/s per " + ("thread (all processes') against 1 process's" if a.device == "cpu"
+                                          else "process (one GPU each) against 1 process's"))
     print(f"{'processes':>9} {'threads':>7} {'batch':>6} {'img/s':>9} {'efficiency':>10}")
     for r in rows:
         print(f"{r['processes']:>9} {r['threads_per_process']:>7} {r['batch']:>6} {r['img_per_s']:>9.1f} {r['efficiency']:>10.2f}")
