@@ -57,6 +57,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_forked(target, args_of_rank, world: int = 2) -> None:
+    """target(*args_of_rank(r)) on `world` forked processes, waited for up to TIMEOUT_S; one still running
+    then is killed (its report is then missing, which the test sees)."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=target, args=args_of_rank(r)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _process(rank: int, world: int, port: int, cfg: RunConfig, run_dir: Path, out: Path, options: dict) -> None:
     """One process of a job, as torchrun would start it; reports to out/rank{rank}.json and .safetensors."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -396,16 +410,8 @@ def _text_process(rank: int, port: int, family: str, out: Path) -> None:
 def test_text_conditioned_models_train_under_ddp_with_every_weight_averaged(family, tmp_path):
     # a prompt's learned "no prompt" vector and token, cross-attention: every weight must reach DDP's
     # averaging whichever the family uses in a step, or the processes drift apart (or DDP refuses)
-    ctx = multiprocessing.get_context("fork")
     port = free_port()
-    procs = [ctx.Process(target=_text_process, args=(r, port, family, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-        if p.is_alive():
-            p.kill()
-            p.join()
+    run_forked(_text_process, lambda r: (r, port, family, tmp_path))
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert reports == [{}, {}], reports
     assert_same(weights(tmp_path, 0), weights(tmp_path, 1))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -22,7 +21,7 @@ from pixelforge.cli import main
 from pixelforge.models.optim import OptimConfig, update
 from pixelforge.precision import pick_precision
 from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
-from test_distributed import TIMEOUT_S, assert_same, free_port, run_config
+from test_distributed import assert_same, free_port, run_config, run_forked
 
 
 def train(cfg, run_dir: Path, cache: Path, **kwargs):
@@ -300,16 +299,8 @@ def test_evaluation_under_two_processes_shards_the_samples_and_equals_one_proces
 
     alone = evaluate_run(str(run_dir), **EVAL)
     alone_training = _training_figures(run_dir)
-    ctx = multiprocessing.get_context("fork")
     ports = (free_port(), free_port())
-    procs = [ctx.Process(target=_evaluating_process, args=(r, ports, run_dir, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-        if p.is_alive():
-            p.kill()
-            p.join()
+    run_forked(_evaluating_process, lambda r: (r, ports, run_dir, tmp_path))
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all("error" not in r for r in reports), reports
     assert reports[1] == {"evaluate": {}, "training": {}}  # rank 0 reports for both
@@ -363,16 +354,8 @@ def test_the_prepared_data_cache_is_made_once_per_machine_and_read_by_the_other_
     for i in range(6):
         pixels = torch.randint(0, 256, (12, 12, 3), dtype=torch.uint8, generator=gen).numpy()
         Image.fromarray(pixels).save(tmp_path / "images" / f"{i}.png")
-    ctx = multiprocessing.get_context("fork")
     port = free_port()
-    procs = [ctx.Process(target=_preparing_process, args=(r, port, tmp_path / "cache", tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-        if p.is_alive():
-            p.kill()
-            p.join()
+    run_forked(_preparing_process, lambda r: (r, port, tmp_path / "cache", tmp_path))
     reports = [json.loads((tmp_path / f"prep{r}.json").read_text()) for r in range(2)]
     assert [r.get("writes") for r in reports] == [1, 0], reports  # local rank 0 prepares, the other reads its file
     assert reports[0]["images"] == reports[1]["images"]
