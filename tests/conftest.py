@@ -66,6 +66,22 @@ def randomize_zero_init():
     return _randomize_zero_init
 
 
+@pytest.fixture(scope="module")
+def tiny_unet_run(tmp_path_factory):
+    """A run folder (config.json + model.safetensors) of a tiny labelled UNet on the 8x8 digits, its
+    zero-initialised layers made random (so its outputs depend on their inputs): what compress and prune take."""
+    from pixelforge.models.diffusion import DiffusionModel
+    from pixelforge.runs.checkpoint import atomic_save_tensors
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run.mkdir()
+    cfg = _tiny_run_config()
+    model = _randomize_zero_init(DiffusionModel(cfg.model_config(), seed=0))
+    (run / "config.json").write_text(cfg.resolved().to_json())
+    atomic_save_tensors(model.state_dict(), run / "model.safetensors")
+    return run
+
+
 def _assert_unsaturated(x: torch.Tensor, *, min_inside: float = 0.25) -> None:
     """Samples (B, C, H, W) that a clamp to [-1, 1] alone cannot make pass: at least `min_inside` of
     the values lie strictly inside (-1, 1), and the images are not all one image."""

@@ -20,7 +20,6 @@ from pixelforge.compress.onnx_export import export_onnx, parity  # noqa: E402
 from pixelforge.compression import compress_run  # noqa: E402
 from pixelforge.condition import Cond  # noqa: E402
 from pixelforge.models import DiffusionConfig, DiffusionModel, PixelCNNConfig, PixelCNNModel  # noqa: E402
-from pixelforge.runs.checkpoint import atomic_save_tensors  # noqa: E402
 
 # ONNX Runtime vs PyTorch in fp32: the same arithmetic in another order; measured 3e-6 to 6e-6 on the
 # bundled models (outputs of magnitude up to 9), so 1e-4 leaves room for other CPUs without hiding a bug.
@@ -89,58 +88,44 @@ def test_a_family_without_a_network_call_is_refused_by_name(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run folder (config.json + model.safetensors) of a tiny labelled UNet on the 8x8 digits."""
-    from tests.conftest import _randomize_zero_init, _tiny_run_config
-
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    run.mkdir()
-    cfg = _tiny_run_config()
-    model = _randomize_zero_init(DiffusionModel(cfg.model_config(), seed=0))
-    (run / "config.json").write_text(cfg.resolved().to_json())
-    atomic_save_tensors(model.state_dict(), run / "model.safetensors")
-    return run
-
-
-@pytest.fixture(scope="module")
-def variants(tiny_run, tmp_path_factory):
+def variants(tiny_unet_run, tmp_path_factory):
     """The tiny run's onnx-fp32, onnx-int8 and bf16 variants."""
     base = tmp_path_factory.mktemp("variants")
     out = {}
     for export, quantize in (("onnx", "none"), ("onnx", "int8"), ("none", "bf16")):
-        info = compress_run(tiny_run, base / f"{export}-{quantize}", export=export, quantize=quantize,
+        info = compress_run(tiny_unet_run, base / f"{export}-{quantize}", export=export, quantize=quantize,
                             calibration_images=4, device="cpu", progress=False)
         out[info["variant"]] = info
     return out
 
 
-def test_each_variant_records_itself_in_config_json_and_in_every_image(variants, tiny_run):
+def test_each_variant_records_itself_in_config_json_and_in_every_image(variants, tiny_unet_run):
     for variant, info in variants.items():
         config = json.loads((info["out"] / "config.json").read_text())
         assert CompressConfig(**config["compress"]).variant == variant
-        assert config["compress"]["source_checkpoint"] == pixelforge.load(tiny_run).checkpoint_hash
+        assert config["compress"]["source_checkpoint"] == pixelforge.load(tiny_unet_run).checkpoint_hash
         g = pixelforge.load(info["out"], device="cpu")
         (im,) = g.generate(1, label=2, steps=2)
         assert im.info["pixelforge"]["variant"] == variant
-    plain = json.loads((tiny_run / "config.json").read_text())
+    plain = json.loads((tiny_unet_run / "config.json").read_text())
     assert "compress" not in plain  # a plain run carries no compress section
 
 
-def test_onnx_fp32_samples_what_pytorch_samples(variants, tiny_run):
-    ref, _ = pixelforge.load(tiny_run, device="cpu").generate_tensor(4, labels=[0, 1, 2, None], steps=3, guidance=2.0)
+def test_onnx_fp32_samples_what_pytorch_samples(variants, tiny_unet_run):
+    ref, _ = pixelforge.load(tiny_unet_run, device="cpu").generate_tensor(4, labels=[0, 1, 2, None], steps=3, guidance=2.0)
     out, _ = pixelforge.load(variants["onnx-fp32"]["out"], device="cpu").generate_tensor(
         4, labels=[0, 1, 2, None], steps=3, guidance=2.0)
     assert (out - ref).abs().max() < 1e-4
 
 
-def test_the_int8_graph_is_quantised_smaller_and_samples_close_to_fp32(variants, tiny_run, assert_unsaturated):
+def test_the_int8_graph_is_quantised_smaller_and_samples_close_to_fp32(variants, tiny_unet_run, assert_unsaturated):
     import onnx
 
     graph = onnx.load(str(variants["onnx-int8"]["out"] / "model.onnx"))
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert variants["onnx-int8"]["files"]["model.onnx"] < variants["onnx-fp32"]["files"]["model.onnx"]
-    ref, _ = pixelforge.load(tiny_run, device="cpu").generate_tensor(4, label=3, steps=3)
+    ref, _ = pixelforge.load(tiny_unet_run, device="cpu").generate_tensor(4, label=3, steps=3)
     out, _ = pixelforge.load(variants["onnx-int8"]["out"], device="cpu").generate_tensor(4, label=3, steps=3)
     assert_unsaturated(out)
     assert 0 < (out - ref).abs().mean() < 0.1  # quantised (not identical), yet the same images
@@ -159,14 +144,14 @@ def test_a_quantised_run_evaluates_and_edits(variants, pixelforge_cache):
     assert im.info["pixelforge"]["variant"] == "onnx-int8"
 
 
-def test_bf16_runs_in_bfloat16_and_stays_close(variants, tiny_run):
+def test_bf16_runs_in_bfloat16_and_stays_close(variants, tiny_unet_run):
     from pixelforge.compress.graph import bf16_available
 
     if not bf16_available(torch.device("cpu")):
         pytest.skip("this CPU has no native bfloat16")
     g = pixelforge.load(variants["bf16"]["out"], device="cpu")
     assert g.model.net.conv_in.weight.dtype == torch.bfloat16
-    ref, _ = pixelforge.load(tiny_run, device="cpu").generate_tensor(4, label=3, steps=3)
+    ref, _ = pixelforge.load(tiny_unet_run, device="cpu").generate_tensor(4, label=3, steps=3)
     out, _ = g.generate_tensor(4, label=3, steps=3)
     assert 0 < (out - ref).abs().mean() < 0.05  # rounded (not identical), yet the same images
 
@@ -196,9 +181,9 @@ def test_a_missing_or_damaged_graph_is_a_clear_error(variants, tmp_path):
 # --- the command ------------------------------------------------------------------------------------
 
 
-def test_cli_compress_writes_a_run_that_sample_takes(tiny_run, tmp_path, capsys):
+def test_cli_compress_writes_a_run_that_sample_takes(tiny_unet_run, tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["compress", str(tiny_run), "--export", "onnx", "-o", str(out), "--quiet"]) == 0
+    assert main(["compress", str(tiny_unet_run), "--export", "onnx", "-o", str(out), "--quiet"]) == 0
     assert "onnx-fp32 variant" in capsys.readouterr().out
     assert main(["sample", str(out), "-n", "2", "--steps", "2", "-o", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("seed*.png"))) == 2
@@ -210,8 +195,8 @@ def test_cli_compress_writes_a_run_that_sample_takes(tiny_run, tmp_path, capsys)
     (["--export", "onnx", "--quantize", "bf16"], "bf16 needs export none"),
     (["--export", "onnx", "--opset", "9"], "opset must be a whole number in 17..23"),
 ])
-def test_cli_compress_refuses_bad_options_in_one_line(tiny_run, tmp_path, capsys, args, message):
-    assert main(["compress", str(tiny_run), "-o", str(tmp_path / "c"), "--quiet", *args]) == 2
+def test_cli_compress_refuses_bad_options_in_one_line(tiny_unet_run, tmp_path, capsys, args, message):
+    assert main(["compress", str(tiny_unet_run), "-o", str(tmp_path / "c"), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
@@ -228,10 +213,10 @@ def test_a_compressed_run_is_not_compressed_again(variants, tmp_path, capsys):
     assert "already a compressed run (onnx-fp32)" in capsys.readouterr().err
 
 
-def test_bench_reports_each_variant_against_fp32_eager(tiny_run, tmp_path):
+def test_bench_reports_each_variant_against_fp32_eager(tiny_unet_run, tmp_path):
     from pixelforge.compression import bench_run
 
-    rows = bench_run(tiny_run, variants=("onnx-fp32",), n=2, steps=2, batch_size=2, repeats=1, device="cpu",
+    rows = bench_run(tiny_unet_run, variants=("onnx-fp32",), n=2, steps=2, batch_size=2, repeats=1, device="cpu",
                      work_dir=tmp_path, progress=False)
     assert [r["variant"] for r in rows] == ["fp32", "onnx-fp32"]
     assert rows[0]["ratio"] == 1.0 and rows[1]["images_per_s"] > 0 and rows[1]["peak_mib"] > 50
@@ -239,8 +224,8 @@ def test_bench_reports_each_variant_against_fp32_eager(tiny_run, tmp_path):
         (tmp_path / "onnx-fp32" / "model.safetensors").stat().st_size
 
 
-def test_bench_refuses_an_unknown_variant(tiny_run):
+def test_bench_refuses_an_unknown_variant(tiny_unet_run):
     from pixelforge.compression import bench_run
 
     with pytest.raises(ValueError, match="unknown variant.*int4.*choose from: fp32"):
-        bench_run(tiny_run, variants=("int4",))
+        bench_run(tiny_unet_run, variants=("int4",))

@@ -18,7 +18,6 @@ from pixelforge.compression import compress_run
 from pixelforge.condition import Cond
 from pixelforge.models import DiffusionConfig, DiffusionModel, GANConfig, GANModel
 from pixelforge.models.limits import parameter_count
-from pixelforge.runs.checkpoint import atomic_save_tensors
 from pixelforge.runs.store import BUNDLED_MODELS_DIR
 
 # a tiny UNet with every part pruning must keep consistent: labels, attention at a level and in the middle,
@@ -169,32 +168,18 @@ def test_other_families_and_the_dit_are_refused_by_name(randomize_zero_init):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A run folder (config.json + model.safetensors) of a tiny labelled UNet on the 8x8 digits."""
-    from tests.conftest import _randomize_zero_init, _tiny_run_config
-
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    run.mkdir()
-    cfg = _tiny_run_config()
-    model = _randomize_zero_init(DiffusionModel(cfg.model_config(), seed=0))
-    (run / "config.json").write_text(cfg.resolved().to_json())
-    atomic_save_tensors(model.state_dict(), run / "model.safetensors")
-    return run
-
-
-@pytest.fixture(scope="module")
-def pruned(tiny_run, tmp_path_factory):
+def pruned(tiny_unet_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned") / "p50"
-    compress_run(tiny_run, out, export="none", prune=0.5, device="cpu", progress=False)
+    compress_run(tiny_unet_run, out, export="none", prune=0.5, device="cpu", progress=False)
     return out
 
 
-def test_a_pruned_run_records_its_widths_and_variant_and_samples(pruned, tiny_run, assert_unsaturated):
+def test_a_pruned_run_records_its_widths_and_variant_and_samples(pruned, tiny_unet_run, assert_unsaturated):
     config = json.loads((pruned / "config.json").read_text())
     assert config["compress"]["prune"] == 0.5 and config["compress"]["source"].endswith("tiny")
     assert config["model"]["level_channels"] == [4, 8] and config["model"]["stem_channels"] == 4
     g = pixelforge.load(pruned, device="cpu")
-    assert parameter_count(g.model) < 0.4 * parameter_count(pixelforge.load(tiny_run, device="cpu").model)
+    assert parameter_count(g.model) < 0.4 * parameter_count(pixelforge.load(tiny_unet_run, device="cpu").model)
     images, _ = g.generate_tensor(4, labels=[0, 1, 2, None], steps=3, guidance=2.0)
     assert_unsaturated(images)
     (im,) = g.generate(1, label=2, steps=2)
@@ -212,9 +197,9 @@ def test_a_pruned_run_evaluates_and_edits(pruned, pixelforge_cache):
     assert im.info["pixelforge"]["variant"] == "pruned50"
 
 
-def test_pruning_then_onnx_int8_loads_and_samples_close_to_the_pruned_network(pruned, tiny_run, tmp_path):
+def test_pruning_then_onnx_int8_loads_and_samples_close_to_the_pruned_network(pruned, tiny_unet_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    info = compress_run(tiny_run, tmp_path / "q", export="onnx", quantize="int8", prune=0.5, calibration_images=4,
+    info = compress_run(tiny_unet_run, tmp_path / "q", export="onnx", quantize="int8", prune=0.5, calibration_images=4,
                         device="cpu", progress=False)
     assert info["variant"] == "pruned50-onnx-int8"
     ref, _ = pixelforge.load(pruned, device="cpu").generate_tensor(4, label=3, steps=3)
@@ -226,15 +211,15 @@ def test_pruning_then_onnx_int8_loads_and_samples_close_to_the_pruned_network(pr
         pixelforge.train("digits", name="ft", runs_dir=tmp_path / "runs", init_from=str(info["out"]), steps=1)
 
 
-def test_cli_prunes_and_samples_and_refuses_a_bad_share_in_one_line(tiny_run, tmp_path, capsys):
+def test_cli_prunes_and_samples_and_refuses_a_bad_share_in_one_line(tiny_unet_run, tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["compress", str(tiny_run), "--prune", "0.3", "-o", str(out), "--quiet"]) == 0
+    assert main(["compress", str(tiny_unet_run), "--prune", "0.3", "-o", str(out), "--quiet"]) == 0
     assert "pruned30 variant" in capsys.readouterr().out
     assert main(["sample", str(out), "-n", "2", "--steps", "2", "-o", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("seed*.png"))) == 2
     capsys.readouterr()
     for share in ("1", "-0.1", "nan"):
-        assert main(["compress", str(tiny_run), "--prune", share, "-o", str(tmp_path / "bad"), "--quiet"]) == 2
+        assert main(["compress", str(tiny_unet_run), "--prune", share, "-o", str(tmp_path / "bad"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "compress.prune must be a share of channels in [0, 1)" in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
@@ -274,10 +259,10 @@ def test_a_run_started_from_a_pruned_run_keeps_its_widths_and_takes_every_weight
     assert "to fine-tune the pruned run" in capsys.readouterr().err
 
 
-def test_bench_measures_the_pruned_variant_against_fp32_eager(tiny_run, tmp_path):
+def test_bench_measures_the_pruned_variant_against_fp32_eager(tiny_unet_run, tmp_path):
     from pixelforge.compression import bench_run
 
-    rows = bench_run(tiny_run, variants=("pruned",), prune=0.5, n=2, steps=2, batch_size=2, repeats=1, device="cpu",
+    rows = bench_run(tiny_unet_run, variants=("pruned",), prune=0.5, n=2, steps=2, batch_size=2, repeats=1, device="cpu",
                      work_dir=tmp_path, progress=False)
     assert [r["variant"] for r in rows] == ["fp32", "pruned"]
     assert rows[1]["bytes"] < 0.5 * rows[0]["bytes"] and rows[1]["images_per_s"] > 0
