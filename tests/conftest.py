@@ -82,6 +82,24 @@ def tiny_unet_run(tmp_path_factory):
     return run
 
 
+def train_straight_and_resumed(cfg, root, stop_at: int):
+    """cfg trained in root/"full" straight through, and in root/"resumed" stopped at step stop_at then
+    resumed (the prepared data cached in root/"cache"): (full's TrainResult, the resumed call's TrainResult,
+    full's last checkpoint parts, resumed's last checkpoint parts), for tests of exact resume."""
+    from pixelforge.train import train
+    from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
+
+    def go(name: str, **kw):
+        return train(cfg, root / name, device="cpu", progress=False, cache_dir=root / "cache", **kw)
+
+    full = go("full")
+    go("resumed", stop_at=stop_at)
+    second = go("resumed")
+    a, _ = load_checkpoint(list_checkpoints(root / "full" / "checkpoints")[-1])
+    b, _ = load_checkpoint(list_checkpoints(root / "resumed" / "checkpoints")[-1])
+    return full, second, a, b
+
+
 def _assert_unsaturated(x: torch.Tensor, *, min_inside: float = 0.25) -> None:
     """Samples (B, C, H, W) that a clamp to [-1, 1] alone cannot make pass: at least `min_inside` of
     the values lie strictly inside (-1, 1), and the images are not all one image."""

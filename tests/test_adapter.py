@@ -24,6 +24,8 @@ from pixelforge.train import train
 from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
 from pixelforge.train.loop import _ema_update
 
+from conftest import train_straight_and_resumed
+
 from test_sketch import TINY, ring
 
 pytest.importorskip("cv2")
@@ -144,12 +146,8 @@ def test_after_training_the_base_is_bit_identical_and_the_adapter_moved(runs):
 def test_an_adapter_run_resumes_exactly(runs, tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELFORGE_CACHE", str(tmp_path / "cache"))
     cfg = new_config(runs)
-    full = train(cfg, tmp_path / "full", device="cpu", progress=False, cache_dir=tmp_path / "cache")
-    train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=tmp_path / "cache", stop_at=4)
-    second = train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=tmp_path / "cache")
+    full, second, a, b = train_straight_and_resumed(cfg, tmp_path, stop_at=4)
     assert all(second.losses[s] == full.losses[s] for s in range(4, 8))
-    a, _ = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
-    b, _ = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1])
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert (tmp_path / "full" / "samples" / "step_0000008.png").is_file()  # a grid of edge maps and samples

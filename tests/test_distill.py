@@ -21,7 +21,8 @@ from pixelforge.runs import RunConfig, list_checkpoints, load_checkpoint, load_w
 from pixelforge.runs.latent import load_frozen_parts, load_reference_parts
 from pixelforge.sampling import get_sampler, karras_sigmas, nested_sigmas
 from pixelforge.distillation import new_distill_run_config
-from pixelforge.train import train
+
+from conftest import train_straight_and_resumed
 
 TINY = ["--image-size", "8", "--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1",
         "--batch-size", "16", "--steps", "4", "--ckpt-every", "2", "--val-every", "2", "--log-every", "1",
@@ -155,12 +156,8 @@ def test_a_distillation_resumes_exactly_and_reads_its_teacher_again(runs, tmp_pa
     monkeypatch.setenv("PIXELFORGE_CACHE", str(tmp_path / "cache"))
     cfg = new_distill_run_config("t", 2, runs_dir=runs, steps=4, batch_size=8, ckpt_every=2, val_every=2, val_images=8,
                                  sample_every=4, log_every=1)
-    full = train(cfg, tmp_path / "full", device="cpu", progress=False, cache_dir=tmp_path / "cache")
-    train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=tmp_path / "cache", stop_at=2)
-    second = train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=tmp_path / "cache")
+    full, second, a, b = train_straight_and_resumed(cfg, tmp_path, stop_at=2)
     assert all(second.losses[s] == full.losses[s] for s in range(2, 4))
-    a, _ = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
-    b, _ = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1])
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 

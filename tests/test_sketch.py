@@ -21,10 +21,8 @@ from pixelforge.condition.edges import canny_edges, drawing_lines, edge_maps, no
 from pixelforge.images import read_settings
 from pixelforge.models import DiffusionModel
 from pixelforge.models.diffusion import DiffusionConfig
-from pixelforge.train import train
-from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
 
-from conftest import _randomize_zero_init
+from conftest import _randomize_zero_init, train_straight_and_resumed
 
 cv2 = pytest.importorskip("cv2")
 
@@ -266,18 +264,13 @@ def resume_pair(tmp_path_factory, make_run_config):
     cfg = edge_run_config(make_run_config, steps=8, ckpt_every=4, val_every=4, sample_every=8)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIXELFORGE_CACHE", str(root / "cache"))
-        full = train(cfg, root / "full", device="cpu", progress=False, cache_dir=root / "cache")
-        train(cfg, root / "resumed", device="cpu", progress=False, cache_dir=root / "cache", stop_at=4)
-        second = train(cfg, root / "resumed", device="cpu", progress=False, cache_dir=root / "cache")
-    return root, full, second
+        return (root, *train_straight_and_resumed(cfg, root, stop_at=4))
 
 
 def test_an_edge_run_resumes_exactly(resume_pair):
-    root, full, second = resume_pair
+    root, full, second, a, b = resume_pair
     for step in range(4, 8):
         assert second.losses[step] == full.losses[step], step
-    a, _ = load_checkpoint(list_checkpoints(root / "full" / "checkpoints")[-1])
-    b, _ = load_checkpoint(list_checkpoints(root / "resumed" / "checkpoints")[-1])
     assert "net.spatial_in.weight" in a["model"]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name

@@ -22,8 +22,8 @@ from pixelforge.images import read_settings
 from pixelforge.models import DiffusionModel
 from pixelforge.models.diffusion import DiffusionConfig
 from pixelforge.post import PostSettings
-from pixelforge.train import train
-from pixelforge.train.checkpoint import list_checkpoints, load_checkpoint
+
+from conftest import train_straight_and_resumed
 
 TINY = ["--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--batch-size", "16", "--steps", "4",
         "--ckpt-every", "2", "--val-every", "2", "--log-every", "1", "--sample-every", "4", "--warmup", "2", "--lr", "1e-3",
@@ -142,18 +142,13 @@ def resume_pair(tmp_path_factory, make_run_config):
                           model={"num_classes": 0, "lowres": {"scale": 2}, "label_dropout": 0.0, "sigma_data": 0.3})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIXELFORGE_CACHE", str(root / "cache"))
-        full = train(cfg, root / "full", device="cpu", progress=False, cache_dir=root / "cache")
-        train(cfg, root / "resumed", device="cpu", progress=False, cache_dir=root / "cache", stop_at=4)
-        second = train(cfg, root / "resumed", device="cpu", progress=False, cache_dir=root / "cache")
-    return root, full, second
+        return train_straight_and_resumed(cfg, root, stop_at=4)
 
 
 def test_an_upscaler_run_resumes_exactly(resume_pair):
-    root, full, second = resume_pair
+    full, second, a, b = resume_pair
     for step in range(4, 8):
         assert second.losses[step] == full.losses[step], step
-    a, _ = load_checkpoint(list_checkpoints(root / "full" / "checkpoints")[-1])
-    b, _ = load_checkpoint(list_checkpoints(root / "resumed" / "checkpoints")[-1])
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert a["model"]["net.spatial_in.weight"].any()  # the low-res input's weights did train
