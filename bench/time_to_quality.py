@@ -17,9 +17,12 @@ Peer (`peer`): diffusers' UNet2DModel in our layout (three levels of DownBlock2D
   power 0.75, max decay 0.9999), clipping at 1, fp32, torch.manual_seed(0); unconditional. The images are the
   folder as pixelforge prepares it at 32x32 (pixelforge.data.load_dataset: the same pixels as ours). One run;
   at each budget mark of training time (the clock paused while a copy is taken) the EMA weights are kept.
-Sampling: SAMPLES images per (config, budget), seeds 0..n-1, 35 network evaluations each: ours Heun with 18
-  steps through pixelforge.load(...).generate_tensor, labels balanced over the classes, guidance 1 (no
+Sampling: SAMPLES images per (config, budget), seeds 0..n-1, 35 network evaluations each: ours with the
+  run's own sampling defaults (a budget run's: Euler with 35 steps; a run of steps': Heun with 18 steps)
+  through pixelforge.load(...).generate_tensor, labels balanced over the classes, guidance 1 (no
   classifier-free guidance, which would double the evaluations); the peer DDIM with 35 steps (DDIMPipeline).
+  `--sampling SAMPLER:STEPS` samples ours with that instead (the row's config is then e.g. `minutes+heun18`),
+  and `--score-only` scores the runs a previous invocation trained, without training again.
 Scoring: FID, KID and precision/recall with the Inception extractor against all the folder's images at
   32x32 (pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses). A grid per (config,
   budget) is saved in --out (ours: a row per class).
@@ -30,6 +33,7 @@ Usage:
     .venv/bin/python bench/time_to_quality.py --threads 2                     # every config, 2/5/10/20 min
     .venv/bin/python bench/time_to_quality.py --configs peer --budgets 2,5    # adds to the same results.json
     .venv/bin/python bench/time_to_quality.py --quick                         # smoke run; figures mean nothing
+    .venv/bin/python bench/time_to_quality.py --configs minutes --score-only --sampling heun:18   # the same runs, Heun
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from pixelforge.progress import image_bar, stage_bar  # noqa: E402
 IMAGE_SIZE = 32
 SEED = 0
 EVALS = 35  # network evaluations per sample on both sides
-OUR_SAMPLING = {"sampler": "heun", "steps": 18, "guidance": 1.0}  # Heun: 2 evaluations a step, the last 1: 35
+GUIDANCE = 1.0  # ours: no classifier-free guidance (it would double the evaluations)
 PEER_DDIM_STEPS = 35  # DDIM: one evaluation a step
 PEER_PARAMETERS = 1_600_000  # the peer's size: the candidate closest to this
 PEER_BATCH = 16
@@ -204,17 +208,40 @@ def class_rows(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_
     return to_pil(images[picked])
 
 
-def sample_ours(run_dir: Path, n: int, device: str) -> tuple[torch.Tensor, list[int] | None]:
-    """n images (n, 3, 32, 32) in [-1, 1] of a run through the public API, labels balanced over its classes."""
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations of one sample: Heun's last step is a single Euler step (2 * steps - 1); every
+    other solver here evaluates the network once a step."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def parse_sampling(text: str) -> dict:
+    """--sampling SAMPLER:STEPS -> {"sampler": ..., "steps": ...}."""
+    from pixelforge.sampling.solvers import SAMPLERS
+
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise ValueError(f"--sampling: expected SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)}, got {text!r}")
+    return {"sampler": name, "steps": int(steps)}
+
+
+def sampling_label(sampling: dict) -> str:
+    return f"{sampling['sampler']}{sampling['steps']}"
+
+
+def sample_ours(run_dir: Path, n: int, device: str, sampling: dict | None = None) -> tuple[torch.Tensor, list[int] | None, dict]:
+    """n images (n, 3, 32, 32) in [-1, 1] of a run through the public API, labels balanced over its classes,
+    with the run's own sampling defaults (sampler, steps, schedule) or `sampling` over them; guidance GUIDANCE.
+    Also the options used, with their network evaluations per image."""
     import pixelforge
 
     g = pixelforge.load(run_dir, device=device)
+    options = g.resolve_options(**(sampling or {}), guidance=GUIDANCE)
     labels = balanced_labels(n, g.num_classes)
     bar, callback = image_bar(n, f"sampling {run_dir.name}")
-    images, _ = g.generate_tensor(n, labels=labels, seed=SEED, callback=callback, **OUR_SAMPLING)  # (n, 3, 32, 32)
+    images, _ = g.generate_tensor(n, labels=labels, seed=SEED, callback=callback, **options)  # (n, 3, 32, 32)
     callback(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
-    return images, labels
+    return images, labels, {**options, "evaluations": evaluations(options["sampler"], options["steps"])}
 
 
 # --- the peer ----------------------------------------------------------------------------------------------
@@ -356,10 +383,10 @@ def _num(x, spec: str) -> str:
 
 def table(rows: dict[str, dict]) -> str:
     """A markdown table of the rows, in CONFIGS order then by budget."""
-    order = {name: i for i, name in enumerate(CONFIGS)}
+    order = {name: i for i, name in enumerate(CONFIGS)}  # a row CONFIG+SAMPLING sorts with CONFIG
     lines = ["| config | budget min | steps | images seen | FID | precision | recall | train s | wall s | cpu s | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows.values(), key=lambda r: (order.get(r["config"], len(order)), r["config"], r["budget_min"])):
+    for r in sorted(rows.values(), key=lambda r: (order.get(r["config"].split("+")[0], len(order)), r["config"], r["budget_min"])):
         load = f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" if r.get("load_before") else "-"
         if r.get("error"):
             lines.append(f"| {r['config']} | {fmt(r['budget_min'])} | skipped: {r['error']} | | | | | | | | {load} |")
@@ -391,6 +418,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="samples scored per config and budget (default 300)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all, torch.get_num_threads())")
     p.add_argument("--device", default="auto")
+    p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS",
+                   help="sample ours with this instead of each run's defaults (e.g. heun:18); rows become CONFIG+heun18")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: sample and score the runs an earlier invocation left in --work")
     p.add_argument("--quick", action="store_true", help=f"smoke run: budgets {','.join(map(fmt, QUICK_BUDGETS))} min, "
                    f"{QUICK_SAMPLES} samples; figures mean nothing")
     a = p.parse_args(argv)
@@ -404,6 +435,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--configs: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(CONFIGS)}")
     if not a.budgets or any(not (b > 0) for b in a.budgets) or len(set(a.budgets)) != len(a.budgets):
         p.error(f"--budgets: distinct minutes above 0, got {a.budgets}")
+    try:
+        a.sampling = parse_sampling(a.sampling) if a.sampling else None
+    except ValueError as e:
+        p.error(str(e))
     a.samples = a.samples or (QUICK_SAMPLES if a.quick else 300)
     if a.samples < 2:
         p.error("--samples must be at least 2")
@@ -423,15 +458,17 @@ def main(argv=None) -> dict:
     print(f"time to quality: {', '.join(a.configs)} at {', '.join(map(fmt, a.budgets))} min; {a.samples} samples; "
           f"{a.threads} thread(s); {os.cpu_count()} cores; device {device}; photos {photos}"
           + ("  [--quick: figures mean nothing]" if a.quick else ""), flush=True)
-    print(f"sampling: ours {OUR_SAMPLING['sampler']} {OUR_SAMPLING['steps']} steps (= {EVALS} evaluations), guidance 1 "
-          f"(no classifier-free guidance: it would double the evaluations); peer DDIM {PEER_DDIM_STEPS} steps", flush=True)
+    ours = (f"{a.sampling['sampler']} {a.sampling['steps']} steps ({evaluations(**a.sampling)} evaluations)" if a.sampling
+            else "each run's own sampling defaults")
+    print(f"sampling: ours {ours}, guidance 1 (no classifier-free guidance: it would double the evaluations); "
+          f"peer DDIM {PEER_DDIM_STEPS} steps ({EVALS} evaluations)", flush=True)
     scorer = Scorer(photos, a.device)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "configs": a.configs, "budgets": a.budgets,
             "samples": a.samples, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
             "machine": machine(), "torch": torch.__version__, "diffusers": _version("diffusers"),
-            "sampling": {"ours": OUR_SAMPLING, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
+            "sampling": {"ours": a.sampling or "the run's defaults", "guidance": GUIDANCE, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
                          "evaluations": EVALS, "guidance_note": "guidance 1: no classifier-free guidance"}}
 
     def keep(row: dict) -> None:
@@ -448,10 +485,17 @@ def main(argv=None) -> dict:
         make_grid(grid_images, cols=GRID_COLS, scale=2).save(grid)
         row["grid"] = str(grid)
         keep(row)
+        if row.get("evaluations") not in (None, EVALS):
+            print(f"  note: {row['config']} sampled with {row['evaluations']} network evaluations an image, not {EVALS}",
+                  flush=True)
         print(f"  {row['config']} {fmt(row['budget_min'])} min: {row.get('steps')} steps, FID {row['fid']:.2f}, "
               f"precision {row['precision']:.3f}, recall {row['recall']:.3f}", flush=True)
 
+    label = (lambda config: f"{config}+{sampling_label(a.sampling)}") if a.sampling else (lambda config: config)
     for config in a.configs:
+        if a.score_only:
+            score_again(config, label(config), a, photos, runs_dir, out, finish)
+            continue
         if CONFIGS[config].kind == "peer":
             try:
                 import diffusers  # noqa: F401
@@ -475,7 +519,7 @@ def main(argv=None) -> dict:
             if CONFIGS[config].kind == "continued":  # its row counts every call up to this budget
                 for k in spent:
                     res[k] = spent[k] = spent[k] + res[k]
-            row = {"config": config, "budget_min": minutes, "command": ["pixelforge", *argv],
+            row = {"config": label(config), "budget_min": minutes, "command": ["pixelforge", *argv],
                    **{k: res[k] for k in ("wall_s", "cpu_s", "load_before", "load_after")}}
             if res["rc"] != 0:
                 row["error"] = res["error"] or f"exit status {res['rc']}"
@@ -485,7 +529,8 @@ def main(argv=None) -> dict:
                     break  # the later budgets continue this run
                 continue
             row.update(read_metrics(runs_dir / name))
-            images, labels = sample_ours(runs_dir / name, a.samples, a.device)
+            images, labels, used = sample_ours(runs_dir / name, a.samples, a.device, a.sampling)
+            row.update(sampling=used, evaluations=used["evaluations"])
             finish(row, images, labels)
 
     results = merge_results(out / "results.json", meta, rows)
@@ -493,6 +538,31 @@ def main(argv=None) -> dict:
     print(table(results["rows"]))
     print(f"\nresults: {out / 'results.json'}" + ("  [--quick rows: figures mean nothing]" if a.quick else ""))
     return results
+
+
+def score_again(config: str, label: str, a: argparse.Namespace, photos: Path, runs_dir: Path, out: Path,
+                finish) -> None:
+    """--score-only: sample and score the runs of `config` that an earlier invocation trained (its rows in
+    results.json give the training's figures; the runs' metrics.csv the steps), as row `label`."""
+    if CONFIGS[config].kind == "peer":
+        print(f"skip {config}: --score-only scores our runs; the peer's weights are kept only as it trains", flush=True)
+        return
+    path = out / "results.json"
+    before = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    for minutes, name, argv in train_commands(config, photos, runs_dir, a.budgets, a.device):
+        if CONFIGS[config].kind == "continued":
+            print(f"skip {config}: a continued run holds only its last budget's weights", flush=True)
+            return
+        if not (runs_dir / name / "checkpoints").is_dir():
+            print(f"skip {config} at {fmt(minutes)} min: no run {runs_dir / name} to score (train it first)", flush=True)
+            continue
+        trained = before.get(row_key(config, minutes), {})
+        row = {"config": label, "budget_min": minutes, "command": ["pixelforge", *argv], "scored_again": True,
+               **{k: trained[k] for k in ("wall_s", "cpu_s", "load_before", "load_after") if k in trained}}
+        row.update(read_metrics(runs_dir / name))
+        images, labels, used = sample_ours(runs_dir / name, a.samples, a.device, a.sampling)
+        row.update(sampling=used, evaluations=used["evaluations"])
+        finish(row, images, labels)
 
 
 def _version(package: str) -> str | None:

@@ -185,6 +185,24 @@ def test_a_budget_run_trains_past_its_expected_steps_and_stops_within_one_step_o
     assert 6 < meta["elapsed_s"] <= 6 + 1.25
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["minutes"] == 0.1
     assert (tmp_path / "r" / "samples" / "step_0000005.png").is_file()
+    # its images are sampled by default as budget runs sample: Euler at the family default's 35 evaluations
+    assert json.loads((tmp_path / "r" / "sample_defaults.json").read_text()) == budget.BUDGET_SAMPLING
+    assert pixelforge.load(tmp_path / "r", device="cpu").sample_options["sampler"] == "euler"
+
+
+def test_budget_sampling_goes_only_to_new_diffusion_budget_runs_and_keeps_a_users_file(tmp_path, make_run_config):
+    timed, stepped = make_run_config(steps=3, minutes=0.1), make_run_config(steps=3)
+    assert budget.BUDGET_SAMPLING == {"sampler": "euler", "steps": 35}  # 35 evaluations, as Heun with 18 steps
+    assert not budget.write_budget_sampling(stepped, tmp_path / "a") and not (tmp_path / "a").exists()
+    other = dataclasses.replace(timed, family="vae")
+    (tmp_path / "b").mkdir()
+    assert not budget.write_budget_sampling(other, tmp_path / "b") and not list((tmp_path / "b").iterdir())
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "sample_defaults.json").write_text('{"guidance": 2.0}')
+    assert not budget.write_budget_sampling(timed, tmp_path / "c")
+    assert (tmp_path / "c" / "sample_defaults.json").read_text() == '{"guidance": 2.0}'
+    (tmp_path / "d").mkdir()
+    assert budget.write_budget_sampling(timed, tmp_path / "d")
 
 
 @pytest.fixture(scope="module")

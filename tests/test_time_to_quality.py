@@ -130,6 +130,22 @@ def test_bad_configs_and_budgets_are_refused_naming_the_option(ttq, capsys):
     assert quick.budgets == list(ttq.QUICK_BUDGETS) and quick.samples == ttq.QUICK_SAMPLES
 
 
+def test_sampling_is_parsed_counted_in_network_evaluations_and_labels_its_rows(ttq, capsys):
+    a = ttq.parse_args(["--sampling", "heun:18", "--score-only"])
+    assert a.sampling == {"sampler": "heun", "steps": 18} and a.score_only
+    assert ttq.evaluations("heun", 18) == ttq.EVALS == ttq.evaluations("euler", 35) == ttq.evaluations("ddim", 35)
+    assert ttq.parse_args([]).sampling is None  # each run's own defaults
+    for bad in ("heun", "nope:18", "euler:0", "euler:x"):
+        with pytest.raises(SystemExit):
+            ttq.parse_args(["--sampling", bad])
+        assert "--sampling" in capsys.readouterr().err
+    rows = {"minutes+heun18@10": {"config": "minutes+heun18", "budget_min": 10.0, "fid": 141.5},
+            "peer@10": {"config": "peer", "budget_min": 10.0, "fid": 375.4},
+            "minutes@10": {"config": "minutes", "budget_min": 10.0, "fid": 130.9}}
+    body = ttq.table(rows).splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in body] == ["minutes", "minutes+heun18", "peer"]  # with its config
+
+
 def test_class_rows_put_one_class_per_grid_row(ttq):
     images = torch.stack([torch.full((3, 2, 2), float(k) / 3 - 0.5) for k in [0, 1, 2] * 12])  # (36, 3, 2, 2), label = i % 3
     picked = ttq.class_rows(images, [i % 3 for i in range(36)], cols=10)

@@ -32,11 +32,13 @@ every call reaches it), so the planned steps are an estimate, never a limit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,6 +48,7 @@ from ..models import get_family
 from ..models.family import set_precision
 from ..models.limits import meta_model, parameter_count
 from ..precision import MIN_SPEEDUP, bf16_available, fp16_support
+from ..runs.checkpoint import atomic_write_text
 from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
 
 MIN_STEPS = 1500  # the steps the planner asks for where the budget allows them (docs/training-budget.md)
@@ -59,6 +62,12 @@ CADENCE_SHARE = 0.05  # validations, and sample grids, each take at most this sh
 PROBE_BATCHES = (16, 32)  # batch sizes each candidate is timed at
 PROBE_SHARE = 0.1  # the timing stops measuring larger networks once it has taken this share of the budget
 PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
+# The sampling a diffusion budget run's images get by default (written as its sample_defaults.json when it
+# starts): Euler with 35 steps, the same 35 network evaluations as the family's default, Heun with 18. On the
+# time-to-quality photos (docs/time-to-quality.md) the same checkpoints gave FID 165.7 / 130.9 / 119.1 with it
+# after 5 / 10 / 20 minutes, against Heun's 179.2 / 141.5 / 126.3; a network trained for minutes denoises low
+# noise levels poorly, and Heun's second evaluation there adds that error where Euler's finer steps do not.
+BUDGET_SAMPLING = {"sampler": "euler", "steps": 35}
 BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
@@ -423,3 +432,13 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         lines.append(f"  note      the budget allows fewer than {MIN_STEPS:,} steps even for {network}: "
                      "expect rough samples; give more minutes")
     return lines
+
+
+def write_budget_sampling(cfg: RunConfig, run_dir: os.PathLike) -> bool:
+    """Give a diffusion run trained to a budget (`--minutes`) BUDGET_SAMPLING as its sample_defaults.json, unless
+    the run already has one (a user's own, or that of an earlier call); True where it wrote the file."""
+    path = Path(run_dir) / "sample_defaults.json"
+    if cfg.family != "diffusion" or cfg.train.minutes is None or path.exists():
+        return False
+    atomic_write_text(path, json.dumps(BUDGET_SAMPLING))
+    return True

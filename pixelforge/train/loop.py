@@ -45,6 +45,7 @@ from ..runs.config import RunConfig, build_model
 from ..runs.latent import load_frozen_parts, load_reference_parts
 from ..runs.store import load_weights, resolve_run
 from .batches import Prefetch, check_workers, host_to_device
+from .budget import write_budget_sampling
 from .compiled import compile_networks
 from .lock import run_lock
 
@@ -637,6 +638,7 @@ def _train_locked(
             train_idx, val_idx = split_indices(len(data), cfg.data.val_fraction, cfg.data.split_seed)
             atomic_write_text(split_path, json.dumps({"seed": cfg.data.split_seed, "train": train_idx.tolist(), "val": val_idx.tolist()}))
         atomic_write_text(run_dir / "classes.json", json.dumps(data.class_names))
+        write_budget_sampling(cfg, run_dir)
     train_idx, val_idx = broadcast_long(train_idx), broadcast_long(val_idx)  # rank 0's split, the saved one
     model_classes = getattr(cfg.model_config(), "num_classes", 0)
     if model_classes and data.num_classes > model_classes:
