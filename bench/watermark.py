@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -108,8 +109,8 @@ class InvisibleWatermark(Method):
         return got, int(np.sum(got == payload)) >= MATCH_BITS, None
 
 
-def photos_256(n: int, seed: int) -> list[Image.Image]:
-    """n random square crops of scikit-image's bundled photos, 256x256 RGB."""
+def photos_256(n: int, seed: int, side: int = 256) -> list[Image.Image]:
+    """n random square crops of scikit-image's bundled photos, side x side RGB (256 unless said)."""
     import skimage.data
 
     sources = []
@@ -125,9 +126,9 @@ def photos_256(n: int, seed: int) -> list[Image.Image]:
     out = []
     for i in range(n):
         src = sources[i % len(sources)]
-        side = int(min(src.size) * rng.uniform(0.4, 1.0))
-        x, y = int(rng.integers(0, src.width - side + 1)), int(rng.integers(0, src.height - side + 1))
-        out.append(src.crop((x, y, x + side, y + side)).resize((256, 256), Image.LANCZOS))
+        crop = int(min(src.size) * rng.uniform(0.4, 1.0))
+        x, y = int(rng.integers(0, src.width - crop + 1)), int(rng.integers(0, src.height - crop + 1))
+        out.append(src.crop((x, y, x + crop, y + crop)).resize((side, side), Image.LANCZOS))
     return out
 
 
@@ -237,6 +238,34 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
     return result
 
 
+CLEAN_MARGIN = (0.6, 1.0)  # a size class's threshold: at least this far above its highest clean score and its 99.9th percentile
+
+
+def threshold_from_clean(scores: list[float]) -> float:
+    """The rule the per-size thresholds were set by (docs/watermark.md): the higher of the highest clean score
+    plus CLEAN_MARGIN[0] and the 99.9th percentile plus CLEAN_MARGIN[1] (each 0.5 more divides the false-positive
+    rate by about ten), rounded up to a tenth."""
+    top = max(max(scores) + CLEAN_MARGIN[0], float(np.quantile(scores, 0.999)) + CLEAN_MARGIN[1])
+    return math.ceil(top * 10 - 1e-9) / 10
+
+
+def clean_scores(size: int, n: int, skip: int) -> tuple[list[float], str]:
+    """pixelforge's detection scores of n clean images of one size (the bench's clean sets: photo crops at 256 and
+    128, the bundled sets at their native sizes after the first `skip`, which the bench marks) and their source."""
+    if size in (256, 128):
+        images, source = photos_256(n, seed=2, side=size), "scikit-image photos"
+    else:
+        _, images, source = native(size, skip, n)
+    config = WatermarkConfig()
+    bar = stage_bar(len(images), f"{size}px clean scores")
+    scores = []
+    for im in images:
+        scores.append(detect(im, config).score)
+        bar.update(1)
+    bar.close()
+    return scores, source
+
+
 def table(result: dict) -> str:
     names = list(result["methods"])
     lines = [f"### {result['size']}x{result['size']} ({result['source']}; {result['images']} marked images, "
@@ -276,7 +305,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 64, 32, 28], choices=[256, 64, 32, 28])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 64, 32, 28], choices=[256, 128, 64, 32, 28])
     p.add_argument("--images", type=int, default=24, help="marked images per size")
     p.add_argument("--clean", type=int, default=1000, help="clean images per size for the false-positive rate")
     p.add_argument("--iw-clean", type=int, default=None, help="clean images dwtDct and dwtDctSvd read (default: --clean)")
@@ -285,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["pixelforge", "dwtDct", "dwtDctSvd", "rivaGan"])
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="a smoke run: 256 only, 2 images, 20 clean")
+    p.add_argument("--clean-only", action="store_true", help="only pixelforge's scores of --clean clean images per "
+                   "size (the per-size thresholds' calibration): highest, 99.9th percentile and the threshold the "
+                   "rule gives")
     a = p.parse_args(argv)
     if a.quick:
         a.sizes, a.images, a.clean, a.riva_images, a.riva_clean = [256], 2, 20, 1, 2
@@ -312,6 +344,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threshold {DEFAULT_THRESHOLD}; load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs", flush=True)
     results: list[dict] = []
+    if a.clean_only:
+        for size in a.sizes:
+            if size == 28:
+                continue  # not marked: nothing to calibrate
+            scores, source = clean_scores(size, a.clean, a.images)
+            results.append({"size": size, "source": source, "clean": len(scores), "clean_score_max": max(scores),
+                            "clean_score_99.9%": float(np.quantile(scores, 0.999)),
+                            "threshold_by_rule": threshold_from_clean(scores), "scores": scores})
+            print(f"{size}px ({source}): {len(scores)} clean, highest {max(scores):.2f}, 99.9th percentile "
+                  f"{np.quantile(scores, 0.999):.2f}, threshold by the rule {threshold_from_clean(scores):.1f}", flush=True)
+            if a.json:
+                Path(a.json).write_text(json.dumps({"load_average": load, "results": results}, indent=1))
+        return 0
 
     def save(*partial: dict) -> None:  # after each method too, so a long run's figures are never all lost
         if a.json:

@@ -1111,6 +1111,8 @@ def cmd_watermark_detect(a) -> int:
 
     def describe(record: dict) -> str:
         found = f"marked, payload {record['payload']}" if record["detected"] else "no mark found"
+        if record["payload_rejected"]:
+            found = "marked, payload unreadable (a near miss of the code)"
         return f"{record['file']}: {found} (score {record['score']:.1f})"
 
     return report_files(a.images, lambda path: {"file": path, **detect_file(path, key=a.key, threshold=a.threshold)},

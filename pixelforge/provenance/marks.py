@@ -134,10 +134,11 @@ def is_marked(image: Image.Image) -> bool:
 
 def detection_record(d: Detection) -> dict:
     """A Detection as JSON-ready fields: detected, score, payload (8 hex digits or None), model_id and
-    generation_id (None where not detected), cell_size and angle (the geometry found)."""
+    generation_id (None where not detected or the payload is rejected), payload_rejected (detected, but the
+    payload withheld as unreliable), cell_size and angle (the geometry found)."""
     ids = split_payload(d.payload) if d.payload is not None else (None, None)
     return {"detected": d.detected, "score": round(d.score, 3),
-            "payload": f"{d.payload:08x}" if d.payload is not None else None,
+            "payload": f"{d.payload:08x}" if d.payload is not None else None, "payload_rejected": d.payload_rejected,
             "model_id": ids[0], "generation_id": ids[1], "cell_size": round(d.cell_size, 4), "angle": round(d.angle, 2)}
 
 
