@@ -16,7 +16,7 @@ Geometry: the attacked image is given to pixelforge as it is (a resized image st
 cropped). invisible-watermark's decoders cannot search for scale, so an image whose size changed is first
 resized back to the marked size for them (more than a real detector would know); crops are not undone.
 
-Images: 256x256 crops of scikit-image's bundled photos (random square crops of 40..100% of the shorter side,
+Images: 256x256 (or 128x128: --sizes 128) crops of scikit-image's bundled photos (random square crops of 40..100% of the shorter side,
 Lanczos-resized; marked and clean images from separate random streams); native sizes from the bundled sets
 (64: emoji and textures, 32: shapes, 28: mnist, taken in order, marked first, clean after). invisible-watermark
 refuses images under 256x256 through its public API, so at native sizes its embedding classes are called
@@ -49,7 +49,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pixelforge.progress import stage_bar
-from pixelforge.provenance.watermark import DEFAULT_THRESHOLD, PAYLOAD_BITS, WatermarkConfig, detect, embed
+from pixelforge.provenance.watermark import PAYLOAD_BITS, SIZE_THRESHOLDS, WatermarkConfig, detect, embed
 from pixelforge.provenance.watermark_attacks import ATTACKS
 from pixelforge.provenance.watermark_code import bits_to_int, int_to_bits, viterbi
 
@@ -60,7 +60,8 @@ SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins",
 
 
 class Method:
-    """A watermark under test: embed(image, bits) -> image; read(image, marked_size) -> (bits, detected, score)."""
+    """A watermark under test: embed(image, bits) -> image; read(image, marked_size, payload) -> (bits, detected,
+    score, reported): bits, the best read; reported, the payload the method would report (None: none)."""
 
     name: str
     embed: Callable[[Image.Image, np.ndarray], Image.Image]
@@ -70,16 +71,16 @@ class Method:
 class Pixelforge(Method):
     name = "pixelforge"
 
-    def __init__(self):
-        self.config = WatermarkConfig()
+    def __init__(self, threshold: float | None = None, verify: bool = True):
+        self.config = WatermarkConfig(threshold=threshold, verify=verify)
 
     def embed(self, im, bits):
         return embed(im, bits_to_int(bits), self.config)
 
     def read(self, im, size, payload):
         d = detect(im, self.config)
-        got = int_to_bits(d.payload if d.payload is not None else bits_to_int(viterbi(d.soft, PAYLOAD_BITS)), PAYLOAD_BITS)
-        return got, d.detected, d.score
+        got = int_to_bits(bits_to_int(viterbi(d.soft, PAYLOAD_BITS)), PAYLOAD_BITS)
+        return got, d.detected, d.score, None if d.payload is None else int_to_bits(d.payload, PAYLOAD_BITS)
 
 
 class InvisibleWatermark(Method):
@@ -106,7 +107,8 @@ class InvisibleWatermark(Method):
             im = im.resize(size, Image.BICUBIC)
         bgr = np.ascontiguousarray(np.asarray(im)[..., ::-1])
         got = np.asarray(self.cls(watermarks=[], wmLen=PAYLOAD_BITS).decode(bgr), dtype=np.uint8).reshape(-1)[:PAYLOAD_BITS]
-        return got, int(np.sum(got == payload)) >= MATCH_BITS, None
+        detected = int(np.sum(got == payload)) >= MATCH_BITS
+        return got, detected, None, got if detected else None
 
 
 def photos_256(n: int, seed: int, side: int = 256) -> list[Image.Image]:
@@ -164,8 +166,9 @@ def ssim(a: Image.Image, b: Image.Image) -> float | None:
 
 def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None] = lambda result: None) -> dict:
     """The figures of every method at one size; done(result) is called after each method (partial results)."""
-    if size == 256:
-        marked_src, clean, source = photos_256(a.images, seed=1), photos_256(a.clean, seed=2), "scikit-image photos"
+    if size in (256, 128):
+        marked_src, clean = photos_256(a.images, seed=1, side=size), photos_256(a.clean, seed=2, side=size)
+        source = "scikit-image photos"
     else:
         marked_src, clean, source = native(size, a.images, a.clean)
     rng = np.random.default_rng(0)
@@ -190,27 +193,31 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
             result["methods"][m.name] = {"error": f"{type(e).__name__}: {e}"}
             done(result)
             continue
-        row["psnr"] = float(np.mean([psnr(o, w) for o, w in zip(originals, marked)]))
+        row["per_image_psnr"] = [psnr(o, w) for o, w in zip(originals, marked)]
+        row["psnr"] = float(np.mean(row["per_image_psnr"]))
         s = [ssim(o, w) for o, w in zip(originals, marked)]
         row["ssim"] = float(np.mean(s)) if None not in s else None
         read_time, reads = 0.0, 0
         for name, attack in ATTACKS.items():
-            accs, dets, scores = [], [], []
+            accs, dets, scores, exact, wrong = [], [], [], [], []
             for o, w, p in zip(originals, marked, payloads):
                 attacked = attack(w)
                 t0 = time.perf_counter()
                 try:
-                    got, det, score = m.read(attacked, w.size, p)
+                    got, det, score, reported = m.read(attacked, w.size, p)
                 except Exception:  # a read that fails outright counts as chance and no detection
-                    got, det, score = (1 - p), False, None
+                    got, det, score, reported = (1 - p), False, None, None
                 read_time += time.perf_counter() - t0
                 reads += 1
                 accs.append(float(np.mean(got == p)))
                 dets.append(det)
                 scores.append(score)
+                exact.append(bool(det and reported is not None and np.array_equal(reported, p)))
+                wrong.append(bool(det and reported is not None and not np.array_equal(reported, p)))
                 bar.update(1)
             row["attacks"][name] = {"bit_accuracy": float(np.mean(accs)), "min_bit_accuracy": float(np.min(accs)),
-                                    "detected": float(np.mean(dets)),
+                                    "detected": float(np.mean(dets)), "exact_payload": float(np.mean(exact)),
+                                    "wrong_payloads": int(np.sum(wrong)),
                                     "per_image": {"bit_accuracy": accs, "detected": [bool(d) for d in dets],
                                                   "score": scores}}
             if scores[0] is not None:
@@ -218,7 +225,7 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
         fp, fp_sparse, clean_scores = 0, 0, []
         for im in cleans:
             t0 = time.perf_counter()
-            got, det, score = m.read(im, im.size, fixed)
+            got, det, score, _ = m.read(im, im.size, fixed)
             read_time += time.perf_counter() - t0
             reads += 1
             fp += det
@@ -270,7 +277,7 @@ def table(result: dict) -> str:
     names = list(result["methods"])
     lines = [f"### {result['size']}x{result['size']} ({result['source']}; {result['images']} marked images, "
              f"{result['clean']} clean)", "",
-             "| attack | " + " | ".join(f"{n} bit acc / detected" for n in names) + " |",
+             "| attack | " + " | ".join(f"{n} bit acc / detected / exact payload" for n in names) + " |",
              "|---|" + "---|" * len(names)]
     rows = {n: result["methods"][n] for n in names}
     for attack in ATTACKS:
@@ -281,7 +288,7 @@ def table(result: dict) -> str:
                 cells.append("n/a")
             else:
                 x = r["attacks"][attack]
-                cells.append(f"{x['bit_accuracy']:.3f} / {x['detected']:.2f}")
+                cells.append(f"{x['bit_accuracy']:.3f} / {x['detected']:.2f} / {x['exact_payload']:.2f}")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
 
     def line(label, fmt):
@@ -291,7 +298,9 @@ def table(result: dict) -> str:
             cells.append("n/a" if "error" in r else fmt(r))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
+    line("wrong payloads reported", lambda r: str(sum(x["wrong_payloads"] for x in r["attacks"].values())))
     line("PSNR dB", lambda r: f"{r['psnr']:.1f}")
+    line("lowest PSNR dB", lambda r: f"{min(r['per_image_psnr']):.1f}")
     line("SSIM", lambda r: "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}")
     line("false positives", lambda r: f"{r['false_positive_rate']:.4f} of {r['clean']}")
     line("FP sparse payload", lambda r: "-" if r["false_positive_rate_sparse_payload"] is None
@@ -313,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--riva-clean", type=int, default=100, help="clean images rivaGan reads (slow)")
     p.add_argument("--methods", nargs="+", default=["pixelforge", "dwtDct", "dwtDctSvd", "rivaGan"])
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--threshold", type=float, default=None, help="pixelforge's detection threshold (default: by size)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="pixelforge marks once at 41 dB, without the JPEG check and strengthening")
     p.add_argument("--quick", action="store_true", help="a smoke run: 256 only, 2 images, 20 clean")
     p.add_argument("--clean-only", action="store_true", help="only pixelforge's scores of --clean clean images per "
                    "size (the per-size thresholds' calibration): highest, 99.9th percentile and the threshold the "
@@ -327,21 +339,22 @@ def main(argv: list[str] | None = None) -> int:
     methods: list[Method] = []
     for name in a.methods:
         if name == "pixelforge":
-            methods.append(Pixelforge())
+            methods.append(Pixelforge(a.threshold, a.verify))
             continue
         try:
             methods.append(InvisibleWatermark(name))
         except ImportError as e:
             print(f"skipping {name}: invisible-watermark is not installed ({e}); pip install --no-deps "
                   "invisible-watermark==0.2.0 PyWavelets opencv-python-headless onnxruntime", file=sys.stderr)
-    if 256 in a.sizes:
+    if {256, 128} & set(a.sizes):
         try:
             import skimage.data  # noqa: F401
         except ImportError:
-            print("skipping 256: scikit-image (its bundled photos) is not installed", file=sys.stderr)
-            a.sizes = [s for s in a.sizes if s != 256]
+            print("skipping 256 and 128: scikit-image (its bundled photos) is not installed", file=sys.stderr)
+            a.sizes = [s for s in a.sizes if s not in (256, 128)]
     load = os.getloadavg()
-    print(f"threshold {DEFAULT_THRESHOLD}; load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+    threshold = a.threshold if a.threshold is not None else "by size " + str(SIZE_THRESHOLDS)
+    print(f"threshold {threshold}; JPEG check on embedding {'on' if a.verify else 'off'}; load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs", flush=True)
     results: list[dict] = []
     if a.clean_only:
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(*partial: dict) -> None:  # after each method too, so a long run's figures are never all lost
         if a.json:
-            Path(a.json).write_text(json.dumps({"load_average": load, "threshold": DEFAULT_THRESHOLD,
+            Path(a.json).write_text(json.dumps({"load_average": load, "threshold": threshold, "verify": a.verify,
                                                 "results": [*results, *partial]}, indent=1))
 
     for size in a.sizes:

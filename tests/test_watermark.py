@@ -123,7 +123,7 @@ def test_embed_keeps_size_mode_and_alpha_and_a_psnr_over_40_db(mode):
     if mode == "RGBA":
         original = original.convert("RGBA")
         original.putalpha(Image.linear_gradient("L").resize(original.size))
-    marked = W.embed(original, PAYLOAD)
+    marked = W.embed(original, PAYLOAD, W.WatermarkConfig(verify=False))  # the strength as asked (see below)
     assert marked.size == original.size and marked.mode == mode
     a, b = np.asarray(original, np.float64), np.asarray(marked, np.float64)
     if mode == "RGBA":
@@ -132,9 +132,41 @@ def test_embed_keeps_size_mode_and_alpha_and_a_psnr_over_40_db(mode):
     assert 40.0 <= 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)) <= 43.0
 
 
+def psnr_of(a: Image.Image, b: Image.Image) -> float:
+    return float(10 * np.log10(255 ** 2 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def test_verified_embedding_strengthens_only_a_mark_that_jpeg_would_lose():
+    # A 256-pixel image marked at 46 dB loses its payload to JPEG q50; the check marks it again, stronger,
+    # until it survives. An image the first mark already survives
+    # on is left exactly as the unverified embedding makes it.
+    weak = W.WatermarkConfig(psnr=46, verify=False)
+    hard = photo(256, 1)
+    assert W.detect(jpeg(50)(W.embed(hard, PAYLOAD, weak)), W.WatermarkConfig(threshold=7.0)).payload != PAYLOAD
+    marked, used = W.embed_with_psnr(hard, PAYLOAD, W.WatermarkConfig(psnr=46))
+    assert W.DEFAULT_VERIFY_MIN_PSNR <= used < 46 and psnr_of(hard, marked) < 45.5
+    assert W.detect(jpeg(50)(marked)).payload == PAYLOAD
+    easy = photo(256, 0)
+    plain = W.embed(easy, PAYLOAD, W.WatermarkConfig(verify=False))
+    verified, used = W.embed_with_psnr(easy, PAYLOAD)
+    assert used == W.DEFAULT_PSNR and np.array_equal(np.asarray(plain), np.asarray(verified))
+
+
+def test_verified_embedding_keeps_the_asked_strength_where_even_the_strongest_try_fails():
+    # 64-pixel images have cells of one pixel, which JPEG q50 removes at any strength: no point in a stronger mark.
+    im = photo(64, 2)
+    marked, used = W.embed_with_psnr(im, PAYLOAD)
+    assert used == W.DEFAULT_PSNR
+    assert np.array_equal(np.asarray(marked), np.asarray(W.embed(im, PAYLOAD, W.WatermarkConfig(verify=False))))
+
+
 def test_bad_settings_and_small_images_are_refused_naming_what_is_wrong():
     with pytest.raises(ValueError, match=r"psnr must be a number of dB in 30..60"):
         W.WatermarkConfig(psnr=10)
+    with pytest.raises(ValueError, match=r"verify_min_psnr must be a number of dB in 30..60"):
+        W.WatermarkConfig(verify_min_psnr=20)
+    with pytest.raises(ValueError, match=r"verify must be true or false"):
+        W.WatermarkConfig(verify="yes")
     with pytest.raises(ValueError, match="payload must be an integer"):
         W.embed(photo(64), 1 << 32)
     with pytest.raises(ValueError, match="28x28 is too small to watermark: each side must be at least 32"):
