@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -251,9 +250,9 @@ CLEAN_MARGIN = (0.6, 1.0)  # a size class's threshold: at least this far above i
 def threshold_from_clean(scores: list[float]) -> float:
     """The rule the per-size thresholds were set by (docs/watermark.md): the higher of the highest clean score
     plus CLEAN_MARGIN[0] and the 99.9th percentile plus CLEAN_MARGIN[1] (each 0.5 more divides the false-positive
-    rate by about ten), rounded up to a tenth."""
+    rate by about ten), to the nearest tenth."""
     top = max(max(scores) + CLEAN_MARGIN[0], float(np.quantile(scores, 0.999)) + CLEAN_MARGIN[1])
-    return math.ceil(top * 10 - 1e-9) / 10
+    return round(top, 1)
 
 
 def clean_scores(size: int, n: int, skip: int) -> tuple[list[float], str]:
