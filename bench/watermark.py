@@ -4,8 +4,11 @@ For each image size: --images photos are marked with a 32-bit payload by every m
 every attack of pixelforge.provenance.watermark_attacks.ATTACKS, and the payload is read back. Figures:
   - bit accuracy: the fraction of the 32 payload bits read back right (pixelforge: the decoded payload at the
     geometry the detector found, whether or not it counts as detected);
-  - detection rate: pixelforge: score >= its threshold; invisible-watermark has no detector, so an image counts
-    as detected when at least 27 of the 32 bits match (a chance of 5.7e-5 for fair coin flips);
+  - exact payload: the share detected with the payload reported and right, and the number of wrong payloads
+    reported (pixelforge withholds a payload it doubts: Detection.payload_rejected);
+  - detection rate: pixelforge: score >= its threshold (by the image's size unless --threshold);
+    invisible-watermark has no detector, so an image counts as detected when at least 27 of the 32 bits match
+    (a chance of 5.7e-5 for fair coin flips);
   - PSNR and SSIM of the marked images (unattacked) against the originals, on all channels;
   - false positives on --clean unmarked images: pixelforge: score >= threshold; invisible-watermark: 27+ of 32
     bits matching the bench's random payload, and (column "FP sparse") a payload with four 1-bits, the case the
@@ -16,17 +19,18 @@ Geometry: the attacked image is given to pixelforge as it is (a resized image st
 cropped). invisible-watermark's decoders cannot search for scale, so an image whose size changed is first
 resized back to the marked size for them (more than a real detector would know); crops are not undone.
 
-Images: 256x256 (or 128x128: --sizes 128) crops of scikit-image's bundled photos (random square crops of 40..100% of the shorter side,
-Lanczos-resized; marked and clean images from separate random streams); native sizes from the bundled sets
-(64: emoji and textures, 32: shapes, 28: mnist, taken in order, marked first, clean after). invisible-watermark
-refuses images under 256x256 through its public API, so at native sizes its embedding classes are called
-directly (as the issue's 64x64 baseline did); rivaGan is slow on this CPU (about 1 s to embed and 2 s to decode
+Images: 256x256 (or 128x128: --sizes 128) crops of scikit-image's bundled photos (random square crops of
+40..100% of the shorter side, Lanczos-resized; marked and clean images from separate random streams); native
+sizes from the bundled sets (64: emoji and textures, 32: shapes, 28: mnist, taken in order, marked first, clean
+after). invisible-watermark refuses images under 256x256 through its public API, so at native sizes its
+embedding classes are called directly (as the issue's 64x64 baseline did); rivaGan is slow on this CPU (about 1 s to embed and 2 s to decode
 a 256x256 image), so it runs on --riva-images and --riva-clean images only.
 
 Usage (from the repository root):
     .venv/bin/python bench/watermark.py                       # 256 and native sizes, 24 images, 1000 clean
     .venv/bin/python bench/watermark.py --sizes 256 --json out.json
     .venv/bin/python bench/watermark.py --quick               # a smoke run; its figures mean nothing
+    .venv/bin/python bench/watermark.py --clean-only --clean 1500 --sizes 32 64 128 256   # per-size thresholds
 """
 
 from __future__ import annotations
@@ -244,7 +248,8 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
     return result
 
 
-CLEAN_MARGIN = (0.6, 1.0)  # a size class's threshold: at least this far above its highest clean score and its 99.9th percentile
+# a size class's threshold: at least this far above its highest clean score and its 99.9th percentile
+CLEAN_MARGIN = (0.6, 1.0)
 
 
 def threshold_from_clean(scores: list[float]) -> float:

@@ -1079,7 +1079,7 @@ def _add_watermark(sub):
     d.add_argument("--key", default=None, help="user key (default $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
     d.add_argument("--threshold", type=_float_range(0, above_lo=True), default=None,
                    help="the score at and above which an image counts as marked (default: by the image's size, "
-                   "6.6 to 7.7; docs/watermark.md)")
+                   "6.8 to 7.7; docs/watermark.md)")
     d.set_defaults(func=cmd_watermark_detect)
 
 

@@ -186,8 +186,8 @@ def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str
                verify: bool = True) -> tuple[Path, int]:
     """Mark any image file and write it to `out` (format from its extension; JPEG at quality 95), atomically;
     returns (out, payload). payload: 32 bits (an int, or hex text); default: the first 32 bits of the input
-    file's SHA-256; verify: WatermarkConfig.verify. A side under MIN_SIDE pixels, an unknown extension or an existing `out` (unless overwrite)
-    is a ValueError naming it."""
+    file's SHA-256; verify: WatermarkConfig.verify. A side under MIN_SIDE pixels, an unknown extension or an
+    existing `out` (unless overwrite) is a ValueError naming it."""
     from ..files import atomic_target
 
     src, out = Path(image), Path(out)

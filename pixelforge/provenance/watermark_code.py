@@ -90,8 +90,8 @@ def bit_margins(soft: np.ndarray, n_bits: int) -> np.ndarray:
     """(n_bits,) for each message bit, how much better the best code word is than the best one with that bit
     the other way (max-log-MAP, the forward-backward pass over the same trellis as viterbi; positive where the
     bit is a 1). Its smallest magnitude is the decoded message's distance, in path metric, to the nearest code
-    word that carries another message: a small one means a near miss (docs/watermark.md, "Rejecting a near
-    miss"). Written here for the same reason as viterbi: the libraries that offer it are not dependencies."""
+    word that carries another message: a small one means a near miss (docs/watermark.md, "Payload check").
+    Written here for the same reason as viterbi: the libraries that offer it are not dependencies."""
     steps = n_bits + TAIL
     soft = np.asarray(soft, dtype=np.float64).reshape(steps, len(GENERATORS))
     gamma = (2.0 * _OUT - 1.0) @ soft.T  # (64, 2, steps): each branch's metric at each step
