@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import png_info
-from .watermark import DEFAULT_PSNR, MIN_SIDE, PAYLOAD_BITS, Detection, WatermarkConfig, detect, embed
+from .watermark import DEFAULT_PSNR, MIN_SIDE, PAYLOAD_BITS, Detection, WatermarkConfig, detect, embed_with_psnr
 
 KEY_ENV = "PIXELFORGE_WATERMARK_KEY"
 SETTINGS_KEY = "watermark"  # the settings entry saying whether the mark is embedded; the others start "watermark_"
@@ -116,10 +116,10 @@ def mark_image(image: Image.Image, *, settings: dict | None = None, marks: bool 
         if payload is None:
             payload = make_payload(model_id(s), generation_id(s))
         cfg = marks.config()
-        out = embed(image, payload, cfg)
+        out, psnr = embed_with_psnr(image, payload, cfg)
         m, g = split_payload(payload)
         record = {"": True, "payload": f"{payload:08x}", "model_id": m, "generation_id": g,
-                  "key": "user" if cfg.key else "project", "psnr": cfg.psnr}
+                  "key": "user" if cfg.key else "project", "psnr": psnr}
     s.update({SETTINGS_KEY + (f"_{k}" if k else ""): v for k, v in record.items()})
     out.info["pixelforge"] = s
     # Pillow (>= 11.3) applies an image's own encoderinfo in every save(): the settings go into the PNG
@@ -134,10 +134,11 @@ def is_marked(image: Image.Image) -> bool:
 
 def detection_record(d: Detection) -> dict:
     """A Detection as JSON-ready fields: detected, score, payload (8 hex digits or None), model_id and
-    generation_id (None where not detected), cell_size and angle (the geometry found)."""
+    generation_id (None where not detected or the payload is rejected), payload_rejected (detected, but the
+    payload withheld as unreliable), cell_size and angle (the geometry found)."""
     ids = split_payload(d.payload) if d.payload is not None else (None, None)
     return {"detected": d.detected, "score": round(d.score, 3),
-            "payload": f"{d.payload:08x}" if d.payload is not None else None,
+            "payload": f"{d.payload:08x}" if d.payload is not None else None, "payload_rejected": d.payload_rejected,
             "model_id": ids[0], "generation_id": ids[1], "cell_size": round(d.cell_size, 4), "angle": round(d.angle, 2)}
 
 
@@ -181,11 +182,12 @@ def parse_payload(text: str) -> int:
 
 
 def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str | int | None = None,
-               key: str | None = None, psnr: float = DEFAULT_PSNR, overwrite: bool = False) -> tuple[Path, int]:
+               key: str | None = None, psnr: float = DEFAULT_PSNR, overwrite: bool = False,
+               verify: bool = True) -> tuple[Path, int]:
     """Mark any image file and write it to `out` (format from its extension; JPEG at quality 95), atomically;
     returns (out, payload). payload: 32 bits (an int, or hex text); default: the first 32 bits of the input
-    file's SHA-256. A side under MIN_SIDE pixels, an unknown extension or an existing `out` (unless overwrite)
-    is a ValueError naming it."""
+    file's SHA-256; verify: WatermarkConfig.verify. A side under MIN_SIDE pixels, an unknown extension or an
+    existing `out` (unless overwrite) is a ValueError naming it."""
     from ..files import atomic_target
 
     src, out = Path(image), Path(out)
@@ -203,7 +205,8 @@ def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str
         payload = int.from_bytes(hashlib.sha256(src.read_bytes()).digest()[:4], "big")
     elif isinstance(payload, str):
         payload = parse_payload(payload)
-    marked = embed(im, payload, MarkSettings(key=key, psnr=psnr).config())
+    cfg = MarkSettings(key=key, psnr=psnr).config()
+    marked = embed_with_psnr(im, payload, WatermarkConfig(key=cfg.key, psnr=cfg.psnr, verify=verify))[0]
     if fmt == "JPEG" and marked.mode in ("RGBA", "LA"):
         marked = marked.convert(marked.mode[:-1])  # JPEG has no alpha
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

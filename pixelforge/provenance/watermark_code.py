@@ -86,6 +86,33 @@ def viterbi(soft: np.ndarray, n_bits: int) -> np.ndarray:
     return bits[:n_bits]
 
 
+def bit_margins(soft: np.ndarray, n_bits: int) -> np.ndarray:
+    """(n_bits,) for each message bit, how much better the best code word is than the best one with that bit
+    the other way (max-log-MAP, the forward-backward pass over the same trellis as viterbi; positive where the
+    bit is a 1). Its smallest magnitude is the decoded message's distance, in path metric, to the nearest code
+    word that carries another message: a small one means a near miss (docs/watermark.md, "Payload check").
+    Written here for the same reason as viterbi: the libraries that offer it are not dependencies."""
+    steps = n_bits + TAIL
+    soft = np.asarray(soft, dtype=np.float64).reshape(steps, len(GENERATORS))
+    gamma = (2.0 * _OUT - 1.0) @ soft.T  # (64, 2, steps): each branch's metric at each step
+    allowed = np.ones((steps, 2), bool)
+    allowed[n_bits:, 1] = False  # the tail feeds zeros
+    alpha = np.full((steps + 1, _STATES), -np.inf)  # the best metric of a path from the start to each state
+    alpha[0, 0] = 0.0
+    for t in range(steps):
+        branch = np.where(allowed[t], alpha[t][:, None] + gamma[..., t], -np.inf)  # (64, 2)
+        np.maximum.at(alpha[t + 1], _NEXT.ravel(), branch.ravel())
+    beta = np.full((steps + 1, _STATES), -np.inf)  # the best metric of a path from each state to the end (state 0)
+    beta[steps, 0] = 0.0
+    margins = np.zeros(n_bits)
+    for t in range(steps - 1, -1, -1):
+        through = np.where(allowed[t], alpha[t][:, None] + gamma[..., t] + beta[t + 1][_NEXT], -np.inf)  # (64, 2)
+        if t < n_bits:
+            margins[t] = through[:, 1].max() - through[:, 0].max()
+        beta[t] = np.where(allowed[t], gamma[..., t] + beta[t + 1][_NEXT], -np.inf).max(axis=1)
+    return margins
+
+
 def whitening(key: str, n: int) -> np.ndarray:
     """(n,) key-stream bits XORed onto the coded bits, so that a payload of mostly 0-bits (and a clean image,
     whose soft values lean towards one sign) does not look like a mark: every coded word is a key-dependent
