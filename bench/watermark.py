@@ -23,7 +23,7 @@ Images: 256x256 (or 128x128: --sizes 128) crops of scikit-image's bundled photos
 40..100% of the shorter side, Lanczos-resized; marked and clean images from separate random streams); native
 sizes from the bundled sets (64: emoji and textures, 32: shapes, 28: mnist, taken in order, marked first, clean
 after). invisible-watermark refuses images under 256x256 through its public API, so at native sizes its
-embedding classes are called directly (as the issue's 64x64 baseline did); rivaGan is slow on this CPU (about
+embedding classes are called directly (as an earlier 64x64 measurement did); rivaGan is slow on this CPU (about
 1 s to embed and 2 s to decode a 256x256 image), so it runs on --riva-images and --riva-clean images only.
 
 Usage (from the repository root):
