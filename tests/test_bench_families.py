@@ -56,7 +56,8 @@ def test_quick_run_scores_against_held_out_images_prints_the_spread_and_uses_an_
     result = json.loads(r.stdout.strip().splitlines()[-1])
     rows, spread = {row["family"]: row for row in result["rows"]}, result["real_vs_real"]
     assert set(rows) == {"diffusion-dit", "vae"}
-    assert rows["diffusion-dit"]["sample_options"] == {"sampler": "heun", "steps": 4, "guidance": 2.5, "schedule": "karras"}
+    assert rows["diffusion-dit"]["sample_options"] == {"sampler": "heun", "steps": 4, "guidance": 2.5, "schedule": "karras",
+                                                  "rho": 7.0}
     assert rows["vae"]["bits_per_dim"] > 0 and rows["diffusion-dit"]["bits_per_dim"] is None
     # the 500 validation digits (10% of 5,000), not the 5,000 the models trained on; quick: 40 real vs them
     assert spread["n_reference"] == 500 and spread["n"] == 40 and len(spread["fids"]) == 5

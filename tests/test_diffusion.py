@@ -74,6 +74,23 @@ def test_unknown_schedule_or_sampler_lists_the_choices(model):
         model.sample(1, sampler="rk4", steps=2)
 
 
+def test_rho_shapes_the_karras_and_nested_schedules_only_and_is_a_checked_option(model):
+    from pixelforge.sampling.schedules import karras_sigmas
+
+    assert torch.equal(model._sigmas("karras", 5), model._sigmas("karras", 5, 7.0))  # EDM's rho by default
+    low = model._sigmas("karras", 5, 2.0)
+    assert torch.allclose(low.cpu(), karras_sigmas(5, model.config.sigma_min, model.config.sigma_max, rho=2.0))
+    assert low[2] > model._sigmas("karras", 5)[2]  # a lower rho keeps the middle steps at higher noise levels
+    assert not torch.equal(model._sigmas("nested", 4, 2.0), model._sigmas("nested", 4))
+    assert torch.equal(model._sigmas("loglinear", 5, 2.0), model._sigmas("loglinear", 5))  # has no rho
+    assert torch.equal(model.sample(1, seed=3, steps=3, rho=7.0), model.sample(1, seed=3, steps=3))
+    assert not torch.equal(model.sample(1, seed=3, steps=3, rho=2.0), model.sample(1, seed=3, steps=3))
+    spec = {s.name: s for s in DiffusionModel.option_specs}["rho"]
+    assert spec.default == 7.0 and DiffusionModel.sample_options["rho"] == 7.0
+    with pytest.raises(ValueError, match="rho"):
+        spec.check(0.5)
+
+
 def test_guidance_runs_with_labels_and_changes_the_samples(model):
     cond = Cond(labels=torch.tensor([2, 7]))
     plain = model.sample(2, cond, seed=0, steps=4, guidance=1.0)

@@ -18,6 +18,7 @@ from ..condition.lowres import LowresConfig, low_side, lowres_config
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_condition,
                                    unused_text_fields)
 from ..sampling import SAMPLERS, SCHEDULES, PerSampleGenerator, get_sampler, truncate_sigmas
+from ..sampling.schedules import RHO_SCHEDULES
 from .nets.controlnet import ControlNet
 from .nets.dit import DiT
 from .nets.unet import UNet
@@ -360,6 +361,8 @@ class DiffusionModel(FamilyModule):
         OptionSpec("steps", "int", 18, min=1, max=200, help="solver steps (Heun uses two network evaluations a step)"),
         OptionSpec("guidance", "float", 1.0, min=0.0, max=20.0, help="classifier-free guidance scale (1: none)"),
         OptionSpec("schedule", "choice", "karras", choices=tuple(SCHEDULES), help="noise-level schedule"),
+        OptionSpec("rho", "float", 7.0, min=1.0, max=20.0,
+                   help="the karras and nested schedules' rho: lower spends more of the steps at high noise levels"),
     )
     sample_options = option_defaults(option_specs)
     # What compress/ exports: network(x_in, c_noise, cond), the conditioning modules and the backbone;
@@ -614,6 +617,7 @@ class DiffusionModel(FamilyModule):
         steps: int = 18,
         guidance: float = 1.0,
         schedule: str = "karras",
+        rho: float = 7.0,
         callback=None,
         negative: Cond | None = None,
     ) -> torch.Tensor:
@@ -623,7 +627,7 @@ class DiffusionModel(FamilyModule):
         self.eval()
         cfg = self.config
         seeds = check_seeds(n, seed, seeds)
-        sigmas = self._sigmas(schedule, steps)
+        sigmas = self._sigmas(schedule, steps, rho)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
         x = gen.randn(self._sample_shape(cond)) * cfg.sigma_max  # (n, C, H, W), or the latent's (n, c, h, w)
@@ -664,12 +668,14 @@ class DiffusionModel(FamilyModule):
                              "`pixelforge upscale RUN IMAGE... -o OUT` (Generator.upscale)")
         return cond.spatial.to(x.device, x.dtype)
 
-    def _sigmas(self, schedule: str, steps: int) -> torch.Tensor:
-        """The named schedule of `steps` steps from sigma_max down to 0, on the model's device."""
+    def _sigmas(self, schedule: str, steps: int, rho: float = 7.0) -> torch.Tensor:
+        """The named schedule of `steps` steps from sigma_max down to 0, on the model's device; rho shapes the
+        karras and nested schedules (loglinear has none)."""
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         cfg = self.config
-        return SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max).to(self.device)
+        shaped = {"rho": rho} if schedule in RHO_SCHEDULES else {}
+        return SCHEDULES[schedule](steps, cfg.sigma_min, cfg.sigma_max, **shaped).to(self.device)
 
     @torch.no_grad()
     def edit(
@@ -685,6 +691,7 @@ class DiffusionModel(FamilyModule):
         steps: int = 18,
         guidance: float = 1.0,
         schedule: str = "karras",
+        rho: float = 7.0,
         resample: int = 1,
         callback=None,
         negative: Cond | None = None,
@@ -724,7 +731,7 @@ class DiffusionModel(FamilyModule):
         if not isinstance(resample, int) or resample < 1:
             raise ValueError(f"resample must be an integer of at least 1, got {resample!r}")
         seeds = check_seeds(image.shape[0], seed, seeds)
-        sigmas = truncate_sigmas(self._sigmas(schedule, steps), strength)
+        sigmas = truncate_sigmas(self._sigmas(schedule, steps, rho), strength)
         solver = get_sampler(sampler)
         gen = PerSampleGenerator(seeds, self.device)
         image = image.to(self.device, torch.float32)

@@ -51,3 +51,4 @@ def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
 
 
 SCHEDULES = {"karras": karras_sigmas, "loglinear": loglinear_sigmas, "nested": nested_sigmas}
+RHO_SCHEDULES = ("karras", "nested")  # the schedules a rho shapes
