@@ -21,7 +21,7 @@ Sampling: SAMPLES images per (config, budget), seeds 0..n-1, 35 network evaluati
   run's own sampling defaults (a budget run's: Euler with 35 steps; a run of steps': Heun with 18 steps)
   through pixelforge.load(...).generate_tensor, labels balanced over the classes, guidance 1 (no
   classifier-free guidance, which would double the evaluations); the peer DDIM with 35 steps (DDIMPipeline).
-  `--sampling SAMPLER:STEPS` samples ours with that instead (the row's config is then e.g. `minutes+heun18`),
+  `--sampling SAMPLER:STEPS[:RHO]` samples ours with that instead (the row's config is then e.g. `minutes+heun18`),
   and `--score-only` scores the runs a previous invocation trained, without training again.
 Scoring: FID, KID and precision/recall with the Inception extractor against all the folder's images at
   32x32 (pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses). A grid per (config,
@@ -215,17 +215,24 @@ def evaluations(sampler: str, steps: int) -> int:
 
 
 def parse_sampling(text: str) -> dict:
-    """--sampling SAMPLER:STEPS -> {"sampler": ..., "steps": ...}."""
+    """--sampling SAMPLER:STEPS[:RHO] -> {"sampler": ..., "steps": ..., "rho": ...} (rho: the Karras schedule's;
+    7, the family's default, where not given)."""
     from pixelforge.sampling.solvers import SAMPLERS
 
-    name, _, steps = text.partition(":")
-    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-        raise ValueError(f"--sampling: expected SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)}, got {text!r}")
-    return {"sampler": name, "steps": int(steps)}
+    name, steps, rho, *rest = text.split(":") + ["", ""]
+    try:
+        rho = float(rho) if rho else 7.0
+    except ValueError:
+        rho = None
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or rho is None or not rho >= 1 or any(rest):
+        raise ValueError(f"--sampling: expected SAMPLER:STEPS[:RHO] with SAMPLER one of {', '.join(SAMPLERS)} and RHO "
+                         f"at least 1, got {text!r}")
+    return {"sampler": name, "steps": int(steps), "rho": rho}
 
 
 def sampling_label(sampling: dict) -> str:
-    return f"{sampling['sampler']}{sampling['steps']}"
+    """heun18, or euler35rho2 where rho is not the default 7."""
+    return f"{sampling['sampler']}{sampling['steps']}" + (f"rho{sampling['rho']:g}" if sampling["rho"] != 7.0 else "")
 
 
 def sample_ours(run_dir: Path, n: int, device: str, sampling: dict | None = None) -> tuple[torch.Tensor, list[int] | None, dict]:
@@ -418,8 +425,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="samples scored per config and budget (default 300)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all, torch.get_num_threads())")
     p.add_argument("--device", default="auto")
-    p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS",
-                   help="sample ours with this instead of each run's defaults (e.g. heun:18); rows become CONFIG+heun18")
+    p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS[:RHO]",
+                   help="sample ours with this instead of each run's defaults (e.g. heun:18, rho 7 unless given); "
+                        "rows become CONFIG+heun18")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: sample and score the runs an earlier invocation left in --work")
     p.add_argument("--quick", action="store_true", help=f"smoke run: budgets {','.join(map(fmt, QUICK_BUDGETS))} min, "
@@ -458,7 +466,8 @@ def main(argv=None) -> dict:
     print(f"time to quality: {', '.join(a.configs)} at {', '.join(map(fmt, a.budgets))} min; {a.samples} samples; "
           f"{a.threads} thread(s); {os.cpu_count()} cores; device {device}; photos {photos}"
           + ("  [--quick: figures mean nothing]" if a.quick else ""), flush=True)
-    ours = (f"{a.sampling['sampler']} {a.sampling['steps']} steps ({evaluations(**a.sampling)} evaluations)" if a.sampling
+    ours = (f"{a.sampling['sampler']} {a.sampling['steps']} steps, rho {a.sampling['rho']:g} "
+            f"({evaluations(a.sampling['sampler'], a.sampling['steps'])} evaluations)" if a.sampling
             else "each run's own sampling defaults")
     print(f"sampling: ours {ours}, guidance 1 (no classifier-free guidance: it would double the evaluations); "
           f"peer DDIM {PEER_DDIM_STEPS} steps ({EVALS} evaluations)", flush=True)

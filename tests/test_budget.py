@@ -192,7 +192,7 @@ def test_a_budget_run_trains_past_its_expected_steps_and_stops_within_one_step_o
 
 def test_budget_sampling_goes_only_to_new_diffusion_budget_runs_and_keeps_a_users_file(tmp_path, make_run_config):
     timed, stepped = make_run_config(steps=3, minutes=0.1), make_run_config(steps=3)
-    assert budget.BUDGET_SAMPLING == {"sampler": "euler", "steps": 35}  # 35 evaluations, as Heun with 18 steps
+    assert budget.BUDGET_SAMPLING == {"sampler": "euler", "steps": 35, "rho": 2.0}  # 35 evaluations, as Heun with 18 steps
     assert not budget.write_budget_sampling(stepped, tmp_path / "a") and not (tmp_path / "a").exists()
     other = dataclasses.replace(timed, family="vae")
     (tmp_path / "b").mkdir()

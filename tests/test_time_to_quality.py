@@ -132,10 +132,12 @@ def test_bad_configs_and_budgets_are_refused_naming_the_option(ttq, capsys):
 
 def test_sampling_is_parsed_counted_in_network_evaluations_and_labels_its_rows(ttq, capsys):
     a = ttq.parse_args(["--sampling", "heun:18", "--score-only"])
-    assert a.sampling == {"sampler": "heun", "steps": 18} and a.score_only
+    assert a.sampling == {"sampler": "heun", "steps": 18, "rho": 7.0} and a.score_only
+    assert ttq.sampling_label(a.sampling) == "heun18"
+    assert ttq.sampling_label(ttq.parse_sampling("euler:35:2")) == "euler35rho2"
     assert ttq.evaluations("heun", 18) == ttq.EVALS == ttq.evaluations("euler", 35) == ttq.evaluations("ddim", 35)
     assert ttq.parse_args([]).sampling is None  # each run's own defaults
-    for bad in ("heun", "nope:18", "euler:0", "euler:x"):
+    for bad in ("heun", "nope:18", "euler:0", "euler:x", "euler:35:0.5", "euler:35:x", "euler:35:2:1"):
         with pytest.raises(SystemExit):
             ttq.parse_args(["--sampling", bad])
         assert "--sampling" in capsys.readouterr().err

@@ -63,11 +63,13 @@ PROBE_BATCHES = (16, 32)  # batch sizes each candidate is timed at
 PROBE_SHARE = 0.1  # the timing stops measuring larger networks once it has taken this share of the budget
 PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (a GPU's step takes milliseconds)
 # The sampling a diffusion budget run's images get by default (written as its sample_defaults.json when it
-# starts): Euler with 35 steps, the same 35 network evaluations as the family's default, Heun with 18. On the
-# time-to-quality photos (docs/time-to-quality.md) the same checkpoints gave FID 165.7 / 130.9 / 119.1 with it
-# after 5 / 10 / 20 minutes, against Heun's 179.2 / 141.5 / 126.3; a network trained for minutes denoises low
-# noise levels poorly, and Heun's second evaluation there adds that error where Euler's finer steps do not.
-BUDGET_SAMPLING = {"sampler": "euler", "steps": 35}
+# starts): Euler with 35 steps on the Karras schedule at rho 2, the same 35 network evaluations as the family's
+# default (Heun with 18 steps at EDM's rho 7). A network trained for minutes denoises the lowest noise levels
+# worst: Heun's second evaluation of each step and rho 7's crowding of the steps there both spend evaluations
+# where they help least. Measured on the time-to-quality photos (docs/time-to-quality.md), on the same
+# checkpoints after 5 / 10 / 20 minutes: FID 143.7 / 114.9 / 104.7 with this, 165.7 / 130.9 / 119.1 with Euler
+# at rho 7, 179.2 / 141.5 / 126.3 with Heun at rho 7; at 10 minutes rho 5, 3 and 1.5 gave 129.1, 124.3, 125.3.
+BUDGET_SAMPLING = {"sampler": "euler", "steps": 35, "rho": 2.0}
 BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
