@@ -8,8 +8,9 @@ Training: `pixelforge train shapes --model gan --minutes M --seed S --name gan-M
   steps made, images seen and training time (metrics.csv), the subprocess's wall and CPU seconds and the load
   average before and after, since on a shared machine a budget buys fewer steps under load.
 Scoring: SAMPLES images per run, seeds 0..n-1, labels balanced over the six classes, through the public API
-  (pixelforge.load(...).generate_tensor, the EMA generator), scored with the Inception extractor against all
-  3,000 shapes at 32x32 (pixelforge.metrics.evaluate.evaluate_images: what `pixelforge evaluate` uses). A grid
+  (pixelforge.load(...).generate_tensor, the EMA generator), scored with the Inception extractor against the
+  set's first --real shapes at 32x32 (default 1,000 of its 3,000: the features of all take about 8 CPU minutes
+  at one thread; pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses). A grid
   per run (a row of GRID_COLS per class) is saved in --out, and with --docs as docs/images/gan-budget-Mmin.png.
 Results merge into --out/results.json keyed by label, budget and seed; --out/results.md is the table of all.
 
@@ -49,7 +50,8 @@ DEFAULT_BUDGETS = (2.0, 5.0, 10.0, 20.0)
 DEFAULT_SAMPLES = 500
 QUICK_BUDGETS = (0.1,)
 QUICK_SAMPLES = 24
-QUICK_REAL = 200  # real images a --quick run scores against (all 3,000 otherwise)
+DEFAULT_REAL = 1000  # real images scored against: the set's first 1,000 (Inception on all 3,000 takes ~8 CPU minutes)
+QUICK_REAL = 200  # real images a --quick run scores against
 RECALL_GOAL = 0.3  # below this the samples miss most of the set's modes (the table marks it)
 
 
@@ -118,13 +120,13 @@ def run_pixelforge(argv: list[str], threads: int) -> dict:
 class Scorer:
     """FID, KID and precision/recall of uint8 samples against the shapes set, with the Inception extractor."""
 
-    def __init__(self, device: str, n_real: int | None = None):
+    def __init__(self, device: str, n_real: int):
         from pixelforge.evaluate import load_real
         from pixelforge.metrics.features import load_extractor
 
         self.extractor = load_extractor("inception", device=device)
         real = load_real(DATA, extractor=self.extractor, progress=False)  # (3000, 3, 32, 32) uint8
-        self.real = real if n_real is None else real[:n_real]
+        self.real = real[:n_real]  # (n_real, 3, 32, 32)
 
     def __call__(self, fake: torch.Tensor) -> dict:
         figures = evaluate_images(fake, self.real, self.extractor, options=EvalOptions(), real_label=DATA)
@@ -210,6 +212,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training and scoring (default 1)")
     p.add_argument("--label", default="plan", help="the configuration's name in the table (default: plan)")
     p.add_argument("--extra", default="", help="more `pixelforge train` arguments for every run, one string")
+    p.add_argument("--real", type=int, default=None, help=f"real images scored against, the set's first "
+                   f"(default {DEFAULT_REAL})")
+    p.add_argument("--reuse", action="store_true", help="score a run of the same name that is there already "
+                   "instead of training it again (its row then has no wall, CPU or load figures)")
     p.add_argument("--device", default="auto")
     p.add_argument("--docs", action="store_true", help="also save each seed-0 grid as docs/images/gan-budget-Mmin.png")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {fmt(QUICK_BUDGETS[0])} min, {QUICK_SAMPLES} "
@@ -225,6 +231,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not a.seeds:
         p.error("--seeds: at least one seed")
     a.samples = a.samples or (QUICK_SAMPLES if a.quick else DEFAULT_SAMPLES)
+    a.real = a.real or (QUICK_REAL if a.quick else DEFAULT_REAL)
+    if a.real < 2:
+        p.error("--real must be at least 2")
     if a.samples < 2:
         p.error("--samples must be at least 2")
     if a.threads < 1:
@@ -241,7 +250,7 @@ def main(argv=None) -> dict:
     print(f"GAN budget: {a.label} at {', '.join(map(fmt, a.budgets))} min, seeds {a.seeds}; {a.samples} samples; "
           f"{a.threads} thread(s); {os.cpu_count()} cores" + ("  [--quick: figures mean nothing]" if a.quick else ""),
           flush=True)
-    scorer = Scorer(a.device, QUICK_REAL if a.quick else None)
+    scorer = Scorer(a.device, a.real)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "label": a.label, "extra": a.extra,
             "budgets": a.budgets, "seeds": a.seeds, "samples": a.samples, "threads": a.threads, "quick": a.quick,
@@ -251,10 +260,14 @@ def main(argv=None) -> dict:
     for minutes in a.budgets:
         for seed in a.seeds:
             name = run_name(a.label, minutes, seed)
-            shutil.rmtree(runs_dir / name, ignore_errors=True)  # a fresh run each
             argv_ = train_argv(minutes, seed, name, runs_dir, extra, a.device)
             print(f"{a.label} {fmt(minutes)} min seed {seed}: pixelforge {' '.join(argv_)}", flush=True)
-            res = run_pixelforge(argv_, a.threads)
+            if a.reuse and (runs_dir / name / "checkpoints").is_dir():
+                print("  (--reuse: scoring the run there)", flush=True)
+                res = {"rc": 0, "error": None}
+            else:
+                shutil.rmtree(runs_dir / name, ignore_errors=True)  # a fresh run each
+                res = run_pixelforge(argv_, a.threads)
             row = {"label": a.label, "budget_min": minutes, "seed": seed, "command": ["pixelforge", *argv_],
                    "quick": a.quick, **{k: v for k, v in res.items() if k not in ("rc", "error")}}
             if res["rc"] != 0:
