@@ -321,7 +321,7 @@ def test_minutes_refuses_the_transformer_whose_stages_are_counted_in_steps(tmp_p
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("family", ["gan", "vae", "pixelcnn"])
+@pytest.mark.parametrize("family", ["vae", "pixelcnn"])  # the GAN: tests/test_gan_budget.py
 def test_other_families_keep_their_size_and_get_batch_schedule_and_budget_planned(tmp_path, capsys, monkeypatch, step_clock,
                                                                                  pixelforge_cache, family):
     seen = {}

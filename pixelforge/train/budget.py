@@ -24,6 +24,9 @@ The rule (docs/training-budget.md has the measurements behind it):
    the candidates are then that network alone. `init_from="none"` trains from scratch; a run named as
    --init-from fixes the network the same way.
 
+6. A GAN: its candidates are GAN_WIDTHS (GANConfig.base_channels), chosen by the rule of step 2, and its DiffAugment
+   policy is planned from the passes over the training set the steps make (gan_augment; docs/gan-budget.md).
+
 Settings the user gives (the batch, the network's fields, the warm-up, ...) win over the plan's. The run then
 trains until the budget is spent (TrainConfig.minutes; a resumed run continues until its training time over
 every call reaches it), so the planned steps are an estimate, never a limit.
@@ -79,6 +82,16 @@ STEP_COUNTED = {"transformer": "the VQ-VAE for stage1_steps, then the prior"}
 # (1, 2, 2, ...)[:levels], fewer where the image side cannot be halved that often.
 UNET_SIZES = ((16, 2, 1), (32, 3, 1), (64, 3, 2))
 SHAPE_FIELDS = ("base_channels", "channel_mult", "num_res_blocks")
+
+# A GAN's budget (docs/gan-budget.md): the widths (GANConfig.base_channels) it chooses from, smallest first, by the
+# same rule as a UNet's size; and its augmentation. DiffAugment counters a discriminator memorising the training
+# set, which takes many passes over it (StyleGAN2-ADA's overfitting starts after hundreds): a run that sees each
+# image fewer than GAN_AUGMENT_EPOCHS times gets translation alone (StyleGAN2-ADA's p starts at 0 for the same
+# reason; translation keeps every image's colours and whole content, which colour and cutout do not), a longer one
+# the family's default policy.
+GAN_WIDTHS = (16, 32, 64)
+GAN_AUGMENT_EPOCHS = 100
+GAN_SHORT_AUGMENT = "translation"
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,22 @@ def size_candidates(image_size: int, given: Mapping[str, object] | None = None) 
         if fields not in out:
             out.append(fields)
     return out
+
+
+def gan_candidates(given: Mapping[str, object] | None = None) -> list[dict]:
+    """The GAN widths a budget chooses from, smallest first: GAN_WIDTHS as model fields, or only the width given."""
+    if given and "base_channels" in given:
+        return [{"base_channels": given["base_channels"]}]
+    return [{"base_channels": w} for w in GAN_WIDTHS]
+
+
+def gan_augment(steps: int, batch: int, n_train: int) -> str:
+    """The DiffAugment policy of a GAN budget run of about `steps` steps at `batch` on n_train images: translation
+    alone below GAN_AUGMENT_EPOCHS passes over the set, else the family's default (GANConfig.diffaugment)."""
+    from ..models.gan import GANConfig
+
+    epochs = steps * batch / max(1, n_train)
+    return GAN_SHORT_AUGMENT if epochs < GAN_AUGMENT_EPOCHS else GANConfig.diffaugment
 
 
 def expected_steps(timing: StepTiming, batch: int, minutes: float) -> int:
@@ -389,6 +418,8 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
         # sized for the side the UNet sees: the image's, or a latent diffusion run's latents
         candidates = size_candidates(base.model_config().net_shape[1],
                                      {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
+    elif base.family == "gan":  # its width, as a UNet's size
+        candidates = gan_candidates(given_fields)
     else:  # a DiT, and the other families, keep their given (or default) size; the plan picks the rest
         candidates = [{}]
     timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,
@@ -396,6 +427,8 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
                                               precisions=timed_precisions(asked_precision, dev), say=say)
     plan = dataclasses.replace(plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size")),
                                init_from=start)
+    if base.family == "gan":
+        plan = _with_gan_augment(plan)
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
     chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
@@ -403,11 +436,19 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     return cfg, plan
 
 
+def _with_gan_augment(plan: BudgetPlan) -> BudgetPlan:
+    """A GAN's plan with its augmentation (gan_augment) among the model fields it chose."""
+    policy = gan_augment(plan.steps, plan.batch_size, plan.n_train)
+    return dataclasses.replace(plan, model_fields={**plan.model_fields, "diffaugment": policy})
+
+
 def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     """The lines `pixelforge train --minutes` prints: what the budget chose (the run's config, so settings the
     user gave show as given) and the step time measured."""
     t, m = cfg.train, cfg.model_config()
-    if cfg.family != "diffusion":
+    if cfg.family == "gan":
+        shape = f"GAN base width {m.base_channels}, DiffAugment {m.diffaugment or 'off'}"
+    elif cfg.family != "diffusion":
         shape = f"{cfg.family}, its default size or the one given"
     elif m.backbone == "unet":
         shape = (f"UNet base {m.base_channels}, channel_mult {','.join(map(str, m.channel_mult))}, "

@@ -1,0 +1,99 @@
+"""Specifications of a GAN's time budget (`pixelforge train DATA --model gan --minutes M`): the widths it times,
+the width and augmentation it plans, and settings given winning over the plan; and bench/gan_budget.py's table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixelforge.models.gan import GANConfig
+from pixelforge.train import budget
+from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, GAN_WIDTHS, StepTiming, describe_plan,
+                                     gan_augment, gan_candidates)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _measure(seconds: dict[int, float], seen: dict):
+    """A measure_step_times stand-in: each width's seconds per step at batch 32 (half that at 16)."""
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        seen["candidates"] = candidates
+        return [StepTiming(dict(c), c.get("base_channels", 32) * 1000,
+                           ((16, seconds[c.get("base_channels", 32)] / 2), (32, seconds[c.get("base_channels", 32)])))
+                for c in candidates]
+    return measure
+
+
+# a CPU: 4x the time per step for each doubling of the width
+CPU = {16: 0.05, 32: 0.2, 64: 0.8}
+
+
+def test_a_gan_budget_times_every_width_and_takes_the_largest_that_gets_the_step_floor(pixelforge_cache):
+    seen = {}
+    cfg, plan = budget.plan_run("digits", 2, model="gan", image_size=8, measure=_measure(CPU, seen), progress=False)
+    assert seen["candidates"] == [{"base_channels": w} for w in GAN_WIDTHS] == gan_candidates()
+    # 108 s of steps: width 16 gets 2,160 at batch 32, width 32 only 540: the default width would be too slow
+    assert (cfg.model["base_channels"], cfg.train.batch_size, cfg.train.steps) == (16, 32, 2160)
+    cfg, plan = budget.plan_run("digits", 10, model="gan", image_size=8, measure=_measure(CPU, seen), progress=False)
+    # 540 s: width 32 gets 2,700 steps at batch 32 (1,350 at 64), width 64 only 675
+    assert (cfg.model["base_channels"], cfg.train.batch_size, cfg.train.steps) == (32, 32, 2700)
+    assert any("GAN base width 32" in line for line in describe_plan(cfg, plan))
+
+
+def test_a_short_gan_budget_augments_by_translation_alone_and_a_long_one_by_the_default_policy():
+    n_train = 3000
+    short_steps = int(GAN_AUGMENT_EPOCHS * n_train / 32) - 1  # just under the epochs where memorising starts
+    assert gan_augment(short_steps, 32, n_train) == GAN_SHORT_AUGMENT == "translation"
+    assert gan_augment(short_steps + 2, 32, n_train) == GANConfig.diffaugment == "color,translation,cutout"
+
+
+def test_the_plans_augmentation_is_in_the_run_config_and_one_given_wins(pixelforge_cache):
+    seen = {}
+    cfg, plan = budget.plan_run("digits", 2, model="gan", image_size=8, measure=_measure(CPU, seen), progress=False)
+    # 2,160 steps of 32 on the digits' training images: far fewer passes than GAN_AUGMENT_EPOCHS
+    assert cfg.model["diffaugment"] == plan.model_fields["diffaugment"] == "translation"
+    assert any("DiffAugment translation" in line for line in describe_plan(cfg, plan))
+    gpu = {16: 0.001, 32: 0.0011, 64: 0.0012}  # a step time that hardly grows: many passes over the set
+    cfg, _ = budget.plan_run("digits", 2, model="gan", image_size=8, measure=_measure(gpu, seen), progress=False)
+    assert (cfg.model["base_channels"], cfg.model["diffaugment"]) == (64, GANConfig.diffaugment)
+    cfg, _ = budget.plan_run("digits", 2, model="gan", image_size=8, measure=_measure(CPU, seen), progress=False,
+                             model_fields={"diffaugment": "", "base_channels": 32})
+    assert seen["candidates"] == [{"base_channels": 32}]  # a given width is the only one timed
+    assert (cfg.model["base_channels"], cfg.model["diffaugment"]) == (32, "")
+
+
+# --- bench/gan_budget.py ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gan_budget", ROOT / "bench" / "gan_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bench_table_has_a_row_per_run_marks_low_recall_and_shows_failures(bench):
+    row = {"label": "plan", "seed": 0, "base_channels": 16, "batch_size": 32, "diffaugment": "translation",
+           "steps": 1200, "images": 38400, "train_s": 299.6, "fid": 41.23, "kid": 0.0312, "precision": 0.61,
+           "recall": 0.45, "load_before": [3.2, 2, 1], "load_after": [4.05, 3, 2]}
+    rows = {"a": {**row, "budget_min": 5.0}, "b": {**row, "budget_min": 2.0, "recall": 0.3, "diffaugment": ""},
+            "c": {"label": "plan", "seed": 1, "budget_min": 2.0, "error": "out of memory", "load_before": [1, 1, 1],
+                  "load_after": [1, 1, 1]}}
+    lines = bench.table(rows).splitlines()
+    assert len(lines) == 5 and lines[0].startswith("| config | budget min | seed |")
+    assert lines[2] == ("| plan | 2 | 0 | 16 | 32 | off | 1200 | 38,400 | 300 | 41.2 | 0.031 | 0.610 | 0.300 (low) | "
+                        "3.2/4.0 |")  # budgets in order; recall at the goal counts as low
+    assert lines[3].startswith("| plan | 2 | 1 | failed: out of memory |")
+    assert lines[4].endswith("| 0.450 | 3.2/4.0 |") and "| 5 | 0 |" in lines[4]
+
+
+def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_path):
+    argv = bench.train_argv(2.0, 1, bench.run_name("plan", 2.0, 1), tmp_path, ["--set", "diffaugment="])
+    assert argv[:8] == ["train", "shapes", "--model", "gan", "--minutes", "2", "--seed", "1"]
+    assert argv[8:10] == ["--name", "plan-2min-s1"] and argv[-2:] == ["--set", "diffaugment="]
+    assert bench.row_key("plan", 0.5, 0) == "plan@0.5/s0"
