@@ -95,6 +95,7 @@ CONFIGS: dict[str, Config] = {
     "minutes": Config("budget", (), "our default: --minutes M, nothing else given"),
     "scratch": Config("budget", ("--init-from", "none"), "--minutes M without the base model"),
     "fp32": Config("budget", ("--precision", "fp32"), "--minutes M in fp32"),
+    "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "readme": Config("continued", ("--steps", "10000"), "the defaults of a run of steps, stopped at each budget"),
     "peer": Config("peer", (), "diffusers UNet2DModel + DDPMScheduler, the unconditional example's loop"),
 }
