@@ -68,6 +68,16 @@ def held_out_positions(run_dir: Path, data: str | None) -> dict:
             "held_out": sets}
 
 
+def json_lines(d: dict) -> str:
+    """d as JSON with one line per key (and per set of held_out), the position lists kept on their line."""
+    def line(k, v, pad):
+        if isinstance(v, dict):
+            inner = ",\n".join(line(k2, v2, pad + " ") for k2, v2 in v.items())
+            return f"{pad}{json.dumps(k)}: {{\n{inner}\n{pad}}}"
+        return f"{pad}{json.dumps(k)}: {json.dumps(v)}"
+    return "{\n" + ",\n".join(line(k, v, " ") for k, v in d.items()) + "\n}\n"
+
+
 def pictures_tensor(pictures) -> torch.Tensor:
     """PIL RGB pictures -> uint8 (N, 3, H, W)."""
     return torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2).contiguous()
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     heldout = held_out_positions(a.run, a.data)
     with atomic_target(a.model / "heldout.json") as tmp:
-        tmp.write_text(json.dumps(heldout, indent=1) + "\n")
+        tmp.write_text(json_lines(heldout))
     g = pixelforge.load(a.model, device=a.device)
     figures: dict = {"load_average": list(os.getloadavg())}
     shown_real, shown_fake = [], []
