@@ -10,6 +10,9 @@ Ours (one line each in CONFIGS): `pixelforge train PHOTOS --name N --image-size 
   difference. The budget is training time as `--minutes` counts it (metrics.csv's elapsed_s: steps and the
   validations, grids and checkpoints between them; not data preparation, the planner's timing or the final
   checkpoint); each subprocess's wall time and CPU time (getrusage of children) are recorded beside it.
+Latent (`latent`): `minutes` with `--set latent=ae-32`, diffusion in the 4x8x8 latents of the bundled ae-32
+  autoencoder; the planner sizes the UNet for the latents and trains it from scratch (base-32's pixel UNet does
+  not fit them). docs/latent.md gives the FID of ae-32's own reconstructions of the folder: the floor it cannot beat.
 Peer (`peer`): diffusers' UNet2DModel in our layout (three levels of DownBlock2D / UpBlock2D, attention in the
   middle block; bench/train_speed_peer.py's candidates) with the parameter count closest to PEER_PARAMETERS,
   DDPMScheduler (1000 steps, linear betas), epsilon-MSE, AdamW (lr 1e-4, betas 0.95/0.999, weight decay 1e-6),
@@ -99,6 +102,7 @@ CONFIGS: dict[str, Config] = {
     "minutes": Config("budget", (), "our default: --minutes M, nothing else given"),
     "scratch": Config("budget", ("--init-from", "none"), "--minutes M without the base model"),
     "fp32": Config("budget", ("--precision", "fp32"), "--minutes M in fp32"),
+    "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "readme": Config("continued", ("--steps", "10000"), "the defaults of a run of steps, stopped at each budget"),
     "peer": Config("peer", (), "diffusers UNet2DModel + DDPMScheduler, the unconditional example's loop"),
 }

@@ -1,5 +1,6 @@
 """Write the bundled data sets as one folder of 32x32 RGB PNGs, one sub-folder (class) per set: the
-training data of the bundled `base-32` model (pixelforge/assets/models/base-32/MODEL.md).
+training data of the bundled `base-32` diffusion model and `ae-32` autoencoder (their MODEL.md in
+pixelforge/assets/models/).
 
 Only bundled sets go in (emoji, shapes, textures, mnist), so the base model never sees a user's kind
 of photo. Each set is resized to 32x32 with Pillow's Lanczos filter (textures and emoji from 64x64,
@@ -30,19 +31,29 @@ SETS = ("emoji", "shapes", "textures", "mnist")
 SIDE = 32
 
 
-def write_set(name: str, out: Path, per_set: int) -> int:
-    """Write up to per_set images of bundled set `name` to out/name/NNNNN.png; returns how many."""
-    data = load_bundled(name)
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    images = data.images[:per_set].numpy()  # (N, C, H, W) uint8
-    for i, image in enumerate(images):
-        pixels = image.transpose(1, 2, 0)  # (H, W, C)
+def set_pictures(name: str, per_set: int, indices: list[int] | None = None) -> list[Image.Image]:
+    """Up to per_set images of bundled set `name` as the folder holds them: SIDExSIDE RGB pictures, in the
+    bundled order; `indices` (into those first per_set) picks some of them (tests/test_latent.py takes the
+    held-out images of the bundled ae-32 so)."""
+    images = load_bundled(name).images[:per_set].numpy()  # (N, C, H, W) uint8
+    pictures = []
+    for i in range(len(images)) if indices is None else indices:
+        pixels = images[i].transpose(1, 2, 0)  # (H, W, C)
         picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
         if picture.size != (SIDE, SIDE):
             picture = picture.resize((SIDE, SIDE), Image.LANCZOS)
+        pictures.append(picture)
+    return pictures
+
+
+def write_set(name: str, out: Path, per_set: int) -> int:
+    """Write up to per_set images of bundled set `name` to out/name/NNNNN.png; returns how many."""
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures = set_pictures(name, per_set)
+    for i, picture in enumerate(pictures):
         picture.save(folder / f"{i:05d}.png")
-    return len(images)
+    return len(pictures)
 
 
 def main(argv: list[str] | None = None) -> int:

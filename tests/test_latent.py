@@ -355,3 +355,104 @@ def test_the_onnx_example_inputs_and_the_budget_planner_take_the_latent_shape(ru
     # 8x8 digits have 4x4 latents here: every candidate UNet keeps them at one level
     assert seen and all(len(c["channel_mult"]) == 1 for c in seen)
     assert cfg.model_config().net_shape == (4, 4, 4)
+
+
+# --- the bundled general autoencoder ae-32 -------------------------------------------------------------
+
+# Held-out PSNR each bundled set's reconstructions must keep: a few dB under what the shipped weights score
+# (pixelforge/assets/models/ae-32/MODEL.md gives both).
+AE32_PSNR_FLOOR = {"emoji": 24.0, "mnist": 30.5, "shapes": 29.5, "textures": 25.5}
+HELD_OUT_TESTED = 24  # held-out images per set the test reconstructs (a random draw: the split's first ones)
+
+
+def _make_base_data():
+    """scripts/make_base_data.py as a module: the pictures of ae-32's training folder, rebuilt from the bundled sets."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("make_base_data", Path(__file__).parent.parent / "scripts" /
+                                                  "make_base_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bundled_ae32_reconstructs_the_held_out_images_of_every_bundled_set():
+    from pixelforge.runs import BUNDLED_MODELS_DIR
+
+    g = pixelforge.load("ae-32", device="cpu")
+    assert (g.config.family, g.model.config.latent_side, g.model.config.latent_channels) == ("autoencoder", 8, 4)
+    heldout = json.loads((BUNDLED_MODELS_DIR / "ae-32" / "heldout.json").read_text())
+    assert set(heldout["held_out"]) == set(AE32_PSNR_FLOOR)
+    make_base_data = _make_base_data()
+    for name, positions in heldout["held_out"].items():
+        assert len(positions) >= 30, name  # about 5% of each set
+        pictures = make_base_data.set_pictures(name, heldout["per_set"], positions[:HELD_OUT_TESTED])
+        real = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)  # (n, 3, 32, 32) uint8
+        fake = _u8(g.model.reconstruct(real.float() / 127.5 - 1))
+        figures = reconstruction_figures(real, fake)
+        assert figures["psnr"] > AE32_PSNR_FLOOR[name], (name, figures)
+        flat = real.float().mean((0, 2, 3), keepdim=True).round().to(torch.uint8).expand_as(real).contiguous()
+        assert figures["psnr"] > reconstruction_figures(real, flat)["psnr"] + 5, name  # far better than a flat colour
+
+
+def _colour_folder(folder, n: int = 12, size: int = 32):
+    """n size x size RGB PNGs of a random square on a random ground, in folder."""
+    folder.mkdir()
+    for i, image in enumerate(_u8(_blocks(n, seed=1, size=size))):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_set_latent_ae32_names_the_bundled_autoencoder(tmp_path, pixelforge_cache):
+    from pixelforge.runs import BUNDLED_MODELS_DIR
+
+    data = _colour_folder(tmp_path / "colour")
+    runs = tmp_path / "runs"
+    cli("train", data, "--name", "l", "--image-size", "32", "--steps", "2", "--set", "latent=ae-32", *LATENT,
+        *_common(runs))
+    model = RunConfig.load(runs / "l" / "config.json").model_config()
+    assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
+    shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
+    tensors = _checkpoint(runs / "l")
+    for name, t in shipped.items():
+        if name.startswith("net."):
+            assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
+    images, _ = pixelforge.load(runs / "l", device="cpu").generate_tensor(2, seed=0, steps=2)
+    assert images.shape == (2, 3, 32, 32) and float(images.abs().max()) <= 1
+
+
+def test_a_time_budget_on_ae32_sizes_the_unet_for_its_latents_and_trains_from_scratch(tmp_path, pixelforge_cache):
+    from pixelforge.train.budget import StepTiming, describe_plan, plan_run
+
+    data = _colour_folder(tmp_path / "colour", n=24)
+    seen = []
+
+    def measure(cfg, candidates, device, **kw):  # records the candidates; a planner needs one timing
+        seen.extend(candidates)
+        return [StepTiming(model_fields=dict(candidates[0]), parameters=1000, points=((16, 0.01), (64, 0.04)))]
+
+    cfg, plan = plan_run(str(data), 1.0, device="cpu", progress=False, measure=measure, image_size=32,
+                         model_fields={"latent": "ae-32"})
+    # base-32 is a pixel-space UNet (3x32x32): its weights cannot start a denoiser of 4x8x8 latents
+    assert plan.init_from is None and cfg.model_config().net_shape == (4, 8, 8)
+    assert seen and all(8 % 2 ** (len(c["channel_mult"]) - 1) == 0 for c in seen)
+    assert any("from scratch" in line for line in describe_plan(cfg, plan))
+
+
+def test_the_time_to_quality_latent_row_is_the_minutes_row_on_ae32():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_time_to_quality_latent",
+                                                  Path(__file__).parent.parent / "bench" / "time_to_quality.py")
+    ttq = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ttq  # its dataclasses look their module up there
+    spec.loader.exec_module(ttq)
+    (_, name, argv), = ttq.train_commands("latent", "photos", "runs", [10.0])
+    (_, _, minutes), = ttq.train_commands("minutes", "photos", "runs", [10.0])
+    assert name == "latent-10min" and ttq.CONFIGS["latent"].kind == "budget"
+    assert argv[argv.index("--name") + 1:] == ["latent-10min", "--minutes", "10", "--set", "latent=ae-32"]
+    assert [a for a in argv if a not in ("--set", "latent=ae-32")] == [a if a != "minutes-10min" else "latent-10min"
+                                                                       for a in minutes]
