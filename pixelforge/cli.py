@@ -125,9 +125,10 @@ def _add_train(sub):
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--steps", type=_int_range(1), default=None, help="optimiser steps in total (default: 10000)")
     p.add_argument("--minutes", type=_float_range(0, above_lo=True), default=None, help="a time budget for the whole run "
-                   "instead of --steps (diffusion): a few timed steps on this machine choose the network size, batch, "
-                   "warm-up, EMA and cadence (the options marked 'planned'; those given win), then it trains until the "
-                   "budget is spent, over as many calls as it takes (docs/training-budget.md)")
+                   "instead of --steps (every family but the transformer): a few timed steps on this machine choose the network "
+                   "size, batch, warm-up, EMA and cadence (the options marked 'planned'; those given win), then it trains "
+                   "until the budget is spent, over as many calls as it takes; a diffusion run then samples with Euler, "
+                   "35 steps, rho 2 by default (docs/training-budget.md)")
     p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "
                    "--minutes (default: 64)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "

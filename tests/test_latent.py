@@ -4,6 +4,7 @@ in the latents of a frozen autoencoder run, through the same commands as any oth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import io
 import json
@@ -20,7 +21,7 @@ from pixelforge.cli import main
 from pixelforge.condition import Cond
 from pixelforge.metrics.reconstruction import psnr, reconstruction_figures, ssim
 from pixelforge.models import AutoencoderConfig, AutoencoderModel, DiffusionConfig, DiffusionModel, OptimConfig
-from pixelforge.runs import RunConfig, load_checkpoint, load_weights
+from pixelforge.runs import RunConfig, build_model, load_checkpoint, load_weights
 from pixelforge.train.checkpoint import list_checkpoints
 
 # 8x8 digits; the autoencoder halves the side once (channel_mult 1,2): 4x4x4 latents.
@@ -438,6 +439,24 @@ def test_a_time_budget_on_ae32_sizes_the_unet_for_its_latents_and_trains_from_sc
     assert plan.init_from is None and cfg.model_config().net_shape == (4, 8, 8)
     assert seen and all(8 % 2 ** (len(c["channel_mult"]) - 1) == 0 for c in seen)
     assert any("from scratch" in line for line in describe_plan(cfg, plan))
+
+
+def test_a_budget_counts_the_parameters_it_trains_and_names_the_frozen_autoencoder_apart(tmp_path, pixelforge_cache,
+                                                                                         monkeypatch):
+    from pixelforge.runs import new_run_config
+    from pixelforge.train import budget
+
+    monkeypatch.setattr(budget, "_time_steps", lambda model, batch, step, clock: (0.01 * batch / 16, step + 1))
+    cfg = new_run_config(str(_colour_folder(tmp_path / "colour", n=24)), image_size=32, model_fields={"latent": "ae-32"})
+    candidate = budget.size_candidates(8)[0]
+    (t,) = budget.measure_step_times(cfg, [candidate], torch.device("cpu"), minutes=0.001, n_train=24)
+    model = build_model(dataclasses.replace(cfg, model={**cfg.model, **candidate}), "cpu")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert t.parameters == trained and t.frozen == sum(p.numel() for p in model.autoencoder.parameters()) > 0
+    plan = budget.plan_budget(1.0, 24, [t])
+    assert plan.frozen == t.frozen
+    line = next(x for x in budget.describe_plan(cfg, plan) if x.lstrip().startswith("model"))
+    assert f"{trained:,} parameters trained, {t.frozen:,} frozen" in line
 
 
 def test_the_time_to_quality_latent_row_is_the_minutes_row_on_ae32():

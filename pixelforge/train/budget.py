@@ -99,10 +99,11 @@ class StepTiming:
     """Measured seconds per training step of one candidate network: `points` ((batch, seconds), ...)."""
 
     model_fields: Mapping[str, object]  # the candidate's model config fields (base_channels, ...)
-    parameters: int
+    parameters: int  # those the training updates
     points: tuple[tuple[int, float], ...]
     precision: str = "fp32"  # what the points were timed in: what the run trains in
     speedup: float | None = None  # fp32 seconds over bf16 seconds at the largest batch, where both were timed
+    frozen: int = 0  # parameters it holds and never trains (a latent run's autoencoder, an adapter's base)
 
     def seconds_per_step(self, batch: int) -> float:
         """Seconds per step at `batch`: the line a + b * batch through the two points measured (a, b >= 0),
@@ -124,7 +125,7 @@ class BudgetPlan:
     minutes: float
     n_train: int  # training images
     model_fields: Mapping[str, object]
-    parameters: int
+    parameters: int  # those the training updates
     batch_size: int
     seconds_per_step: float  # measured (fitted) at batch_size
     steps: int  # expected: the budget less OVERHEAD_SHARE over seconds_per_step
@@ -137,6 +138,7 @@ class BudgetPlan:
     short: bool  # below MIN_STEPS even for the smallest network
     precision: str = "fp32"  # fp32 or bf16: what the step times were measured in
     speedup: float | None = None  # fp32 / bf16 step time where both were timed
+    frozen: int = 0  # parameters the network holds and never trains (StepTiming.frozen)
     init_from: str | None = None  # the run or bundled model the run starts from (None: from scratch)
 
     def settings(self) -> dict:
@@ -230,7 +232,7 @@ def plan_budget(minutes: float, n_train: int, timings: Sequence[StepTiming], *, 
     steps = max(1, expected_steps(timing, batch, minutes))
     return BudgetPlan(minutes=minutes, n_train=n_train, model_fields=dict(timing.model_fields), parameters=timing.parameters,
                       batch_size=batch, seconds_per_step=timing.seconds_per_step(batch), steps=steps, short=short,
-                      precision=timing.precision, speedup=timing.speedup, **plan_schedule(steps, batch))
+                      precision=timing.precision, speedup=timing.speedup, frozen=timing.frozen, **plan_schedule(steps, batch))
 
 
 # --- timing on this machine ------------------------------------------------------------------------------
@@ -310,7 +312,9 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for fields in candidates:
             candidate = dataclasses.replace(cfg, model={**cfg.model, **fields})
-            parameters = parameter_count(meta_model(family, candidate.model_config()))
+            shell = meta_model(family, candidate.model_config())
+            parameters = sum(p.numel() for p in shell.parameters() if p.requires_grad)
+            frozen, shell = parameter_count(shell) - parameters, None
             try:
                 model = build_model(candidate, device)
                 # an untimed first step at the smallest batch in each precision: it pays one-time costs (CUDA's
@@ -328,7 +332,8 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
                         seconds, step = _time_steps(model, batch, step, clock)
                         points[precision].append((batch, seconds))
             except torch.OutOfMemoryError:
-                say(f"time budget: a UNet of base width {fields.get('base_channels')} does not fit in {device}'s memory")
+                say(f"time budget: a {cfg.family} network of {', '.join(f'{k} {v}' for k, v in fields.items()) or 'its size'} "
+                    f"does not fit in {device}'s memory")
                 break
             finally:
                 model = None
@@ -337,7 +342,7 @@ def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]
             speedup = points["fp32"][-1][1] / max(points["bf16"][-1][1], 1e-12) if len(points) == 2 else None
             chosen = "bf16" if speedup is not None and speedup >= MIN_SPEEDUP else precisions[0]
             timing = StepTiming(model_fields=dict(fields), parameters=parameters, points=tuple(points[chosen]),
-                                precision=chosen, speedup=speedup)
+                                precision=chosen, speedup=speedup, frozen=frozen)
             timings.append(timing)
             fastest = max(expected_steps(timing, b, minutes) for b in (*batches, min(FALLBACK_BATCH, cap)))
             if fastest < MIN_STEPS or clock() - started > PROBE_SHARE * minutes * 60:
@@ -458,7 +463,8 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     epochs = f", about {t.steps * t.batch_size / plan.n_train:.1f} epochs of {plan.n_train:,} images"
     lines = [
         f"time budget {t.minutes:g} min:",
-        f"  model     {plan.parameters:,} parameters ({shape})",
+        f"  model     {plan.parameters:,} parameters" + (f" trained, {plan.frozen:,} frozen" if plan.frozen else "")
+        + f" ({shape})",
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
         f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)",
