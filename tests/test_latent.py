@@ -447,7 +447,8 @@ def test_a_budget_counts_the_parameters_it_trains_and_names_the_frozen_autoencod
     from pixelforge.train import budget
 
     monkeypatch.setattr(budget, "_time_steps", lambda model, batch, step, clock: (0.01 * batch / 16, step + 1))
-    cfg = new_run_config(str(_colour_folder(tmp_path / "colour", n=24)), image_size=32, model_fields={"latent": "ae-32"})
+    cfg = new_run_config(str(_colour_folder(tmp_path / "colour", n=24)), image_size=32, model_fields={"latent": "ae-32"},
+                         minutes=1.0)
     candidate = budget.size_candidates(8)[0]
     (t,) = budget.measure_step_times(cfg, [candidate], torch.device("cpu"), minutes=0.001, n_train=24)
     model = build_model(dataclasses.replace(cfg, model={**cfg.model, **candidate}), "cpu")
