@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -35,14 +34,18 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _p in (str(ROOT), str(BENCH)):  # run from a checkout without `pip install -e .`; sibling bench modules
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-from pixelforge.files import atomic_target  # noqa: E402
 from pixelforge.images import make_grid, to_pil  # noqa: E402
 from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
 from pixelforge.progress import image_bar  # noqa: E402
+# the helpers both budget benchmarks share: a budget as the command line takes it, a run's metrics.csv, results
+# merged across invocations, a number or "-", a comma-separated option
+from time_to_quality import _num, fmt, merge_results, parse_list, read_metrics  # noqa: E402,F401  (bench/time_to_quality.py)
 
 DATA = "shapes"
 GRID_COLS = 10
@@ -55,9 +58,6 @@ QUICK_REAL = 200  # real images a --quick run scores against
 RECALL_GOAL = 0.3  # below this the samples miss most of the set's modes (the table marks it)
 
 
-def fmt(minutes: float) -> str:
-    """A budget as the command line takes it: 2, 0.1, 2.5."""
-    return f"{minutes:g}"
 
 
 def run_name(label: str, minutes: float, seed: int) -> str:
@@ -74,19 +74,6 @@ def train_argv(minutes: float, seed: int, name: str, runs_dir: Path, extra: list
             "--runs-dir", str(runs_dir), "--device", device, *extra]
 
 
-def read_metrics(run_dir: Path) -> dict:
-    """The last step, images seen and training seconds (elapsed_s) of a run's metrics.csv."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        raise ValueError(f"{path}: no metrics.csv (did the training start?)")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step")]
-    if not rows:
-        return {"steps": None, "images": None, "train_s": None}
-    last = rows[-1]
-    elapsed = next((float(r["elapsed_s"]) for r in reversed(rows) if r.get("elapsed_s")), None)
-    return {"steps": int(last["step"]), "images": int(float(last["images"])) if last.get("images") else None,
-            "train_s": elapsed}
 
 
 def read_plan(run_dir: Path) -> dict:
@@ -155,22 +142,8 @@ def class_grid(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_
     return make_grid(to_pil(images[picked].float() / 127.5 - 1), cols=cols, scale=2)
 
 
-def merge_results(path: Path, meta: dict, rows: dict[str, dict]) -> dict:
-    """results.json with `rows` added (a row of the same label, budget and seed replaced)."""
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results.setdefault("runs", [])
-    results.setdefault("rows", {})
-    if meta not in results["runs"]:
-        results["runs"].append(meta)
-    results["rows"].update(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(results, indent=2, default=str))
-    return results
 
 
-def _num(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -194,11 +167,6 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_list(text: str, what: str, cast):
-    try:
-        return [cast(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--{what}: expected a comma-separated list, got {text!r}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
