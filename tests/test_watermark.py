@@ -44,10 +44,15 @@ PAYLOAD = 0x5A17C0DE
 
 
 # --- the channel code ------------------------------------------------------------------------------
+def _code_words(n: int) -> dict[int, np.ndarray]:
+    """Every n-bit message's code word as +-1 values: the brute-force search the decoders are checked against."""
+    return {m: 2.0 * encode(int_to_bits(m, n)) - 1 for m in range(1 << n)}
+
+
 def test_viterbi_finds_the_maximum_likelihood_message():
     rng = np.random.default_rng(0)
     n = 5
-    words = {m: 2.0 * encode(int_to_bits(m, n)) - 1 for m in range(1 << n)}
+    words = _code_words(n)
     for _ in range(20):
         soft = rng.normal(size=coded_length(n))
         best = max(words, key=lambda m: float(words[m] @ soft))
@@ -57,7 +62,7 @@ def test_viterbi_finds_the_maximum_likelihood_message():
 def test_bit_margins_are_the_max_log_map_margins_of_a_brute_force_search():
     rng = np.random.default_rng(3)
     n = 5
-    words = {m: 2.0 * encode(int_to_bits(m, n)) - 1 for m in range(1 << n)}
+    words = _code_words(n)
     for _ in range(20):
         soft = rng.normal(size=coded_length(n))
         metric = {m: float(w @ soft) for m, w in words.items()}
