@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -52,7 +53,8 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pixelforge.progress import stage_bar
-from pixelforge.provenance.watermark import PAYLOAD_BITS, SIZE_THRESHOLDS, WatermarkConfig, detect, embed
+from pixelforge.provenance.watermark import (PAYLOAD_BITS, SIZE_THRESHOLDS, UnmarkableImage, WatermarkConfig,
+                                             detect, embed)
 from pixelforge.provenance.watermark_attacks import ATTACKS
 from pixelforge.provenance.watermark_code import bits_to_int, int_to_bits, viterbi
 
@@ -78,7 +80,10 @@ class Pixelforge(Method):
         self.config = WatermarkConfig(threshold=threshold, verify=verify)
 
     def embed(self, im, bits):
-        return embed(im, bits_to_int(bits), self.config)
+        try:
+            return embed(im, bits_to_int(bits), self.config)
+        except UnmarkableImage:  # left unmarked, as mark_image leaves it: counted, and read as the others are
+            return im
 
     def read(self, im, size, payload):
         d = detect(im, self.config)
@@ -196,8 +201,9 @@ def bench_size(size: int, methods: list[Method], a, done: Callable[[dict], None]
             result["methods"][m.name] = {"error": f"{type(e).__name__}: {e}"}
             done(result)
             continue
-        row["per_image_psnr"] = [psnr(o, w) for o, w in zip(originals, marked)]
-        row["psnr"] = float(np.mean(row["per_image_psnr"]))
+        row["unmarkable"] = sum(w is o for o, w in zip(originals, marked))  # left unmarked by the embedder
+        row["per_image_psnr"] = [psnr(o, w) for o, w in zip(originals, marked) if w is not o]
+        row["psnr"] = float(np.mean(row["per_image_psnr"])) if row["per_image_psnr"] else math.inf
         s = [ssim(o, w) for o, w in zip(originals, marked)]
         row["ssim"] = float(np.mean(s)) if None not in s else None
         read_time, reads = 0.0, 0
@@ -304,7 +310,7 @@ def table(result: dict) -> str:
 
     line("wrong payloads reported", lambda r: str(sum(x["wrong_payloads"] for x in r["attacks"].values())))
     line("PSNR dB", lambda r: f"{r['psnr']:.1f}")
-    line("lowest PSNR dB", lambda r: f"{min(r['per_image_psnr']):.1f}")
+    line("lowest PSNR dB", lambda r: f"{min(r['per_image_psnr'], default=math.inf):.1f}")
     line("SSIM", lambda r: "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}")
     line("false positives", lambda r: f"{r['false_positive_rate']:.4f} of {r['clean']}")
     line("FP sparse payload", lambda r: "-" if r["false_positive_rate_sparse_payload"] is None
@@ -312,6 +318,7 @@ def table(result: dict) -> str:
     line("embed ms/image", lambda r: f"{r['embed_ms']:.1f}")
     line("detect ms/image", lambda r: f"{r['detect_ms']:.1f}")
     line("marked images", lambda r: str(r["images"]))
+    line("left unmarked (no read-back)", lambda r: str(r.get("unmarkable", 0)))
     errors = [f"{n}: {rows[n]['error']}" for n in names if "error" in rows[n]]
     return "\n".join(lines + ([""] + errors if errors else []))
 

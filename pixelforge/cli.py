@@ -31,13 +31,14 @@ memory, disk full, permission denied); 130 interrupted. Errors print one line; -
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none to show (None, an empty list, or off for a switch);
+    """Shows each option's default, except where there is none to show (None, an empty list, or any switch);
     an option without a help text still gets a line with its default (argparse would print nothing)."""
 
     @staticmethod
     def _has_default(action) -> bool:
+        # a switch's default is its not being given: "(default: True)" on a --no-X would read as on by default
         return not (action.default is None or action.default is False or action.default == []
-                    or action.default is argparse.SUPPRESS)
+                    or action.default is argparse.SUPPRESS or isinstance(action, argparse._StoreFalseAction))
 
     def _format_action(self, action):
         if action.help is None and action.option_strings and self._has_default(action):
@@ -52,6 +53,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 MAX_SAMPLES = 10_000  # images one `sample` call may write
+UNMARKABLE_STATUS = 3  # `watermark embed`: the image cannot carry a mark that reads back (1 is a failure, 2 bad input)
 MAX_SEED = 2**32 - 1  # as the server: a seed given here can be given there
 
 
@@ -509,7 +511,19 @@ def cmd_sample(a) -> int:
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
     paths = api.save_images(images, out, watermark=_marks(a))
     print(f"{len(paths['images'])} images in {out}/  grid: {paths['grid']}")
+    _note_unmarked(images, "sample")
     return 0
+
+
+def _note_unmarked(images, command: str) -> None:
+    """One stderr line where the watermark was asked for but some images could not carry it (their settings say
+    "watermark": false and why; the C2PA manifest still records their provenance)."""
+    reasons = [s.get("watermark_reason") for s in (im.info.get("pixelforge") or {} for im in images)
+               if s.get("watermark") is False and s.get("watermark_reason") != "turned off"]
+    if reasons:
+        print(f"pixelforge {command}: note: {len(reasons)} of {len(images)} images carry no watermark: "
+              f"{'; '.join(dict.fromkeys(reasons))} (their settings say so; the C2PA manifest still records their "
+              "provenance)", file=sys.stderr)
 
 
 def _sketches(path: str, n: int) -> list[str]:
@@ -618,6 +632,7 @@ def cmd_edit(a) -> int:
     out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
     paths = api.save_images(images, out, prefix="edit-", watermark=_marks(a))
     print(f"{len(paths['images'])} edited images in {out}/  grid: {paths['grid']}")
+    _note_unmarked(images, "edit")
     return 0
 
 
@@ -1051,14 +1066,16 @@ def _add_moderation(sub):
 
 
 def _add_watermark(sub):
-    from .provenance.watermark import DEFAULT_PSNR, PSNR_RANGE
+    from .provenance.watermark import DEFAULT_PSNR, DEFAULT_VERIFY_MIN_PSNR, PSNR_RANGE, READBACK_MIN_PSNR
 
     p = sub.add_parser("watermark", help="embed or detect the invisible watermark in any image (embed, detect)")
     wsub = p.add_subparsers(dest="watermark_command", metavar="SUBCOMMAND")
     e = wsub.add_parser("embed", help="mark an image (any image, not only generated ones)", formatter_class=_Help,
                         description="Embed the invisible watermark (docs/watermark.md) into IMAGE and write OUT (its "
                         "format from the extension; JPEG at quality 95). The payload is 32 bits: by default the first 32 "
-                        "bits of the input file's SHA-256.")
+                        "bits of the input file's SHA-256. Exit status 0: marked, and the mark reads back; "
+                        f"{UNMARKABLE_STATUS}: the mark could not be read back on this image even at the strongest "
+                        "strength tried (a near-binary or very noisy image), and nothing is written; 2: bad input.")
     e.add_argument("image", metavar="IMAGE")
     e.add_argument("-o", "--out", required=True, metavar="OUT", help="the marked image (.png, .jpg, .webp, ...)")
     e.add_argument("--payload", default=None, help="32 bits to embed: 8 hex digits (0x optional)")
@@ -1067,8 +1084,10 @@ def _add_watermark(sub):
                    help=f"strength as the marked image's PSNR in dB, {PSNR_RANGE[0]:g}..{PSNR_RANGE[1]:g} (higher: fainter)")
     e.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     e.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="mark once at --psnr, without checking that the mark survives JPEG q50 (and strengthening it "
-                   "down to 36 dB where it does not)")
+                   help="mark once at --psnr. By default the mark is checked after JPEG q50 and made stronger, down "
+                   f"to {DEFAULT_VERIFY_MIN_PSNR:g} dB, where it does not survive it, and made stronger, down to "
+                   f"{READBACK_MIN_PSNR:g} dB, where it does not read back at all; either way a mark that does not "
+                   f"read back is not written (exit status {UNMARKABLE_STATUS})")
     e.set_defaults(func=cmd_watermark_embed)
     d = wsub.add_parser("detect", help="look for the mark in images; --json prints one JSON object per image",
                         formatter_class=_Help, description="Look for the invisible watermark in each IMAGE and print "
@@ -1086,9 +1105,14 @@ def _add_watermark(sub):
 
 def cmd_watermark_embed(a) -> int:
     from .provenance.marks import embed_file
+    from .provenance.watermark import UnmarkableImage
 
-    out, payload = embed_file(a.image, a.out, payload=a.payload, key=a.key, psnr=a.psnr, overwrite=a.overwrite,
-                              verify=a.verify)
+    try:
+        out, payload = embed_file(a.image, a.out, payload=a.payload, key=a.key, psnr=a.psnr, overwrite=a.overwrite,
+                                  verify=a.verify)
+    except UnmarkableImage as e:
+        print(f"pixelforge watermark: {e}; nothing written", file=sys.stderr)
+        return UNMARKABLE_STATUS
     print(f"marked {a.image} with payload {payload:08x}: {out}")
     return 0
 

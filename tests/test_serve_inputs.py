@@ -187,10 +187,12 @@ def test_an_inpainting_job_keeps_what_the_mask_leaves_and_is_what_the_api_makes(
 
 
 def test_an_edit_job_is_watermarked(runs_dir, tmp_path):
-    """On a 32 px model (smaller images carry no mark): the PNG carries the mark its settings record."""
+    """On a 32 px model (smaller images carry no mark): the PNG carries the mark its settings record. The input is
+    smooth: uniform noise at 32 px cannot carry a mark that reads back, and would be recorded as unmarked."""
     run = _untrained_run(tmp_path / "big", "diffusion", {"image_size": 32, "channels": 1, "base_channels": 8,
                                                          "channel_mult": (1,), "num_res_blocks": 1}, "digits", 1)
-    photo = png(noise(32))
+    y, x = np.mgrid[:32, :32]
+    photo = png(Image.fromarray((128 + 60 * np.sin(x / 5) * np.cos(y / 7)).astype(np.uint8), "L"))
     with TestClient(_app(runs_dir, tmp_path, models=(str(run),))) as c:
         job = run_job(c, {"model": str(run), "seed": 2, "image": b64(photo), "options": {"strength": 0.5, "steps": 1}})
         pixels, s, _ = fetch(c, job["images"][0])

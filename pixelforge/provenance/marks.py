@@ -22,7 +22,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import png_info
-from .watermark import DEFAULT_PSNR, MIN_SIDE, PAYLOAD_BITS, Detection, WatermarkConfig, detect, embed_with_psnr
+from .watermark import (DEFAULT_PSNR, MIN_SIDE, PAYLOAD_BITS, Detection, UnmarkableImage, WatermarkConfig, detect,
+                        embed_with_psnr)
 
 KEY_ENV = "PIXELFORGE_WATERMARK_KEY"
 SETTINGS_KEY = "watermark"  # the settings entry saying whether the mark is embedded; the others start "watermark_"
@@ -101,7 +102,8 @@ def mark_image(image: Image.Image, *, settings: dict | None = None, marks: bool 
     """The image with the marks `marks` asks for, carrying its settings (image.info["pixelforge"], else
     `settings`) with the mark's record added, as flat entries (settings hold plain values): "watermark" (true
     where embedded), and "watermark_payload" (8 hex digits), "watermark_model_id", "watermark_generation_id",
-    "watermark_key" ("project" or "user"), "watermark_psnr" where embedded, "watermark_reason" where not.
+    "watermark_key" ("project" or "user"), "watermark_psnr" where embedded, "watermark_reason" where not (turned
+    off, too small, or the mark could not be read back on this image: watermark.UnmarkableImage).
     payload: the 32 bits to embed (default: the model and generation ids from the settings). The input image is
     left as it is."""
     marks = as_mark_settings(marks)
@@ -116,10 +118,15 @@ def mark_image(image: Image.Image, *, settings: dict | None = None, marks: bool 
         if payload is None:
             payload = make_payload(model_id(s), generation_id(s))
         cfg = marks.config()
-        out, psnr = embed_with_psnr(image, payload, cfg)
-        m, g = split_payload(payload)
-        record = {"": True, "payload": f"{payload:08x}", "model_id": m, "generation_id": g,
-                  "key": "user" if cfg.key else "project", "psnr": psnr}
+        try:
+            out, psnr = embed_with_psnr(image, payload, cfg)
+        except UnmarkableImage as e:  # never record a mark the detector cannot find: the manifest still says it all
+            record = {"": False, "reason": str(e)}
+            out = image.copy()
+        else:
+            m, g = split_payload(payload)
+            record = {"": True, "payload": f"{payload:08x}", "model_id": m, "generation_id": g,
+                      "key": "user" if cfg.key else "project", "psnr": psnr}
     s.update({SETTINGS_KEY + (f"_{k}" if k else ""): v for k, v in record.items()})
     out.info["pixelforge"] = s
     # Pillow (>= 11.3) applies an image's own encoderinfo in every save(): the settings go into the PNG
@@ -187,7 +194,8 @@ def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str
     """Mark any image file and write it to `out` (format from its extension; JPEG at quality 95), atomically;
     returns (out, payload). payload: 32 bits (an int, or hex text); default: the first 32 bits of the input
     file's SHA-256; verify: WatermarkConfig.verify. A side under MIN_SIDE pixels, an unknown extension or an
-    existing `out` (unless overwrite) is a ValueError naming it."""
+    existing `out` (unless overwrite) is a ValueError naming it; an image the mark cannot be read back from is
+    watermark.UnmarkableImage (a ValueError), and nothing is written."""
     from ..files import atomic_target
 
     src, out = Path(image), Path(out)
@@ -206,7 +214,10 @@ def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str
     elif isinstance(payload, str):
         payload = parse_payload(payload)
     cfg = MarkSettings(key=key, psnr=psnr).config()
-    marked = embed_with_psnr(im, payload, WatermarkConfig(key=cfg.key, psnr=cfg.psnr, verify=verify))[0]
+    try:
+        marked = embed_with_psnr(im, payload, WatermarkConfig(key=cfg.key, psnr=cfg.psnr, verify=verify))[0]
+    except UnmarkableImage as e:
+        raise UnmarkableImage(f"{src}: not marked: {e}") from None
     if fmt == "JPEG" and marked.mode in ("RGBA", "LA"):
         marked = marked.convert(marked.mode[:-1])  # JPEG has no alpha
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

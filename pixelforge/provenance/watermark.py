@@ -55,6 +55,11 @@ VERIFY_JPEG = 50  # the embedder checks its mark survives JPEG at this quality (
 VERIFY_MARGIN = 1.0  # of score over the size's threshold that the check asks for
 VERIFY_STEP = 1.0  # dB: how much stronger each further try of the check is
 DEFAULT_VERIFY_MIN_PSNR = 36.0  # dB: the strongest the check goes
+# dB: the strongest the embedder goes so that the mark reads back at all (unattacked), where the JPEG check failed
+# even at verify_min_psnr. Noisy 32x32 outputs of few sampling steps need it: of 41 low-step outputs that did not
+# read back at 41 dB, 22 did by 32 dB and 3 more by 30 dB; 32 dB keeps the change within 6.4 levels RMS
+# (docs/watermark.md, "Images that cannot carry a mark").
+READBACK_MIN_PSNR = 32.0
 MAX_ANGLE = 4.0  # degrees: the detector looks for rotations up to this
 PERIOD_RANGE = (0.45, 4.0)  # the detector looks for tile periods this many times the unattacked one
 INFORMED_ROUNDS = 3  # measure-and-adjust rounds of the embedding (0: plain spread spectrum)
@@ -87,13 +92,16 @@ class WatermarkConfig:
     image in dB (30..60, higher is fainter); threshold: the detection score above which an image is marked (None:
     by the image's size, SIZE_THRESHOLDS); verify: embed, then read the mark back after JPEG q50 and, where it is
     not read with a margin, mark again VERIFY_STEP dB stronger, down to verify_min_psnr (the weakest strength that
-    passes is kept; where none does, psnr is)."""
+    passes is kept; where none does, psnr is); then, whether or not verify, the mark must read back unattacked:
+    where it does not, and verify is on, it is made stronger VERIFY_STEP dB at a time down to readback_min_psnr,
+    and where even that fails, embed_with_psnr raises UnmarkableImage."""
 
     key: str = ""
     psnr: float = DEFAULT_PSNR
     threshold: float | None = None
     verify: bool = True
     verify_min_psnr: float = DEFAULT_VERIFY_MIN_PSNR
+    readback_min_psnr: float = READBACK_MIN_PSNR
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str):
@@ -107,9 +115,15 @@ class WatermarkConfig:
                              f"got {self.threshold!r}")
         if not isinstance(self.verify, bool):
             raise ValueError(f"watermark verify must be true or false, got {self.verify!r}")
-        m = self.verify_min_psnr
-        if not isinstance(m, (int, float)) or not math.isfinite(m) or not lo <= m <= hi:
-            raise ValueError(f"watermark verify_min_psnr must be a number of dB in {lo:g}..{hi:g}, got {m!r}")
+        for name in ("verify_min_psnr", "readback_min_psnr"):
+            m = getattr(self, name)
+            if not isinstance(m, (int, float)) or not math.isfinite(m) or not lo <= m <= hi:
+                raise ValueError(f"watermark {name} must be a number of dB in {lo:g}..{hi:g}, got {m!r}")
+
+
+class UnmarkableImage(ValueError):
+    """The mark does not read back from this image even at the strongest strength tried (a near-binary image,
+    whose pixels sit at 0 and 255 and clip the pattern away, or busy noise at 32 pixels): nothing is marked."""
 
 
 def size_threshold(height: int, width: int) -> float:
@@ -144,6 +158,7 @@ class _Layout:
     templates at OVERSAMPLE samples per cell."""
 
     def __init__(self, key: str):
+        self.key = key
         n_coded = coded_length(PAYLOAD_BITS)
         rng = key_rng(key, "layout")
         perm = rng.permutation(TILE * TILE)
@@ -227,14 +242,16 @@ def pattern(height: int, width: int, payload: int, key: str = "", gains: np.ndar
 
 def embed(image: Image.Image, payload: int, config: WatermarkConfig = WatermarkConfig()) -> Image.Image:
     """The image with payload (0 <= payload < 2**32) marked into its luminance, in the image's mode (L, LA, RGB
-    or RGBA; other modes come back as RGB; alpha is kept). An image with a side under MIN_SIDE is refused."""
+    or RGBA; other modes come back as RGB; alpha is kept). An image with a side under MIN_SIDE is refused, one
+    that cannot carry a mark raises UnmarkableImage."""
     return embed_with_psnr(image, payload, config)[0]
 
 
 def embed_with_psnr(image: Image.Image, payload: int,
                     config: WatermarkConfig = WatermarkConfig()) -> tuple[Image.Image, float]:
     """embed(), and the strength it used (the target PSNR in dB: config.psnr, or lower where config.verify
-    strengthened the mark)."""
+    strengthened the mark). UnmarkableImage (a ValueError) where the mark does not read back from the marked image
+    even at the strongest strength tried (WatermarkConfig): the caller records the image as unmarked."""
     if min(image.size) < MIN_SIDE:
         raise ValueError(f"image of {image.size[0]}x{image.size[1]} is too small to watermark: each side must be "
                          f"at least {MIN_SIDE} pixels")
@@ -271,16 +288,51 @@ def embed_with_psnr(image: Image.Image, payload: int,
 
     first = marked(config.psnr)
     if not config.verify or config.verify_min_psnr >= config.psnr or _survives(first, payload, layout):
-        return first, config.psnr
-    # Strengthen only where it helps: an image the strongest try cannot save either (a binary silhouette, cells of
-    # one pixel under JPEG) keeps the default strength. Then the weakest strength that passes, in steps.
-    if not _survives(marked(config.verify_min_psnr), payload, layout):
-        return first, config.psnr
-    psnr = config.psnr - VERIFY_STEP
-    while psnr > config.verify_min_psnr and not _survives(marked(psnr), payload, layout):
+        image, psnr = first, config.psnr
+    elif not _survives(marked(config.verify_min_psnr), payload, layout):
+        # Strengthen only where it helps: an image the strongest try cannot save either (a binary silhouette, cells
+        # of one pixel under JPEG) keeps the default strength, if its mark reads back (below).
+        image, psnr = first, config.psnr
+    else:  # the weakest strength that passes, in steps
+        psnr = config.psnr - VERIFY_STEP
+        while psnr > config.verify_min_psnr and not _survives(marked(psnr), payload, layout):
+            psnr -= VERIFY_STEP
+        psnr = max(psnr, config.verify_min_psnr)
+        image = marked(psnr)
+    # Whatever JPEG did, the mark must at least read back as it is. Where it does not (busy 32x32 outputs of few
+    # sampling steps), mark again stronger, down to readback_min_psnr, checking only that.
+    if _reads_back(image, payload, layout, config.threshold):
+        return image, psnr
+    floor = min(config.readback_min_psnr, config.psnr)
+    while config.verify and psnr - VERIFY_STEP >= floor - 1e-9:
         psnr -= VERIFY_STEP
-    psnr = max(psnr, config.verify_min_psnr)
-    return marked(psnr), psnr
+        image = marked(psnr)
+        if _reads_back(image, payload, layout, config.threshold):
+            return image, psnr
+    tried = f"at {config.psnr:g} dB" if not config.verify else f"down to {max(floor, psnr):g} dB"
+    raise UnmarkableImage(f"the mark could not be read back on this image (tried {tried})")
+
+
+def _read_back(y: np.ndarray, payload: int, layout: "_Layout") -> tuple[bool, float]:
+    """(whether the payload is read from luminance y with a doubt within MAX_PAYLOAD_DOUBT, the score) at the
+    unattacked geometry."""
+    fold = _fold(y, cell_size(*y.shape), 0.0)
+    z, shift = _sync(fold, layout)
+    soft, bits, m = _decode(fold, shift, layout)
+    return (bits_to_int(bits) == payload and payload_doubt(soft) <= MAX_PAYLOAD_DOUBT,
+            z + MESSAGE_WEIGHT * max(0.0, m))
+
+
+def _reads_back(image: Image.Image, payload: int, layout: "_Layout", threshold: float | None) -> bool:
+    """Whether detect() finds the mark in image as it is, with the right payload: first at the unattacked geometry
+    (a few milliseconds), then with detect()'s search, which may settle elsewhere on a busy small image."""
+    y = _luma(_pixels(image)[0])
+    limit = threshold if threshold is not None else size_threshold(*y.shape)
+    payload_ok, score = _read_back(y, payload, layout)
+    if not (payload_ok and score >= limit):
+        return False
+    d = detect(image, WatermarkConfig(key=layout.key, threshold=threshold))
+    return d.detected and d.payload == payload
 
 
 def _survives(image: Image.Image, payload: int, layout: "_Layout") -> bool:
@@ -288,12 +340,8 @@ def _survives(image: Image.Image, payload: int, layout: "_Layout") -> bool:
     MAX_PAYLOAD_DOUBT and a score VERIFY_MARGIN over the size's threshold, at the unattacked geometry (JPEG keeps
     it, so no search: a few milliseconds)."""
     y = _luma(_pixels(jpeg(VERIFY_JPEG)(image))[0])
-    fold = _fold(y, cell_size(*y.shape), 0.0)
-    z, shift = _sync(fold, layout)
-    soft, bits, m = _decode(fold, shift, layout)
-    score = z + MESSAGE_WEIGHT * max(0.0, m)
-    return (bits_to_int(bits) == payload and payload_doubt(soft) <= MAX_PAYLOAD_DOUBT
-            and score >= size_threshold(*y.shape) + VERIFY_MARGIN)
+    payload_ok, score = _read_back(y, payload, layout)
+    return payload_ok and score >= size_threshold(*y.shape) + VERIFY_MARGIN
 
 
 def _margins(fold: np.ndarray, shift: tuple[int, int], layout: "_Layout") -> np.ndarray:
