@@ -60,6 +60,23 @@ def test_roc_auc_matches_scikit_learn_on_scores_with_ties():
     assert D.roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
 
 
+def test_two_images_with_different_logits_never_tie_in_the_auc():
+    # a confident classifier: logits near 20, where a float32 sigmoid is exactly 1.0 for both images
+    net = D.DetectorNet(D.DetectorConfig(size=8, widths=(4,)))
+    with torch.no_grad():
+        net.head.weight.fill_(1.0)
+        net.head.bias.fill_(20.0)
+    det = D.Detector(net, D.DetectorConfig(size=8, widths=(4,)), {}, device="cpu")
+    images = [Image.new("RGB", (8, 8), (0, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))]
+    logits = det.logit(images)
+    assert logits.dtype == np.float64 and logits[0] != logits[1] and logits.min() > 17
+    assert torch.sigmoid(torch.from_numpy(logits).float()).tolist() == [1.0, 1.0]  # what ties used to come from
+    hi, lo = (1, 0) if logits[1] > logits[0] else (0, 1)
+    assert D.roc_auc(logits[[hi]], logits[[lo]]) == 1.0 and D.roc_auc(logits[[lo]], logits[[hi]]) == 0.0
+    p = det.probability(images)
+    assert p.dtype == np.float64 and p[hi] > p[lo] and p.max() < 1.0
+
+
 def test_the_classifier_separates_digits_from_noise_on_held_out_images(noise_detector):
     result, _ = noise_detector
     card = result.card
@@ -185,9 +202,9 @@ def test_the_stored_detector_loads_without_pickle_and_reproduces_the_recorded_au
 
     splits = json.loads((folder / D.SPLITS_FILE).read_text())
     digits = load_bundled("digits").images
-    real = det.probability(digits[[int(s.split()[1]) for s in splits["digits"]["test"]]])
+    real = det.logit(digits[[int(s.split()[1]) for s in splits["digits"]["test"]]])
     noise_spec = next(k for k in splits if k.startswith("family=noise:"))
-    fake = det.probability([Image.open(root / "noise" / f) for f in splits[noise_spec]["test"]])
+    fake = det.logit([Image.open(root / "noise" / f) for f in splits[noise_spec]["test"]])
     assert D.roc_auc(fake, real) == pytest.approx(result.card["auc"]["seen_families"], abs=1e-4)
     assert np.allclose(det.probability([Image.open(root / "noise" / "img000.png")]),
                        result.detector.probability([Image.open(root / "noise" / "img000.png")]))

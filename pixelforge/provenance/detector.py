@@ -170,23 +170,35 @@ class Detector:
         return torch.from_numpy(np.stack([prepare_image(im, self.config.size) for im in images])) if images else \
             torch.zeros((0, 3, self.config.size, self.config.size), dtype=torch.uint8)
 
-    def probability(self, images: Sequence[Image.Image] | torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
-        """(N,) probabilities that each image is generated. images: PIL images, or a uint8 tensor (N, C, H, W)
-        with C 1 or 3 (brought to the input form the same way)."""
+    def logit(self, images: Sequence[Image.Image] | torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+        """(N,) float64 logits that each image is generated (what AUCs are computed on: they never saturate).
+        images: PIL images, or a uint8 tensor (N, C, H, W) with C 1 or 3 (brought to the input form the same way)."""
         if isinstance(images, torch.Tensor):
             if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
                 raise ValueError(f"images must be PIL images or a uint8 tensor (N, 1 or 3, H, W), got "
                                  f"{images.dtype} {tuple(images.shape)}")
             images = _tensor_images(images.cpu())
-        return _probabilities(self.net, self.prepare(list(images)), self.device, batch_size)
+        return _logits(self.net, self.prepare(list(images)), self.device, batch_size)
+
+    def probability(self, images: Sequence[Image.Image] | torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+        """(N,) float64 probabilities that each image is generated: the sigmoid of logit(), in float64 (exactly 0
+        or 1 only beyond a logit of about +-37, where float32 gave up at +-17)."""
+        return sigmoid(self.logit(images, batch_size=batch_size))
 
 
 @torch.no_grad()
-def _probabilities(net: DetectorNet, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """(N, 3, S, S) uint8 -> (N,) float64 sigmoid of the logits, in eval mode."""
+def _logits(net: DetectorNet, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """(N, 3, S, S) uint8 -> (N,) float64 logits, in eval mode."""
     net.eval()
-    out = [torch.sigmoid(net(_to_unit(x[i:i + batch_size].to(device)))).double().cpu() for i in range(0, len(x), batch_size)]
+    out = [net(_to_unit(x[i:i + batch_size].to(device))).double().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The sigmoid of float64 logits (scipy's expit: no overflow warning for large ones)."""
+    from scipy.special import expit
+
+    return expit(np.asarray(logits, np.float64))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -461,8 +473,9 @@ def train_detector(config: TrainDetectorConfig, out: str | os.PathLike, *, devic
     losses = _fit(net, x, y, config, dev, progress)
     train_seconds = time.perf_counter() - t1
 
-    probs = [(i, _probabilities(net, loaded[i].images[torch.from_numpy(te)], dev)) for i, te in tests]
-    auc = _auc_table(probs, loaded, rows, held)
+    # AUCs on the logits: float32 probabilities saturate at 0 and 1, and saturated scores tie (AUC 0.5 between them)
+    logits = [(i, _logits(net, loaded[i].images[torch.from_numpy(te)], dev)) for i, te in tests]
+    auc = _auc_table(logits, loaded, rows, held)
     card = {
         "format_version": FORMAT_VERSION,
         "kind": "pixelforge generated-image detector",
@@ -514,13 +527,14 @@ def _fit(net: DetectorNet, x: torch.Tensor, y: torch.Tensor, config: TrainDetect
 
 
 def _auc_table(probs: list[tuple[int, np.ndarray]], loaded: list[_Loaded], rows: list[dict], held: str | None) -> dict:
-    """The AUC figures (see train_detector), each with its counts; per-source AUCs go into `rows`."""
+    """The AUC figures (see train_detector), each with its counts; per-source AUCs go into `rows`. probs: each
+    source's index and its test images' logits (any monotone score gives the same AUC; logits do not tie)."""
     real = np.concatenate([p for i, p in probs if loaded[i].source.real] or [np.zeros(0)])
     seen = np.concatenate([p for i, p in probs if not loaded[i].source.real and loaded[i].source.family != held] or [np.zeros(0)])
     for (i, p), row in zip(probs, rows):
         auc = roc_auc(seen, p) if loaded[i].source.real else roc_auc(p, real)
         row["auc"] = None if math.isnan(auc) else round(auc, 4)
-        row["mean_probability"] = round(float(p.mean()), 4) if len(p) else None
+        row["mean_probability"] = round(float(sigmoid(p).mean()), 4) if len(p) else None
     table = {"seen_families": _rounded(roc_auc(seen, real)), "real_test": int(len(real)), "generated_test_seen": int(len(seen))}
     if held is not None:
         unseen = np.concatenate([p for i, p in probs if loaded[i].source.family == held])
