@@ -1095,7 +1095,8 @@ def _add_watermark(sub):
                         "file could not be read (the others are still checked).")
     d.add_argument("images", nargs="+", metavar="IMAGE")
     d.add_argument("--json", action="store_true", help="one JSON object per line and image: file, detected, score, "
-                   "payload, model_id, generation_id, cell_size, angle (or file and error)")
+                   "payload, payload_rejected, model_id, generation_id, cell_size, angle, too_small (a side under 32 pixels: "
+                   "no mark can be there) (or file and error)")
     d.add_argument("--key", default=None, help="user key (default $PIXELFORGE_WATERMARK_KEY, else the project's key alone)")
     d.add_argument("--threshold", type=_float_range(0, above_lo=True), default=None,
                    help="the score at and above which an image counts as marked (default: by the image's size, "
@@ -1138,8 +1139,11 @@ def report_files(paths, check, describe, *, as_json: bool) -> int:
 
 def cmd_watermark_detect(a) -> int:
     from .provenance.marks import detect_file
+    from .provenance.watermark import MIN_SIDE
 
     def describe(record: dict) -> str:
+        if record["too_small"]:
+            return f"{record['file']}: too small to carry a mark (each side must be at least {MIN_SIDE} pixels)"
         found = f"marked, payload {record['payload']}" if record["detected"] else "no mark found"
         if record["payload_rejected"]:
             found = "marked, payload unreadable (a near miss of the code)"
@@ -1260,7 +1264,8 @@ def _error_line(e: BaseException) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors end in one line `pixelforge CMD: error: ...` on stderr and exit status 2
     (bad input: arguments, run folders, files) or 1 (the work failed: out of memory, disk full, ...);
-    --debug or PIXELFORGE_DEBUG=1 also prints the traceback."""
+    --debug or PIXELFORGE_DEBUG=1 also prints the traceback. Where stdout is closed early (`| head -1`), the
+    command ends quietly with status 141, as one ended by SIGPIPE."""
     import os
 
     parser = build_parser()
@@ -1270,10 +1275,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if a.command is None else 2
     debug = a.debug or os.environ.get("PIXELFORGE_DEBUG", "") not in ("", "0")
     try:
-        return a.func(a)
+        status = a.func(a)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout's reader stopped early (`... | head -1`): nothing to say, and no one to say it to. Further writes
+        # (Python's own flush at exit) go to /dev/null; the status is that of a program SIGPIPE ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:
         if debug:
             import traceback

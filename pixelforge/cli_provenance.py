@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .cli import _Help
@@ -37,7 +38,7 @@ def _describe(r, *, trust_given: bool) -> str:
     """A report as a few human lines."""
     if not r.manifest:
         wm = r.watermark or {}
-        said = wm.get("message") if not wm.get("available") else f"watermark: {wm.get('result')}"
+        said = wm.get("message") if not wm.get("available") else _watermark_words(wm["result"])
         return f"{r.path}: no C2PA manifest (re-encoding or editing an image removes it); {said}"
     lines = [f"{r.path}: manifest {r.state}" + {
         "Trusted": " (signature and content hashes check; the signer chains to a trusted CA)",
@@ -61,16 +62,42 @@ def _describe(r, *, trust_given: bool) -> str:
     return "\n".join(lines)
 
 
-def cmd_provenance_verify(a) -> int:
-    from .provenance.c2pa_manifest import verify
+def _watermark_words(d: dict) -> str:
+    """A watermark detection record (provenance.marks.detection_record) as words."""
+    if d.get("too_small"):
+        return "too small to carry a watermark"
+    if not d["detected"]:
+        return f"no watermark found (score {d['score']:.1f})"
+    if d["payload"] is None:
+        return f"watermark found, payload unreadable (score {d['score']:.1f})"
+    return (f"watermark found: payload {d['payload']} (model id {d['model_id']}, generation id {d['generation_id']}; "
+            f"score {d['score']:.1f})")
 
-    reports = [verify(image, trust=a.trust) for image in a.images]
+
+def cmd_provenance_verify(a) -> int:
+    from .provenance.c2pa_manifest import _trust_anchors, verify
+
     trust_required = a.trust is not None
+    if trust_required:
+        _trust_anchors(a.trust)  # a bad --trust file stops here, once, not once per image
+    status, records = 0, []
+    for image in a.images:  # every file is reported; one that cannot be read does not stop the others
+        try:
+            r = verify(image, trust=a.trust)
+        except (ValueError, FileNotFoundError) as e:
+            status = 2
+            records.append({"path": image, "error": str(e)})
+            if not a.json:
+                print(f"{image}: error: {e}", file=sys.stderr)
+            continue
+        passed = r.passed(trust_required=trust_required)
+        status = max(status, 0 if passed else 1)
+        records.append({**r.to_dict(), "passed": passed})
+        if not a.json:
+            print(_describe(r, trust_given=trust_required), flush=True)
     if a.json:
-        print(json.dumps([{**r.to_dict(), "passed": r.passed(trust_required=trust_required)} for r in reports]))
-    else:
-        print("\n".join(_describe(r, trust_given=trust_required) for r in reports))
-    return 0 if all(r.passed(trust_required=trust_required) for r in reports) else 1
+        print(json.dumps(records))
+    return status
 
 
 def add_provenance(sub) -> None:
@@ -80,8 +107,10 @@ def add_provenance(sub) -> None:
                         description="Report, per image, whether it carries a C2PA manifest, its validation state "
                         "(Trusted, Valid or Invalid, with the reasons), the generator, model, settings and whether "
                         "it is marked AI-generated; for an image without a manifest, what its watermark says. "
-                        "Offline. Exit status 0: every image passed (Trusted with --trust, else Valid or "
-                        "Trusted); 1: one has no manifest, an Invalid one, or one not trusted; 2: bad input.",
+                        "Offline. Every IMAGE is reported, whatever the others are. Exit status 0: every image "
+                        "passed (Trusted with --trust, else Valid or Trusted); 1: one has no manifest, an Invalid "
+                        "one, or one not trusted; 2: bad input (a file missing or not a readable image: an error "
+                        "line naming it, or with --json an entry {path, error}), whatever the others gave.",
                         formatter_class=_Help)
     v.add_argument("images", nargs="+", metavar="IMAGE")
     v.add_argument("--trust", default=None, metavar="CA.pem", help="PEM file of CA certificates to trust (the "

@@ -409,6 +409,40 @@ def test_cli_verify_bad_input_is_exit_2_with_one_line(tmp_path, capsys):
     assert "--trust" in capsys.readouterr().err
 
 
+def test_a_truncated_png_never_signed_is_bad_input_not_an_invalid_manifest(tmp_path, capsys):
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(png()[:600])  # cut in its image data: no manifest store, and no image either
+    with pytest.raises(ValueError, match="trunc.png: truncated image"):
+        verify(trunc)
+    assert main(["provenance", "verify", str(trunc)]) == 2
+    captured = capsys.readouterr()
+    assert "trunc.png: error: " in captured.err and "Invalid" not in captured.out + captured.err
+
+
+def test_cli_verify_reports_every_file_then_exits_2_if_one_was_bad(signed, tmp_path, capsys):
+    from pixelforge.provenance.marks import mark_image
+
+    marked = tmp_path / "marked.png"
+    image = Image.new("RGB", (64, 64), (90, 140, 200))
+    image.paste((200, 60, 40), (10, 10, 40, 50))
+    mark_image(image, settings={"model": "m", "seed": 1}).save(marked)
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(png())
+    files = [str(signed), str(tmp_path / "nosuch.png"), str(plain), str(marked)]
+    assert main(["provenance", "verify", *files]) == 2
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert "manifest Valid" in out[0] and "nosuch.png: error: " in captured.err
+    # without a manifest, the watermark's word in words (no Python dict)
+    said = {line.split(":", 1)[0]: line for line in out if "no C2PA manifest" in line}
+    assert "no watermark found (score " in said[str(plain)] and "{" not in said[str(plain)]
+    assert "watermark found: payload " in said[str(marked)] and "model id " in said[str(marked)]
+    assert main(["provenance", "verify", "--json", *files]) == 2
+    records = json.loads(capsys.readouterr().out)
+    assert [r.get("error", "").endswith("nosuch.png: no such file") for r in records] == [False, True, False, False]
+    assert records[0]["passed"] and records[3]["watermark"]["result"]["detected"] is True
+
+
 def test_default_keys_written_by_the_command_go_to_pixelforge_home(tmp_path, capsys):
     assert main(["keys", "create"]) == 0
     assert os.path.isfile(tmp_path / "home" / "keys" / "signing.key")

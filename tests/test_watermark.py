@@ -380,6 +380,38 @@ def test_cli_errors_are_one_line_naming_the_file_or_option(tmp_path, capsys):
     assert "error" in out[0] and "empty.png" in out[0]["error"] and out[1]["detected"] is False
 
 
+def test_cli_detect_says_an_image_under_the_minimum_size_is_too_small_to_carry_a_mark(tmp_path, capsys):
+    Image.new("RGB", (16, 40), (9, 9, 9)).save(tmp_path / "tiny.png")
+    assert main(["watermark", "detect", str(tmp_path / "tiny.png")]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'tiny.png'}: too small to carry a mark (each side must be at least 32 pixels)"
+    assert main(["watermark", "detect", "--json", str(tmp_path / "tiny.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["too_small"] is True
+
+
+def test_no_verify_help_does_not_claim_a_default_of_true(capsys):
+    with pytest.raises(SystemExit):
+        main(["watermark", "embed", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    no_verify = help_text[help_text.index("--no-verify"):]
+    assert "default: True" not in no_verify and "exit status 3" in no_verify
+
+
+@pytest.mark.parametrize("command", [["watermark", "detect"], ["detect"], ["provenance", "verify"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, command):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for k in range(60):  # enough lines that the reader is gone before the last is written
+        photo(32, seed=k).save(tmp_path / f"{k:02d}.png")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run(f"{sys.executable} -m pixelforge {' '.join(command)} {tmp_path}/*.png | head -1", shell=True,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.count("\n") == 1 and r.stderr == "", r.stderr
+
+
 # --- marks on by default where images are produced ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def run32(tmp_path_factory):

@@ -258,8 +258,10 @@ def _summary(path: str, state: str | None, problems: tuple[str, ...], manifest: 
 
 def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -> VerifyReport:
     """Read and validate an image's C2PA manifest, offline. `trust`: a PEM file of CA certificates (the
-    `-ca.pem` of `pixelforge keys create`) a signer must chain to for "Trusted". A missing or unreadable
-    file is a FileNotFoundError or ValueError naming it; a damaged manifest is an Invalid report."""
+    `-ca.pem` of `pixelforge keys create`) a signer must chain to for "Trusted". A missing file, or one that
+    is not a readable image and holds no manifest store (a truncated PNG never signed), is a FileNotFoundError
+    or ValueError naming it; a readable image without a store is a report without a manifest (and the
+    watermark's word); a manifest store that is there but fails to parse or validate is an Invalid report."""
     c2pa = _c2pa()
     path = Path(path)
     if not path.is_file():
@@ -270,9 +272,10 @@ def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -
     try:
         try:
             reader = c2pa.Reader(mime, io.BytesIO(data), context=context)
-        except c2pa.C2paError.ManifestNotFound:
-            return VerifyReport(path=str(path), manifest=False, watermark=watermark_check(path))
-        except c2pa.C2paError as e:  # a manifest store is there but cannot be parsed: damaged
+        except c2pa.C2paError as e:
+            if isinstance(e, c2pa.C2paError.ManifestNotFound) or not _has_manifest_store(data):
+                return _without_manifest(path)  # the reader fails on a damaged file as on a damaged store
+            # a manifest store is there but cannot be parsed: damaged
             detail = str(e).strip().rstrip(":").strip() or type(e).__name__.lstrip("_")
             return VerifyReport(path=str(path), manifest=True, state="Invalid",
                                 problems=(f"manifest unreadable ({detail})",))
@@ -283,6 +286,22 @@ def verify(path: str | os.PathLike, *, trust: str | os.PathLike | None = None) -
                             _problems(reader.get_validation_results()), manifest)
     finally:
         context.close()
+
+
+def _has_manifest_store(data: bytes) -> bool:
+    """Whether image bytes hold a C2PA manifest store: its JUMBF box is labelled "c2pa" (in a PNG's caBX chunk,
+    a JPEG's APP11 segments or a WebP's C2PA chunk); a PNG's caBX chunk is looked for too, in case the label
+    was cut off. Four given bytes turn up by chance in a file once in about four billion positions."""
+    return b"c2pa" in data or (data.startswith(b"\x89PNG") and b"caBX" in data)
+
+
+def _without_manifest(path: Path) -> "VerifyReport":
+    """The report on an image without a manifest store, after checking that it is an image at all (a truncated or
+    corrupt file is a ValueError naming it, as `pixelforge detect` says, not a manifest problem)."""
+    from .marks import _read
+
+    _read(path)
+    return VerifyReport(path=str(path), manifest=False, watermark=watermark_check(path))
 
 
 def watermark_check(path: str | os.PathLike) -> dict:

@@ -227,5 +227,7 @@ def embed_file(image: str | os.PathLike, out: str | os.PathLike, *, payload: str
 
 
 def detect_file(path: str | os.PathLike, *, key: str | None = None, threshold: float | None = None) -> dict:
-    """detection_record of one image file (read as embed_file reads it)."""
-    return detection_record(detect_image(_read(path), key=key, threshold=threshold))
+    """detection_record of one image file (read as embed_file reads it), and too_small: whether a side is under
+    MIN_SIDE pixels, so that the image cannot carry a mark (and is not searched)."""
+    im = _read(path)
+    return {**detection_record(detect_image(im, key=key, threshold=threshold)), "too_small": min(im.size) < MIN_SIDE}
