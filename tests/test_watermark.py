@@ -172,7 +172,7 @@ def test_a_mark_that_does_not_read_back_is_made_stronger_until_it_does():
     # A busy 32-pixel image: JPEG q50 takes its mark at any verified strength, and at 41 dB the mark does not even
     # read back as it is; the embedder strengthens it, checking the unattacked read-back, until it does.
     busy = photo(32, 0)
-    with pytest.raises(W.UnmarkableImage, match="tried down to 41 dB"):  # no strengthening for the read-back
+    with pytest.raises(W.UnmarkableImage, match="tried at 41 dB"):  # no strengthening for the read-back
         W.embed(busy, PAYLOAD, W.WatermarkConfig(readback_min_psnr=41))
     marked, used = W.embed_with_psnr(busy, PAYLOAD)
     assert W.READBACK_MIN_PSNR <= used < W.DEFAULT_VERIFY_MIN_PSNR

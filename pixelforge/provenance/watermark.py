@@ -309,7 +309,7 @@ def embed_with_psnr(image: Image.Image, payload: int,
         image = marked(psnr)
         if _reads_back(image, payload, layout, config.threshold):
             return image, psnr
-    tried = f"at {config.psnr:g} dB" if not config.verify else f"down to {max(floor, psnr):g} dB"
+    tried = f"at {psnr:g} dB" if psnr == config.psnr else f"down to {psnr:g} dB"  # the strongest tried
     raise UnmarkableImage(f"the mark could not be read back on this image (tried {tried})")
 
 
