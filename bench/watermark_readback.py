@@ -32,7 +32,7 @@ from pixelforge.provenance.watermark import READBACK_MIN_PSNR, UnmarkableImage, 
 
 
 def images(n: int, steps: list[int], edits: int) -> dict[str, list]:
-    g = pixelforge.load("shapes-text", device="cpu")
+    g = pixelforge.load("shapes-text", device="auto")
     groups = {f"sample, {s} steps": g.generate(n, seed=1000 * s, steps=s, prompt="a red circle", watermark=False)
               for s in steps}
     if edits:

@@ -97,3 +97,34 @@ def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_
     assert argv[:8] == ["train", "shapes", "--model", "gan", "--minutes", "2", "--seed", "1"]
     assert argv[8:10] == ["--name", "plan-2min-s1"] and argv[-2:] == ["--set", "diffaugment="]
     assert bench.row_key("plan", 0.5, 0) == "plan@0.5/s0"
+
+
+# --- bench/gan_steps.py -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def steps_bench(bench):  # bench/gan_budget.py first: gan_steps imports it and time_to_quality by name
+    spec = importlib.util.spec_from_file_location("bench_gan_steps", ROOT / "bench" / "gan_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_fixed_length_run_has_the_planners_schedule_and_short_gan_and_its_own_arguments_last(steps_bench, tmp_path):
+    argv = steps_bench.train_argv("lr", 1500, 16, tmp_path, ["--lr", "1e-3", "--set", "diffaugment="], "bf16")
+    schedule = budget.plan_schedule(1500, 16)
+    assert argv[:9] == ["train", "shapes", "--model", "gan", "--name", "lr", "--runs-dir", str(tmp_path), "--steps"]
+    assert argv[argv.index("--warmup") + 1] == str(schedule["warmup_steps"]) == "75"
+    assert argv[argv.index("--ema-decay") + 1] == str(schedule["ema_decay"])
+    sets = [argv[i + 1] for i, x in enumerate(argv) if x == "--set"]
+    assert sets == ["base_channels=16", f"diffaugment={GAN_SHORT_AUGMENT}", "diffaugment="]  # the run's own comes last
+    assert argv[-4:-2] == ["--lr", "1e-3"]
+
+
+def test_fixed_length_runs_need_distinct_names(steps_bench, capsys):
+    with pytest.raises(SystemExit):
+        steps_bench.parse_args(["--run", "a", "", "--run", "a", "--lr 1e-3"])
+    assert "own name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        steps_bench.parse_args([])

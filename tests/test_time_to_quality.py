@@ -62,6 +62,16 @@ def test_photo_classes_come_from_photos_no_bundled_set_uses(photos):
 
     assert not set(photos.PHOTOS.values()) & set(TEXTURE_CLASSES)
     assert set(photos.PHOTOS) == {"cat", "tissue", "galaxies"}
+    second = photos.PHOTO_SETS["second"]
+    assert not set(second.values()) & (set(TEXTURE_CLASSES) | set(photos.PHOTOS.values()))  # other photos than the first
+
+
+def test_the_second_photo_set_writes_its_own_classes_and_an_unknown_set_is_refused(photos, tmp_path):
+    out = photos.make_photos(tmp_path / "s", seed=0, per_class=3, photos="second")
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "coffee", "rocket"]
+    assert all(len(list((out / name).glob("*.png"))) == 3 for name in ("astronaut", "coffee", "rocket"))
+    with pytest.raises(ValueError, match="photos must be one of first, second"):
+        photos.make_photos(tmp_path / "x", photos="third")
 
 
 def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_options(ttq):
