@@ -66,7 +66,10 @@ def cmd_detect(a) -> int:
 
 def _describe(r: dict) -> str:
     wm = r["watermark"]
-    mark = (f"watermark found, payload {wm['payload']}" if wm["detected"] else "no watermark") + f" (score {wm['score']:.1f})"
+    if wm.get("too_small"):
+        mark = "too small to carry a watermark"
+    else:
+        mark = (f"watermark found, payload {wm['payload']}" if wm["detected"] else "no watermark") + f" (score {wm['score']:.1f})"
     if r["basis"] == "watermark":
         return f"{r['file']}: generated, probability {r['generated_probability']:.3f}: {mark}"
     if r["basis"] == "classifier":
@@ -86,7 +89,7 @@ def add_detect(sub) -> None:
     d.add_argument("--detector", default=None, metavar="DIR", help="a detector folder made by `pixelforge detector "
                    "train` (without it: the watermark alone)")
     d.add_argument("--json", action="store_true", help="one JSON object per line and image: file, generated_probability, "
-                   "basis, watermark {detected, score, payload}, classifier_probability, detector, note (or file and error)")
+                   "basis, watermark {detected, score, payload, too_small}, classifier_probability, detector, note (or file and error)")
     d.add_argument("--key", default=None, help="watermark user key (default $PIXELFORGE_WATERMARK_KEY, else the "
                    "project's key alone)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -290,14 +290,15 @@ def test_detect_json_lines_carry_every_field_and_a_marked_image_is_generated_wha
     assert len(lines) == 3
     for r in lines:
         assert {"file", "generated_probability", "basis", "watermark", "classifier_probability", "detector"} <= set(r)
-        assert set(r["watermark"]) == {"detected", "score", "payload"}
+        assert set(r["watermark"]) == {"detected", "score", "payload", "too_small"}
         assert r["detector"] == str(root / "detector")
     digit, mark, noise = lines
     assert digit["watermark"]["detected"] is False and digit["basis"] == "classifier"
     assert digit["generated_probability"] == digit["classifier_probability"] < 0.5
     # the classifier takes the marked digit for real, but the mark decides
     assert mark["classifier_probability"] < 0.5
-    assert mark["watermark"] == {"detected": True, "score": mark["watermark"]["score"], "payload": "1234abcd"}
+    assert mark["watermark"] == {"detected": True, "score": mark["watermark"]["score"], "payload": "1234abcd",
+                                 "too_small": False}
     assert mark["basis"] == "watermark" and mark["generated_probability"] == pytest.approx(0.997)
     assert noise["generated_probability"] > 0.5
 
@@ -311,6 +312,13 @@ def test_detect_without_a_detector_gives_the_watermark_alone_and_says_to_train_o
     assert main(["detect", str(plain)]) == 0
     captured = capsys.readouterr()
     assert "unknown whether generated" in captured.out and "pixelforge detector train" in captured.err
+    assert r["watermark"]["too_small"] is False
+    small = _digit_png(tmp_path / "small.png", side=28)  # under the watermark's smallest side: no mark to look for
+    assert main(["detect", str(small), "--json"]) == 0
+    (r,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert r["watermark"]["too_small"] is True and r["watermark"]["detected"] is False
+    assert main(["detect", str(small)]) == 0
+    assert "too small to carry a watermark" in capsys.readouterr().out
 
 
 def test_bad_files_get_one_line_each_and_the_others_are_still_checked(noise_detector, tmp_path, capsys):

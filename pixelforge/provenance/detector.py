@@ -617,7 +617,7 @@ def combine(watermark_detected: bool, classifier_probability: float | None) -> t
 
 
 def detect_file(path: str | os.PathLike, detector: Detector | None = None, *, key: str | None = None) -> dict:
-    """One image file -> {file, generated_probability, basis, watermark {detected, score, payload},
+    """One image file -> {file, generated_probability, basis, watermark {detected, score, payload, too_small},
     classifier_probability, detector, note}. The watermark is read by provenance.marks.detect_file (the code of
     `pixelforge watermark detect`); the classifier sees the file as data loading reads it (data.folder.check_file:
     EXIF rotation applied, alpha over white). A file that cannot be read is a ValueError naming it."""
@@ -633,7 +633,8 @@ def detect_file(path: str | os.PathLike, detector: Detector | None = None, *, ke
         p_cls = float(detector.probability([im])[0])
     p, basis = combine(mark["detected"], p_cls)
     record = {"file": str(path), "generated_probability": None if p is None else round(p, 4), "basis": basis,
-              "watermark": {"detected": mark["detected"], "score": mark["score"], "payload": mark["payload"]},
+              "watermark": {"detected": mark["detected"], "score": mark["score"], "payload": mark["payload"],
+                            "too_small": mark["too_small"]},
               "classifier_probability": None if p_cls is None else round(p_cls, 4),
               "detector": None if detector is None else detector_name(detector)}
     if detector is None:
