@@ -56,6 +56,7 @@ QUICK_SAMPLES = 24
 DEFAULT_REAL = 1000  # real images scored against: the set's first 1,000 (Inception on all 3,000 takes ~8 CPU minutes)
 QUICK_REAL = 200  # real images a --quick run scores against
 RECALL_GOAL = 0.3  # below this the samples miss most of the set's modes (the table marks it)
+SHAPE_DISTANCE = 60.0  # RGB distance (0-255 levels) from the background beyond which a pixel counts as the shape's
 
 
 
@@ -104,6 +105,41 @@ def run_pixelforge(argv: list[str], threads: int) -> dict:
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+def palette_attributes(images: torch.Tensor) -> tuple[list[str], list[str]]:
+    """The background and shape colour of each uint8 image (N, 3, H, W), named as the shapes set names them
+    (pixelforge/data/shapes.py BACKGROUNDS and COLOURS): the background is the palette entry nearest the median of
+    the image's outer ring of pixels; the shape colour the COLOURS entry nearest the median of the pixels more
+    than SHAPE_DISTANCE from that median (an image without such pixels gets "none"). Plain nearest-colour
+    rules: a noisy or blurred output still gets the names its colours are nearest."""
+    from pixelforge.data.shapes import BACKGROUNDS, COLOURS
+
+    bg_names, bg = list(BACKGROUNDS), torch.tensor(list(BACKGROUNDS.values()), dtype=torch.float32)  # (4, 3)
+    fg_names, fg = list(COLOURS), torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (9, 3)
+    x = images.float()  # (N, 3, H, W)
+    ring = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)  # (N, 3, 4H - 4)
+    ring_colour = ring.median(dim=2).values  # (N, 3)
+    backgrounds = [bg_names[i] for i in torch.cdist(ring_colour, bg).argmin(dim=1).tolist()]
+    colours = []
+    for img, c in zip(x, ring_colour):
+        pixels = img.flatten(1).T  # (H*W, 3)
+        far = pixels[(pixels - c).norm(dim=1) > SHAPE_DISTANCE]
+        colours.append("none" if len(far) == 0 else fg_names[int(torch.cdist(far.median(dim=0).values[None], fg).argmin())])
+    return backgrounds, colours
+
+
+def coverage(fake: torch.Tensor, real: torch.Tensor) -> dict:
+    """How many of the (background, shape colour) pairs of the real images (palette_attributes) the fake ones
+    have: a direct count of modes, which collapse to one kind of image shows at once, where Inception's recall
+    also asks each sample to look like a real shape to the pixel (docs/gan-budget.md). pairs_covered is the
+    share of the real set's pairs found in at least one fake image; backgrounds and colours the numbers of each
+    found (of 4 and 9)."""
+    real_pairs = set(zip(*palette_attributes(real)))
+    fake_bg, fake_fg = palette_attributes(fake)
+    found = set(zip(fake_bg, fake_fg)) & real_pairs
+    return {"pairs_covered": round(len(found) / max(1, len(real_pairs)), 3), "backgrounds": len(set(fake_bg)),
+            "colours": len(set(fake_fg) - {"none"})}
+
+
 class Scorer:
     """FID, KID and precision/recall of uint8 samples against the shapes set, with the Inception extractor."""
 
@@ -117,7 +153,8 @@ class Scorer:
 
     def __call__(self, fake: torch.Tensor) -> dict:
         figures = evaluate_images(fake, self.real, self.extractor, options=EvalOptions(), real_label=DATA)
-        return {k: figures[k] for k in ("fid", "kid", "precision", "recall", "extractor", "n_fake", "n_real")}
+        return {**{k: figures[k] for k in ("fid", "kid", "precision", "recall", "extractor", "n_fake", "n_real")},
+                **coverage(fake, self.real)}
 
 
 def sample_run(run_dir: Path, n: int, device: str) -> tuple[torch.Tensor, list[int] | None]:
@@ -149,13 +186,13 @@ def class_grid(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_
 def table(rows: dict[str, dict]) -> str:
     """A markdown table of the rows, by label, budget and seed; recall below RECALL_GOAL is marked."""
     lines = ["| config | budget min | seed | width | batch | diffaugment | steps | images seen | train s | FID | KID | "
-             "precision | recall | load before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "precision | recall | pairs covered | load before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows.values(), key=lambda r: (r["label"], r["budget_min"], r["seed"])):
         load = f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" if r.get("load_before") else "-"
         head = f"| {r['label']} | {fmt(r['budget_min'])} | {r['seed']} |"
         if r.get("error"):
-            lines.append(f"{head} failed: {r['error']} | | | | | | | | | | {load} |")
+            lines.append(f"{head} failed: {r['error']} | | | | | | | | | | | {load} |")
             continue
         recall = _num(r.get("recall"), ".3f")
         if r.get("recall") is not None and r["recall"] <= RECALL_GOAL:
@@ -163,7 +200,7 @@ def table(rows: dict[str, dict]) -> str:
         lines.append(f"{head} {r.get('base_channels', '-')} | {r.get('batch_size', '-')} | "
                      f"{r.get('diffaugment') or 'off'} | {_num(r.get('steps'), 'd')} | {_num(r.get('images'), ',')} | "
                      f"{_num(r.get('train_s'), '.0f')} | {_num(r.get('fid'), '.1f')} | {_num(r.get('kid'), '.3f')} | "
-                     f"{_num(r.get('precision'), '.3f')} | {recall} | {load} |")
+                     f"{_num(r.get('precision'), '.3f')} | {recall} | {_num(r.get('pairs_covered'), '.3f')} | {load} |")
     return "\n".join(lines)
 
 

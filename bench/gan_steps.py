@@ -7,7 +7,8 @@ gets (base width 16, DiffAugment translation), bf16 where given, then the run's 
 a later `--set` wins over an earlier one). Up to --workers runs train at once, one torch thread each. Then each
 run is scored as bench/gan_budget.py scores a budget run: SAMPLES images from the EMA generator, Inception,
 FID, KID and precision/recall (k = 3) against the set's first --real shapes, and a grid per run in --out.
-`--reference` also scores 500 of the set's other shapes against the same ones: the ceiling of the figures.
+`--reference` also scores 500 of the set's other shapes against the same ones: the ceiling of the figures; and
+the same shapes with Gaussian noise, blurred and through the shipped autoencoder ae-32: what the figures punish.
 
 Usage:
     .venv/bin/python bench/gan_steps.py --steps 1500 --run base "" --run lr1e-3 "--lr 1e-3" \\
@@ -54,6 +55,29 @@ def train_argv(name: str, steps: int, batch: int, runs_dir: Path, extra: list[st
             *extra]
 
 
+def reference_sets(real: torch.Tensor, device: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """Real shapes (N, 3, 32, 32) uint8 as they are and three ways a generator's output can miss them, each
+    {name: (note, uint8 images)}: how far each moves the figures says what the figures reward. Gaussian noise of
+    std 0.1 (on [-1, 1]) over the flat backgrounds, a 3x3 box blur, and the reconstructions of the shipped
+    autoencoder ae-32 (what any generator that decodes through it can at best give)."""
+    import torch.nn.functional as F
+
+    import pixelforge
+
+    x = real.float() / 127.5 - 1  # (N, 3, 32, 32) in [-1, 1]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    ae = pixelforge.load("ae-32", device=device).model
+    recon = torch.cat([ae.reconstruct(x[i:i + 100]).cpu() for i in range(0, len(x), 100)])
+
+    def u8(t: torch.Tensor) -> torch.Tensor:
+        return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    return {"reference": ("", real), "reference+noise0.1": (", Gaussian noise of std 0.1", u8(x + 0.1 * noise)),
+            "reference+blur3": (", a 3x3 box blur", u8(blurred)),
+            "reference+ae-32": (", through the autoencoder ae-32", u8(recon))}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", nargs=2, action="append", metavar=("NAME", "ARGS"), default=[],
@@ -64,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="runs trained at once, one thread each (default 2)")
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--real", type=int, default=1000, help="real images scored against, the set's first (default 1000)")
-    p.add_argument("--reference", action="store_true", help="also score 500 of the set's other shapes")
+    p.add_argument("--reference", action="store_true", help="also score 500 of the set's other shapes: as they are, with noise, blurred and "
+                   "through the autoencoder ae-32 (the ceiling of the figures and what they punish)")
     p.add_argument("--device", default="auto", help="where the runs train and are scored (default auto: CUDA when present)")
     p.add_argument("--work", default="/tmp/pixelforge-gan-steps", help="where the runs are kept")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gan_steps"), help="results.json and grids")
@@ -72,8 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.samples, a.real, a.run = 20, 24, 100, a.run or [["quick", ""]]
-    if not a.run:
-        p.error("give at least one --run NAME ARGS")
+    if not a.run and not a.reference:
+        p.error("give at least one --run NAME ARGS, or --reference")
     if len({name for name, _ in a.run}) != len(a.run):
         p.error("--run: every run needs its own name")
     for name, value in (("--steps", a.steps), ("--batch", a.batch), ("--workers", a.workers), ("--samples", a.samples)):
@@ -95,7 +120,7 @@ def main(argv=None) -> dict:
         argv_ = train_argv(name, a.steps, a.batch, runs_dir, shlex.split(args), a.precision, a.device)
         return name, {"command": ["pixelforge", *argv_], **run_pixelforge(argv_, threads=1)}
 
-    with ThreadPoolExecutor(a.workers) as pool:
+    with ThreadPoolExecutor(max(1, a.workers)) as pool:
         trained = dict(pool.map(train, a.run))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     scorer = Scorer(a.device, a.real)
@@ -105,8 +130,8 @@ def main(argv=None) -> dict:
     if a.reference:
         from pixelforge.evaluate import load_real
         real = load_real(DATA, extractor=scorer.extractor, progress=False)
-        rows["reference"] = {"name": "reference", "note": f"500 shapes after the first {a.real}",
-                             **scorer(real[a.real:a.real + 500])}
+        for name, (note, images) in reference_sets(real[a.real:a.real + 500], a.device).items():
+            rows[name] = {"name": name, "note": f"500 shapes after the first {a.real}{note}", **scorer(images)}
     for name, args in a.run:
         row = {"name": name, "args": args, **trained[name]}
         if row.pop("rc") != 0:
@@ -121,6 +146,7 @@ def main(argv=None) -> dict:
     for name, r in rows.items():
         if "fid" in r:
             print(f"{name:24s} FID {r['fid']:7.1f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}  "
+                  f"pairs {r['pairs_covered']:.3f} ({r['backgrounds']} backgrounds, {r['colours']} colours)  "
                   f"{r.get('args', '')}")
     print(f"\nresults: {out / 'results.json'}" + ("  [--quick: figures mean nothing]" if a.quick else ""))
     return results

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pixelforge.models.gan import GANConfig
 from pixelforge.train import budget
@@ -80,16 +81,16 @@ def bench():
 def test_the_bench_table_has_a_row_per_run_marks_low_recall_and_shows_failures(bench):
     row = {"label": "plan", "seed": 0, "base_channels": 16, "batch_size": 32, "diffaugment": "translation",
            "steps": 1200, "images": 38400, "train_s": 299.6, "fid": 41.23, "kid": 0.0312, "precision": 0.61,
-           "recall": 0.45, "load_before": [3.2, 2, 1], "load_after": [4.05, 3, 2]}
+           "recall": 0.45, "pairs_covered": 0.75, "load_before": [3.2, 2, 1], "load_after": [4.05, 3, 2]}
     rows = {"a": {**row, "budget_min": 5.0}, "b": {**row, "budget_min": 2.0, "recall": 0.3, "diffaugment": ""},
             "c": {"label": "plan", "seed": 1, "budget_min": 2.0, "error": "out of memory", "load_before": [1, 1, 1],
                   "load_after": [1, 1, 1]}}
     lines = bench.table(rows).splitlines()
     assert len(lines) == 5 and lines[0].startswith("| config | budget min | seed |")
     assert lines[2] == ("| plan | 2 | 0 | 16 | 32 | off | 1200 | 38,400 | 300 | 41.2 | 0.031 | 0.610 | 0.300 (low) | "
-                        "3.2/4.0 |")  # budgets in order; recall at the goal counts as low
+                        "0.750 | 3.2/4.0 |")  # budgets in order; recall at the goal counts as low
     assert lines[3].startswith("| plan | 2 | 1 | failed: out of memory |")
-    assert lines[4].endswith("| 0.450 | 3.2/4.0 |") and "| 5 | 0 |" in lines[4]
+    assert lines[4].endswith("| 0.450 | 0.750 | 3.2/4.0 |") and "| 5 | 0 |" in lines[4]
 
 
 def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_path):
@@ -97,6 +98,31 @@ def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_
     assert argv[:8] == ["train", "shapes", "--model", "gan", "--minutes", "2", "--seed", "1"]
     assert argv[8:10] == ["--name", "plan-2min-s1"] and argv[-2:] == ["--set", "diffaugment="]
     assert bench.row_key("plan", 0.5, 0) == "plan@0.5/s0"
+
+
+def test_palette_attributes_name_the_background_and_colour_the_shapes_set_drew(bench):
+    from pixelforge.data.bundled import load_bundled
+    from pixelforge.data.shapes import shape_attributes
+
+    images = load_bundled("shapes").images[:60]  # (60, 3, 32, 32) uint8
+    backgrounds, colours = bench.palette_attributes(images)
+    truth = [shape_attributes(i) for i in range(60)]
+    assert backgrounds == [t["background"] for t in truth]
+    assert sum(c == t["colour"] for c, t in zip(colours, truth)) >= 57  # a small shape's antialiased edge may mislead
+    # a plain image has no shape; a plain grey one is nearest the grey background
+    assert bench.palette_attributes(torch.full((1, 3, 32, 32), 120, dtype=torch.uint8)) == (["gray"], ["none"])
+
+
+def test_coverage_counts_the_real_sets_background_and_colour_pairs_a_fake_set_has(bench):
+    from pixelforge.data.bundled import load_bundled
+
+    real = load_bundled("shapes").images[:300]
+    pairs = len(set(zip(*bench.palette_attributes(real))))
+    assert bench.coverage(real, real) == {"pairs_covered": 1.0, "backgrounds": 4, "colours": 9}
+    collapsed = bench.coverage(real[:1].repeat(50, 1, 1, 1), real)  # one image fifty times
+    assert collapsed == {"pairs_covered": round(1 / pairs, 3), "backgrounds": 1, "colours": 1}
+    half = bench.coverage(real[:40], real)
+    assert collapsed["pairs_covered"] < half["pairs_covered"] < 1.0
 
 
 # --- bench/gan_steps.py -----------------------------------------------------------------------------------
@@ -128,3 +154,20 @@ def test_fixed_length_runs_need_distinct_names(steps_bench, capsys):
     assert "own name" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         steps_bench.parse_args([])
+    assert steps_bench.parse_args(["--reference"]).run == []  # the reference rows alone
+
+
+def test_the_reference_sets_are_the_real_shapes_and_three_degraded_copies_of_them(steps_bench):
+    from pixelforge.data.bundled import load_bundled
+
+    real = load_bundled("shapes").images[:8]  # (8, 3, 32, 32) uint8
+    sets = steps_bench.reference_sets(real, "cpu")
+    assert list(sets) == ["reference", "reference+noise0.1", "reference+blur3", "reference+ae-32"]
+    assert torch.equal(sets["reference"][1], real)
+    for name, (_, images) in sets.items():
+        assert images.shape == real.shape and images.dtype == torch.uint8, name
+    err = {name: (images.float() - real.float()).abs().mean().item() for name, (_, images) in sets.items()}
+    assert err["reference"] == 0
+    assert 5 < err["reference+noise0.1"] < 15  # std 0.1 on [-1, 1] is 12.75 levels: mean |noise| about 10
+    assert 0 < err["reference+blur3"] < err["reference+noise0.1"]  # a blur moves only the edges
+    assert 0 < err["reference+ae-32"] < 20  # a reconstruction, not another image
