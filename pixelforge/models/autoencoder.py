@@ -29,6 +29,7 @@ this family is for; `pixelforge evaluate` adds the held-out PSNR and SSIM of a r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,6 +38,7 @@ import torch
 
 from ..condition import Cond
 from ..distributed import all_gather_cat
+from ..fields import from_fields
 from ..sampling import PerSampleGenerator
 from .common import check_seeds, seeded_init
 from .family import FamilyModule
@@ -101,6 +103,36 @@ def make_first_stage(c: AutoencoderConfig) -> KLAutoencoder:
     frozen `autoencoder` of a latent diffusion model)."""
     return KLAutoencoder(c.channels, c.latent_channels, base_channels=c.base_channels, channel_mult=c.channel_mult,
                          num_res_blocks=c.num_res_blocks)
+
+
+def check_latent_fields(config) -> None:
+    """A model config's `latent` (the autoencoder run it was made on) and `autoencoder` (that run's config, or
+    None): latent a string; autoencoder None (then latent empty) or the fields of an AutoencoderConfig of the
+    config's own image_size and channels, which it becomes (frozen and hashable, so configs compare equal however
+    it was written). Every family that works in an autoencoder's latents (diffusion, the GAN) checks them so."""
+    if not isinstance(config.latent, str):
+        raise ValueError(f"latent must be the name or folder of an autoencoder run, got {config.latent!r}")
+    if config.autoencoder is None:
+        if config.latent:
+            raise ValueError(f"latent {config.latent!r}: the autoencoder's config is read from that run when a run is "
+                             "created (pixelforge train ... --set latent=RUN, pixelforge.runs.new_run_config)")
+        return
+    if not isinstance(config.autoencoder, (AutoencoderConfig, dict)):
+        raise ValueError(f"autoencoder must be an object of autoencoder config fields or null, got {config.autoencoder!r}")
+    ae = dataclasses.asdict(config.autoencoder) if isinstance(config.autoencoder, AutoencoderConfig) else dict(config.autoencoder)
+    for name in ("image_size", "channels"):
+        if ae.setdefault(name, getattr(config, name)) != getattr(config, name):
+            raise ValueError(f"autoencoder {name} {ae[name]} differs from the model's {getattr(config, name)}: the "
+                             "autoencoder must be trained on images of the run's size and channels")
+    object.__setattr__(config, "autoencoder", from_fields(AutoencoderConfig, ae, "autoencoder"))
+
+
+def latent_shape(config) -> tuple[int, int, int]:
+    """(C, H, W) of what a model config's network sees: its autoencoder's latents, or its images without one."""
+    ae = config.autoencoder
+    if isinstance(ae, AutoencoderConfig):
+        return ae.latent_channels, ae.latent_side, ae.latent_side
+    return config.channels, config.image_size, config.image_size
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

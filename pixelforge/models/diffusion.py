@@ -23,10 +23,9 @@ from .nets.controlnet import ControlNet
 from .nets.dit import DiT
 from .nets.unet import UNet
 from .adapter import AdapterConfig, adapter_config
-from .autoencoder import AutoencoderConfig, make_first_stage
+from .autoencoder import AutoencoderConfig, check_latent_fields, latent_shape, make_first_stage
 from .distill import DistillConfig, distill_config, progressive_distillation_loss
 from ..distributed import all_gather_cat
-from ..fields import from_fields
 from .common import check_seeds, seeded_init
 from .family import FamilyModule, NetworkCall
 from .limits import BLOCKS, CHANNEL_MULT, DEPTH, HEADS, IMAGE_SIZE, LEVELS, NUM_CLASSES, WIDTH, check_bounds
@@ -223,30 +222,12 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
 
     def _check_latent(self) -> None:
         """latent a string; autoencoder None or the fields of an AutoencoderConfig of the same images."""
-        if not isinstance(self.latent, str):
-            raise ValueError(f"latent must be the name or folder of an autoencoder run, got {self.latent!r}")
-        if self.autoencoder is None:
-            if self.latent:
-                raise ValueError(f"latent {self.latent!r}: the autoencoder's config is read from that run when a run is "
-                                 "created (pixelforge train ... --set latent=RUN, pixelforge.runs.new_run_config)")
-            return
-        if not isinstance(self.autoencoder, (AutoencoderConfig, dict)):
-            raise ValueError(f"autoencoder must be an object of autoencoder config fields or null, got {self.autoencoder!r}")
-        ae = dataclasses.asdict(self.autoencoder) if isinstance(self.autoencoder, AutoencoderConfig) else dict(self.autoencoder)
-        for name in ("image_size", "channels"):
-            if ae.setdefault(name, getattr(self, name)) != getattr(self, name):
-                raise ValueError(f"autoencoder {name} {ae[name]} differs from the model's {getattr(self, name)}: the "
-                                 "autoencoder must be trained on images of the run's size and channels")
-        # kept as a (frozen, hashable) AutoencoderConfig: configs compare equal however it was written
-        object.__setattr__(self, "autoencoder", from_fields(AutoencoderConfig, ae, "autoencoder"))
+        check_latent_fields(self)
 
     @property
     def net_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of what the denoiser sees: the image's in pixel space, the latent's with an autoencoder."""
-        ae = self.autoencoder
-        if isinstance(ae, AutoencoderConfig):
-            return ae.latent_channels, ae.latent_side, ae.latent_side
-        return self.channels, self.image_size, self.image_size
+        return latent_shape(self)
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""

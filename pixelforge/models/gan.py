@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ..condition import Cond, no_labels
+from ..distributed import all_gather_cat
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
                                    unused_text_fields)
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .augment import diff_augment, parse_policy
+from .autoencoder import AutoencoderConfig, check_latent_fields, latent_shape, make_first_stage
 from .common import check_seeds, seeded_init
 from .family import FamilyModule, NetworkCall
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
@@ -22,6 +24,11 @@ from .optim import OptimConfig, make_adam
 from .options import OptionSpec, option_defaults
 
 # --- the family ----------------------------------------------------------------------------------
+
+# The std of a latent GAN's latents as G and D see them: the autoencoder's latents, shifted and scaled per channel
+# by the first training batch's mean and std (GANModel._training_latents), so that 2.5 standard deviations fit in
+# G's tanh output (-1, 1) and the tails it cannot reach are about 1% of the values.
+LATENT_STD = 0.4
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,12 @@ class GANConfig(TextFields):
         pooled vector conditions G (normalisation gains and shifts) and D (projection) like a label.
     text_dropout: share of training prompts replaced by the absent prompt (G and D alike), so a text
         model also samples without one (labels of that sample are dropped with it).
+    latent, autoencoder: a GAN in the latents of a frozen autoencoder run (models/autoencoder.py), as latent
+        diffusion (DiffusionConfig.latent; docs/latent.md): G makes latents and D judges them (latent_channels
+        x image_size / f on a side: `net_shape`), and sampling decodes G's latents to images. `latent` names the
+        run when a run is created (`--set latent=ae-32`); its config is copied into `autoencoder` and its weights
+        into the model when the training starts. diffaugment then acts on the latents (translation moves by
+        whole latent pixels). docs/gan-budget.md says what it gave on the shapes set.
     Both optimisers take all their settings from the run's OptimConfig; its betas default to the
     family's `default_betas` (0, 0.99): GANs want little or no momentum (StyleGAN2).
     """
@@ -61,6 +74,8 @@ class GANConfig(TextFields):
     diffaugment: str = "color,translation,cutout"
     d_steps: int = 1
     text_dropout: float = 0.1
+    latent: str = ""
+    autoencoder: AutoencoderConfig | dict | None = None
 
     # Size fields and their valid ranges (limits.py).
     BOUNDS: ClassVar[dict] = {
@@ -70,10 +85,14 @@ class GANConfig(TextFields):
 
     def __post_init__(self):
         check_bounds(self, self.BOUNDS)
-        if gan_levels(self.image_size)[1] < 1:
-            raise ValueError(f"image_size must be even and at least 8 (e.g. 8, 16, 28, 32, 64), got {self.image_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        check_latent_fields(self)
+        if gan_levels(self.net_shape[1])[1] < 1:
+            if self.autoencoder is not None:
+                raise ValueError(f"the autoencoder's latents are {self.net_shape[1]} on a side; a GAN in latents needs "
+                                 "an even side of at least 8 (a 32x32 image through a 4x autoencoder)")
+            raise ValueError(f"image_size must be even and at least 8 (e.g. 8, 16, 28, 32, 64), got {self.image_size}")
         for name in ("z_dim", "base_channels", "r1_every", "d_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -84,9 +103,15 @@ class GANConfig(TextFields):
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         check_text_fields(self)
 
+    @property
+    def net_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what G makes and D judges: the images', or the latents' with an autoencoder."""
+        return latent_shape(self)
+
     def unused_fields(self) -> tuple[str, ...]:
-        """The fields a model without text ignores (`pixelforge info` leaves them out)."""
-        return unused_text_fields(self) + (() if self.text_dim else ("text_dropout",))
+        """The fields a model without text or latents ignores (`pixelforge info` leaves them out)."""
+        return (unused_text_fields(self) + (() if self.text_dim else ("text_dropout",))
+                + (() if self.autoencoder is not None else ("latent", "autoencoder")))
 
 
 class GANModel(FamilyModule):
@@ -128,16 +153,27 @@ class GANModel(FamilyModule):
         super().__init__(seed)  # self.train_generator draws: z, augmentation, labels for unlabelled images
         self.config = config
         self.optim_config = optim or OptimConfig()
-        shape = dict(image_size=config.image_size, channels=config.channels, base_channels=config.base_channels,
+        net_channels, net_side, _ = config.net_shape  # the images', or an autoencoder's latents'
+        shape = dict(image_size=net_side, channels=net_channels, base_channels=config.base_channels,
                      num_classes=config.num_classes)
-        vector_dim = gan_widths(config.image_size, config.base_channels)[0] if config.text_dim else 0
+        vector_dim = gan_widths(net_side, config.base_channels)[0] if config.text_dim else 0
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.G = Generator(z_dim=config.z_dim, vector_dim=vector_dim, **shape)
             self.D = Discriminator(vector_dim=vector_dim, **shape)
             # prompt -> a vector for G and one for D, each trained by that network's optimiser
             self.text_g = make_text_conditioner(config, vector_dim)
             self.text_d = make_text_conditioner(config, vector_dim)
+            # a latent GAN's frozen first stage, its weights copied in at the run's start (frozen_parts); built
+            # last, so a pixel GAN draws the weights it always drew
+            self.autoencoder = None if config.autoencoder is None else make_first_stage(config.autoencoder).requires_grad_(False)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        if self.autoencoder is not None:
+            # per-channel shift and scale of the latents (LATENT_STD), fixed by the first training batch and kept
+            # from then on (buffers: checkpoints and exports carry them); scale 0 until that batch is seen
+            self.register_buffer("latent_shift", torch.zeros(net_channels))  # (latent_channels,)
+            self.register_buffer("latent_scale", torch.zeros(net_channels))
+            # the network call that compress/ exports runs the decoder too
+            self.network_call = NetworkCall("synthesize", ("z",), ("G", "text_g", "autoencoder"))
 
     # --- parts every family offers -------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -149,6 +185,49 @@ class GANModel(FamilyModule):
                 g, d = g + list(self.text_g.parameters()), d + list(self.text_d.parameters())
             self._optimizers = {"g": make_adam(g, cfg, betas), "d": make_adam(d, cfg, betas)}
         return self._optimizers
+
+    # --- a GAN in an autoencoder's latents --------------------------------------------------------------
+    def frozen_parts(self) -> tuple[tuple, ...]:
+        """(run, module name in that run, own module): a latent GAN's autoencoder, the `net` of the run its config
+        names, copied in when a run starts (runs/latent.py); none for a pixel GAN."""
+        if self.autoencoder is None or not self.config.latent:
+            return ()
+        return ((self.config.latent, "net", self.autoencoder),)
+
+    def _latent_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale) (C, 1, 1) each; scale 1 before the first training batch has fitted it."""
+        scale = torch.where(self.latent_scale > 0, self.latent_scale, torch.ones_like(self.latent_scale))
+        return self.latent_shift[:, None, None], scale[:, None, None]
+
+    @torch.no_grad()
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> latents (B, c, h, w) as G and D see them: the autoencoder's posterior
+        means, shifted and scaled (LATENT_STD)."""
+        mean, _ = self.autoencoder.eval().encode(x.to(self.device, torch.float32))
+        shift, scale = self._latent_affine()
+        return (mean - shift) * scale
+
+    @torch.no_grad()
+    def _training_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """A training batch's latents; the first batch also fixes the shift and scale, the mean and LATENT_STD / std
+        of each channel of its latents (over every process's share)."""
+        if float(self.latent_scale.max()) == 0.0:
+            mean, _ = self.autoencoder.eval().encode(x.to(torch.float32))
+            mean = all_gather_cat(mean).float()  # (B, c, h, w)
+            std = mean.std(dim=(0, 2, 3))  # (c,)
+            if not bool(torch.isfinite(std).all()) or float(std.min()) <= 0:
+                raise ValueError(f"the autoencoder's latents of the first batch have std {std.tolist()} per channel: "
+                                 "it cannot be used for a latent GAN (train it longer, or check its run)")
+            self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
+            self.latent_scale.copy_(LATENT_STD / std)
+        return self.encode_latents(x)
+
+    def to_images(self, out: torch.Tensor) -> torch.Tensor:
+        """What G makes -> images (B, C, H, W), before the clamp to [-1, 1]: decoded latents, or G's images."""
+        if self.autoencoder is None:
+            return out
+        shift, scale = self._latent_affine()
+        return self.autoencoder.eval().decode(out / scale + shift)
 
     # --- labels and latents ----------------------------------------------------------------------
     def _labels(self, cond: Cond | None, b: int, generator: torch.Generator) -> tuple[torch.Tensor | None, ...]:
@@ -236,6 +315,8 @@ class GANModel(FamilyModule):
         """
         self.train()
         cfg = self.config
+        if self.autoencoder is not None:
+            x = self._training_latents(x)  # (B, c, h, w), encoded under no_grad: the autoencoder stays frozen
         if "text" in self.takes():  # prompt dropout: a dropped sample has no prompt (and no label)
             cond = cond.drop(cfg.text_dropout, self.train_generator)
         y_d, y_g = self._labels(cond, x.shape[0], self.train_generator)
@@ -259,6 +340,8 @@ class GANModel(FamilyModule):
         """
         self.eval()
         b = x.shape[0]
+        if self.autoencoder is not None:
+            x = self.encode_latents(x)
         y_d, y_g = self._labels(cond, b, generator)
         v_g, v_d = (text_vector(t, cond, b, self.device) for t in (self.text_g, self.text_d))
         fake = self.G(self._z(b, generator), y_g, v_g)
@@ -268,10 +351,10 @@ class GANModel(FamilyModule):
     def synthesize(self, z: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         """G(z; cond): latents z (B, z_dim) -> images (B, C, H, W), before the clamp to [-1, 1]. cond.labels
         (B,) is each image's class (never "no label": sample() draws one), None for an unconditional model;
-        the prompt (absent where cond gives none) conditions a text model. The network call of sampling,
-        which a compressed run replaces (compress/: an ONNX graph)."""
+        the prompt (absent where cond gives none) conditions a text model; a latent GAN's latents are decoded.
+        The network call of sampling, which a compressed run replaces (compress/: an ONNX graph)."""
         y = cond.labels if cond is not None and self.config.num_classes else None
-        return self.G(z, y, text_vector(self.text_g, cond, z.shape[0], z.device))
+        return self.to_images(self.G(z, y, text_vector(self.text_g, cond, z.shape[0], z.device)))
 
     def example_call_inputs(self, method: str, b: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Example arguments of `synthesize` for a batch of b (compress/: export and parity), on the CPU: z

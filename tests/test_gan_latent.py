@@ -1,0 +1,147 @@
+"""A GAN in the latents of a frozen autoencoder (`--model gan --set latent=ae-32`, GANConfig.latent): G makes
+latents, D judges them, sampling decodes them; trained, resumed, sampled, compressed and planned like any run."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+
+import pytest
+import torch
+
+import pixelforge
+from pixelforge.cli import main
+from pixelforge.condition import Cond
+from pixelforge.models import OptimConfig
+from pixelforge.models.gan import LATENT_STD, GANConfig, GANModel
+from pixelforge.runs import BUNDLED_MODELS_DIR, RunConfig, load_checkpoint, load_weights
+from pixelforge.train.checkpoint import list_checkpoints
+
+# what the bundled ae-32 is: 32x32 RGB -> 4 x 8 x 8
+AE32 = {"base_channels": 32, "channel_mult": (1, 2, 2), "latent_channels": 4}
+RUN = ["--model", "gan", "--batch-size", "16", "--ckpt-every", "2", "--val-every", "2", "--log-every", "1",
+       "--sample-every", "100", "--device", "cpu", "--quiet", "--set", "latent=ae-32", "--set", "base_channels=8",
+       "--set", "z_dim=16", "--set", "diffaugment=translation"]
+
+
+def cli(*args) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in args])
+    assert code == 0, out.getvalue()
+    return out.getvalue()
+
+
+def _losses(run_dir) -> list[str]:
+    return [r["loss"] for r in csv.DictReader((run_dir / "metrics.csv").open())]
+
+
+def _checkpoint(run_dir) -> dict[str, torch.Tensor]:
+    parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
+    return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Latent GAN runs on the bundled shapes in ae-32's latents: `straight` (4 steps at once) and `r` (2 steps,
+    then resumed by the same command to 4)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        runs = tmp_path_factory.mktemp("gan-latent") / "runs"
+        cli("train", "shapes", "--name", "straight", "--steps", "4", "--runs-dir", runs, *RUN)
+        cli("train", "shapes", "--name", "r", "--steps", "2", "--runs-dir", runs, *RUN)
+        out = cli("train", "shapes", "--name", "r", "--steps", "4", "--runs-dir", runs, *RUN)
+        assert "resuming" in out and "finished at step 4" in out
+        yield runs
+
+
+def test_a_latent_gan_run_keeps_ae32s_config_and_weights_and_samples_images(runs):
+    model = RunConfig.load(runs / "straight" / "config.json").model_config()
+    assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
+    shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
+    tensors = _checkpoint(runs / "straight")
+    for name, t in shipped.items():
+        if name.startswith("net."):
+            assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
+    assert float(tensors["ema/latent_scale"].min()) > 0  # fitted by the first batch, carried by the EMA weights
+    g = pixelforge.load(runs / "straight", device="cpu")
+    images, _ = g.generate_tensor(3, labels=[0, 1, 2], seed=0)
+    assert images.shape == (3, 3, 32, 32) and float(images.abs().max()) <= 1
+    assert not torch.equal(images[0], images[1])
+
+
+def test_a_resumed_latent_gan_run_replays_the_straight_run_exactly(runs):
+    assert _losses(runs / "r") == _losses(runs / "straight") and len(_losses(runs / "r")) == 4
+    straight, resumed = _checkpoint(runs / "straight"), _checkpoint(runs / "r")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_latent_gan_compresses_to_onnx_with_its_decoder(runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = cli("compress", runs / "straight", "-o", tmp_path / "onnx", "--export", "onnx", "--device", "cpu")
+    assert "onnx-fp32" in out
+    want, _ = pixelforge.load(runs / "straight", device="cpu").generate_tensor(2, labels=[3, 4], seed=5)
+    got, _ = pixelforge.load(tmp_path / "onnx", device="cpu").generate_tensor(2, labels=[3, 4], seed=5)
+    assert got.shape == (2, 3, 32, 32) and torch.allclose(got, want, atol=1e-4)  # the graph decodes, as sampling does
+
+
+def test_the_first_batch_fixes_each_latent_channels_shift_and_scale_and_only_g_and_d_train():
+    cfg = GANConfig(image_size=32, channels=3, num_classes=0, z_dim=8, base_channels=8, diffaugment="translation",
+                    autoencoder=AE32)
+    model = GANModel(cfg, OptimConfig(lr=1e-3), seed=0)
+    frozen = {k: v.clone() for k, v in model.autoencoder.state_dict().items()}
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    later = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert float(model.latent_scale.max()) == 0  # not fitted yet
+    model.training_step(x, Cond(), 0)
+    latents = model.encode_latents(x)  # (6, 4, 8, 8)
+    assert latents.shape == (6, 4, 8, 8)
+    assert torch.allclose(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(latents.std(dim=(0, 2, 3)), torch.full((4,), LATENT_STD), rtol=1e-4)
+    scale = model.latent_scale.clone()
+    model.training_step(later, Cond(), 1)  # fixed from then on
+    assert torch.equal(model.latent_scale, scale)
+    assert all(torch.equal(v, frozen[k]) for k, v in model.autoencoder.state_dict().items())
+    trained = {id(p) for opt in model.optimizers().values() for group in opt.param_groups for p in group["params"]}
+    assert not any(id(p) in trained for p in model.autoencoder.parameters())
+    # sampling decodes G's latents: what the decoder makes of them, shift and scale undone
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model.G(z)
+        want = model.autoencoder.decode(out / model.latent_scale[:, None, None] + model.latent_shift[:, None, None])
+        assert torch.allclose(model.synthesize(z), want)
+
+
+def test_a_pixel_gan_is_unchanged_by_the_latent_fields():
+    cfg = GANConfig(image_size=8, channels=1, num_classes=2, z_dim=8, base_channels=8)
+    assert cfg.net_shape == (1, 8, 8) and {"latent", "autoencoder"} <= set(cfg.unused_fields())
+    model = GANModel(cfg, seed=0)
+    assert model.autoencoder is None and not any("autoencoder" in k or "latent" in k for k in model.state_dict())
+    assert model.frozen_parts() == () and model.network_call is GANModel.network_call
+
+
+def test_latent_gan_settings_that_cannot_work_are_refused_with_their_reason():
+    with pytest.raises(ValueError, match="latent 'ae-32': the autoencoder's config is read from that run"):
+        GANConfig(latent="ae-32")
+    with pytest.raises(ValueError, match="autoencoder image_size 16 differs from the model's 32"):
+        GANConfig(image_size=32, autoencoder={**AE32, "image_size": 16})
+    with pytest.raises(ValueError, match="the autoencoder's latents are 4 on a side"):
+        GANConfig(image_size=16, autoencoder=AE32)  # 16 / 4: too small for G's 4x4 start and one doubling
+
+
+def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache):
+    from pixelforge.train.budget import StepTiming, describe_plan, plan_run
+
+    seen = []
+
+    def measure(cfg, candidates, device, **kw):  # records what is timed; a planner needs one timing
+        seen.append(cfg.model_config().net_shape)
+        return [StepTiming(model_fields=dict(c), parameters=1000, points=((16, 0.01), (64, 0.04))) for c in candidates]
+
+    cfg, plan = plan_run("shapes", 1.0, model="gan", device="cpu", progress=False, measure=measure,
+                         model_fields={"latent": "ae-32"})
+    assert seen == [(4, 8, 8)] and cfg.model_config().net_shape == (4, 8, 8)
+    assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / "ae-32").resolve())
+    assert any("GAN base width" in line for line in describe_plan(cfg, plan))
