@@ -118,7 +118,7 @@ def _add_train(sub):
     p.add_argument("data", metavar="DATA", help="folder of images or bundled data set name")
     p.add_argument("--model", default="diffusion", help="model family: diffusion, gan, vae, vqvae, pixelcnn or transformer "
                    "(a token transformer over VQ-VAE codes, both stages trained by this one command), or autoencoder "
-                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion run; docs/latent.md), "
+                   "(the first stage of latent diffusion: then --set latent=RUN on a diffusion or GAN run; docs/latent.md), "
                    "or upscale (a diffusion run conditioned on each image's low-resolution version: a super-resolution "
                    "model for `pixelforge upscale`; docs/upscale.md)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="--model upscale: the upscaling factor; "

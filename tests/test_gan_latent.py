@@ -132,7 +132,8 @@ def test_latent_gan_settings_that_cannot_work_are_refused_with_their_reason():
 
 
 def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache):
-    from pixelforge.train.budget import StepTiming, describe_plan, plan_run
+    from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, StepTiming, describe_plan,
+                                         plan_run)
 
     seen = []
 
@@ -140,8 +141,14 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
         seen.append(cfg.model_config().net_shape)
         return [StepTiming(model_fields=dict(c), parameters=1000, points=((16, 0.01), (64, 0.04))) for c in candidates]
 
-    cfg, plan = plan_run("shapes", 1.0, model="gan", device="cpu", progress=False, measure=measure,
+    # 10 minutes of these steps are hundreds of passes over the set: a pixel GAN would get the family's full
+    # DiffAugment policy, a latent one keeps translation (colour is no colour in latent channels)
+    cfg, plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,
                          model_fields={"latent": "ae-32"})
+    assert plan.steps * plan.batch_size / plan.n_train >= GAN_AUGMENT_EPOCHS
     assert seen == [(4, 8, 8)] and cfg.model_config().net_shape == (4, 8, 8)
     assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / "ae-32").resolve())
-    assert any("GAN base width" in line for line in describe_plan(cfg, plan))
+    assert cfg.model["diffaugment"] == GAN_SHORT_AUGMENT
+    assert any("GAN base width" in line and "DiffAugment translation" in line for line in describe_plan(cfg, plan))
+    pixel, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
+    assert pixel.model["diffaugment"] == GANConfig.diffaugment != GAN_SHORT_AUGMENT

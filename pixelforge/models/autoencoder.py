@@ -151,8 +151,8 @@ class AutoencoderModel(FamilyModule):
     option_specs: tuple[OptionSpec, ...] = ()
     sample_options: dict = {}
     sample_note = ("an autoencoder's samples are decoded random latents, not meant as images: train a diffusion run "
-                   "in its latents (pixelforge train DATA --set latent=RUN) to generate; pixelforge evaluate RUN "
-                   "gives its reconstruction PSNR and SSIM")
+                   "in its latents (pixelforge train DATA --set latent=RUN; a GAN too, with --model gan) to generate; "
+                   "pixelforge evaluate RUN gives its reconstruction PSNR and SSIM")
 
     def __init__(self, config: AutoencoderConfig, optim: OptimConfig | None = None, *, seed: int = 0):
         super().__init__(seed)  # self.train_generator draws the posterior samples

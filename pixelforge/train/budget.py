@@ -88,7 +88,8 @@ SHAPE_FIELDS = ("base_channels", "channel_mult", "num_res_blocks")
 # set, which takes many passes over it (StyleGAN2-ADA's overfitting starts after hundreds): a run that sees each
 # image fewer than GAN_AUGMENT_EPOCHS times gets translation alone (StyleGAN2-ADA's p starts at 0 for the same
 # reason; translation keeps every image's colours and whole content, which colour and cutout do not), a longer one
-# the family's default policy.
+# the family's default policy. A GAN in an autoencoder's latents always gets translation alone: colour acts on a
+# pixel's colours, which its latent channels are not, and cutout of half the side blanks half the latent grid.
 GAN_WIDTHS = (16, 32, 64)
 GAN_AUGMENT_EPOCHS = 100
 GAN_SHORT_AUGMENT = "translation"
@@ -169,13 +170,14 @@ def gan_candidates(given: Mapping[str, object] | None = None) -> list[dict]:
     return [{"base_channels": w} for w in GAN_WIDTHS]
 
 
-def gan_augment(steps: int, batch: int, n_train: int) -> str:
+def gan_augment(steps: int, batch: int, n_train: int, *, latent: bool = False) -> str:
     """The DiffAugment policy of a GAN budget run of about `steps` steps at `batch` on n_train images: translation
-    alone below GAN_AUGMENT_EPOCHS passes over the set, else the family's default (GANConfig.diffaugment)."""
+    alone below GAN_AUGMENT_EPOCHS passes over the set or in an autoencoder's latents (latent), else the family's
+    default (GANConfig.diffaugment)."""
     from ..models.gan import GANConfig
 
     epochs = steps * batch / max(1, n_train)
-    return GAN_SHORT_AUGMENT if epochs < GAN_AUGMENT_EPOCHS else GANConfig.diffaugment
+    return GAN_SHORT_AUGMENT if latent or epochs < GAN_AUGMENT_EPOCHS else GANConfig.diffaugment
 
 
 def expected_steps(timing: StepTiming, batch: int, minutes: float) -> int:
@@ -433,7 +435,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     plan = dataclasses.replace(plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size")),
                                init_from=start)
     if base.family == "gan":
-        plan = _with_gan_augment(plan)
+        plan = _with_gan_augment(plan, latent=base.model_config().autoencoder is not None)
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
     chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
@@ -441,9 +443,9 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     return cfg, plan
 
 
-def _with_gan_augment(plan: BudgetPlan) -> BudgetPlan:
+def _with_gan_augment(plan: BudgetPlan, *, latent: bool = False) -> BudgetPlan:
     """A GAN's plan with its augmentation (gan_augment) among the model fields it chose."""
-    policy = gan_augment(plan.steps, plan.batch_size, plan.n_train)
+    policy = gan_augment(plan.steps, plan.batch_size, plan.n_train, latent=latent)
     return dataclasses.replace(plan, model_fields={**plan.model_fields, "diffaugment": policy})
 
 
