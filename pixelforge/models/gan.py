@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..condition import Cond, no_labels
-from ..distributed import all_gather_cat
 from ..condition.text_embed import (TEXT_BOUNDS, TextFields, check_text_fields, make_text_conditioner, text_vector,
                                    unused_text_fields)
+from ..distributed import all_gather_cat
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .augment import diff_augment, parse_policy
@@ -27,7 +27,7 @@ from .options import OptionSpec, option_defaults
 
 # The std of a latent GAN's latents as G and D see them: the autoencoder's latents, shifted and scaled per channel
 # by the first training batch's mean and std (GANModel._training_latents), so that 2.5 standard deviations fit in
-# G's tanh output (-1, 1) and the tails it cannot reach are about 1% of the values.
+# G's tanh output (-1, 1): the tails it cannot reach would be about 1% of normally distributed values.
 LATENT_STD = 0.4
 
 
