@@ -4,9 +4,7 @@ this one checks that the workflow never asks which family it runs."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 
@@ -22,6 +20,8 @@ from pixelforge.images import read_settings
 from pixelforge.models import FAMILIES
 from pixelforge.train import RunConfig
 from pixelforge.train.checkpoint import list_checkpoints
+
+from run_files import checkpoint_tensors, cli, run_losses  # tests/run_files.py
 
 # Tiny shapes for 8x8 digits: a few seconds per family on two CPU cores.
 TINY = {
@@ -40,14 +40,6 @@ UNCONDITIONAL = ("vqvae", "autoencoder")  # first stages: they encode whatever t
 
 def test_every_registered_family_is_covered_here():
     assert {entry.split("-")[0] for entry in TINY} == set(FAMILIES)
-
-
-def cli(*args: str) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    assert code == 0, out.getvalue()
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("entry", list(TINY))
@@ -119,17 +111,6 @@ def test_train_help_states_each_familys_default_learning_rate(capsys):
 TEXT_ENTRIES = [entry for entry in TINY if "text" in FAMILIES[entry.split("-")[0]].inputs]
 
 
-def _checkpoint_tensors(run_dir) -> dict:
-    from pixelforge.train.checkpoint import load_checkpoint
-
-    parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
-
-
-def _losses(run_dir) -> list[str]:
-    return [r["loss"] for r in csv.DictReader((run_dir / "metrics.csv").open())]
-
-
 @pytest.mark.parametrize("entry", TEXT_ENTRIES)
 def test_a_text_run_resumes_exactly_samples_from_a_prompt_and_regenerates_it(entry, tmp_path, pixelforge_cache):
     pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
@@ -141,8 +122,8 @@ def test_a_text_run_resumes_exactly_samples_from_a_prompt_and_regenerates_it(ent
     cli("train", "shapes", "--model", family, "--name", "straight", "--steps", "4", *common)
     cli("train", "shapes", "--model", family, "--name", "r", "--steps", "2", *common)
     assert "resuming" in cli("train", "shapes", "--model", family, "--name", "r", "--steps", "4", *common)
-    assert _losses(runs / "r") == _losses(runs / "straight") and len(_losses(runs / "r")) == 4
-    straight, resumed = _checkpoint_tensors(runs / "straight"), _checkpoint_tensors(runs / "r")
+    assert run_losses(runs / "r") == run_losses(runs / "straight") and len(run_losses(runs / "r")) == 4
+    straight, resumed = checkpoint_tensors(runs / "straight"), checkpoint_tensors(runs / "r")
     assert set(straight) == set(resumed) and any("text" in name for name in straight)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name

@@ -3,43 +3,22 @@ latents, D judges them, sampling decodes them; trained, resumed, sampled, compre
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-
 import pytest
 import torch
 
 import pixelforge
-from pixelforge.cli import main
 from pixelforge.condition import Cond
 from pixelforge.models import OptimConfig
 from pixelforge.models.gan import LATENT_STD, GANConfig, GANModel
-from pixelforge.runs import BUNDLED_MODELS_DIR, RunConfig, load_checkpoint, load_weights
-from pixelforge.train.checkpoint import list_checkpoints
+from pixelforge.runs import BUNDLED_MODELS_DIR, RunConfig, load_weights
+
+from run_files import checkpoint_tensors, cli, run_losses  # tests/run_files.py
 
 # what the bundled ae-32 is: 32x32 RGB -> 4 x 8 x 8
 AE32 = {"base_channels": 32, "channel_mult": (1, 2, 2), "latent_channels": 4}
 RUN = ["--model", "gan", "--batch-size", "16", "--ckpt-every", "2", "--val-every", "2", "--log-every", "1",
        "--sample-every", "100", "--device", "cpu", "--quiet", "--set", "latent=ae-32", "--set", "base_channels=8",
        "--set", "z_dim=16", "--set", "diffaugment=translation"]
-
-
-def cli(*args) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    assert code == 0, out.getvalue()
-    return out.getvalue()
-
-
-def _losses(run_dir) -> list[str]:
-    return [r["loss"] for r in csv.DictReader((run_dir / "metrics.csv").open())]
-
-
-def _checkpoint(run_dir) -> dict[str, torch.Tensor]:
-    parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +39,7 @@ def test_a_latent_gan_run_keeps_ae32s_config_and_weights_and_samples_images(runs
     model = RunConfig.load(runs / "straight" / "config.json").model_config()
     assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
     shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
-    tensors = _checkpoint(runs / "straight")
+    tensors = checkpoint_tensors(runs / "straight")
     for name, t in shipped.items():
         if name.startswith("net."):
             assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
@@ -72,8 +51,8 @@ def test_a_latent_gan_run_keeps_ae32s_config_and_weights_and_samples_images(runs
 
 
 def test_a_resumed_latent_gan_run_replays_the_straight_run_exactly(runs):
-    assert _losses(runs / "r") == _losses(runs / "straight") and len(_losses(runs / "r")) == 4
-    straight, resumed = _checkpoint(runs / "straight"), _checkpoint(runs / "r")
+    assert run_losses(runs / "r") == run_losses(runs / "straight") and len(run_losses(runs / "r")) == 4
+    straight, resumed = checkpoint_tensors(runs / "straight"), checkpoint_tensors(runs / "r")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 

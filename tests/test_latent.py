@@ -3,9 +3,7 @@ in the latents of a frozen autoencoder run, through the same commands as any oth
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import csv
 import io
 import json
 import math
@@ -21,20 +19,13 @@ from pixelforge.cli import main
 from pixelforge.condition import Cond
 from pixelforge.metrics.reconstruction import psnr, reconstruction_figures, ssim
 from pixelforge.models import AutoencoderConfig, AutoencoderModel, DiffusionConfig, DiffusionModel, OptimConfig
-from pixelforge.runs import RunConfig, build_model, load_checkpoint, load_weights
-from pixelforge.train.checkpoint import list_checkpoints
+from pixelforge.runs import RunConfig, build_model, load_weights
+
+from run_files import checkpoint_tensors, cli, run_losses  # tests/run_files.py
 
 # 8x8 digits; the autoencoder halves the side once (channel_mult 1,2): 4x4x4 latents.
 AE = ["--model", "autoencoder", "--base-channels", "8", "--channel-mult", "1,2"]
 LATENT = ["--base-channels", "8", "--channel-mult", "1", "--num-res-blocks", "1"]
-
-
-def cli(*args) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    assert code == 0, out.getvalue()
-    return out.getvalue()
 
 
 def cli_error(capsys, *args) -> str:
@@ -48,15 +39,6 @@ def cli_error(capsys, *args) -> str:
 def _common(runs) -> list:
     return ["--runs-dir", runs, "--batch-size", "16", "--ckpt-every", "2", "--val-every", "2", "--log-every", "1",
             "--sample-every", "100", "--device", "cpu", "--quiet"]
-
-
-def _losses(run_dir) -> list[str]:
-    return [r["loss"] for r in csv.DictReader((run_dir / "metrics.csv").open())]
-
-
-def _checkpoint(run_dir) -> dict[str, torch.Tensor]:
-    parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +163,7 @@ def test_a_latent_run_keeps_the_autoencoder_config_and_weights_and_fits_the_scal
     assert model.latent == str((runs / "ae").resolve())
     assert model.autoencoder == RunConfig.load(runs / "ae" / "config.json").model_config()
     assert model.net_shape == (4, 4, 4) and (model.image_size, model.channels) == (8, 1)
-    tensors = _checkpoint(runs / "r")
+    tensors = checkpoint_tensors(runs / "r")
     for name, t in ae_weights.items():  # the autoencoder run's EMA network, frozen in both copies
         if name.startswith("net."):
             assert torch.equal(tensors[f"model/autoencoder.{name[4:]}"], t), name
@@ -193,8 +175,8 @@ def test_a_latent_run_keeps_the_autoencoder_config_and_weights_and_fits_the_scal
 
 def test_a_resumed_latent_run_replays_the_straight_run_exactly(runs):
     runs, _ = runs
-    assert _losses(runs / "r") == _losses(runs / "straight") and len(_losses(runs / "r")) == 4
-    straight, resumed = _checkpoint(runs / "straight"), _checkpoint(runs / "r")
+    assert run_losses(runs / "r") == run_losses(runs / "straight") and len(run_losses(runs / "r")) == 4
+    straight, resumed = checkpoint_tensors(runs / "straight"), checkpoint_tensors(runs / "r")
     assert set(straight) == set(resumed)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
@@ -415,7 +397,7 @@ def test_set_latent_ae32_names_the_bundled_autoencoder(tmp_path, pixelforge_cach
     model = RunConfig.load(runs / "l" / "config.json").model_config()
     assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
     shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
-    tensors = _checkpoint(runs / "l")
+    tensors = checkpoint_tensors(runs / "l")
     for name, t in shipped.items():
         if name.startswith("net."):
             assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
