@@ -31,3 +31,16 @@ def checkpoint_tensors(run_dir) -> dict[str, torch.Tensor]:
     """Every tensor of a run's last checkpoint, named "part/name" (model/..., ema/..., optimiser states)."""
     parts, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
     return {f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()}
+
+
+def assert_holds_ae32(run_dir) -> None:
+    """A latent run's config names the bundled autoencoder ae-32 (4x8x8 latents) and its last checkpoint's EMA
+    weights hold ae-32's network tensor for tensor."""
+    from pixelforge.runs import BUNDLED_MODELS_DIR, RunConfig, load_weights
+
+    model = RunConfig.load(run_dir / "config.json").model_config()
+    assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
+    tensors = checkpoint_tensors(run_dir)
+    for name, t in load_weights(BUNDLED_MODELS_DIR / "ae-32").items():
+        if name.startswith("net."):
+            assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name

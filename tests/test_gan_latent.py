@@ -10,9 +10,9 @@ import pixelforge
 from pixelforge.condition import Cond
 from pixelforge.models import OptimConfig
 from pixelforge.models.gan import LATENT_STD, GANConfig, GANModel
-from pixelforge.runs import BUNDLED_MODELS_DIR, RunConfig, load_weights
+from pixelforge.runs import BUNDLED_MODELS_DIR
 
-from run_files import checkpoint_tensors, cli, run_losses  # tests/run_files.py
+from run_files import assert_holds_ae32, checkpoint_tensors, cli, run_losses  # tests/run_files.py
 
 # what the bundled ae-32 is: 32x32 RGB -> 4 x 8 x 8
 AE32 = {"base_channels": 32, "channel_mult": (1, 2, 2), "latent_channels": 4}
@@ -36,14 +36,8 @@ def runs(tmp_path_factory):
 
 
 def test_a_latent_gan_run_keeps_ae32s_config_and_weights_and_samples_images(runs):
-    model = RunConfig.load(runs / "straight" / "config.json").model_config()
-    assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
-    shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
-    tensors = checkpoint_tensors(runs / "straight")
-    for name, t in shipped.items():
-        if name.startswith("net."):
-            assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
-    assert float(tensors["ema/latent_scale"].min()) > 0  # fitted by the first batch, carried by the EMA weights
+    assert_holds_ae32(runs / "straight")
+    assert float(checkpoint_tensors(runs / "straight")["ema/latent_scale"].min()) > 0  # fitted by the first batch, carried by the EMA weights
     g = pixelforge.load(runs / "straight", device="cpu")
     images, _ = g.generate_tensor(3, labels=[0, 1, 2], seed=0)
     assert images.shape == (3, 3, 32, 32) and float(images.abs().max()) <= 1

@@ -21,7 +21,7 @@ from pixelforge.metrics.reconstruction import psnr, reconstruction_figures, ssim
 from pixelforge.models import AutoencoderConfig, AutoencoderModel, DiffusionConfig, DiffusionModel, OptimConfig
 from pixelforge.runs import RunConfig, build_model, load_weights
 
-from run_files import checkpoint_tensors, cli, run_losses  # tests/run_files.py
+from run_files import assert_holds_ae32, checkpoint_tensors, cli, run_losses  # tests/run_files.py
 
 # 8x8 digits; the autoencoder halves the side once (channel_mult 1,2): 4x4x4 latents.
 AE = ["--model", "autoencoder", "--base-channels", "8", "--channel-mult", "1,2"]
@@ -388,19 +388,11 @@ def _colour_folder(folder, n: int = 12, size: int = 32):
 
 
 def test_set_latent_ae32_names_the_bundled_autoencoder(tmp_path, pixelforge_cache):
-    from pixelforge.runs import BUNDLED_MODELS_DIR
-
     data = _colour_folder(tmp_path / "colour")
     runs = tmp_path / "runs"
     cli("train", data, "--name", "l", "--image-size", "32", "--steps", "2", "--set", "latent=ae-32", *LATENT,
         *_common(runs))
-    model = RunConfig.load(runs / "l" / "config.json").model_config()
-    assert model.latent == str((BUNDLED_MODELS_DIR / "ae-32").resolve()) and model.net_shape == (4, 8, 8)
-    shipped = load_weights(BUNDLED_MODELS_DIR / "ae-32")
-    tensors = checkpoint_tensors(runs / "l")
-    for name, t in shipped.items():
-        if name.startswith("net."):
-            assert torch.equal(tensors[f"ema/autoencoder.{name[4:]}"], t), name
+    assert_holds_ae32(runs / "l")
     images, _ = pixelforge.load(runs / "l", device="cpu").generate_tensor(2, seed=0, steps=2)
     assert images.shape == (2, 3, 32, 32) and float(images.abs().max()) <= 1
 
