@@ -456,8 +456,10 @@ def test_generate_and_edit_mark_by_default_and_not_when_turned_off(run32):
     assert plain.info["pixelforge"] == {**plain.info["pixelforge"], "watermark": False, "watermark_reason": "turned off"}
     # the untrained model draws pixels at 0 and 255, which clip any mark away: tried, and recorded as not marked
     assert drawn.info["pixelforge"]["watermark_reason"].startswith(UNREADABLE) and found_or_says_why(drawn)
-    # 32x32 1/f noise edited by an untrained model is busy: some such edits carry a mark, others cannot
-    inputs = [photo(32, seed=k, mode="L") for k in range(4)]
+    # Whether a busy 32x32 edit carries a mark depends on its payload, which holds the checkpoint's hash: about
+    # half of full-contrast 1/f noise edits do, and which half changes with the machine that trained the run.
+    # At half the contrast every edit carried it, under each of 20 model ids tried; still, one is asked for.
+    inputs = [photo(32, seed=k, mode="L").point(lambda v: 128 + (v - 128) // 2) for k in range(4)]
     edited = g.edit(inputs, strength=0.5, seed=2, steps=2, label=1)
     edited_plain = g.edit(inputs, strength=0.5, seed=2, steps=2, label=1, watermark=False)
     assert all(found_or_says_why(e) for e in edited)
