@@ -78,10 +78,10 @@ def train_argv(minutes: float, seed: int, name: str, runs_dir: Path, extra: list
 
 
 def read_plan(run_dir: Path) -> dict:
-    """What the planner chose, from the run's config.json: width, batch, augmentation, lr, EMA, precision."""
+    """What the planner chose, from the run's config.json: width, depth, batch, augmentation, lr, EMA, precision."""
     cfg = json.loads((run_dir / "config.json").read_text())
     model, train, optim = cfg["model"], cfg["train"], cfg["optim"]
-    return {"base_channels": model["base_channels"], "batch_size": train["batch_size"],
+    return {"base_channels": model["base_channels"], "depth": model.get("depth", 1), "batch_size": train["batch_size"],
             "diffaugment": model["diffaugment"], "r1_gamma": model["r1_gamma"], "lr": optim["lr"],
             "betas": [optim["beta1"], optim["beta2"]], "ema_decay": train["ema_decay"],
             "precision": train["precision"], "planned_steps": train["steps"]}
@@ -185,7 +185,7 @@ def class_grid(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_
 
 def table(rows: dict[str, dict]) -> str:
     """A markdown table of the rows, by label, budget and seed; recall below RECALL_GOAL is marked."""
-    lines = ["| config | budget min | seed | width | batch | diffaugment | steps | images seen | train s | FID | KID | "
+    lines = ["| config | budget min | seed | width (depth) | batch | diffaugment | steps | images seen | train s | FID | KID | "
              "precision | recall | pairs covered | load before/after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows.values(), key=lambda r: (r["label"], r["budget_min"], r["seed"])):
@@ -197,7 +197,7 @@ def table(rows: dict[str, dict]) -> str:
         recall = _num(r.get("recall"), ".3f")
         if r.get("recall") is not None and r["recall"] <= RECALL_GOAL:
             recall += " (low)"
-        lines.append(f"{head} {r.get('base_channels', '-')} | {r.get('batch_size', '-')} | "
+        lines.append(f"{head} {r.get('base_channels', '-')} ({r.get('depth', 1)}) | {r.get('batch_size', '-')} | "
                      f"{r.get('diffaugment') or 'off'} | {_num(r.get('steps'), 'd')} | {_num(r.get('images'), ',')} | "
                      f"{_num(r.get('train_s'), '.0f')} | {_num(r.get('fid'), '.1f')} | {_num(r.get('kid'), '.3f')} | "
                      f"{_num(r.get('precision'), '.3f')} | {recall} | {_num(r.get('pairs_covered'), '.3f')} | {load} |")

@@ -59,6 +59,24 @@ def test_other_sizes_sample_and_train_unconditionally(size, channels):
     assert torch.isfinite(torch.tensor(figures["d_loss"]))
 
 
+def test_depth_adds_blocks_at_each_side_and_depth_1_keeps_the_layout_of_old_checkpoints():
+    one, three = tiny_model(image_size=16, num_classes=2), tiny_model(image_size=16, num_classes=2, depth=3)
+    # 16 -> 4x4 start, 2 levels: G has one block per level at depth 1 and three at depth 3; D as many, plus its last
+    assert [len(one.G.blocks), len(three.G.blocks)] == [2, 6] and [len(one.D.blocks), len(three.D.blocks)] == [3, 7]
+    assert [b.up for b in three.G.blocks] == [True, False, False] * 2
+    assert [b.down for b in three.D.blocks] == [False, False, True] * 2 + [False]
+    # depth 1 is the layout checkpoints hold: every G block doubles the side, with a 1x1 shortcut; an extra
+    # block keeps its width and its shortcut is the identity
+    assert all(b.up and isinstance(b.skip, torch.nn.Conv2d) for b in one.G.blocks)
+    assert "G.blocks.1.skip.weight" in one.state_dict() and "G.blocks.1.skip.weight" not in three.state_dict()
+    x = three.sample(2, Cond(labels=torch.tensor([0, 1])), seed=0)
+    assert x.shape == (2, 1, 16, 16)
+    before = {k: v.clone() for k, v in three.state_dict().items() if ".blocks.4." in k}
+    figures = three.training_step(torch.rand(4, 1, 16, 16) * 2 - 1, Cond(labels=torch.tensor([0, 1, 0, 1])), 0)
+    assert torch.isfinite(torch.tensor(figures["d_loss"]))
+    assert any(not torch.equal(v, three.state_dict()[k]) for k, v in before.items())  # the extra blocks train
+
+
 def test_same_seed_gives_the_same_samples_and_another_seed_others(model):
     cond = Cond(labels=torch.tensor([4, 5]))
     a, b, c = model.sample(2, cond, seed=11), model.sample(2, cond, seed=11), model.sample(2, cond, seed=12)
@@ -269,6 +287,7 @@ def test_translation_shifts_by_at_most_one_eighth_and_cutout_zeroes_a_half_side_
         (dict(r1_every=0), "r1_every"),
         (dict(z_dim=10**7), "z_dim"),
         (dict(base_channels=-4), "base_channels"),
+        (dict(depth=0), "depth"),
     ],
 )
 def test_invalid_config_raises_a_clear_value_error(changes, message):

@@ -87,7 +87,7 @@ def test_the_bench_table_has_a_row_per_run_marks_low_recall_and_shows_failures(b
                   "load_after": [1, 1, 1]}}
     lines = bench.table(rows).splitlines()
     assert len(lines) == 5 and lines[0].startswith("| config | budget min | seed |")
-    assert lines[2] == ("| plan | 2 | 0 | 16 | 32 | off | 1200 | 38,400 | 300 | 41.2 | 0.031 | 0.610 | 0.300 (low) | "
+    assert lines[2] == ("| plan | 2 | 0 | 16 (1) | 32 | off | 1200 | 38,400 | 300 | 41.2 | 0.031 | 0.610 | 0.300 (low) | "
                         "0.750 | 3.2/4.0 |")  # budgets in order; recall at the goal counts as low
     assert lines[3].startswith("| plan | 2 | 1 | failed: out of memory |")
     assert lines[4].endswith("| 0.450 | 0.750 | 3.2/4.0 |") and "| 5 | 0 |" in lines[4]

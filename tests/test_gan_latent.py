@@ -105,13 +105,14 @@ def test_latent_gan_settings_that_cannot_work_are_refused_with_their_reason():
 
 
 def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache):
-    from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, StepTiming, describe_plan,
-                                         plan_run)
+    from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, GAN_WIDTHS, LATENT_GAN_DEPTH,
+                                         StepTiming, describe_plan, plan_run)
 
-    seen = []
+    seen, timed = [], []
 
     def measure(cfg, candidates, device, **kw):  # records what is timed; a planner needs one timing
         seen.append(cfg.model_config().net_shape)
+        timed.append(candidates)
         return [StepTiming(model_fields=dict(c), parameters=1000, points=((16, 0.01), (64, 0.04))) for c in candidates]
 
     # 10 minutes of these steps are hundreds of passes over the set: a pixel GAN would get the family's full
@@ -122,6 +123,14 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
     assert seen == [(4, 8, 8)] and cfg.model_config().net_shape == (4, 8, 8)
     assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / "ae-32").resolve())
     assert cfg.model["diffaugment"] == GAN_SHORT_AUGMENT
-    assert any("GAN base width" in line and "DiffAugment translation" in line for line in describe_plan(cfg, plan))
+    # a latent GAN's networks have one level: every width is timed, and trained, with more blocks per level
+    assert timed[0] == [{"base_channels": w, "depth": LATENT_GAN_DEPTH} for w in GAN_WIDTHS] and LATENT_GAN_DEPTH > 1
+    assert cfg.model_config().depth == LATENT_GAN_DEPTH
+    assert any(f"GAN base width {cfg.model['base_channels']}, depth {LATENT_GAN_DEPTH}, DiffAugment translation" in line
+               for line in describe_plan(cfg, plan))
     pixel, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
     assert pixel.model["diffaugment"] == GANConfig.diffaugment != GAN_SHORT_AUGMENT
+    assert timed[1] == [{"base_channels": w} for w in GAN_WIDTHS] and pixel.model_config().depth == 1
+    given, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,
+                        model_fields={"latent": "ae-32", "depth": 2})  # a depth given wins
+    assert {c["depth"] for c in timed[2]} == {2} and given.model_config().depth == 2

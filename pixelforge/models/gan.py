@@ -41,6 +41,9 @@ class GANConfig(TextFields):
         normalisation gains) and D (projection).
     z_dim: size of the latent z ~ N(0, I).
     base_channels: width at full resolution; it doubles (up to 8x) each time the side halves.
+    depth: residual blocks per level of each network: the one that doubles (G) or halves (D) the side, and
+        depth - 1 more at the same side. 1 is SNGAN's layout; a GAN in latents (8x8: one level) has few layers
+        without more.
     r1_gamma: weight of the R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al.
         2018); 0 turns it off. With diffaugment, D sees T(x) and the gradient is taken with respect to
         the un-augmented x, through T.
@@ -69,6 +72,7 @@ class GANConfig(TextFields):
     num_classes: int = 0
     z_dim: int = 128
     base_channels: int = 32
+    depth: int = 1
     r1_gamma: float = 0.1
     r1_every: int = 4
     diffaugment: str = "color,translation,cutout"
@@ -80,7 +84,7 @@ class GANConfig(TextFields):
     # Size fields and their valid ranges (limits.py).
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "z_dim": (1, 4096), "base_channels": WIDTH,
-        "r1_every": (1, 10_000), "d_steps": (1, 64), **TEXT_BOUNDS,
+        "depth": (1, 8), "r1_every": (1, 10_000), "d_steps": (1, 64), **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -155,7 +159,7 @@ class GANModel(FamilyModule):
         self.optim_config = optim or OptimConfig()
         net_channels, net_side, _ = config.net_shape  # the images', or an autoencoder's latents'
         shape = dict(image_size=net_side, channels=net_channels, base_channels=config.base_channels,
-                     num_classes=config.num_classes)
+                     num_classes=config.num_classes, depth=config.depth)
         vector_dim = gan_widths(net_side, config.base_channels)[0] if config.text_dim else 0
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.G = Generator(z_dim=config.z_dim, vector_dim=vector_dim, **shape)

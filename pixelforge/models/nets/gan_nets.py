@@ -65,21 +65,25 @@ class ConditionalNorm(nn.Module):
 
 
 class GBlock(nn.Module):
-    """Norm-ReLU-up-conv, norm-ReLU-conv, plus an upsampled 1x1 shortcut (SNGAN's generator block)."""
+    """Norm-ReLU-up-conv, norm-ReLU-conv, plus an upsampled 1x1 shortcut (SNGAN's generator block).
+    up=False: the same at the same side, with an identity shortcut (the extra blocks of GANConfig.depth)."""
 
-    def __init__(self, cin: int, cout: int, num_classes: int, vector_dim: int = 0):
+    def __init__(self, cin: int, cout: int, num_classes: int, vector_dim: int = 0, *, up: bool = True):
         super().__init__()
+        self.up = up
         self.norm1 = ConditionalNorm(cin, num_classes, vector_dim)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.norm2 = ConditionalNorm(cout, num_classes, vector_dim)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1)
+        self.skip = nn.Conv2d(cin, cout, 1) if up or cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, vector: torch.Tensor | None = None) -> torch.Tensor:
-        # (B, cin, S, S) -> (B, cout, 2S, 2S)
-        h = F.interpolate(F.relu(self.norm1(x, y, vector)), scale_factor=2, mode="nearest")
+        # (B, cin, S, S) -> (B, cout, 2S, 2S), or (B, cout, S, S) where not up
+        h = F.relu(self.norm1(x, y, vector))
+        if self.up:
+            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
         h = self.conv2(F.relu(self.norm2(self.conv1(h), y, vector)))
-        return self.skip(F.interpolate(x, scale_factor=2, mode="nearest")) + h
+        return self.skip(x) + h
 
 
 class Generator(nn.Module):
@@ -87,13 +91,15 @@ class Generator(nn.Module):
     images (B, C, S, S) in [-1, 1]."""
 
     def __init__(self, *, image_size: int, channels: int, z_dim: int, base_channels: int, num_classes: int,
-                 vector_dim: int = 0):
+                 vector_dim: int = 0, depth: int = 1):
         super().__init__()
         self.num_classes = num_classes
         widths = gan_widths(image_size, base_channels)
         self.start = gan_levels(image_size)[0]
         self.fc = nn.Linear(z_dim, widths[0] * self.start**2)
-        self.blocks = nn.ModuleList(GBlock(widths[k - 1], widths[k], num_classes, vector_dim) for k in range(1, len(widths)))
+        # each level: one block that doubles the side, then depth - 1 at the side it reached
+        self.blocks = nn.ModuleList(GBlock(widths[k - 1] if j == 0 else widths[k], widths[k], num_classes, vector_dim, up=j == 0)
+                                    for k in range(1, len(widths)) for j in range(depth))
         self.norm_out = nn.GroupNorm(_groups(widths[-1]), widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
@@ -137,12 +143,16 @@ class Discriminator(nn.Module):
     Returns one logit per image (B,).
     """
 
-    def __init__(self, *, image_size: int, channels: int, base_channels: int, num_classes: int, vector_dim: int = 0):
+    def __init__(self, *, image_size: int, channels: int, base_channels: int, num_classes: int, vector_dim: int = 0,
+                 depth: int = 1):
         super().__init__()
         self.num_classes = num_classes
         widths = gan_widths(image_size, base_channels)
         blocks, cin = [], channels
         for k in range(len(widths) - 1, 0, -1):  # side start * 2**k -> start * 2**(k-1)
+            for _ in range(depth - 1):  # depth - 1 blocks at this side, then the one that halves it
+                blocks.append(DBlock(cin, widths[k], down=False, first=not blocks))
+                cin = widths[k]
             blocks.append(DBlock(cin, widths[k - 1], down=True, first=not blocks))
             cin = widths[k - 1]
         blocks.append(DBlock(cin, widths[0], down=False, first=not blocks))  # one more block at the start side
