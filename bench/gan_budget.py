@@ -27,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,21 @@ def read_plan(run_dir: Path) -> dict:
             "precision": train["precision"], "planned_steps": train["steps"]}
 
 
+def exit_reason(rc: int, stderr_lines: list[str]) -> str | None:
+    """Why a subprocess failed: its last stderr line, else the signal that ended it or its exit status (a run
+    killed from outside writes no error line); None when it succeeded."""
+    if rc == 0:
+        return None
+    if stderr_lines:
+        return stderr_lines[-1]
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}, no error line"
+        except ValueError:  # not a signal this platform names
+            return f"killed by signal {-rc}, no error line"
+    return f"exit status {rc}, no error line"
+
+
 def run_pixelforge(argv: list[str], threads: int) -> dict:
     """One `pixelforge` call in a subprocess with `threads` torch threads: exit status, last error line, wall and
     CPU seconds (getrusage of children), load average before and after."""
@@ -100,7 +116,7 @@ def run_pixelforge(argv: list[str], threads: int) -> dict:
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [line.strip() for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    return {"rc": proc.returncode, "error": (lines[-1:] or [None])[0] if proc.returncode else None,
+    return {"rc": proc.returncode, "error": exit_reason(proc.returncode, lines),
             "wall_s": round(wall, 1), "cpu_s": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 1),
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
 

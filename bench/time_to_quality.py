@@ -562,10 +562,14 @@ def score_again(config: str, label: str, a: argparse.Namespace, photos: Path, ru
         return
     path = out / "results.json"
     before = json.loads(path.read_text())["rows"] if path.is_file() else {}
-    for minutes, name, argv in train_commands(config, photos, runs_dir, a.budgets, a.device):
-        if CONFIGS[config].kind == "continued":
-            print(f"skip {config}: a continued run holds only its last budget's weights", flush=True)
-            return
+    commands = train_commands(config, photos, runs_dir, a.budgets, a.device)
+    if CONFIGS[config].kind == "continued":
+        # one run holds only the weights of where it stopped: they are the row of the last budget asked (a run
+        # of steps that ended before that budget, as `readme` at 240 min after its 10,000 steps, holds its end)
+        print(f"{config}: a continued run holds only its last weights; scoring them as its {fmt(commands[-1][0])}-min row",
+              flush=True)
+        commands = commands[-1:]
+    for minutes, name, argv in commands:
         if not (runs_dir / name / "checkpoints").is_dir():
             print(f"skip {config} at {fmt(minutes)} min: no run {runs_dir / name} to score (train it first)", flush=True)
             continue

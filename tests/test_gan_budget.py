@@ -100,6 +100,14 @@ def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_
     assert bench.row_key("plan", 0.5, 0) == "plan@0.5/s0"
 
 
+def test_a_failed_run_says_why_even_when_killed_without_an_error_line(bench):
+    assert bench.exit_reason(0, ["a warning"]) is None
+    assert bench.exit_reason(1, ["Traceback", "ValueError: shapes: no images"]) == "ValueError: shapes: no images"
+    assert bench.exit_reason(-9, []) == "killed by SIGKILL, no error line"
+    assert bench.exit_reason(-15, []) == "killed by SIGTERM, no error line"
+    assert bench.exit_reason(2, []) == "exit status 2, no error line"
+
+
 def test_palette_attributes_name_the_background_and_colour_the_shapes_set_drew(bench):
     from pixelforge.data.bundled import load_bundled
     from pixelforge.data.shapes import shape_attributes

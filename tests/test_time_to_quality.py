@@ -100,6 +100,25 @@ def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq)
         ttq.train_commands("peer", "PH", "RUNS", [2])
 
 
+def test_score_only_scores_a_continued_run_once_as_its_last_budget_and_each_budget_run_by_its_own(ttq, tmp_path,
+                                                                                                   monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    for name in ("readme", "minutes-2min", "minutes-10min"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+    scored = []
+    monkeypatch.setattr(ttq, "read_metrics", lambda run: {"steps": 10000, "images": 640000, "train_s": 9600.0})
+    monkeypatch.setattr(ttq, "sample_ours", lambda run, n, device, sampling: (run.name, None, {"evaluations": 35}))
+    a = ttq.parse_args(["--budgets", "2,10,240", "--score-only"])
+    finish = lambda row, images, labels: scored.append((row["config"], row["budget_min"], images))  # noqa: E731
+    ttq.score_again("readme", "readme", a, "PH", runs, tmp_path, finish)
+    assert scored == [("readme", 240, "readme")]  # the one run's end, not a row per budget
+    assert "240-min row" in capsys.readouterr().out
+    scored.clear()
+    ttq.score_again("minutes", "minutes", a, "PH", runs, tmp_path, finish)
+    assert scored == [("minutes", 2, "minutes-2min"), ("minutes", 10, "minutes-10min")]
+    assert "no run" in capsys.readouterr().out  # minutes-240min was never trained: said, and skipped
+
+
 def test_read_metrics_takes_the_last_step_images_and_training_seconds(ttq, tmp_path):
     (tmp_path / "metrics.csv").write_text("step,images,loss,elapsed_s\n10,640,0.5,3.0\n20,1280,0.4,6.5\n25,1600,0.3,\n")
     assert ttq.read_metrics(tmp_path) == {"steps": 25, "images": 1600, "train_s": 6.5}
