@@ -316,6 +316,61 @@ def test_the_first_batch_fixes_the_latent_scale_and_only_the_denoiser_trains():
     assert torch.allclose(model.encode_latents(x), model.autoencoder.encode(x)[0] * scale)
 
 
+def test_the_latent_cache_encodes_each_image_once_alone_and_a_copy_starts_empty():
+    import copy
+
+    from pixelforge.models.autoencoder import LatentCache, make_first_stage
+
+    ae = make_first_stage(AutoencoderConfig(image_size=8, channels=3, base_channels=8, channel_mult=(1, 2)))
+    x = _blocks(6, seed=0, size=8)
+    cache = LatentCache()
+    first = cache.means(ae, x)
+    alone = torch.cat([ae.encode(x[i:i + 1])[0] for i in range(6)])
+    assert torch.equal(first, alone)  # each image encoded in a batch of one: the same bits whatever batch it came in
+    assert torch.allclose(first, ae.encode(x)[0], atol=1e-5)
+    assert cache.encoded == 6 and len(cache) == 6
+    again = cache.means(ae, torch.cat([x[3:], x[:3]]))  # the same images in another order: nothing encoded
+    assert cache.encoded == 6 and torch.equal(again, torch.cat([first[3:], first[:3]]))
+    changed = x[:2].clone()
+    changed[0, 0, 0, 0] += 0.5  # one pixel changed (as augmentation would): another image
+    out = cache.means(ae, changed)
+    assert cache.encoded == 7 and torch.equal(out[1], first[1]) and not torch.equal(out[0], first[0])
+    assert len(copy.deepcopy(cache)) == 0  # the EMA copy of a model does not carry the training images' latents
+    full = LatentCache(max_bytes=0)  # over the cap: still encoded alone, not kept
+    assert torch.equal(full.means(ae, x), first) and len(full) == 0
+    full.means(ae, x)
+    assert full.encoded == 12
+
+
+def test_a_latent_model_encodes_each_training_image_once_over_epochs():
+    from pixelforge.models import GANConfig, GANModel
+
+    x = _blocks(4, seed=0, size=8)
+    ae = {"base_channels": 8, "channel_mult": (1, 2)}
+    diffusion = DiffusionModel(DiffusionConfig(image_size=8, channels=3, base_channels=8, channel_mult=(1,),
+                                               num_res_blocks=1, autoencoder=ae), seed=0)
+    gan = GANModel(GANConfig(image_size=16, channels=3, base_channels=8, diffaugment="", autoencoder=ae), seed=0)
+    for model, images in ((diffusion, x), (gan, _blocks(4, seed=0, size=16))):
+        for step in range(3):  # three epochs of the same four images
+            model.training_step(images, Cond(), step)
+        assert model._latent_cache.encoded == 4
+
+
+def test_the_cache_bench_times_both_ways_and_the_cached_model_encodes_nothing_after_the_first_pass(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "latent_cache.py"
+    spec = importlib.util.spec_from_file_location("bench_latent_cache", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.main(["--quick", "--json", "--threads", "1"])
+    assert r["quick"] and r["model"] == "gan" and 0 < r["cached_images"] <= r["images"] == 64
+    assert r["encoded_in_steps"] == 0  # every timed step's images were in the cache
+    assert set(r["s_per_step"]) == {"cached", "every batch"} and all(s > 0 for s in r["s_per_step"].values())
+    assert r["speedup"] == pytest.approx(r["s_per_step"]["every batch"] / r["s_per_step"]["cached"])
+
+
 def test_the_onnx_example_inputs_and_the_budget_planner_take_the_latent_shape(runs):
     from pixelforge.compress.graph import example_inputs
     from pixelforge.train.budget import plan_run

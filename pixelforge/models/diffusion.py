@@ -23,7 +23,7 @@ from .nets.controlnet import ControlNet
 from .nets.dit import DiT
 from .nets.unet import UNet
 from .adapter import AdapterConfig, adapter_config
-from .autoencoder import AutoencoderConfig, check_latent_fields, latent_shape, make_first_stage
+from .autoencoder import AutoencoderConfig, LatentCache, check_latent_fields, latent_shape, make_first_stage
 from .distill import DistillConfig, distill_config, progressive_distillation_loss
 from ..distributed import all_gather_cat
 from .common import check_seeds, seeded_init
@@ -393,6 +393,7 @@ class DiffusionModel(FamilyModule):
             # 1 / std, unit variance for its DDPM; EDM's preconditioning expects data of std sigma_data (pixels
             # in [-1, 1] have about 0.5), so the latents are scaled to that: sigma_data / std.
             self.register_buffer("latent_scale", torch.tensor(0.0))
+            self._latent_cache = LatentCache()  # the training images' latents, encoded once each
 
     # --- latent diffusion ----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -482,14 +483,14 @@ class DiffusionModel(FamilyModule):
     def _training_latents(self, x: torch.Tensor) -> torch.Tensor:
         """A training batch's latents; the first batch also fixes the scale, sigma_data / std of its latents
         (over every process's share)."""
+        mean = self._latent_cache.means(self.autoencoder, x)  # (B, c, h, w), each image encoded once a run
         if float(self.latent_scale) == 0.0:
-            mean, _ = self.autoencoder.eval().encode(x)
             std = all_gather_cat(mean).float().std()
             if not bool(torch.isfinite(std)) or float(std) <= 0:
                 raise ValueError(f"the autoencoder's latents of the first batch have std {float(std)}: it cannot "
                                  "be used for latent diffusion (train it longer, or check its run)")
             self.latent_scale.fill_(self.config.sigma_data / float(std))
-        return self.encode_latents(x)
+        return mean * self._scale()
 
     # --- EDM ---------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..distributed import all_gather_cat
 from ..sampling import PerSampleGenerator
 from .nets.gan_nets import Discriminator, Generator, gan_levels, gan_widths
 from .augment import diff_augment, parse_policy
-from .autoencoder import AutoencoderConfig, check_latent_fields, latent_shape, make_first_stage
+from .autoencoder import AutoencoderConfig, LatentCache, check_latent_fields, latent_shape, make_first_stage
 from .common import check_seeds, seeded_init
 from .family import FamilyModule, NetworkCall
 from .limits import IMAGE_SIZE, NUM_CLASSES, WIDTH, check_bounds
@@ -176,6 +176,7 @@ class GANModel(FamilyModule):
             # from then on (buffers: checkpoints and exports carry them); scale 0 until that batch is seen
             self.register_buffer("latent_shift", torch.zeros(net_channels))  # (latent_channels,)
             self.register_buffer("latent_scale", torch.zeros(net_channels))
+            self._latent_cache = LatentCache()  # the training images' latents, encoded once each
             # the network call that compress/ exports runs the decoder too
             self.network_call = NetworkCall("synthesize", ("z",), ("G", "text_g", "autoencoder"))
 
@@ -215,16 +216,17 @@ class GANModel(FamilyModule):
     def _training_latents(self, x: torch.Tensor) -> torch.Tensor:
         """A training batch's latents; the first batch also fixes the shift and scale, the mean and LATENT_STD / std
         of each channel of its latents (over every process's share)."""
+        mean = self._latent_cache.means(self.autoencoder, x)  # (B, c, h, w), each image encoded once a run
         if float(self.latent_scale.max()) == 0.0:
-            mean, _ = self.autoencoder.eval().encode(x.to(torch.float32))
-            mean = all_gather_cat(mean).float()  # (B, c, h, w)
-            std = mean.std(dim=(0, 2, 3))  # (c,)
+            every = all_gather_cat(mean).float()  # (B x processes, c, h, w)
+            std = every.std(dim=(0, 2, 3))  # (c,)
             if not bool(torch.isfinite(std).all()) or float(std.min()) <= 0:
                 raise ValueError(f"the autoencoder's latents of the first batch have std {std.tolist()} per channel: "
                                  "it cannot be used for a latent GAN (train it longer, or check its run)")
-            self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
+            self.latent_shift.copy_(every.mean(dim=(0, 2, 3)))
             self.latent_scale.copy_(LATENT_STD / std)
-        return self.encode_latents(x)
+        shift, scale = self._latent_affine()
+        return (mean - shift) * scale
 
     def to_images(self, out: torch.Tensor) -> torch.Tensor:
         """What G makes -> images (B, C, H, W), before the clamp to [-1, 1]: decoded latents, or G's images."""
