@@ -79,11 +79,12 @@ def train_argv(minutes: float, seed: int, name: str, runs_dir: Path, extra: list
 
 
 def read_plan(run_dir: Path) -> dict:
-    """What the planner chose, from the run's config.json: width, depth, batch, augmentation, lr, EMA, precision."""
+    """What the planner chose, from the run's config.json: width, depth, batch, augmentation, lr, EMA, precision
+    (a run of another family, `--extra "--model diffusion"`, has no depth, augmentation or R1: None)."""
     cfg = json.loads((run_dir / "config.json").read_text())
     model, train, optim = cfg["model"], cfg["train"], cfg["optim"]
     return {"base_channels": model["base_channels"], "depth": model.get("depth", 1), "batch_size": train["batch_size"],
-            "diffaugment": model["diffaugment"], "r1_gamma": model["r1_gamma"], "lr": optim["lr"],
+            "diffaugment": model.get("diffaugment"), "r1_gamma": model.get("r1_gamma"), "lr": optim["lr"],
             "betas": [optim["beta1"], optim["beta2"]], "ema_decay": train["ema_decay"],
             "precision": train["precision"], "planned_steps": train["steps"]}
 
