@@ -293,7 +293,7 @@ def main(argv=None) -> dict:
             row = {"label": a.label, "budget_min": minutes, "seed": seed, "command": ["pixelforge", *argv_],
                    "quick": a.quick, **{k: v for k, v in res.items() if k not in ("rc", "error")}}
             if res["rc"] != 0:
-                row["error"] = res["error"] or f"exit status {res['rc']}"
+                row["error"] = res["error"]  # exit_reason: never empty for a failed call
                 print(f"  failed: {row['error']}", flush=True)
             else:
                 row.update(read_metrics(runs_dir / name), **read_plan(runs_dir / name))

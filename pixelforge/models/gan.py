@@ -209,6 +209,10 @@ class GANModel(FamilyModule):
         """Images (B, C, H, W) in [-1, 1] -> latents (B, c, h, w) as G and D see them: the autoencoder's posterior
         means, shifted and scaled (LATENT_STD)."""
         mean, _ = self.autoencoder.eval().encode(x.to(self.device, torch.float32))
+        return self._affine_latents(mean)
+
+    def _affine_latents(self, mean: torch.Tensor) -> torch.Tensor:
+        """Posterior means (B, c, h, w) -> the latents G and D see: shifted and scaled per channel."""
         shift, scale = self._latent_affine()
         return (mean - shift) * scale
 
@@ -225,8 +229,7 @@ class GANModel(FamilyModule):
                                  "it cannot be used for a latent GAN (train it longer, or check its run)")
             self.latent_shift.copy_(every.mean(dim=(0, 2, 3)))
             self.latent_scale.copy_(LATENT_STD / std)
-        shift, scale = self._latent_affine()
-        return (mean - shift) * scale
+        return self._affine_latents(mean)
 
     def to_images(self, out: torch.Tensor) -> torch.Tensor:
         """What G makes -> images (B, C, H, W), before the clamp to [-1, 1]: decoded latents, or G's images."""
