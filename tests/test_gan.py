@@ -77,6 +77,44 @@ def test_depth_adds_blocks_at_each_side_and_depth_1_keeps_the_layout_of_old_chec
     assert any(not torch.equal(v, three.state_dict()[k]) for k, v in before.items())  # the extra blocks train
 
 
+def test_minibatch_std_is_zero_for_a_group_of_copies_and_keeps_real_and_generated_halves_apart():
+    from pixelforge.models.nets.gan_nets import minibatch_std
+
+    h = torch.randn(8, 5, 4, 4)
+    out = minibatch_std(h, 4)
+    assert out.shape == (8, 1, 4, 4)
+    # one value per group of 4 contiguous images, spread over the positions; the two groups differ
+    assert torch.equal(out[:4], out[0, 0, 0, 0].expand(4, 1, 4, 4)) and out[0, 0, 0, 0] != out[4, 0, 0, 0]
+    expected = h[4:].var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+    assert torch.allclose(out[4, 0, 0, 0], expected)
+    copies = h.clone()
+    copies[4:] = h[4]  # the second group: four copies of one image, as a collapsed generator makes
+    assert float(minibatch_std(copies, 4)[4:].max()) < 1e-3 and torch.equal(minibatch_std(copies, 4)[:4], out[:4])
+    # a batch the group does not divide takes the largest group that does: 6 -> groups of 3
+    odd = minibatch_std(torch.randn(6, 2, 2, 2), 4)[:, 0, 0, 0]
+    assert torch.equal(odd[:3], odd[0].expand(3)) and torch.equal(odd[3:], odd[3].expand(3))
+
+
+def test_mbstd_group_gives_d_a_channel_that_sees_collapse_and_0_keeps_the_old_layout():
+    off, on = tiny_model(num_classes=2), tiny_model(num_classes=2, mbstd_group=4)
+    # the last block's first convolution takes one more channel; every other tensor is as before
+    assert on.D.blocks[-1].conv1.weight.shape[1] == off.D.blocks[-1].conv1.weight.shape[1] + 1
+    changed = {k for k, v in on.state_dict().items() if v.shape != off.state_dict()[k].shape}
+    assert set(on.state_dict()) == set(off.state_dict()) and changed
+    assert all(k.startswith(f"D.blocks.{len(on.D.blocks) - 1}.conv1.") for k in changed)
+    y = torch.tensor([0, 1] * 4)
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    collapsed = x.clone()
+    collapsed[4:] = x[4]
+    # D's logit for an image now depends on the others of its group: not so without the layer
+    on.eval(), off.eval()  # no power iteration between the calls compared
+    assert not torch.allclose(on.D(x, y)[4], on.D(collapsed, y)[4])
+    assert torch.allclose(off.D(x, y)[4], off.D(collapsed, y)[4])
+    on.train()
+    figures = on.training_step(x, Cond(labels=y), 0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in figures.values())
+
+
 def test_same_seed_gives_the_same_samples_and_another_seed_others(model):
     cond = Cond(labels=torch.tensor([4, 5]))
     a, b, c = model.sample(2, cond, seed=11), model.sample(2, cond, seed=11), model.sample(2, cond, seed=12)
@@ -288,6 +326,7 @@ def test_translation_shifts_by_at_most_one_eighth_and_cutout_zeroes_a_half_side_
         (dict(z_dim=10**7), "z_dim"),
         (dict(base_channels=-4), "base_channels"),
         (dict(depth=0), "depth"),
+        (dict(mbstd_group=-1), "mbstd_group"),
     ],
 )
 def test_invalid_config_raises_a_clear_value_error(changes, message):

@@ -179,3 +179,24 @@ def test_the_reference_sets_are_the_real_shapes_and_three_degraded_copies_of_the
     assert 5 < err["reference+noise0.1"] < 15  # std 0.1 on [-1, 1] is 12.75 levels: mean |noise| about 10
     assert 0 < err["reference+blur3"] < err["reference+noise0.1"]  # a blur moves only the edges
     assert 0 < err["reference+ae-32"] < 20  # a reconstruction, not another image
+
+
+def test_each_kept_checkpoint_gets_a_run_folder_whose_newest_checkpoint_it_is(bench, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_gan_checkpoints", ROOT / "bench" / "gan_checkpoints.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    from pixelforge.runs.store import weights_file
+
+    run = tmp_path / "g"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for step in (900, 1800, 2000):
+        for suffix in (".safetensors", ".json"):
+            (run / "checkpoints" / f"step_{step:07d}{suffix}").write_text(f"{step}")
+    folders = module.checkpoint_runs(run, tmp_path / "work")
+    assert [f.name for f in folders] == ["g-step_0000900", "g-step_0001800", "g-step_0002000"]
+    for folder, step in zip(folders, (900, 1800, 2000)):
+        assert (folder / "config.json").read_text() == "{}"
+        assert weights_file(folder).read_text() == str(step) and len(list((folder / "checkpoints").iterdir())) == 2
+    assert module.checkpoint_runs(run, tmp_path / "work")[0].name == "g-step_0000900"  # made again over the old

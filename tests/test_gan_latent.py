@@ -106,7 +106,7 @@ def test_latent_gan_settings_that_cannot_work_are_refused_with_their_reason():
 
 def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache):
     from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, GAN_WIDTHS, LATENT_GAN_DEPTH,
-                                         StepTiming, describe_plan, plan_run)
+                                         LATENT_GAN_MBSTD, StepTiming, describe_plan, plan_run)
 
     seen, timed = [], []
 
@@ -123,14 +123,18 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
     assert seen == [(4, 8, 8)] and cfg.model_config().net_shape == (4, 8, 8)
     assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / "ae-32").resolve())
     assert cfg.model["diffaugment"] == GAN_SHORT_AUGMENT
-    # a latent GAN's networks have one level: every width is timed, and trained, with more blocks per level
-    assert timed[0] == [{"base_channels": w, "depth": LATENT_GAN_DEPTH} for w in GAN_WIDTHS] and LATENT_GAN_DEPTH > 1
-    assert cfg.model_config().depth == LATENT_GAN_DEPTH
-    assert any(f"GAN base width {cfg.model['base_channels']}, depth {LATENT_GAN_DEPTH}, DiffAugment translation" in line
-               for line in describe_plan(cfg, plan))
-    pixel, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
+    # a latent GAN's networks have one level: every width is timed, and trained, with more blocks per level, and
+    # D with the minibatch standard deviation
+    assert timed[0] == [{"base_channels": w, "depth": LATENT_GAN_DEPTH, "mbstd_group": LATENT_GAN_MBSTD}
+                        for w in GAN_WIDTHS] and LATENT_GAN_DEPTH > 1 and LATENT_GAN_MBSTD > 1
+    assert (cfg.model_config().depth, cfg.model_config().mbstd_group) == (LATENT_GAN_DEPTH, LATENT_GAN_MBSTD)
+    assert any(f"GAN base width {cfg.model['base_channels']}, depth {LATENT_GAN_DEPTH}, DiffAugment translation, "
+               f"minibatch std over {LATENT_GAN_MBSTD}" in line for line in describe_plan(cfg, plan))
+    pixel, pixel_plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
     assert pixel.model["diffaugment"] == GANConfig.diffaugment != GAN_SHORT_AUGMENT
     assert timed[1] == [{"base_channels": w} for w in GAN_WIDTHS] and pixel.model_config().depth == 1
+    assert pixel.model_config().mbstd_group == 0 and not any("minibatch" in line for line in describe_plan(pixel, pixel_plan))
     given, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,
-                        model_fields={"latent": "ae-32", "depth": 2})  # a depth given wins
-    assert {c["depth"] for c in timed[2]} == {2} and given.model_config().depth == 2
+                        model_fields={"latent": "ae-32", "depth": 2, "mbstd_group": 0})  # a depth or group given wins
+    assert {(c["depth"], c["mbstd_group"]) for c in timed[2]} == {(2, 0)}
+    assert (given.model_config().depth, given.model_config().mbstd_group) == (2, 0)

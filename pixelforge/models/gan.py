@@ -53,6 +53,8 @@ class GANConfig(TextFields):
         applied to every image D sees in training, real and generated, in D's updates and G's; "" turns
         augmentation off. Meant for small data sets.
     d_steps: discriminator updates per training step (each on the same real batch).
+    mbstd_group: D's minibatch standard deviation (nets/gan_nets.py minibatch_std) over groups of this many
+        images; 0 turns it off (the layout of runs made before it).
     text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
         pooled vector conditions G (normalisation gains and shifts) and D (projection) like a label.
     text_dropout: share of training prompts replaced by the absent prompt (G and D alike), so a text
@@ -77,6 +79,7 @@ class GANConfig(TextFields):
     r1_every: int = 4
     diffaugment: str = "color,translation,cutout"
     d_steps: int = 1
+    mbstd_group: int = 0
     text_dropout: float = 0.1
     latent: str = ""
     autoencoder: AutoencoderConfig | dict | None = None
@@ -84,7 +87,8 @@ class GANConfig(TextFields):
     # Size fields and their valid ranges (limits.py).
     BOUNDS: ClassVar[dict] = {
         "image_size": IMAGE_SIZE, "num_classes": NUM_CLASSES, "z_dim": (1, 4096), "base_channels": WIDTH,
-        "depth": (1, 8), "r1_every": (1, 10_000), "d_steps": (1, 64), **TEXT_BOUNDS,
+        "depth": (1, 8), "r1_every": (1, 10_000), "d_steps": (1, 64), "mbstd_group": (0, 64),
+        **TEXT_BOUNDS,
     }
 
     def __post_init__(self):
@@ -163,7 +167,7 @@ class GANModel(FamilyModule):
         vector_dim = gan_widths(net_side, config.base_channels)[0] if config.text_dim else 0
         with seeded_init(seed):  # weight initialisation only; training randomness uses self.train_generator
             self.G = Generator(z_dim=config.z_dim, vector_dim=vector_dim, **shape)
-            self.D = Discriminator(vector_dim=vector_dim, **shape)
+            self.D = Discriminator(vector_dim=vector_dim, mbstd_group=config.mbstd_group, **shape)
             # prompt -> a vector for G and one for D, each trained by that network's optimiser
             self.text_g = make_text_conditioner(config, vector_dim)
             self.text_d = make_text_conditioner(config, vector_dim)

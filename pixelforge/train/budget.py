@@ -96,6 +96,10 @@ GAN_WIDTHS = (16, 32, 64)
 # at width 64 scored FID 142.1 at depth 1, 119.7 and 118.4 (two seeds) at depth 3 and 114.6 at depth 5, a step at
 # depth 3 taking 1.2 to 1.4x the time of one at depth 1 (docs/gan-budget.md, "Deeper networks in latents").
 LATENT_GAN_DEPTH = 3
+# ... and D's minibatch standard deviation over groups of LATENT_GAN_MBSTD images (GANConfig.mbstd_group): in 20 minutes
+# on shapes, seed 1 of the planner's latent GAN without it collapsed early (each class one image whatever its z) and
+# ended at recall 0.072; with it no seed collapsed (docs/gan-budget.md, "Minibatch standard deviation").
+LATENT_GAN_MBSTD = 4
 GAN_AUGMENT_EPOCHS = 100
 GAN_SHORT_AUGMENT = "translation"
 
@@ -170,11 +174,14 @@ def size_candidates(image_size: int, given: Mapping[str, object] | None = None) 
 
 def gan_candidates(given: Mapping[str, object] | None = None, *, latent: bool = False) -> list[dict]:
     """The GAN widths a budget chooses from, smallest first: GAN_WIDTHS as model fields, or only the width given;
-    in an autoencoder's latents (latent) each at LATENT_GAN_DEPTH blocks per level unless a depth is given."""
+    in an autoencoder's latents (latent) each at LATENT_GAN_DEPTH blocks per level and with D's minibatch standard
+    deviation over LATENT_GAN_MBSTD images, unless a depth or group is given."""
     given = given or {}
     widths = [given["base_channels"]] if "base_channels" in given else GAN_WIDTHS
-    depth = {"depth": given.get("depth", LATENT_GAN_DEPTH)} if latent or "depth" in given else {}
-    return [{"base_channels": w, **depth} for w in widths]
+    extra = {name: given.get(name, default) for name, default in (("depth", LATENT_GAN_DEPTH),
+                                                                   ("mbstd_group", LATENT_GAN_MBSTD))
+             if latent or name in given}
+    return [{"base_channels": w, **extra} for w in widths]
 
 
 def gan_augment(steps: int, batch: int, n_train: int, *, latent: bool = False) -> str:
@@ -461,7 +468,8 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     user gave show as given) and the step time measured."""
     t, m = cfg.train, cfg.model_config()
     if cfg.family == "gan":
-        shape = f"GAN base width {m.base_channels}, depth {m.depth}, DiffAugment {m.diffaugment or 'off'}"
+        shape = (f"GAN base width {m.base_channels}, depth {m.depth}, DiffAugment {m.diffaugment or 'off'}"
+                 + (f", minibatch std over {m.mbstd_group}" if m.mbstd_group else ""))
     elif cfg.family != "diffusion":
         shape = f"{cfg.family}, its default size or the one given"
     elif m.backbone == "unet":
