@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     for run in map(Path, args.runs):
         for folder in checkpoint_runs(run, Path(args.work)):
             fake, _ = sample_run(folder, args.samples, device)
-            scores[folder.name] = {k: v for k, v in scorer(fake).items()}
+            scores[folder.name] = scorer(fake)
             print(folder.name, "  ".join(f"{k} {scores[folder.name][k]:.3f}" for k in FIGURES), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(scores, indent=1))
