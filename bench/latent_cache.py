@@ -29,10 +29,11 @@ from pixelforge.device import pick_device  # noqa: E402
 from pixelforge.models.family import set_precision  # noqa: E402
 from pixelforge.runs import build_model, new_run_config  # noqa: E402
 from pixelforge.runs.latent import load_frozen_parts  # noqa: E402
-from pixelforge.train.budget import LATENT_GAN_DEPTH  # noqa: E402
+from pixelforge.train.budget import LATENT_GAN_DEPTH, LATENT_GAN_MBSTD  # noqa: E402
 
 MODEL_FIELDS = {  # what a budget run on shapes in ae-32's latents trains (docs/gan-budget.md, docs/latent.md)
-    "gan": {"latent": "ae-32", "base_channels": 64, "depth": LATENT_GAN_DEPTH, "diffaugment": "translation"},
+    "gan": {"latent": "ae-32", "base_channels": 64, "depth": LATENT_GAN_DEPTH, "mbstd_group": LATENT_GAN_MBSTD,
+            "diffaugment": "translation"},
     "diffusion": {"latent": "ae-32", "base_channels": 32},
 }
 
@@ -45,6 +46,24 @@ class EncodeEveryBatch:
     def means(self, first_stage, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return first_stage.eval().encode(x.to(torch.float32))[0].float()
+
+
+def interleaved_seconds(models: dict, batch, rounds: int, steps: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds a training step of each model, per round: after an untimed step each (first allocations), `rounds`
+    rounds of `steps` steps of one model then the next, so a load that changes during the run touches all alike.
+    batch(i) gives the i-th step's (images, cond)."""
+    seconds: dict[str, list[float]] = {way: [] for way in models}
+    for model in models.values():
+        model.training_step(*batch(0), 0)
+    for r in range(rounds):
+        for way, model in models.items():
+            start = time.perf_counter()
+            for i in range(1 + r * steps, 1 + (r + 1) * steps):
+                model.training_step(*batch(i), i)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[way].append((time.perf_counter() - start) / steps)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,17 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     cache.means(models["cached"].autoencoder, images.to(device))
     fill_s = time.perf_counter() - start
     filled = cache.encoded
-    seconds: dict[str, list[float]] = {way: [] for way in models}
-    for way, model in models.items():  # an untimed step each: first allocations
-        model.training_step(*batch(0), 0)
-    for r in range(a.rounds):
-        for way, model in models.items():
-            start = time.perf_counter()
-            for i in range(a.steps):
-                model.training_step(*batch(1 + r * a.steps + i), 1 + r * a.steps + i)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds[way].append((time.perf_counter() - start) / a.steps)
+    seconds = interleaved_seconds(models, batch, a.rounds, a.steps, device)
     median = {way: statistics.median(s) for way, s in seconds.items()}
     result = {"model": a.model, "model_fields": MODEL_FIELDS[a.model], "data": a.data, "images": len(images),
               "batch": a.batch, "precision": a.precision, "threads": torch.get_num_threads(), "device": str(device),
