@@ -720,7 +720,12 @@ def cmd_info(a) -> int:
     unused = set(model.unused_fields()) if hasattr(model, "unused_fields") else set()
     fields = {k: v for k, v in dataclasses.asdict(model).items() if k not in unused}
     adapter = fields.pop("adapter", None)
+    autoencoder, latent = fields.pop("autoencoder", None), fields.pop("latent", None)
     print(f"model:    {parameter_count(shaped) / 1e6:.2f} M parameters; " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    if autoencoder:  # latent diffusion or a latent GAN: its network works in the autoencoder's latents
+        shape = "x".join(str(n) for n in model.net_shape) if hasattr(model, "net_shape") else "its"
+        print(f"latent:   {shape} latents of the autoencoder {latent} (frozen): "
+              + ", ".join(f"{k}={v}" for k, v in autoencoder.items()))
     frozen = sum(p.numel() for p in shaped.parameters() if not p.requires_grad)
     if frozen:  # an adapter's base, latent diffusion's autoencoder: copied from another run and never trained
         print(f"trained:  {(parameter_count(shaped) - frozen) / 1e6:.2f} M parameters trainable, {frozen / 1e6:.2f} M frozen")

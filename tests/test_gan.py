@@ -95,6 +95,36 @@ def test_minibatch_std_is_zero_for_a_group_of_copies_and_keeps_real_and_generate
     assert torch.equal(odd[:3], odd[0].expand(3)) and torch.equal(odd[3:], odd[3].expand(3))
 
 
+def test_minibatch_std_groups_stay_within_each_part_of_a_batch_the_group_does_not_divide():
+    from pixelforge.models.nets.gan_nets import minibatch_std
+
+    # 6 real then 6 generated: one batch of 12 would take groups of 4, and images 4-7 mix the two halves
+    h = torch.randn(12, 3, 2, 2)
+    whole, halves = minibatch_std(h, 4)[:, 0, 0, 0], minibatch_std(h, 4, parts=2)[:, 0, 0, 0]
+    assert torch.equal(whole[4:8], whole[4].expand(4))
+    for start in (0, 3, 6, 9):  # with parts=2, groups of 3 inside each half
+        assert torch.equal(halves[start : start + 3], halves[start].expand(3))
+    assert len(set(halves.tolist())) == 4
+    changed = h.clone()
+    changed[6:] = torch.randn(6, 3, 2, 2)  # other generated images leave the real half's channel as it was
+    assert torch.equal(minibatch_std(changed, 4, parts=2)[:6], minibatch_std(h, 4, parts=2)[:6])
+    with pytest.raises(ValueError, match="12 does not split into 5"):
+        minibatch_std(h, 4, parts=5)
+
+
+def test_d_step_on_a_batch_the_group_does_not_divide_keeps_real_and_generated_apart(monkeypatch):
+    from pixelforge.models.nets import gan_nets
+
+    model = tiny_model(num_classes=2, mbstd_group=4)
+    seen = []
+    real_std = gan_nets.minibatch_std
+    monkeypatch.setattr(gan_nets, "minibatch_std", lambda h, group, parts=1: seen.append((h.shape[0], parts))
+                        or real_std(h, group, parts))
+    x, y = torch.rand(6, 1, 8, 8) * 2 - 1, torch.tensor([0, 1] * 3)
+    figures = model.training_step(x, Cond(labels=y), 0)
+    assert (12, 2) in seen and all(torch.isfinite(torch.tensor(v)) for v in figures.values())
+
+
 def test_mbstd_group_gives_d_a_channel_that_sees_collapse_and_0_keeps_the_old_layout():
     off, on = tiny_model(num_classes=2), tiny_model(num_classes=2, mbstd_group=4)
     # the last block's first convolution takes one more channel; every other tensor is as before

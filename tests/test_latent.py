@@ -173,6 +173,16 @@ def test_a_latent_run_keeps_the_autoencoder_config_and_weights_and_fits_the_scal
     assert scale > 0 and float(tensors["ema/latent_scale"]) == scale
 
 
+def test_info_shows_the_latents_and_the_autoencoder_on_a_line_of_their_own(runs, capsys):
+    runs, _ = runs
+    assert main(["info", str(runs / "r")]) == 0
+    lines = {line[:9]: line for line in capsys.readouterr().out.splitlines()}
+    assert "autoencoder" not in lines["model:   "] and "latent=" not in lines["model:   "]
+    latent = lines["latent:  "]
+    assert f"4x4x4 latents of the autoencoder {(runs / 'ae').resolve()} (frozen)" in latent
+    assert "latent_channels=4" in latent
+
+
 def test_a_resumed_latent_run_replays_the_straight_run_exactly(runs):
     runs, _ = runs
     assert run_losses(runs / "r") == run_losses(runs / "straight") and len(run_losses(runs / "r")) == 4

@@ -75,7 +75,7 @@ def test_the_second_photo_set_writes_its_own_classes_and_an_unknown_set_is_refus
 
 
 def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_options(ttq):
-    cmds = {c: ttq.train_commands(c, "PH", "RUNS", [2, 5, 10, 20]) for c in ("minutes", "scratch", "fp32")}
+    cmds = {c: ttq.train_commands(c, "PH", "RUNS", [2, 5, 10, 20]) for c in ("minutes", "scratch", "fp32", "batch32")}
     minutes = dict((b, argv) for b, _, argv in cmds["minutes"])
     argv = minutes[10]
     assert argv[:2] == ["train", "PH"] and argv[argv.index("--minutes") + 1] == "10"
@@ -86,6 +86,8 @@ def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_option
     assert scratch[scratch.index("--init-from") + 1] == "none"
     fp32 = cmds["fp32"][3][2]
     assert fp32[fp32.index("--precision") + 1] == "fp32" and fp32[fp32.index("--minutes") + 1] == "20"
+    batch32 = cmds["batch32"][3][2]
+    assert batch32[batch32.index("--batch-size") + 1] == "32" and "--batch-size" not in argv
 
 
 def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq):

@@ -283,7 +283,7 @@ class GANModel(FamilyModule):
             fake_in = diff_augment(fake, cfg.diffaugment, gen)
             v_d = text_vector(self.text_d, cond, b, self.device)  # (B, vector_dim) or None
             # one pass: one power iteration
-            logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d), self._twice(v_d))
+            logits = self.D(torch.cat([real_in, fake_in]), self._twice(y_d), self._twice(v_d), parts=2)
             d_real, d_fake = logits[:b], logits[b:]
             d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             total, r1 = d_loss, torch.zeros(())

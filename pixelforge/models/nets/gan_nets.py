@@ -139,17 +139,19 @@ class DBlock(nn.Module):
         return self.skip(x) + h
 
 
-def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+def minibatch_std(h: torch.Tensor, group: int, parts: int = 1) -> torch.Tensor:
     """(N, C, H, W) -> (N, 1, H, W): a channel holding, for each group of images, the standard deviation of their
     features over the group, averaged over channels and positions (ProGAN/StyleGAN's minibatch standard deviation,
     Karras et al. 2018), for D to see beside the features. A generator that makes the same image whatever its z gives
     D a channel of zeros to tell it by.
 
-    Groups are contiguous runs of the largest size <= group that divides N, so where D judges real and generated images
-    in one batch of 2B (B real first) and B is a multiple of the group, no group mixes the two.
+    Groups are contiguous runs of the largest size <= group that divides N / parts: where h is `parts` equal parts
+    one after the other (D judging B real and B generated images in one batch: parts 2), no group mixes two parts.
     """
     n = h.shape[0]
-    g = max(k for k in range(1, min(group, n) + 1) if n % k == 0)
+    if parts < 1 or n % parts:
+        raise ValueError(f"minibatch_std: a batch of {n} does not split into {parts} equal parts")
+    g = max(k for k in range(1, min(group, n // parts) + 1) if (n // parts) % k == 0)
     x = h.float().reshape(n // g, g, *h.shape[1:])  # (N/g, g, C, H, W)
     # the variance written out: torch's var over this middle dimension took 10 ms a call on a 2-core CPU (a latent
     # GAN's training step took 1.32x as long with it); written out, it is not among the profiler's largest items
@@ -187,9 +189,12 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Embedding(num_classes, widths[0])) if num_classes > 0 else None
         self.vector = spectral_norm(nn.Linear(vector_dim, widths[0], bias=False)) if vector_dim else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, vector: torch.Tensor | None = None,
+                parts: int = 1) -> torch.Tensor:
+        """parts: x is that many equal batches one after the other (real, then generated): minibatch_std's groups
+        stay within each."""
         h = self.blocks[:-1](x)  # (B, C', S, S) at the smallest side
-        extra = minibatch_std(h, self.mbstd_group) if self.mbstd_group else None
+        extra = minibatch_std(h, self.mbstd_group, parts) if self.mbstd_group else None
         phi = F.relu(self.blocks[-1](h, extra)).sum(dim=(2, 3))  # (B, C)
         out = self.linear(phi).squeeze(1)  # (B,)
         if self.embed is not None and y is not None:
