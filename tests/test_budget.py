@@ -40,17 +40,20 @@ def test_a_short_budget_picks_a_smaller_network_than_a_long_one():
     plans = {m: plan_budget(m, 5000, CPU_LIKE) for m in (2, 10, 60)}
     assert [plans[m].model_fields["base_channels"] for m in (2, 10, 60)] == [16, 32, 64]
     assert plans[2].parameters < plans[10].parameters < plans[60].parameters
-    # each is the largest network that gets MIN_STEPS, at batch 64 where it can: 2 min = 108 s of steps
+    # each is the largest network that gets MIN_STEPS: 2 min = 108 s of steps. A step's time is proportional to
+    # the batch here, so batch 64 trains no more images a second than 32: a diffusion plan takes 32 and twice the steps
     assert (plans[2].batch_size, plans[2].steps) == (32, 2700)  # 0.04 s a step; the medium one gets only 900 at 32
-    assert (plans[10].batch_size, plans[10].steps) == (64, 2250)  # 540 s / 0.24 s
-    assert (plans[60].batch_size, plans[60].steps) == (64, 3240)  # 3240 s / 1.0 s
+    assert (plans[10].batch_size, plans[10].steps) == (32, 4500)  # 540 s / 0.12 s
+    assert (plans[60].batch_size, plans[60].steps) == (32, 6480)  # 3240 s / 0.5 s
+    # batch_gain 0 (a GAN's plan): the largest batch that gets MIN_STEPS, as before
+    assert [plan_budget(m, 5000, CPU_LIKE, batch_gain=0).batch_size for m in (2, 10, 60)] == [32, 64, 64]
     assert not any(p.short for p in plans.values())
 
 
 def test_more_time_gives_the_same_network_more_steps_a_longer_ema_and_sparser_cadence():
     one = [CPU_LIKE[1]]
-    short, long = plan_budget(10, 5000, one), plan_budget(20, 5000, one)
-    assert short.model_fields == long.model_fields and short.batch_size == long.batch_size == 64
+    short, long = plan_budget(5, 5000, one), plan_budget(10, 5000, one)
+    assert short.model_fields == long.model_fields and short.batch_size == long.batch_size == 32
     assert long.steps == 2 * short.steps == 4500
     assert long.ema_decay > short.ema_decay
     assert long.ckpt_every > short.ckpt_every and long.sample_every > short.sample_every
@@ -71,6 +74,14 @@ def test_a_gpu_whose_step_time_hardly_grows_with_the_batch_gets_the_largest_netw
     assert (plan.model_fields["base_channels"], plan.batch_size) == (64, 64)
     assert plan.seconds_per_step == pytest.approx(0.0135)  # 0.0115 + 64 * 0.5e-3 / 16
     assert plan.steps == int(540 / 0.0135)
+
+
+@pytest.mark.parametrize("s64, batch", [(0.06, 64), (0.075, 64), (0.085, 32), (0.12, 32)])
+def test_batch_64_only_where_it_trains_one_and_a_half_times_the_images_a_second_of_32(s64, batch):
+    # 0.06 s a step at batch 32: 64 images in 0.075 s are 1.6x its rate, in 0.085 s 1.41x
+    t = StepTiming({"base_channels": 32}, 1_100_000, ((32, 0.06), (64, s64)))
+    assert plan_budget(20, 5000, [t]).batch_size == batch
+    assert plan_budget(20, 5000, [t], batch_gain=0).batch_size == 64
 
 
 def test_a_given_batch_size_is_the_only_batch_planned_and_none_exceeds_the_training_images():
