@@ -62,8 +62,8 @@ FALLBACK_BATCH = 16  # the batch of a budget too short for MIN_STEPS at either
 # A diffusion plan takes the larger batch only where it trains at least BATCH_GAIN times the images a second of the
 # smaller one (a GPU's, whose step time hardly grows with the batch). Where the step time grows with the batch, as on
 # a CPU, the same images in twice the steps train further: on the time-to-quality photos at 20 minutes on 2 cores,
-# batch 32 (9,150 steps) scored FID 86.9 where batch 64 (4,830) scored 91.4, at 10 minutes 100.8 against 106.8
-# (docs/training-budget.md, "Batch").
+# batch 32 (9,150 steps) scored FID 86.9 where batch 64 (4,830) scored 91.4, at 10 minutes 100.8 against 106.8,
+# and 199.3 against 211.3 on a second folder (docs/training-budget.md, "Batch").
 # Other families keep the largest batch that gets MIN_STEPS (the GAN's budget was measured at batch 64).
 BATCH_GAIN = 1.5
 STEPS_FIRST = ("diffusion",)  # the families whose plans weigh the batch's gain (BATCH_GAIN)
