@@ -7,8 +7,8 @@ Ours (one line each in CONFIGS): `pixelforge train PHOTOS --name N --image-size 
   in a subprocess, a fresh run per budget (`minutes`; the planner plans for the budget), the same with
   `--init-from none` (`scratch`), with `--precision fp32` (`fp32`) and with `--batch-size 32` (`batch32`);
   `readme`: the defaults of a run of steps (`--steps 10000`, nothing planned), one run continued budget by
-  budget with `--max-minutes` of the difference. The budget is training time as `--minutes` counts it (metrics.csv's elapsed_s: steps and the
-  validations, grids and checkpoints between them; not data preparation, the planner's timing or the final
+  budget with `--max-minutes` of the difference. The budget is training time as `--minutes` counts it
+  (metrics.csv's elapsed_s: steps and the validations, grids and checkpoints between them; not data preparation, the planner's timing or the final
   checkpoint); each subprocess's wall time and CPU time (getrusage of children) are recorded beside it.
 Latent (`latent`): `minutes` with `--set latent=ae-32`, diffusion in the 4x8x8 latents of the bundled ae-32
   autoencoder; the planner sizes the UNet for the latents and trains it from scratch (base-32's pixel UNet does
@@ -103,7 +103,7 @@ CONFIGS: dict[str, Config] = {
     "scratch": Config("budget", ("--init-from", "none"), "--minutes M without the base model"),
     "fp32": Config("budget", ("--precision", "fp32"), "--minutes M in fp32"),
     "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
-    "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (the planner's batch at 10 minutes)"),
+    "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (what the plan takes on a CPU)"),
     "readme": Config("continued", ("--steps", "10000"), "the defaults of a run of steps, stopped at each budget"),
     "peer": Config("peer", (), "diffusers UNet2DModel + DDPMScheduler, the unconditional example's loop"),
 }
