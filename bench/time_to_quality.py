@@ -9,7 +9,8 @@ Ours (one line each in CONFIGS): `pixelforge train PHOTOS --name N --image-size 
   `readme`: the defaults of a run of steps (`--steps 10000`, nothing planned), one run continued budget by
   budget with `--max-minutes` of the difference. The budget is training time as `--minutes` counts it
   (metrics.csv's elapsed_s: steps and the validations, grids and checkpoints between them; not data
-  preparation, the planner's timing or the final checkpoint); each subprocess's wall time and CPU time (getrusage of children) are recorded beside it.
+  preparation, the planner's timing or the final checkpoint); each subprocess's wall time and CPU time
+  (getrusage of children) are recorded beside it.
 Latent (`latent`): `minutes` with `--set latent=ae-32`, diffusion in the 4x8x8 latents of the bundled ae-32
   autoencoder; the planner sizes the UNet for the latents and trains it from scratch (base-32's pixel UNet does
   not fit them). docs/latent.md gives the FID of ae-32's own reconstructions of the folder: the floor it cannot beat.
