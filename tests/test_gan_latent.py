@@ -123,6 +123,9 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
     assert seen == [(4, 8, 8)] and cfg.model_config().net_shape == (4, 8, 8)
     assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / "ae-32").resolve())
     assert cfg.model["diffaugment"] == GAN_SHORT_AUGMENT
+    # steps cost in proportion to the batch here, as on a CPU: a latent GAN takes the batch of more steps (32), as
+    # diffusion does, and a pixel GAN (below) the largest that gets the step floor
+    assert plan.batch_size == cfg.train.batch_size == 32
     # a latent GAN's networks have one level: every width is timed, and trained, with more blocks per level, and
     # D with the minibatch standard deviation
     assert timed[0] == [{"base_channels": w, "depth": LATENT_GAN_DEPTH, "mbstd_group": LATENT_GAN_MBSTD}
@@ -132,6 +135,7 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
                f"minibatch std over {LATENT_GAN_MBSTD}" in line for line in describe_plan(cfg, plan))
     pixel, pixel_plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
     assert pixel.model["diffaugment"] == GANConfig.diffaugment != GAN_SHORT_AUGMENT
+    assert pixel_plan.batch_size == 64
     assert timed[1] == [{"base_channels": w} for w in GAN_WIDTHS] and pixel.model_config().depth == 1
     assert pixel.model_config().mbstd_group == 0 and not any("minibatch" in line for line in describe_plan(pixel, pixel_plan))
     given, _ = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,

@@ -9,9 +9,9 @@ The rule (docs/training-budget.md has the measurements behind it):
 2. The steps a choice gets are the budget, less OVERHEAD_SHARE for validation, sample grids and checkpoints,
    over its seconds per step. Take the largest network that still gets MIN_STEPS steps at batch 64, else at
    batch 32; where none does, the smallest network at batch 16, which gets the most steps there are
-   (plan_budget). A diffusion model takes batch 64 over 32 only where it trains BATCH_GAIN times the images a
-   second (a GPU's); on a CPU the same images in more steps train further. A batch is never larger than the
-   training images.
+   (plan_budget). A diffusion model, and a GAN in latents, take batch 64 over 32 only where it trains BATCH_GAIN
+   times the images a second (a GPU's); on a CPU the same images in more steps train further. A batch is never
+   larger than the training images.
 3. From the steps expected: the learning-rate warm-up is 5% of them (at most 200, the default of a run of
    steps), EMA_SHARE of the run is what the EMA averages (ema_decay = 1 - 1 / (EMA_SHARE * steps), within
    [0.9, 0.9999]; 10% of 10,000 steps gives the default 0.999), and the run gets about 10 checkpoints, 5 sample
@@ -64,9 +64,10 @@ FALLBACK_BATCH = 16  # the batch of a budget too short for MIN_STEPS at either
 # a CPU, the same images in twice the steps train further: on the time-to-quality photos at 20 minutes on 2 cores,
 # batch 32 (9,150 steps) scored FID 86.9 where batch 64 (4,830) scored 91.4, at 10 minutes 100.8 against 106.8,
 # and 199.3 against 211.3 on a second folder (docs/training-budget.md, "Batch").
-# Other families keep the largest batch that gets MIN_STEPS (the GAN's budget was measured at batch 64).
+# A GAN in an autoencoder's latents weighs it too: on the shapes set at 20 minutes, seed 1 at batch 32 (18,500 steps)
+# reached recall 0.278 and FID 106.6 where batch 64 (11,500) reached 0.111 and 120.8 (docs/gan-budget.md, "Batch").
+# Other families keep the largest batch that gets MIN_STEPS (the pixel GAN's budget was measured at batch 64).
 BATCH_GAIN = 1.5
-STEPS_FIRST = ("diffusion",)  # the families whose plans weigh the batch's gain (BATCH_GAIN)
 OVERHEAD_SHARE = 0.1  # share of the budget that validation, sample grids and checkpoints take
 EMA_SHARE = 0.1  # share of the run the EMA weights average over
 FORWARD_SHARE = 1 / 3  # a forward pass without gradients takes about a third of a training step's time
@@ -428,6 +429,12 @@ def pick_start(cfg: RunConfig, init_from: str | None, given_fields: Mapping[str,
     return None, None
 
 
+def steps_first(cfg: RunConfig) -> bool:
+    """Whether a plan of this run weighs the larger batch's gain (BATCH_GAIN) rather than taking the largest batch that
+    gets MIN_STEPS: diffusion, and a GAN in an autoencoder's latents."""
+    return cfg.family == "diffusion" or (cfg.family == "gan" and cfg.model_config().autoencoder is not None)
+
+
 def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", progress: bool = True,
              init_from: str | None = None, runs_dir: str | os.PathLike | None = None,
              measure: Callable[..., list[StepTiming]] | None = None,
@@ -466,7 +473,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
                                               batch_size=settings.get("batch_size"),
                                               precisions=timed_precisions(asked_precision, dev), say=say)
     plan = dataclasses.replace(plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size"),
-                                           batch_gain=BATCH_GAIN if base.family in STEPS_FIRST else 0.0),
+                                           batch_gain=BATCH_GAIN if steps_first(base) else 0.0),
                                init_from=start)
     if base.family == "gan":
         plan = _with_gan_augment(plan, latent=base.model_config().autoencoder is not None)
