@@ -65,7 +65,8 @@ FALLBACK_BATCH = 16  # the batch of a budget too short for MIN_STEPS at either
 # batch 32 (9,150 steps) scored FID 86.9 where batch 64 (4,830) scored 91.4, at 10 minutes 100.8 against 106.8,
 # and 199.3 against 211.3 on a second folder (docs/training-budget.md, "Batch").
 # A GAN in an autoencoder's latents weighs it too: on the shapes set at 20 minutes, seed 1 at batch 32 (18,500 steps)
-# reached recall 0.278 and FID 106.6 where batch 64 (11,500) reached 0.111 and 120.8 (docs/gan-budget.md, "Batch").
+# reached recall 0.278 and FID 106.6 where batch 64 (11,500) reached 0.111 and 120.8; over seeds 0-2 recall averaged
+# 0.346 against 0.246 (docs/gan-budget.md, "Batch 32 in latents").
 # Other families keep the largest batch that gets MIN_STEPS (the pixel GAN's budget was measured at batch 64).
 BATCH_GAIN = 1.5
 OVERHEAD_SHARE = 0.1  # share of the budget that validation, sample grids and checkpoints take
