@@ -430,10 +430,15 @@ def pick_start(cfg: RunConfig, init_from: str | None, given_fields: Mapping[str,
     return None, None
 
 
+def latent_gan(cfg: RunConfig) -> bool:
+    """Whether the run is a GAN in an autoencoder's latents (GANConfig.latent)."""
+    return cfg.family == "gan" and cfg.model_config().autoencoder is not None
+
+
 def steps_first(cfg: RunConfig) -> bool:
     """Whether a plan of this run weighs the larger batch's gain (BATCH_GAIN) rather than taking the largest batch that
     gets MIN_STEPS: diffusion, and a GAN in an autoencoder's latents."""
-    return cfg.family == "diffusion" or (cfg.family == "gan" and cfg.model_config().autoencoder is not None)
+    return cfg.family == "diffusion" or latent_gan(cfg)
 
 
 def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", progress: bool = True,
@@ -467,7 +472,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
         candidates = size_candidates(base.model_config().net_shape[1],
                                      {k: v for k, v in given_fields.items() if k in SHAPE_FIELDS})
     elif base.family == "gan":  # its width, as a UNet's size
-        candidates = gan_candidates(given_fields, latent=base.model_config().autoencoder is not None)
+        candidates = gan_candidates(given_fields, latent=latent_gan(base))
     else:  # a DiT, and the other families, keep their given (or default) size; the plan picks the rest
         candidates = [{}]
     timings = (measure or measure_step_times)(base, candidates, dev, minutes=minutes, n_train=n_train,
@@ -477,7 +482,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
                                            batch_gain=BATCH_GAIN if steps_first(base) else 0.0),
                                init_from=start)
     if base.family == "gan":
-        plan = _with_gan_augment(plan, latent=base.model_config().autoencoder is not None)
+        plan = _with_gan_augment(plan, latent=latent_gan(base))
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
     chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
