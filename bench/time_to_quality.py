@@ -105,6 +105,9 @@ CONFIGS: dict[str, Config] = {
     "fp32": Config("budget", ("--precision", "fp32"), "--minutes M in fp32"),
     "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (what the plan takes on a CPU)"),
+    "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
+    "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
+                         "a GAN in the latents of the bundled ae-32 autoencoder"),
     "readme": Config("continued", ("--steps", "10000"), "the defaults of a run of steps, stopped at each budget"),
     "peer": Config("peer", (), "diffusers UNet2DModel + DDPMScheduler, the unconditional example's loop"),
 }
@@ -248,13 +251,15 @@ def sample_ours(run_dir: Path, n: int, device: str, sampling: dict | None = None
     import pixelforge
 
     g = pixelforge.load(run_dir, device=device)
-    options = g.resolve_options(**(sampling or {}), guidance=GUIDANCE)
+    # guidance where the family takes it (a GAN draws in one call: no sampler, no guidance)
+    options = g.resolve_options(**(sampling or {}), **({"guidance": GUIDANCE} if "guidance" in g.option_specs else {}))
     labels = balanced_labels(n, g.num_classes)
     bar, callback = image_bar(n, f"sampling {run_dir.name}")
     images, _ = g.generate_tensor(n, labels=labels, seed=SEED, callback=callback, **options)  # (n, 3, 32, 32)
     callback(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
-    return images, labels, {**options, "evaluations": evaluations(options["sampler"], options["steps"])}
+    calls = evaluations(options["sampler"], options["steps"]) if "sampler" in options else 1  # 1: one generator call
+    return images, labels, {**options, "evaluations": calls}
 
 
 # --- the peer ----------------------------------------------------------------------------------------------

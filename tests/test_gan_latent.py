@@ -133,7 +133,8 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
     assert (cfg.model_config().depth, cfg.model_config().mbstd_group) == (LATENT_GAN_DEPTH, LATENT_GAN_MBSTD)
     assert any(f"GAN base width {cfg.model['base_channels']}, depth {LATENT_GAN_DEPTH}, DiffAugment translation, "
                f"minibatch std over {LATENT_GAN_MBSTD}" in line for line in describe_plan(cfg, plan))
-    pixel, pixel_plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure)
+    pixel, pixel_plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,
+                                 model_fields={"latent": ""})  # --set latent= : pixels
     assert pixel.model["diffaugment"] == GANConfig.diffaugment != GAN_SHORT_AUGMENT
     assert pixel_plan.batch_size == 64
     assert timed[1] == [{"base_channels": w} for w in GAN_WIDTHS] and pixel.model_config().depth == 1
@@ -142,3 +143,43 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
                         model_fields={"latent": "ae-32", "depth": 2, "mbstd_group": 0})  # a depth or group given wins
     assert {(c["depth"], c["mbstd_group"]) for c in timed[2]} == {(2, 0)}
     assert (given.model_config().depth, given.model_config().mbstd_group) == (2, 0)
+
+
+def test_a_gan_budget_trains_in_ae32s_latents_where_it_reconstructs_the_images_well(pixelforge_cache):
+    from pixelforge.train import budget
+    from pixelforge.train.budget import GAN_LATENT, GAN_LATENT_PSNR, StepTiming, describe_plan, plan_run
+
+    shapes, said = [], []
+
+    def measure(cfg, candidates, device, **kw):
+        shapes.append(cfg.model_config().net_shape)
+        return [StepTiming(model_fields=dict(c), parameters=1000, points=((16, 0.01), (64, 0.04))) for c in candidates]
+
+    def plan(data="shapes", **settings):
+        return plan_run(data, 5.0, model="gan", device="cpu", progress=False, measure=measure, say=said.append,
+                        **settings)
+
+    # 32x32 RGB shapes with labels, nothing said about latents: ae-32 reconstructs them well, so its latents
+    cfg, p = plan()
+    assert cfg.model["latent"] == str((BUNDLED_MODELS_DIR / GAN_LATENT).resolve()) and shapes[-1] == (4, 8, 8)
+    assert cfg.model_config().depth > 1 and cfg.model["diffaugment"] == "translation"  # the latent plan's
+    assert any(f"in the latents of {GAN_LATENT} (--set latent= trains in pixels)" in line for line in describe_plan(cfg, p))
+    db = float(said[-1].split(" dB")[0].split()[-1])
+    assert db >= GAN_LATENT_PSNR and "trains in its latents" in said[-1]
+    # --set latent= (an empty name) keeps pixels; so do images ae-32 does not take and a prompt-conditioned GAN,
+    # without reconstructing anything
+    for settings in ({"model_fields": {"latent": ""}}, {"image_size": 16}, {"channels": 1}, {"text": True}):
+        said.clear()
+        cfg, p = plan(**settings)
+        assert not cfg.model_config().latent and cfg.model_config().autoencoder is None, settings
+        assert shapes[-1][1] == cfg.data.image_size and not said
+        assert not any("in the latents" in line for line in describe_plan(cfg, p))
+    # images it reconstructs under the bound keep pixels, and it says why
+    said.clear()
+    original = budget.GAN_LATENT_PSNR
+    try:
+        budget.GAN_LATENT_PSNR = db + 0.5  # the same shapes, under a bound just above their figure
+        cfg, _ = plan()
+    finally:
+        budget.GAN_LATENT_PSNR = original
+    assert not cfg.model_config().latent and f"{db:.1f} dB PSNR (under {db + 0.5:g}): the GAN trains in pixels" in said[-1]

@@ -90,6 +90,21 @@ def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_option
     assert batch32[batch32.index("--batch-size") + 1] == "32" and "--batch-size" not in argv
 
 
+def test_gan_configs_train_a_gan_in_pixels_or_latents_and_sample_it_in_one_call(ttq, tmp_path, monkeypatch):
+    from run_files import cli  # tests/run_files.py
+
+    gan, latent = (ttq.train_commands(c, "PH", "RUNS", [10])[0][2] for c in ("gan", "gan-latent"))
+    assert gan[gan.index("--model") + 1] == "gan" and "latent=ae-32" not in gan
+    assert latent[latent.index("--model") + 1] == "gan" and latent[latent.index("--set") + 1] == "latent=ae-32"
+    # a GAN takes no sampler and no guidance: the scoring draws it with its own options, one network call an image
+    monkeypatch.setenv("PIXELFORGE_CACHE", str(tmp_path / "cache"))
+    cli("train", "digits", "--model", "gan", "--name", "g", "--steps", "1", "--image-size", "8", "--batch-size", "8",
+        "--set", "base_channels=8", "--set", "z_dim=8", "--runs-dir", tmp_path, "--device", "cpu", "--quiet")
+    images, labels, used = ttq.sample_ours(tmp_path / "g", 20, "cpu")
+    assert images.shape == (20, 1, 8, 8) and float(images.abs().max()) <= 1.0 and sorted(set(labels)) == list(range(10))
+    assert used["evaluations"] == 1 and "guidance" not in used and "sampler" not in used
+
+
 def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq):
     cmds = ttq.train_commands("readme", "PH", "RUNS", [5, 2, 20, 10])
     assert [b for b, _, _ in cmds] == [2, 5, 10, 20]
