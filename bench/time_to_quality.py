@@ -105,6 +105,7 @@ CONFIGS: dict[str, Config] = {
     "fp32": Config("budget", ("--precision", "fp32"), "--minutes M in fp32"),
     "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (what the plan takes on a CPU)"),
+    "hflip": Config("budget", ("--hflip",), "--minutes M with random horizontal flips (as the peer flips)"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
                          "a GAN in the latents of the bundled ae-32 autoencoder"),

@@ -88,6 +88,8 @@ def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_option
     assert fp32[fp32.index("--precision") + 1] == "fp32" and fp32[fp32.index("--minutes") + 1] == "20"
     batch32 = cmds["batch32"][3][2]
     assert batch32[batch32.index("--batch-size") + 1] == "32" and "--batch-size" not in argv
+    hflip = ttq.train_commands("hflip", "PH", "RUNS", [10])[0][2]
+    assert "--hflip" in hflip and "--hflip" not in argv
 
 
 def test_gan_configs_train_a_gan_in_pixels_or_latents_and_sample_it_in_one_call(ttq, tmp_path, monkeypatch):
