@@ -458,6 +458,7 @@ def default_gan_latent(cfg: RunConfig, given_fields: Mapping[str, object], image
     where that reaches GAN_LATENT_PSNR. The bundled model's folder, not its name: a run of the user's called ae-32
     is not what the default means."""
     import pixelforge
+    from ..metrics.evaluate import to_uint8
     from ..metrics.reconstruction import psnr
     from ..runs.store import BUNDLED_MODELS_DIR
 
@@ -474,8 +475,7 @@ def default_gan_latent(cfg: RunConfig, given_fields: Mapping[str, object], image
     images = images[..., margin:margin + ae.image_size, margin:margin + ae.image_size]
     model = pixelforge.load(folder, device=str(device)).model
     with torch.no_grad():
-        out = model.reconstruct(images.to(device).float() / 127.5 - 1)  # (N, C, H, W) in about [-1, 1]
-    fake = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        fake = to_uint8(model.reconstruct(images.to(device).float() / 127.5 - 1))  # (N, C, H, W), as saved PNGs
     value = float(psnr(images.cpu(), fake).clip(max=99.0).mean())  # an exact copy's inf counts as 99 dB
     return LatentChoice(str(folder) if value >= GAN_LATENT_PSNR else None, round(value, 2))
 
