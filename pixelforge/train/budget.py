@@ -450,16 +450,18 @@ class LatentChoice:
 
 
 def default_gan_latent(cfg: RunConfig, given_fields: Mapping[str, object], images: torch.Tensor,
-                       device: torch.device) -> LatentChoice | None:
-    """Whether a GAN budget run of cfg trains in the bundled GAN_LATENT's latents by default, measured on `images`
-    (uint8 (N, C, H, W), some of its training images): None where the question does not arise (not a GAN, a
-    latent or autoencoder among the fields the user gave, a prompt condition, images of another size or channels
-    than the autoencoder's, or no bundled autoencoder), else its mean reconstruction PSNR over them and its folder
-    where that reaches GAN_LATENT_PSNR. The bundled model's folder, not its name: a run of the user's called ae-32
-    is not what the default means."""
+                       train_idx: torch.Tensor, device: torch.device) -> LatentChoice | None:
+    """Whether a GAN budget run of cfg trains in the bundled GAN_LATENT's latents by default, measured on the first
+    GAN_LATENT_PROBE of its training images (`images`, the prepared set's uint8 (N, C, S, S), at `train_idx`):
+    None where the question does not arise (not a GAN, a latent or autoencoder among the fields the user gave, a
+    prompt condition, images of another size or channels than the autoencoder's, or no bundled autoencoder), else
+    its mean reconstruction PSNR over them (metrics/reconstruction.py) and its folder where that reaches
+    GAN_LATENT_PSNR. The bundled model's folder, not its name: a run of the user's called ae-32 is not what the
+    default means."""
     import pixelforge
+    from ..data import to_model
     from ..metrics.evaluate import to_uint8
-    from ..metrics.reconstruction import psnr
+    from ..metrics.reconstruction import reconstruction_figures
     from ..runs.store import BUNDLED_MODELS_DIR
 
     if cfg.family != "gan" or "latent" in given_fields or "autoencoder" in given_fields or cfg.model_config().text_dim:
@@ -469,14 +471,13 @@ def default_gan_latent(cfg: RunConfig, given_fields: Mapping[str, object], image
         ae = RunConfig.load(folder / "config.json").model_config()
     except (FileNotFoundError, ValueError):  # an install without the bundled model trains in pixels
         return None
-    if (ae.image_size, ae.channels) != (cfg.data.image_size, cfg.data.channels) or len(images) == 0:
+    if (ae.image_size, ae.channels) != (cfg.data.image_size, cfg.data.channels) or len(train_idx) == 0:
         return None
-    margin = (images.shape[-1] - ae.image_size) // 2  # a random-crop set's images are stored larger: their centre
-    images = images[..., margin:margin + ae.image_size, margin:margin + ae.image_size]
+    x = to_model(images[train_idx[:GAN_LATENT_PROBE]], cfg.data)  # (N, C, H, W) in [-1, 1], as the network sees them
     model = pixelforge.load(folder, device=str(device)).model
     with torch.no_grad():
-        fake = to_uint8(model.reconstruct(images.to(device).float() / 127.5 - 1))  # (N, C, H, W), as saved PNGs
-    value = float(psnr(images.cpu(), fake).clip(max=99.0).mean())  # an exact copy's inf counts as 99 dB
+        fake = to_uint8(model.reconstruct(x.to(device)))
+    value = reconstruction_figures(to_uint8(x), fake)["psnr"]
     return LatentChoice(str(folder) if value >= GAN_LATENT_PSNR else None, round(value, 2))
 
 
@@ -506,8 +507,12 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     given_fields = dict(settings.pop("model_fields", None) or {})
     asked_precision = settings.pop("precision", None)
     asked_precision = None if asked_precision == "auto" else asked_precision
-    base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes,
-                          **({"precision": asked_precision} if asked_precision else {}))  # every setting checked
+
+    def run_config(fields: Mapping[str, object]) -> RunConfig:  # the run before planning, every setting checked
+        return new_run_config(data, **settings, model_fields=fields, minutes=minutes,
+                              **({"precision": asked_precision} if asked_precision else {}))
+
+    base = run_config(given_fields)
     if base.family in STEP_COUNTED:
         raise ValueError(f"minutes (--minutes): a {base.family} model trains in stages counted in steps "
                          f"({STEP_COUNTED[base.family]}); train it with --steps")
@@ -515,15 +520,14 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     dataset = load_dataset(base.data, progress=progress)
     train_idx = split_indices(len(dataset), base.data.val_fraction, base.data.split_seed)[0]
     n_train = len(train_idx)
-    latent = default_gan_latent(base, given_fields, dataset.images[train_idx[:GAN_LATENT_PROBE]], dev)
+    latent = default_gan_latent(base, given_fields, dataset.images, train_idx, dev)
     if latent is not None:
         say(f"time budget: {GAN_LATENT} reconstructs {min(n_train, GAN_LATENT_PROBE)} training images at "
             f"{latent.psnr:.1f} dB PSNR ({'at least' if latent.folder else 'under'} {GAN_LATENT_PSNR:g}): the GAN "
             f"trains in {'its latents' if latent.folder else 'pixels'}")
     if latent is not None and latent.folder:  # the run made again in the autoencoder's latents, as --set latent= does
         given_fields = {**given_fields, "latent": latent.folder}
-        base = new_run_config(data, **settings, model_fields=given_fields, minutes=minutes,
-                              **({"precision": asked_precision} if asked_precision else {}))
+        base = run_config(given_fields)
     start, start_shape = pick_start(base, init_from, given_fields, runs_dir)
     if start_shape is not None:  # the network of the weights it starts from
         candidates = [start_shape]
