@@ -224,6 +224,20 @@ def test_optimisers_take_the_runs_betas_lr_warmup_and_clip():
     assert all(p.grad is None or float(p.grad.norm()) <= 0.5 + 1e-5 for p in m.G.parameters())
 
 
+def test_d_lr_scale_multiplies_ds_learning_rate_through_the_warm_up_and_leaves_gs():
+    optim = OptimConfig(lr=1e-3, warmup_steps=10)
+    m = tiny_model(optim=optim, d_lr_scale=4.0)
+    opts = m.optimizers()
+    for step in (0, 4, 20):
+        m.training_step(smooth_images(4), Cond(), step)
+        g_lr, d_lr = (opts[k].param_groups[0]["lr"] for k in ("g", "d"))
+        assert g_lr == pytest.approx(1e-3 * min(1.0, (step + 1) / 10))
+        assert d_lr == pytest.approx(4 * g_lr)
+    # the default leaves both alike and adds nothing to the param groups (checkpoints as before)
+    plain = tiny_model(optim=optim).optimizers()
+    assert all("lr_scale" not in opt.param_groups[0] for opt in plain.values())
+
+
 def test_r1_penalty_is_positive_on_every_r1_every_th_d_update_only():
     m = tiny_model(r1_every=3)
     x = smooth_images(8)
@@ -357,6 +371,8 @@ def test_translation_shifts_by_at_most_one_eighth_and_cutout_zeroes_a_half_side_
         (dict(base_channels=-4), "base_channels"),
         (dict(depth=0), "depth"),
         (dict(mbstd_group=-1), "mbstd_group"),
+        (dict(d_lr_scale=0.0), "d_lr_scale"),
+        (dict(d_lr_scale=1000.0), "d_lr_scale"),
     ],
 )
 def test_invalid_config_raises_a_clear_value_error(changes, message):
@@ -405,8 +421,10 @@ def _run_config() -> RunConfig:
     )
 
 
-def test_resumed_run_repeats_the_uninterrupted_losses_and_state_exactly(tmp_path):
+@pytest.mark.parametrize("d_lr_scale", [1.0, 2.0])
+def test_resumed_run_repeats_the_uninterrupted_losses_and_state_exactly(tmp_path, d_lr_scale):
     cfg, cache = _run_config(), tmp_path / "cache"
+    cfg.model["d_lr_scale"] = d_lr_scale
     full = train(cfg, tmp_path / "full", device="cpu", progress=False, cache_dir=cache)
     first = train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=cache, stop_at=3)
     second = train(cfg, tmp_path / "resumed", device="cpu", progress=False, cache_dir=cache)

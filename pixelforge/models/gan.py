@@ -53,6 +53,9 @@ class GANConfig(TextFields):
         applied to every image D sees in training, real and generated, in D's updates and G's; "" turns
         augmentation off. Meant for small data sets.
     d_steps: discriminator updates per training step (each on the same real batch).
+    d_lr_scale: D's learning rate as a multiple of G's (the run's OptimConfig.lr, warm-up included): the
+        two time-scale update rule (TTUR, Heusel et al. 2017) where it is not 1. docs/gan-budget.md says
+        what it gave on the shapes set.
     mbstd_group: D's minibatch standard deviation (nets/gan_nets.py minibatch_std) over groups of this many
         images; 0 turns it off (the layout of runs made before it).
     text_encoder, text_dim, text_tokens: the prompt's encoder (condition/text_embed.py TextFields); its
@@ -79,6 +82,7 @@ class GANConfig(TextFields):
     r1_every: int = 4
     diffaugment: str = "color,translation,cutout"
     d_steps: int = 1
+    d_lr_scale: float = 1.0
     mbstd_group: int = 0
     text_dropout: float = 0.1
     latent: str = ""
@@ -106,6 +110,8 @@ class GANConfig(TextFields):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_classes < 0 or self.r1_gamma < 0:
             raise ValueError("num_classes and r1_gamma must not be negative")
+        if not 0 < self.d_lr_scale <= 100:
+            raise ValueError(f"d_lr_scale must be above 0 and at most 100, got {self.d_lr_scale}")
         parse_policy(self.diffaugment)
         if not 0 <= self.text_dropout < 1:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
@@ -192,7 +198,7 @@ class GANModel(FamilyModule):
             g, d = list(self.G.parameters()), list(self.D.parameters())
             if self.text_g is not None:
                 g, d = g + list(self.text_g.parameters()), d + list(self.text_d.parameters())
-            self._optimizers = {"g": make_adam(g, cfg, betas), "d": make_adam(d, cfg, betas)}
+            self._optimizers = {"g": make_adam(g, cfg, betas), "d": make_adam(d, cfg, betas, lr_scale=self.config.d_lr_scale)}
         return self._optimizers
 
     # --- a GAN in an autoencoder's latents --------------------------------------------------------------

@@ -63,8 +63,16 @@ def adam_betas(cfg: OptimConfig, default: tuple[float, float] = DEFAULT_BETAS) -
     return (default[0] if cfg.beta1 is None else cfg.beta1, default[1] if cfg.beta2 is None else cfg.beta2)
 
 
-def make_adam(params, cfg: OptimConfig, default_betas: tuple[float, float] = DEFAULT_BETAS) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=adam_betas(cfg, default_betas), weight_decay=cfg.weight_decay)
+def make_adam(params, cfg: OptimConfig, default_betas: tuple[float, float] = DEFAULT_BETAS,
+              lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Adam over params with the run's settings; lr_scale multiplies cfg.lr for this optimiser alone (kept in its
+    param group, where `update` reads it at every step, so checkpoints carry it)."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr * lr_scale, betas=adam_betas(cfg, default_betas),
+                                 weight_decay=cfg.weight_decay)
+    if lr_scale != 1.0:
+        for group in optimizer.param_groups:
+            group["lr_scale"] = lr_scale
+    return optimizer
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -100,7 +108,7 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg:
     else:
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg)
+        group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
     if scaler is None:
         optimizer.step()
     else:
