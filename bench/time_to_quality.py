@@ -25,7 +25,8 @@ Sampling: SAMPLES images per (config, budget), seeds 0..n-1, 35 network evaluati
   run's own sampling defaults (a budget run's: Euler with 35 steps; a run of steps': Heun with 18 steps)
   through pixelforge.load(...).generate_tensor, labels balanced over the classes, guidance 1 (no
   classifier-free guidance, which would double the evaluations); the peer DDIM with 35 steps (DDIMPipeline).
-  `--sampling SAMPLER:STEPS[:RHO]` samples ours with that instead (the row's config is then e.g. `minutes+heun18`),
+  `--sampling SAMPLER:STEPS[:RHO[:GUIDANCE]]` samples ours with that instead (the row's config is then e.g.
+  `minutes+heun18`; a guidance other than 1 counts two evaluations a step, `euler:17:2:2` is 34),
   and `--score-only` scores the runs a previous invocation trained, without training again.
 Scoring: FID, KID and precision/recall with the Inception extractor against all the folder's images at
   32x32 (pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses). A grid per (config,
@@ -218,31 +219,41 @@ def class_rows(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_
     return to_pil(images[picked])
 
 
-def evaluations(sampler: str, steps: int) -> int:
+def evaluations(sampler: str, steps: int, guidance: float = 1.0) -> int:
     """Network evaluations of one sample: Heun's last step is a single Euler step (2 * steps - 1); every
-    other solver here evaluates the network once a step."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+    other solver here evaluates the network once a step. Classifier-free guidance (guidance != 1) runs the
+    conditional and the unconditional half in one batch of twice the size: two evaluations a call."""
+    calls = 2 * steps - 1 if sampler == "heun" else steps
+    return calls * (2 if guidance != 1.0 else 1)
 
 
 def parse_sampling(text: str) -> dict:
-    """--sampling SAMPLER:STEPS[:RHO] -> {"sampler": ..., "steps": ..., "rho": ...} (rho: the Karras schedule's;
-    7, the family's default, where not given)."""
+    """--sampling SAMPLER:STEPS[:RHO[:GUIDANCE]] -> {"sampler": ..., "steps": ..., "rho": ..., "guidance": ...} (rho:
+    the Karras schedule's, 7, the family's default, where not given; guidance: classifier-free, GUIDANCE where not
+    given)."""
     from pixelforge.sampling.solvers import SAMPLERS
 
-    name, steps, rho, *rest = text.split(":") + ["", ""]
-    try:
-        rho = float(rho) if rho else 7.0
-    except ValueError:
-        rho = None
-    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or rho is None or not rho >= 1 or any(rest):
-        raise ValueError(f"--sampling: expected SAMPLER:STEPS[:RHO] with SAMPLER one of {', '.join(SAMPLERS)} and RHO "
-                         f"at least 1, got {text!r}")
-    return {"sampler": name, "steps": int(steps), "rho": rho}
+    name, steps, rho, guidance, *rest = text.split(":") + ["", "", ""]
+
+    def number(field: str, default: float) -> float | None:
+        try:
+            return float(field) if field else default
+        except ValueError:
+            return None
+
+    rho, guidance = number(rho, 7.0), number(guidance, GUIDANCE)
+    if (name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or rho is None or not rho >= 1
+            or guidance is None or not guidance >= 0 or any(rest)):
+        raise ValueError(f"--sampling: expected SAMPLER:STEPS[:RHO[:GUIDANCE]] with SAMPLER one of {', '.join(SAMPLERS)}, "
+                         f"RHO at least 1 and GUIDANCE at least 0, got {text!r}")
+    return {"sampler": name, "steps": int(steps), "rho": rho, "guidance": guidance}
 
 
 def sampling_label(sampling: dict) -> str:
-    """heun18, or euler35rho2 where rho is not the default 7."""
-    return f"{sampling['sampler']}{sampling['steps']}" + (f"rho{sampling['rho']:g}" if sampling["rho"] != 7.0 else "")
+    """heun18, or euler35rho2 where rho is not the default 7, euler17rho2g2 with guidance 2."""
+    guidance = sampling.get("guidance", GUIDANCE)
+    return (f"{sampling['sampler']}{sampling['steps']}" + (f"rho{sampling['rho']:g}" if sampling["rho"] != 7.0 else "")
+            + (f"g{guidance:g}" if guidance != GUIDANCE else ""))
 
 
 def sample_ours(run_dir: Path, n: int, device: str, sampling: dict | None = None) -> tuple[torch.Tensor, list[int] | None, dict]:
@@ -253,13 +264,16 @@ def sample_ours(run_dir: Path, n: int, device: str, sampling: dict | None = None
 
     g = pixelforge.load(run_dir, device=device)
     # guidance where the family takes it (a GAN draws in one call: no sampler, no guidance)
-    options = g.resolve_options(**(sampling or {}), **({"guidance": GUIDANCE} if "guidance" in g.option_specs else {}))
+    sampling = dict(sampling or {})
+    guidance = sampling.pop("guidance", GUIDANCE)
+    options = g.resolve_options(**sampling, **({"guidance": guidance} if "guidance" in g.option_specs else {}))
     labels = balanced_labels(n, g.num_classes)
     bar, callback = image_bar(n, f"sampling {run_dir.name}")
     images, _ = g.generate_tensor(n, labels=labels, seed=SEED, callback=callback, **options)  # (n, 3, 32, 32)
     callback(n, n)  # a family that reports no progress still ends its bar at n
     bar.close()
-    calls = evaluations(options["sampler"], options["steps"]) if "sampler" in options else 1  # 1: one generator call
+    calls = (evaluations(options["sampler"], options["steps"], options.get("guidance", GUIDANCE)) if "sampler" in options
+             else 1)  # 1: one generator call
     return images, labels, {**options, "evaluations": calls}
 
 
@@ -437,9 +451,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="samples scored per config and budget (default 300)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all, torch.get_num_threads())")
     p.add_argument("--device", default="auto")
-    p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS[:RHO]",
-                   help="sample ours with this instead of each run's defaults (e.g. heun:18, rho 7 unless given); "
-                        "rows become CONFIG+heun18")
+    p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS[:RHO[:GUIDANCE]]",
+                   help="sample ours with this instead of each run's defaults (e.g. heun:18, rho 7 unless given; "
+                        "euler:17:2:2, classifier-free guidance 2 at two evaluations a step); rows become CONFIG+heun18")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: sample and score the runs an earlier invocation left in --work")
     p.add_argument("--quick", action="store_true", help=f"smoke run: budgets {','.join(map(fmt, QUICK_BUDGETS))} min, "
@@ -478,19 +492,22 @@ def main(argv=None) -> dict:
     print(f"time to quality: {', '.join(a.configs)} at {', '.join(map(fmt, a.budgets))} min; {a.samples} samples; "
           f"{a.threads} thread(s); {os.cpu_count()} cores; device {device}; photos {photos}"
           + ("  [--quick: figures mean nothing]" if a.quick else ""), flush=True)
+    guidance = a.sampling["guidance"] if a.sampling else GUIDANCE
     ours = (f"{a.sampling['sampler']} {a.sampling['steps']} steps, rho {a.sampling['rho']:g} "
-            f"({evaluations(a.sampling['sampler'], a.sampling['steps'])} evaluations)" if a.sampling
+            f"({evaluations(a.sampling['sampler'], a.sampling['steps'], guidance)} evaluations)" if a.sampling
             else "each run's own sampling defaults")
-    print(f"sampling: ours {ours}, guidance 1 (no classifier-free guidance: it would double the evaluations); "
-          f"peer DDIM {PEER_DDIM_STEPS} steps ({EVALS} evaluations)", flush=True)
+    guided = ("guidance 1 (no classifier-free guidance: it would double the evaluations)" if guidance == GUIDANCE
+              else f"guidance {guidance:g} (classifier-free: two evaluations a step)")
+    print(f"sampling: ours {ours}, {guided}; peer DDIM {PEER_DDIM_STEPS} steps ({EVALS} evaluations)", flush=True)
     scorer = Scorer(photos, a.device)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "configs": a.configs, "budgets": a.budgets,
             "samples": a.samples, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
             "machine": machine(), "torch": torch.__version__, "diffusers": _version("diffusers"),
-            "sampling": {"ours": a.sampling or "the run's defaults", "guidance": GUIDANCE, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
-                         "evaluations": EVALS, "guidance_note": "guidance 1: no classifier-free guidance"}}
+            "sampling": {"ours": a.sampling or "the run's defaults", "guidance": guidance, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
+                         "evaluations": EVALS, "guidance_note": ("guidance 1: no classifier-free guidance" if guidance == GUIDANCE
+                                                                   else "classifier-free guidance: two evaluations a step")}}
 
     def keep(row: dict) -> None:
         """Add a row and save results.json at once, so an interrupted run keeps what it measured."""

@@ -107,6 +107,20 @@ def test_gan_configs_train_a_gan_in_pixels_or_latents_and_sample_it_in_one_call(
     assert used["evaluations"] == 1 and "guidance" not in used and "sampler" not in used
 
 
+def test_guided_sampling_reaches_generate_and_counts_both_halves(ttq, tmp_path, monkeypatch):
+    from run_files import cli  # tests/run_files.py
+
+    monkeypatch.setenv("PIXELFORGE_CACHE", str(tmp_path / "cache"))
+    cli("train", "digits", "--name", "d", "--steps", "1", "--image-size", "8", "--batch-size", "8",
+        "--set", "base_channels=8", "--set", "channel_mult=[1]", "--runs-dir", tmp_path, "--device", "cpu", "--quiet")
+    # `used` is what generate_tensor was called with (after the family resolved it), with the count
+    _, _, used_plain = ttq.sample_ours(tmp_path / "d", 4, "cpu", ttq.parse_sampling("euler:3:2"))
+    images, _, used = ttq.sample_ours(tmp_path / "d", 4, "cpu", ttq.parse_sampling("euler:3:2:3"))
+    assert used_plain["guidance"] == 1.0 and used_plain["evaluations"] == 3
+    assert used["guidance"] == 3.0 and used["evaluations"] == 6 and used["steps"] == 3 and used["rho"] == 2.0
+    assert images.shape == (4, 1, 8, 8) and bool(torch.isfinite(images).all())
+
+
 def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq):
     cmds = ttq.train_commands("readme", "PH", "RUNS", [5, 2, 20, 10])
     assert [b for b, _, _ in cmds] == [2, 5, 10, 20]
@@ -180,12 +194,17 @@ def test_bad_configs_and_budgets_are_refused_naming_the_option(ttq, capsys):
 
 def test_sampling_is_parsed_counted_in_network_evaluations_and_labels_its_rows(ttq, capsys):
     a = ttq.parse_args(["--sampling", "heun:18", "--score-only"])
-    assert a.sampling == {"sampler": "heun", "steps": 18, "rho": 7.0} and a.score_only
+    assert a.sampling == {"sampler": "heun", "steps": 18, "rho": 7.0, "guidance": 1.0} and a.score_only
     assert ttq.sampling_label(a.sampling) == "heun18"
     assert ttq.sampling_label(ttq.parse_sampling("euler:35:2")) == "euler35rho2"
+    assert ttq.sampling_label(ttq.parse_sampling("euler:35:2:1")) == "euler35rho2"  # guidance 1 is none
+    guided = ttq.parse_sampling("euler:17:2:2.5")
+    assert guided["guidance"] == 2.5 and ttq.sampling_label(guided) == "euler17rho2g2.5"
     assert ttq.evaluations("heun", 18) == ttq.EVALS == ttq.evaluations("euler", 35) == ttq.evaluations("ddim", 35)
+    assert ttq.evaluations("euler", 17, 2.0) == 34 and ttq.evaluations("heun", 9, 0.0) == 34  # both halves count
     assert ttq.parse_args([]).sampling is None  # each run's own defaults
-    for bad in ("heun", "nope:18", "euler:0", "euler:x", "euler:35:0.5", "euler:35:x", "euler:35:2:1"):
+    for bad in ("heun", "nope:18", "euler:0", "euler:x", "euler:35:0.5", "euler:35:x", "euler:35:2:x", "euler:35:2:-1",
+                "euler:35:2:1:1"):
         with pytest.raises(SystemExit):
             ttq.parse_args(["--sampling", bad])
         assert "--sampling" in capsys.readouterr().err
