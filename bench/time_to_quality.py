@@ -107,6 +107,8 @@ CONFIGS: dict[str, Config] = {
     "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (what the plan takes on a CPU)"),
     "hflip": Config("budget", ("--hflip",), "--minutes M with random horizontal flips (as the peer flips)"),
+    "cooldown": Config("budget", ("--cooldown", "0.2"), "--minutes M with the rate falling to 0 over the last 20% of the steps"),
+    "lownoise": Config("budget", ("--set", "P_mean=-0.4"), "--minutes M training more on low noise (EDM's P_mean -1.2; ours 0.2)"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
                          "a GAN in the latents of the bundled ae-32 autoencoder"),

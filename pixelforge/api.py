@@ -19,6 +19,7 @@ from .condition import NO_LABEL, Cond
 from .device import pick_device
 from .images import make_grid, png_info, read_settings, save_png, to_pil
 from .models.common import check_seeds
+from .models.optim import with_cooldown_end
 from .models.options import OptionSpec
 from .runs.config import RunConfig, build_model
 from .runs.checkpoint import check_shapes, load_state, state_shapes
@@ -761,10 +762,15 @@ def train(
         cfg = RunConfig.load(saved)
         if adapter is not None and getattr(cfg.model_config(), "adapter", None) is None:
             raise ValueError(f"{run_dir} holds a run that is not an adapter: choose another --name for the adapter run")
+        # a new total moves a cool-down's end with it (a budget's in proportion to the minutes; a run of steps
+        # given minutes keeps its own, having no expected steps)
         if minutes is not None and minutes != cfg.train.minutes:  # a new total budget
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=minutes))
+            end = cfg.optim.cooldown_end * minutes / cfg.train.minutes if cfg.train.minutes else cfg.optim.cooldown_end
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=minutes),
+                                      optim=with_cooldown_end(cfg.optim, round(end)))
         if steps is not None and (steps != cfg.train.steps or cfg.train.minutes is not None):  # a new total of steps
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, minutes=None))
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, minutes=None),
+                                      optim=with_cooldown_end(cfg.optim, steps))
         if launched_world().main:  # under torchrun, rank 0 alone speaks
             length = f"{cfg.train.steps} steps" if cfg.train.minutes is None else f"a {cfg.train.minutes:g}-minute budget"
             tqdm.write(f"run {run_dir} exists: resuming with its saved config (family {cfg.family}, {length})")

@@ -138,6 +138,9 @@ def _add_train(sub):
                    "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn, autoencoder 1e-3)")
     p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps; planned with "
                    "--minutes (default: 200)")
+    p.add_argument("--cooldown", type=_float_range(0, 1, below_hi=True), default=None, metavar="SHARE",
+                   help="let the learning rate fall linearly to 0 over this share of the run's last steps (with --minutes: "
+                   "of the steps the plan expects), e.g. 0.2; default 0: it stays at --lr after the warm-up")
     p.add_argument("--grad-clip", type=_float_range(0), default=1.0, help="clip the gradient norm (0: off)")
     p.add_argument("--grad-accum", type=_int_range(1, 1024), default=None, help="split each process's share of a batch into "
                    "this many micro-batches whose gradients add up (a large --batch-size on a small machine; default 1)")
@@ -256,7 +259,7 @@ def _adapter_settings(a) -> dict:
         "log_every": a.log_every, "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every,
         "eval_samples": a.eval_samples, "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on,
         "sample_every": a.sample_every, "ckpt_every": a.ckpt_every, "seed": a.seed, "grad_accum": a.grad_accum,
-        "lr_scaling": a.lr_scaling, "lr_base_batch": a.lr_base_batch, "precision": a.precision,
+        "lr_scaling": a.lr_scaling, "lr_base_batch": a.lr_base_batch, "precision": a.precision, "cooldown": a.cooldown,
     }
     settings = {k: v for k, v in settings.items() if v is not None}
     return {**settings, "adapter": a.adapter}  # --label-dropout and --set come as model_fields, as for any run
@@ -308,7 +311,7 @@ def cmd_train(a) -> int:
         "val_every": a.val_every, "patience": a.patience, "eval_every": a.eval_every, "eval_samples": a.eval_samples,
         "eval_extractor": a.eval_extractor, "early_stop_on": a.early_stop_on, "sample_every": a.sample_every,
         "ckpt_every": a.ckpt_every, "seed": a.seed, "grad_accum": a.grad_accum, "lr_scaling": a.lr_scaling,
-        "lr_base_batch": a.lr_base_batch, "precision": a.precision, "scale": a.scale,
+        "lr_base_batch": a.lr_base_batch, "precision": a.precision, "scale": a.scale, "cooldown": a.cooldown,
     }
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the library's default
     if a.adapter is not None:

@@ -241,6 +241,8 @@ def test_a_base_that_cannot_take_an_adapter_is_a_clear_error(runs, tmp_path, cap
     assert "error: adapter 'depth' is not known; choose one of: edges" in capsys.readouterr().err
     with pytest.raises(ValueError, match="adapter 'depth' is not known; choose one of: edges"):
         new_adapter_run_config("base", "depth", runs_dir=runs)
+    cooled = new_config(runs, cooldown=0.5).optim  # an adapter's own optimiser takes a cool-down of its 8 steps
+    assert (cooled.cooldown_steps, cooled.cooldown_end) == (4, 8) and new_config(runs).optim.cooldown_steps == 0
     fields = json.loads((runs / "ad" / "config.json").read_text())["model"]
     with pytest.raises(ValueError, match="adapter: adapter kind 'depth' is not known; choose one of: edges"):
         DiffusionConfig(**{**fields, "adapter": {**fields["adapter"], "kind": "depth"}})

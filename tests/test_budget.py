@@ -296,7 +296,8 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
     step_clock(1.25)
     runs = tmp_path / "runs"
     flags = ["train", "digits", "--name", "b", "--runs-dir", str(runs), "--image-size", "8", "--device", "cpu", "--quiet"]
-    assert main([*flags, "--minutes", "0.1", "--base-channels", "8", "--batch-size", "8", "--warmup", "3"]) == 0
+    assert main([*flags, "--minutes", "0.1", "--base-channels", "8", "--batch-size", "8", "--warmup", "3",
+                 "--cooldown", "0.25"]) == 0
     out = capsys.readouterr().out
     cfg = RunConfig.load(runs / "b" / "config.json")
     # given: base width, batch and warm-up; planned: the deeper of the two candidates left, EMA and cadence
@@ -305,10 +306,12 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
     # 5.4 s of steps at 0.0001 s x 2 blocks x 8 / 16: 54,000 steps expected
     assert cfg.train.steps == 54_000 and cfg.train.ema_decay == plan_schedule(54_000)["ema_decay"]
     assert (cfg.train.ckpt_every, cfg.train.val_every) == (5400, 2700)
+    assert (cfg.optim.cooldown_steps, cfg.optim.cooldown_end) == (13_500, 54_000)  # a share of the steps expected
     block = out[out.index("time budget 0.1 min:"):]
     for text in ("2,000 parameters (UNet base 8, channel_mult 1,2, 2 res block(s) per level)", "batch     8",
                  "about 54,000 expected (0.0001 s/step measured), about 253.1 epochs of 1,707 images",
-                 "lr        0.0005, warm-up 3 step(s)", "decay 0.99981", "checkpoint every 5400 steps, samples every 11000, "
+                 "lr        0.0005, warm-up 3 step(s), falling to 0 over the last 13,500 of the 54,000 expected (--cooldown)",
+                 "decay 0.99981", "checkpoint every 5400 steps, samples every 11000, "
                  "validation every 2700, metrics every 25"):
         assert text in block, (text, block)
     assert "finished at step 5" in out  # the budget ended it: 5 steps of 1.25 s
@@ -322,7 +325,9 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
     assert "finished at step 5" in capsys.readouterr().out
     result = pixelforge.train("digits", name="b", runs_dir=runs, minutes=0.15, device="cpu", progress=False)
     assert (result.stopped, result.step) == ("finished", 8)  # 9 s: 3 steps more after 6.25 s
-    assert RunConfig.load(runs / "b" / "config.json").train.minutes == 0.15
+    resumed = RunConfig.load(runs / "b" / "config.json")
+    assert resumed.train.minutes == 0.15
+    assert (resumed.optim.cooldown_steps, resumed.optim.cooldown_end) == (20_250, 81_000)  # moved with the budget
 
 
 def test_minutes_refuses_the_transformer_whose_stages_are_counted_in_steps(tmp_path, pixelforge_cache):

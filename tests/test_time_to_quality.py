@@ -90,6 +90,8 @@ def test_budget_configs_are_a_fresh_minutes_run_per_budget_with_their_own_option
     assert batch32[batch32.index("--batch-size") + 1] == "32" and "--batch-size" not in argv
     hflip = ttq.train_commands("hflip", "PH", "RUNS", [10])[0][2]
     assert "--hflip" in hflip and "--hflip" not in argv
+    cooldown, lownoise = (ttq.train_commands(c, "PH", "RUNS", [10])[0][2] for c in ("cooldown", "lownoise"))
+    assert cooldown[cooldown.index("--cooldown") + 1] == "0.2" and lownoise[lownoise.index("--set") + 1] == "P_mean=-0.4"
 
 
 def test_gan_configs_train_a_gan_in_pixels_or_latents_and_sample_it_in_one_call(ttq, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ class OptimConfig:
         micro-batches): "none" (lr as given), "linear" (lr * batch / lr_base_batch, Goyal et al. 2017)
         or "sqrt" (lr * sqrt(batch / lr_base_batch), the rule often preferred for Adam).
     lr_base_batch: the batch size `lr` is meant for when it is scaled.
+    cooldown_steps, cooldown_end: a linear cool-down (the "warm-up, stable, decay" schedule): the rate falls
+        from lr to 0 over the cooldown_steps steps that end at step cooldown_end (the run's last, train.steps
+        or a budget's expected steps), and stays 0 after it; 0 steps: no cool-down (the rate stays at lr).
+        `--cooldown FRACTION` sets both from the run's steps (new_run_config's `cooldown`).
     """
 
     lr: float = 2e-4
@@ -32,6 +37,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     lr_scaling: str = "none"
     lr_base_batch: int = 64
+    cooldown_steps: int = 0
+    cooldown_end: int = 0
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -46,6 +53,9 @@ class OptimConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {beta}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps and grad_clip must not be negative")
+        if not 0 <= self.cooldown_steps <= self.cooldown_end:
+            raise ValueError(f"optim.cooldown_steps must be at least 0 and at most optim.cooldown_end (the step it ends "
+                             f"at), got {self.cooldown_steps} and {self.cooldown_end}")
 
 
 DEFAULT_BETAS = (0.9, 0.999)
@@ -75,11 +85,23 @@ def make_adam(params, cfg: OptimConfig, default_betas: tuple[float, float] = DEF
     return optimizer
 
 
+def with_cooldown_end(cfg: OptimConfig, end: int) -> OptimConfig:
+    """cfg with its cool-down moved to end at step `end` (a resumed run given a new total of steps or minutes),
+    over the same share of the run; cfg itself where it has none."""
+    if not cfg.cooldown_steps:
+        return cfg
+    end = max(1, int(end))
+    return dataclasses.replace(cfg, cooldown_steps=min(end, max(1, round(cfg.cooldown_steps * end / cfg.cooldown_end))),
+                               cooldown_end=end)
+
+
 def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Linear warm-up to cfg.lr over cfg.warmup_steps, then constant."""
-    if cfg.warmup_steps <= 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    """Linear warm-up to cfg.lr over cfg.warmup_steps, then constant, then (with a cool-down) a linear fall to 0
+    over the cfg.cooldown_steps steps before cfg.cooldown_end."""
+    rate = cfg.lr if cfg.warmup_steps <= 0 else cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.cooldown_steps > 0:
+        rate *= min(1.0, max(0.0, (cfg.cooldown_end - step) / cfg.cooldown_steps))
+    return rate
 
 
 def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int, cfg: OptimConfig,

@@ -16,7 +16,7 @@ from ..models import get_family
 from ..models.adapter import ADAPTER_KINDS
 from ..models.optim import OptimConfig
 from .checkpoint import file_sha256
-from .config import RunConfig, TrainConfig, _sketch_fields
+from .config import RunConfig, TrainConfig, _sketch_fields, cooldown_settings
 from .store import BUNDLED_MODELS_DIR, default_runs_dir, resolve_run, weights_file
 
 ADAPTER_FAMILY = "diffusion"
@@ -41,11 +41,12 @@ def new_adapter_run_config(base: str | os.PathLike, kind: str = "edges", *, runs
     --condition edges. model_fields: label_dropout (default the base's) and hint_channels (AdapterConfig).
     settings: TrainConfig's fields (steps, batch_size, ema_decay, ..., minutes: a time budget, with no
     planning: the network is the base's) and the optimiser's (lr, warmup_steps, grad_clip, lr_scaling,
-    lr_base_batch); the defaults are the library's, lr the diffusion family's. A clear ValueError for any
+    lr_base_batch, cooldown as new_run_config takes it); the defaults are the library's, lr the diffusion family's. A clear ValueError for any
     other setting, and for a base that is not a trained pixel-space UNet diffusion run without a spatial
     condition (an adapter on an adapter, or on an edge run, is refused)."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"adapter {kind!r} is not known; choose one of: {', '.join(ADAPTER_KINDS)}")
+    cooldown = settings.pop("cooldown", 0.0)
     unknown = sorted(set(settings) - _OPTIM_SETTINGS - _TRAIN_SETTINGS)
     if unknown:
         raise ValueError(f"an adapter run takes its model and data from its base: {', '.join(unknown)} cannot be set "
@@ -75,6 +76,7 @@ def new_adapter_run_config(base: str | os.PathLike, kind: str = "edges", *, runs
     optim = {k: v for k, v in settings.items() if k in _OPTIM_SETTINGS}
     train = {k: v for k, v in settings.items() if k in _TRAIN_SETTINGS}
     optim.setdefault("lr", get_family(ADAPTER_FAMILY).default_lr)
+    optim.update(cooldown_settings(cooldown, train.get("steps", TrainConfig.steps)))
     cfg = RunConfig(family=ADAPTER_FAMILY, model=model, data=data_cfg, optim=OptimConfig(**optim), train=TrainConfig(**train))
     return RunConfig.from_dict(json.loads(cfg.to_json()), where="adapter run config")  # every field checked now
 

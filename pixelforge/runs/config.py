@@ -188,6 +188,7 @@ def new_run_config(
     grad_clip: float = OptimConfig.grad_clip,
     lr_scaling: str = OptimConfig.lr_scaling,
     lr_base_batch: int = OptimConfig.lr_base_batch,
+    cooldown: float = 0.0,
     steps: int = TrainConfig.steps,
     batch_size: int = TrainConfig.batch_size,
     ema_decay: float = TrainConfig.ema_decay,
@@ -224,6 +225,8 @@ def new_run_config(
         "audio" (or giving audio_encoder and audio_set, which it needs) conditions on spoken digits: the audio
         encoder folder's embedding of a training clip of each image's digit (condition/audio.py, docs/audio.md).
     lr: Adam's peak rate, default the family's `default_lr`. seed: the training seed and the split's.
+    cooldown: the share of the run's steps (a budget's: its expected steps) at its end over which the rate falls
+        linearly to 0 (OptimConfig.cooldown_steps, cooldown_end); 0: none.
     minutes: a time budget for the run (TrainConfig.minutes); the settings it decides are planned by
         train/budget.py's plan_run, which calls this with them.
     model "upscale", scale: an upscaler (a diffusion run conditioned on each image's low-resolution version,
@@ -283,13 +286,21 @@ def new_run_config(
         model=model_config,
         data=data_config,
         optim=OptimConfig(lr=family.default_lr if lr is None else lr, warmup_steps=warmup_steps, grad_clip=grad_clip,
-                          lr_scaling=lr_scaling, lr_base_batch=lr_base_batch),
+                          lr_scaling=lr_scaling, lr_base_batch=lr_base_batch, **cooldown_settings(cooldown, steps)),
         train=TrainConfig(steps=steps, batch_size=batch_size, ema_decay=ema_decay, log_every=log_every, val_every=val_every,
                           patience=patience, eval_every=eval_every, eval_samples=eval_samples, eval_extractor=eval_extractor,
                           early_stop_on=early_stop_on, sample_every=sample_every, ckpt_every=ckpt_every, seed=seed,
                           grad_accum=grad_accum, precision=precision, minutes=minutes),
     )
     return RunConfig.from_dict(json.loads(cfg.to_json()))  # validates every field now, not mid-run
+
+
+def cooldown_settings(cooldown: float, steps: int) -> dict:
+    """OptimConfig's cool-down fields for a share `cooldown` of a run of `steps` steps: the rate falls to 0 over its
+    last round(cooldown * steps) steps ({} for 0: none)."""
+    if isinstance(cooldown, bool) or not isinstance(cooldown, (int, float)) or not 0 <= cooldown < 1:
+        raise ValueError(f"cooldown (--cooldown) must be a share of the run's steps in [0, 1), got {cooldown!r}")
+    return {"cooldown_steps": round(cooldown * steps), "cooldown_end": steps} if cooldown else {}
 
 
 def _audio_fields(model: str, fields: set[str], encoder: str | None, audio_set: str | None) -> dict:

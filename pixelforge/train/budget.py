@@ -582,7 +582,9 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         + f" ({shape})",
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
-        f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)",
+        f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)"
+        + (f", falling to 0 over the last {cfg.optim.cooldown_steps:,} of the {cfg.optim.cooldown_end:,} expected (--cooldown)"
+           if cfg.optim.cooldown_steps else ""),
         f"  precision {t.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
                                         f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None else ""),
         f"  start     " + (f"from {plan.init_from}'s weights (--init-from none trains from scratch)" if plan.init_from
