@@ -201,6 +201,18 @@ def test_a_budget_run_trains_past_its_expected_steps_and_stops_within_one_step_o
     assert pixelforge.load(tmp_path / "r", device="cpu").sample_options["sampler"] == "euler"
 
 
+def test_a_budget_run_ends_where_its_cooldown_reaches_0_and_a_larger_budget_moves_it(tmp_path, make_run_config,
+                                                                                      step_clock, capsys):
+    step_clock(1.25)
+    cfg = make_run_config(steps=3, minutes=0.1, ckpt_every=100, val_every=100, optim={"cooldown_steps": 1, "cooldown_end": 3})
+    result = train(cfg, tmp_path / "r", device="cpu", progress=False, cache_dir=tmp_path / "cache")
+    assert (result.stopped, result.step) == ("finished", 3)  # 3.75 s of the 6: past step 3 the rate is 0
+    assert result.last_checkpoint.name == "step_0000003.safetensors"
+    assert "cool-down reached 0 at step 3: the run ends there, 2 s before its budget" in capsys.readouterr().out
+    result = pixelforge.train("digits", name="r", runs_dir=tmp_path, minutes=0.2, device="cpu", progress=False)
+    assert (result.stopped, result.step) == ("finished", 6)  # the end moved with the budget (3 x 0.2 / 0.1)
+
+
 def test_budget_sampling_goes_only_to_new_diffusion_budget_runs_and_keeps_a_users_file(tmp_path, make_run_config):
     timed, stepped = make_run_config(steps=3, minutes=0.1), make_run_config(steps=3)
     assert budget.BUDGET_SAMPLING == {"sampler": "euler", "steps": 35, "rho": 2.0}  # 35 evaluations, as Heun with 18 steps

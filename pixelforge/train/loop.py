@@ -772,8 +772,10 @@ def _train_locked(
 
     losses: dict[int, float] = {}
     stopped = "finished"
-    # a budgeted run's steps are an estimate, not a limit: it ends when the budget does
-    steps_total = cfg.train.steps if cfg.train.minutes is None else _NO_STEP_LIMIT
+    # a budgeted run's steps are an estimate, not a limit: it ends when the budget does, or where its learning rate's
+    # cool-down reaches 0 (steps after it would train nothing)
+    cooled = cfg.optim.cooldown_end if cfg.optim.cooldown_steps else _NO_STEP_LIMIT
+    steps_total = cfg.train.steps if cfg.train.minutes is None else cooled
     end = steps_total if stop_at is None else min(stop_at, steps_total)
     budget_spent = budget_ends_run and max_seconds <= 0  # the run is over: nothing left to train
     if budget_spent:
@@ -890,6 +892,10 @@ def _train_locked(
                 break
         if stop_at is not None and step < steps_total and stopped == "finished" and not budget_spent:
             stopped = "interrupted"
+        if budget_ends_run and stopped == "finished" and not budget_spent and step >= cooled and step > start:
+            left = max(0.0, max_seconds - (time.perf_counter() - t0))
+            say(f"the learning rate's cool-down reached 0 at step {step:,}: the run ends there, "
+                + (f"{left / 60:.1f} min" if left >= 60 else f"{left:.0f} s") + " before its budget")
     finally:
         batches.close()
         bar.close()
