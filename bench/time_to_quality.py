@@ -109,6 +109,7 @@ CONFIGS: dict[str, Config] = {
     "hflip": Config("budget", ("--hflip",), "--minutes M with random horizontal flips (as the peer flips)"),
     "cooldown": Config("budget", ("--cooldown", "0.2"), "--minutes M with the rate falling to 0 over the last 20% of the steps"),
     "lownoise": Config("budget", ("--set", "P_mean=-0.4"), "--minutes M training more on low noise (EDM's P_mean -1.2; ours 0.2)"),
+    "edmnoise": Config("budget", ("--set", "P_mean=-1.2"), "--minutes M with EDM's own noise levels (P_mean -1.2)"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
                          "a GAN in the latents of the bundled ae-32 autoencoder"),
