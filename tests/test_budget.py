@@ -465,6 +465,25 @@ def test_a_budget_run_starts_from_the_base_model_that_fits_and_times_only_its_ne
     assert plan.init_from is None
 
 
+def test_a_colour_pixel_diffusion_budget_run_trains_at_the_budget_noise_levels_unless_told_otherwise(pixelforge_cache):
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+
+    plan_run = lambda **kw: budget.plan_run("shapes", 1, image_size=8, measure=measure, init_from="none", **kw)  # noqa: E731
+    cfg, plan = plan_run()
+    assert cfg.model["P_mean"] == budget.BUDGET_P_MEAN != DiffusionConfig.P_mean
+    assert any(line.startswith(f"  noise     P_mean {budget.BUDGET_P_MEAN:g} (") for line in describe_plan(cfg, plan))
+    given, plan = plan_run(model_fields={"P_mean": 0.5})  # given: it wins, and the plan says nothing of it
+    assert given.model["P_mean"] == 0.5 and not any("noise" in line for line in describe_plan(given, plan))
+    # kinds not measured keep the family's: grey images, a text prompt, another family
+    grey, _ = plan_run(channels=1)
+    assert grey.model_config().P_mean == DiffusionConfig.P_mean
+    text, _ = plan_run(text=True)
+    assert text.model["text_dim"] and text.model_config().P_mean == DiffusionConfig.P_mean
+    steps_run = new_run_config("shapes", image_size=8)  # and a run of steps
+    assert steps_run.model_config().P_mean == DiffusionConfig.P_mean
+
+
 def test_starting_from_a_model_of_other_classes_gives_every_class_its_no_label_row(base_run, tmp_path):
     source = loop.load_weights(base_run)
     cfg = new_run_config("textures", image_size=8, channels=3, model_fields={"base_channels": 8, "channel_mult": (1, 2)},

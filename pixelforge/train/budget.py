@@ -85,6 +85,12 @@ PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (
 # checkpoints after 5 / 10 / 20 minutes: FID 143.7 / 114.9 / 104.7 with this, 165.7 / 130.9 / 119.1 with Euler
 # at rho 7, 179.2 / 141.5 / 126.3 with Heun at rho 7; at 10 minutes rho 5, 3 and 1.5 gave 129.1, 124.3, 125.3.
 BUDGET_SAMPLING = {"sampler": "euler", "steps": 35, "rho": 2.0}
+# The noise levels a budget run of a colour pixel-space diffusion UNet trains on (DiffusionConfig.P_mean: the mean of
+# ln sigma): EDM's own -1.2, where the family's default 0.2 was set on the digits (docs/families.md). At 0.2 the low
+# noise levels, which draw the fine detail of photos, get the fewest of a short run's steps. Measured on the second
+# time-to-quality photo folder after 10 minutes (docs/time-to-quality.md, "A second folder"): FID 199.3 at 0.2,
+# 173.9 at -0.4, 159.7 at -1.2.
+BUDGET_P_MEAN = -1.2
 BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
@@ -481,6 +487,18 @@ def default_gan_latent(cfg: RunConfig, given_fields: Mapping[str, object], image
     return LatentChoice(str(folder) if value >= GAN_LATENT_PSNR else None, round(value, 2))
 
 
+def budget_noise(cfg: RunConfig, given_fields: Mapping[str, object]) -> dict:
+    """{"P_mean": BUDGET_P_MEAN} for a budget run of the kind it was measured on (a diffusion UNet on colour images in
+    pixel space, with labels or none: no text, edge map, audio, upscaling, adapter or latents), unless P_mean is
+    given; else {}."""
+    if cfg.family != "diffusion" or "P_mean" in given_fields:
+        return {}
+    m = cfg.model_config()
+    measured = (m.backbone == "unet" and m.channels == 3 and m.autoencoder is None and not m.text_dim
+                and not m.spatial_condition and m.audio_net is None and m.lowres is None and m.adapter is None)
+    return {"P_mean": BUDGET_P_MEAN} if measured else {}
+
+
 def latent_gan(cfg: RunConfig) -> bool:
     """Whether the run is a GAN in an autoencoder's latents (GANConfig.latent)."""
     return cfg.family == "gan" and cfg.model_config().autoencoder is not None
@@ -547,6 +565,7 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
                                init_from=start)
     if base.family == "gan":
         plan = _with_gan_augment(plan, latent=latent_gan(base))
+    plan = dataclasses.replace(plan, model_fields={**plan.model_fields, **budget_noise(base, given_fields)})
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
     chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
@@ -585,6 +604,9 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)"
         + (f", falling to 0 over the last {cfg.optim.cooldown_steps:,} of the {cfg.optim.cooldown_end:,} expected (--cooldown)"
            if cfg.optim.cooldown_steps else ""),
+        *([f"  noise     P_mean {cfg.model['P_mean']:g} (ln sigma's mean in training; the family's "
+           f"{get_family('diffusion').Config.P_mean:g}): more steps at the low noise levels that draw fine detail"]
+          if "P_mean" in plan.model_fields else []),
         f"  precision {t.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
                                         f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None else ""),
         f"  start     " + (f"from {plan.init_from}'s weights (--init-from none trains from scratch)" if plan.init_from
