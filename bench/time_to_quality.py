@@ -29,8 +29,9 @@ Sampling: SAMPLES images per (config, budget), seeds 0..n-1, 35 network evaluati
   `minutes+heun18`; a guidance other than 1 counts two evaluations a step, `euler:17:2:2` is 34),
   and `--score-only` scores the runs a previous invocation trained, without training again.
 Scoring: FID, KID and precision/recall with the Inception extractor against all the folder's images at
-  32x32 (pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses). A grid per (config,
-  budget) is saved in --out (ours: a row per class).
+  32x32 (pixelforge.metrics.evaluate.evaluate_images, what `pixelforge evaluate` uses), and for labelled
+  samples the class agreement: the share whose nearest folder image in Inception features is of their class.
+  A grid per (config, budget) is saved in --out (ours: a row per class).
 Results merge into --out/results.json, keyed by config and budget, so configs run in separate invocations
   end in one table. Both sides use --threads torch threads (OMP_NUM_THREADS in the subprocesses).
 
@@ -198,18 +199,35 @@ def run_pixelforge(argv: list[str], threads: int) -> dict:
 
 
 class Scorer:
-    """FID, KID and precision/recall of uint8 samples against the folder's images at IMAGE_SIZE, with Inception."""
+    """FID, KID and precision/recall of uint8 samples against the folder's images at IMAGE_SIZE, with Inception; and
+    the class agreement of labelled samples: the share whose nearest folder image (Inception features, L2) is of
+    the sample's class (1 for the folder's own images, each against the others, on both bench folders)."""
 
     def __init__(self, photos: Path, device: str):
-        from pixelforge.evaluate import load_real
+        from pixelforge.data import DataConfig, load_dataset
         from pixelforge.metrics.features import load_extractor
 
         self.extractor = load_extractor("inception", device=device)
-        self.real = load_real(str(photos), extractor=self.extractor, image_size=IMAGE_SIZE, progress=False)  # (N, 3, 32, 32) uint8
+        # the folder as `pixelforge evaluate --real` loads it (evaluate.load_real), with its class of each image
+        data = load_dataset(DataConfig(source=str(photos), image_size=IMAGE_SIZE, channels=3, val_fraction=0.0),
+                            progress=False)
+        self.real, self.real_labels = data.images, data.labels  # (N, 3, 32, 32) uint8, (N,) int64 or None
+        self._real_features: torch.Tensor | None = None  # (N, 2048), on first use
 
-    def __call__(self, fake: torch.Tensor) -> dict:
+    def __call__(self, fake: torch.Tensor, labels: list[int] | None = None) -> dict:
         figures = evaluate_images(fake, self.real, self.extractor, options=EvalOptions(), real_label="photos")
-        return {k: figures[k] for k in ("fid", "kid", "precision", "recall", "extractor", "n_fake", "n_real")}
+        return {**{k: figures[k] for k in ("fid", "kid", "precision", "recall", "extractor", "n_fake", "n_real")},
+                "class_agreement": self.class_agreement(fake, labels)}
+
+    def class_agreement(self, fake: torch.Tensor, labels: list[int] | None) -> float | None:
+        """Share of the samples whose nearest folder image is of their label's class; None without labels on
+        either side (the peer is unconditional)."""
+        if labels is None or self.real_labels is None:
+            return None
+        if self._real_features is None:
+            self._real_features = torch.as_tensor(self.extractor.features(self.real)).float()
+        near = self.real_labels[torch.cdist(torch.as_tensor(self.extractor.features(fake)).float(), self._real_features).argmin(1)]
+        return float((near == torch.as_tensor(labels)).float().mean())
 
 
 def class_rows(images: torch.Tensor, labels: list[int] | None, cols: int = GRID_COLS) -> list:
@@ -420,15 +438,16 @@ def _num(x, spec: str) -> str:
 def table(rows: dict[str, dict]) -> str:
     """A markdown table of the rows, in CONFIGS order then by budget."""
     order = {name: i for i, name in enumerate(CONFIGS)}  # a row CONFIG+SAMPLING sorts with CONFIG
-    lines = ["| config | budget min | steps | images seen | FID | precision | recall | train s | wall s | cpu s | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | budget min | steps | images seen | FID | precision | recall | class agreement | train s | wall s | cpu s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows.values(), key=lambda r: (order.get(r["config"].split("+")[0], len(order)), r["config"], r["budget_min"])):
         load = f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" if r.get("load_before") else "-"
         if r.get("error"):
-            lines.append(f"| {r['config']} | {fmt(r['budget_min'])} | skipped: {r['error']} | | | | | | | | {load} |")
+            lines.append(f"| {r['config']} | {fmt(r['budget_min'])} | skipped: {r['error']} | | | | | | | | | {load} |")
             continue
         lines.append(f"| {r['config']} | {fmt(r['budget_min'])} | {_num(r.get('steps'), 'd')} | {_num(r.get('images'), ',')} | "
                      f"{_num(r.get('fid'), '.2f')} | {_num(r.get('precision'), '.3f')} | {_num(r.get('recall'), '.3f')} | "
+                     f"{_num(r.get('class_agreement'), '.3f')} | "
                      f"{_num(r.get('train_s'), '.1f')} | {_num(r.get('wall_s'), '.1f')} | {_num(r.get('cpu_s'), '.1f')} | {load} |")
     return "\n".join(lines)
 
@@ -520,7 +539,7 @@ def main(argv=None) -> dict:
 
     def finish(row: dict, images: torch.Tensor, labels: list[int] | None) -> None:
         fake = images if images.dtype == torch.uint8 else to_uint8(images)
-        row.update(scorer(fake))
+        row.update(scorer(fake, labels))
         grid_images = class_rows(fake.float() / 127.5 - 1, labels)
         grid = out / f"{row['config']}-{fmt(row['budget_min'])}min.png"
         make_grid(grid_images, cols=GRID_COLS, scale=2).save(grid)
@@ -529,8 +548,10 @@ def main(argv=None) -> dict:
         if row.get("evaluations") not in (None, EVALS):
             print(f"  note: {row['config']} sampled with {row['evaluations']} network evaluations an image, not {EVALS}",
                   flush=True)
+        agreement = row.get("class_agreement")
         print(f"  {row['config']} {fmt(row['budget_min'])} min: {row.get('steps')} steps, FID {row['fid']:.2f}, "
-              f"precision {row['precision']:.3f}, recall {row['recall']:.3f}", flush=True)
+              f"precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+              + (f", class agreement {agreement:.3f}" if agreement is not None else ""), flush=True)
 
     label = (lambda config: f"{config}+{sampling_label(a.sampling)}") if a.sampling else (lambda config: config)
     for config in a.configs:

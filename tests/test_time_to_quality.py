@@ -217,6 +217,23 @@ def test_sampling_is_parsed_counted_in_network_evaluations_and_labels_its_rows(t
     assert [line.split("|")[1].strip() for line in body] == ["minutes", "minutes+heun18", "peer"]  # with its config
 
 
+def test_class_agreement_is_the_share_of_samples_whose_nearest_folder_image_has_their_label(ttq):
+    class Pixels:  # an extractor whose features are the pixels
+        def features(self, images, batch_size=64):
+            return images.flatten(1).double().numpy()
+
+    scorer = object.__new__(ttq.Scorer)
+    scorer.extractor, scorer._real_features = Pixels(), None
+    scorer.real = torch.stack([torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (0, 10, 240, 250)])
+    scorer.real_labels = torch.tensor([0, 0, 1, 1])
+    fake = torch.stack([torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (5, 2, 245, 230)])
+    assert scorer.class_agreement(fake, [0, 1, 1, 0]) == 0.5  # the first and third agree
+    assert scorer.class_agreement(fake, [0, 0, 1, 1]) == 1.0
+    assert scorer.class_agreement(fake, None) is None  # the peer: unconditional
+    scorer.real_labels = None
+    assert scorer.class_agreement(fake, [0, 0, 1, 1]) is None  # a folder without classes
+
+
 def test_class_rows_put_one_class_per_grid_row(ttq):
     images = torch.stack([torch.full((3, 2, 2), float(k) / 3 - 0.5) for k in [0, 1, 2] * 12])  # (36, 3, 2, 2), label = i % 3
     picked = ttq.class_rows(images, [i % 3 for i in range(36)], cols=10)
