@@ -86,11 +86,12 @@ PROBE_MIN_SECONDS = 0.5  # each timing repeats steps until they take this long (
 # at rho 7, 179.2 / 141.5 / 126.3 with Heun at rho 7; at 10 minutes rho 5, 3 and 1.5 gave 129.1, 124.3, 125.3.
 BUDGET_SAMPLING = {"sampler": "euler", "steps": 35, "rho": 2.0}
 # The noise levels a budget run of a colour pixel-space diffusion UNet trains on (DiffusionConfig.P_mean: the mean of
-# ln sigma): EDM's own -1.2, where the family's default 0.2 was set on the digits (docs/families.md). At 0.2 the low
-# noise levels, which draw the fine detail of photos, get the fewest of a short run's steps. Measured on the second
-# time-to-quality photo folder after 10 minutes (docs/time-to-quality.md, "A second folder"): FID 199.3 at 0.2,
-# 173.9 at -0.4, 159.7 at -1.2.
-BUDGET_P_MEAN = -1.2
+# ln sigma), lower than the family's default 0.2, which was set on the digits (docs/families.md): at 0.2 the low noise
+# levels, which draw the fine detail of photos, get the fewest of a short run's steps. Measured on the two
+# time-to-quality photo folders after 10 minutes (docs/training-budget.md, "Noise levels"): FID 100.8 and 199.3 at
+# 0.2, 88.5 and 173.9 at -0.4; EDM's own -1.2 gave the second folder 159.7 but the first 110.6, and its samples kept
+# to their class less (class agreement 0.677 against 0.947 at 0.2 on the first folder).
+BUDGET_P_MEAN = -0.4
 BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
