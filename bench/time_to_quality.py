@@ -108,8 +108,10 @@ CONFIGS: dict[str, Config] = {
     "latent": Config("budget", ("--set", "latent=ae-32"), "--minutes M in the latents of the bundled ae-32 autoencoder"),
     "batch32": Config("budget", ("--batch-size", "32"), "--minutes M at batch 32 (what the plan takes on a CPU)"),
     "hflip": Config("budget", ("--hflip",), "--minutes M with random horizontal flips (as the peer flips)"),
-    "cooldown": Config("budget", ("--cooldown", "0.2"), "--minutes M with the rate falling to 0 over the last 20% of the steps"),
-    "lownoise": Config("budget", ("--set", "P_mean=-0.4"), "--minutes M training more on low noise (EDM's P_mean -1.2; ours 0.2)"),
+    "cooldown": Config("budget", ("--cooldown", "0.2"),
+                       "--minutes M with the rate falling to 0 over the last 20% of the steps"),
+    "lownoise": Config("budget", ("--set", "P_mean=-0.4"),
+                       "--minutes M at P_mean -0.4 (the plan's on colour images since 2026-12-01; the family's 0.2)"),
     "edmnoise": Config("budget", ("--set", "P_mean=-1.2"), "--minutes M with EDM's own noise levels (P_mean -1.2)"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
@@ -226,7 +228,8 @@ class Scorer:
             return None
         if self._real_features is None:
             self._real_features = torch.as_tensor(self.extractor.features(self.real)).float()
-        near = self.real_labels[torch.cdist(torch.as_tensor(self.extractor.features(fake)).float(), self._real_features).argmin(1)]
+        fake_features = torch.as_tensor(self.extractor.features(fake)).float()  # (n, 2048)
+        near = self.real_labels[torch.cdist(fake_features, self._real_features).argmin(1)]
         return float((near == torch.as_tensor(labels)).float().mean())
 
 
@@ -438,7 +441,8 @@ def _num(x, spec: str) -> str:
 def table(rows: dict[str, dict]) -> str:
     """A markdown table of the rows, in CONFIGS order then by budget."""
     order = {name: i for i, name in enumerate(CONFIGS)}  # a row CONFIG+SAMPLING sorts with CONFIG
-    lines = ["| config | budget min | steps | images seen | FID | precision | recall | class agreement | train s | wall s | cpu s | load |",
+    lines = ["| config | budget min | steps | images seen | FID | precision | recall | class agreement | train s | wall s | "
+             "cpu s | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows.values(), key=lambda r: (order.get(r["config"].split("+")[0], len(order)), r["config"], r["budget_min"])):
         load = f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" if r.get("load_before") else "-"

@@ -198,7 +198,8 @@ class GANModel(FamilyModule):
             g, d = list(self.G.parameters()), list(self.D.parameters())
             if self.text_g is not None:
                 g, d = g + list(self.text_g.parameters()), d + list(self.text_d.parameters())
-            self._optimizers = {"g": make_adam(g, cfg, betas), "d": make_adam(d, cfg, betas, lr_scale=self.config.d_lr_scale)}
+            self._optimizers = {"g": make_adam(g, cfg, betas),
+                                "d": make_adam(d, cfg, betas, lr_scale=self.config.d_lr_scale)}
         return self._optimizers
 
     # --- a GAN in an autoencoder's latents --------------------------------------------------------------

@@ -41,8 +41,8 @@ def new_adapter_run_config(base: str | os.PathLike, kind: str = "edges", *, runs
     --condition edges. model_fields: label_dropout (default the base's) and hint_channels (AdapterConfig).
     settings: TrainConfig's fields (steps, batch_size, ema_decay, ..., minutes: a time budget, with no
     planning: the network is the base's) and the optimiser's (lr, warmup_steps, grad_clip, lr_scaling,
-    lr_base_batch, cooldown as new_run_config takes it); the defaults are the library's, lr the diffusion family's. A clear ValueError for any
-    other setting, and for a base that is not a trained pixel-space UNet diffusion run without a spatial
+    lr_base_batch, cooldown as new_run_config takes it); the defaults are the library's, lr the diffusion
+    family's. A clear ValueError for any other setting, and for a base that is not a trained pixel-space UNet diffusion run without a spatial
     condition (an adapter on an adapter, or on an edge run, is refused)."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"adapter {kind!r} is not known; choose one of: {', '.join(ADAPTER_KINDS)}")
