@@ -112,6 +112,7 @@ CONFIGS: dict[str, Config] = {
                        "--minutes M with the rate falling to 0 over the last 20% of the steps"),
     "lownoise": Config("budget", ("--set", "P_mean=-0.4"),
                        "--minutes M at P_mean -0.4 (the plan's on colour images since 2026-12-01; the family's 0.2)"),
+    "midnoise": Config("budget", ("--set", "P_mean=-0.8"), "--minutes M at P_mean -0.8 (between lownoise and edmnoise)"),
     "edmnoise": Config("budget", ("--set", "P_mean=-1.2"), "--minutes M with EDM's own noise levels (P_mean -1.2)"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
