@@ -188,6 +188,7 @@ class Generator:
         callback=None,
         _drawings: list | None = None,
         _clips: list | None = None,
+        _rows: int | None = None,
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Images (n, C, H, W) in [-1, 1] and each image's settings (enough to regenerate it alone).
@@ -206,7 +207,9 @@ class Generator:
         model's audio encoder, and its SHA-256 recorded in the settings (_clips receives each image's clip bytes).
         options: the family's sampling options (see `sample_options`; for diffusion sampler, steps,
         guidance, schedule); unset ones take their defaults.
-        Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size.
+        Image i uses seed + i (or seeds[i]), so it does not depend on n or batch_size (up to float rounding: see
+        replay_rows; its settings record the size of the batch it was made in, under "batch").
+        _rows: regenerate()'s replay of one image in a batch of that size (replay_rows).
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -226,8 +229,11 @@ class Generator:
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, n)
 
-            out.append(self.model.sample(len(chunk_idx), cond, seeds=seeds[sl], callback=cb, **opts, **extra).cpu())
-        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+            chunk_seeds, cond, extra, _ = replay_rows(_rows, seeds[sl], cond, extra)
+            out.append(self.model.sample(len(chunk_seeds), cond, seeds=chunk_seeds, callback=cb, **opts,
+                                         **extra)[:len(chunk_idx)].cpu())
+        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt,
+                                  batches=batch_sizes(n, batch_size, _rows))
         for s, (drawing, digest) in zip(settings, sketches or []):
             s.update(sketch=sketch_file_name(digest), sketch_sha256=digest)
             if _drawings is not None:
@@ -359,9 +365,9 @@ class Generator:
         return cond, extra
 
     def _settings(self, seeds: list[int], opts: dict, idx: list, prompts: list | None,
-                  negative_prompt: str | None) -> list[dict]:
-        """Each image's settings: the model, its checkpoint, the seed, the options and the conditions
-        (prompts None: a model without text, which records no prompt)."""
+                  negative_prompt: str | None, *, batches: list[int]) -> list[dict]:
+        """Each image's settings: the model, its checkpoint, the seed, the options, the conditions (prompts None: a
+        model without text, which records no prompt) and the size of the batch it was sampled in (batches[i])."""
         settings = []
         for i, seed in enumerate(seeds):
             s = {
@@ -372,6 +378,7 @@ class Generator:
                 "seed": seed,
                 **opts,
                 "label": idx[i],
+                "batch": batches[i],
                 "version": __version__,
             }
             if self.config.compress is not None:
@@ -404,10 +411,12 @@ class Generator:
         batch_size: int = 64,
         callback=None,
         _copies: list | None = None,
+        _rows: int | None = None,
         **options,
     ) -> tuple[torch.Tensor, list[dict]]:
         """Edited images (n, C, H, W) in [-1, 1] and each one's settings; arguments as edit() (_copies, a list,
-        receives each image's {"image": input as read, "mask": mask as read or None}, for edit() to keep)."""
+        receives each image's {"image": input as read, "mask": mask as read or None}, for edit() to keep; _rows as
+        generate_tensor's)."""
         self.check_edit()
         from .edit import copy_file_name, image_tensor, mask_tensor, read_input
 
@@ -463,10 +472,12 @@ class Generator:
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, n)
 
-            chunk_mask = m_all[sl] if m_all is not None else None
-            out.append(self.model.edit(x_all[sl], chunk_mask, cond=cond, seeds=seeds[sl], callback=cb,
-                                       **edit_opts, **opts, **extra).cpu())
-        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt)
+            chunk_seeds, cond, extra, (chunk_x, chunk_mask) = replay_rows(
+                _rows, seeds[sl], cond, extra, x_all[sl], m_all[sl] if m_all is not None else None)
+            out.append(self.model.edit(chunk_x, chunk_mask, cond=cond, seeds=chunk_seeds, callback=cb,
+                                       **edit_opts, **opts, **extra)[:k].cpu())
+        settings = self._settings(seeds, opts, idx, prompts if text is not None else None, negative_prompt,
+                                  batches=batch_sizes(n, batch_size, _rows))
         for s, image_hash, mask_hash in zip(settings, image_hashes, mask_hashes):
             # each input's lossless copy is named by its hash, so `sample --from` finds it beside the image
             s.update(edit_opts, image=copy_file_name("image", image_hash), image_sha256=image_hash,
@@ -517,9 +528,10 @@ class Generator:
                              "upscale): train one with `pixelforge train DATA --model upscale --scale 2`")
 
     def upscale_tensor(self, images, *, seed: int = 0, seeds: list[int] | None = None, batch_size: int = 64,
-                       callback=None, _inputs: list | None = None, **options) -> tuple[torch.Tensor, list[dict]]:
+                       callback=None, _inputs: list | None = None, _rows: int | None = None,
+                       **options) -> tuple[torch.Tensor, list[dict]]:
         """Upscaled images (n, C, H, W) in [-1, 1] and each one's settings; arguments as upscale() (_inputs, a
-        list, receives each input as read, for upscale() to keep with its image)."""
+        list, receives each input as read, for upscale() to keep with its image; _rows as generate_tensor's)."""
         self.check_upscaler()
         from .condition.lowres import upsample
         from .upscale import input_file_name, lowres_tensor, read_lowres
@@ -549,8 +561,10 @@ class Generator:
                 if callback is not None:
                     callback(_start + _m * (i + 1) / total, len(items))
 
-            out.append(self.model.sample(k, Cond(spatial=spatial[sl]), seeds=seeds[sl], callback=cb, **opts).cpu())
-        settings = self._settings(seeds, opts, [None] * len(items), None, None)
+            chunk_seeds, cond, _, _ = replay_rows(_rows, seeds[sl], Cond(spatial=spatial[sl]), {})
+            out.append(self.model.sample(len(chunk_seeds), cond, seeds=chunk_seeds, callback=cb, **opts)[:k].cpu())
+        settings = self._settings(seeds, opts, [None] * len(items), None, None,
+                                  batches=batch_sizes(len(items), batch_size, _rows))
         for s, (_, im, digest) in zip(settings, read):
             s.pop("label", None)
             s.update(scale=cfg.lowres.scale, input=input_file_name(digest), input_sha256=digest)
@@ -645,6 +659,32 @@ SKETCH_INFO_KEY = "pixelforge_sketch"  # an output image's .info entry holding t
 
 
 AUDIO_INFO_KEY = "pixelforge_audio"  # an output image's .info entry holding the WAV bytes it was made from
+
+
+def batch_sizes(n: int, batch_size: int, rows: int | None = None) -> list[int]:
+    """The size of the batch each of n images is sampled in, batch_size at a time (the last batch holds the rest);
+    a replay's (rows given) is the size recorded, the one it is computed in (replay_rows)."""
+    if rows is not None:
+        return [rows] * n
+    return [min(batch_size, n - i // batch_size * batch_size) for i in range(n)]
+
+
+def replay_rows(rows: int | None, seeds: list[int], cond: Cond | None, extra: dict,
+                *tensors: torch.Tensor | None) -> tuple[list[int], Cond | None, dict, tuple]:
+    """One image's inputs (its seed, Cond, the negative prompt's Cond in extra, and per-image tensors) repeated to
+    `rows` identical rows, for regenerate() to compute it in a batch of the size it was first sampled in, then keep
+    the first row. Every row depends only on its own inputs, but not every kernel rounds alike for every batch
+    size: on a 2-core AMD EPYC with AVX2 and no AVX-512 (torch 2.13 CPU), an image sampled alone differed from the
+    same seed in a batch of two by up to 4e-5, a grey level in a few pixels, where batches of 2, 3, 4 and 64 agreed
+    to the bit (GPUs choose kernels by batch size too). rows None or 1, or more than one image: as given."""
+    if rows is None or rows <= 1 or len(seeds) != 1:
+        return seeds, cond, extra, tensors
+
+    def widen(c):
+        return Cond.cat([c] * rows) if isinstance(c, Cond) else c
+
+    repeated = tuple(None if t is None else t.repeat(rows, *[1] * (t.dim() - 1)) for t in tensors)
+    return seeds * rows, widen(cond), {k: widen(v) for k, v in extra.items()}, repeated
 
 
 def audio_file_name(digest: str) -> str:
@@ -961,11 +1001,28 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     g = Generator(_find_model(s, png_path, runs_dir), device=device, name=s["model"], moderation=moderation)
     options = {k: s[k] for k in g.sample_options if k in s}
     if "input_sha256" in s:  # an upscaled image: its input's copy beside it
-        (image,) = g.upscale([_recorded_input(s, png_path, g.model.config.channels)], seeds=[s["seed"]], watermark=watermark, post=post, **options)
+        (image,) = g.upscale([_recorded_input(s, png_path, g.model.config.channels)], seeds=[s["seed"]],
+                             watermark=watermark, post=post, _rows=_recorded_batch(s, png_path), **options)
         return image, s
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
-                          sketch=sketch, audio=audio, seeds=[s["seed"]], watermark=watermark, post=post, **options)
+                          sketch=sketch, audio=audio, seeds=[s["seed"]], watermark=watermark, post=post,
+                          _rows=_recorded_batch(s, png_path), **options)
     return image, s
+
+
+MAX_REPLAY_BATCH = 65_536  # a recorded batch above this is refused (a PNG's settings are untrusted input)
+
+
+def _recorded_batch(s: dict, png_path) -> int | None:
+    """The size of the batch a PNG's image was sampled in (its settings' "batch"; None where older versions did not
+    record it: the image is computed alone); a clear error for a value that is not a whole number in range."""
+    batch = s.get("batch")
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_REPLAY_BATCH:
+        raise ValueError(f"{png_path}: its settings' batch must be a whole number from 1 to {MAX_REPLAY_BATCH}, "
+                         f"got {batch!r}")
+    return batch
 
 
 def _replay_edit(s: dict, png_path, *, device: str, runs_dir, moderation, watermark) -> tuple[Image.Image, dict]:
@@ -986,7 +1043,7 @@ def _replay_edit(s: dict, png_path, *, device: str, runs_dir, moderation, waterm
     options = {k: s[k] for k in (*g.sample_options, *edit_names) if k in s}
     (edited,) = g.edit(image, mask=mask, label=s.get("label"), prompt=s.get("prompt"),
                        negative_prompt=s.get("negative_prompt"), seeds=[s["seed"]], watermark=watermark, post=post,
-                       **options)
+                       _rows=_recorded_batch(s, png_path), **options)
     return edited, s
 
 

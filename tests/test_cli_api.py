@@ -188,6 +188,50 @@ def test_sample_from_a_png_regenerates_the_same_pixels(sampled, tmp_path):
     assert read_settings(again) == read_settings(original)
 
 
+def test_a_png_records_its_batch_and_sample_from_computes_it_in_a_batch_of_that_size(sampled, tmp_path, monkeypatch):
+    # some CPUs round one image alone unlike the same image in a batch (docs: replay_rows): the replay repeats it
+    out, _ = sampled
+    original = sorted(p for p in out.glob("*.png") if p.name != "grid.png")[2]
+    assert read_settings(original)["batch"] == 3  # -n 3 in one batch
+    from pixelforge.models.diffusion import DiffusionModel
+
+    counts, real = [], DiffusionModel.sample
+
+    def counting(self, n, cond=None, *, seeds=None, **kw):
+        counts.append((n, list(seeds), None if cond is None else cond.labels.tolist()))
+        return real(self, n, cond, seeds=seeds, **kw)
+
+    monkeypatch.setattr(DiffusionModel, "sample", counting)
+    assert main(["sample", "--from", str(original), "-o", str(tmp_path / "again"), "--device", "cpu"]) == 0
+    assert counts == [(3, [7, 7, 7], [2, 2, 2])]  # seed 7, label 2: three copies of the one image, one kept
+    (again,) = (tmp_path / "again").glob("*.png")
+    with Image.open(original) as a, Image.open(again) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert read_settings(again)["batch"] == 3  # and it replays the same way again
+
+
+def test_sample_from_refuses_a_recorded_batch_that_is_not_a_count(sampled, tmp_path, capsys):
+    from pixelforge.images import save_png
+
+    out, _ = sampled
+    original = sorted(p for p in out.glob("*.png") if p.name != "grid.png")[0]
+    for bad in (0, -2, 2.5, "3", 10**9):
+        s = {**read_settings(original), "batch": bad}
+        with Image.open(original) as im:
+            save_png(im.copy(), tmp_path / "bad.png", s)
+        assert main(["sample", "--from", str(tmp_path / "bad.png"), "-o", str(tmp_path / "o"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "bad.png" in err and "batch" in err and repr(bad) in err
+
+
+def test_batch_sizes_record_the_batch_each_image_was_sampled_in():
+    from pixelforge.api import batch_sizes
+
+    assert batch_sizes(5, 2) == [2, 2, 2, 2, 1]
+    assert batch_sizes(3, 64) == [3, 3, 3]
+    assert batch_sizes(1, 64, rows=7) == [7]  # a replay records the batch it repeated
+
+
 def test_sample_with_a_label_out_of_range_exits_2_with_a_message(trained, tmp_path, capsys):
     runs, _, _ = trained
     code = main(["sample", "tiny", "--runs-dir", str(runs), "-n", "1", "--label", "12", "--steps", "2",
