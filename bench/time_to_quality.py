@@ -114,6 +114,8 @@ CONFIGS: dict[str, Config] = {
                        "--minutes M at P_mean -0.4 (the plan's on colour images since 2026-12-01; the family's 0.2)"),
     "midnoise": Config("budget", ("--set", "P_mean=-0.8"), "--minutes M at P_mean -0.8 (between lownoise and edmnoise)"),
     "edmnoise": Config("budget", ("--set", "P_mean=-1.2"), "--minutes M with EDM's own noise levels (P_mean -1.2)"),
+    "labellr": Config("budget", ("--set", "label_lr_scale=10"),
+                      "--minutes M with the label embedding learning at 10 times the run's rate"),
     "gan": Config("budget", ("--model", "gan"), "a GAN: --model gan --minutes M"),
     "gan-latent": Config("budget", ("--model", "gan", "--set", "latent=ae-32"),
                          "a GAN in the latents of the bundled ae-32 autoencoder"),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..condition import Cond
+from ..condition import Cond, LabelEmbedding
 from ..condition.audio import AudioConditioner, AudioEncoder, AudioFields, check_audio_fields, unused_audio_fields
 from ..condition.edges import SketchFields, check_sketch_fields, unused_sketch_fields
 from ..condition.lowres import LowresConfig, low_side, lowres_config
@@ -44,6 +44,9 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     attn_resolutions: feature-map sides (e.g. 16, 8) whose levels get self-attention.
     label_dropout: share of training labels replaced by "no label", so one network also learns the
         unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
+    label_lr_scale: the label embedding's learning rate as a multiple of the run's (warm-up and schedule
+        included): a run started from another model's weights begins with every class at that model's "no
+        label" row (train/loop.py _init_from), and a short run has few steps to tell its classes apart.
     P_mean, P_std: log-normal distribution of training noise levels, ln(sigma) ~ N(P_mean, P_std^2).
         EDM (Table 1) uses P_mean -1.2 for CIFAR-10 trained on 200 M images; the default 0.2 puts more
         of the training on the high noise levels where a digit's shape and class are decided, which
@@ -104,6 +107,7 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     attn_resolutions: tuple[int, ...] = ()  # the middle block always has attention
     dropout: float = 0.0
     label_dropout: float = 0.1
+    label_lr_scale: float = 1.0
     sigma_data: float = 0.5
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -162,6 +166,8 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0 < self.label_lr_scale <= 1000:
+            raise ValueError(f"label_lr_scale must be above 0 and at most 1000, got {self.label_lr_scale}")
         for name in ("text_vector", "cross_attn_position", "position_embedding"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -232,7 +238,8 @@ class DiffusionConfig(TextFields, SketchFields, AudioFields):
     def unused_fields(self) -> tuple[str, ...]:
         """The fields this config's backbone ignores (`pixelforge info` leaves them out)."""
         conditioned = self.num_classes or self.text_dim or self.spatial_channels or self.audio_dim
-        unused = (() if conditioned else ("label_dropout",)) + unused_text_fields(self) + unused_sketch_fields(self)
+        unused = (() if conditioned else ("label_dropout",)) + (() if self.num_classes else ("label_lr_scale",))
+        unused += unused_text_fields(self) + unused_sketch_fields(self)
         unused += unused_audio_fields(self)
         if self.autoencoder is None:
             unused += ("latent", "autoencoder")
@@ -401,9 +408,17 @@ class DiffusionModel(FamilyModule):
         encoder are left out, and an adapter run trains its adapter alone."""
         if self._optimizer is None and self.adapter is not None:
             self._optimizer = make_adam(self.adapter.parameters(), self.optim_config, self.default_betas)
-        if self._optimizer is None and (self.autoencoder is not None or self.audio_net is not None):
-            trained = [p for name, p in self.named_parameters() if not name.startswith(("autoencoder.", "audio_net."))]
-            self._optimizer = make_adam(trained, self.optim_config, self.default_betas)
+        if self._optimizer is None:
+            trained = [(name, p) for name, p in self.named_parameters() if not name.startswith(("autoencoder.", "audio_net."))]
+            labels = {id(p) for m in self.modules() if isinstance(m, LabelEmbedding) for p in m.parameters()}
+            scale = self.config.label_lr_scale if self.config.num_classes else 1.0
+            if scale != 1.0 and labels:  # the label embedding in a group of its own, at its own rate
+                groups = [{"params": [p for _, p in trained if id(p) not in labels]},
+                          {"params": [p for _, p in trained if id(p) in labels], "lr_scale": scale,
+                           "lr": self.optim_config.lr * scale}]
+                self._optimizer = make_adam(groups, self.optim_config, self.default_betas)
+            elif self.autoencoder is not None or self.audio_net is not None:
+                self._optimizer = make_adam([p for _, p in trained], self.optim_config, self.default_betas)
         return super().optimizers()
 
     def frozen_parts(self) -> tuple[tuple, ...]:
