@@ -484,6 +484,25 @@ def test_a_colour_pixel_diffusion_budget_run_trains_at_the_budget_noise_levels_u
     assert steps_run.model_config().P_mean == DiffusionConfig.P_mean
 
 
+def test_a_labelled_budget_run_from_a_base_model_learns_its_labels_at_the_budget_rate(base_run, monkeypatch):
+    monkeypatch.setattr(budget, "BASE_MODELS", (str(base_run),))
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+
+    plan_run = lambda **kw: budget.plan_run("shapes", 1, image_size=8, measure=measure, **kw)  # noqa: E731
+    cfg, plan = plan_run()
+    assert plan.init_from == str(base_run) and cfg.model["label_lr_scale"] == budget.BUDGET_LABEL_LR_SCALE == 10
+    assert any(line.startswith("  labels    learnt at 10x the rate") for line in describe_plan(cfg, plan))
+    # from scratch its rows start apart: the family's rate; given, it wins and the plan says nothing of it
+    scratch, plan = plan_run(init_from="none")
+    assert scratch.model_config().label_lr_scale == 1.0 and not any("labels" in x for x in describe_plan(scratch, plan))
+    given, _ = plan_run(model_fields={"label_lr_scale": 3})
+    assert given.model["label_lr_scale"] == 3
+    unlabelled, _ = plan_run(labels=False)
+    assert unlabelled.model_config().num_classes == 0 and unlabelled.model_config().label_lr_scale == 1.0
+
+
 def test_starting_from_a_model_of_other_classes_gives_every_class_its_no_label_row(base_run, tmp_path):
     source = loop.load_weights(base_run)
     cfg = new_run_config("textures", image_size=8, channels=3, model_fields={"base_channels": 8, "channel_mult": (1, 2)},

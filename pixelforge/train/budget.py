@@ -92,6 +92,12 @@ BUDGET_SAMPLING = {"sampler": "euler", "steps": 35, "rho": 2.0}
 # 0.2, 88.5 and 173.9 at -0.4; EDM's own -1.2 gave the second folder 159.7 but the first 110.6, and its samples kept
 # to their class less (class agreement 0.677 against 0.947 at 0.2 on the first folder).
 BUDGET_P_MEAN = -0.4
+# A budget run that starts from another model's weights begins with every class at that model's "no label" row
+# (train/loop.py _init_from), and its label embedding then learns at BUDGET_LABEL_LR_SCALE times the run's rate
+# (DiffusionConfig.label_lr_scale). On a 2-core CPU without AVX-512 (fp32, batch 16), 10 minutes on the first photo
+# folder (docs/time-to-quality.md, "Without AVX-512") made 1,818 steps at the run's own rate: samples of their
+# class 0.550 of the time, FID 134.0; at 10 times it, 2,070 steps: 0.913, FID 123.4.
+BUDGET_LABEL_LR_SCALE = 10.0
 BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
@@ -500,6 +506,14 @@ def budget_noise(cfg: RunConfig, given_fields: Mapping[str, object]) -> dict:
     return {"P_mean": BUDGET_P_MEAN} if measured else {}
 
 
+def budget_label_lr(cfg: RunConfig, given_fields: Mapping[str, object], start: str | None) -> dict:
+    """{"label_lr_scale": BUDGET_LABEL_LR_SCALE} for a labelled diffusion budget run that starts from another
+    model's weights (start, the plan's init_from), unless label_lr_scale is given; else {}."""
+    if cfg.family != "diffusion" or start is None or "label_lr_scale" in given_fields:
+        return {}
+    return {"label_lr_scale": BUDGET_LABEL_LR_SCALE} if cfg.model_config().num_classes else {}
+
+
 def latent_gan(cfg: RunConfig) -> bool:
     """Whether the run is a GAN in an autoencoder's latents (GANConfig.latent)."""
     return cfg.family == "gan" and cfg.model_config().autoencoder is not None
@@ -566,7 +580,8 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
                                init_from=start)
     if base.family == "gan":
         plan = _with_gan_augment(plan, latent=latent_gan(base))
-    plan = dataclasses.replace(plan, model_fields={**plan.model_fields, **budget_noise(base, given_fields)})
+    plan = dataclasses.replace(plan, model_fields={**plan.model_fields, **budget_noise(base, given_fields),
+                                                   **budget_label_lr(base, given_fields, start)})
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
     chosen = {**plan.settings(), **{k: v for k, v in given.items() if k in plan.settings()}}
     cfg = new_run_config(data, **{**settings, **chosen}, model_fields={**plan.model_fields, **given_fields},
@@ -608,6 +623,8 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         *([f"  noise     P_mean {cfg.model['P_mean']:g} (ln sigma's mean in training; the family's "
            f"{get_family('diffusion').Config.P_mean:g}): more steps at the low noise levels that draw fine detail"]
           if "P_mean" in plan.model_fields else []),
+        *([f"  labels    learnt at {cfg.model['label_lr_scale']:g}x the rate (label_lr_scale): each class starts as "
+           f"the start's \"no label\""] if "label_lr_scale" in plan.model_fields else []),
         f"  precision {t.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
                                         f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None else ""),
         f"  start     " + (f"from {plan.init_from}'s weights (--init-from none trains from scratch)" if plan.init_from
