@@ -993,8 +993,10 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     bundled models, then at the recorded absolute path; the recorded checkpoint hash must match. Recorded
     post-processing is applied again (a color match's reference file must be where it was, unchanged)."""
     s = read_settings(png_path)
+    rows = _recorded_batch(s, png_path)
     if "image_sha256" in s:  # an edit: its input image and mask's copies beside it
-        return _replay_edit(s, png_path, device=device, runs_dir=runs_dir, moderation=moderation, watermark=watermark)
+        return _replay_edit(s, png_path, rows, device=device, runs_dir=runs_dir, moderation=moderation,
+                            watermark=watermark)
     sketch = _recorded_sketch(s, png_path)
     audio = _recorded_audio(s, png_path)
     post = check_record(s["post"], str(png_path)) if s.get("post") is not None else None
@@ -1002,11 +1004,11 @@ def regenerate(png_path: str | os.PathLike, *, device: str = "auto", runs_dir=No
     options = {k: s[k] for k in g.sample_options if k in s}
     if "input_sha256" in s:  # an upscaled image: its input's copy beside it
         (image,) = g.upscale([_recorded_input(s, png_path, g.model.config.channels)], seeds=[s["seed"]],
-                             watermark=watermark, post=post, _rows=_recorded_batch(s, png_path), **options)
+                             watermark=watermark, post=post, _rows=rows, **options)
         return image, s
     (image,) = g.generate(1, label=s.get("label"), prompt=s.get("prompt"), negative_prompt=s.get("negative_prompt"),
                           sketch=sketch, audio=audio, seeds=[s["seed"]], watermark=watermark, post=post,
-                          _rows=_recorded_batch(s, png_path), **options)
+                          _rows=rows, **options)
     return image, s
 
 
@@ -1025,9 +1027,11 @@ def _recorded_batch(s: dict, png_path) -> int | None:
     return batch
 
 
-def _replay_edit(s: dict, png_path, *, device: str, runs_dir, moderation, watermark) -> tuple[Image.Image, dict]:
+def _replay_edit(s: dict, png_path, rows: int | None, *, device: str, runs_dir, moderation,
+                 watermark) -> tuple[Image.Image, dict]:
     """regenerate() for an edit: its recorded input image and mask (copies beside the PNG, checked against their
-    recorded SHA-256), strength, resample, label or prompt, seed and sampling options, given to edit() again."""
+    recorded SHA-256), strength, resample, label or prompt, seed and sampling options, given to edit() again, in a
+    batch of `rows` (_recorded_batch)."""
     from .edit import read_input
 
     def recorded(kind: str, verb: str) -> Path | None:
@@ -1043,7 +1047,7 @@ def _replay_edit(s: dict, png_path, *, device: str, runs_dir, moderation, waterm
     options = {k: s[k] for k in (*g.sample_options, *edit_names) if k in s}
     (edited,) = g.edit(image, mask=mask, label=s.get("label"), prompt=s.get("prompt"),
                        negative_prompt=s.get("negative_prompt"), seeds=[s["seed"]], watermark=watermark, post=post,
-                       _rows=_recorded_batch(s, png_path), **options)
+                       _rows=rows, **options)
     return edited, s
 
 
