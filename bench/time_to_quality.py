@@ -33,13 +33,15 @@ Scoring: FID, KID and precision/recall with the Inception extractor against all 
   samples the class agreement: the share whose nearest folder image in Inception features is of their class.
   A grid per (config, budget) is saved in --out (ours: a row per class).
 Results merge into --out/results.json, keyed by config and budget, so configs run in separate invocations
-  end in one table. Both sides use --threads torch threads (OMP_NUM_THREADS in the subprocesses).
+  end in one table. Both sides use --threads torch threads (OMP_NUM_THREADS in the subprocesses). `--seed S`
+  trains both sides from seed S instead of 0 (runs and rows CONFIG-sS), for a second draw of a training run.
 
 Usage:
     .venv/bin/python bench/time_to_quality.py --threads 2                     # every config, 2/5/10/20 min
     .venv/bin/python bench/time_to_quality.py --configs peer --budgets 2,5    # adds to the same results.json
     .venv/bin/python bench/time_to_quality.py --quick                         # smoke run; figures mean nothing
     .venv/bin/python bench/time_to_quality.py --configs minutes --score-only --sampling heun:18   # the same runs, Heun
+    .venv/bin/python bench/time_to_quality.py --configs minutes,peer --budgets 10 --seed 1   # rows minutes-s1, peer-s1
 """
 
 from __future__ import annotations
@@ -129,27 +131,41 @@ def fmt(minutes: float) -> str:
     return f"{minutes:g}"
 
 
-def run_name(config: str, minutes: float | None = None) -> str:
-    return config if minutes is None else f"{config}-{fmt(minutes).replace('.', 'p')}min"
+def seeded(config: str, seed: int = SEED) -> str:
+    """A config's name with its training seed where that is not SEED: `minutes`, `minutes-s1`."""
+    return config if seed == SEED else f"{config}-s{seed}"
+
+
+def base_config(label: str) -> str:
+    """The CONFIGS name a row's label starts with: `minutes` of `minutes-s1+heun18`."""
+    name = label.split("+")[0]
+    head, _, tail = name.rpartition("-s")
+    return head if head in CONFIGS and tail.isdigit() else name
+
+
+def run_name(config: str, minutes: float | None = None, seed: int = SEED) -> str:
+    name = seeded(config, seed)
+    return name if minutes is None else f"{name}-{fmt(minutes).replace('.', 'p')}min"
 
 
 def train_commands(config: str, photos: str | Path, runs_dir: str | Path, budgets: list[float],
-                   device: str = "auto") -> list[tuple[float, str, list[str]]]:
+                   device: str = "auto", seed: int = SEED) -> list[tuple[float, str, list[str]]]:
     """(budget, run name, `pixelforge` arguments) of each training call of one of our configs, in order:
-    a fresh run per budget, or one run continued with --max-minutes of the difference to the budget before."""
+    a fresh run per budget, or one run continued with --max-minutes of the difference to the budget before.
+    `seed` is the training's (--seed); a seed other than SEED names the runs CONFIG-sSEED."""
     cfg = CONFIGS[config]
     if cfg.kind == "peer":
         raise ValueError(f"config {config!r} is the peer: it trains in this process, not with pixelforge train")
-    base = ["train", str(photos), "--runs-dir", str(runs_dir), "--image-size", str(IMAGE_SIZE), "--seed", str(SEED),
+    base = ["train", str(photos), "--runs-dir", str(runs_dir), "--image-size", str(IMAGE_SIZE), "--seed", str(seed),
             "--device", device]
     out = []
     before = 0.0
     for minutes in sorted(budgets):
         if cfg.kind == "budget":
-            name = run_name(config, minutes)
+            name = run_name(config, minutes, seed)
             out.append((minutes, name, [*base, "--name", name, "--minutes", fmt(minutes), *cfg.args]))
         else:
-            name = run_name(config)
+            name = run_name(config, seed=seed)
             out.append((minutes, name, [*base, "--name", name, *cfg.args, "--max-minutes", fmt(round(minutes - before, 6))]))
         before = minutes
     return out
@@ -380,15 +396,15 @@ def sample_peer(model: torch.nn.Module, n: int, device: torch.device, batch_size
     return to_uint8(torch.cat(out))  # the same rounding as ours
 
 
-def train_peer(budgets: list[float], photos: Path, device: torch.device, work: Path) -> list[dict]:
-    """One peer run; at each budget mark of training time a copy of the EMA weights (saved as safetensors in
-    `work`), with the steps, images, training/wall/CPU seconds and load there."""
+def train_peer(budgets: list[float], photos: Path, device: torch.device, work: Path, seed: int = SEED) -> list[dict]:
+    """One peer run from torch.manual_seed(seed); at each budget mark of training time a copy of the EMA weights
+    (saved as safetensors in `work`), with the steps, images, training/wall/CPU seconds and load there."""
     from safetensors.torch import save_file
 
     data = load_dataset(DataConfig(source=str(photos), image_size=IMAGE_SIZE, channels=3, val_fraction=0.0),
                         cache_dir=work / "cache", progress=False)
     config, params = peer_config()
-    trainer = PeerTrainer(config, data.images, device)
+    trainer = PeerTrainer(config, data.images, device, seed=seed)
     marks = sorted(budgets)
     out: list[dict] = []
     load_before = os.getloadavg()
@@ -403,7 +419,7 @@ def train_peer(budgets: list[float], photos: Path, device: torch.device, work: P
             bar.update(min(int(train_s), bar.total) - bar.n)
             if train_s >= marks[0] * 60:
                 snapshot = trainer.ema_copy()
-                path = work / "peer" / f"ema-{fmt(marks[0])}min.safetensors"
+                path = work / seeded("peer", seed) / f"ema-{fmt(marks[0])}min.safetensors"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in snapshot.state_dict().items()}, str(path))
                 out.append({"budget_min": marks.pop(0), "model": snapshot, "steps": trainer.steps, "images": trainer.images,
@@ -447,7 +463,7 @@ def table(rows: dict[str, dict]) -> str:
     lines = ["| config | budget min | steps | images seen | FID | precision | recall | class agreement | train s | wall s | "
              "cpu s | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows.values(), key=lambda r: (order.get(r["config"].split("+")[0], len(order)), r["config"], r["budget_min"])):
+    for r in sorted(rows.values(), key=lambda r: (order.get(base_config(r["config"]), len(order)), r["config"], r["budget_min"])):
         load = f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" if r.get("load_before") else "-"
         if r.get("error"):
             lines.append(f"| {r['config']} | {fmt(r['budget_min'])} | skipped: {r['error']} | | | | | | | | | {load} |")
@@ -480,6 +496,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="samples scored per config and budget (default 300)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: all, torch.get_num_threads())")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"training seed, ours (--seed) and the peer's (torch.manual_seed) (default {SEED}); another seed "
+                        "names the runs and rows CONFIG-sSEED, so seeds sit side by side. Sampling seeds stay 0..n-1")
     p.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS[:RHO[:GUIDANCE]]",
                    help="sample ours with this instead of each run's defaults (e.g. heun:18, rho 7 unless given; "
                         "euler:17:2:2, classifier-free guidance 2 at two evaluations a step); rows become CONFIG+heun18")
@@ -505,6 +524,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.samples = a.samples or (QUICK_SAMPLES if a.quick else 300)
     if a.samples < 2:
         p.error("--samples must be at least 2")
+    if a.seed < 0:
+        p.error(f"--seed must be 0 or more, got {a.seed}")
     a.threads = a.threads or torch.get_num_threads()
     if a.threads < 1:
         p.error("--threads must be at least 1")
@@ -532,7 +553,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "configs": a.configs, "budgets": a.budgets,
-            "samples": a.samples, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
+            "samples": a.samples, "seed": a.seed, "threads": a.threads, "device": str(device), "quick": a.quick, "photos": str(photos),
             "machine": machine(), "torch": torch.__version__, "diffusers": _version("diffusers"),
             "sampling": {"ours": a.sampling or "the run's defaults", "guidance": guidance, "peer": {"sampler": "ddim", "steps": PEER_DDIM_STEPS, "eta": 0.0},
                          "evaluations": EVALS, "guidance_note": ("guidance 1: no classifier-free guidance" if guidance == GUIDANCE
@@ -560,7 +581,10 @@ def main(argv=None) -> dict:
               f"precision {row['precision']:.3f}, recall {row['recall']:.3f}"
               + (f", class agreement {agreement:.3f}" if agreement is not None else ""), flush=True)
 
-    label = (lambda config: f"{config}+{sampling_label(a.sampling)}") if a.sampling else (lambda config: config)
+    def label(config: str) -> str:
+        """The row's config: CONFIG, CONFIG-sSEED, CONFIG+SAMPLING."""
+        return seeded(config, a.seed) + (f"+{sampling_label(a.sampling)}" if a.sampling else "")
+
     for config in a.configs:
         if a.score_only:
             score_again(config, label(config), a, photos, runs_dir, out, finish)
@@ -572,15 +596,15 @@ def main(argv=None) -> dict:
                 print("skip peer: diffusers is not installed (pip install 'pixelforge[bench]')", flush=True)
                 continue
             print(f"peer: training to {fmt(max(a.budgets))} min of training time", flush=True)
-            for snap in train_peer(a.budgets, photos, device, work):
+            for snap in train_peer(a.budgets, photos, device, work, a.seed):
                 model = snap.pop("model")
-                row = {"config": config, **snap}
+                row = {"config": seeded(config, a.seed), "seed": a.seed, **snap}
                 finish(row, sample_peer(model, a.samples, device), None)
             continue
         if CONFIGS[config].kind == "continued":
-            shutil.rmtree(runs_dir / run_name(config), ignore_errors=True)  # one fresh run, continued below
+            shutil.rmtree(runs_dir / run_name(config, seed=a.seed), ignore_errors=True)  # one fresh run, continued below
         spent = {"wall_s": 0.0, "cpu_s": 0.0}  # a continued run's calls so far
-        for minutes, name, argv in train_commands(config, photos, runs_dir, a.budgets, a.device):
+        for minutes, name, argv in train_commands(config, photos, runs_dir, a.budgets, a.device, a.seed):
             if CONFIGS[config].kind == "budget":
                 shutil.rmtree(runs_dir / name, ignore_errors=True)  # a fresh run per budget
             print(f"{config} {fmt(minutes)} min: pixelforge {' '.join(argv)}", flush=True)
@@ -588,7 +612,7 @@ def main(argv=None) -> dict:
             if CONFIGS[config].kind == "continued":  # its row counts every call up to this budget
                 for k in spent:
                     res[k] = spent[k] = spent[k] + res[k]
-            row = {"config": label(config), "budget_min": minutes, "command": ["pixelforge", *argv],
+            row = {"config": label(config), "budget_min": minutes, "seed": a.seed, "command": ["pixelforge", *argv],
                    **{k: res[k] for k in ("wall_s", "cpu_s", "load_before", "load_after")}}
             if res["rc"] != 0:
                 row["error"] = res["error"] or f"exit status {res['rc']}"
@@ -618,7 +642,7 @@ def score_again(config: str, label: str, a: argparse.Namespace, photos: Path, ru
         return
     path = out / "results.json"
     before = json.loads(path.read_text())["rows"] if path.is_file() else {}
-    commands = train_commands(config, photos, runs_dir, a.budgets, a.device)
+    commands = train_commands(config, photos, runs_dir, a.budgets, a.device, a.seed)
     if CONFIGS[config].kind == "continued":
         # one run holds only the weights of where it stopped: they are the row of the last budget asked (a run
         # of steps that ended before that budget, as `readme` at 240 min after its 10,000 steps, holds its end)
@@ -629,8 +653,8 @@ def score_again(config: str, label: str, a: argparse.Namespace, photos: Path, ru
         if not (runs_dir / name / "checkpoints").is_dir():
             print(f"skip {config} at {fmt(minutes)} min: no run {runs_dir / name} to score (train it first)", flush=True)
             continue
-        trained = before.get(row_key(config, minutes), {})
-        row = {"config": label, "budget_min": minutes, "command": ["pixelforge", *argv], "scored_again": True,
+        trained = before.get(row_key(seeded(config, a.seed), minutes), {})
+        row = {"config": label, "budget_min": minutes, "seed": a.seed, "command": ["pixelforge", *argv], "scored_again": True,
                **{k: trained[k] for k in ("wall_s", "cpu_s", "load_before", "load_after") if k in trained}}
         row.update(read_metrics(runs_dir / name))
         images, labels, used = sample_ours(runs_dir / name, a.samples, a.device, a.sampling)

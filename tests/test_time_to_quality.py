@@ -123,6 +123,20 @@ def test_guided_sampling_reaches_generate_and_counts_both_halves(ttq, tmp_path, 
     assert images.shape == (4, 1, 8, 8) and bool(torch.isfinite(images).all())
 
 
+def test_a_training_seed_reaches_the_command_and_names_its_runs_and_rows_apart(ttq):
+    (_, name0, argv0), = ttq.train_commands("minutes", "PH", "RUNS", [10])
+    (_, name1, argv1), = ttq.train_commands("minutes", "PH", "RUNS", [10], seed=1)
+    assert argv0[argv0.index("--seed") + 1] == "0" and argv1[argv1.index("--seed") + 1] == "1"
+    assert name0 == "minutes-10min" and name1 == "minutes-s1-10min"
+    assert argv1[argv1.index("--name") + 1] == name1
+    (_, continued, _), = ttq.train_commands("readme", "PH", "RUNS", [10], seed=2)
+    assert continued == "readme-s2"
+    # a seeded row sorts with its config: after `minutes`, before `peer`, whatever its sampling
+    assert [ttq.base_config(x) for x in ("minutes-s1", "minutes-s1+heun18", "gan-latent", "peer-s3")] == [
+        "minutes", "minutes", "gan-latent", "peer"]
+    assert ttq.parse_args(["--seed", "3"]).seed == 3
+
+
 def test_readme_config_continues_one_run_of_steps_by_the_budget_differences(ttq):
     cmds = ttq.train_commands("readme", "PH", "RUNS", [5, 2, 20, 10])
     assert [b for b, _, _ in cmds] == [2, 5, 10, 20]
