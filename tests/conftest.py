@@ -44,6 +44,22 @@ def _tiny_run_config(*, model: dict | None = None, optim: dict | None = None, **
 
 
 @pytest.fixture(scope="session")
+def text_runs(tmp_path_factory):
+    """A runs folder holding "st", a tiny text-conditioned run on shapes (test_text_conditioning.TINY_TEXT), trained
+    once a session through the CLI with its own data cache: the text, serving, moderation and browser tests only
+    read it (skipped without the text extra)."""
+    pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
+    from pixelforge.cli import main
+    from test_text_conditioning import TINY_TEXT
+
+    runs = tmp_path_factory.mktemp("text-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("text-cache")))
+        assert main(["train", "shapes", "--name", "st", "--runs-dir", str(runs), *TINY_TEXT]) == 0
+    return runs
+
+
+@pytest.fixture(scope="session")
 def make_run_config():
     """Factory for tiny digits RunConfigs: make_run_config(steps=12, model={...}, optim={...})."""
     return _tiny_run_config

@@ -119,14 +119,6 @@ def test_a_server_with_a_key_asks_for_it_and_then_works(keyed_server, page):
     wait_until(page, "document.querySelector('#gallery img')?.naturalWidth === 28", timeout=30)
 
 
-@pytest.fixture(scope="module")
-def text_runs(tmp_path_factory):
-    """A runs folder holding "st", a tiny text-conditioned run (skipped without the text extra)."""
-    from test_serve_text import train_text_run
-
-    return train_text_run(tmp_path_factory)
-
-
 @pytest.fixture
 def text_server(tmp_path, text_runs):
     yield from _serve(tmp_path, models=("mnist-diffusion", "st"), runs_dir=text_runs)

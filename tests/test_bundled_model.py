@@ -25,6 +25,7 @@ def digit_classifier():
     return KNeighborsClassifier(n_neighbors=5).fit(x, data.labels.numpy())
 
 
+@pytest.mark.slow  # 40 s on a 2-core CPU without AVX-512; tests/test_adherence_eval.py checks the asked digit in seconds
 def test_bundled_model_samples_are_recognisable_digits_of_the_requested_label(digit_classifier):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = pixelforge.load()

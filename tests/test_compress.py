@@ -213,6 +213,7 @@ def test_a_compressed_run_is_not_compressed_again(variants, tmp_path, capsys):
     assert "already a compressed run (onnx-fp32)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # runs the bench script end to end: ~8 s
 def test_bench_reports_each_variant_against_fp32_eager(tiny_unet_run, tmp_path):
     from pixelforge.compression import bench_run
 

@@ -271,6 +271,7 @@ def test_a_dynamo_export_loads_from_the_folder_it_was_moved_to(runs, tmp_path):
     assert (g.model.edit(x, strength=0.5, seed=1) - ref.model.edit(x, strength=0.5, seed=1)).abs().max() < PARITY_TOL
 
 
+@pytest.mark.slow  # a fresh process importing torch: ~9 s
 def test_a_measured_peak_is_the_child_process_own_not_its_parent_size():
     """bench's fresh process per measurement reports its own peak memory, even when its parent is larger."""
     import subprocess

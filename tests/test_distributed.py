@@ -271,6 +271,7 @@ def test_a_killed_process_fails_the_others_with_a_clear_message_not_a_hang(cache
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow  # waits out the timeout: ~13 s
 def test_a_stalled_process_fails_the_others_after_the_timeout(cache, tmp_path):
     out = tmp_path / "s"
     started = time.monotonic()

@@ -111,7 +111,8 @@ def test_train_help_states_each_familys_default_learning_rate(capsys):
 TEXT_ENTRIES = [entry for entry in TINY if "text" in FAMILIES[entry.split("-")[0]].inputs]
 
 
-@pytest.mark.parametrize("entry", TEXT_ENTRIES)
+# diffusion's in the fast suite; the other families' (15-20 s each on a 2-core CPU) in the slow step
+@pytest.mark.parametrize("entry", [e if e == "diffusion" else pytest.param(e, marks=pytest.mark.slow) for e in TEXT_ENTRIES])
 def test_a_text_run_resumes_exactly_samples_from_a_prompt_and_regenerates_it(entry, tmp_path, pixelforge_cache):
     pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
     family = entry.split("-")[0]

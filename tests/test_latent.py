@@ -366,6 +366,7 @@ def test_a_latent_model_encodes_each_training_image_once_over_epochs():
         assert model._latent_cache.encoded == 4
 
 
+@pytest.mark.slow  # runs the bench script end to end: ~11 s
 def test_the_cache_bench_times_both_ways_and_the_cached_model_encodes_nothing_after_the_first_pass(capsys):
     import importlib.util
     from pathlib import Path

@@ -183,14 +183,6 @@ def test_concept_embeddings_are_computed_once_per_policy_file_version(concept_po
 # --- the API, the CLI and the server, on a tiny text run ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def text_runs(tmp_path_factory):
-    pytest.importorskip("transformers", reason="the text extra is not installed (scripts/setup.sh installs it)")
-    from test_serve_text import train_text_run
-
-    return train_text_run(tmp_path_factory)
-
-
 @pytest.fixture
 def refusing_generator(text_runs, tmp_path, monkeypatch):
     """The tiny text run under POLICY, whose model and text encoding fail if they are ever reached."""

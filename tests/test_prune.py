@@ -259,6 +259,7 @@ def test_a_run_started_from_a_pruned_run_keeps_its_widths_and_takes_every_weight
     assert "to fine-tune the pruned run" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # runs the bench script end to end: ~9 s
 def test_bench_measures_the_pruned_variant_against_fp32_eager(tiny_unet_run, tmp_path):
     from pixelforge.compression import bench_run
 

@@ -4,7 +4,6 @@ says which models take text, and bad prompts get a 422 naming the field."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 
@@ -14,30 +13,19 @@ pytest.importorskip("transformers", reason="the text extra is not installed (scr
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from pixelforge.cli import main  # noqa: E402
 from pixelforge.images import read_settings  # noqa: E402
 from pixelforge.serve import create_app  # noqa: E402
 from pixelforge.serve.schemas import MAX_PROMPT_CHARS  # noqa: E402
 
-from test_text_conditioning import TINY_TEXT  # noqa: E402
 from serve_jobs import run_job  # noqa: E402
 
 TEXT_MODEL, LABEL_MODEL = "st", "mnist-diffusion"
 
 
-def train_text_run(tmp_path_factory) -> Path:
-    """A runs folder holding a tiny text-conditioned run "st", trained through the CLI with its own data
-    cache (the browser test serves it too)."""
-    runs = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        assert main(["train", "shapes", "--name", TEXT_MODEL, "--runs-dir", str(runs), *TINY_TEXT]) == 0
-    return runs
-
-
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    return train_text_run(tmp_path_factory)
+def runs_dir(text_runs):
+    """conftest's runs folder with the tiny text run "st" (TEXT_MODEL)."""
+    return text_runs
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,11 @@ TINY_TEXT = ["--text", "--no-labels", "--steps", "4", "--batch-size", "8", "--im
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
-        assert main(["train", "shapes", "--name", "st", "--runs-dir", str(runs), *TINY_TEXT]) == 0
-        yield runs
-    finally:
-        mp.undo()
+def text_run(text_runs, tmp_path_factory):
+    """conftest's tiny text run "st", with a data cache of this module's own while its tests run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELFORGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield text_runs
 
 
 def _sample(runs, out, *flags):
@@ -94,6 +90,7 @@ def test_demo_of_a_text_model_draws_one_row_per_demo_prompt(text_run, tmp_path):
     assert Image.open(tmp_path / "demo" / "grid.png").size[1] > Image.open(tmp_path / "demo" / "grid.png").size[0]
 
 
+@pytest.mark.slow  # trains and resumes a text run: ~22 s
 def test_a_whitened_text_run_fits_its_whitening_to_the_captions_and_a_resume_keeps_it(tmp_path, pixelforge_cache):
     """--set text_whiten=true: the conditioner's whitening comes from the training captions at the start
     (not the identity it is built with), is saved with the weights, and a resumed run continues with it."""
