@@ -130,7 +130,7 @@ def _add_train(sub):
                    "instead of --steps (every family but the transformer): a few timed steps on this machine choose the network "
                    "size, batch, warm-up, EMA and cadence (the options marked 'planned'; those given win), then it trains "
                    "until the budget is spent, over as many calls as it takes; a diffusion run then samples with Euler, "
-                   "35 steps, rho 2 by default, and on colour images trains at lower noise levels (P_mean -0.4; "
+                   "35 steps, rho 2 by default, and on colour images trains at lower noise levels (P_mean -0.8; "
                    "docs/training-budget.md); a GAN on 32x32 colour images that the bundled "
                    "ae-32 reconstructs at 30 dB or more trains in its latents (--set latent= keeps pixels; docs/gan-budget.md)")
     p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "

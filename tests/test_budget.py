@@ -154,6 +154,26 @@ def test_timing_measures_the_smallest_network_first_and_stops_where_the_budget_c
     assert [b for b, _ in t.points] == [16, 20]
 
 
+def test_a_step_time_is_the_median_of_at_least_three_steps_so_one_slow_step_does_not_move_it(monkeypatch):
+    clock = SimpleNamespace(now=0.0)
+    durations = iter([2.0, 0.25, 0.25])  # the first step slow (another program's burst, say)
+
+    class Model(SimpleNamespace):
+        def training_step(self, x, cond, step):
+            clock.now += next(durations)
+
+    monkeypatch.setattr(budget, "_probe_batch", lambda model, batch, generator: (None, None))
+    monkeypatch.setattr(budget, "PROBE_MIN_STEPS", 3)
+    model = Model(device=torch.device("cpu"))
+    # 2 s is past PROBE_MIN_SECONDS after the first step: still three are timed, and the slow one is not the answer
+    seconds, step = budget._time_steps(model, 16, 5, lambda: clock.now)
+    assert (seconds, step) == (0.25, 8)
+    # fast steps repeat until PROBE_MIN_SECONDS
+    clock.now, durations = 0.0, iter([0.125] * 20)
+    seconds, step = budget._time_steps(model, 16, 0, lambda: clock.now)
+    assert (seconds, step) == (0.125, 4)
+
+
 # --- a run with a budget: the loop, with a clock that moves 1.25 s per training step -------------------------
 
 
@@ -327,6 +347,7 @@ def test_train_minutes_plans_the_run_says_what_it_chose_keeps_the_flags_given_an
                  "validation every 2700, metrics every 25"):
         assert text in block, (text, block)
     assert "finished at step 5" in out  # the budget ended it: 5 steps of 1.25 s
+    assert "precision fp32 (as the time budget's plan says)" in out and "as asked" not in out
     assert main(["info", "b", "--runs-dir", str(runs)]) == 0
     info = capsys.readouterr().out
     assert "a 0.1-minute budget (about 54000 steps planned)" in info

@@ -534,6 +534,9 @@ def _training_precision(cfg: RunConfig, model, data: ImageSet, conds: _Condition
         if requested != cfg.train.precision and choice.precision == requested:
             choice = dataclasses.replace(choice, reason=f"the run's checkpoint records {requested}; its config asks "
                                          f"{cfg.train.precision}")
+        elif cfg.train.minutes is not None and choice.reason == "as asked":
+            # a --minutes run's config holds what its plan chose, or what the user gave: either way the plan says which
+            choice = dataclasses.replace(choice, reason="as the time budget's plan says")
     if not world.distributed:
         return choice
     chosen = broadcast_long(torch.tensor([TRAINED_PRECISIONS.index(choice.precision)]) if world.main else None)
