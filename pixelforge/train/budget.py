@@ -333,8 +333,8 @@ def _probe_batch(model, batch: int, generator: torch.Generator) -> tuple[torch.T
 def _time_steps(model, batch: int, step: int, clock: Callable[[], float]) -> tuple[float, int]:
     """(seconds per step, the next step number): training steps at `batch`, each timed alone, at least
     PROBE_MIN_STEPS of them and until they take PROBE_MIN_SECONDS (at most 100); their median. One slow step
-    (another program's burst, a first allocation) moves a mean of one or two steps, as a CPU's 0.3 s steps
-    took, but not the median of five. Measured on a 2-core CPU without AVX-512 (docs/training-budget.md,
+    (another program's burst, a first allocation) moves the mean of the one or two steps that half a second
+    holds on a CPU, but not the median of five. Measured on a 2-core CPU without AVX-512 (docs/training-budget.md,
     "How the step time is measured"): it narrows the spread between plans, not removes it."""
     x, cond = _probe_batch(model, batch, torch.Generator().manual_seed(batch))
     times: list[float] = []
