@@ -446,8 +446,31 @@ def test_a_budget_run_trains_in_the_precision_it_was_planned_in_unless_one_is_gi
     assert any("precision bf16 (a step measured 1.60x as fast" in line for line in describe_plan(cfg, plan))
     cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="auto")
     assert cfg.train.precision == "bf16"  # "auto" is decided by the timing, not timed again by the loop
-    cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="fp32")
+    cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="fp32")
     assert seen["precisions"] == ("fp32",) and cfg.train.precision == "fp32"
+
+
+def test_a_plan_that_timed_one_precision_says_why(monkeypatch, pixelforge_cache):
+    monkeypatch.setattr(budget, "BASE_MODELS", ())
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        return [StepTiming(dict(c), 1000, ((16, 0.01),), precision=precisions[-1]) for c in candidates]
+
+    def line(**settings):
+        cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure, device="cpu", **settings)
+        return next(text for text in describe_plan(cfg, plan) if text.lstrip().startswith("precision"))
+
+    monkeypatch.setattr(budget, "bf16_support", lambda device: (True, "CPU AVX512, oneDNN bf16 yes"))
+    monkeypatch.setattr(budget, "bf16_available", lambda device: True)
+    assert line(precision="fp32").endswith("precision fp32 (as given: --precision fp32)")
+    assert line(precision="bf16").endswith("precision bf16 (as given: --precision bf16)")
+    assert line(precision="fp16").endswith("precision fp32 (fp16 asked; cpu: fp16 with a gradient scaler is offered "
+                                           "on CUDA GPUs only)")
+    monkeypatch.setattr(budget, "bf16_support", lambda device: (False, "CPU AVX2, oneDNN bf16 no"))
+    monkeypatch.setattr(budget, "bf16_available", lambda device: False)
+    assert line().endswith("precision fp32 (bf16 autocast not timed: not native here (CPU AVX2, oneDNN bf16 no))")
+    assert line(precision="bf16").endswith("(bf16 autocast not timed: not native here (CPU AVX2, oneDNN bf16 no); "
+                                           "bf16 asked)")
 
 
 # --- the starting point: a bundled base model where it fits ---------------------------------------------------

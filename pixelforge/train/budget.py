@@ -53,7 +53,7 @@ from ..device import pick_device
 from ..models import get_family
 from ..models.family import set_precision
 from ..models.limits import meta_model, parameter_count
-from ..precision import MIN_SPEEDUP, bf16_available, fp16_support
+from ..precision import MIN_SPEEDUP, bf16_available, bf16_support, fp16_support
 from ..runs.checkpoint import atomic_write_text
 from ..runs.config import RunConfig, TrainConfig, build_model, new_run_config
 
@@ -191,6 +191,7 @@ class BudgetPlan:
     speedup: float | None = None  # fp32 / bf16 step time where both were timed
     frozen: int = 0  # parameters the network holds and never trains (StepTiming.frozen)
     init_from: str | None = None  # the run or bundled model the run starts from (None: from scratch)
+    precision_why: str = ""  # why only one precision was timed, where that is known (precision_reason)
 
     def settings(self) -> dict:
         """The run settings of the plan, as new_run_config takes them."""
@@ -358,6 +359,19 @@ def timed_precisions(precision: str | None, device: torch.device) -> tuple[str, 
     if precision == "fp32" or not bf16_available(device):
         return ("fp32",)
     return ("bf16",) if precision == "bf16" else ("fp32", "bf16")
+
+
+def precision_reason(asked: str | None, chosen: str, device: torch.device) -> str:
+    """Why a budget run timed only `chosen`, the precision it trains in, when `asked` (None: none asked) was
+    what the user gave: as given, or what `device` lacks for the precision asked or for bf16's timing."""
+    if asked == "fp16" and chosen != "fp16":
+        return f"fp16 asked; {fp16_support(device)[1]}"
+    if asked is not None and chosen == asked:
+        return f"as given: --precision {asked}"
+    native, where = bf16_support(device)
+    if chosen == "fp32" and not native:
+        return f"bf16 autocast not timed: not native here ({where})" + ("; bf16 asked" if asked == "bf16" else "")
+    return ""
 
 
 def measure_step_times(cfg: RunConfig, candidates: Sequence[Mapping[str, object]], device: torch.device, *,
@@ -588,6 +602,8 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
     plan = dataclasses.replace(plan_budget(minutes, n_train, timings, batch_size=settings.get("batch_size"),
                                            batch_gain=BATCH_GAIN if steps_first(base) else 0.0),
                                init_from=start)
+    if plan.speedup is None:
+        plan = dataclasses.replace(plan, precision_why=precision_reason(asked_precision, plan.precision, dev))
     if base.family == "gan":
         plan = _with_gan_augment(plan, latent=latent_gan(base))
     plan = dataclasses.replace(plan, model_fields={**plan.model_fields, **budget_noise(base, given_fields),
@@ -607,7 +623,8 @@ def _with_gan_augment(plan: BudgetPlan, *, latent: bool = False) -> BudgetPlan:
 
 def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
     """The lines `pixelforge train --minutes` prints: what the budget chose (the run's config, so settings the
-    user gave show as given) and the step time measured."""
+    user gave show as given, but the precision the plan's: what the run trains in, with the reason where one
+    precision was timed) and the step time measured."""
     t, m = cfg.train, cfg.model_config()
     if cfg.family == "gan":
         shape = (f"GAN base width {m.base_channels}, depth {m.depth}, DiffAugment {m.diffaugment or 'off'}"
@@ -635,8 +652,9 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
           if "P_mean" in plan.model_fields else []),
         *([f"  labels    learnt at {cfg.model['label_lr_scale']:g}x the rate (label_lr_scale): each class starts as "
            f"the start's \"no label\""] if "label_lr_scale" in plan.model_fields else []),
-        f"  precision {t.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
-                                        f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None else ""),
+        f"  precision {plan.precision}" + (f" (a step measured {plan.speedup:.2f}x as fast in bf16 autocast as in fp32; "
+                                        f"bf16 needs {MIN_SPEEDUP:.2f}x)" if plan.speedup is not None
+                                        else f" ({plan.precision_why})" if plan.precision_why else ""),
         f"  start     " + (f"from {plan.init_from}'s weights (--init-from none trains from scratch)" if plan.init_from
                            else "from scratch"),
         f"  ema       decay {t.ema_decay:g} (averages about {1 / max(1 - t.ema_decay, 1e-9):,.0f} steps)",
