@@ -446,7 +446,7 @@ def test_a_budget_run_trains_in_the_precision_it_was_planned_in_unless_one_is_gi
     assert any("precision bf16 (a step measured 1.60x as fast" in line for line in describe_plan(cfg, plan))
     cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="auto")
     assert cfg.train.precision == "bf16"  # "auto" is decided by the timing, not timed again by the loop
-    cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="fp32")
+    cfg, _ = budget.plan_run("digits", 1, image_size=8, measure=measure, precision="fp32")
     assert seen["precisions"] == ("fp32",) and cfg.train.precision == "fp32"
 
 
