@@ -207,7 +207,8 @@ def _add_train(sub):
     p.add_argument("--max-minutes", type=_float_range(0, above_lo=True), default=None, help="wall-clock budget for this call: checkpoint and stop when it runs out (run again to continue)")
     p.add_argument("--init-from", default=None, metavar="RUN", help="start from another run's or a bundled "
                    "model's weights (fine-tuning); 'none' trains from scratch. A --minutes run on 32x32 RGB images "
-                   "starts from the bundled base-32 model by default (docs/training-budget.md)")
+                   "starts from a bundled base model by default: base-32 for diffusion, gan-base-32 for a GAN in "
+                   "ae-32's latents (docs/training-budget.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

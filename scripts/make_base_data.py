@@ -8,7 +8,7 @@ MNIST from 28x28) and grey sets are written as RGB (R = G = B). Every set is cap
 images (the first ones of the bundled order), so no set outweighs the others by more than that.
 
 Usage:
-    .venv/bin/python scripts/make_base_data.py OUT_FOLDER [--per-set 3600]
+    .venv/bin/python scripts/make_base_data.py OUT_FOLDER [--per-set 3600] [--sets emoji,textures,mnist]
 """
 
 from __future__ import annotations
@@ -60,10 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder to write (created; existing files of the same names are replaced)")
     p.add_argument("--per-set", type=int, default=3600, help="at most this many images from each set (default 3600)")
+    p.add_argument("--sets", default=",".join(SETS),
+                   help=f"comma-separated bundled sets to write (default {','.join(SETS)}; the GAN base model "
+                        "leaves out shapes, the set its benchmark scores on)")
     a = p.parse_args(argv)
     if a.per_set < 1:
         p.error(f"--per-set {a.per_set}: give 1 or more")
-    for name in SETS:
+    sets = [name.strip() for name in a.sets.split(",") if name.strip()]
+    unknown = [name for name in sets if name not in SETS]
+    if unknown or not sets:
+        p.error(f"--sets {a.sets}: {'unknown ' + ', '.join(unknown) if unknown else 'no set named'}; "
+                f"choose among {', '.join(SETS)}")
+    for name in sets:
         count = write_set(name, a.out, a.per_set)
         print(f"{name}: {count} images -> {a.out / name}")
     return 0

@@ -104,10 +104,12 @@ def test_latent_gan_settings_that_cannot_work_are_refused_with_their_reason():
         GANConfig(image_size=16, autoencoder=AE32)  # 16 / 4: too small for G's 4x4 start and one doubling
 
 
-def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache):
+def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_cache, monkeypatch):
+    from pixelforge.train import budget
     from pixelforge.train.budget import (GAN_AUGMENT_EPOCHS, GAN_SHORT_AUGMENT, GAN_WIDTHS, LATENT_GAN_DEPTH,
                                          LATENT_GAN_MBSTD, StepTiming, describe_plan, plan_run)
 
+    monkeypatch.setattr(budget, "BASE_MODELS", ())  # every width timed: no base GAN to start from
     seen, timed = [], []
 
     def measure(cfg, candidates, device, **kw):  # records what is timed; a planner needs one timing
@@ -183,3 +185,83 @@ def test_a_gan_budget_trains_in_ae32s_latents_where_it_reconstructs_the_images_w
     finally:
         budget.GAN_LATENT_PSNR = original
     assert not cfg.model_config().latent and f"{db:.1f} dB PSNR (under {db + 0.5:g}): the GAN trains in pixels" in said[-1]
+
+
+# --- a latent GAN budget run starts from a GAN of the same latents where one fits -------------------------------
+
+
+def _timings(record: list):
+    from pixelforge.train.budget import StepTiming
+
+    def measure(cfg, candidates, device, **kw):
+        record.append(candidates)
+        return [StepTiming(model_fields=dict(c), parameters=1000, points=((16, 0.01), (64, 0.04))) for c in candidates]
+    return measure
+
+
+def test_a_latent_gan_budget_run_starts_from_a_gan_in_the_same_autoencoders_latents(runs, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from pixelforge.train import budget
+    from pixelforge.train.budget import describe_plan, plan_run
+
+    source = runs / "straight"  # 8x8 latents of ae-32, width 8, z 16, depth 1, no minibatch std
+    monkeypatch.setattr(budget, "BASE_MODELS", ("no-such-model", str(source)))
+    timed = []
+    plan = lambda **kw: plan_run("shapes", 5.0, model="gan", device="cpu", progress=False, measure=_timings(timed), **kw)  # noqa: E731
+    cfg, p = plan()
+    assert p.init_from == str(source)
+    assert timed[-1] == [{"base_channels": 8, "depth": 1, "mbstd_group": 0, "z_dim": 16}]  # its network alone
+    assert (cfg.model["base_channels"], cfg.model["z_dim"], cfg.model["depth"]) == (8, 16, 1)
+    assert any(f"from {source}'s weights (--init-from none" in line for line in describe_plan(cfg, p))
+    # from scratch, in pixels, with a width it does not have, or with a prompt: no start
+    for settings in ({"init_from": "none"}, {"model_fields": {"latent": ""}}, {"model_fields": {"base_channels": 16}},
+                     {"text": True}):
+        _, p = plan(**settings)
+        assert p.init_from is None, settings
+    # the same config in the latents of an autoencoder with other weights: its G's latents would mean nothing there
+    exported = tmp_path / "exported"
+    cli("export", source, exported)
+    weights = load_file(exported / "model.safetensors")
+    key = next(k for k in weights if k.startswith("autoencoder.") and weights[k].is_floating_point())
+    save_file({**weights, key: weights[key] + 0.01}, exported / "model.safetensors")
+    monkeypatch.setattr(budget, "BASE_MODELS", (str(exported),))
+    _, p = plan()
+    assert p.init_from is None
+    save_file(weights, exported / "model.safetensors")  # the very same weights: it fits again
+    _, p = plan()
+    assert p.init_from == str(exported)
+
+
+def test_a_gan_started_from_a_gan_of_other_classes_gives_each_class_the_mean_of_the_sources(runs):
+    from pixelforge.train import loop
+
+    source = loop.load_weights(runs / "straight")  # 6 classes (shapes)
+    cfg = pixelforge.runs.new_run_config("textures", model="gan", image_size=32, channels=3, steps=1,
+                                         model_fields={"latent": "ae-32", "base_channels": 8, "z_dim": 16,
+                                                       "diffaugment": "translation"})
+    model = loop.build_model(cfg, torch.device("cpu"))
+    ema = loop.copy.deepcopy(model)
+    skipped = loop._init_from(model, ema, str(runs / "straight"))
+    state = model.state_dict()
+    tables = [k for k in state if k.startswith("G.") and k.endswith(".embed.weight")]  # G's per-class gains and shifts
+    assert tables and all(state[k].shape[0] == 3 and source[k].shape[0] == 6 for k in tables)
+    for k in tables:
+        assert torch.allclose(state[k], source[k].mean(dim=0, keepdim=True).expand_as(state[k]))
+        assert torch.equal(ema.state_dict()[k], state[k])
+    # D's class projection has no row to start from: it starts fresh and says so; every other weight is the source's
+    assert skipped and all(k.startswith("D.embed.") for k in skipped)
+    assert all(torch.equal(v, source[k]) for k, v in state.items() if k not in tables and k not in skipped)
+
+
+def test_the_bundled_gan_base_starts_a_gan_budget_run_on_shapes_and_no_pixel_one(pixelforge_cache):
+    from pixelforge.train.budget import BASE_MODELS, plan_run
+
+    timed = []
+    plan = lambda **kw: plan_run("shapes", 5.0, model="gan", device="cpu", progress=False, measure=_timings(timed), **kw)  # noqa: E731
+    assert "gan-base-32" in BASE_MODELS
+    cfg, p = plan()  # shapes reconstruct well in ae-32: latents, and the bundled base in them
+    assert p.init_from == "gan-base-32" and cfg.model_config().latent
+    assert timed[-1] == [{"base_channels": 64, "depth": 3, "mbstd_group": 4, "z_dim": 128}]
+    _, p = plan(model_fields={"latent": ""})
+    assert p.init_from is None and len(timed[-1]) > 1

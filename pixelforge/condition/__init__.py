@@ -164,6 +164,13 @@ class LabelEmbedding(nn.Module):
         self.num_classes = num_classes
         self.embed = nn.Embedding(num_classes + 1, dim)
 
+    @staticmethod
+    def new_classes_row(source: torch.Tensor) -> torch.Tensor:
+        """The row every class (and "no label") of a run of another class count starts from, given the table of
+        the run it starts from (train/loop.py _init_from): that run's "no label" row, so the new run starts as
+        its unconditional model."""
+        return source[-1:]
+
     def forward(self, labels: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, dim)
         idx = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
         return self.embed(idx)

@@ -22,8 +22,9 @@ The rule (docs/training-budget.md has the measurements behind it):
    the device has native bfloat16, each candidate in both, interleaved; it trains in bf16 where that is at
    least precision.MIN_SPEEDUP times as fast, and is planned with the step time of what it trains in.
 5. Starting point: a run that names no --init-from starts from the bundled base model (BASE_MODELS) whose
-   network fits it (a diffusion UNet of the same image side and channels, no text or sketch condition);
-   the candidates are then that network alone. `init_from="none"` trains from scratch; a run named as
+   network fits it (a diffusion UNet of the same image side and channels, no text or sketch condition; a GAN
+   of the same image side and channels in the very same autoencoder's latents, no text); the candidates are
+   then that network alone. `init_from="none"` trains from scratch; a run named as
    --init-from fixes the network the same way.
 
 6. A GAN: its candidates are GAN_WIDTHS (GANConfig.base_channels), chosen by the rule of step 2, and its DiffAugment
@@ -103,7 +104,9 @@ BUDGET_P_MEAN = -0.8
 # folder (docs/time-to-quality.md, "Without AVX-512") made 1,818 steps at the run's own rate: samples of their
 # class 0.550 of the time, FID 134.0; at 10 times it, 2,070 steps: 0.913, FID 123.4.
 BUDGET_LABEL_LR_SCALE = 10.0
-BASE_MODELS = ("base-32",)  # bundled models a budget run starts from where the network fits (assets/models/)
+# bundled models a budget run starts from where the network fits (assets/models/): the diffusion UNet's and the
+# GAN's in ae-32's latents; start_fields says which fits a run
+BASE_MODELS = ("base-32", "gan-base-32")
 NO_INIT = "none"  # init_from (--init-from) that trains from scratch
 # families a budget cannot plan, and why: their stages are counted in steps
 STEP_COUNTED = {"transformer": "the VQ-VAE for stage1_steps, then the prior"}
@@ -112,6 +115,7 @@ STEP_COUNTED = {"transformer": "the VQ-VAE for stage1_steps, then the prior"}
 # (1, 2, 2, ...)[:levels], fewer where the image side cannot be halved that often.
 UNET_SIZES = ((16, 2, 1), (32, 3, 1), (64, 3, 2))
 SHAPE_FIELDS = ("base_channels", "channel_mult", "num_res_blocks")
+GAN_SHAPE_FIELDS = ("base_channels", "depth", "mbstd_group", "z_dim")  # what fixes a GAN's weights' shapes
 
 # A GAN's budget (docs/gan-budget.md): the widths (GANConfig.base_channels) it chooses from, smallest first, by the
 # same rule as a UNet's size; and its augmentation. DiffAugment counters a discriminator memorising the training
@@ -443,16 +447,20 @@ def check_not_steps(steps: int | None) -> None:
 
 
 def start_fields(cfg: RunConfig, source: str, runs_dir: str | os.PathLike | None = None) -> dict | None:
-    """The network fields (SHAPE_FIELDS) of run or bundled model `source` where a new run of `cfg` can start
-    from all of its weights: both diffusion UNets of the same image side and channels, and cfg with no text
-    or sketch condition (their layers would start untrained); else None."""
+    """The network fields of run or bundled model `source` (SHAPE_FIELDS, a GAN's GAN_SHAPE_FIELDS) where a new
+    run of `cfg` can start from all of its weights, else None: both diffusion UNets of the same image side and
+    channels, and cfg with no text or sketch condition (their layers would start untrained); or both GANs
+    (gan_start_fields)."""
     from ..runs.store import resolve_run
 
     try:
-        other = RunConfig.load(resolve_run(source, runs_dir) / "config.json")
+        source_dir = resolve_run(source, runs_dir)
+        other = RunConfig.load(source_dir / "config.json")
     except (FileNotFoundError, ValueError):
         return None
     mine, theirs = cfg.model_config(), other.model_config()
+    if cfg.family == other.family == "gan":
+        return gan_start_fields(mine, theirs, source_dir)
     if (cfg.family, other.family) != ("diffusion", "diffusion") or (mine.backbone, theirs.backbone) != ("unet", "unet"):
         return None
     # net_shape: the denoiser's (channels, side, side), a latent run's latents
@@ -460,6 +468,33 @@ def start_fields(cfg: RunConfig, source: str, runs_dir: str | os.PathLike | None
             or mine.text_dim or mine.spatial_condition:
         return None
     return {k: getattr(theirs, k) for k in SHAPE_FIELDS}
+
+
+def gan_start_fields(mine, theirs, source_dir: Path) -> dict | None:
+    """GAN_SHAPE_FIELDS of GAN config `theirs` (the run in source_dir) where a GAN of config `mine` can start from
+    its weights: images of the same side and channels, neither with a prompt, and both in pixels or both in the
+    latents of the same autoencoder, the same weights tensor for tensor (the source's copy against the one `mine`
+    names: G's output means nothing in another autoencoder's latents, however alike its config); else None."""
+    from ..runs.store import load_weights, resolve_run
+
+    if (mine.image_size, mine.channels) != (theirs.image_size, theirs.channels) or mine.text_dim or theirs.text_dim:
+        return None
+    if (mine.autoencoder is None) != (theirs.autoencoder is None):
+        return None
+    if mine.autoencoder is not None:
+        if mine.autoencoder != theirs.autoencoder:
+            return None
+        try:
+            ae = load_weights(resolve_run(mine.latent))
+            copy = load_weights(source_dir)
+        except (FileNotFoundError, ValueError):
+            return None
+        # the GAN holds the autoencoder run's `net` as `autoencoder` (GANModel.frozen_parts)
+        own = {k.removeprefix("net."): v for k, v in ae.items() if k.startswith("net.")}
+        theirs_ae = {k.removeprefix("autoencoder."): v for k, v in copy.items() if k.startswith("autoencoder.")}
+        if own.keys() != theirs_ae.keys() or not all(torch.equal(own[k], theirs_ae[k]) for k in own):
+            return None
+    return {k: getattr(theirs, k) for k in GAN_SHAPE_FIELDS}
 
 
 def pick_start(cfg: RunConfig, init_from: str | None, given_fields: Mapping[str, object],
@@ -473,7 +508,7 @@ def pick_start(cfg: RunConfig, init_from: str | None, given_fields: Mapping[str,
         return init_from, start_fields(cfg, init_from, runs_dir)
     for name in BASE_MODELS:
         fields = start_fields(cfg, name)
-        if fields is not None and all(fields[k] == given_fields[k] for k in SHAPE_FIELDS if k in given_fields):
+        if fields is not None and all(fields[k] == given_fields[k] for k in fields if k in given_fields):
             return name, fields
     return None, None
 

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..condition import Cond, LabelEmbedding
+from ..condition import Cond
 from ..data import ImageSet, augment, load_dataset, skipped_note, split_indices, to_model
 from ..device import pick_device
 from ..distributed import World, all_gather_cat, all_reduce_sum, barrier, broadcast_, broadcast_long, current, rank_seed
@@ -374,13 +374,15 @@ def _init_from(model, ema, source: str, runs_dir: Path | None = None) -> NotCopi
     state = load_weights(run_dir)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    # A label embedding of another class count: every class (and "no label") starts as the source's "no label"
-    # row, so the new run starts as the source's unconditional model and learns its own classes from there.
+    # A class table (`embed`) of another class count: every row starts as the one its module's new_classes_row
+    # picks from the source's table (a diffusion model's "no label" row: LabelEmbedding; the mean of a GAN
+    # generator's classes: ConditionalNorm), and the new run learns its own classes from there.
     for name, module in model.named_modules():
         key = f"{name}.embed.weight" if name else "embed.weight"
-        if isinstance(module, LabelEmbedding) and key in state and key not in usable and state[key].ndim == 2 \
+        start_row = getattr(module, "new_classes_row", None)
+        if start_row is not None and key in state and key not in usable and state[key].ndim == 2 \
                 and state[key].shape[1] == own[key].shape[1]:
-            usable[key] = state[key][-1:].expand_as(own[key]).clone()  # (num_classes + 1, dim)
+            usable[key] = start_row(state[key]).expand_as(own[key]).clone()  # (rows, dim)
     model.load_state_dict(usable, strict=False)
     ema.load_state_dict(model.state_dict())
     missing = sorted(set(own) - set(usable))

@@ -55,6 +55,13 @@ class ConditionalNorm(nn.Module):
             nn.init.zeros_(self.vector.weight)
             nn.init.zeros_(self.vector.bias)
 
+    @staticmethod
+    def new_classes_row(source: torch.Tensor) -> torch.Tensor:
+        """The row every class of a run of another class count starts from, given the table of the run it starts
+        from (train/loop.py _init_from): the mean of that run's classes' gains and shifts. G has no "no label"
+        row; the mean starts each new class halfway between the source's, none favoured."""
+        return source.mean(dim=0, keepdim=True)
+
     def forward(self, h: torch.Tensor, y: torch.Tensor, vector: torch.Tensor | None = None) -> torch.Tensor:
         # h (B, C, H, W), y (B,) in 0..K-1, vector (B, vector_dim) or None
         gamma_beta = self.embed(y)  # (B, 2C)
