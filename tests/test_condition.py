@@ -173,8 +173,11 @@ TINY = {
 }
 # sha256 (first 16 hex digits) of each tiny model's state dict at seed 0, taken before weight
 # initialisation stopped reseeding the global generator: the initial weights must not change.
+# Spectral norm's power-iteration vectors (the GAN's u and v) come from 15 matrix products at construction, whose
+# last bits differ between CPUs (their kernels sum in another order); the weights drawn are compared bit for bit.
+POWER_ITERATION = ("._u", "._v")
 WEIGHTS_SHA256 = {
-    "diffusion": "6125e330a7f2b7b7", "diffusion-dit": "46e6c3ab5ed6e918", "gan": "8192776b9ce29f46",
+    "diffusion": "6125e330a7f2b7b7", "diffusion-dit": "46e6c3ab5ed6e918", "gan": "8eb4ba4dd84fbe29",
     "vae": "af695f5dd3fba1ec", "vqvae": "7535c04b0fb2309f", "pixelcnn": "634548fa5fd68c44",
     "transformer": "79698d3519049397", "autoencoder": "d9851ba8c1f6c6a3",
 }
@@ -201,6 +204,8 @@ def test_building_a_family_leaves_the_global_random_state_unchanged(entry):
 def test_seed_0_gives_the_same_initial_weights_as_before(entry):
     h = hashlib.sha256()
     for name, value in sorted(_build(entry).state_dict().items()):
+        if name.endswith(POWER_ITERATION):
+            continue
         h.update(name.encode())
         h.update(value.detach().contiguous().numpy().tobytes())
     assert h.hexdigest()[:16] == WEIGHTS_SHA256[entry]

@@ -125,8 +125,11 @@ def test_figures_do_not_depend_on_the_extraction_batch_size(mnist, domain, tmp_p
                             cache_dir=tmp_path / "b7")
     large = evaluate_images(fake, real, domain, options=EvalOptions(kid_subsets=10, kid_subset_size=100, batch_size=64),
                             cache_dir=tmp_path / "b64")
+    # The same images in the same order: only the convolutions' rounding differs with the batch, which a CPU's
+    # kernels may change (an AVX-512 machine measured is_std 7.7e-9 apart, relative; the rest within 1e-9).
+    # An image dropped, repeated or misordered moves every figure by far more.
     for key in FIGURES:
-        assert small[key] == pytest.approx(large[key], rel=1e-9, abs=1e-12), key
+        assert small[key] == pytest.approx(large[key], rel=1e-7, abs=1e-12), (key, small[key], large[key])
 
 
 def test_every_figure_is_the_same_for_the_same_inputs_and_seed(mnist, domain, tmp_path):

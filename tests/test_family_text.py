@@ -154,7 +154,7 @@ def test_gan_prompt_dropout_is_its_own_setting_and_is_checked():
 # Sums of |weights| of models without text, seed 3, as drawn before any family took text: building the
 # text conditioner only when text_dim > 0 keeps every label and unconditional model's weights.
 WEIGHTS_BEFORE_TEXT = {
-    ("gan", 0): 1966.5869658312333, ("gan", 10): 2105.7241596687472,
+    ("gan", 0): 1912.321681572652, ("gan", 10): 2045.8275796256733,  # without u and v (below)
     ("vae", 0): 2285.185188301789, ("vae", 10): 3123.022462884809,
     ("pixelcnn", 0): 389.9597088486139, ("pixelcnn", 10): 569.7690190247376,
     ("transformer", 0): 1279.9867224164104, ("transformer", 10): 1281.5111665259924,
@@ -166,5 +166,7 @@ def test_models_without_text_draw_the_weights_they_drew_before_text(family, num_
     model = FAMILIES[family](FAMILIES[family].Config(**TINY[family], num_classes=num_classes), seed=3)
     state = model.state_dict()
     assert not any("text" in name for name in state)
-    total = sum(float(v.double().abs().sum()) for v in state.values() if v.is_floating_point())
+    # spectral norm's power-iteration vectors (the GAN's u and v) differ in their last bits between CPUs: left out
+    total = sum(float(v.double().abs().sum()) for k, v in state.items()
+                if v.is_floating_point() and not k.endswith(("._u", "._v")))
     assert total == pytest.approx(WEIGHTS_BEFORE_TEXT[family, num_classes], rel=1e-12)
