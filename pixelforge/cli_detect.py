@@ -6,7 +6,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from .cli import _float_range, _Help, _int_range, report_files
+from .cli import _float_range, _Help, _int_range
+from .cli_watermark import report_files
 
 
 def cmd_detector_train(a) -> int:

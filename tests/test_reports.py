@@ -79,12 +79,13 @@ class _ByLabel:
 
 def test_training_grid_has_one_labelled_row_per_class(tmp_path, make_run_config):
     from pixelforge.data import ImageSet
-    from pixelforge.train.loop import _Conditions, _save_samples
+    from pixelforge.train.conditions import TrainingConditions
+    from pixelforge.train.loop import _save_samples
 
     cfg = make_run_config(sample_count=16)  # 8x8 images, drawn at scale 2
     data = ImageSet(images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8), labels=torch.tensor([0, 1, 2]),
                     class_names=["cat", "dog", "eel"], captions=None, source="x")
-    path = _save_samples(_ByLabel(), data, _Conditions(data, _ByLabel()), cfg, tmp_path, 1)
+    path = _save_samples(_ByLabel(), data, TrainingConditions(data, _ByLabel()), cfg, tmp_path, 1)
     grid = np.asarray(Image.open(path).convert("L")).astype(int)
     pad, side, per = 2, 16, 6  # ceil(16 / 3) images per class
     assert grid.shape[0] == 3 * side + 4 * pad  # three rows, none ragged

@@ -242,12 +242,12 @@ def edge_run_config(make_run_config, **train_fields):
 
 def test_an_edge_map_gets_the_crop_and_flip_of_its_image(make_run_config, pixelforge_cache):
     from pixelforge.data import augment, load_dataset
-    from pixelforge.train.loop import _Conditions
+    from pixelforge.train.conditions import TrainingConditions
 
     cfg = edge_run_config(make_run_config)
     data = load_dataset(cfg.data, progress=False)
     model = DiffusionModel(cfg.model_config())
-    conds = _Conditions(data, model, pixelforge_cache, progress=False)
+    conds = TrainingConditions(data, model, pixelforge_cache, progress=False)
     idx = torch.arange(16)
     x, cond = conds.augmented(data, idx, cfg.data, torch.Generator().manual_seed(3), "cpu")
     # the images are exactly what augment gives without a condition: the random stream is unchanged

@@ -117,12 +117,12 @@ def test_a_whitened_text_run_fits_its_whitening_to_the_captions_and_a_resume_kee
 
 
 def test_each_training_step_draws_one_wording_per_image_the_same_for_any_batch_split():
-    """_Conditions: image i's text is one of its wordings (caption or variant), drawn from (seed, step)
+    """TrainingConditions: image i's text is one of its wordings (caption or variant), drawn from (seed, step)
     alone, so a resumed run or another split of the batch draws the same; an image without variants
     always gets its caption."""
-    from pixelforge.train.loop import _Conditions
+    from pixelforge.train.conditions import TrainingConditions
 
-    conds = _Conditions.__new__(_Conditions)
+    conds = TrainingConditions.__new__(TrainingConditions)
     conds.text = object()  # only its presence matters to the draw
     # image 0: caption row 0 and variants 3, 4; image 1: caption only; image 2: caption 2 and variant 5
     conds.wordings = torch.tensor([[0, 3, 4], [1, 1, 1], [2, 5, 2]])
