@@ -84,6 +84,42 @@ def test_batch_64_only_where_it_trains_one_and_a_half_times_the_images_a_second_
     assert plan_budget(20, 5000, [t], batch_gain=0).batch_size == 64
 
 
+def test_a_step_time_is_the_one_measured_at_that_batch_else_the_line_through_the_nearest_two():
+    t = StepTiming({}, 1000, ((16, 0.10), (32, 0.15), (64, 0.30)))
+    assert [t.seconds_per_step(b) for b in (16, 32, 64)] == [0.10, 0.15, 0.30]
+    assert t.seconds_per_step(48) == pytest.approx(0.225)  # between 32 and 64
+    assert t.seconds_per_step(128) == pytest.approx(0.60)  # above: the line through the two largest
+    assert t.seconds_per_step(8) == pytest.approx(0.075)  # below: the line through the two smallest
+    # two points: the line through them, 64 extrapolated (what the planner had alone before it timed 64 too)
+    assert StepTiming({}, 1000, ((16, 0.10), (32, 0.15))).seconds_per_step(64) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("at_64, batch", [(0.030, 32), (0.012, 64)])
+def test_a_batch_taken_above_those_timed_is_timed_before_the_plan_stands(pixelforge_cache, at_64, batch):
+    """16 and 32 are timed; 64, where the line through them says it trains 1.69x the images a second of 32, is timed
+    alone before the plan takes it: measured slower (0.030 s, 0.73x) the plan takes 32, measured as fast (0.012 s,
+    1.83x) it keeps 64, with the measured time."""
+    calls, said = [], []
+
+    def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
+        calls.append((batch_size, [dict(c) for c in candidates], precisions))
+        points = ((64, at_64),) if batch_size == 64 else ((16, 0.010), (32, 0.011))
+        return [StepTiming(dict(c), 1000 * c["num_res_blocks"], points) for c in candidates]
+
+    cfg, plan = budget.plan_run("shapes", 1, image_size=8, measure=measure, init_from="none", say=said.append)
+    largest = size_candidates(8)[-1]
+    assert [c[0] for c in calls] == [None, 64] and calls[1][1:] == ([largest], ("fp32",))
+    assert any("batch 64 timed too: " + f"{at_64:.3f} s a step (the line through the smaller batches gave 0.013)" in line
+               for line in said)
+    assert (plan.batch_size, cfg.train.batch_size) == (batch, batch) and largest.items() <= plan.model_fields.items()
+    seconds = {32: 0.011, 64: at_64}[batch]
+    assert plan.seconds_per_step == pytest.approx(seconds) and plan.steps == int(54 / seconds + 1e-6)
+    # a batch given, or one the points hold, is not timed again
+    calls.clear()
+    budget.plan_run("shapes", 1, image_size=8, measure=measure, init_from="none", batch_size=32)
+    assert [c[0] for c in calls] == [32]
+
+
 def test_a_given_batch_size_is_the_only_batch_planned_and_none_exceeds_the_training_images():
     assert plan_budget(10, 5000, CPU_LIKE, batch_size=16).batch_size == 16
     small_set = plan_budget(60, 20, CPU_LIKE)
@@ -438,7 +474,7 @@ def test_a_budget_run_trains_in_the_precision_it_was_planned_in_unless_one_is_gi
 
     def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
         seen["precisions"] = precisions
-        return [StepTiming(dict(c), 1000, ((16, 0.01),), precision=precisions[-1], speedup=1.6) for c in candidates]
+        return [StepTiming(dict(c), 1000, ((16, 0.01), (32, 0.02)), precision=precisions[-1], speedup=1.6) for c in candidates]
 
     monkeypatch.setattr(budget, "bf16_available", lambda device: True)
     cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure)
@@ -454,7 +490,7 @@ def test_a_plan_that_timed_one_precision_says_why(monkeypatch, pixelforge_cache)
     monkeypatch.setattr(budget, "BASE_MODELS", ())
 
     def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
-        return [StepTiming(dict(c), 1000, ((16, 0.01),), precision=precisions[-1]) for c in candidates]
+        return [StepTiming(dict(c), 1000, ((16, 0.01), (32, 0.02)), precision=precisions[-1]) for c in candidates]
 
     def line(**settings):
         cfg, plan = budget.plan_run("digits", 1, image_size=8, measure=measure, device="cpu", **settings)
@@ -490,7 +526,7 @@ def test_a_budget_run_starts_from_the_base_model_that_fits_and_times_only_its_ne
 
     def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
         seen["candidates"] = candidates
-        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+        return [StepTiming(dict(c), 1000, ((16, 0.01), (32, 0.02))) for c in candidates]
 
     cfg, plan = budget.plan_run("shapes", 1, image_size=8, measure=measure)
     assert plan.init_from == str(base_run)
@@ -511,7 +547,7 @@ def test_a_budget_run_starts_from_the_base_model_that_fits_and_times_only_its_ne
 
 def test_a_colour_pixel_diffusion_budget_run_trains_at_the_budget_noise_levels_unless_told_otherwise(pixelforge_cache):
     def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
-        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+        return [StepTiming(dict(c), 1000, ((16, 0.01), (32, 0.02))) for c in candidates]
 
     plan_run = lambda **kw: budget.plan_run("shapes", 1, image_size=8, measure=measure, init_from="none", **kw)  # noqa: E731
     cfg, plan = plan_run()
@@ -532,7 +568,7 @@ def test_a_labelled_budget_run_from_a_base_model_learns_its_labels_at_the_budget
     monkeypatch.setattr(budget, "BASE_MODELS", (str(base_run),))
 
     def measure(cfg, candidates, device, *, minutes, n_train, batch_size=None, precisions=("fp32",), say=print):
-        return [StepTiming(dict(c), 1000, ((16, 0.01),)) for c in candidates]
+        return [StepTiming(dict(c), 1000, ((16, 0.01), (32, 0.02))) for c in candidates]
 
     plan_run = lambda **kw: budget.plan_run("shapes", 1, image_size=8, measure=measure, **kw)  # noqa: E731
     cfg, plan = plan_run()
