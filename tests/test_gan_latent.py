@@ -145,6 +145,15 @@ def test_a_time_budget_plans_a_latent_gan_on_its_latents(tmp_path, pixelforge_ca
                         model_fields={"latent": "ae-32", "depth": 2, "mbstd_group": 0})  # a depth or group given wins
     assert {(c["depth"], c["mbstd_group"]) for c in timed[2]} == {(2, 0)}
     assert (given.model_config().depth, given.model_config().mbstd_group) == (2, 0)
+    # a latent GAN learns at the budget's rate (LATENT_GAN_LR, twice the family's default), a pixel GAN at the
+    # family's, and a rate given wins
+    assert cfg.optim.lr == plan.lr == budget.LATENT_GAN_LR == 2 * GANModel.default_lr
+    assert any("lr        0.001, warm-up" in line and "a latent GAN's budget rate" in line
+               for line in describe_plan(cfg, plan))
+    assert pixel.optim.lr == GANModel.default_lr and pixel_plan.lr is None
+    lr_given, lr_plan = plan_run("shapes", 10.0, model="gan", device="cpu", progress=False, measure=measure,
+                                 model_fields={"latent": "ae-32"}, lr=3e-4)
+    assert lr_given.optim.lr == 3e-4 and not any("budget rate" in line for line in describe_plan(lr_given, lr_plan))
 
 
 def test_a_gan_budget_trains_in_ae32s_latents_where_it_reconstructs_the_images_well(pixelforge_cache):

@@ -135,6 +135,13 @@ LATENT_GAN_DEPTH = 3
 # on shapes, seed 1 of the planner's latent GAN without it collapsed early (each class one image whatever its z) and
 # ended at recall 0.072; with it no seed collapsed (docs/gan-budget.md, "Minibatch standard deviation").
 LATENT_GAN_MBSTD = 4
+# ... and learns at LATENT_GAN_LR, twice the family's default 5e-4 (GANModel.default_lr), unless --lr is given. On a CPU
+# where 20 minutes buy about 6,500 steps (the AVX-512 machine on 2026-12-02), from gan-base-32 on shapes: seed 0 recall
+# 0.161 and FID 111.7 at 1e-3 against 0.098 and 119.6 at 5e-4 (6,675 and 6,575 steps), seed 1 0.146 and 111.9 against
+# 0.088 and 117.0 (6,240 and 6,900 steps, the same day). Where 20 minutes bought about 20,000 steps (2026-12-01, from
+# scratch) the two rates were even: recall 0.283 against 0.281 over seeds 0 and 1 (docs/gan-budget.md, "A higher
+# learning rate").
+LATENT_GAN_LR = 1e-3
 GAN_AUGMENT_EPOCHS = 100
 GAN_SHORT_AUGMENT = "translation"
 # A GAN budget run on images the bundled autoencoder takes (32x32 RGB), with labels or none, trains in its latents
@@ -204,12 +211,14 @@ class BudgetPlan:
     frozen: int = 0  # parameters the network holds and never trains (StepTiming.frozen)
     init_from: str | None = None  # the run or bundled model the run starts from (None: from scratch)
     precision_why: str = ""  # why only one precision was timed, where that is known (precision_reason)
+    lr: float | None = None  # the learning rate the plan chose (LATENT_GAN_LR); None: the family's, or the one given
 
     def settings(self) -> dict:
         """The run settings of the plan, as new_run_config takes them."""
         return {"steps": self.steps, "batch_size": self.batch_size, "warmup_steps": self.warmup_steps,
                 "ema_decay": self.ema_decay, "ckpt_every": self.ckpt_every, "sample_every": self.sample_every,
-                "val_every": self.val_every, "log_every": self.log_every, "precision": self.precision}
+                "val_every": self.val_every, "log_every": self.log_every, "precision": self.precision,
+                **({"lr": self.lr} if self.lr is not None else {})}
 
 
 def size_candidates(image_size: int, given: Mapping[str, object] | None = None) -> list[dict]:
@@ -652,6 +661,8 @@ def plan_run(data: str | os.PathLike, minutes: float, *, device: str = "auto", p
         plan = dataclasses.replace(plan, precision_why=precision_reason(asked_precision, plan.precision, dev))
     if base.family == "gan":
         plan = _with_gan_augment(plan, latent=latent_gan(base))
+    if latent_gan(base):
+        plan = dataclasses.replace(plan, lr=LATENT_GAN_LR)
     plan = dataclasses.replace(plan, model_fields={**plan.model_fields, **budget_noise(base, given_fields),
                                                    **budget_label_lr(base, given_fields, start)})
     given = {**settings, **({"precision": asked_precision} if asked_precision else {})}
@@ -714,6 +725,7 @@ def describe_plan(cfg: RunConfig, plan: BudgetPlan) -> list[str]:
         f"  batch     {t.batch_size}",
         f"  steps     about {t.steps:,} expected ({plan.seconds_per_step:.3g} s/step measured){epochs}",
         f"  lr        {cfg.optim.lr:g}, warm-up {cfg.optim.warmup_steps} step(s)"
+        + (" (a latent GAN's budget rate; --lr wins)" if plan.lr is not None and cfg.optim.lr == plan.lr else "")
         + (f", falling to 0 over the last {cfg.optim.cooldown_steps:,} of the {cfg.optim.cooldown_end:,} expected (--cooldown)"
            if cfg.optim.cooldown_steps else ""),
         *([f"  noise     P_mean {cfg.model['P_mean']:g} (ln sigma's mean in training; the family's "
