@@ -135,7 +135,8 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=_int_range(1), default=None, help="images per optimiser step; planned with "
                    "--minutes (default: 64)")
     p.add_argument("--lr", type=_float_range(0, above_lo=True), default=None, help="peak learning rate (Adam); default: the family's "
-                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn, autoencoder 1e-3)")
+                   "(diffusion, gan, vqvae, transformer 5e-4; vae, pixelcnn, autoencoder 1e-3); a GAN in latents planned "
+                   "with --minutes: 1e-3 (docs/gan-budget.md)")
     p.add_argument("--warmup", type=_int_range(0), default=None, help="learning-rate warm-up steps; planned with "
                    "--minutes (default: 200)")
     p.add_argument("--cooldown", type=_float_range(0, 1, below_hi=True), default=None, metavar="SHARE",
