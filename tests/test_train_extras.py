@@ -197,16 +197,16 @@ def test_a_compiled_training_matches_the_eager_one(tmp_path):
 # --- --workers -----------------------------------------------------------------------------------------
 
 def test_batches_made_by_two_worker_threads_train_the_same_weights_as_none(monkeypatch, tmp_path):
-    import pixelforge.train.loop as loop
+    import pixelforge.train.conditions as conditions  # where each batch is augmented (TrainingConditions.augmented)
 
     threads: set[str] = set()
-    augment = loop.augment
+    augment = conditions.augment
 
     def recording(*args, **kwargs):
         threads.add(threading.current_thread().name)
         return augment(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "augment", recording)
+    monkeypatch.setattr(conditions, "augment", recording)
     # flips drawn per image and per step, two micro-batches a step, a second epoch from step 3 on
     cfg = run_config("diffusion", steps=5, batch_size=8, grad_accum=2, val_every=5, ckpt_every=5, sample_every=5)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, hflip=True))
