@@ -42,6 +42,7 @@ for _p in (str(ROOT), str(BENCH)):  # run from a checkout without `pip install -
         sys.path.insert(0, _p)
 
 from pixelforge.images import make_grid, to_pil  # noqa: E402
+from pixelforge.precision import describe_cpu  # noqa: E402
 from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
 from pixelforge.progress import image_bar  # noqa: E402
 # the helpers both budget benchmarks share: a budget as the command line takes it, a run's metrics.csv, results
@@ -218,6 +219,11 @@ def table(rows: dict[str, dict]) -> str:
                      f"{r.get('diffaugment') or 'off'} | {_num(r.get('steps'), 'd')} | {_num(r.get('images'), ',')} | "
                      f"{_num(r.get('train_s'), '.0f')} | {_num(r.get('fid'), '.1f')} | {_num(r.get('kid'), '.3f')} | "
                      f"{_num(r.get('precision'), '.3f')} | {recall} | {_num(r.get('pairs_covered'), '.3f')} | {load} |")
+    cpus: dict[str, list[str]] = {}  # the CPU each row was trained on: its steps depend on it
+    for r in sorted(rows.values(), key=lambda r: (r["label"], r["budget_min"], r["seed"])):
+        if r.get("cpu"):
+            cpus.setdefault(r["cpu"], []).append(f"{r['label']} {fmt(r['budget_min'])} min seed {r['seed']}")
+    lines += ["", *(f"- trained on {cpu}: {', '.join(names)}" for cpu, names in cpus.items())] if cpus else []
     return "\n".join(lines)
 
 
@@ -292,6 +298,8 @@ def main(argv=None) -> dict:
                 res = run_pixelforge(argv_, a.threads)
             row = {"label": a.label, "budget_min": minutes, "seed": seed, "command": ["pixelforge", *argv_],
                    "quick": a.quick, **{k: v for k, v in res.items() if k not in ("rc", "error")}}
+            if "wall_s" in res:  # trained here: the CPU its steps were bought on (a --reuse row keeps none)
+                row["cpu"] = describe_cpu()
             if res["rc"] != 0:
                 row["error"] = res["error"]  # exit_reason: never empty for a failed call
                 print(f"  failed: {row['error']}", flush=True)

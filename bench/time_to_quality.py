@@ -75,6 +75,7 @@ from pixelforge.device import pick_device  # noqa: E402
 from pixelforge.files import atomic_target  # noqa: E402
 from pixelforge.images import make_grid, to_pil  # noqa: E402
 from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
+from pixelforge.precision import describe_cpu  # noqa: E402
 from pixelforge.progress import image_bar, stage_bar  # noqa: E402
 
 IMAGE_SIZE = 32
@@ -187,7 +188,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def machine() -> dict:
-    return {"load": list(os.getloadavg()), "nproc": os.cpu_count()}
+    return {"load": list(os.getloadavg()), "nproc": os.cpu_count(), "cpu": describe_cpu()}
 
 
 def run_pixelforge(argv: list[str], threads: int) -> dict:

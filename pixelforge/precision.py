@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,28 @@ def cpu_flags(path: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
     return ()
 
 
+def cpu_name(path: str | Path = "/proc/cpuinfo") -> str:
+    """The first processor's "model name" in `path`; platform.processor() (or the machine's type) where the file
+    is absent or names none."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_cpu(path: str | Path = "/proc/cpuinfo") -> str:
+    """One line naming this machine's CPU for a benchmark's record: model name, cores, the widest vector unit torch
+    uses and the native bfloat16 flags. Two machines with one model name can differ in the last (AMX or not), and
+    a training step's speed in bf16 with it by 2x or more (docs/precision.md), so a figure measured on one says
+    which."""
+    flags = cpu_flags(path)
+    return (f"{cpu_name(path)}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
+            f"bf16 flags: {', '.join(flags) or 'none'}")
+
+
 def bf16_support(device: torch.device) -> tuple[bool, str]:
     """(whether bfloat16 matrix products are native on `device`, what that was read from). Elsewhere
     PyTorch emulates them, on a CPU hundreds of times slower than fp32.
@@ -59,8 +83,8 @@ def bf16_support(device: torch.device) -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()  # the widest vector unit torch uses: AVX512, AVX2, ...
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     if check is not None:
-        native = bool(check())
-        return native, f"CPU {capability}, oneDNN bf16 {'yes' if native else 'no'}"
+        native, flags = bool(check()), cpu_flags()
+        return native, f"CPU {capability}, oneDNN bf16 {'yes' if native else 'no'}" + (f" ({', '.join(flags)})" if flags else "")
     flags = cpu_flags()
     return bool(flags), f"CPU {capability}, flags: {', '.join(flags) or 'no ' + ' or '.join(CPU_BF16_FLAGS)}"
 

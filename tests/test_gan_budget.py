@@ -91,6 +91,9 @@ def test_the_bench_table_has_a_row_per_run_marks_low_recall_and_shows_failures(b
                         "0.750 | 3.2/4.0 |")  # budgets in order; recall at the goal counts as low
     assert lines[3].startswith("| plan | 2 | 1 | failed: out of memory |")
     assert lines[4].endswith("| 0.450 | 0.750 | 3.2/4.0 |") and "| 5 | 0 |" in lines[4]
+    rows["a"]["cpu"] = rows["b"]["cpu"] = "Example CPU, 2 cores, AVX512, bf16 flags: amx_bf16"  # rows trained here
+    lines = bench.table(rows).splitlines()
+    assert lines[-1] == "- trained on Example CPU, 2 cores, AVX512, bf16 flags: amx_bf16: plan 2 min seed 0, plan 5 min seed 0"
 
 
 def test_the_bench_trains_a_fresh_gan_budget_run_per_budget_and_seed(bench, tmp_path):

@@ -87,6 +87,16 @@ def test_cpu_flags_reads_the_bf16_flags_of_proc_cpuinfo(tmp_path):
     assert precision.cpu_flags(tmp_path / "absent") == ()
 
 
+def test_describe_cpu_names_the_model_and_its_bf16_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.6GHz\nflags\t\t: fpu amx_bf16 avx512_bf16\n")
+    line = precision.describe_cpu(info)
+    assert line.startswith("Example CPU @ 2.6GHz, ") and line.endswith("bf16 flags: avx512_bf16, amx_bf16")
+    info.write_text("processor\t: 0\nmodel name\t: Plain CPU\nflags\t\t: fpu avx2\n")
+    assert precision.describe_cpu(info).endswith("bf16 flags: none")
+    assert precision.cpu_name(tmp_path / "absent")  # no /proc/cpuinfo: the platform's own name, never empty
+
+
 @pytest.mark.parametrize("bad", ["fp8", "", None, "BF16"])
 def test_pick_precision_refuses_other_values(bad):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, auto"):
