@@ -569,133 +569,6 @@ def _warnings_printed(command: str):
                 print(f"pixelforge {command}: warning: {message}", file=sys.stderr)
 
 
-def _add_edit(sub):
-    p = sub.add_parser(
-        "edit",
-        help="edit an image with a diffusion, VAE or VQ-VAE model: img2img (--strength) and inpainting (--mask)",
-        description="Noise the input image to the level --strength gives and sample back down (SDEdit); with "
-        "--mask, repaint only the mask's white part and keep the black part (inpainting). The image is converted "
-        "to the model's channels and, if of another size, resized with a warning. Writes PNGs carrying their "
-        "settings (with the SHA-256 of the image and the mask) and a grid. A VAE moves the image's latent towards a "
-        "prior draw by --strength, a VQ-VAE redraws that share of its codes; both add the decoded change to the input "
-        "(within the mask). GAN, PixelCNN and transformer models cannot edit.",
-        formatter_class=_Help,
-    )
-    p.add_argument("run", nargs="?", metavar="RUN", help="run folder, run name, or bundled model (default: the bundled model)")
-    p.add_argument("--image", required=True, metavar="IN.png", help="the image to edit (any common format)")
-    p.add_argument("--mask", default=None, metavar="MASK.png", help="inpainting: white marks what to repaint, "
-                   "black what to keep (binarised at 50%%, resized with nearest neighbour)")
-    p.add_argument("--strength", type=float, default=None,
-                   help="how far the input is noised, 0..1: 0 returns it, 1 draws a new image (default 0.6)")
-    p.add_argument("--resample", type=int, default=None,
-                   help="inpainting: RePaint passes per step, 1..20 (default 1: none)")
-    p.add_argument("-n", type=_int_range(1, MAX_SAMPLES), default=1, help=f"edits of the image, one per seed (1..{MAX_SAMPLES})")
-    p.add_argument("--label", default=None, help="class index or name (class-conditional models)")
-    p.add_argument("--prompt", default=None, help="text prompt (text-conditioned models)")
-    p.add_argument("--negative-prompt", default=None, help="what guidance (--guidance above 1) steers away from")
-    _add_sampling_options(p)
-    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="edit i uses seed + i")
-    p.add_argument("--batch-size", type=_int_range(1), default=64)
-    p.add_argument("-o", "--out", default=None, help="output folder (default: a new folder out/RUN/TIMESTAMP for each call); "
-                   "a folder that holds files already is refused unless --overwrite is given")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
-    p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
-    p.add_argument("--device", default="auto")
-    _add_post_options(p)
-    _add_watermark_options(p)
-    p.set_defaults(func=cmd_edit)
-
-
-def cmd_edit(a) -> int:
-    import warnings
-
-    from . import api
-    from .runs import DEFAULT_MODEL
-
-    _check_out(a)
-    post = _post(a)
-    g = api.load(a.run or DEFAULT_MODEL, device=a.device, runs_dir=a.runs_dir)
-    options = _sampling_options(a)
-    options.update({k: v for k, v in {"strength": a.strength, "resample": a.resample}.items() if v is not None})
-    bars: list = []  # the bar starts with the first step, after the files are read: a bad file prints one line
-
-    def cb(done: float, n: int) -> None:
-        if not bars:
-            bars.append(_progress_bar(a.n, f"editing with {g.name}"))
-        bars[0][1](done, n)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            images = g.edit([a.image] * a.n, mask=a.mask, label=a.label, prompt=a.prompt,
-                            negative_prompt=a.negative_prompt, seed=a.seed, batch_size=a.batch_size, callback=cb,
-                            watermark=_marks(a), post=post, **options)
-        finally:
-            for bar, _ in bars:
-                bar.close()
-            for message in dict.fromkeys(str(w.message) for w in caught):  # each once, not once per copy
-                print(f"pixelforge edit: warning: {message}", file=sys.stderr)
-    out = _out_dir(a, g.name)  # made only now, so a call that fails leaves no empty folder
-    paths = api.save_images(images, out, prefix="edit-", watermark=_marks(a))
-    print(f"{len(paths['images'])} edited images in {out}/  grid: {paths['grid']}")
-    _note_unmarked(images, "edit")
-    return 0
-
-
-# what `demo` asks a text-conditioned model for, one row each: attribute combinations of the shapes set
-DEMO_PROMPTS = (
-    "a large red circle in the centre on a white background",
-    "a small blue star at the top left on a black background",
-    "a medium yellow triangle at the bottom right on a gray background",
-    "a large green square on the left on a beige background",
-    "a medium purple cross at the top on a white background",
-    "a large orange diamond on the right on a black background",
-)
-
-
-def cmd_demo(a) -> int:
-    from . import api
-    from .html import gallery_page
-    from .runs import DEFAULT_MODEL
-
-    g = api.load(a.model or DEFAULT_MODEL, device=a.device)
-    per = a.per_class
-    labels = [c for c in range(g.num_classes) for _ in range(per)] if g.num_classes else None
-    prompts = [p for p in DEMO_PROMPTS for _ in range(per)] if "text" in g.inputs and not labels else None
-    n = len(labels or prompts or []) or per * 10
-    bar, cb = _progress_bar(n, f"sampling {g.name}")
-    options = {k: v for k, v in {"steps": a.steps, "guidance": a.guidance}.items() if k in g.sample_options}
-    images = g.generate(n, labels=labels, prompts=prompts, seed=a.seed, callback=cb, **options)
-    bar.close()
-    out = Path(a.out)
-    paths = api.save_images(images, out)
-    from .images import make_grid
-    from .provenance.outputs import OutputSigner
-
-    rows = labels or prompts
-    signer, tiles = OutputSigner(), [im.info["pixelforge"] for im in images]  # signed as save_images signs its grid
-    grid = signer.save(make_grid(images, cols=per if rows else None, scale=max(1, 64 // images[0].size[0])), out / "grid.png",
-                       manifest_settings={"grid_of": tiles}, model=signer.grid_model(tiles))
-    page = gallery_page(f"pixelforge demo: {g.name}", grid, paths["images"], [im.info["pixelforge"] for im in images], out / "index.html")
-    print(f"grid: {grid.resolve()}")
-    print(f"page: {page.resolve()}")
-    return 0
-
-
-def _add_demo(sub):
-    p = sub.add_parser("demo", help="generate a grid and an HTML page with the bundled model (offline)",
-                       formatter_class=_Help)
-    p.add_argument("--model", default=None, help="run or bundled model (default: the bundled model)")
-    p.add_argument("--per-class", type=_int_range(1), default=8, help="images per class (rows of the grid; for a "
-                   "text model such as shapes-text, images per demo prompt)")
-    p.add_argument("--steps", type=_int_range(1), default=18)
-    p.add_argument("--guidance", type=_float_range(0), default=2.0)
-    p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0)
-    p.add_argument("-o", "--out", default="out/demo")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_demo)
-
-
 def cmd_data_check(a) -> int:
     from .data import check_folder, format_report
 
@@ -730,10 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="on an error, print the traceback too (or set PIXELFORGE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_demo(sub)
+    from .cli_demo import add_demo
+    from .cli_edit import add_edit
+
+    add_demo(sub)
     _add_train(sub)
     _add_sample(sub)
-    _add_edit(sub)
+    add_edit(sub)
     from .cli_evaluate import add_evaluate
     from .cli_info import add_info
     from .cli_serve import add_ratings, add_serve

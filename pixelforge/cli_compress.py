@@ -22,7 +22,7 @@ def _prompts_file(path: str | None) -> list[str] | None:
 
 
 def _calibration_prompts(a) -> list[str]:
-    from .cli import DEMO_PROMPTS
+    from .cli_demo import DEMO_PROMPTS
 
     return _prompts_file(a.calibration_prompts) or list(DEMO_PROMPTS)
 

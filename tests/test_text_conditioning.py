@@ -80,7 +80,7 @@ def test_training_with_text_on_data_without_captions_is_a_clear_error(tmp_path, 
 
 
 def test_demo_of_a_text_model_draws_one_row_per_demo_prompt(text_run, tmp_path):
-    from pixelforge.cli import DEMO_PROMPTS
+    from pixelforge.cli_demo import DEMO_PROMPTS
     from pixelforge.images import read_settings
 
     assert main(["demo", "--model", str(text_run / "st"), "--per-class", "2", "--steps", "2", "--device", "cpu",
