@@ -360,9 +360,7 @@ def _add_sample(sub):
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int_range(1), default=64)
-    p.add_argument("-o", "--out", default=None, help="output folder (default: a new folder out/RUN/TIMESTAMP for each call); "
-                   "a folder that holds files already is refused unless --overwrite is given")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
+    _add_out_options(p)
     p.add_argument("--from", dest="from_png", metavar="IMAGE.png", help="regenerate the image whose settings this PNG carries")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS); "
                    "--from looks the PNG's model up here by its run name, then at the path recorded in the PNG")
@@ -444,6 +442,15 @@ def _progress_bar(total: int, desc: str):
     from .progress import image_bar
 
     return image_bar(total, desc)  # counts whole images
+
+
+def _add_out_options(p, *, required: bool = False, metavar: str | None = None) -> None:
+    """-o and --overwrite, as _check_out reads them: an output folder that holds files already is refused unless
+    --overwrite is given; where -o is not required, each call without it gets a new folder (_out_dir)."""
+    default = "" if required else " (default: a new folder out/RUN/TIMESTAMP for each call)"
+    p.add_argument("-o", "--out", default=None, required=required, metavar=metavar,
+                   help=f"output folder{default}; a folder that holds files already is refused unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
 
 
 def _check_out(a) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cli import (MAX_SAMPLES, MAX_SEED, _add_post_options, _add_sampling_options, _add_watermark_options, _check_out,
+from .cli import (MAX_SAMPLES, MAX_SEED, _add_out_options, _add_post_options, _add_sampling_options, _add_watermark_options, _check_out,
                   _Help, _int_range, _marks, _note_unmarked, _out_dir, _post, _progress_bar, _sampling_options,
                   _warnings_printed)
 
@@ -34,9 +34,7 @@ def add_edit(sub):
     _add_sampling_options(p)
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="edit i uses seed + i")
     p.add_argument("--batch-size", type=_int_range(1), default=64)
-    p.add_argument("-o", "--out", default=None, help="output folder (default: a new folder out/RUN/TIMESTAMP for each call); "
-                   "a folder that holds files already is refused unless --overwrite is given")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
+    _add_out_options(p)
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
     p.add_argument("--device", default="auto")
     _add_post_options(p)

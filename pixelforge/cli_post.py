@@ -67,7 +67,7 @@ def cmd_post(a) -> int:
 
 
 def add_post(sub) -> None:
-    from .cli import _Help, _add_watermark_options
+    from .cli import _Help, _add_out_options, _add_watermark_options
 
     p = sub.add_parser(
         "post",
@@ -79,9 +79,7 @@ def add_post(sub) -> None:
         formatter_class=_Help,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any common format)")
-    p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder; one that holds files already "
-                   "is refused unless --overwrite is given")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
+    _add_out_options(p, required=True, metavar="OUTDIR")
     add_post_options(p)
     _add_watermark_options(p)
     p.set_defaults(func=cmd_post)

@@ -35,7 +35,8 @@ def cmd_upscale(a) -> int:
 
 
 def add_upscale(sub) -> None:
-    from .cli import MAX_SEED, _add_post_options, _add_sampling_options, _add_watermark_options, _Help, _int_range
+    from .cli import (MAX_SEED, _add_out_options, _add_post_options, _add_sampling_options, _add_watermark_options, _Help,
+                      _int_range)
 
     p = sub.add_parser(
         "upscale",
@@ -51,9 +52,7 @@ def add_upscale(sub) -> None:
     p.add_argument("run", metavar="RUN", help="an upscaler: run folder, run name, or bundled model (mnist-upscale, once "
                    "scripts/make_upscale.sh has made it)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="low-resolution image files (any common format) or folders")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder; one that holds files already is "
-                   "refused unless --overwrite is given")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty -o folder, replacing files of the same name")
+    _add_out_options(p, required=True, metavar="OUT")
     p.add_argument("--seed", type=_int_range(0, MAX_SEED), default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int_range(1), default=64, help="images the model upscales at once")
     p.add_argument("--runs-dir", default=None, help="where runs are kept (default ./runs or $PIXELFORGE_RUNS)")
