@@ -42,8 +42,8 @@ for _p in (str(ROOT), str(BENCH)):  # run from a checkout without `pip install -
         sys.path.insert(0, _p)
 
 from pixelforge.images import make_grid, to_pil  # noqa: E402
-from pixelforge.precision import describe_cpu  # noqa: E402
 from pixelforge.metrics.evaluate import EvalOptions, balanced_labels, evaluate_images, to_uint8  # noqa: E402
+from pixelforge.precision import describe_cpu  # noqa: E402
 from pixelforge.progress import image_bar  # noqa: E402
 # the helpers both budget benchmarks share: a budget as the command line takes it, a run's metrics.csv, results
 # merged across invocations, a number or "-", a comma-separated option
